@@ -1,0 +1,61 @@
+"""Exception hierarchy. The CLI turns any :class:`CdcError` into one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailableError",
+    "CdcError",
+    "CompatibilityError",
+    "ConfigError",
+    "DataLossError",
+    "FramingError",
+    "PipelineRunningError",
+    "ProduceError",
+    "SchemaNotFoundError",
+    "TableWriteError",
+    "UnknownPipelineError",
+]
+
+
+class CdcError(Exception):
+    """Root of every error the service raises on purpose."""
+
+
+class ConfigError(CdcError):
+    """Configuration file, override or CLI argument is invalid."""
+
+
+class UnknownPipelineError(ConfigError):
+    """A pipeline name that the configuration does not define."""
+
+
+class BrokerUnavailableError(CdcError):
+    """The Kafka cluster cannot be reached."""
+
+
+class SchemaNotFoundError(CdcError):
+    """A subject, version or schema id is not in the registry."""
+
+
+class CompatibilityError(CdcError):
+    """A schema version breaks compatibility with its predecessor."""
+
+
+class FramingError(CdcError):
+    """Bytes are not a Confluent wire-format message."""
+
+
+class ProduceError(CdcError):
+    """Records could not be encoded or delivered to Kafka."""
+
+
+class DataLossError(CdcError):
+    """Offsets the query expected to read no longer exist (failOnDataLoss=true)."""
+
+
+class TableWriteError(CdcError):
+    """A Delta table write or commit failed."""
+
+
+class PipelineRunningError(CdcError):
+    """An operation that needs the pipeline stopped found it running."""
