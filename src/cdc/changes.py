@@ -1,0 +1,186 @@
+"""Turn one decoded micro-batch (Arrow) into bronze, quarantine and silver inputs. Pure.
+
+The input is what the Kafka source yields (see :mod:`cdc.contracts`): Kafka coordinates,
+raw bytes, the decoded ``key``/``value`` structs and ``error_code``/``error``. Every input
+row goes to exactly one of bronze (valid) or quarantine (invalid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cdc.errors import ConfigError
+from cdc.scd2 import Scd2Spec, encode_sequence
+
+__all__ = [
+    "QUARANTINE_COLUMNS",
+    "SplitBatch",
+    "business_columns",
+    "fact_rows",
+    "scd2_changes",
+    "split_batch",
+]
+
+QUARANTINE_COLUMNS = (
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "key_raw",
+    "value_raw",
+    "key_schema_id",
+    "value_schema_id",
+    "error_code",
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class SplitBatch:
+    """A micro-batch split by validity.
+
+    Attributes:
+        valid: rows that passed the contract (bronze input), without the error columns.
+        quarantine: rows that failed it, with raw bytes and the reason.
+    """
+
+    valid: pa.Table
+    quarantine: pa.Table
+
+
+def split_batch(batch: pa.Table, batch_id: int, now: datetime) -> SplitBatch:
+    """Split a decoded batch into bronze rows and quarantine rows, adding audit columns.
+
+    Args:
+        batch: the decoded batch (source schema).
+        batch_id: the Spark micro-batch id (recorded on every row).
+        now: ingestion time (injected for tests).
+    """
+    is_valid = pc.is_null(batch.column("error_code"))
+    valid = batch.filter(is_valid).drop_columns(["error_code", "error"])
+    bad = batch.filter(pc.invert(is_valid)).select(list(QUARANTINE_COLUMNS))
+    return SplitBatch(
+        valid=_with_audit(valid, batch_id, now, "_ingested_at"),
+        quarantine=_with_audit(bad, batch_id, now, "_quarantined_at"),
+    )
+
+
+def _with_audit(table: pa.Table, batch_id: int, now: datetime, time_col: str) -> pa.Table:
+    n = table.num_rows
+    table = table.append_column("_batch_id", pa.array([batch_id] * n, pa.int64()))
+    return table.append_column(time_col, pa.array([now] * n, pa.timestamp("us", tz="UTC")))
+
+
+def _struct_fields(dtype: pa.DataType) -> list[str]:
+    return [dtype.field(i).name for i in range(dtype.num_fields)]
+
+
+def business_columns(schema: pa.Schema, source_format: str) -> list[str]:
+    """The row's columns: ``value.after`` fields (envelope) or ``value`` fields (flat)."""
+    value_type = schema.field("value").type
+    if source_format == "envelope":
+        return _struct_fields(value_type.field("after").type)
+    return _struct_fields(value_type)
+
+
+def _path_expr(root: pl.Expr, path: str) -> pl.Expr:
+    expr = root
+    for part in path.split("."):
+        expr = expr.struct.field(part)
+    return expr
+
+
+def _epoch_ms(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    if isinstance(dtype, pl.Datetime):
+        return expr.dt.epoch("ms")
+    if isinstance(dtype, pl.Date):
+        return expr.cast(pl.Datetime("ms")).dt.epoch("ms")
+    if dtype.is_integer():
+        return expr.cast(pl.Int64)
+    raise ConfigError(f"sequence_by column has type {dtype}; expected a timestamp, date or integer")
+
+
+def _resolve_dtype(schema: pl.Schema, root: str, path: str) -> pl.DataType:
+    dtype: pl.DataType = schema[root]
+    for part in path.split("."):
+        if not isinstance(dtype, pl.Struct):
+            raise ConfigError(f"sequence_by {path!r}: {part!r} is not inside a record")
+        fields = {f.name: f.dtype for f in dtype.fields}
+        if part not in fields:
+            raise ConfigError(f"sequence_by {path!r}: no field {part!r}; valid: {', '.join(fields)}")
+        dtype = fields[part]
+    return dtype
+
+
+def scd2_changes(
+    valid: pa.Table, spec: Scd2Spec, source_format: str, sequence_by: str | None
+) -> pl.DataFrame:
+    """Normalise valid rows into SCD2 change events (see :func:`cdc.scd2.apply_scd2`).
+
+    Envelope (Debezium): ``op`` c/u/r → upsert from ``after``; ``d`` or a tombstone
+    (null value) → delete. Keys come from the Kafka key. The sequence time is
+    ``sequence_by`` (a path inside the value, default ``source.ts_ms``), or the Kafka
+    timestamp for a tombstone; ties break on Kafka partition and offset.
+    Flat: every record is an upsert of its value's columns.
+
+    Args:
+        valid: bronze rows of one batch.
+        spec: the dimension's spec.
+        source_format: ``envelope`` or ``flat``.
+        sequence_by: path inside the value of the sequence time.
+    """
+    df = pl.from_arrow(valid)
+    assert isinstance(df, pl.DataFrame)
+    value = pl.col("value")
+    kafka_ms = pl.col("timestamp").dt.epoch("ms")
+    keys = [pl.col("key").struct.field(k).alias(k) for k in spec.keys]
+    if source_format == "envelope":
+        seq_path = sequence_by or "source.ts_ms"
+        seq_dtype = _resolve_dtype(df.schema, "value", seq_path)
+        is_delete = value.is_null() | (value.struct.field("op") == "d")
+        row = value.struct.field("after")
+        columns = [
+            pl.when(is_delete).then(None).otherwise(row.struct.field(c)).alias(c) for c in spec.columns
+        ]
+        seq_ms = pl.coalesce(_epoch_ms(_path_expr(value, seq_path), seq_dtype), kafka_ms)
+    else:
+        if not sequence_by:
+            raise ConfigError("a flat scd2 pipeline needs sequence_by")
+        seq_dtype = _resolve_dtype(df.schema, "value", sequence_by)
+        is_delete = value.is_null()
+        columns = [value.struct.field(c).alias(c) for c in spec.columns]
+        seq_ms = pl.coalesce(_epoch_ms(_path_expr(value, sequence_by), seq_dtype), kafka_ms)
+    return df.select(
+        *keys,
+        *columns,
+        pl.when(is_delete).then(pl.lit("D")).otherwise(pl.lit("U")).alias("_op"),
+        encode_sequence(seq_ms, pl.col("partition"), pl.col("offset")).alias("_seq"),
+        pl.col("topic").alias("_source_topic"),
+    )
+
+
+def fact_rows(valid: pa.Table, event_id: str) -> pl.DataFrame:
+    """Flatten fact events and drop repeats of an event id within the batch (first offset wins).
+
+    Tombstones carry no fact and are skipped (they stay in bronze).
+    """
+    df = pl.from_arrow(valid)
+    assert isinstance(df, pl.DataFrame)
+    df = df.filter(pl.col("value").is_not_null())
+    flat = df.select(
+        pl.col("value").struct.unnest(),
+        pl.col("topic").alias("_source_topic"),
+        pl.col("partition").alias("_source_partition"),
+        pl.col("offset").alias("_source_offset"),
+        pl.col("timestamp").alias("_kafka_timestamp"),
+    )
+    if event_id not in flat.columns:
+        raise ConfigError(f"event_id {event_id!r} is not a field of the value; valid: {', '.join(flat.columns)}")
+    return flat.sort(["_source_partition", "_source_offset"]).unique(
+        subset=[event_id], keep="first", maintain_order=True
+    )

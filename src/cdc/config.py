@@ -1,0 +1,410 @@
+"""Typed settings: ``config/<env>.yaml`` + ``CDC_<SECTION>_<KEY>`` env vars + ``--set`` overrides.
+
+Precedence, lowest first: the YAML file, environment variables, ``--set dotted.key=value``.
+Every model is frozen and rejects unknown keys; the error lists the valid ones.
+Secret values are written as references (``env:NAME``, ``file:/path``,
+``aws-sm:secret-id#key``) and resolved only when a client is built; neither the
+reference's value nor a resolved secret ever appears in ``repr``, logs or errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cdc.errors import ConfigError, UnknownPipelineError
+
+__all__ = [
+    "ENVS",
+    "CheckpointSettings",
+    "KafkaSettings",
+    "LakeSettings",
+    "MetricsSettings",
+    "PipelineSettings",
+    "RegistrySettings",
+    "Settings",
+    "SparkSettings",
+    "apply_overrides",
+    "load_settings",
+    "resolve_secret",
+]
+
+ENVS = ("local", "dev", "prod")
+_SECRET_PREFIXES = ("env:", "file:", "aws-sm:")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|seconds?|m|minutes?)\s*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_secret_ref(value: str) -> bool:
+    """Return True when ``value`` is a secret reference rather than a literal."""
+    return value.startswith(_SECRET_PREFIXES)
+
+
+def resolve_secret(value: str) -> str:
+    """Resolve a secret reference; literals pass through unchanged.
+
+    Args:
+        value: ``env:NAME``, ``file:/path``, ``aws-sm:secret-id#key`` or a literal.
+
+    Returns:
+        The secret's value.
+
+    Raises:
+        ConfigError: the reference cannot be resolved (the message names the reference only).
+    """
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ConfigError(f"secret reference {value!r}: environment variable is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        path = Path(value[5:])
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"secret reference {value!r}: cannot read file") from exc
+    if value.startswith("aws-sm:"):
+        secret_id, _, key = value[7:].partition("#")
+        try:
+            import boto3
+
+            raw = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
+        except Exception as exc:
+            raise ConfigError(f"secret reference {value!r}: AWS Secrets Manager lookup failed") from exc
+        if not key:
+            return str(raw)
+        try:
+            return str(json.loads(raw)[key])
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"secret reference {value!r}: key not found in secret") from exc
+    return value
+
+
+class KafkaSettings(_Model):
+    """Where the Kafka cluster is and how to talk to it."""
+
+    bootstrap_servers: str
+    embedded: bool = False
+    """True when ``cdc broker`` (embedded Tansu) is expected to serve ``bootstrap_servers``."""
+    client: dict[str, str] = Field(default_factory=dict)
+    """Extra librdkafka settings (e.g. ``security.protocol``); values may be secret references."""
+    connect_timeout_s: float = 10.0
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings with secret references resolved."""
+        return {k: resolve_secret(v) for k, v in self.client.items()}
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, ({k: "***" for k in value} if name == "client" else value)
+
+
+class RegistrySettings(_Model):
+    """The Avro registry of record and the topic contracts."""
+
+    path: Path = Path("schemas/avro")
+    contracts: Path = Path("schemas/contracts.yaml")
+    url: str | None = None
+    """A Confluent-compatible HTTP registry to resolve writer schema ids (optional)."""
+
+
+class LakeSettings(_Model):
+    """Where Delta tables live: a local path or ``s3://bucket/prefix``."""
+
+    root: str
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+    def path(self, *parts: str) -> str:
+        """Join ``parts`` under the lake root (works for local paths and URIs)."""
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def resolved_storage_options(self) -> dict[str, str]:
+        """Storage options with secret references resolved."""
+        return {k: resolve_secret(v) for k, v in self.storage_options.items()}
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, ({k: "***" for k in value} if name == "storage_options" else value)
+
+
+class CheckpointSettings(_Model):
+    """Spark checkpoints (the offsets store): a local or PVC path."""
+
+    root: str
+
+    def path(self, pipeline: str) -> str:
+        return f"{self.root.rstrip('/')}/{pipeline}"
+
+
+class SparkSettings(_Model):
+    """How the driver runs Spark."""
+
+    master: str = "local[*]"
+    trigger_interval: str = "1 second"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("trigger_interval")
+    @classmethod
+    def _check_interval(cls, value: str) -> str:
+        if not _DURATION.match(value):
+            raise ValueError(f"trigger_interval {value!r} is not a duration like '1 second' or '500 ms'")
+        return value
+
+
+class MetricsSettings(_Model):
+    """Prometheus endpoint on the driver."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+class PipelineSettings(_Model):
+    """One streaming query: a topic and the silver table it maintains."""
+
+    topic: str
+    kind: Literal["scd2", "facts"]
+    target: str
+    """Silver table name, e.g. ``dim_contact`` or ``fact_orders``."""
+    source_format: Literal["envelope", "flat"] = "envelope"
+    keys: tuple[str, ...] = ()
+    sequence_by: str | None = None
+    """Column holding the change's time; default: ``source.ts_ms`` (envelope) — required for flat."""
+    track_history: tuple[str, ...] | None = None
+    """Columns whose change opens a new version; default all non-key business columns."""
+    track_history_except: tuple[str, ...] = ()
+    event_id: str | None = None
+    """Dedup column of a fact table."""
+    starting_offsets: str | None = None
+    max_records_per_trigger: int | None = Field(default=None, gt=0)
+    fail_on_data_loss: bool | None = None
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> PipelineSettings:
+        if self.kind == "scd2" and not self.keys:
+            raise ValueError("an scd2 pipeline needs 'keys'")
+        if self.kind == "scd2" and self.source_format == "flat" and not self.sequence_by:
+            raise ValueError("a flat scd2 pipeline needs 'sequence_by'")
+        if self.kind == "facts" and not self.event_id:
+            raise ValueError("a facts pipeline needs 'event_id'")
+        if self.track_history is not None and self.track_history_except:
+            raise ValueError("set either 'track_history' or 'track_history_except', not both")
+        return self
+
+
+class PipelineDefaults(_Model):
+    """Source options applied to every pipeline unless it sets its own."""
+
+    starting_offsets: str = "earliest"
+    max_records_per_trigger: int | None = Field(default=50_000, gt=0)
+    max_records_per_partition: int = Field(default=200_000, gt=0)
+    fail_on_data_loss: bool = True
+    max_message_bytes: int = Field(default=1_048_576, gt=0)
+
+
+class Settings(_Model):
+    """The whole service configuration for one environment."""
+
+    env: Literal["local", "dev", "prod"]
+    kafka: KafkaSettings
+    registry: RegistrySettings = RegistrySettings()
+    lake: LakeSettings
+    checkpoints: CheckpointSettings
+    spark: SparkSettings = SparkSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    defaults: PipelineDefaults = PipelineDefaults()
+    pipelines: dict[str, PipelineSettings]
+
+    def pipeline(self, name: str) -> PipelineSettings:
+        """Return one pipeline's settings.
+
+        Raises:
+            UnknownPipelineError: ``name`` is not configured (the message lists the valid names).
+        """
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            valid = ", ".join(sorted(self.pipelines)) or "(none)"
+            raise UnknownPipelineError(f"unknown pipeline {name!r}; valid: {valid}") from None
+
+    def selected(self, name: str | None) -> dict[str, PipelineSettings]:
+        """The pipelines to run: one by name, or every enabled one."""
+        if name is not None:
+            return {name: self.pipeline(name)}
+        return {n: p for n, p in self.pipelines.items() if p.enabled}
+
+    def checkpoint_path(self, pipeline: str) -> str:
+        return self.checkpoints.path(pipeline)
+
+
+_SECTIONS: dict[str, type[_Model]] = {
+    "kafka": KafkaSettings,
+    "registry": RegistrySettings,
+    "lake": LakeSettings,
+    "checkpoints": CheckpointSettings,
+    "spark": SparkSettings,
+    "metrics": MetricsSettings,
+    "defaults": PipelineDefaults,
+}
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides to a raw config mapping (values parsed as YAML).
+
+    Raises:
+        ConfigError: an override is not of the form ``key=value``.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(raw)
+    return data
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[str]:
+    """``CDC_<SECTION>_<KEY>=v`` → ``section.key=v`` for known sections."""
+    result = []
+    for name, value in sorted(environ.items()):
+        if not name.startswith("CDC_"):
+            continue
+        rest = name[4:].lower()
+        for section, model in _SECTIONS.items():
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                if key not in model.model_fields:
+                    valid = ", ".join(f"CDC_{section.upper()}_{f.upper()}" for f in model.model_fields)
+                    raise ConfigError(f"unknown setting {name}; valid for {section}: {valid}")
+                result.append(f"{section}.{key}={value}")
+                break
+    return result
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The settings model that owns the mapping at ``loc``."""
+    model: type[BaseModel] = Settings
+    index = 0
+    while index < len(loc):
+        part = str(loc[index])
+        if model is Settings and part == "pipelines":
+            model, index = PipelineSettings, index + 2  # skip the pipeline's name
+            continue
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        index += 1
+    return model
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        valid = ", ".join(_model_at(tuple(first["loc"][:-1])).model_fields)
+        msg = f"unknown key {loc!r}; valid keys: {valid}"
+    else:
+        msg = f"{loc}: {first['msg']}"
+    more = len(exc.errors()) - 1
+    return f"invalid configuration ({source}): {msg}" + (f" (+{more} more)" if more else "")
+
+
+def _resolve_relative(settings_data: dict[str, Any], base: Path) -> None:
+    """Make relative local paths absolute against the project directory."""
+
+    def fix(section: str, key: str) -> None:
+        node = settings_data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str | Path):
+            value = str(node[key])
+            if "://" not in value and not os.path.isabs(value):
+                node[key] = str((base / value).resolve())
+
+    fix("registry", "path")
+    fix("registry", "contracts")
+    fix("lake", "root")
+    fix("checkpoints", "root")
+
+
+def load_settings(
+    env: str,
+    overrides: Iterable[str] = (),
+    config_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load ``<config_dir>/<env>.yaml`` and apply env-var and ``--set`` overrides.
+
+    Args:
+        env: one of ``local``, ``dev``, ``prod``.
+        overrides: ``dotted.key=value`` strings (highest precedence).
+        config_dir: folder holding the YAML files; default ``$CDC_CONFIG_DIR`` or ``./config``.
+        environ: environment mapping (default ``os.environ``).
+
+    Returns:
+        Validated, frozen settings. Relative paths are resolved against the config folder's parent.
+
+    Raises:
+        ConfigError: unknown env, missing/invalid file, unknown key or invalid value.
+    """
+    environ = os.environ if environ is None else environ
+    if env not in ENVS:
+        raise ConfigError(f"unknown env {env!r}; valid: {', '.join(ENVS)}")
+    folder = config_dir or Path(environ.get("CDC_CONFIG_DIR", "config"))
+    path = folder / f"{env}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found (set --config-dir or CDC_CONFIG_DIR)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}{where}: invalid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    data.setdefault("env", env)
+    apply_overrides(data, _env_overrides(environ))
+    apply_overrides(data, overrides)
+    _resolve_relative(data, folder.resolve().parent)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, str(path))) from None
+
+
+def parse_duration_seconds(text: str) -> float:
+    """Parse ``'1 second'``, ``'500 ms'``, ``'2 minutes'`` into seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"{text!r} is not a duration like '1 second' or '500 ms'")
+    number, unit = float(match.group(1)), match.group(2)
+    if unit in ("ms", "millisecond", "milliseconds"):
+        return number / 1000
+    if unit in ("m", "minute", "minutes"):
+        return number * 60
+    return number

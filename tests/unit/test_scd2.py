@@ -1,0 +1,193 @@
+"""SCD2 rules on the pure function: no Spark, no Delta."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+import pytest
+
+from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, encode_sequence, scd2_from_events
+
+SPEC = Scd2Spec.build(
+    keys=["contact_id"],
+    columns=["contact_id", "email", "last_name", "phone"],
+    track_history_except=["phone"],
+)
+SCHEMA: dict[str, pl.DataType] = {
+    "contact_id": pl.String(),
+    "email": pl.String(),
+    "last_name": pl.String(),
+    "phone": pl.String(),
+}
+
+
+def ev(key: str, ts: int, op: str = "U", offset: int | None = None, **values: Any) -> dict[str, Any]:
+    row = {"contact_id": key, "email": None, "last_name": None, "phone": None}
+    row.update(values)
+    row.update(_op=op, _ts=ts, _partition=0, _offset=ts if offset is None else offset)
+    return row
+
+
+def changes(*events: dict[str, Any]) -> pl.DataFrame:
+    df = pl.DataFrame(
+        list(events),
+        schema={**SCHEMA, "_op": pl.String, "_ts": pl.Int64, "_partition": pl.Int32, "_offset": pl.Int64},
+    )
+    return df.with_columns(
+        _seq=encode_sequence(pl.col("_ts"), pl.col("_partition"), pl.col("_offset")),
+        _source_topic=pl.lit("crm.contacts"),
+    ).drop("_ts", "_partition", "_offset")
+
+
+def apply_all(*batches: pl.DataFrame) -> pl.DataFrame:
+    """Apply batches one after another, as the sink does, and return the table."""
+    table = empty_dimension(SPEC, SCHEMA)
+    identity = ["contact_id", "_seq_open"]
+    for batch in batches:
+        result = apply_scd2(table, batch, SPEC)
+        table = table.join(result.deletes, on=identity, how="anti")
+        table = table.join(result.upserts.select(identity), on=identity, how="anti")
+        table = pl.concat([table, result.upserts], how="vertical_relaxed")
+    return table.sort(identity)
+
+
+def versions(table: pl.DataFrame) -> list[tuple[Any, ...]]:
+    return [
+        (r["contact_id"], r["email"], r["phone"], r["valid_from"], r["valid_to"], r["is_current"])
+        for r in table.sort(["contact_id", "_seq_open"]).iter_rows(named=True)
+    ]
+
+
+def t(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def test_insert_opens_a_current_version() -> None:
+    table = apply_all(changes(ev("c1", 1000, email="a@x.io", phone="1")))
+    assert versions(table) == [("c1", "a@x.io", "1", t(1000), None, True)]
+    row = table.row(0, named=True)
+    assert (row["_source_topic"], row["_source_partition"], row["_source_offset"]) == (
+        "crm.contacts", 0, 1000)
+
+
+def test_tracked_change_closes_previous_at_new_valid_from() -> None:
+    table = apply_all(
+        changes(ev("c1", 1000, email="a@x.io")),
+        changes(ev("c1", 2000, email="b@x.io")),
+    )
+    assert versions(table) == [
+        ("c1", "a@x.io", None, t(1000), t(2000), False),
+        ("c1", "b@x.io", None, t(2000), None, True),
+    ]
+
+
+def test_untracked_change_updates_in_place() -> None:
+    table = apply_all(
+        changes(ev("c1", 1000, email="a@x.io", phone="1")),
+        changes(ev("c1", 2000, email="a@x.io", phone="2")),
+    )
+    assert versions(table) == [("c1", "a@x.io", "2", t(1000), None, True)]
+    assert table.row(0, named=True)["_source_offset"] == 2000
+
+
+def test_exact_duplicate_is_a_no_op() -> None:
+    first = changes(ev("c1", 1000, email="a@x.io"))
+    table = empty_dimension(SPEC, SCHEMA)
+    table = pl.concat([table, apply_scd2(table, first, SPEC).upserts], how="vertical_relaxed")
+    again = apply_scd2(table, first, SPEC)
+    assert again.upserts.height == 0 and again.deletes.height == 0
+    assert again.duplicate_events == 1
+
+
+def test_delete_closes_current_and_reinsert_opens_new_version() -> None:
+    table = apply_all(
+        changes(ev("c1", 1000, email="a@x.io")),
+        changes(ev("c1", 2000, op="D")),
+        changes(ev("c1", 3000, email="a@x.io")),
+    )
+    assert versions(table) == [
+        ("c1", "a@x.io", None, t(1000), t(2000), False),
+        ("c1", "a@x.io", None, t(3000), None, True),
+    ]
+
+
+def test_delete_of_unknown_key_and_double_delete_are_no_ops() -> None:
+    table = apply_all(
+        changes(ev("c9", 500, op="D")),
+        changes(ev("c1", 1000, email="a@x.io")),
+        changes(ev("c1", 2000, op="D"), ev("c1", 2500, op="D")),
+    )
+    assert versions(table) == [("c1", "a@x.io", None, t(1000), t(2000), False)]
+
+
+def test_within_one_batch_equals_one_pass() -> None:
+    events = [
+        ev("c1", 1000, email="a@x.io", phone="1"),
+        ev("c1", 2000, email="a@x.io", phone="2"),
+        ev("c1", 3000, email="b@x.io"),
+        ev("c2", 1500, email="z@x.io"),
+        ev("c1", 4000, op="D"),
+        ev("c1", 5000, email="c@x.io"),
+    ]
+    one_batch = apply_all(changes(*events))
+    per_event = apply_all(*[changes(e) for e in events])
+    assert one_batch.equals(per_event)
+    assert one_batch.equals(scd2_from_events(changes(*events), SPEC))
+
+
+def test_late_tracked_event_splits_the_interval_it_falls_in() -> None:
+    table = apply_all(
+        changes(ev("c1", 1000, email="a@x.io")),
+        changes(ev("c1", 3000, email="c@x.io")),
+        changes(ev("c1", 2000, email="b@x.io")),  # late
+    )
+    assert versions(table) == [
+        ("c1", "a@x.io", None, t(1000), t(2000), False),
+        ("c1", "b@x.io", None, t(2000), t(3000), False),
+        ("c1", "c@x.io", None, t(3000), None, True),
+    ]
+
+
+def test_late_delete_closes_the_right_interval() -> None:
+    table = apply_all(
+        changes(ev("c1", 1000, email="a@x.io")),
+        changes(ev("c1", 3000, email="c@x.io")),
+        changes(ev("c1", 2000, op="D")),  # late
+    )
+    assert versions(table) == [
+        ("c1", "a@x.io", None, t(1000), t(2000), False),
+        ("c1", "c@x.io", None, t(3000), None, True),
+    ]
+
+
+def test_late_event_equal_to_successor_merges_versions() -> None:
+    table = apply_all(
+        changes(ev("c1", 1000, email="a@x.io")),
+        changes(ev("c1", 3000, email="b@x.io")),
+        changes(ev("c1", 2000, email="b@x.io")),  # late: b starts earlier
+    )
+    assert versions(table) == [
+        ("c1", "a@x.io", None, t(1000), t(2000), False),
+        ("c1", "b@x.io", None, t(2000), None, True),
+    ]
+
+
+def test_equal_timestamps_tie_break_on_kafka_position() -> None:
+    table = apply_all(
+        changes(ev("c1", 1000, offset=7, email="second@x.io"), ev("c1", 1000, offset=6, email="first@x.io")),
+    )
+    assert [r[1] for r in versions(table)] == ["first@x.io", "second@x.io"]
+    assert versions(table)[0][4] == t(1000)  # zero-length interval, still ordered
+
+
+def test_counts() -> None:
+    table = apply_all(changes(ev("c1", 1000, email="a@x.io")))
+    result = apply_scd2(table, changes(ev("c1", 2000, email="b@x.io"), ev("c2", 2000, email="q@x.io")), SPEC)
+    assert (result.inserted, result.updated, result.closed, result.affected_keys) == (2, 1, 1, 2)
+
+
+def test_spec_rejects_unknown_tracked_columns() -> None:
+    with pytest.raises(ValueError, match="unknown columns: \\['nope'\\]"):
+        Scd2Spec.build(keys=["k"], columns=["k", "a"], track_history=["nope"])
