@@ -1,0 +1,49 @@
+# cdc-service. `make demo` and `make test` work on a fresh machine with Python 3.11 + Java 17.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-unit lint typecheck bench bench-quick broker clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
+	@command -v java >/dev/null 2>&1 || { echo "make: java not found: install a Java 17 runtime (Spark needs it)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Start an embedded broker, produce a realistic CRM + events data set, drain it through
+## every pipeline and print a summary. Data goes to var/demo (wiped first).
+demo: $(STAMP)
+	$(VENV)/bin/cdc demo
+
+## Lint, type-check, then every test tier (unit, integration, slow Spark suites).
+test: $(STAMP) lint typecheck
+	@mkdir -p var
+	@$(PY) -m pytest -q; rc=$$?; echo $$rc > var/pytest-exit-code; exit $$rc
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not integration and not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/cdc schemas check
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.run --quick
+
+broker: $(STAMP)
+	$(VENV)/bin/cdc broker
+
+clean:
+	rm -rf var build dist .pytest_cache .mypy_cache .ruff_cache

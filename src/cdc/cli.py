@@ -1,0 +1,214 @@
+"""The ``cdc`` command line. Every command takes ``--env`` and ``--set dotted.key=value``.
+
+A :class:`~cdc.errors.CdcError` becomes one line on stderr and exit code 2; only a bug
+shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from cdc.config import ENVS, Settings, load_settings
+from cdc.errors import CdcError, ConfigError
+
+__all__ = ["main"]
+
+log = logging.getLogger("cdc")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", default="local", help=f"environment: {', '.join(ENVS)} (default local)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set kafka.bootstrap_servers=host:9092 (repeatable)",
+    )
+    parser.add_argument("--config-dir", type=Path, default=None, help="folder with <env>.yaml")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog="cdc", description="Streaming CDC: Kafka + Avro -> Delta bronze/silver SCD2")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run pipelines (all, or one with --pipeline)")
+    _common(run)
+    run.add_argument("--pipeline", help="run only this pipeline")
+    run.add_argument("--available-now", action="store_true", help="drain what is in Kafka now, then exit")
+
+    produce = sub.add_parser("produce", help="send JSON lines as Avro (Confluent framing) to a topic")
+    _common(produce)
+    produce.add_argument("--topic", required=True)
+    produce.add_argument("--file", required=True, type=Path, help="JSON lines: {key, value, partition?}")
+    produce.add_argument("--partitions", type=int, default=3, help="partitions if the topic is created")
+
+    broker = sub.add_parser("broker", help="start the embedded Kafka broker (Tansu, in memory)")
+    _common(broker)
+    broker.add_argument("--host", default="127.0.0.1")
+    broker.add_argument("--port", type=int, default=None, help="default: the port of kafka.bootstrap_servers")
+
+    schemas = sub.add_parser("schemas", help="registry tools")
+    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, parser_class=_Parser)
+    check = schemas_sub.add_parser("check", help="verify BACKWARD compatibility of every subject")
+    _common(check)
+
+    demo = sub.add_parser("demo", help="embedded broker + generated data set + all pipelines, then a summary")
+    _common(demo)
+    demo.add_argument("--workdir", type=Path, default=Path("var/demo"), help="wiped and reused (default var/demo)")
+    demo.add_argument("--seed", type=int, default=7)
+
+    status = sub.add_parser("status", help="offsets, lag and table versions per pipeline")
+    _common(status)
+    status.add_argument("--pipeline")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.env, args.overrides, args.config_dir)
+
+
+def _check_broker(settings: Settings) -> None:
+    """Fail fast, in one line, when the configured Kafka cluster cannot be reached."""
+    from confluent_kafka.admin import AdminClient
+
+    from cdc.errors import BrokerUnavailableError
+
+    bootstrap = settings.kafka.bootstrap_servers
+    timeout = settings.kafka.connect_timeout_s
+    admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka.client_config(),
+                         "logger": logging.getLogger("cdc.kafka.admin")})
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception:
+        hint = " (start the embedded one with 'cdc broker')" if settings.kafka.embedded else ""
+        raise BrokerUnavailableError(f"cannot reach Kafka at {bootstrap} within {timeout:g}s{hint}") from None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    names = list(settings.selected(args.pipeline))
+    if not names:
+        raise ConfigError("no enabled pipelines to run")
+    _check_broker(settings)
+    from cdc.pipelines import run_pipelines
+    from cdc.spark import build_session
+
+    spark = build_session(app_name=f"cdc-{settings.env}", master=settings.spark.master,
+                          conf=settings.spark.conf)
+    mode = "available-now" if args.available_now else "continuous"
+    print(f"running {', '.join(names)} ({mode}, env {settings.env})", file=sys.stderr)
+    run_pipelines(spark, settings, names, available_now=args.available_now)
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from cdc.contracts import load_contracts
+    from cdc.produce import produce_file
+    from cdc.registry import FileRegistry
+
+    if not args.file.is_file():
+        raise ConfigError(f"--file {args.file}: no such file")
+    report = produce_file(
+        settings.kafka.bootstrap_servers,
+        FileRegistry.load(settings.registry.path),
+        load_contracts(settings.registry.contracts),
+        args.topic,
+        args.file,
+        partitions_if_create=args.partitions,
+        client_config=settings.kafka.client_config(),
+    )
+    print(f"sent {report.sent} records to {args.topic}")
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    port = args.port
+    if port is None:
+        _, _, tail = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
+        if not tail.isdigit():
+            raise ConfigError(f"kafka.bootstrap_servers {settings.kafka.bootstrap_servers!r} has no port")
+        port = int(tail)
+    from cdc.broker import run_broker_forever
+
+    run_broker_forever(args.host, port)
+    return 0
+
+
+def _cmd_schemas_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from cdc.registry import FileRegistry, check_registry
+
+    registry = FileRegistry.load(settings.registry.path)
+    problems = check_registry(registry)
+    if problems:
+        for problem in problems:
+            print(f"cdc: incompatible: {problem}", file=sys.stderr)
+        return 1
+    print(f"ok: {len(registry.subjects())} subjects are BACKWARD compatible")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from cdc.status import pipeline_status
+
+    for name in settings.selected(args.pipeline):
+        print(pipeline_status(settings, name))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.env != "local":
+        raise ConfigError("cdc demo runs on the embedded default only (--env local)")
+    from cdc.demo import run_demo
+
+    run_demo(args.workdir.resolve(), seed=args.seed, overrides=args.overrides)
+    return 0
+
+
+_COMMANDS = {
+    "demo": _cmd_demo,
+    "run": _cmd_run,
+    "produce": _cmd_produce,
+    "broker": _cmd_broker,
+    "status": _cmd_status,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cdc`` console script; returns the exit code."""
+    try:
+        args = _build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if args.command == "schemas":
+            return _cmd_schemas_check(args)
+        return _COMMANDS[args.command](args)
+    except CdcError as exc:
+        print(f"cdc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Wiring: Kafka source → ``foreachBatch`` → bronze, quarantine and silver, one query per pipeline.
+
+Each micro-batch is collected to the driver as Arrow, split into valid and quarantined rows
+(pure, :mod:`cdc.changes`) and written to three Delta tables, each commit carrying the app
+transaction ``(cdc/<pipeline>/<table>, txn_base + batch_id)``. Spark's checkpoint holds the
+offsets; a batch re-run after a crash is skipped table by table where it already committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from cdc.changes import business_columns, fact_rows, scd2_changes, split_batch
+from cdc.config import PipelineSettings, Settings, parse_duration_seconds
+from cdc.errors import CdcError, DataLossError
+from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension
+from cdc.sinks.delta import DeltaSink, Txn
+from cdc.spark import DATA_SOURCE_NAME
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+__all__ = [
+    "TXN_BASE_FILE",
+    "BatchStats",
+    "BatchWriter",
+    "PipelineFailedError",
+    "run_pipelines",
+    "source_options",
+    "start_query",
+    "table_paths",
+]
+
+log = logging.getLogger(__name__)
+
+TXN_BASE_FILE = "cdc-txn-base.json"
+"""Beside Spark's own files in a checkpoint: the app-transaction version of its batch 0.
+
+``cdc replay`` starts a fresh checkpoint whose batch ids restart at 0; it writes this file
+so that transaction versions keep increasing and the replayed batches are not skipped.
+"""
+
+FaultHook = Callable[[str, int], None]
+"""Called with (stage, batch_id) around each commit; tests use it to inject crashes."""
+
+
+class PipelineFailedError(CdcError):
+    """A streaming query stopped with an error."""
+
+
+def table_paths(settings: Settings, pipeline: PipelineSettings) -> dict[str, str]:
+    """Delta table URIs of a pipeline: bronze, quarantine and silver."""
+    topic_dir = pipeline.topic.replace(".", "_")
+    return {
+        "bronze": settings.lake.path("bronze", topic_dir),
+        "quarantine": settings.lake.path("quarantine", topic_dir),
+        "silver": settings.lake.path("silver", pipeline.target),
+    }
+
+
+def source_options(settings: Settings, pipeline: PipelineSettings) -> dict[str, str]:
+    """Options for the ``cdc_kafka`` streaming source of one pipeline."""
+    defaults = settings.defaults
+    max_records = pipeline.max_records_per_trigger or defaults.max_records_per_trigger
+    fail = defaults.fail_on_data_loss if pipeline.fail_on_data_loss is None else pipeline.fail_on_data_loss
+    options = {
+        "kafka.bootstrap.servers": settings.kafka.bootstrap_servers,
+        "subscribe": pipeline.topic,
+        "startingOffsets": pipeline.starting_offsets or defaults.starting_offsets,
+        "failOnDataLoss": str(fail).lower(),
+        "maxRecordsPerPartition": str(defaults.max_records_per_partition),
+        "maxMessageBytes": str(defaults.max_message_bytes),
+        "registry.path": str(settings.registry.path),
+        "contracts.path": str(settings.registry.contracts),
+    }
+    if max_records:
+        options["maxRecordsPerTrigger"] = str(max_records)
+    for key, value in settings.kafka.client_config().items():
+        options[f"kafka.{key}"] = value
+    return options
+
+
+@dataclass
+class BatchStats:
+    """What one micro-batch did (also fed to metrics)."""
+
+    batch_id: int
+    input_rows: int = 0
+    bronze_rows: int = 0
+    quarantined: int = 0
+    inserted: int = 0
+    updated: int = 0
+    closed: int = 0
+    duplicates: int = 0
+    skipped_tables: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class BatchWriter:
+    """The ``foreachBatch`` function of one pipeline (runs on the driver)."""
+
+    def __init__(
+        self,
+        name: str,
+        pipeline: PipelineSettings,
+        settings: Settings,
+        checkpoint: str,
+        fault_hook: FaultHook | None = None,
+        on_batch: Callable[[str, BatchStats], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.pipeline = pipeline
+        self.checkpoint = checkpoint
+        storage = settings.lake.resolved_storage_options()
+        paths = table_paths(settings, pipeline)
+        self.sinks = {role: DeltaSink(uri, storage) for role, uri in paths.items()}
+        self.fault_hook = fault_hook
+        self.on_batch = on_batch
+        self._spec: Scd2Spec | None = None
+        self._txn_base: int | None = None
+
+    def txn(self, role: str, batch_id: int) -> Txn:
+        table = Path(self.sinks[role].uri).name
+        return Txn(app_id=f"cdc/{self.name}/{role}/{table}", version=self.txn_base() + batch_id)
+
+    def txn_base(self) -> int:
+        if self._txn_base is None:
+            marker = Path(self.checkpoint) / TXN_BASE_FILE
+            self._txn_base = int(json.loads(marker.read_text())["base"]) if marker.exists() else 0
+        return self._txn_base
+
+    def _fault(self, stage: str, batch_id: int) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(stage, batch_id)
+
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        table = batch_df.toArrow()
+        stats = self.process(table, batch_id, datetime.now(UTC))
+        stats.seconds = time.monotonic() - started
+        log.info("pipeline %s batch %d: %s", self.name, batch_id, stats)
+        if self.on_batch is not None:
+            self.on_batch(self.name, stats)
+
+    def process(self, table: Any, batch_id: int, now: datetime) -> BatchStats:
+        """Write one decoded batch (Arrow) to bronze, quarantine and silver."""
+        stats = BatchStats(batch_id=batch_id, input_rows=table.num_rows)
+        split = split_batch(table, batch_id, now)
+        stats.bronze_rows, stats.quarantined = split.valid.num_rows, split.quarantine.num_rows
+        self._fault("before-commit", batch_id)
+        for role, data in (("bronze", split.valid), ("quarantine", split.quarantine)):
+            if data.num_rows and self.sinks[role].append(data, self.txn(role, batch_id)).skipped:
+                stats.skipped_tables.append(role)
+        self._fault("mid-commit", batch_id)
+        if split.valid.num_rows:
+            if self.pipeline.kind == "scd2":
+                self._merge_scd2(split.valid, batch_id, stats)
+            else:
+                self._merge_facts(split.valid, batch_id, stats)
+        self._fault("after-commit", batch_id)
+        return stats
+
+    def _scd2_spec(self, schema: Any) -> Scd2Spec:
+        if self._spec is None:
+            p = self.pipeline
+            columns = business_columns(schema, p.source_format)
+            try:
+                self._spec = Scd2Spec.build(
+                    keys=p.keys,
+                    columns=columns,
+                    track_history=p.track_history,
+                    track_history_except=p.track_history_except,
+                )
+            except ValueError as exc:
+                raise CdcError(f"pipeline {self.name}: {exc}") from None
+        return self._spec
+
+    def _merge_scd2(self, valid: Any, batch_id: int, stats: BatchStats) -> None:
+        spec = self._scd2_spec(valid.schema)
+        p = self.pipeline
+        changes = scd2_changes(valid, spec, p.source_format, p.sequence_by)
+        sink = self.sinks["silver"]
+        txn = self.txn("silver", batch_id)
+        if sink.committed(txn):
+            stats.skipped_tables.append("silver")
+            return
+        existing = sink.read_keys(changes.select(list(spec.keys)).unique())
+        if existing is None:
+            existing = empty_dimension(spec, dict(changes.schema))
+        result = apply_scd2(existing, changes, spec)
+        sink.merge_scd2(result, list(spec.keys), txn)
+        stats.inserted, stats.updated = result.inserted, result.updated
+        stats.closed, stats.duplicates = result.closed, result.duplicate_events
+
+    def _merge_facts(self, valid: Any, batch_id: int, stats: BatchStats) -> None:
+        assert self.pipeline.event_id is not None
+        rows = fact_rows(valid, self.pipeline.event_id)
+        outcome = self.sinks["silver"].insert_new(rows, self.pipeline.event_id, self.txn("silver", batch_id))
+        if outcome.skipped:
+            stats.skipped_tables.append("silver")
+        stats.inserted = outcome.rows
+        stats.duplicates = stats.bronze_rows - rows.height
+
+
+def start_query(
+    spark: SparkSession,
+    settings: Settings,
+    name: str,
+    available_now: bool,
+    fault_hook: FaultHook | None = None,
+    on_batch: Callable[[str, BatchStats], None] | None = None,
+) -> StreamingQuery:
+    """Start one pipeline's streaming query.
+
+    Args:
+        spark: the driver's session (with the ``cdc_kafka`` source registered).
+        settings: service settings.
+        name: pipeline name.
+        available_now: drain what is in Kafka now and stop, instead of running continuously.
+        fault_hook: test hook called around commits (never set in production).
+        on_batch: callback with each batch's stats (metrics).
+    """
+    pipeline = settings.pipeline(name)
+    checkpoint = settings.checkpoint_path(name)
+    reader = spark.readStream.format(DATA_SOURCE_NAME)
+    for key, value in source_options(settings, pipeline).items():
+        reader = reader.option(key, value)
+    writer = (
+        reader.load()
+        .writeStream.queryName(name)
+        .option("checkpointLocation", checkpoint)
+        .foreachBatch(BatchWriter(name, pipeline, settings, checkpoint, fault_hook, on_batch))
+    )
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        seconds = parse_duration_seconds(settings.spark.trigger_interval)
+        writer = writer.trigger(processingTime=f"{int(seconds * 1000)} milliseconds")
+    return writer.start()
+
+
+def _query_error(query: StreamingQuery) -> str | None:
+    exc = query.exception()
+    if exc is None:
+        return None
+    text = str(getattr(exc, "desc", None) or exc)
+    for line in text.splitlines():
+        for marker in (DataLossError.__name__, "CdcError", "TableWriteError", "Error:"):
+            if marker in line:
+                return line.strip()
+    return text.strip().splitlines()[0] if text.strip() else repr(exc)
+
+
+def run_pipelines(
+    spark: SparkSession,
+    settings: Settings,
+    names: list[str],
+    available_now: bool,
+    fault_hook: FaultHook | None = None,
+    on_batch: Callable[[str, BatchStats], None] | None = None,
+    poll_seconds: float = 0.5,
+) -> None:
+    """Run pipelines until they finish (available-now) or one fails / the process is stopped.
+
+    Raises:
+        PipelineFailedError: a query stopped with an error (the others are stopped too).
+    """
+    queries = {n: start_query(spark, settings, n, available_now, fault_hook, on_batch) for n in names}
+    try:
+        while True:
+            for name, query in queries.items():
+                if not query.isActive:
+                    error = _query_error(query)
+                    if error is not None:
+                        raise PipelineFailedError(f"pipeline {name} failed: {error}")
+            if all(not q.isActive for q in queries.values()):
+                return
+            time.sleep(poll_seconds)
+    finally:
+        for query in queries.values():
+            if query.isActive:
+                query.stop()

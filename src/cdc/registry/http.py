@@ -1,0 +1,94 @@
+"""A Confluent-compatible HTTP schema registry behind the :class:`SchemaRegistry` protocol.
+
+Thin by design: the file registry is the registry of record; this adapter only lets the
+decoder resolve writer ids that an external registry assigned.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cdc.errors import CdcError, SchemaNotFoundError
+from cdc.registry.base import RegisteredSchema
+
+__all__ = ["HttpRegistry"]
+
+
+class HttpRegistry:
+    """:class:`~cdc.registry.base.SchemaRegistry` over ``confluent_kafka.schema_registry``.
+
+    A registry that cannot be reached raises :class:`CdcError` (not
+    :class:`SchemaNotFoundError`), so an outage fails the task instead of quarantining data.
+    """
+
+    def __init__(self, url: str, client_config: dict[str, Any] | None = None) -> None:
+        """Create the adapter; the HTTP client is built on first use.
+
+        Args:
+            url: Base URL of the registry.
+            client_config: Extra ``SchemaRegistryClient`` settings (auth, TLS).
+        """
+        self._url = url
+        self._config = dict(client_config or {})
+        self._client: Any = None
+        self._cache: dict[int, RegisteredSchema] = {}
+
+    def _sr(self) -> Any:
+        if self._client is None:
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+
+            self._client = SchemaRegistryClient({**self._config, "url": self._url})
+        return self._client
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            return fn(*args)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise SchemaNotFoundError(f"{what} is not in the registry {self._url}") from exc
+            raise CdcError(f"schema registry {self._url} failed to return {what}: {exc}") from exc
+        except Exception as exc:  # transport errors come from requests/httpx
+            raise CdcError(f"schema registry {self._url} failed to return {what}: {exc}") from exc
+
+    def by_id(self, schema_id: int) -> RegisteredSchema:
+        """The schema registered under ``schema_id`` (its first subject-version, if any)."""
+        cached = self._cache.get(schema_id)
+        if cached is not None:
+            return cached
+        what = f"schema id {schema_id}"
+        schema = self._call(what, self._sr().get_schema, schema_id)
+        versions = self._call(what, self._sr().get_schema_versions, schema_id)
+        subject, version = (versions[0].subject, versions[0].version) if versions else ("", 0)
+        registered = RegisteredSchema(subject, version, schema_id, json.loads(schema.schema_str))
+        self._cache[schema_id] = registered
+        return registered
+
+    def latest(self, subject: str) -> RegisteredSchema:
+        """The highest version of ``subject``."""
+        found = self._call(f"subject {subject!r}", self._sr().get_latest_version, subject)
+        return self._registered(found)
+
+    def get(self, subject: str, version: int) -> RegisteredSchema:
+        """One version of ``subject``."""
+        found = self._call(f"{subject} v{version}", self._sr().get_version, subject, version)
+        return self._registered(found)
+
+    def subjects(self) -> list[str]:
+        """Every subject, sorted."""
+        return sorted(self._call("the subject list", self._sr().get_subjects))
+
+    @staticmethod
+    def _registered(found: Any) -> RegisteredSchema:
+        return RegisteredSchema(
+            found.subject, found.version, found.schema_id, json.loads(found.schema.schema_str)
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (HttpRegistry, (self._url, self._config))
+
+    def __repr__(self) -> str:
+        # The client config may hold credentials: never shown.
+        return f"HttpRegistry({self._url!r})"

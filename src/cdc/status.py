@@ -1,0 +1,100 @@
+"""``cdc status``: committed offsets, lag and table versions of a pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cdc.config import Settings
+from cdc.pipelines import table_paths
+
+__all__ = ["committed_offsets", "pipeline_status"]
+
+
+def _latest_log_entry(folder: Path) -> tuple[int, list[str]] | None:
+    if not folder.is_dir():
+        return None
+    ids = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+    if not ids:
+        return None
+    batch = max(ids)
+    return batch, (folder / str(batch)).read_text().splitlines()
+
+
+def committed_offsets(checkpoint: str) -> tuple[int, dict[str, dict[str, int]]] | None:
+    """The last committed batch id and its end offsets from a Spark checkpoint.
+
+    Spark writes ``offsets/<batch>`` before running a batch and ``commits/<batch>`` after
+    it; the committed position is the offsets entry of the latest committed batch.
+    """
+    root = Path(checkpoint)
+    commit = _latest_log_entry(root / "commits")
+    if commit is None:
+        return None
+    batch = commit[0]
+    lines = (root / "offsets" / str(batch)).read_text().splitlines()
+    # v1, then the batch metadata, then one line per source.
+    offsets: dict[str, dict[str, int]] = json.loads(lines[2]) if len(lines) > 2 else {}
+    return batch, offsets
+
+
+def _high_watermarks(settings: Settings, topic: str) -> dict[str, int] | None:
+    try:
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "group.id": "cdc-status",
+                "enable.auto.commit": False,
+                **settings.kafka.client_config(),
+            }
+        )
+        try:
+            meta = consumer.list_topics(topic, timeout=3)
+            parts = meta.topics[topic].partitions if topic in meta.topics else {}
+            return {
+                str(p): consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=3)[1]
+                for p in sorted(parts)
+            }
+        finally:
+            consumer.close()
+    except Exception:
+        return None
+
+
+def _table_line(role: str, uri: str, storage: dict[str, str]) -> str:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        table = DeltaTable(uri, storage_options=storage)
+    except TableNotFoundError:
+        return f"  {role:<10} {uri}: not created yet"
+    rows = sum(int(n) for n in table.get_add_actions(flatten=True).column("num_records").to_pylist() if n)
+    return f"  {role:<10} {uri}: version {table.version()}, {rows} rows"
+
+
+def pipeline_status(settings: Settings, name: str) -> str:
+    """A short human-readable status block for one pipeline."""
+    pipeline = settings.pipeline(name)
+    lines = [f"{name}: topic {pipeline.topic} -> {pipeline.target}"]
+    committed = committed_offsets(settings.checkpoint_path(name))
+    latest = _high_watermarks(settings, pipeline.topic)
+    if committed is None:
+        lines.append("  offsets    no batch committed yet")
+    else:
+        batch, offsets = committed
+        positions: dict[str, Any] = offsets.get(pipeline.topic, {})
+        lines.append(f"  offsets    batch {batch}: {json.dumps(positions, sort_keys=True)}")
+    if latest is None:
+        lines.append("  lag        broker unreachable")
+    else:
+        done = committed[1].get(pipeline.topic, {}) if committed else {}
+        lag = {p: max(0, end - int(done.get(p, 0))) for p, end in latest.items()}
+        lines.append(f"  lag        {sum(lag.values())} records {json.dumps(lag, sort_keys=True)}")
+    storage = settings.lake.resolved_storage_options()
+    for role, uri in table_paths(settings, pipeline).items():
+        lines.append(_table_line(role, uri, storage))
+    return "\n".join(lines)
