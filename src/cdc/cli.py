@@ -105,14 +105,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not names:
         raise ConfigError("no enabled pipelines to run")
     _check_broker(settings)
-    from cdc.pipelines import run_pipelines
+    from cdc.pipelines import FAULT_ENV, fault_hook_from_env, run_pipelines
     from cdc.spark import build_session
+
+    fault_hook = fault_hook_from_env()
+    if fault_hook is not None and settings.env == "prod":
+        raise ConfigError(f"{FAULT_ENV} is for tests and refused in env prod")
 
     spark = build_session(app_name=f"cdc-{settings.env}", master=settings.spark.master,
                           conf=settings.spark.conf)
     mode = "available-now" if args.available_now else "continuous"
     print(f"running {', '.join(names)} ({mode}, env {settings.env})", file=sys.stderr)
-    run_pipelines(spark, settings, names, available_now=args.available_now)
+    run_pipelines(spark, settings, names, available_now=args.available_now, fault_hook=fault_hook)
     return 0
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "PipelineFailedError",
     "run_pipelines",
     "source_options",
+    "fault_hook_from_env",
     "start_query",
     "table_paths",
 ]
@@ -52,6 +53,35 @@ so that transaction versions keep increasing and the replayed batches are not sk
 
 FaultHook = Callable[[str, int], None]
 """Called with (stage, batch_id) around each commit; tests use it to inject crashes."""
+
+
+FAULT_ENV = "CDC_FAULT_INJECT"
+FAULT_STAGES = ("before-commit", "mid-commit", "after-commit")
+
+
+def fault_hook_from_env(environ: dict[str, str] | None = None) -> FaultHook | None:
+    """A hook that SIGKILLs this process at ``$CDC_FAULT_INJECT`` = ``<stage>:<batch_id>``.
+
+    For crash tests only: ``cdc run`` refuses it in the ``prod`` env. Stages are
+    ``before-commit`` (nothing written), ``mid-commit`` (bronze and quarantine written,
+    silver not) and ``after-commit`` (all tables written, Spark's commit log not).
+    """
+    import os
+    import signal
+
+    spec = (environ if environ is not None else dict(os.environ)).get(FAULT_ENV)
+    if not spec:
+        return None
+    stage, _, batch = spec.partition(":")
+    if stage not in FAULT_STAGES or not batch.isdigit():
+        raise CdcError(f"{FAULT_ENV}={spec!r}: expected <stage>:<batch_id>, stage one of {', '.join(FAULT_STAGES)}")
+    target = int(batch)
+
+    def hook(at: str, batch_id: int) -> None:
+        if at == stage and batch_id == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
 
 
 class PipelineFailedError(CdcError):

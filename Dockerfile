@@ -1,0 +1,20 @@
+# cdc-service runtime: Python 3.11 + Java 17 (Spark) + the package.
+FROM python:3.11-slim-bookworm
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
+ && rm -rf /var/lib/apt/lists/*
+ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
+    PYSPARK_PYTHON=/usr/local/bin/python \
+    PYTHONUNBUFFERED=1 \
+    CDC_CONFIG_DIR=/opt/cdc/config
+WORKDIR /opt/cdc
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-cache-dir .
+COPY config ./config
+COPY schemas ./schemas
+COPY streaming ./streaming
+RUN useradd --uid 185 --create-home cdc
+USER 185
+ENTRYPOINT ["cdc"]
+CMD ["run", "--env", "prod"]

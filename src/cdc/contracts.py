@@ -1,0 +1,727 @@
+"""Decode Confluent-framed Avro records and validate them against the topic's contract. Pure.
+
+Every input message yields exactly one output row: a valid row (``error_code`` null) goes to
+bronze, an invalid one (``error_code`` set, ``value`` null, raw bytes kept) to quarantine.
+Bad data never raises; only a bad configuration does.
+
+Checks run in this order and the first failure decides the reason: size, key, value
+(framing, schema id, body, schema resolution), then the contract's rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import yaml
+from fastavro import schemaless_reader
+from fastavro.read import SchemaResolutionError
+
+from cdc.errors import ConfigError, FramingError, SchemaNotFoundError
+from cdc.registry import (
+    AvroType,
+    RegisteredSchema,
+    SchemaRegistry,
+    check_backward,
+    extra_fields,
+    parse_avro,
+    type_label,
+    unframe,
+)
+
+__all__ = [
+    "ENVELOPE_OPS",
+    "ContractRules",
+    "KafkaMessage",
+    "QuarantineReason",
+    "Range",
+    "TopicContract",
+    "TopicDecoder",
+    "avro_to_arrow_type",
+    "load_contracts",
+    "parse_contracts",
+    "validate_contracts",
+]
+
+KafkaMessage = tuple[str, int, int, int, bytes | None, bytes | None]
+"""``(topic, partition, offset, timestamp_ms, key, value)`` as read from Kafka."""
+
+ENVELOPE_OPS = ("c", "u", "d", "r")
+_OPS_WITH_AFTER = frozenset({"c", "u", "r"})
+_NUMERIC = frozenset({"int", "long", "float", "double"})
+
+_TOPIC_KEYS = ("key_required", "key_subject", "kind", "rules", "value_subject")
+_RULE_KEYS = ("allowed", "patterns", "ranges", "required")
+_RANGE_KEYS = ("max", "min")
+_KINDS = ("envelope", "flat")
+
+
+class QuarantineReason(StrEnum):
+    """Why a record went to quarantine (the ``error_code`` column)."""
+
+    NOT_FRAMED = "not_framed"
+    UNKNOWN_SCHEMA_ID = "unknown_schema_id"
+    DECODE_ERROR = "decode_error"
+    SCHEMA_MISMATCH = "schema_mismatch"
+    OVERSIZE = "oversize"
+    RULE_VIOLATION = "rule_violation"
+    MISSING_KEY = "missing_key"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive bounds for a numeric field; either may be open."""
+
+    min: Decimal | None = None
+    max: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class ContractRules:
+    """Path rules over the decoded value; paths are dotted, e.g. ``after.email``.
+
+    A rule is skipped when a record on its path is null (so ``after.*`` rules do not apply
+    to deletes). ``required`` fails on null and on the empty string; ``patterns`` must match
+    the whole value; ``patterns``, ``allowed`` and ``ranges`` ignore null leaves.
+    """
+
+    required: tuple[str, ...] = ()
+    patterns: Mapping[str, str] = field(default_factory=dict)
+    allowed: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    ranges: Mapping[str, Range] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopicContract:
+    """What a topic's records must look like.
+
+    Attributes:
+        topic: Kafka topic name.
+        key_subject: Registry subject of the key (``<topic>-key``).
+        value_subject: Registry subject of the value (``<topic>-value``).
+        kind: ``envelope`` (Debezium before/after/op) or ``flat``.
+        rules: Path rules on the value.
+        key_required: When true, a record without a key is quarantined as ``missing_key``.
+    """
+
+    topic: str
+    key_subject: str
+    value_subject: str
+    kind: Literal["envelope", "flat"]
+    rules: ContractRules = field(default_factory=ContractRules)
+    key_required: bool = True
+
+
+def load_contracts(path: str | Path) -> dict[str, TopicContract]:
+    """Read ``schemas/contracts.yaml``: a mapping of topic name to contract.
+
+    Args:
+        path: The YAML file.
+
+    Returns:
+        Contracts by topic.
+
+    Raises:
+        ConfigError: The file is missing, is not valid YAML, or has unknown or invalid keys
+            (the message lists the valid ones).
+    """
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"contracts file {p} does not exist") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p}: cannot read contracts: {exc}") from exc
+    return parse_contracts(data, source=str(p))
+
+
+def parse_contracts(data: Any, *, source: str = "contracts") -> dict[str, TopicContract]:
+    """Validate contracts already loaded from YAML; see :func:`load_contracts`.
+
+    Args:
+        data: Mapping of topic name to contract settings.
+        source: Name used in error messages (the file path).
+
+    Returns:
+        Contracts by topic.
+
+    Raises:
+        ConfigError: Unknown or invalid keys.
+    """
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{source}: expected a mapping of topic name -> contract")
+    return {str(topic): _parse_topic(str(topic), spec, source) for topic, spec in data.items()}
+
+
+def _check_keys(where: str, spec: Any, valid: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(valid)}")
+    unknown = sorted(str(k) for k in set(spec) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (valid keys: {', '.join(valid)})"
+        )
+    return spec
+
+
+def _parse_topic(topic: str, spec: Any, source: str) -> TopicContract:
+    where = f"{source}: topic {topic!r}"
+    spec = _check_keys(where, spec, _TOPIC_KEYS)
+    for required in ("key_subject", "value_subject", "kind"):
+        if not isinstance(spec.get(required), str):
+            raise ConfigError(f"{where}: '{required}' is required and must be a string")
+    kind = spec["kind"]
+    if kind not in _KINDS:
+        raise ConfigError(f"{where}: kind {kind!r} is invalid (valid: {', '.join(_KINDS)})")
+    key_required = spec.get("key_required", True)
+    if not isinstance(key_required, bool):
+        raise ConfigError(f"{where}: 'key_required' must be true or false")
+    return TopicContract(
+        topic=topic,
+        key_subject=spec["key_subject"],
+        value_subject=spec["value_subject"],
+        kind=kind,
+        rules=_parse_rules(f"{where} rules", spec.get("rules") or {}),
+        key_required=key_required,
+    )
+
+
+def _parse_rules(where: str, spec: Any) -> ContractRules:
+    spec = _check_keys(where, spec, _RULE_KEYS)
+    required = spec.get("required") or []
+    if not isinstance(required, list) or not all(isinstance(p, str) for p in required):
+        raise ConfigError(f"{where}: 'required' must be a list of paths")
+    patterns = spec.get("patterns") or {}
+    if not isinstance(patterns, dict):
+        raise ConfigError(f"{where}: 'patterns' must map path -> regex")
+    for path, pattern in patterns.items():
+        try:
+            re.compile(str(pattern))
+        except re.error as exc:
+            raise ConfigError(f"{where}: pattern for {path!r} is invalid: {exc}") from exc
+    allowed = spec.get("allowed") or {}
+    if not isinstance(allowed, dict) or not all(isinstance(v, list) for v in allowed.values()):
+        raise ConfigError(f"{where}: 'allowed' must map path -> list of values")
+    ranges_spec = spec.get("ranges") or {}
+    if not isinstance(ranges_spec, dict):
+        raise ConfigError(f"{where}: 'ranges' must map path -> {{min, max}}")
+    ranges = {
+        str(path): _parse_range(f"{where} range {path!r}", bounds)
+        for path, bounds in ranges_spec.items()
+    }
+    return ContractRules(
+        required=tuple(required),
+        patterns={str(k): str(v) for k, v in patterns.items()},
+        allowed={str(k): tuple(v) for k, v in allowed.items()},
+        ranges=ranges,
+    )
+
+
+def _parse_range(where: str, spec: Any) -> Range:
+    spec = _check_keys(where, spec, _RANGE_KEYS)
+    bounds: dict[str, Decimal | None] = {}
+    for name in _RANGE_KEYS:
+        raw = spec.get(name)
+        if raw is None:
+            bounds[name] = None
+            continue
+        try:
+            bound = Decimal(str(raw))  # str() keeps a YAML float's short decimal spelling
+        except InvalidOperation as exc:
+            raise ConfigError(f"{where}: {name} {raw!r} is not a number") from exc
+        if isinstance(raw, bool) or not bound.is_finite():
+            raise ConfigError(f"{where}: {name} {raw!r} is not a finite number")
+        bounds[name] = bound
+    lo, hi = bounds["min"], bounds["max"]
+    if lo is None and hi is None:
+        raise ConfigError(f"{where}: set min, max or both")
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(f"{where}: min {lo} is greater than max {hi}")
+    return Range(lo, hi)
+
+
+# --------------------------------------------------------------------------- Avro -> Arrow
+
+
+def avro_to_arrow_type(schema: Any) -> pa.DataType:
+    """The Arrow type that holds values of an Avro schema as fastavro decodes them.
+
+    record -> struct, string/enum -> string, int -> int32, long -> int64, float -> float32,
+    double -> float64, boolean -> bool, bytes/fixed -> binary, decimal(p,s) -> decimal128(p,s),
+    timestamp-millis/micros -> timestamp('us', 'UTC'), date -> date32, array -> list,
+    map -> map<string, V>; a union with ``null`` and one other branch -> that branch, nullable.
+
+    Args:
+        schema: Parsed JSON schema or :class:`~cdc.registry.AvroType`.
+
+    Returns:
+        The Arrow type (for a nullable union, the type of its non-null branch).
+
+    Raises:
+        ConfigError: The schema has a union of several non-null types, or is recursive.
+    """
+    node = schema if isinstance(schema, AvroType) else parse_avro(schema)
+    return _arrow(node, "", set())[0]
+
+
+def _arrow(node: AvroType, path: str, active: set[int]) -> tuple[pa.DataType, bool]:
+    """(Arrow type, nullable) of ``node``."""
+    kind = node.kind
+    if kind == "union":
+        others = node.non_null_branches()
+        if len(others) > 1:
+            raise ConfigError(
+                f"'{path or 'root'}': union {type_label(node)} has several non-null branches; "
+                "only [null, T] unions map to Arrow"
+            )
+        if not others:
+            return pa.null(), True
+        return _arrow(others[0], path, active)[0], node.is_nullable_union
+    if kind == "record":
+        if id(node) in active:
+            raise ConfigError(f"'{path}': recursive type {node.name} cannot map to Arrow")
+        active.add(id(node))
+        fields = []
+        for f in node.fields:
+            child = f"{path}.{f.name}" if path else f.name
+            typ, nullable = _arrow(f.type, child, active)
+            fields.append(pa.field(f.name, typ, nullable=nullable))
+        active.discard(id(node))
+        return pa.struct(fields), False
+    if kind in ("array", "map"):
+        assert node.items is not None
+        typ, nullable = _arrow(node.items, path + "[]", active)
+        if kind == "array":
+            return pa.list_(pa.field("item", typ, nullable=nullable)), False
+        return pa.map_(pa.string(), pa.field("value", typ, nullable=nullable)), False
+    return _arrow_leaf(node), kind == "null"
+
+
+def _arrow_leaf(node: AvroType) -> pa.DataType:
+    logical = node.logical
+    if logical == "decimal":
+        assert node.precision is not None and node.scale is not None
+        if node.precision > 38:
+            return pa.decimal256(node.precision, node.scale)
+        return pa.decimal128(node.precision, node.scale)
+    if logical in ("timestamp-millis", "timestamp-micros"):
+        return pa.timestamp("us", tz="UTC")
+    if logical in ("local-timestamp-millis", "local-timestamp-micros"):
+        return pa.timestamp("us")
+    if logical == "date":
+        return pa.date32()
+    if logical == "time-millis":
+        return pa.time32("ms")
+    if logical == "time-micros":
+        return pa.time64("us")
+    if logical == "uuid" and node.kind == "string":
+        return pa.string()
+    simple: dict[str, pa.DataType] = {
+        "null": pa.null(),
+        "boolean": pa.bool_(),
+        "int": pa.int32(),
+        "long": pa.int64(),
+        "float": pa.float32(),
+        "double": pa.float64(),
+        "bytes": pa.binary(),
+        "fixed": pa.binary(),
+        "string": pa.string(),
+        "enum": pa.string(),
+    }
+    return simple[node.kind]
+
+
+def _output_schema(key_type: pa.DataType, value_type: pa.DataType) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("topic", pa.string(), nullable=False),
+            pa.field("partition", pa.int32(), nullable=False),
+            pa.field("offset", pa.int64(), nullable=False),
+            pa.field("timestamp", pa.timestamp("us", tz="UTC")),
+            pa.field("key_raw", pa.binary()),
+            pa.field("value_raw", pa.binary()),
+            pa.field("key_schema_id", pa.int32()),
+            pa.field("value_schema_id", pa.int32()),
+            pa.field("key", key_type),
+            pa.field("value", value_type),
+            pa.field("extra_fields", pa.list_(pa.string())),
+            pa.field("error_code", pa.string()),
+            pa.field("error", pa.string()),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class _Rule:
+    path: str
+    parents: tuple[str, ...]
+    leaf: str
+    kind: Literal["required", "pattern", "allowed", "range"]
+    pattern: re.Pattern[str] | None = None
+    allowed: frozenset[Any] = frozenset()
+    allowed_text: str = ""
+    lo: Decimal | None = None
+    hi: Decimal | None = None
+
+
+def _leaf_type(root: AvroType, path: str) -> AvroType:
+    """Walk a dotted path through records (and nullable unions of records)."""
+    node = root
+    for step in path.split("."):
+        node = _strip_null(node)
+        if node.kind != "record":
+            raise ConfigError(f"rule path {path!r}: {step!r} is not inside a record")
+        match = next((f for f in node.fields if f.name == step), None)
+        if match is None:
+            names = ", ".join(f.name for f in node.fields)
+            raise ConfigError(f"rule path {path!r}: no field {step!r} (fields: {names})")
+        node = match.type
+    return _strip_null(node)
+
+
+def _strip_null(node: AvroType) -> AvroType:
+    if node.kind == "union":
+        others = node.non_null_branches()
+        if len(others) == 1:
+            return others[0]
+    return node
+
+
+def _compile_rules(contract: TopicContract, value_type: AvroType) -> tuple[_Rule, ...]:
+    rules: list[_Rule] = []
+    spec = contract.rules
+    where = f"contract {contract.topic!r}"
+
+    def split(path: str) -> tuple[tuple[str, ...], str, AvroType]:
+        try:
+            leaf_type = _leaf_type(value_type, path)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        *parents, leaf = path.split(".")
+        return tuple(parents), leaf, leaf_type
+
+    for path in spec.required:
+        parents, leaf, _ = split(path)
+        rules.append(_Rule(path, parents, leaf, "required"))
+    for path, pattern in spec.patterns.items():
+        parents, leaf, typ = split(path)
+        if typ.kind not in ("string", "enum"):
+            raise ConfigError(f"{where}: pattern on {path!r} needs a string, not {type_label(typ)}")
+        rules.append(_Rule(path, parents, leaf, "pattern", pattern=re.compile(pattern)))
+    for path, values in spec.allowed.items():
+        parents, leaf, _ = split(path)
+        text = ", ".join(str(v) for v in values)
+        rules.append(_Rule(path, parents, leaf, "allowed", allowed=frozenset(values), allowed_text=text))
+    for path, bounds in spec.ranges.items():
+        parents, leaf, typ = split(path)
+        if typ.kind not in _NUMERIC and typ.logical != "decimal":
+            raise ConfigError(f"{where}: range on {path!r} needs a number, not {type_label(typ)}")
+        rules.append(_Rule(path, parents, leaf, "range", lo=bounds.min, hi=bounds.max))
+    if contract.kind == "envelope":
+        for name in ("before", "after", "op"):
+            split(name)
+    return tuple(rules)
+
+
+def _show(value: Any) -> str:
+    text = str(value) if isinstance(value, (Decimal, int, float)) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _violations(value: dict[str, Any], rules: Sequence[_Rule], envelope: bool) -> list[str]:
+    out: list[str] = []
+    if envelope:
+        op = value.get("op")
+        if op not in ENVELOPE_OPS:
+            out.append(f"op: {_show(op)} is not one of {', '.join(ENVELOPE_OPS)}")
+        elif op in _OPS_WITH_AFTER and value.get("after") is None:
+            out.append(f"after: null for op {op!r} (required for c, u, r)")
+        elif op == "d" and value.get("before") is None:
+            out.append("before: null for op 'd' (required for d)")
+    for rule in rules:
+        holder: Any = value
+        for step in rule.parents:
+            holder = holder[step]
+            if holder is None:
+                break
+        if holder is None:
+            continue  # a record on the path is null: the rule does not apply
+        leaf = holder[rule.leaf]
+        if rule.kind == "required":
+            if leaf is None:
+                out.append(f"{rule.path}: required but null")
+            elif leaf == "":
+                out.append(f"{rule.path}: required but empty")
+        elif leaf is None:
+            continue
+        elif rule.kind == "pattern":
+            assert rule.pattern is not None
+            if not rule.pattern.fullmatch(leaf):
+                out.append(
+                    f"{rule.path}: {_show(leaf)} does not match pattern {rule.pattern.pattern!r}"
+                )
+        elif rule.kind == "allowed":
+            if leaf not in rule.allowed:
+                out.append(f"{rule.path}: {_show(leaf)} is not one of {rule.allowed_text}")
+        elif rule.lo is not None and leaf < rule.lo:
+            out.append(f"{rule.path}: {_show(leaf)} is below the minimum {rule.lo}")
+        elif rule.hi is not None and leaf > rule.hi:
+            out.append(f"{rule.path}: {_show(leaf)} is above the maximum {rule.hi}")
+    return out
+
+
+def validate_contracts(
+    contracts: Mapping[str, TopicContract], registry: SchemaRegistry
+) -> list[str]:
+    """Check that every contract's subjects exist and its rules fit the value schema.
+
+    Args:
+        contracts: Contracts by topic.
+        registry: The registry holding their subjects.
+
+    Returns:
+        One message per problem; empty when every contract can build a decoder.
+    """
+    problems: list[str] = []
+    for topic, contract in sorted(contracts.items()):
+        try:
+            TopicDecoder(registry, contract)
+        except (ConfigError, SchemaNotFoundError) as exc:
+            problems.append(f"{topic}: {exc}")
+    return problems
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to read one writer schema id on one side (key or value), computed once per id."""
+
+    writer: dict[str, Any] | None = None
+    reader: dict[str, Any] | None = None
+    """None when the writer is the reader (fastavro then skips resolution)."""
+    extras: tuple[str, ...] = ()
+    label: str = ""
+    code: QuarantineReason | None = None
+    error: str | None = None
+
+
+_Decoded = tuple[Any, "_Plan | None", "QuarantineReason | None", "str | None"]
+
+
+class TopicDecoder:
+    """Decode and validate one topic's messages into one Arrow row each.
+
+    Reader schemas are the latest version of the contract's subjects. Plans per writer
+    schema id (writer schema, resolution check, extra fields) are computed once and cached.
+    """
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        contract: TopicContract,
+        max_message_bytes: int = 1_048_576,
+    ) -> None:
+        """Build the decoder.
+
+        Args:
+            registry: Where writer schema ids are resolved.
+            contract: The topic's contract.
+            max_message_bytes: Larger messages (key + value) are quarantined as ``oversize``.
+
+        Raises:
+            SchemaNotFoundError: A contract subject is not in the registry.
+            ConfigError: A rule path does not fit the value schema, or a schema does not map
+                to Arrow.
+        """
+        self._registry = registry
+        self._contract = contract
+        self._max_bytes = max_message_bytes
+        self._readers: dict[str, RegisteredSchema] = {
+            "key": registry.latest(contract.key_subject),
+            "value": registry.latest(contract.value_subject),
+        }
+        self._rules = _compile_rules(contract, self._readers["value"].avro_type)
+        self._envelope = contract.kind == "envelope"
+        self._schema = _output_schema(
+            avro_to_arrow_type(self._readers["key"].avro_type),
+            avro_to_arrow_type(self._readers["value"].avro_type),
+        )
+        self._plans: dict[tuple[str, int], _Plan] = {}
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        """The schema of every batch :meth:`decode_batch` returns."""
+        return self._schema
+
+    @property
+    def contract(self) -> TopicContract:
+        """The contract this decoder enforces."""
+        return self._contract
+
+    def decode_batch(self, messages: Sequence[KafkaMessage]) -> pa.RecordBatch:
+        """Decode and validate messages; one output row per message, in input order.
+
+        Args:
+            messages: ``(topic, partition, offset, timestamp_ms, key, value)`` tuples; a
+                negative timestamp means none.
+
+        Returns:
+            A batch with :attr:`arrow_schema`.
+        """
+        n = len(messages)
+        topics: list[str] = [""] * n
+        partitions: list[int] = [0] * n
+        offsets: list[int] = [0] * n
+        stamps: list[int | None] = [None] * n
+        key_raw: list[bytes | None] = [None] * n
+        value_raw: list[bytes | None] = [None] * n
+        key_ids: list[int | None] = [None] * n
+        value_ids: list[int | None] = [None] * n
+        keys: list[Any] = [None] * n
+        values: list[Any] = [None] * n
+        extras: list[list[str] | None] = [None] * n
+        codes: list[str | None] = [None] * n
+        errors: list[str | None] = [None] * n
+        key_required = self._contract.key_required
+        for i, (topic, partition, offset, ts_ms, key, value) in enumerate(messages):
+            topics[i], partitions[i], offsets[i] = topic, partition, offset
+            stamps[i] = ts_ms * 1000 if ts_ms is not None and ts_ms >= 0 else None
+            key_raw[i], value_raw[i] = key, value
+            size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
+            if size > self._max_bytes:
+                codes[i] = QuarantineReason.OVERSIZE
+                errors[i] = (
+                    f"message is {size} bytes (key + value), over max_message_bytes "
+                    f"{self._max_bytes}"
+                )
+                continue
+            key_plan: _Plan | None = None
+            if key is None:
+                if key_required:
+                    codes[i] = QuarantineReason.MISSING_KEY
+                    errors[i] = f"key is absent ({self._contract.topic} requires a key)"
+                    continue
+            else:
+                key_ids[i] = _schema_id(key)
+                record, key_plan, code, error = self._decode("key", key)
+                if code is not None:
+                    codes[i], errors[i] = QuarantineReason.MISSING_KEY, error
+                    continue
+                keys[i] = record
+            if value is None:  # a tombstone
+                if key_plan is not None and key_plan.extras:
+                    extras[i] = list(key_plan.extras)
+                continue
+            value_ids[i] = _schema_id(value)
+            record, value_plan, code, error = self._decode("value", value)
+            if code is not None:
+                codes[i], errors[i] = code, error
+                continue
+            assert value_plan is not None
+            found = (key_plan.extras if key_plan is not None else ()) + value_plan.extras
+            if found:
+                extras[i] = list(found)
+            if self._rules or self._envelope:
+                broken = _violations(record, self._rules, self._envelope)
+                if broken:
+                    codes[i], errors[i] = QuarantineReason.RULE_VIOLATION, "; ".join(broken)
+                    continue
+            values[i] = record
+        s = self._schema
+        columns = [
+            pa.array(topics, s.field("topic").type),
+            pa.array(partitions, s.field("partition").type),
+            pa.array(offsets, s.field("offset").type),
+            pa.array(stamps, s.field("timestamp").type),
+            pa.array(key_raw, s.field("key_raw").type),
+            pa.array(value_raw, s.field("value_raw").type),
+            pa.array(key_ids, s.field("key_schema_id").type),
+            pa.array(value_ids, s.field("value_schema_id").type),
+            pa.array(keys, s.field("key").type),
+            pa.array(values, s.field("value").type),
+            pa.array(extras, s.field("extra_fields").type),
+            pa.array(codes, s.field("error_code").type),
+            pa.array(errors, s.field("error").type),
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=s)
+
+    def _decode(self, side: str, data: bytes) -> _Decoded:
+        """Decode one key or value: (record, plan, error code, error text)."""
+        if len(data) < 5 or data[0] != 0:
+            try:
+                unframe(data)
+            except FramingError as exc:
+                return None, None, QuarantineReason.NOT_FRAMED, f"{side} is not framed: {exc}"
+        schema_id = int.from_bytes(data[1:5], "big", signed=True)
+        plan = self._plans.get((side, schema_id))
+        if plan is None:
+            plan = self._plans[(side, schema_id)] = self._plan(side, schema_id)
+        if plan.code is not None:
+            return None, plan, plan.code, plan.error
+        buffer = BytesIO(data)
+        buffer.seek(5)
+        try:
+            record = schemaless_reader(buffer, plan.writer, plan.reader)
+        except SchemaResolutionError as exc:
+            return None, plan, QuarantineReason.SCHEMA_MISMATCH, (
+                f"{side} {plan.label} cannot be read with {self._readers[side].label}: {exc}"
+            )
+        except Exception as exc:  # corrupt input surfaces as many exception types
+            return None, plan, QuarantineReason.DECODE_ERROR, (
+                f"{side} could not be decoded with {plan.label}: {type(exc).__name__}: {exc}"
+            )
+        trailing = len(data) - buffer.tell()
+        if trailing:
+            return None, plan, QuarantineReason.DECODE_ERROR, (
+                f"{side} has {trailing} trailing byte(s) after the Avro body ({plan.label})"
+            )
+        return record, plan, None, None
+
+    def _plan(self, side: str, schema_id: int) -> _Plan:
+        reader = self._readers[side]
+        try:
+            writer = self._registry.by_id(schema_id)
+        except SchemaNotFoundError:
+            return _Plan(
+                code=QuarantineReason.UNKNOWN_SCHEMA_ID,
+                error=f"{side} schema id {schema_id} is not in the registry",
+            )
+        label = f"writer schema id {schema_id} ({writer.label})"
+        if writer.schema_id == reader.schema_id:
+            return _Plan(writer=reader.parsed, label=label)
+        problems = check_backward(reader.avro_type, writer.avro_type, root=side)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            return _Plan(
+                label=label,
+                code=QuarantineReason.SCHEMA_MISMATCH,
+                error=f"{side} {label} cannot be read with {reader.label}: {problems[0]}{more}",
+            )
+        return _Plan(
+            writer=writer.parsed,
+            reader=reader.parsed,
+            extras=tuple(extra_fields(reader.avro_type, writer.avro_type, root=side)),
+            label=label,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Plans hold parsed schemas; executors rebuild them on first use.
+        state = self.__dict__.copy()
+        state["_plans"] = {}
+        return state
+
+
+def _schema_id(data: bytes) -> int | None:
+    return int.from_bytes(data[1:5], "big", signed=True) if len(data) >= 5 and data[0] == 0 else None

@@ -1,0 +1,418 @@
+"""The ``cdc_kafka`` Python data source: Spark-facing classes over the offset logic and Kafka I/O.
+
+Where each method runs matters:
+
+* ``DataSource.schema()`` runs once per query definition, in a planner Python worker.
+* The stream reader's ``initialOffset``/``latestOffset``/``partitions``/``commit``/
+  ``reportLatestOffset``/``prepareForTriggerAvailableNow`` run in one long-lived Python worker per
+  query ("driver side"); it keeps one cached consumer for metadata and offsets.
+* ``read(partition)`` runs in executor Python workers, on a *pickled copy* of the reader, once
+  per offset range: it fetches with a fresh consumer and decodes in the same task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pyspark.sql.datasource import (
+    DataSource,
+    DataSourceReader,
+    DataSourceStreamReader,
+    InputPartition,
+)
+from pyspark.sql.streaming.datasource import (
+    ReadAllAvailable,
+    ReadLimit,
+    ReadMaxRows,
+    SupportsTriggerAvailableNow,
+)
+from pyspark.sql.types import StructType
+
+from cdc.errors import ConfigError, DataLossError
+from cdc.source._kafka import KafkaMetadata, fetch_range
+from cdc.source.offsets import (
+    DataLoss,
+    OffsetJson,
+    OffsetRange,
+    PartitionOffsets,
+    next_end_offsets,
+    offsets_from_json,
+    offsets_to_json,
+    partitions_needing_earliest,
+    plan_ranges,
+    ranges_between,
+    reconcile_start,
+    resolve_ending_offsets,
+    resolve_starting_offsets,
+)
+from cdc.source.options import SourceOptions
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from cdc.contracts import TopicDecoder
+
+__all__ = [
+    "DATA_SOURCE_NAME",
+    "KafkaBatchReader",
+    "KafkaDataSource",
+    "KafkaInputPartition",
+    "KafkaStreamReader",
+    "data_loss_count",
+]
+
+DATA_SOURCE_NAME = "cdc_kafka"
+
+_log = logging.getLogger("cdc.source")
+
+_FAIL_HINT = (
+    "set failOnDataLoss=false to skip the lost records and continue,"
+    " or reset the pipeline's offsets with `cdc replay`"
+)
+
+# Per Python process: executor workers are reused, so registry parsing happens once per worker.
+_DECODERS: dict[tuple[str, str, str, int | None], TopicDecoder] = {}
+_DECODERS_LOCK = threading.Lock()
+_DATA_LOSS = {"count": 0}
+_DATA_LOSS_LOCK = threading.Lock()
+
+
+def data_loss_count() -> int:
+    """Data-loss events tolerated (``failOnDataLoss=false``) so far in this Python process."""
+    return _DATA_LOSS["count"]
+
+
+class KafkaInputPartition(InputPartition):
+    """One Spark task: an offset range of one topic-partition."""
+
+    def __init__(self, offset_range: OffsetRange) -> None:
+        """Wrap ``offset_range`` (picklable, shipped to executors)."""
+        super().__init__(offset_range)
+        self.range = offset_range
+
+    def __repr__(self) -> str:
+        r = self.range
+        return f"KafkaInputPartition({r.topic}/{r.partition} [{r.start}, {r.end}))"
+
+
+class KafkaDataSource(DataSource):
+    """Spark data source ``cdc_kafka``: Avro-framed Kafka topics, decoded by their contract.
+
+    Read with ``spark.readStream.format("cdc_kafka")`` (micro-batch, incl. Trigger.AvailableNow)
+    or ``spark.read.format("cdc_kafka")`` (a bounded replay between two sets of offsets).
+    """
+
+    @classmethod
+    def name(cls) -> str:
+        """The short name used in ``format(...)``."""
+        return DATA_SOURCE_NAME
+
+    def _parsed(self) -> SourceOptions:
+        return SourceOptions.parse(self.options)
+
+    def schema(self) -> StructType:
+        """The Spark schema of the subscribed topics' shared contract.
+
+        Returns:
+            The StructType converted from the decoder's Arrow schema.
+
+        Raises:
+            ConfigError: options are invalid, a topic has no contract, or the subscribed topics
+                do not share one schema.
+        """
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        options = self._parsed()
+        schemas = {topic: _decoder(options, topic).arrow_schema for topic in options.topics}
+        first_topic = options.topics[0]
+        first = schemas[first_topic]
+        different = [topic for topic, schema in schemas.items() if not schema.equals(first)]
+        if different:
+            raise ConfigError(
+                "all topics read by one cdc_kafka source must share one contract;"
+                f" {', '.join(different)} decode(s) differently from {first_topic}"
+            )
+        return from_arrow_schema(first)
+
+    def streamReader(self, schema: StructType) -> KafkaStreamReader:
+        """Micro-batch reader (see :class:`KafkaStreamReader`)."""
+        return KafkaStreamReader(self._parsed(), schema)
+
+    def reader(self, schema: StructType) -> KafkaBatchReader:
+        """Bounded batch reader (see :class:`KafkaBatchReader`)."""
+        return KafkaBatchReader(self._parsed(), schema)
+
+
+class _RangeReader:
+    """Executor-side reading shared by the stream and batch readers."""
+
+    _options: SourceOptions
+    _schema: StructType
+
+    def _read_range(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        if not isinstance(partition, KafkaInputPartition):
+            return  # Spark plans one empty InputPartition(None) when a batch read has none
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        options = self._options
+        offset_range = partition.range
+        decoder = _decoder(options, offset_range.topic)
+        # Spark validates batches against its own Arrow rendering of the schema; field names
+        # inside lists and string/binary widths may differ from the decoder's, so conform.
+        expected = to_arrow_schema(self._schema, timezone="UTC")
+
+        def on_loss(loss: DataLoss) -> None:
+            _handle_data_loss([loss], options.fail_on_data_loss, set())
+
+        for messages in fetch_range(
+            options.kafka_config,
+            offset_range,
+            on_data_loss=on_loss,
+            poll_timeout_ms=options.poll_timeout_ms,
+            batch_size=options.fetch_batch_size,
+            fetch_timeout_ms=options.fetch_timeout_ms,
+        ):
+            batch = decoder.decode_batch(messages)
+            if not batch.schema.equals(expected):
+                batch = batch.cast(expected)
+            yield batch
+
+
+class KafkaStreamReader(_RangeReader, DataSourceStreamReader, SupportsTriggerAvailableNow):
+    """Micro-batch reader with admission control and Trigger.AvailableNow support.
+
+    Offsets are ``{topic: {"<partition>": next_offset}}``; see :mod:`cdc.source.offsets`.
+    """
+
+    def __init__(self, options: SourceOptions, schema: StructType) -> None:
+        """Create the reader; no connection is made until Spark asks for offsets.
+
+        Args:
+            options: parsed source options.
+            schema: the output schema Spark resolved from :meth:`KafkaDataSource.schema`.
+        """
+        self._options = options
+        self._schema = schema
+        self._metadata: KafkaMetadata | None = None
+        self._target: PartitionOffsets | None = None
+        self._latest: PartitionOffsets | None = None
+        self._reported: set[tuple[str, int, str, int]] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Executors get a pickled copy: ship options and schema, never the driver's consumer.
+        state = dict(self.__dict__)
+        state["_metadata"] = None
+        return state
+
+    @property
+    def _client(self) -> KafkaMetadata:
+        if self._metadata is None:
+            self._metadata = KafkaMetadata(self._options.kafka_config)
+        return self._metadata
+
+    def initialOffset(self) -> OffsetJson:
+        """Offsets a new query starts from (``startingTimestamp`` / ``startingOffsets``).
+
+        Returns:
+            ``{topic: {"<partition>": offset}}`` for every existing subscribed partition.
+        """
+        options = self._options
+        watermarks = self._client.topic_watermarks(options.topics)
+        found = None
+        if options.starting.timestamp_ms is not None:
+            found = self._client.offsets_for_times(watermarks, options.starting.timestamp_ms)
+        start = resolve_starting_offsets(options.starting, watermarks, found)
+        _log.info("cdc_kafka initial offsets: %s", offsets_to_json(start))
+        return offsets_to_json(start)
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        """``ReadMaxRows(maxRecordsPerTrigger)`` when that option is set, else all available."""
+        limit = self._options.max_records_per_trigger
+        return ReadMaxRows(limit) if limit is not None else ReadAllAvailable()
+
+    def latestOffset(self, start: dict[str, Any], limit: ReadLimit) -> OffsetJson:
+        """End offsets of the next micro-batch.
+
+        Args:
+            start: the batch's start offsets (the previous end, or the initial offsets).
+            limit: ``ReadMaxRows`` caps the batch's records; anything else reads all available
+                (``ReadAllAvailable`` must ignore ``maxRecordsPerTrigger``).
+
+        Returns:
+            ``{topic: {"<partition>": offset}}``; equal to ``start`` when there is nothing new.
+
+        Raises:
+            DataLossError: offsets were lost and ``failOnDataLoss`` is true.
+        """
+        start_offsets = offsets_from_json(start, "start offsets")
+        watermarks = self._client.topic_watermarks(self._options.topics)
+        self._latest = {tp: wm.high for tp, wm in watermarks.items()}
+        max_rows = limit.max_rows if isinstance(limit, ReadMaxRows) else None
+        end, losses = next_end_offsets(
+            start_offsets, watermarks, max_records=max_rows, target=self._target
+        )
+        _handle_data_loss(losses, self._options.fail_on_data_loss, self._reported)
+        return offsets_to_json(end)
+
+    def reportLatestOffset(self) -> OffsetJson | None:
+        """High watermarks seen by the last ``latestOffset`` call (for lag metrics)."""
+        return offsets_to_json(self._latest) if self._latest else None
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        """Record the current end of every partition; later batches never read past it."""
+        watermarks = self._client.topic_watermarks(self._options.topics)
+        self._target = {tp: wm.high for tp, wm in watermarks.items()}
+        _log.info("cdc_kafka Trigger.AvailableNow target: %s", offsets_to_json(self._target))
+
+    def partitions(self, start: dict[str, Any], end: dict[str, Any]) -> Sequence[InputPartition]:
+        """Spark tasks of a micro-batch: one per range, ranges split at maxRecordsPerPartition.
+
+        Args:
+            start: the batch's start offsets.
+            end: the batch's end offsets.
+
+        Returns:
+            One :class:`KafkaInputPartition` per range (none for an empty batch).
+
+        Raises:
+            DataLossError: offsets were lost and ``failOnDataLoss`` is true.
+        """
+        if start == end:
+            return []
+        start_offsets = offsets_from_json(start, "start offsets")
+        end_offsets = offsets_from_json(end, "end offsets")
+        needed = partitions_needing_earliest(start_offsets, end_offsets)
+        earliest = (
+            {tp: wm.low for tp, wm in self._client.watermarks(sorted(needed)).items()}
+            if needed
+            else {}
+        )
+        ranges, losses = ranges_between(start_offsets, end_offsets, earliest)
+        _handle_data_loss(losses, self._options.fail_on_data_loss, self._reported)
+        planned = plan_ranges(ranges, self._options.max_records_per_partition)
+        return [KafkaInputPartition(r) for r in planned]
+
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        """Fetch and decode one range (runs on an executor)."""
+        return self._read_range(partition)
+
+    def commit(self, end: dict[str, Any]) -> None:
+        """Nothing to do: Spark's checkpoint is the only record of progress."""
+
+    def stop(self) -> None:
+        """Close the driver-side consumer."""
+        if self._metadata is not None:
+            self._metadata.close()
+            self._metadata = None
+
+
+class KafkaBatchReader(_RangeReader, DataSourceReader):
+    """Bounded read from ``startingOffsets``/``startingTimestamp`` to ``endingOffsets``.
+
+    For replay tooling and inspection: the same ranges, splitting and decoding as streaming.
+    """
+
+    def __init__(self, options: SourceOptions, schema: StructType) -> None:
+        """Create the reader.
+
+        Args:
+            options: parsed source options.
+            schema: the output schema.
+        """
+        self._options = options
+        self._schema = schema
+
+    def partitions(self) -> Sequence[InputPartition]:
+        """Ranges between the starting and ending offsets, split at maxRecordsPerPartition.
+
+        Returns:
+            One :class:`KafkaInputPartition` per range.
+
+        Raises:
+            ConfigError: an explicit ending offset is beyond the partition's end.
+            DataLossError: an explicit start offset is out of range and ``failOnDataLoss`` is
+                true.
+        """
+        options = self._options
+        client = KafkaMetadata(options.kafka_config)
+        try:
+            watermarks = client.topic_watermarks(options.topics)
+            found = None
+            if options.starting.timestamp_ms is not None:
+                found = client.offsets_for_times(watermarks, options.starting.timestamp_ms)
+            start = resolve_starting_offsets(options.starting, watermarks, found)
+            end = resolve_ending_offsets(options.ending, watermarks)
+        finally:
+            client.close()
+        beyond = sorted(tp for tp, offset in end.items() if offset > watermarks[tp].high)
+        if beyond:
+            detail = ", ".join(
+                f"{t}/{p}={end[(t, p)]} (end {watermarks[(t, p)].high})" for t, p in beyond
+            )
+            raise ConfigError(f"endingOffsets is beyond the end of the partition: {detail}")
+        effective, losses = reconcile_start(start, watermarks)
+        _handle_data_loss(losses, options.fail_on_data_loss, set())
+        ranges = [
+            OffsetRange(topic, partition, begin, end[(topic, partition)])
+            for (topic, partition), begin in sorted(effective.items())
+            if begin < end[(topic, partition)]
+        ]
+        return [KafkaInputPartition(r) for r in plan_ranges(ranges, options.max_records_per_partition)]
+
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        """Fetch and decode one range (runs on an executor)."""
+        return self._read_range(partition)
+
+
+def _handle_data_loss(
+    losses: Iterable[DataLoss], fail: bool, reported: set[tuple[str, int, str, int]]
+) -> None:
+    """Raise for data loss (failOnDataLoss=true) or log and count each new event once."""
+    events = list(losses)
+    if not events:
+        return
+    if fail:
+        details = "; ".join(loss.describe() for loss in events)
+        raise DataLossError(f"{details}; {_FAIL_HINT}")
+    for loss in events:
+        if loss.key in reported:
+            continue
+        reported.add(loss.key)
+        with _DATA_LOSS_LOCK:
+            _DATA_LOSS["count"] += 1
+        if loss.resume_offset is not None:
+            action = f"continuing from offset {loss.resume_offset}"
+        else:
+            action = "skipping the missing records"
+        _log.warning("%s; failOnDataLoss=false: %s", loss.describe(), action)
+
+
+def _decoder(options: SourceOptions, topic: str) -> TopicDecoder:
+    """The decoder of ``topic``, built once per Python process."""
+    key = (options.registry_path, options.contracts_path, topic, options.max_message_bytes)
+    with _DECODERS_LOCK:
+        decoder = _DECODERS.get(key)
+        if decoder is None:
+            decoder = _build_decoder(options, topic)
+            _DECODERS[key] = decoder
+        return decoder
+
+
+def _build_decoder(options: SourceOptions, topic: str) -> TopicDecoder:
+    from cdc.contracts import TopicDecoder, load_contracts
+    from cdc.registry import FileRegistry
+
+    contracts = load_contracts(options.contracts_path)
+    contract = contracts.get(topic)
+    if contract is None:
+        known = ", ".join(sorted(contracts)) or "none"
+        raise ConfigError(
+            f"no contract for topic {topic!r} in {options.contracts_path} (contracts: {known})"
+        )
+    registry = FileRegistry.load(options.registry_path)
+    if options.max_message_bytes is None:
+        return TopicDecoder(registry, contract)
+    return TopicDecoder(registry, contract, max_message_bytes=options.max_message_bytes)
