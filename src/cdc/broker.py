@@ -8,6 +8,7 @@ deadline, never by a fixed sleep.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import logging
@@ -37,7 +38,9 @@ _log = logging.getLogger(__name__)
 _DEFAULT_HOST = "127.0.0.1"
 _STORAGE_ENGINE = "memory://tansu/"
 _POLL_INTERVAL_S = 0.02
-_STOP_TIMEOUT_S = 10.0
+# Tansu drains open client connections on SIGTERM for up to ~5 s; the in-memory store has
+# nothing to flush, so a short grace before SIGKILL keeps restarts (fault tests) fast.
+_STOP_GRACE_S = 1.0
 _ADDR_IN_USE_MARKERS = ("AddrInUse", "Address in use", "Address already in use")
 
 
@@ -114,9 +117,7 @@ class EmbeddedBroker:
         Raises:
             BrokerUnavailableError: the port is in use, or the broker did not become ready.
         """
-        broker = cls(
-            host, port, binary=binary, log_path=log_path, startup_timeout=startup_timeout
-        )
+        broker = cls(host, port, binary=binary, log_path=log_path, startup_timeout=startup_timeout)
         broker._launch()
         return broker
 
@@ -178,23 +179,26 @@ class EmbeddedBroker:
         """Whether the broker process is alive."""
         return self._process is not None and self._process.poll() is None
 
-    def stop(self, timeout: float = _STOP_TIMEOUT_S) -> None:
-        """Terminate the broker and wait for it to exit (killed if it ignores SIGTERM).
+    def stop(self, timeout: float = _STOP_GRACE_S) -> None:
+        """Terminate the broker and wait for it to exit (SIGKILL after ``timeout``).
 
         Args:
             timeout: seconds to wait after SIGTERM before sending SIGKILL.
         """
         process, self._process = self._process, None
+        atexit.unregister(self.stop)
         if process is not None:
             if process.poll() is None:
                 process.terminate()
                 try:
                     process.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    _log.warning("broker pid %d ignored SIGTERM; killing it", process.pid)
+                    _log.info("broker pid %d still draining after SIGTERM; killing it", process.pid)
                     process.kill()
                     process.wait()
-            _log.info("embedded broker %s stopped (exit code %s)", self.bootstrap, process.returncode)
+            _log.info(
+                "embedded broker %s stopped (exit code %s)", self.bootstrap, process.returncode
+            )
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -243,6 +247,7 @@ class EmbeddedBroker:
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = self.log_path.open("ab")
+        log_start = self._log_file.tell()
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -250,13 +255,17 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             close_fds=True,
         )
+        # A script that dies on an exception must not leave an orphan broker holding the port.
+        atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout
         process = self._process
-        if _poll_ready(self.bootstrap, deadline, alive=lambda: process.poll()):
+        # The liveness check after readiness matters: if another process took the port between
+        # our probe and the broker's bind, the metadata answer came from that other process.
+        if _poll_ready(self.bootstrap, deadline, alive=process.poll) and process.poll() is None:
             _log.info("embedded broker ready at %s (pid %d)", self.bootstrap, process.pid)
             return
         code = process.poll()
-        tail = _tail(self.log_path)
+        tail = _tail(self.log_path, since=log_start)
         self.stop()
         if any(marker in tail for marker in _ADDR_IN_USE_MARKERS):
             raise BrokerUnavailableError(_in_use_message(self.host, self.port))
@@ -351,13 +360,13 @@ def _poll_ready(bootstrap: str, deadline: float, alive: Callable[[], int | None]
 def _admin_client(bootstrap: str) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient(
-        {
-            "bootstrap.servers": bootstrap,
-            "socket.connection.setup.timeout.ms": 1000,
-            "logger": logging.getLogger("cdc.broker.librdkafka"),
-        }
-    )
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "socket.connection.setup.timeout.ms": 1000,
+        # Route librdkafka's connection-refused chatter into logging instead of stderr.
+        "logger": logging.getLogger("cdc.broker.librdkafka"),
+    }
+    return AdminClient(config)
 
 
 def _tcp_connects(host: str, port: int) -> bool:
@@ -416,9 +425,10 @@ def _resolve_binary() -> str:
         raise BrokerUnavailableError(f"no Tansu broker binary: {exc}") from exc
 
 
-def _tail(path: Path, max_bytes: int = 4096) -> str:
+def _tail(path: Path, since: int = 0, max_bytes: int = 4096) -> str:
+    """The end of the log written since byte ``since`` (this launch only)."""
     with contextlib.suppress(OSError), path.open("rb") as handle:
         handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, handle.tell() - max_bytes))
+        handle.seek(max(since, handle.tell() - max_bytes))
         return handle.read().decode("utf-8", "replace")
     return ""

@@ -161,6 +161,7 @@ def scd2_changes(
         pl.when(is_delete).then(pl.lit("D")).otherwise(pl.lit("U")).alias("_op"),
         encode_sequence(seq_ms, pl.col("partition"), pl.col("offset")).alias("_seq"),
         pl.col("topic").alias("_source_topic"),
+        value.is_null().alias("_tombstone"),
     )
 
 

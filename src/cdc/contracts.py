@@ -250,7 +250,7 @@ def _parse_range(where: str, spec: Any) -> Range:
 # --------------------------------------------------------------------------- Avro -> Arrow
 
 
-def avro_to_arrow_type(schema: Any) -> pa.DataType:
+def avro_to_arrow_type(schema: Any, *, nested_nullable: bool = False) -> pa.DataType:
     """The Arrow type that holds values of an Avro schema as fastavro decodes them.
 
     record -> struct, string/enum -> string, int -> int32, long -> int64, float -> float32,
@@ -260,6 +260,11 @@ def avro_to_arrow_type(schema: Any) -> pa.DataType:
 
     Args:
         schema: Parsed JSON schema or :class:`~cdc.registry.AvroType`.
+        nested_nullable: Mark every nested field, list item and map value nullable instead of
+            nullable only for ``[null, T]`` unions. The decoder's output uses this: PySpark's
+            ``DataFrame.toArrow()`` writes the children of a null struct as nulls and then
+            refuses to cast them to non-nullable fields ("nulls in input cannot be viewed as
+            non-nullable"), so a non-nullable child under a nullable parent cannot round-trip.
 
     Returns:
         The Arrow type (for a nullable union, the type of its non-null branch).
@@ -268,40 +273,50 @@ def avro_to_arrow_type(schema: Any) -> pa.DataType:
         ConfigError: The schema has a union of several non-null types, or is recursive.
     """
     node = schema if isinstance(schema, AvroType) else parse_avro(schema)
-    return _arrow(node, "", set())[0]
+    return _ArrowMapping(nested_nullable).arrow(node, "")[0]
 
 
-def _arrow(node: AvroType, path: str, active: set[int]) -> tuple[pa.DataType, bool]:
-    """(Arrow type, nullable) of ``node``."""
-    kind = node.kind
-    if kind == "union":
-        others = node.non_null_branches()
-        if len(others) > 1:
-            raise ConfigError(
-                f"'{path or 'root'}': union {type_label(node)} has several non-null branches; "
-                "only [null, T] unions map to Arrow"
-            )
-        if not others:
-            return pa.null(), True
-        return _arrow(others[0], path, active)[0], node.is_nullable_union
-    if kind == "record":
-        if id(node) in active:
-            raise ConfigError(f"'{path}': recursive type {node.name} cannot map to Arrow")
-        active.add(id(node))
-        fields = []
-        for f in node.fields:
-            child = f"{path}.{f.name}" if path else f.name
-            typ, nullable = _arrow(f.type, child, active)
-            fields.append(pa.field(f.name, typ, nullable=nullable))
-        active.discard(id(node))
-        return pa.struct(fields), False
-    if kind in ("array", "map"):
-        assert node.items is not None
-        typ, nullable = _arrow(node.items, path + "[]", active)
-        if kind == "array":
-            return pa.list_(pa.field("item", typ, nullable=nullable)), False
-        return pa.map_(pa.string(), pa.field("value", typ, nullable=nullable)), False
-    return _arrow_leaf(node), kind == "null"
+class _ArrowMapping:
+    """One Avro -> Arrow conversion; tracks the records being expanded to reject recursion."""
+
+    def __init__(self, nested_nullable: bool) -> None:
+        self.nested_nullable = nested_nullable
+        self.active: set[int] = set()
+
+    def arrow(self, node: AvroType, path: str) -> tuple[pa.DataType, bool]:
+        """(Arrow type, whether a field of this type is nullable) for ``node``."""
+        typ, nullable = self._map(node, path)
+        return typ, nullable or self.nested_nullable
+
+    def _map(self, node: AvroType, path: str) -> tuple[pa.DataType, bool]:
+        kind = node.kind
+        if kind == "union":
+            others = node.non_null_branches()
+            if len(others) > 1:
+                raise ConfigError(
+                    f"'{path or 'root'}': union {type_label(node)} has several non-null "
+                    "branches; only [null, T] unions map to Arrow"
+                )
+            if not others:
+                return pa.null(), True
+            return self.arrow(others[0], path)[0], node.is_nullable_union
+        if kind == "record":
+            if id(node) in self.active:
+                raise ConfigError(f"'{path}': recursive type {node.name} cannot map to Arrow")
+            self.active.add(id(node))
+            fields = []
+            for f in node.fields:
+                typ, nullable = self.arrow(f.type, f"{path}.{f.name}" if path else f.name)
+                fields.append(pa.field(f.name, typ, nullable=nullable))
+            self.active.discard(id(node))
+            return pa.struct(fields), False
+        if kind in ("array", "map"):
+            assert node.items is not None
+            typ, nullable = self.arrow(node.items, path + "[]")
+            if kind == "array":
+                return pa.list_(pa.field("item", typ, nullable=nullable)), False
+            return pa.map_(pa.string(), pa.field("value", typ, nullable=nullable)), False
+        return _arrow_leaf(node), kind == "null"
 
 
 def _arrow_leaf(node: AvroType) -> pa.DataType:
@@ -421,7 +436,9 @@ def _compile_rules(contract: TopicContract, value_type: AvroType) -> tuple[_Rule
     for path, values in spec.allowed.items():
         parents, leaf, _ = split(path)
         text = ", ".join(str(v) for v in values)
-        rules.append(_Rule(path, parents, leaf, "allowed", allowed=frozenset(values), allowed_text=text))
+        rules.append(
+            _Rule(path, parents, leaf, "allowed", allowed=frozenset(values), allowed_text=text)
+        )
     for path, bounds in spec.ranges.items():
         parents, leaf, typ = split(path)
         if typ.kind not in _NUMERIC and typ.logical != "decimal":
@@ -434,7 +451,12 @@ def _compile_rules(contract: TopicContract, value_type: AvroType) -> tuple[_Rule
 
 
 def _show(value: Any) -> str:
-    text = str(value) if isinstance(value, (Decimal, int, float)) else repr(value)
+    if isinstance(value, Decimal):
+        text = f"{value:f}"  # plain notation: 0.00000001, not 1E-8
+    elif isinstance(value, (int, float)):
+        text = str(value)
+    else:
+        text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -468,15 +490,15 @@ def _violations(value: dict[str, Any], rules: Sequence[_Rule], envelope: bool) -
             assert rule.pattern is not None
             if not rule.pattern.fullmatch(leaf):
                 out.append(
-                    f"{rule.path}: {_show(leaf)} does not match pattern {rule.pattern.pattern!r}"
+                    f"{rule.path}: {_show(leaf)} does not match pattern '{rule.pattern.pattern}'"
                 )
         elif rule.kind == "allowed":
             if leaf not in rule.allowed:
                 out.append(f"{rule.path}: {_show(leaf)} is not one of {rule.allowed_text}")
         elif rule.lo is not None and leaf < rule.lo:
-            out.append(f"{rule.path}: {_show(leaf)} is below the minimum {rule.lo}")
+            out.append(f"{rule.path}: {_show(leaf)} is below the minimum {_show(rule.lo)}")
         elif rule.hi is not None and leaf > rule.hi:
-            out.append(f"{rule.path}: {_show(leaf)} is above the maximum {rule.hi}")
+            out.append(f"{rule.path}: {_show(leaf)} is above the maximum {_show(rule.hi)}")
     return out
 
 
@@ -555,8 +577,8 @@ class TopicDecoder:
         self._rules = _compile_rules(contract, self._readers["value"].avro_type)
         self._envelope = contract.kind == "envelope"
         self._schema = _output_schema(
-            avro_to_arrow_type(self._readers["key"].avro_type),
-            avro_to_arrow_type(self._readers["value"].avro_type),
+            avro_to_arrow_type(self._readers["key"].avro_type, nested_nullable=True),
+            avro_to_arrow_type(self._readers["value"].avro_type, nested_nullable=True),
         )
         self._plans: dict[tuple[str, int], _Plan] = {}
 
@@ -580,6 +602,8 @@ class TopicDecoder:
         Returns:
             A batch with :attr:`arrow_schema`.
         """
+        # Column lists filled in one pass, then one pa.array per column: about twice as fast
+        # as RecordBatch.from_pylist over row dicts (measured on contact envelopes).
         n = len(messages)
         topics: list[str] = [""] * n
         partitions: list[int] = [0] * n
@@ -616,7 +640,7 @@ class TopicDecoder:
             else:
                 key_ids[i] = _schema_id(key)
                 record, key_plan, code, error = self._decode("key", key)
-                if code is not None:
+                if code is not None:  # any unusable key counts as missing; the text says why
                     codes[i], errors[i] = QuarantineReason.MISSING_KEY, error
                     continue
                 keys[i] = record
@@ -670,23 +694,25 @@ class TopicDecoder:
             plan = self._plans[(side, schema_id)] = self._plan(side, schema_id)
         if plan.code is not None:
             return None, plan, plan.code, plan.error
+        assert plan.writer is not None
         buffer = BytesIO(data)
         buffer.seek(5)
         try:
             record = schemaless_reader(buffer, plan.writer, plan.reader)
         except SchemaResolutionError as exc:
-            return None, plan, QuarantineReason.SCHEMA_MISMATCH, (
-                f"{side} {plan.label} cannot be read with {self._readers[side].label}: {exc}"
-            )
+            reader = self._readers[side].label
+            error = f"{side} {plan.label} cannot be read as {reader}: {exc}"
+            return None, plan, QuarantineReason.SCHEMA_MISMATCH, error
+        except EOFError:
+            error = f"{side} is truncated: the Avro body of {plan.label} ends early"
+            return None, plan, QuarantineReason.DECODE_ERROR, error
         except Exception as exc:  # corrupt input surfaces as many exception types
-            return None, plan, QuarantineReason.DECODE_ERROR, (
-                f"{side} could not be decoded with {plan.label}: {type(exc).__name__}: {exc}"
-            )
+            error = f"{side} could not be decoded with {plan.label}: {type(exc).__name__}: {exc}"
+            return None, plan, QuarantineReason.DECODE_ERROR, error
         trailing = len(data) - buffer.tell()
         if trailing:
-            return None, plan, QuarantineReason.DECODE_ERROR, (
-                f"{side} has {trailing} trailing byte(s) after the Avro body ({plan.label})"
-            )
+            error = f"{side} has {trailing} trailing byte(s) after the Avro body of {plan.label}"
+            return None, plan, QuarantineReason.DECODE_ERROR, error
         return record, plan, None, None
 
     def _plan(self, side: str, schema_id: int) -> _Plan:
@@ -698,7 +724,7 @@ class TopicDecoder:
                 code=QuarantineReason.UNKNOWN_SCHEMA_ID,
                 error=f"{side} schema id {schema_id} is not in the registry",
             )
-        label = f"writer schema id {schema_id} ({writer.label})"
+        label = f"writer schema {schema_id} ({writer.label})"
         if writer.schema_id == reader.schema_id:
             return _Plan(writer=reader.parsed, label=label)
         problems = check_backward(reader.avro_type, writer.avro_type, root=side)
@@ -707,7 +733,7 @@ class TopicDecoder:
             return _Plan(
                 label=label,
                 code=QuarantineReason.SCHEMA_MISMATCH,
-                error=f"{side} {label} cannot be read with {reader.label}: {problems[0]}{more}",
+                error=f"{side} {label} cannot be read as {reader.label}: {problems[0]}{more}",
             )
         return _Plan(
             writer=writer.parsed,
@@ -724,4 +750,6 @@ class TopicDecoder:
 
 
 def _schema_id(data: bytes) -> int | None:
-    return int.from_bytes(data[1:5], "big", signed=True) if len(data) >= 5 and data[0] == 0 else None
+    return (
+        int.from_bytes(data[1:5], "big", signed=True) if len(data) >= 5 and data[0] == 0 else None
+    )

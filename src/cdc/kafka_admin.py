@@ -7,11 +7,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from cdc.errors import BrokerUnavailableError, ConfigError
 
 __all__ = ["admin_client", "ensure_topic", "partition_count"]
+
+_MISSING_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
 
 
 def admin_client(bootstrap: str, client_config: Mapping[str, Any] | None = None) -> AdminClient:
@@ -44,16 +47,17 @@ def partition_count(
     """
     client = admin or admin_client(bootstrap, client_config)
     try:
-        metadata = client.list_topics(topic=topic, timeout=timeout_s)
+        # All topics, not list_topics(topic=...): a metadata request naming a topic lets
+        # brokers with auto-create on (Tansu does) create it with their default partitions.
+        metadata = client.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise BrokerUnavailableError(
             f"Kafka at {bootstrap} did not answer within {timeout_s:g}s: {exc.args[0]}"
         ) from exc
     found = metadata.topics.get(topic)
-    if found is None or found.error is not None and found.error.code() in (
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._UNKNOWN_TOPIC,
-    ):
+    if found is None:
+        return None
+    if found.error is not None and found.error.code() in _MISSING_TOPIC:
         return None
     if found.error is not None:
         raise BrokerUnavailableError(f"Kafka at {bootstrap}: metadata for {topic}: {found.error}")
@@ -67,6 +71,7 @@ def ensure_topic(
     *,
     client_config: Mapping[str, Any] | None = None,
     timeout_s: float = 10.0,
+    replication_factor: int = -1,
 ) -> int:
     """Create ``topic`` with ``partitions`` partitions unless it exists.
 
@@ -76,6 +81,7 @@ def ensure_topic(
         partitions: Partition count for a new topic (an existing topic keeps its own).
         client_config: Extra librdkafka settings.
         timeout_s: Deadline for the cluster to answer and the topic to appear.
+        replication_factor: For a new topic; -1 takes the cluster's default.
 
     Returns:
         The topic's partition count.
@@ -91,7 +97,7 @@ def ensure_topic(
     if existing is not None:
         return existing
     futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+        [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)],
         request_timeout=timeout_s,
     )
     try:

@@ -165,7 +165,46 @@ def _seq_offset(seq: pl.Expr) -> pl.Expr:
 
 
 def _event_columns(spec: Scd2Spec) -> list[str]:
-    return [*spec.keys, *spec.columns, "_op", "_seq", "_source_topic"]
+    return [*spec.keys, *spec.columns, "_op", "_seq", "_source_topic", "_tombstone"]
+
+
+def _with_tombstone_flag(events: pl.DataFrame) -> pl.DataFrame:
+    if "_tombstone" in events.columns:
+        return events.with_columns(pl.col("_tombstone").fill_null(False))
+    return events.with_columns(pl.lit(False).alias("_tombstone"))
+
+
+def _place_tombstones(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
+    """Sequence each tombstone right after the key's previous record in the log.
+
+    A tombstone (null Kafka value) carries no source commit time, and its Kafka timestamp is
+    another clock. Kafka keeps a key's records in order within its partition, so the
+    tombstone's place is just after its predecessor there: it takes the predecessor's sequence
+    time (or its own Kafka time if later, when the predecessor is not a delete — a delete
+    followed by a tombstone is the usual Debezium pair, and the tombstone is then a no-op),
+    tie-broken by its own position. With no known predecessor it keeps its Kafka time.
+    """
+    if not events.get_column("_tombstone").any():
+        return events
+    keys = list(spec.keys)
+    located = events.with_columns(
+        _p=_seq_partition(pl.col("_seq")), _o=_seq_offset(pl.col("_seq")),
+        _t=pl.col("_seq").str.slice(0, _TS_WIDTH).cast(pl.Int64),
+    )
+    tombs = located.filter(pl.col("_tombstone")).sort("_o")
+    others = located.filter(~pl.col("_tombstone")).sort("_o")
+    placed = tombs.join_asof(
+        others.select(*keys, "_p", "_o", pl.col("_t").alias("_pred_t"), pl.col("_op").alias("_pred_op")),
+        on="_o", by=[*keys, "_p"], strategy="backward", allow_exact_matches=False,
+        check_sortedness=False,  # sorted on _o globally, hence within every group
+    ).with_columns(
+        _t=pl.when(pl.col("_pred_t").is_null())
+        .then(pl.col("_t"))
+        .when(pl.col("_pred_op") == "D")
+        .then(pl.col("_pred_t"))
+        .otherwise(pl.max_horizontal("_pred_t", "_t"))
+    ).with_columns(_seq=encode_sequence(pl.col("_t"), pl.col("_p"), pl.col("_o")))
+    return pl.concat([others.select(events.columns), placed.select(events.columns)], how="vertical")
 
 
 def empty_dimension(spec: Scd2Spec, schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -193,10 +232,11 @@ def empty_dimension(spec: Scd2Spec, schema: dict[str, pl.DataType]) -> pl.DataFr
 def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     """Rebuild the events a set of dimension rows stands for (opener, last update, delete)."""
     base = [*spec.keys, *spec.columns]
+    flag = pl.lit(False).alias("_tombstone")
     opener = rows.select(*base, pl.lit("U").alias("_op"), pl.col("_seq_open").alias("_seq"),
-                         "_source_topic")
+                         "_source_topic", flag)
     last = rows.filter(pl.col("_seq_last") != pl.col("_seq_open")).select(
-        *base, pl.lit("U").alias("_op"), pl.col("_seq_last").alias("_seq"), "_source_topic"
+        *base, pl.lit("U").alias("_op"), pl.col("_seq_last").alias("_seq"), "_source_topic", flag
     )
     opened = rows.select(*spec.keys, pl.col("_seq_open").alias("_seq_close"))
     deleted = (
@@ -208,6 +248,7 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
             pl.lit("D").alias("_op"),
             pl.col("_seq_close").alias("_seq"),
             "_source_topic",
+            flag,
         )
     )
     return pl.concat([opener, last, deleted], how="vertical")
@@ -275,7 +316,9 @@ def apply_scd2(existing: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) ->
             ``changes`` — at least each key's current row; all of a key's rows to place
             events older than its current version exactly. Rows of other keys are ignored.
         changes: events with the key and business columns, ``_op`` (``U``/``D``), ``_seq``
-            (see :func:`encode_sequence`) and ``_source_topic``.
+            (see :func:`encode_sequence`), ``_source_topic`` and optionally ``_tombstone``
+            (a null Kafka value; placed after the key's previous record, see
+            :func:`_place_tombstones`).
         spec: keys, business columns and tracked columns.
 
     Returns:
@@ -283,12 +326,13 @@ def apply_scd2(existing: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) ->
     """
     keys = list(spec.keys)
     ev_cols = _event_columns(spec)
-    changes = changes.select(ev_cols)
+    changes = _with_tombstone_flag(changes).select(ev_cols)
     affected = changes.select(keys).unique()
     existing = existing.select(spec.row_columns).join(affected, on=keys, how="semi", nulls_equal=True)
     old_events = _events_from_rows(existing, spec).select(ev_cols)
     # Existing rows first: an event that is already in the table is a no-op when re-delivered.
-    all_events = pl.concat([old_events, changes], how="vertical_relaxed").unique(subset=[*keys, "_seq"], keep="first", maintain_order=True)
+    all_events = _place_tombstones(pl.concat([old_events, changes], how="vertical_relaxed"), spec)
+    all_events = all_events.unique(subset=[*keys, "_seq"], keep="first", maintain_order=True)
     rebuilt = _fold(all_events, spec)
 
     identity = [*keys, "_seq_open"]
@@ -310,10 +354,7 @@ def apply_scd2(existing: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) ->
         ).height
     )
     # Events already in the table, or repeated within the batch, change nothing.
-    fresh = changes.unique(subset=[*keys, "_seq"]).join(
-        old_events, on=[*keys, "_seq"], how="anti", nulls_equal=True
-    )
-    duplicates = changes.height - fresh.height
+    duplicates = old_events.height + changes.height - all_events.height
     return Scd2Result(
         upserts=upserts,
         deletes=deletes,
@@ -328,7 +369,6 @@ def apply_scd2(existing: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) ->
 def scd2_from_events(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     """The dimension computed in one pass over ``events`` (the reference for order tests)."""
     keys = list(spec.keys)
-    deduped = events.select(_event_columns(spec)).unique(
-        subset=[*keys, "_seq"], keep="first", maintain_order=True
-    )
+    events = _place_tombstones(_with_tombstone_flag(events).select(_event_columns(spec)), spec)
+    deduped = events.unique(subset=[*keys, "_seq"], keep="first", maintain_order=True)
     return _fold(deduped, spec).sort([*keys, "_seq_open"])

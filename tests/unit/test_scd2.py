@@ -191,3 +191,43 @@ def test_counts() -> None:
 def test_spec_rejects_unknown_tracked_columns() -> None:
     with pytest.raises(ValueError, match="unknown columns: \\['nope'\\]"):
         Scd2Spec.build(keys=["k"], columns=["k", "a"], track_history=["nope"])
+
+
+def tombstone(key: str, kafka_ts: int, offset: int) -> dict[str, Any]:
+    return {**ev(key, kafka_ts, op="D", offset=offset), "_tombstone": True}
+
+
+def with_tombstones(*events: dict[str, Any]) -> pl.DataFrame:
+    flags = [bool(e.get("_tombstone")) for e in events]
+    return changes(*[{k: v for k, v in e.items() if k != "_tombstone"} for e in events]).with_columns(
+        pl.Series("_tombstone", flags)
+    )
+
+
+def test_tombstone_after_delete_is_a_no_op_whatever_its_kafka_time() -> None:
+    # Kafka time of the tombstone (9_000_000) is far later than the source times: another clock.
+    table = apply_all(
+        with_tombstones(ev("c1", 1000, offset=1, email="a"), ev("c1", 2000, op="D", offset=2),
+                        tombstone("c1", 9_000_000, offset=3)),
+        with_tombstones(ev("c1", 3000, offset=4, email="a")),
+    )
+    assert versions(table) == [
+        ("c1", "a", None, t(1000), t(2000), False),
+        ("c1", "a", None, t(3000), None, True),
+    ]
+
+
+def test_tombstone_in_a_later_batch_is_placed_after_its_predecessor() -> None:
+    table = apply_all(
+        with_tombstones(ev("c1", 1000, offset=1, email="a"), ev("c1", 2000, op="D", offset=2)),
+        with_tombstones(tombstone("c1", 9_000_000, offset=3), ev("c1", 3000, offset=4, email="b")),
+    )
+    assert versions(table)[-1] == ("c1", "b", None, t(3000), None, True)
+
+
+def test_tombstone_without_delete_closes_at_its_kafka_time() -> None:
+    table = apply_all(
+        with_tombstones(ev("c1", 1000, offset=1, email="a")),
+        with_tombstones(tombstone("c1", 5000, offset=2)),
+    )
+    assert versions(table) == [("c1", "a", None, t(1000), t(5000), False)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cdc.errors import ConfigError
 from cdc.registry._avro import AvroField, AvroType, parse_avro, type_label
 from cdc.registry.base import RegisteredSchema, SchemaRegistry
 from cdc.registry.compatibility import (
@@ -49,8 +50,6 @@ def open_registry(path: str | None = None, url: str | None = None) -> SchemaRegi
     Raises:
         ConfigError: Neither is given, or the folder is invalid.
     """
-    from cdc.errors import ConfigError
-
     if url:
         return HttpRegistry(url)
     if path is None:

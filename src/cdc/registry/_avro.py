@@ -14,9 +14,7 @@ from cdc.errors import ConfigError
 
 __all__ = ["AvroField", "AvroType", "parse_avro", "type_label"]
 
-PRIMITIVES = frozenset(
-    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-)
+PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 NAMED = frozenset({"record", "error", "enum", "fixed"})
 
 # Logical types we honour, by the primitive they annotate. Others are ignored, as the

@@ -37,7 +37,8 @@ class RegisteredSchema:
             parsed = fastavro.parse_schema(self.schema)
         except Exception as exc:  # fastavro raises several unrelated types for bad schemas
             raise ConfigError(
-                f"{self.subject} v{self.version} (id {self.schema_id}): invalid Avro schema: {exc}"
+                f"{self.subject} v{self.version} (id {self.schema_id}): invalid Avro schema: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
         object.__setattr__(self, "parsed", parsed)
 

@@ -208,9 +208,7 @@ class _Walk:
                 match = next((old_fields[a] for a in field.aliases if a in old_fields), None)
             if match is None:
                 if not field.has_default:
-                    self.problems.append(
-                        f"field '{path}.{field.name}' was added without a default"
-                    )
+                    self.problems.append(f"field '{path}.{field.name}' was added without a default")
                 continue
             known.add(match.name)
             self.check(field.type, match.type, f"{path}.{field.name}")

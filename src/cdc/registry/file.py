@@ -105,9 +105,7 @@ def _index_subjects(index: Any, index_path: Path, problems: list[str]) -> dict[s
         return {}
     unknown = sorted(set(index) - {"subjects"})
     if unknown:
-        problems.append(
-            f"{index_path}: unknown key(s) {', '.join(unknown)} (valid keys: subjects)"
-        )
+        problems.append(f"{index_path}: unknown key(s) {', '.join(unknown)} (valid keys: subjects)")
     subjects = index.get("subjects")
     if not isinstance(subjects, dict):
         problems.append(f"{index_path}: 'subjects' must be an object of subject -> versions")
@@ -126,7 +124,7 @@ def _index_entry(
 ) -> IndexEntry | None:
     where = f"{index_path}: {subject} entry {position}"
     if not isinstance(item, dict):
-        problems.append(f"{where}: expected {{\"version\": N, \"id\": N}}")
+        problems.append(f'{where}: expected {{"version": N, "id": N}}')
         return None
     unknown = sorted(set(item) - {"version", "id"})
     if unknown:
@@ -167,7 +165,7 @@ def _read_schema(entry: IndexEntry, index_path: Path, problems: list[str]) -> di
     try:
         fastavro.parse_schema(schema)
     except Exception as exc:  # fastavro raises several unrelated types for bad schemas
-        problems.append(f"{entry.file}: invalid Avro schema: {exc}")
+        problems.append(f"{entry.file}: invalid Avro schema: {type(exc).__name__}: {exc}")
         return None
     return schema
 
@@ -206,9 +204,7 @@ class FileRegistry:
         root = Path(path)
         found = inspect_folder(root)
         if found.problems:
-            raise ConfigError(
-                f"invalid schema registry {root}: " + "; ".join(found.problems)
-            )
+            raise ConfigError(f"invalid schema registry {root}: " + "; ".join(found.problems))
         return cls(root, found.entries, found.schemas)
 
     @property

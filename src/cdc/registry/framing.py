@@ -45,7 +45,8 @@ def unframe(data: bytes | bytearray | memoryview) -> tuple[int, bytes | memoryvi
     size = len(data)
     if size < HEADER_SIZE:
         raise FramingError(
-            f"too short for the Confluent wire format: {size} bytes, need at least {HEADER_SIZE}"
+            f"too short for the Confluent wire format: {size} byte{'' if size == 1 else 's'}, "
+            f"need at least {HEADER_SIZE}"
         )
     if data[0] != MAGIC_BYTE:
         raise FramingError(f"bad magic byte {data[0]} (expected {MAGIC_BYTE})")

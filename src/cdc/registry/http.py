@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cdc.errors import CdcError, SchemaNotFoundError
+from cdc.errors import CdcError, ConfigError, SchemaNotFoundError
 from cdc.registry.base import RegisteredSchema
 
 __all__ = ["HttpRegistry"]
@@ -22,35 +22,40 @@ class HttpRegistry:
     :class:`SchemaNotFoundError`), so an outage fails the task instead of quarantining data.
     """
 
-    def __init__(self, url: str, client_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, url: str, client_config: dict[str, Any] | None = None, *, client: Any = None
+    ) -> None:
         """Create the adapter; the HTTP client is built on first use.
 
         Args:
             url: Base URL of the registry.
             client_config: Extra ``SchemaRegistryClient`` settings (auth, TLS).
+            client: A ready client with the same methods (tests); not pickled.
         """
         self._url = url
         self._config = dict(client_config or {})
-        self._client: Any = None
+        self._client: Any = client
         self._cache: dict[int, RegisteredSchema] = {}
 
     def _sr(self) -> Any:
         if self._client is None:
-            from confluent_kafka.schema_registry import SchemaRegistryClient
-
+            try:
+                from confluent_kafka.schema_registry import SchemaRegistryClient
+            except ImportError as exc:
+                raise ConfigError(
+                    f"registry url {self._url} needs the HTTP client's extras: "
+                    f"pip install 'confluent-kafka[schemaregistry]' ({exc})"
+                ) from exc
             self._client = SchemaRegistryClient({**self._config, "url": self._url})
         return self._client
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
         try:
             return fn(*args)
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
+        except Exception as exc:  # SchemaRegistryError, or transport errors (httpx)
+            # Duck-typed: importing SchemaRegistryError needs the optional extras.
+            if getattr(exc, "http_status_code", None) == 404:
                 raise SchemaNotFoundError(f"{what} is not in the registry {self._url}") from exc
-            raise CdcError(f"schema registry {self._url} failed to return {what}: {exc}") from exc
-        except Exception as exc:  # transport errors come from requests/httpx
             raise CdcError(f"schema registry {self._url} failed to return {what}: {exc}") from exc
 
     def by_id(self, schema_id: int) -> RegisteredSchema:

@@ -34,17 +34,22 @@ REQUEST_TIMEOUT_S = 30.0
 """Deadline of one driver-side metadata or offsets request."""
 
 
-def consumer_config(kafka_config: Mapping[str, str], **overrides: Any) -> dict[str, Any]:
+def consumer_config(
+    kafka_config: Mapping[str, str],
+    defaults: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """librdkafka settings for one of our consumers (never joins a group, never commits).
 
     Args:
         kafka_config: the ``kafka.*`` options, prefix removed.
+        defaults: settings used unless the user passed their own.
         **overrides: settings the caller needs whatever the user passed.
 
     Returns:
         The configuration dict for ``confluent_kafka.Consumer``.
     """
-    config: dict[str, Any] = dict(kafka_config)
+    config: dict[str, Any] = {**(defaults or {}), **kafka_config}
     # librdkafka insists on a group id even for assign-only consumers; a fresh one per consumer
     # guarantees nothing ever reads or writes a committed offset.
     config.setdefault("group.id", f"cdc-source-{uuid.uuid4().hex}")
@@ -83,6 +88,10 @@ class KafkaMetadata:
             from confluent_kafka import Consumer
 
             self._consumer = Consumer(consumer_config(self._config))
+        else:
+            # Serve queued librdkafka log events (the consumer is never assigned, so this
+            # returns at once); otherwise they pile up during a long broker outage.
+            self._consumer.poll(0)
         return self._consumer
 
     def close(self) -> None:
@@ -259,6 +268,9 @@ def fetch_range(
     topic, partition, end = offset_range.topic, offset_range.partition, offset_range.end
     config = consumer_config(
         kafka_config,
+        # librdkafka prefetches up to 100k messages by default; a task that reads a bounded
+        # range would mostly fetch records beyond its end (another task's split).
+        {"queued.min.messages": max(1, min(batch_size, offset_range.size))},
         **{"enable.partition.eof": True, "auto.offset.reset": "error"},
     )
     if consumer_factory is None:
@@ -295,7 +307,7 @@ def fetch_range(
                 if error is not None:
                     code = error.code()
                     if code == KafkaError._PARTITION_EOF:
-                        eof = int(message.offset())
+                        eof = message.offset() or 0
                         if eof >= end:
                             done = True
                             break
@@ -304,8 +316,12 @@ def fetch_range(
                             # The partition ends before the range does: records vanished.
                             on_data_loss(
                                 DataLoss(
-                                    topic, partition, DataLossKind.RECORDS_MISSING,
-                                    max(position, wm.high), wm, None,
+                                    topic,
+                                    partition,
+                                    DataLossKind.RECORDS_MISSING,
+                                    max(position, wm.high),
+                                    wm,
+                                    None,
                                 )
                             )
                             done = True
@@ -316,8 +332,12 @@ def fetch_range(
                         if wm is not None and position < wm.low:
                             on_data_loss(
                                 DataLoss(
-                                    topic, partition, DataLossKind.OFFSETS_DELETED,
-                                    position, wm, wm.low,
+                                    topic,
+                                    partition,
+                                    DataLossKind.OFFSETS_DELETED,
+                                    position,
+                                    wm,
+                                    wm.low,
                                 )
                             )
                             position = reassign_at = wm.low
@@ -325,8 +345,12 @@ def fetch_range(
                         if wm is not None and position >= wm.high:
                             on_data_loss(
                                 DataLoss(
-                                    topic, partition, DataLossKind.RECORDS_MISSING,
-                                    position, wm, None,
+                                    topic,
+                                    partition,
+                                    DataLossKind.RECORDS_MISSING,
+                                    position,
+                                    wm,
+                                    None,
                                 )
                             )
                             done = True
@@ -334,17 +358,20 @@ def fetch_range(
                         reassign_at = position
                         break
                     if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
-                        on_data_loss(DataLoss(topic, partition, DataLossKind.PARTITION_GONE, position))
+                        on_data_loss(
+                            DataLoss(topic, partition, DataLossKind.PARTITION_GONE, position)
+                        )
                         done = True
                         break
                     if error.fatal():
                         raise CdcError(
-                            f"Kafka at {bootstrap} failed reading {topic}/{partition}: {error.str()}"
+                            f"Kafka at {bootstrap} failed reading {topic}/{partition}:"
+                            f" {error.str()}"
                         )
                     _log.debug("transient error reading %s/%d: %s", topic, partition, error.str())
                     continue
-                offset = int(message.offset())
-                if offset < position:
+                offset = message.offset()
+                if offset is None or offset < position:
                     continue
                 if offset >= end:
                     done = True
@@ -356,8 +383,12 @@ def fetch_range(
                     if wm is not None and wm.low > position:
                         on_data_loss(
                             DataLoss(
-                                topic, partition, DataLossKind.OFFSETS_DELETED,
-                                position, wm, wm.low,
+                                topic,
+                                partition,
+                                DataLossKind.OFFSETS_DELETED,
+                                position,
+                                wm,
+                                wm.low,
                             )
                         )
                 first_record = False

@@ -13,6 +13,7 @@ several Spark tasks.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -41,8 +42,8 @@ __all__ = [
     "parse_starting_position",
     "partitions_needing_earliest",
     "plan_ranges",
-    "rate_limit",
     "ranges_between",
+    "rate_limit",
     "reconcile_start",
     "resolve_ending_offsets",
     "resolve_starting_offsets",
@@ -365,7 +366,9 @@ def resolve_starting_offsets(
         return result
     missing = sorted(tp for tp in position.offsets if tp not in watermarks)
     if missing:
-        raise ConfigError(f"startingOffsets names partitions that do not exist: {_fmt_tps(missing)}")
+        raise ConfigError(
+            f"startingOffsets names partitions that do not exist: {_fmt_tps(missing)}"
+        )
     result = {}
     for tp, wm in watermarks.items():
         offset = position.offsets.get(tp, EARLIEST)
@@ -628,7 +631,7 @@ def split_range(offset_range: OffsetRange, max_records: int) -> list[OffsetRange
     bounds = [offset_range.start + (size * i) // pieces for i in range(pieces + 1)]
     return [
         OffsetRange(offset_range.topic, offset_range.partition, lo, hi)
-        for lo, hi in zip(bounds, bounds[1:], strict=False)
+        for lo, hi in itertools.pairwise(bounds)
     ]
 
 

@@ -17,12 +17,14 @@ from cdc.source.offsets import (
     parse_starting_position,
 )
 
-__all__ = ["KAFKA_PREFIX", "SourceOptions"]
+__all__ = ["KAFKA_PREFIX", "REGISTRY_CLIENT_PREFIX", "SourceOptions"]
 
 KAFKA_PREFIX = "kafka."
 """Options starting with this prefix are librdkafka settings for every consumer."""
+REGISTRY_CLIENT_PREFIX = "registry.client."
+"""Options starting with this prefix are ``SchemaRegistryClient`` settings (with registry.url)."""
 
-_REQUIRED = ("kafka.bootstrap.servers", "subscribe", "registry.path", "contracts.path")
+_REQUIRED = ("kafka.bootstrap.servers", "subscribe", "contracts.path")
 _VALID = (
     "subscribe",
     "startingOffsets",
@@ -32,6 +34,7 @@ _VALID = (
     "maxRecordsPerPartition",
     "failOnDataLoss",
     "registry.path",
+    "registry.url",
     "contracts.path",
     "maxMessageBytes",
     "pollTimeoutMs",
@@ -56,8 +59,10 @@ class SourceOptions:
 
     topics: tuple[str, ...]
     kafka_config: Mapping[str, str] = field(repr=False)
-    registry_path: str
+    registry_path: str | None
     contracts_path: str
+    registry_url: str | None = None
+    registry_client_config: Mapping[str, str] = field(default_factory=dict, repr=False)
     starting: StartingPosition = field(default_factory=lambda: StartingPosition("earliest"))
     ending: PartitionOffsets = field(default_factory=dict)
     max_records_per_trigger: int | None = None
@@ -92,8 +97,15 @@ class SourceOptions:
             for key, value in lowered.items()
             if key.startswith(KAFKA_PREFIX)
         }
+        registry_client = {
+            key[len(REGISTRY_CLIENT_PREFIX) :]: value
+            for key, value in lowered.items()
+            if key.startswith(REGISTRY_CLIENT_PREFIX)
+        }
         unknown = sorted(
-            key for key in lowered if not key.startswith(KAFKA_PREFIX) and key not in _CANONICAL
+            key
+            for key in lowered
+            if not key.startswith((KAFKA_PREFIX, REGISTRY_CLIENT_PREFIX)) and key not in _CANONICAL
         )
         if unknown:
             hints = [
@@ -102,9 +114,15 @@ class SourceOptions:
             ]
             raise ConfigError(
                 f"unknown cdc_kafka option(s): {', '.join(hints)}; valid options:"
-                f" {', '.join(_VALID)} and kafka.<librdkafka setting>"
+                f" {', '.join(_VALID)}, kafka.<librdkafka setting>"
+                f" and {REGISTRY_CLIENT_PREFIX}<schema registry client setting>"
             )
         missing = [name for name in _REQUIRED if not lowered.get(name.lower(), "").strip()]
+        if (
+            not lowered.get("registry.path", "").strip()
+            and not lowered.get("registry.url", "").strip()
+        ):
+            missing.append("registry.path (or registry.url)")
         if missing:
             raise ConfigError(f"cdc_kafka option(s) required: {', '.join(missing)}")
         topics = _parse_topics(lowered["subscribe"])
@@ -117,13 +135,17 @@ class SourceOptions:
         return cls(
             topics=topics,
             kafka_config=kafka,
-            registry_path=lowered["registry.path"].strip(),
+            registry_path=get("registry.path"),
             contracts_path=lowered["contracts.path"].strip(),
+            registry_url=get("registry.url"),
+            registry_client_config=registry_client,
             starting=parse_starting_position(
                 get("startingOffsets"), get("startingTimestamp"), topics
             ),
             ending=parse_ending_offsets(get("endingOffsets"), topics),
-            max_records_per_trigger=_positive_int(get("maxRecordsPerTrigger"), "maxRecordsPerTrigger"),
+            max_records_per_trigger=_positive_int(
+                get("maxRecordsPerTrigger"), "maxRecordsPerTrigger"
+            ),
             max_records_per_partition=_positive_int_or(
                 get("maxRecordsPerPartition"), "maxRecordsPerPartition", 200_000
             ),

@@ -12,9 +12,11 @@ Where each method runs matters:
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql.datasource import (
@@ -53,7 +55,8 @@ from cdc.source.options import SourceOptions
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from cdc.contracts import TopicDecoder
+    from cdc.contracts import TopicContract, TopicDecoder
+    from cdc.registry import SchemaRegistry
 
 __all__ = [
     "DATA_SOURCE_NAME",
@@ -73,16 +76,17 @@ _FAIL_HINT = (
     " or reset the pipeline's offsets with `cdc replay`"
 )
 
-# Per Python process: executor workers are reused, so registry parsing happens once per worker.
-_DECODERS: dict[tuple[str, str, str, int | None], TopicDecoder] = {}
-_DECODERS_LOCK = threading.Lock()
-_DATA_LOSS = {"count": 0}
+_data_loss_events = 0
 _DATA_LOSS_LOCK = threading.Lock()
 
 
 def data_loss_count() -> int:
-    """Data-loss events tolerated (``failOnDataLoss=false``) so far in this Python process."""
-    return _DATA_LOSS["count"]
+    """Data-loss events tolerated (``failOnDataLoss=false``) so far in this Python process.
+
+    Each Spark Python worker is its own process: events found while planning count in the
+    query's source worker, events found while reading in executor workers.
+    """
+    return _data_loss_events
 
 
 class KafkaInputPartition(InputPartition):
@@ -103,6 +107,25 @@ class KafkaDataSource(DataSource):
 
     Read with ``spark.readStream.format("cdc_kafka")`` (micro-batch, incl. Trigger.AvailableNow)
     or ``spark.read.format("cdc_kafka")`` (a bounded replay between two sets of offsets).
+
+    Options (strings; names are case-insensitive):
+
+    * ``kafka.bootstrap.servers`` (required), any ``kafka.<librdkafka setting>``.
+    * ``subscribe`` (required): comma-separated topics, all sharing one contract. Partitions
+      (or topics) that appear later are read from their earliest offset.
+    * ``startingOffsets``: ``earliest`` (default), ``latest`` or JSON
+      ``{"topic": {"0": 23, "1": -2}}`` (-2 earliest, -1 latest; unlisted partitions start at
+      earliest). ``startingTimestamp`` (epoch ms) wins over it; a partition without a record
+      that new starts at its end. Both apply only to a query without a checkpoint.
+    * ``endingOffsets`` (batch reads only): ``latest`` (default) or JSON (-1 latest).
+    * ``maxRecordsPerTrigger``: cap on the offsets of one micro-batch (``ReadMaxRows``).
+    * ``maxRecordsPerPartition`` (200000): larger ranges are split over several tasks.
+    * ``failOnDataLoss`` (true): fail, or warn and continue from the nearest valid offset,
+      when offsets the query expected are gone.
+    * ``registry.path`` or ``registry.url`` (+ ``registry.client.<setting>``),
+      ``contracts.path`` (required), ``maxMessageBytes``: passed to the decoder.
+    * ``pollTimeoutMs`` (1000), ``fetchBatchSize`` (10000 messages per ``consume()``),
+      ``fetchTimeoutMs`` (120000: a task fails when no record arrives for this long).
     """
 
     @classmethod
@@ -360,7 +383,9 @@ class KafkaBatchReader(_RangeReader, DataSourceReader):
             for (topic, partition), begin in sorted(effective.items())
             if begin < end[(topic, partition)]
         ]
-        return [KafkaInputPartition(r) for r in plan_ranges(ranges, options.max_records_per_partition)]
+        return [
+            KafkaInputPartition(r) for r in plan_ranges(ranges, options.max_records_per_partition)
+        ]
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         """Fetch and decode one range (runs on an executor)."""
@@ -371,6 +396,7 @@ def _handle_data_loss(
     losses: Iterable[DataLoss], fail: bool, reported: set[tuple[str, int, str, int]]
 ) -> None:
     """Raise for data loss (failOnDataLoss=true) or log and count each new event once."""
+    global _data_loss_events
     events = list(losses)
     if not events:
         return
@@ -382,7 +408,7 @@ def _handle_data_loss(
             continue
         reported.add(loss.key)
         with _DATA_LOSS_LOCK:
-            _DATA_LOSS["count"] += 1
+            _data_loss_events += 1
         if loss.resume_offset is not None:
             action = f"continuing from offset {loss.resume_offset}"
         else:
@@ -391,28 +417,80 @@ def _handle_data_loss(
 
 
 def _decoder(options: SourceOptions, topic: str) -> TopicDecoder:
-    """The decoder of ``topic``, built once per Python process."""
-    key = (options.registry_path, options.contracts_path, topic, options.max_message_bytes)
-    with _DECODERS_LOCK:
-        decoder = _DECODERS.get(key)
-        if decoder is None:
-            decoder = _build_decoder(options, topic)
-            _DECODERS[key] = decoder
-        return decoder
+    """The decoder of ``topic``, built once per Python process and registry/contracts version.
+
+    Executor workers are reused across tasks and queries, so the cache key includes the
+    modification stamp of the contracts file and of the file registry's index: registering a
+    new schema version takes effect without restarting Spark.
+    """
+    registry_stamp = (
+        _stamp(os.path.join(options.registry_path, "index.json"))
+        if options.registry_url is None and options.registry_path is not None
+        else (0, 0)
+    )
+    return _cached_decoder(
+        options.registry_path,
+        options.registry_url,
+        tuple(sorted(options.registry_client_config.items())),
+        options.contracts_path,
+        topic,
+        options.max_message_bytes,
+        registry_stamp,
+        _stamp(options.contracts_path),
+    )
 
 
-def _build_decoder(options: SourceOptions, topic: str) -> TopicDecoder:
-    from cdc.contracts import TopicDecoder, load_contracts
-    from cdc.registry import FileRegistry
+def _stamp(path: str) -> tuple[int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (stat.st_mtime_ns, stat.st_size)
 
-    contracts = load_contracts(options.contracts_path)
+
+@functools.lru_cache(maxsize=64)
+def _cached_decoder(
+    registry_path: str | None,
+    registry_url: str | None,
+    registry_client: tuple[tuple[str, str], ...],
+    contracts_path: str,
+    topic: str,
+    max_message_bytes: int | None,
+    registry_stamp: tuple[int, int],
+    contracts_stamp: tuple[int, int],
+) -> TopicDecoder:
+    from cdc.contracts import TopicDecoder
+
+    contracts = _cached_contracts(contracts_path, contracts_stamp)
     contract = contracts.get(topic)
     if contract is None:
         known = ", ".join(sorted(contracts)) or "none"
         raise ConfigError(
-            f"no contract for topic {topic!r} in {options.contracts_path} (contracts: {known})"
+            f"no contract for topic {topic!r} in {contracts_path} (contracts: {known})"
         )
-    registry = FileRegistry.load(options.registry_path)
-    if options.max_message_bytes is None:
+    registry = _cached_registry(registry_path, registry_url, registry_client, registry_stamp)
+    if max_message_bytes is None:
         return TopicDecoder(registry, contract)
-    return TopicDecoder(registry, contract, max_message_bytes=options.max_message_bytes)
+    return TopicDecoder(registry, contract, max_message_bytes=max_message_bytes)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_contracts(path: str, stamp: tuple[int, int]) -> Mapping[str, TopicContract]:
+    from cdc.contracts import load_contracts
+
+    return load_contracts(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_registry(
+    path: str | None,
+    url: str | None,
+    client: tuple[tuple[str, str], ...],
+    stamp: tuple[int, int],
+) -> SchemaRegistry:
+    from cdc.registry import FileRegistry, HttpRegistry
+
+    if url is not None:
+        return HttpRegistry(url, dict(client))
+    assert path is not None  # SourceOptions requires registry.path or registry.url
+    return FileRegistry.load(path)

@@ -1,0 +1,188 @@
+"""The single-process reference: consume → fastavro → SCD2 → delta-rs MERGE, no Spark.
+
+One confluent-kafka consumer reads every partition of the topic; records are cut into
+micro-batches of the same size as the pipeline's ``maxRecordsPerTrigger``; each batch is
+decoded with fastavro (writer schema by the Confluent id), normalised with
+:func:`cdc.changes.scd2_changes`, folded with :func:`cdc.scd2.apply_scd2` (which drops
+re-deliveries of an event and keeps the last state per key in sequence order) and merged
+with :class:`cdc.sinks.delta.DeltaSink` — the same functions and writer the pipeline's
+``foreachBatch`` uses, so the comparison measures the engine, not the merge semantics.
+Unlike the pipeline, it writes no bronze table and checks no contract rules.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+import pyarrow as pa
+from fastavro import schemaless_reader
+
+from cdc.changes import business_columns, scd2_changes
+from cdc.config import PipelineSettings
+from cdc.contracts import avro_to_arrow_type
+from cdc.registry import SchemaRegistry
+from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension
+from cdc.sinks.delta import DeltaSink, Txn
+
+__all__ = ["ReferenceResult", "run_reference"]
+
+_Record = tuple[int, int, int, bytes, bytes | None]
+"""``(partition, offset, timestamp_ms, key, value)``."""
+
+
+@dataclass
+class ReferenceResult:
+    """Timings of one reference run (seconds) and what it wrote.
+
+    Attributes:
+        events: records consumed.
+        batches: micro-batches merged.
+        seconds: wall time from the consumer's creation to the last commit.
+        phases: seconds per phase: consume, decode, scd2 (normalise + fold), merge (read
+            the keys' rows + MERGE).
+    """
+
+    events: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    phases: dict[str, float] = field(
+        default_factory=lambda: {"consume": 0.0, "decode": 0.0, "scd2": 0.0, "merge": 0.0}
+    )
+
+
+class _Decoder:
+    """fastavro by Confluent schema id, into the Arrow layout the pipeline's source yields."""
+
+    def __init__(self, registry: SchemaRegistry, key_subject: str, value_subject: str) -> None:
+        self.registry = registry
+        self.writers: dict[int, Any] = {}
+        self.key_type = avro_to_arrow_type(registry.latest(key_subject).schema)
+        self.value_type = avro_to_arrow_type(registry.latest(value_subject).schema)
+
+    def _read(self, data: bytes) -> Any:
+        schema_id = int.from_bytes(data[1:5], "big")
+        writer = self.writers.get(schema_id)
+        if writer is None:
+            writer = self.writers[schema_id] = self.registry.by_id(schema_id).parsed
+        buffer = BytesIO(data)
+        buffer.seek(5)
+        return schemaless_reader(buffer, writer, None)
+
+    def table(self, topic: str, records: list[_Record]) -> pa.Table:
+        keys = [self._read(key) for _, _, _, key, _ in records]
+        values = [None if value is None else self._read(value) for *_, value in records]
+        return pa.table({
+            "topic": pa.array([topic] * len(records), pa.string()),
+            "partition": pa.array([r[0] for r in records], pa.int32()),
+            "offset": pa.array([r[1] for r in records], pa.int64()),
+            "timestamp": pa.array([r[2] * 1000 for r in records], pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+            "key": pa.array(keys, self.key_type),
+            "value": pa.array(values, self.value_type),
+        })
+
+
+def run_reference(
+    bootstrap: str,
+    topic: str,
+    silver_uri: str,
+    pipeline: PipelineSettings,
+    registry: SchemaRegistry,
+    batch_size: int,
+    key_subject: str = "crm.contacts-key",
+    value_subject: str = "crm.contacts-value",
+    fetch_size: int = 10_000,
+) -> ReferenceResult:
+    """Drain ``topic`` into the SCD2 table at ``silver_uri`` in one process.
+
+    Args:
+        bootstrap: the broker.
+        topic: the topic to read from the beginning to its current end.
+        silver_uri: a fresh Delta table location.
+        pipeline: the pipeline whose keys, tracked columns and sequence it mirrors.
+        registry: the schema registry.
+        batch_size: records per micro-batch (the pipeline's ``maxRecordsPerTrigger``).
+        key_subject: registry subject of the keys (its latest version is the Arrow layout).
+        value_subject: registry subject of the values (likewise).
+        fetch_size: most records per ``consume()`` call.
+
+    Returns:
+        Counts and timings.
+
+    Raises:
+        RuntimeError: the consumer reported an error.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    result = ReferenceResult()
+    started = time.perf_counter()
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"cdc-bench-reference-{topic}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+    })
+    metadata = consumer.list_topics(topic, timeout=10)
+    partitions = sorted(metadata.topics[topic].partitions)
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions}
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    positions = dict.fromkeys(partitions, 0)
+    decoder = _Decoder(registry, key_subject, value_subject)
+    sink = DeltaSink(silver_uri)
+    spec: Scd2Spec | None = None
+    pending: list[_Record] = []
+
+    def merge(records: list[_Record]) -> None:
+        nonlocal spec
+        t0 = time.perf_counter()
+        table = decoder.table(topic, records)
+        t1 = time.perf_counter()
+        if spec is None:
+            spec = Scd2Spec.build(
+                keys=pipeline.keys,
+                columns=business_columns(table.schema, pipeline.source_format),
+                track_history=pipeline.track_history,
+                track_history_except=pipeline.track_history_except,
+            )
+        changes = scd2_changes(table, spec, pipeline.source_format, pipeline.sequence_by)
+        t2 = time.perf_counter()
+        existing = sink.read_keys(changes.select(list(spec.keys)).unique())
+        if existing is None:
+            existing = empty_dimension(spec, dict(changes.schema))
+        t3 = time.perf_counter()
+        scd2 = apply_scd2(existing, changes, spec)
+        t4 = time.perf_counter()
+        sink.merge_scd2(scd2, list(spec.keys), Txn("cdc-bench/reference/silver", result.batches))
+        t5 = time.perf_counter()
+        result.phases["decode"] += t1 - t0
+        result.phases["scd2"] += (t2 - t1) + (t4 - t3)  # normalise + fold
+        result.phases["merge"] += (t3 - t2) + (t5 - t4)  # read the keys' rows + MERGE
+        result.batches += 1
+        result.events += len(records)
+
+    try:
+        while any(positions[p] < ends[p] for p in partitions):
+            t0 = time.perf_counter()
+            messages = consumer.consume(num_messages=fetch_size, timeout=1.0)
+            for message in messages:
+                if message.error() is not None:
+                    raise RuntimeError(f"reference consumer: {message.error()}")
+                partition, offset, key = message.partition(), message.offset(), message.key()
+                assert partition is not None and offset is not None and key is not None
+                positions[partition] = offset + 1
+                pending.append((partition, offset, message.timestamp()[1], key, message.value()))
+            result.phases["consume"] += time.perf_counter() - t0
+            while len(pending) >= batch_size:
+                merge(pending[:batch_size])
+                del pending[:batch_size]
+        if pending:
+            merge(pending)
+    finally:
+        consumer.close()
+    result.seconds = time.perf_counter() - started
+    return result
