@@ -31,8 +31,18 @@ BASE_MS = 1_767_600_000_000
 """2026-01-05T08:00:00Z: the first event's commit time."""
 
 _FIRST = ("Anna", "Lukas", "Sofia", "Mateo", "Emma", "Noah", "Mia", "Liam", "Hugo", "Léa")
-_LAST = ("Müller", "Schmidt", "García", "Rossi", "Dubois", "Smith", "Tanaka", "Jansen",
-         "Nielsen", "Kowalski")
+_LAST = (
+    "Müller",
+    "Schmidt",
+    "García",
+    "Rossi",
+    "Dubois",
+    "Smith",
+    "Tanaka",
+    "Jansen",
+    "Nielsen",
+    "Kowalski",
+)
 _DELETE_EVERY = 25
 
 
@@ -115,16 +125,25 @@ def encode_events(
             "op": op,
             "ts_ms": commit + 2,
             "source": {
-                "version": "2.7.3.Final", "connector": "postgresql", "name": "crm", "db": "crm",
-                "table": "contacts", "ts_ms": commit, "lsn": lsn, "txId": 10_000 + i,
+                "version": "2.7.3.Final",
+                "connector": "postgresql",
+                "name": "crm",
+                "db": "crm",
+                "table": "contacts",
+                "ts_ms": commit,
+                "lsn": lsn,
+                "txId": 10_000 + i,
                 "snapshot": False,
             },
         }
         key_buffer, value_buffer = BytesIO(), BytesIO()
         schemaless_writer(key_buffer, key_schema.parsed, {"contact_id": f"CON-{key:07d}"})
         schemaless_writer(value_buffer, value_schema.parsed, envelope)
-        yield (key % partitions, key_header + key_buffer.getvalue(),
-               value_header + value_buffer.getvalue())
+        yield (
+            key % partitions,
+            key_header + key_buffer.getvalue(),
+            value_header + value_buffer.getvalue(),
+        )
 
 
 def count_deletes(events: int, keys: int) -> int:
@@ -183,13 +202,15 @@ def produce_events(
     for index, (partition, _, _) in enumerate(encoded):
         last[partition] = index
     final = set(last.values())
-    producer = Producer({
-        "bootstrap.servers": bootstrap,
-        "linger.ms": 20,
-        "batch.num.messages": 10_000,
-        "queue.buffering.max.messages": 500_000,
-        "max.in.flight.requests.per.connection": 1,
-    })
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 500_000,
+            "max.in.flight.requests.per.connection": 1,
+        }
+    )
     failures: list[str] = []
 
     def on_delivery(err: Any, msg: Any) -> None:
@@ -203,8 +224,9 @@ def produce_events(
             partition, key, value = encoded[index]
             while True:
                 try:
-                    producer.produce(topic, value=value, key=key, partition=partition,
-                                     on_delivery=on_delivery)
+                    producer.produce(
+                        topic, value=value, key=key, partition=partition, on_delivery=on_delivery
+                    )
                     break
                 except BufferError:
                     producer.poll(0.05)

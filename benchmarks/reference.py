@@ -74,16 +74,18 @@ class _Decoder:
     def table(self, topic: str, records: list[_Record]) -> pa.Table:
         keys = [self._read(key) for _, _, _, key, _ in records]
         values = [None if value is None else self._read(value) for *_, value in records]
-        return pa.table({
-            "topic": pa.array([topic] * len(records), pa.string()),
-            "partition": pa.array([r[0] for r in records], pa.int32()),
-            "offset": pa.array([r[1] for r in records], pa.int64()),
-            "timestamp": pa.array([r[2] * 1000 for r in records], pa.int64()).cast(
-                pa.timestamp("us", tz="UTC")
-            ),
-            "key": pa.array(keys, self.key_type),
-            "value": pa.array(values, self.value_type),
-        })
+        return pa.table(
+            {
+                "topic": pa.array([topic] * len(records), pa.string()),
+                "partition": pa.array([r[0] for r in records], pa.int32()),
+                "offset": pa.array([r[1] for r in records], pa.int64()),
+                "timestamp": pa.array([r[2] * 1000 for r in records], pa.int64()).cast(
+                    pa.timestamp("us", tz="UTC")
+                ),
+                "key": pa.array(keys, self.key_type),
+                "value": pa.array(values, self.value_type),
+            }
+        )
 
 
 def run_reference(
@@ -120,16 +122,20 @@ def run_reference(
 
     result = ReferenceResult()
     started = time.perf_counter()
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"cdc-bench-reference-{topic}",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"cdc-bench-reference-{topic}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+        }
+    )
     metadata = consumer.list_topics(topic, timeout=10)
     partitions = sorted(metadata.topics[topic].partitions)
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions}
+    ends = {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        for p in partitions
+    }
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     positions = dict.fromkeys(partitions, 0)
     decoder = _Decoder(registry, key_subject, value_subject)

@@ -114,8 +114,11 @@ def compare_tables(
     ref = reference.select(columns).sort(order)
     got = pipeline.select(sorted(pipeline.columns)).sort(order)
     same_layout = got.columns == columns
-    business = [c for c in columns if not c.startswith("_") and c not in
-                ("valid_from", "valid_to", "is_current")]
+    business = [
+        c
+        for c in columns
+        if not c.startswith("_") and c not in ("valid_from", "valid_to", "is_current")
+    ]
     ref_current = ref.filter(pl.col("is_current")).select(business).sort(keys)
     got_current = (
         got.filter(pl.col("is_current")).select(business).sort(keys) if same_layout else None
@@ -141,8 +144,13 @@ def _run_spark(settings: Settings, warmup: Settings) -> tuple[float, int, list[d
     batches: list[dict[str, Any]] = []
 
     def on_batch(name: str, stats: BatchStats) -> None:
-        batches.append({"batch_id": stats.batch_id, "rows": stats.input_rows,
-                        "seconds": round(stats.seconds, 3)})
+        batches.append(
+            {
+                "batch_id": stats.batch_id,
+                "rows": stats.input_rows,
+                "seconds": round(stats.seconds, 3),
+            }
+        )
 
     started = time.perf_counter()
     run_pipelines(spark, settings, [PIPELINE], available_now=True, on_batch=on_batch)
@@ -163,6 +171,7 @@ def _machine() -> dict[str, Any]:
 
     return {
         "cpus": os.cpu_count(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         "memory_gib": memory,
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -179,51 +188,76 @@ def _print_report(report: dict[str, Any]) -> None:
     p, r, s = report["produce"], report["reference"], report.get("pipeline")
     print()
     print("cdc benchmark: Debezium contact envelopes (Confluent Avro) -> SCD2 silver (Delta)")
-    print(f"  events {report['events']:,}  keys {report['keys']:,}  partitions "
-          f"{report['partitions']}  batch (maxRecordsPerTrigger) {report['batch']:,}")
-    print(f"  produce    {p['produce_seconds']:8.2f} s  {p['events_per_s']:>10,.0f} ev/s"
-          "   (setup, not compared)")
-    print(f"  reference  {r['seconds']:8.2f} s  {r['events_per_s']:>10,.0f} ev/s"
-          "   1 process: consume -> fastavro -> apply_scd2 -> MERGE (no bronze)")
+    print(
+        f"  events {report['events']:,}  keys {report['keys']:,}  partitions "
+        f"{report['partitions']}  batch (maxRecordsPerTrigger) {report['batch']:,}"
+    )
+    print(
+        f"  produce    {p['produce_seconds']:8.2f} s  {p['events_per_s']:>10,.0f} ev/s"
+        "   (setup, not compared)"
+    )
+    print(
+        f"  reference  {r['seconds']:8.2f} s  {r['events_per_s']:>10,.0f} ev/s"
+        "   1 process: consume -> fastavro -> apply_scd2 -> MERGE (no bronze)"
+    )
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in r["phases"].items())
     print(f"             phases: {phases}")
     if s is None:
         print(f"  pipeline   not run: {report.get('pipeline_error', 'skipped (--reference-only)')}")
     else:
-        print(f"  pipeline   {s['seconds']:8.2f} s  {s['events_per_s']:>10,.0f} ev/s"
-              f"   Spark {s['master']} ({s['parallelism']} slots), bronze + silver, "
-              f"{len(s['batches'])} batches; warm: a {s['warmup_events']:,}-event warm-up run"
-              " started the JVM and Python workers first (excluded)")
+        print(
+            f"  pipeline   {s['seconds']:8.2f} s  {s['events_per_s']:>10,.0f} ev/s"
+            f"   Spark {s['master']} ({s['parallelism']} slots), bronze + silver, "
+            f"{len(s['batches'])} batches; warm: a {s['warmup_events']:,}-event warm-up run"
+            " started the JVM and Python workers first (excluded)"
+        )
         in_batches = sum(b["seconds"] for b in s["batches"])
-        print(f"             foreachBatch (read + decode + bronze + silver) {in_batches:.1f}s, "
-              f"the rest (query start, offsets, checkpoint commits) "
-              f"{s['seconds'] - in_batches:.1f}s")
+        print(
+            f"             foreachBatch (read + decode + bronze + silver) {in_batches:.1f}s, "
+            f"the rest (query start, offsets, checkpoint commits) "
+            f"{s['seconds'] - in_batches:.1f}s"
+        )
         print(f"  ratio pipeline/reference  {report['ratio']:.2f}")
     print(f"  Delta writer: {report['delta_writer']} (both runs)")
     v = report.get("verified")
     if v:
-        verdict = "identical" if v["all_versions_equal"] else (
-            "current rows equal, history differs" if v["current_equal"] else "DIFFERENT")
-        print(f"  silver tables: {verdict} ({v['reference_versions']:,} versions, "
-              f"{v['reference_current_rows']:,} current rows in the reference; "
-              f"{v['pipeline_versions']:,} / {v['pipeline_current_rows']:,} in the pipeline's)")
+        verdict = (
+            "identical"
+            if v["all_versions_equal"]
+            else ("current rows equal, history differs" if v["current_equal"] else "DIFFERENT")
+        )
+        print(
+            f"  silver tables: {verdict} ({v['reference_versions']:,} versions, "
+            f"{v['reference_current_rows']:,} current rows in the reference; "
+            f"{v['pipeline_versions']:,} / {v['pipeline_current_rows']:,} in the pipeline's)"
+        )
     m = report["machine"]
-    print(f"  machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, {m['platform']}, Python "
-          f"{m['python']}, PySpark {m['pyspark']}, deltalake {m['deltalake']}; broker, reference "
-          "and Spark share the machine, so the figures compare engines, not clusters")
+    print(
+        f"  machine: {m['cpus']} CPUs (load average {m['load_average_1m_at_start']} at start), "
+        f"{m['memory_gib']} GiB, {m['platform']}, Python "
+        f"{m['python']}, PySpark {m['pyspark']}, deltalake {m['deltalake']}; broker, reference "
+        "and Spark share the machine, so the figures compare engines, not clusters"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the process exit code (1 when the tables differ)."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--events", type=int, help=f"events (default {DEFAULTS['events']:,})")
     parser.add_argument("--keys", type=int, help=f"distinct keys (default {DEFAULTS['keys']:,})")
-    parser.add_argument("--batch", type=int,
-                        help=f"records per micro-batch (default {DEFAULTS['batch']:,})")
+    parser.add_argument(
+        "--batch", type=int, help=f"records per micro-batch (default {DEFAULTS['batch']:,})"
+    )
     parser.add_argument("--partitions", type=int, default=4, help="topic partitions (default 4)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 20k events, 2k keys, batch 5k unless given")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 20k events, 2k keys, batch 5k unless given",
+    )
     parser.add_argument("--reference-only", action="store_true", help="skip the Spark run")
     parser.add_argument("--workdir", type=Path, help="keep tables here (default: a temp dir)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON result ({RESULTS})")
@@ -247,41 +281,62 @@ def main(argv: list[str] | None = None) -> int:
     warmup_topic = "bench.contacts.warmup"
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "events": events, "keys": min(keys, events), "batch": batch,
-        "partitions": args.partitions, "delta_writer": DELTA_WRITER, "machine": _machine(),
+        "events": events,
+        "keys": min(keys, events),
+        "batch": batch,
+        "partitions": args.partitions,
+        "delta_writer": DELTA_WRITER,
+        "machine": _machine(),
     }
     exit_code = 0
     try:
         with EmbeddedBroker.start_on_free_port() as broker:
             print(f"embedded broker at {broker.bootstrap}; workdir {workdir}", file=sys.stderr)
-            stats: ProduceStats = produce_events(broker.bootstrap, topic, events, keys,
-                                                 args.partitions, registry)
+            stats: ProduceStats = produce_events(
+                broker.bootstrap, topic, events, keys, args.partitions, registry
+            )
             report["produce"] = {
                 **asdict(stats),
                 "events_per_s": _rate(events, stats.produce_seconds),
             }
-            print(f"produced {events:,} events to {topic} in {stats.produce_seconds:.1f}s "
-                  f"(encoded in {stats.encode_seconds:.1f}s)", file=sys.stderr)
+            print(
+                f"produced {events:,} events to {topic} in {stats.produce_seconds:.1f}s "
+                f"(encoded in {stats.encode_seconds:.1f}s)",
+                file=sys.stderr,
+            )
 
             contracts = write_contracts(workdir / "contracts.yaml", [topic, warmup_topic])
             settings = _settings(broker.bootstrap, workdir / "pipeline", topic, batch, contracts)
             print("reference run ...", file=sys.stderr)
             ref: ReferenceResult = run_reference(
-                broker.bootstrap, topic, str(workdir / "reference" / "dim_contact"),
-                settings.pipeline(PIPELINE), registry, batch,
+                broker.bootstrap,
+                topic,
+                str(workdir / "reference" / "dim_contact"),
+                settings.pipeline(PIPELINE),
+                registry,
+                batch,
             )
             if ref.events != events:
                 raise RuntimeError(f"the reference read {ref.events} events, expected {events}")
             report["reference"] = {
-                "seconds": ref.seconds, "events_per_s": _rate(events, ref.seconds),
-                "batches": ref.batches, "phases": {k: round(v, 3) for k, v in ref.phases.items()},
+                "seconds": ref.seconds,
+                "events_per_s": _rate(events, ref.seconds),
+                "batches": ref.batches,
+                "phases": {k: round(v, 3) for k, v in ref.phases.items()},
             }
             if not args.reference_only:
                 warm_events = min(WARMUP_EVENTS, events)
-                produce_events(broker.bootstrap, warmup_topic, warm_events,
-                               max(1, min(keys, warm_events) // 10), args.partitions, registry)
-                warmup = _settings(broker.bootstrap, workdir / "warmup", warmup_topic, batch,
-                                   contracts)
+                produce_events(
+                    broker.bootstrap,
+                    warmup_topic,
+                    warm_events,
+                    max(1, min(keys, warm_events) // 10),
+                    args.partitions,
+                    registry,
+                )
+                warmup = _settings(
+                    broker.bootstrap, workdir / "warmup", warmup_topic, batch, contracts
+                )
                 print("pipeline warm-up, then the timed run ...", file=sys.stderr)
                 try:
                     seconds, parallelism, batches = _run_spark(settings, warmup)
@@ -292,12 +347,17 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     rows = sum(b["rows"] for b in batches)
                     report["pipeline"] = {
-                        "seconds": seconds, "events_per_s": _rate(events, seconds),
-                        "master": settings.spark.master, "parallelism": parallelism,
-                        "batches": batches, "input_rows": rows, "warmup_events": warm_events,
+                        "seconds": seconds,
+                        "events_per_s": _rate(events, seconds),
+                        "master": settings.spark.master,
+                        "parallelism": parallelism,
+                        "batches": batches,
+                        "input_rows": rows,
+                        "warmup_events": warm_events,
                     }
-                    report["ratio"] = report["pipeline"]["events_per_s"] / report["reference"][
-                        "events_per_s"]
+                    report["ratio"] = (
+                        report["pipeline"]["events_per_s"] / report["reference"]["events_per_s"]
+                    )
                     verified = compare_tables(
                         _read(str(workdir / "reference" / "dim_contact")),
                         _read(_silver(settings)),
@@ -316,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"  result: {args.output}")
     if exit_code:
-        print("benchmark FAILED: see above (a benchmark of a wrong result is worthless)",
-              file=sys.stderr)
+        print(
+            "benchmark FAILED: see above (a benchmark of a wrong result is worthless)",
+            file=sys.stderr,
+        )
     return exit_code
 
 

@@ -110,9 +110,12 @@ def _resolve_dtype(schema: pl.Schema, root: str, path: str) -> pl.DataType:
     for part in path.split("."):
         if not isinstance(dtype, pl.Struct):
             raise ConfigError(f"sequence_by {path!r}: {part!r} is not inside a record")
-        fields = {f.name: f.dtype for f in dtype.fields}
+        # Field dtypes of a schema read from data are instances, never bare classes.
+        fields: dict[str, pl.DataType] = {f.name: f.dtype for f in dtype.fields}  # type: ignore[misc]
         if part not in fields:
-            raise ConfigError(f"sequence_by {path!r}: no field {part!r}; valid: {', '.join(fields)}")
+            raise ConfigError(
+                f"sequence_by {path!r}: no field {part!r}; valid: {', '.join(fields)}"
+            )
         dtype = fields[part]
     return dtype
 
@@ -145,7 +148,8 @@ def scd2_changes(
         is_delete = value.is_null() | (value.struct.field("op") == "d")
         row = value.struct.field("after")
         columns = [
-            pl.when(is_delete).then(None).otherwise(row.struct.field(c)).alias(c) for c in spec.columns
+            pl.when(is_delete).then(None).otherwise(row.struct.field(c)).alias(c)
+            for c in spec.columns
         ]
         seq_ms = pl.coalesce(_epoch_ms(_path_expr(value, seq_path), seq_dtype), kafka_ms)
     else:
@@ -181,7 +185,9 @@ def fact_rows(valid: pa.Table, event_id: str) -> pl.DataFrame:
         pl.col("timestamp").alias("_kafka_timestamp"),
     )
     if event_id not in flat.columns:
-        raise ConfigError(f"event_id {event_id!r} is not a field of the value; valid: {', '.join(flat.columns)}")
+        raise ConfigError(
+            f"event_id {event_id!r} is not a field of the value; valid: {', '.join(flat.columns)}"
+        )
     return flat.sort(["_source_partition", "_source_offset"]).unique(
         subset=[event_id], keep="first", maintain_order=True
     )

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cdc.config import ENVS, Settings, load_settings
 from cdc.errors import CdcError, ConfigError
@@ -29,7 +29,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", default="local", help=f"environment: {', '.join(ENVS)} (default local)")
+    parser.add_argument(
+        "--env", default="local", help=f"environment: {', '.join(ENVS)} (default local)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -43,33 +45,51 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> _Parser:
-    parser = _Parser(prog="cdc", description="Streaming CDC: Kafka + Avro -> Delta bronze/silver SCD2")
+    parser = _Parser(
+        prog="cdc", description="Streaming CDC: Kafka + Avro -> Delta bronze/silver SCD2"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run pipelines (all, or one with --pipeline)")
     _common(run)
     run.add_argument("--pipeline", help="run only this pipeline")
-    run.add_argument("--available-now", action="store_true", help="drain what is in Kafka now, then exit")
+    run.add_argument(
+        "--available-now", action="store_true", help="drain what is in Kafka now, then exit"
+    )
 
-    produce = sub.add_parser("produce", help="send JSON lines as Avro (Confluent framing) to a topic")
+    produce = sub.add_parser(
+        "produce", help="send JSON lines as Avro (Confluent framing) to a topic"
+    )
     _common(produce)
     produce.add_argument("--topic", required=True)
-    produce.add_argument("--file", required=True, type=Path, help="JSON lines: {key, value, partition?}")
-    produce.add_argument("--partitions", type=int, default=3, help="partitions if the topic is created")
+    produce.add_argument(
+        "--file", required=True, type=Path, help="JSON lines: {key, value, partition?}"
+    )
+    produce.add_argument(
+        "--partitions", type=int, default=3, help="partitions if the topic is created"
+    )
 
     broker = sub.add_parser("broker", help="start the embedded Kafka broker (Tansu, in memory)")
     _common(broker)
     broker.add_argument("--host", default="127.0.0.1")
-    broker.add_argument("--port", type=int, default=None, help="default: the port of kafka.bootstrap_servers")
+    broker.add_argument(
+        "--port", type=int, default=None, help="default: the port of kafka.bootstrap_servers"
+    )
 
     schemas = sub.add_parser("schemas", help="registry tools")
-    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, parser_class=_Parser)
+    schemas_sub = schemas.add_subparsers(
+        dest="schemas_command", required=True, parser_class=_Parser
+    )
     check = schemas_sub.add_parser("check", help="verify BACKWARD compatibility of every subject")
     _common(check)
 
-    demo = sub.add_parser("demo", help="embedded broker + generated data set + all pipelines, then a summary")
+    demo = sub.add_parser(
+        "demo", help="embedded broker + generated data set + all pipelines, then a summary"
+    )
     _common(demo)
-    demo.add_argument("--workdir", type=Path, default=Path("var/demo"), help="wiped and reused (default var/demo)")
+    demo.add_argument(
+        "--workdir", type=Path, default=Path("var/demo"), help="wiped and reused (default var/demo)"
+    )
     demo.add_argument("--seed", type=int, default=7)
 
     status = sub.add_parser("status", help="offsets, lag and table versions per pipeline")
@@ -90,13 +110,17 @@ def _check_broker(settings: Settings) -> None:
 
     bootstrap = settings.kafka.bootstrap_servers
     timeout = settings.kafka.connect_timeout_s
-    admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka.client_config(),
-                         "logger": logging.getLogger("cdc.kafka.admin")})
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, **settings.kafka.client_config()}
+    # A logger keeps librdkafka's connection-refused chatter off the terminal.
+    config["logger"] = logging.getLogger("cdc.kafka.admin")
+    admin = AdminClient(config)
     try:
         admin.list_topics(timeout=timeout)
     except Exception:
         hint = " (start the embedded one with 'cdc broker')" if settings.kafka.embedded else ""
-        raise BrokerUnavailableError(f"cannot reach Kafka at {bootstrap} within {timeout:g}s{hint}") from None
+        raise BrokerUnavailableError(
+            f"cannot reach Kafka at {bootstrap} within {timeout:g}s{hint}"
+        ) from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -112,8 +136,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if fault_hook is not None and settings.env == "prod":
         raise ConfigError(f"{FAULT_ENV} is for tests and refused in env prod")
 
-    spark = build_session(app_name=f"cdc-{settings.env}", master=settings.spark.master,
-                          conf=settings.spark.conf)
+    spark = build_session(
+        app_name=f"cdc-{settings.env}", master=settings.spark.master, conf=settings.spark.conf
+    )
     mode = "available-now" if args.available_now else "continuous"
     print(f"running {', '.join(names)} ({mode}, env {settings.env})", file=sys.stderr)
     run_pipelines(spark, settings, names, available_now=args.available_now, fault_hook=fault_hook)
@@ -147,7 +172,9 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     if port is None:
         _, _, tail = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
         if not tail.isdigit():
-            raise ConfigError(f"kafka.bootstrap_servers {settings.kafka.bootstrap_servers!r} has no port")
+            raise ConfigError(
+                f"kafka.bootstrap_servers {settings.kafka.bootstrap_servers!r} has no port"
+            )
         port = int(tail)
     from cdc.broker import run_broker_forever
 
@@ -157,15 +184,17 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 def _cmd_schemas_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from cdc.registry import FileRegistry, check_registry
+    from cdc.registry import FileRegistry, check_path
 
-    registry = FileRegistry.load(settings.registry.path)
-    problems = check_registry(registry)
+    problems = check_path(settings.registry.path)
     if problems:
         for problem in problems:
-            print(f"cdc: incompatible: {problem}", file=sys.stderr)
-        return 1
-    print(f"ok: {len(registry.subjects())} subjects are BACKWARD compatible")
+            print(f"cdc: schemas: {problem}", file=sys.stderr)
+        print(f"cdc: error: {len(problems)} registry problem(s) in {settings.registry.path}",
+              file=sys.stderr)
+        return 2
+    subjects = FileRegistry.load(settings.registry.path).subjects()
+    print(f"ok: {len(subjects)} subjects, every version BACKWARD compatible with its predecessor")
     return 0
 
 

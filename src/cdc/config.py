@@ -78,9 +78,13 @@ def resolve_secret(value: str) -> str:
         try:
             import boto3
 
-            raw = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
+            raw = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)[
+                "SecretString"
+            ]
         except Exception as exc:
-            raise ConfigError(f"secret reference {value!r}: AWS Secrets Manager lookup failed") from exc
+            raise ConfigError(
+                f"secret reference {value!r}: AWS Secrets Manager lookup failed"
+            ) from exc
         if not key:
             return str(raw)
         try:
@@ -157,7 +161,9 @@ class SparkSettings(_Model):
     @classmethod
     def _check_interval(cls, value: str) -> str:
         if not _DURATION.match(value):
-            raise ValueError(f"trigger_interval {value!r} is not a duration like '1 second' or '500 ms'")
+            raise ValueError(
+                f"trigger_interval {value!r} is not a duration like '1 second' or '500 ms'"
+            )
         return value
 
 
@@ -179,7 +185,7 @@ class PipelineSettings(_Model):
     source_format: Literal["envelope", "flat"] = "envelope"
     keys: tuple[str, ...] = ()
     sequence_by: str | None = None
-    """Column holding the change's time; default: ``source.ts_ms`` (envelope) — required for flat."""
+    """Path in the value of the change's time: default ``source.ts_ms``; required when flat."""
     track_history: tuple[str, ...] | None = None
     """Columns whose change opens a new version; default all non-key business columns."""
     track_history_except: tuple[str, ...] = ()
@@ -300,7 +306,9 @@ def _env_overrides(environ: Mapping[str, str]) -> list[str]:
             if rest.startswith(section + "_"):
                 key = rest[len(section) + 1 :]
                 if key not in model.model_fields:
-                    valid = ", ".join(f"CDC_{section.upper()}_{f.upper()}" for f in model.model_fields)
+                    valid = ", ".join(
+                        f"CDC_{section.upper()}_{f.upper()}" for f in model.model_fields
+                    )
                     raise ConfigError(f"unknown setting {name}; valid for {section}: {valid}")
                 result.append(f"{section}.{key}={value}")
                 break
@@ -380,7 +388,9 @@ def load_settings(
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found (set --config-dir or CDC_CONFIG_DIR)") from None
+        raise ConfigError(
+            f"config file {path} not found (set --config-dir or CDC_CONFIG_DIR)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

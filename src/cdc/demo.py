@@ -56,23 +56,47 @@ def summarize(settings: Settings, out: TextIO) -> dict[str, int]:
     counts["quarantine"] = total_q
     print(f"\nQuarantined: {total_q} records", file=out)
     if quarantined:
-        reasons = pl.concat(quarantined).group_by("topic", "error_code").len().sort("topic", "error_code")
+        reasons = (
+            pl.concat(quarantined).group_by("topic", "error_code").len().sort("topic", "error_code")
+        )
         for row in reasons.iter_rows(named=True):
             print(f"  {row['topic']:<18} {row['error_code']:<18} {row['len']}", file=out)
         example = pl.concat(quarantined).sort("topic", "offset").row(0, named=True)
-        print(f"  e.g. {example['topic']}[{example['partition']}]@{example['offset']}: {example['error']}",
-              file=out)
+        print(
+            f"  e.g. {example['topic']}[{example['partition']}]@{example['offset']}: "
+            f"{example['error']}",
+            file=out,
+        )
     contacts = _read(table_paths(settings, settings.pipeline("crm_contacts"))["silver"])
     if contacts is not None and contacts.height:
         busiest = (
-            contacts.group_by("contact_id").len().sort(["len", "contact_id"], descending=[True, False])
+            contacts.group_by("contact_id")
+            .len()
+            .sort(["len", "contact_id"], descending=[True, False])
         ).row(0)[0]
         history = contacts.filter(pl.col("contact_id") == busiest).sort("_seq_open")
         print(f"\nSCD2 history of contact {busiest}", file=out)
-        with pl.Config(tbl_rows=20, tbl_cols=8, fmt_str_lengths=26, tbl_hide_dataframe_shape=True,
-                       tbl_hide_column_data_types=True):
-            print(history.select("email", "last_name", "phone", "valid_from", "valid_to", "is_current"),
-                  file=out)
+        when = "%Y-%m-%d %H:%M:%S"
+        with pl.Config(
+            tbl_rows=20,
+            tbl_cols=8,
+            fmt_str_lengths=40,
+            tbl_width_chars=160,
+            tbl_hide_dataframe_shape=True,
+            tbl_hide_column_data_types=True,
+        ):
+            print(
+                history.select(
+                    "account_id",
+                    "email",
+                    "last_name",
+                    "phone",
+                    pl.col("valid_from").dt.strftime(when),
+                    pl.col("valid_to").dt.strftime(when),
+                    "is_current",
+                ),
+                file=out,
+            )
     return counts
 
 
@@ -113,7 +137,9 @@ def run_demo(
         for topic, path in sorted(files.items()):
             report = produce_file(broker.bootstrap, registry, contracts, topic, path)
             print(f"produced {report.sent:>5} records to {topic} ({path.name})", file=out)
-        spark = build_session(app_name="cdc-demo", master=settings.spark.master, conf=settings.spark.conf)
+        spark = build_session(
+            app_name="cdc-demo", master=settings.spark.master, conf=settings.spark.conf
+        )
         names = list(settings.pipelines)
         print(f"running {len(names)} pipelines until drained ...", file=out)
         run_pipelines(spark, settings, names, available_now=True)

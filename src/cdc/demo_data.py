@@ -103,46 +103,209 @@ _PROBABILITY = {
     "closed_lost": 0,
 }
 _FIRST_NAMES = (
-    "Anna", "Lukas", "Sofia", "Mateo", "Emma", "Noah", "Mia", "Liam", "Chloé", "Hugo",
-    "Léa", "Jonas", "Elif", "Matteo", "Giulia", "Lars", "Ingrid", "Oliver", "Amelia", "Jack",
-    "Isla", "Yuki", "Haruto", "Sakura", "Ren", "Olivia", "Ethan", "Ava", "Lucas", "Zoë",
-    "José", "Lucía", "Pablo", "Carmen", "Søren", "Freja", "Niamh", "Conor", "Aoife", "Priya",
-    "Arjun", "Fatima", "Omar", "Marta", "Tomás", "Élodie", "Björn", "Katarzyna", "Ana", "Max",
+    "Anna",
+    "Lukas",
+    "Sofia",
+    "Mateo",
+    "Emma",
+    "Noah",
+    "Mia",
+    "Liam",
+    "Chloé",
+    "Hugo",
+    "Léa",
+    "Jonas",
+    "Elif",
+    "Matteo",
+    "Giulia",
+    "Lars",
+    "Ingrid",
+    "Oliver",
+    "Amelia",
+    "Jack",
+    "Isla",
+    "Yuki",
+    "Haruto",
+    "Sakura",
+    "Ren",
+    "Olivia",
+    "Ethan",
+    "Ava",
+    "Lucas",
+    "Zoë",
+    "José",
+    "Lucía",
+    "Pablo",
+    "Carmen",
+    "Søren",
+    "Freja",
+    "Niamh",
+    "Conor",
+    "Aoife",
+    "Priya",
+    "Arjun",
+    "Fatima",
+    "Omar",
+    "Marta",
+    "Tomás",
+    "Élodie",
+    "Björn",
+    "Katarzyna",
+    "Ana",
+    "Max",
 )
 _LAST_NAMES = (
-    "Müller", "Schmidt", "Schneider", "Fischer", "Weber", "García", "Fernández", "López",
-    "Martínez", "Rossi", "Russo", "Ferrari", "Bianchi", "Dubois", "Moreau", "Laurent",
-    "Lefèvre", "Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Miller",
-    "Davis", "Tanaka", "Suzuki", "Watanabe", "Sato", "Jansen", "de Vries", "van Dijk",
-    "Bakker", "Nielsen", "Hansen", "Larsson", "Andersson", "O'Brien", "Murphy", "Kelly",
-    "Kowalski", "Nowak", "Novák", "Gruber", "Huber", "Keller", "Meier", "Patel", "Khan",
+    "Müller",
+    "Schmidt",
+    "Schneider",
+    "Fischer",
+    "Weber",
+    "García",
+    "Fernández",
+    "López",
+    "Martínez",
+    "Rossi",
+    "Russo",
+    "Ferrari",
+    "Bianchi",
+    "Dubois",
+    "Moreau",
+    "Laurent",
+    "Lefèvre",
+    "Smith",
+    "Jones",
+    "Taylor",
+    "Brown",
+    "Williams",
+    "Wilson",
+    "Johnson",
+    "Miller",
+    "Davis",
+    "Tanaka",
+    "Suzuki",
+    "Watanabe",
+    "Sato",
+    "Jansen",
+    "de Vries",
+    "van Dijk",
+    "Bakker",
+    "Nielsen",
+    "Hansen",
+    "Larsson",
+    "Andersson",
+    "O'Brien",
+    "Murphy",
+    "Kelly",
+    "Kowalski",
+    "Nowak",
+    "Novák",
+    "Gruber",
+    "Huber",
+    "Keller",
+    "Meier",
+    "Patel",
+    "Khan",
 )
 _COMPANY_STEMS = (
-    "Northwind", "Bluefin", "Kestrel", "Alpine", "Helix", "Quantum", "Brightwater", "Ironbark",
-    "Lumen", "Meridian", "Nimbus", "Orchid", "Polaris", "Redwood", "Sable", "Tidewater",
-    "Vantage", "Willow", "Zenith", "Aurora", "Beacon", "Cobalt", "Driftwood", "Ember",
-    "Falcon", "Granite", "Harbor", "Juniper", "Lighthouse", "Maple", "Nova", "Onyx",
-    "Pinnacle", "Silverline", "Summit", "Trident", "Vertex", "Atlas", "Cedar", "Horizon",
+    "Northwind",
+    "Bluefin",
+    "Kestrel",
+    "Alpine",
+    "Helix",
+    "Quantum",
+    "Brightwater",
+    "Ironbark",
+    "Lumen",
+    "Meridian",
+    "Nimbus",
+    "Orchid",
+    "Polaris",
+    "Redwood",
+    "Sable",
+    "Tidewater",
+    "Vantage",
+    "Willow",
+    "Zenith",
+    "Aurora",
+    "Beacon",
+    "Cobalt",
+    "Driftwood",
+    "Ember",
+    "Falcon",
+    "Granite",
+    "Harbor",
+    "Juniper",
+    "Lighthouse",
+    "Maple",
+    "Nova",
+    "Onyx",
+    "Pinnacle",
+    "Silverline",
+    "Summit",
+    "Trident",
+    "Vertex",
+    "Atlas",
+    "Cedar",
+    "Horizon",
 )
 _COMPANY_KINDS = (
-    "Logistics", "Analytics", "Foods", "Robotics", "Health", "Energy", "Systems", "Labs",
-    "Capital", "Media", "Textiles", "Pharma", "Motors", "Software", "Retail", "Networks",
+    "Logistics",
+    "Analytics",
+    "Foods",
+    "Robotics",
+    "Health",
+    "Energy",
+    "Systems",
+    "Labs",
+    "Capital",
+    "Media",
+    "Textiles",
+    "Pharma",
+    "Motors",
+    "Software",
+    "Retail",
+    "Networks",
 )
 _INDUSTRIES = (
-    "Software", "Manufacturing", "Retail", "Healthcare", "Financial Services", "Logistics",
-    "Energy", "Telecommunications", "Education", "Media",
+    "Software",
+    "Manufacturing",
+    "Retail",
+    "Healthcare",
+    "Financial Services",
+    "Logistics",
+    "Energy",
+    "Telecommunications",
+    "Education",
+    "Media",
 )
 _TIERS = ("enterprise", "mid_market", "smb")
 _JOB_TITLES = (
-    "Head of Data", "CTO", "VP Engineering", "Data Engineer", "Procurement Manager",
-    "CFO", "IT Director", "Analytics Lead", "Operations Manager", "Product Manager",
+    "Head of Data",
+    "CTO",
+    "VP Engineering",
+    "Data Engineer",
+    "Procurement Manager",
+    "CFO",
+    "IT Director",
+    "Analytics Lead",
+    "Operations Manager",
+    "Product Manager",
 )
 _PRODUCTS = (
-    "Analytics Suite", "Platform License", "Support Renewal", "Data Pipeline Add-on",
-    "Professional Services", "Premium SLA",
+    "Analytics Suite",
+    "Platform License",
+    "Support Renewal",
+    "Data Pipeline Add-on",
+    "Professional Services",
+    "Premium SLA",
 )
 _SALES_REPS = (
-    "anna.keller", "tom.baker", "ines.moreau", "kenji.ito", "sara.lindqvist", "marco.bruno",
+    "anna.keller",
+    "tom.baker",
+    "ines.moreau",
+    "kenji.ito",
+    "sara.lindqvist",
+    "marco.bruno",
 )
 _SALES_DOMAIN = "acme-crm.example"
 # Country → (currency, email TLD, phone prefix, phone digits after the area code).
@@ -172,8 +335,16 @@ _FX_START: dict[tuple[str, str], str] = {
 _ORDER_FLOW = {"created": ("paid", "cancelled"), "paid": ("shipped",), "shipped": ("delivered",)}
 _EVENT_TYPES = ("page_view", "click", "signup", "download", "email_open")
 _EVENT_WEIGHTS = (60, 25, 3, 5, 7)
-_PAGES = ("/", "/pricing", "/docs/getting-started", "/blog/cdc-patterns", "/product/analytics",
-          "/customers", "/contact-sales", "/careers")
+_PAGES = (
+    "/",
+    "/pricing",
+    "/docs/getting-started",
+    "/blog/cdc-patterns",
+    "/product/analytics",
+    "/customers",
+    "/contact-sales",
+    "/careers",
+)
 _DEBEZIUM_VERSION = "2.7.3.Final"
 
 
@@ -330,8 +501,16 @@ class _Crm:
 
     # -- envelope emission
 
-    def emit(self, topic: str, op: str, key: str, before: Line | None, after: Line | None,
-             commit_ms: int, snapshot: bool = False) -> None:
+    def emit(
+        self,
+        topic: str,
+        op: str,
+        key: str,
+        before: Line | None,
+        after: Line | None,
+        commit_ms: int,
+        snapshot: bool = False,
+    ) -> None:
         table = topic.split(".", 1)[1]
         self.lsn += self.rng.randint(120, 4_000)
         if not snapshot:
@@ -404,7 +583,8 @@ class _Crm:
         tier = self.rng.choices(_TIERS, weights=(2, 4, 6))[0]
         revenue_scale = {"enterprise": 5e8, "mid_market": 5e7, "smb": 5e6}[tier]
         revenue = (
-            None if self.rng.random() < 0.15
+            None
+            if self.rng.random() < 0.15
             else _money(round(self.rng.uniform(0.1, 1.0) * revenue_scale, 2))
         )
         return {
@@ -415,7 +595,8 @@ class _Crm:
             "annual_revenue": revenue,
             "tier": tier,
             "owner_email": (
-                None if self.rng.random() < 0.1
+                None
+                if self.rng.random() < 0.1
                 else f"{self.rng.choice(_SALES_REPS)}@{_SALES_DOMAIN}"
             ),
             "created_at": _iso(commit_ms),
@@ -437,11 +618,15 @@ class _Crm:
             "job_title": None if self.rng.random() < 0.25 else self.rng.choice(_JOB_TITLES),
         }
 
-    def opportunity_row(self, opportunity_id: str, account_id: str, stage: str,
-                        commit_ms: int) -> Line:
+    def opportunity_row(
+        self, opportunity_id: str, account_id: str, stage: str, commit_ms: int
+    ) -> Line:
         company = self.companies[account_id]
-        contacts = [c["contact_id"] for c in self.live["crm.contacts"].values()
-                    if c["account_id"] == account_id]
+        contacts = [
+            c["contact_id"]
+            for c in self.live["crm.contacts"].values()
+            if c["account_id"] == account_id
+        ]
         amount = Decimal(self.rng.randint(50, 5_000)) * 100 + Decimal(self.rng.randint(0, 99))
         close = datetime.fromtimestamp(commit_ms / 1000, UTC).date() + timedelta(
             days=self.rng.randint(20, 120)
@@ -449,7 +634,8 @@ class _Crm:
         return {
             "opportunity_id": opportunity_id,
             "account_id": account_id,
-            "contact_id": self.rng.choice(contacts) if contacts and self.rng.random() < 0.85
+            "contact_id": self.rng.choice(contacts)
+            if contacts and self.rng.random() < 0.85
             else None,
             "name": f"{company.name} — {self.rng.choice(_PRODUCTS)}",
             "stage": stage,
@@ -483,8 +669,9 @@ class _Crm:
 
     def create_account(self, snapshot: bool = False) -> bool:
         commit = self.clock.tick(self.rng, 1, 20) if snapshot else self.tick()
-        self.insert("crm.accounts", self.account_row(self._new_id("crm.accounts"), commit),
-                    commit, snapshot)
+        self.insert(
+            "crm.accounts", self.account_row(self._new_id("crm.accounts"), commit), commit, snapshot
+        )
         return True
 
     def create_contact(self, snapshot: bool = False) -> bool:
@@ -503,10 +690,12 @@ class _Crm:
         commit = self.clock.tick(self.rng, 1, 20) if snapshot else self.tick()
         stage = (
             self.rng.choices([*_STAGES, "closed_won", "closed_lost"], weights=(5, 4, 3, 2, 2, 2))[0]
-            if snapshot else "prospecting"
+            if snapshot
+            else "prospecting"
         )
-        row = self.opportunity_row(self._new_id("crm.opportunities"), self.rng.choice(accounts),
-                                   stage, commit)
+        row = self.opportunity_row(
+            self._new_id("crm.opportunities"), self.rng.choice(accounts), stage, commit
+        )
         self.insert("crm.opportunities", row, commit, snapshot)
         return True
 
@@ -556,8 +745,9 @@ class _Crm:
             return False
         new = dict(self.live["crm.contacts"][key])
         company = self.companies[new["account_id"]]
-        kind = self.rng.choices(("last_name", "email", "move", "title", "opt_in"),
-                                weights=(2, 2, 3, 2, 2))[0]
+        kind = self.rng.choices(
+            ("last_name", "email", "move", "title", "opt_in"), weights=(2, 2, 3, 2, 2)
+        )[0]
         if kind == "move":
             target = self._pick("crm.accounts", lambda a: a["account_id"] != new["account_id"])
             if target is None:
@@ -656,8 +846,9 @@ class _Crm:
         for opportunity_id in sorted(self.live["crm.opportunities"]):
             row = self.live["crm.opportunities"][opportunity_id]
             if row["account_id"] == loser:
-                self.update("crm.opportunities", opportunity_id, dict(row, account_id=survivor),
-                            self.tick())
+                self.update(
+                    "crm.opportunities", opportunity_id, dict(row, account_id=survivor), self.tick()
+                )
         self.delete("crm.accounts", loser, self.tick())
         return True
 
@@ -670,16 +861,19 @@ class _Crm:
         old = self.deleted[topic].pop(key)
         commit = self.tick()
         if topic == "crm.contacts":
-            account = old["account_id"] if old["account_id"] in self.live["crm.accounts"] else (
-                self._pick("crm.accounts")
+            account = (
+                old["account_id"]
+                if old["account_id"] in self.live["crm.accounts"]
+                else (self._pick("crm.accounts"))
             )
             if account is None:
                 self.deleted[topic][key] = old
                 return False
             row = dict(old, account_id=account, updated_at=_iso(commit))
             if account != old["account_id"]:
-                row["email"] = self._email(row["first_name"], row["last_name"],
-                                           self.companies[account].domain)
+                row["email"] = self._email(
+                    row["first_name"], row["last_name"], self.companies[account].domain
+                )
         elif topic == "crm.opportunities":
             if old["account_id"] not in self.live["crm.accounts"]:
                 self.deleted[topic][key] = old
@@ -692,8 +886,9 @@ class _Crm:
         return True
 
 
-def _crm_lines(rng: random.Random, accounts: int, contacts: int,
-               opportunities: int) -> dict[str, list[Line]]:
+def _crm_lines(
+    rng: random.Random, accounts: int, contacts: int, opportunities: int
+) -> dict[str, list[Line]]:
     crm = _Crm(rng, _ms(BASE_TIME))
     snap_accounts = accounts - accounts // 5
     snap_contacts = contacts - (contacts * 3) // 10
@@ -769,8 +964,9 @@ def _redeliver(rng: random.Random, lines: list[Line], count: int) -> int:
 # --------------------------------------------------------------------------- facts and FX
 
 
-def _order_lines(rng: random.Random, count: int, accounts: list[Line],
-                 contacts: list[Line]) -> list[Line]:
+def _order_lines(
+    rng: random.Random, count: int, accounts: list[Line], contacts: list[Line]
+) -> list[Line]:
     clock = _Clock(_ms(BASE_TIME) + 3_600_000)
     open_orders: dict[str, Line] = {}
     lines: list[Line] = []
@@ -822,7 +1018,9 @@ def _behavior_lines(rng: random.Random, count: int, contacts: list[Line]) -> lis
             session_id = _uuid(rng)
         sessions[contact_id] = (session_id, event_ms + 30 * 60_000)
         event_type = rng.choices(_EVENT_TYPES, weights=_EVENT_WEIGHTS)[0]
-        url = None if event_type == "email_open" else f"https://www.acme.example{rng.choice(_PAGES)}"
+        url = (
+            None if event_type == "email_open" else f"https://www.acme.example{rng.choice(_PAGES)}"
+        )
         properties = {"device": rng.choice(devices), "utm_source": rng.choice(sources)}
         if event_type == "click":
             properties["element"] = rng.choice(("cta-demo", "nav-pricing", "footer-docs"))
@@ -860,8 +1058,9 @@ def _fx_lines(rng: random.Random, days: int) -> list[Line]:
                     "effective_at": _iso(effective_ms),
                     "provider": "ecb",
                 }
-                lines.append({"key": {"base_currency": base, "quote_currency": quote},
-                              "value": value})
+                lines.append(
+                    {"key": {"base_currency": base, "quote_currency": quote}, "value": value}
+                )
             published += 1
         day += timedelta(days=1)
     return lines
@@ -870,8 +1069,9 @@ def _fx_lines(rng: random.Random, days: int) -> list[Line]:
 # --------------------------------------------------------------------------- invalid lines
 
 
-def _invalid_lines(rng: random.Random, lines: Mapping[str, list[Line]],
-                   registry: SchemaRegistry) -> dict[str, list[InvalidLine]]:
+def _invalid_lines(
+    rng: random.Random, lines: Mapping[str, list[Line]], registry: SchemaRegistry
+) -> dict[str, list[InvalidLine]]:
     """Lines that ``cdc produce`` accepts but the consumer must quarantine.
 
     Per topic: one or two violations of ``schemas/contracts.yaml`` rules (valid Avro, so only
@@ -898,21 +1098,42 @@ def _invalid_lines(rng: random.Random, lines: Mapping[str, list[Line]],
         return line
 
     violations: list[tuple[str, Line, str]] = [
-        ("crm.accounts", envelope_with("crm.accounts", country="Germany"),
-         "country is not an ISO-3166 alpha-2 code"),
-        ("crm.contacts", envelope_with("crm.contacts", email="maria.garcia(at)example"),
-         "email does not match the contract's pattern"),
+        (
+            "crm.accounts",
+            envelope_with("crm.accounts", country="Germany"),
+            "country is not an ISO-3166 alpha-2 code",
+        ),
+        (
+            "crm.contacts",
+            envelope_with("crm.contacts", email="maria.garcia(at)example"),
+            "email does not match the contract's pattern",
+        ),
         ("crm.contacts", envelope_with("crm.contacts", email=""), "email is empty"),
-        ("crm.opportunities", envelope_with("crm.opportunities", stage="won_maybe"),
-         "unknown stage"),
-        ("crm.opportunities", envelope_with("crm.opportunities", probability=150),
-         "probability above 100"),
-        ("events.orders", flat_with("events.orders", event_id=_uuid(rng), currency="EURO"),
-         "currency is not an ISO-4217 code"),
-        ("events.behavior", flat_with("events.behavior", event_id=_uuid(rng), event_type="hover"),
-         "unknown event_type"),
-        ("ref.fx_rates", flat_with("ref.fx_rates", quote_currency="usd"),
-         "quote currency is not an upper-case ISO-4217 code"),
+        (
+            "crm.opportunities",
+            envelope_with("crm.opportunities", stage="won_maybe"),
+            "unknown stage",
+        ),
+        (
+            "crm.opportunities",
+            envelope_with("crm.opportunities", probability=150),
+            "probability above 100",
+        ),
+        (
+            "events.orders",
+            flat_with("events.orders", event_id=_uuid(rng), currency="EURO"),
+            "currency is not an ISO-4217 code",
+        ),
+        (
+            "events.behavior",
+            flat_with("events.behavior", event_id=_uuid(rng), event_type="hover"),
+            "unknown event_type",
+        ),
+        (
+            "ref.fx_rates",
+            flat_with("ref.fx_rates", quote_currency="usd"),
+            "quote currency is not an upper-case ISO-4217 code",
+        ),
         ("ref.fx_rates", flat_with("ref.fx_rates", rate="0.00000000"), "rate is zero"),
     ]
     for topic, line, note in violations:
@@ -925,12 +1146,21 @@ def _invalid_lines(rng: random.Random, lines: Mapping[str, list[Line]],
         unknown = b"\x00" + (9999).to_bytes(4, "big") + rng.randbytes(24)
         truncated = body[: 5 + (len(body) - 5) // 2]
         out[topic] += [
-            InvalidLine(_raw(sample["key"], garbage), QuarantineReason.NOT_FRAMED.value,
-                        "JSON text where Confluent-framed Avro was expected"),
-            InvalidLine(_raw(sample["key"], unknown), QuarantineReason.UNKNOWN_SCHEMA_ID.value,
-                        "Confluent framing with schema id 9999, which the registry lacks"),
-            InvalidLine(_raw(sample["key"], truncated), QuarantineReason.DECODE_ERROR.value,
-                        "valid framing, then the first half of a real Avro body"),
+            InvalidLine(
+                _raw(sample["key"], garbage),
+                QuarantineReason.NOT_FRAMED.value,
+                "JSON text where Confluent-framed Avro was expected",
+            ),
+            InvalidLine(
+                _raw(sample["key"], unknown),
+                QuarantineReason.UNKNOWN_SCHEMA_ID.value,
+                "Confluent framing with schema id 9999, which the registry lacks",
+            ),
+            InvalidLine(
+                _raw(sample["key"], truncated),
+                QuarantineReason.DECODE_ERROR.value,
+                "valid framing, then the first half of a real Avro body",
+            ),
         ]
     return out
 
@@ -942,8 +1172,9 @@ def _raw(key: Line, payload: bytes) -> Line:
 # --------------------------------------------------------------------------- expectations
 
 
-def _scd2_summary(topic: str, lines: list[Line], invalid: int, duplicates: int,
-                  reinserts: int) -> TopicSummary:
+def _scd2_summary(
+    topic: str, lines: list[Line], invalid: int, duplicates: int, reinserts: int
+) -> TopicSummary:
     keys = KEYS[topic]
     untracked = set(UNTRACKED[topic])
     state: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
@@ -1028,8 +1259,14 @@ def generate(
     Raises:
         ValueError: a count is negative, or entities need accounts/contacts that are absent.
     """
-    counts = {"accounts": accounts, "contacts": contacts, "opportunities": opportunities,
-              "orders": orders, "behavior": behavior, "fx_days": fx_days}
+    counts = {
+        "accounts": accounts,
+        "contacts": contacts,
+        "opportunities": opportunities,
+        "orders": orders,
+        "behavior": behavior,
+        "fx_days": fx_days,
+    }
     negative = sorted(name for name, value in counts.items() if value < 0)
     if negative:
         raise ValueError(f"counts must be >= 0: {', '.join(negative)}")
@@ -1049,8 +1286,9 @@ def generate(
     duplicates = {
         "crm.accounts": _redeliver(rng, lines["crm.accounts"], max(1, accounts // 25)),
         "crm.contacts": _redeliver(rng, lines["crm.contacts"], max(2, contacts // 50)),
-        "crm.opportunities": _redeliver(rng, lines["crm.opportunities"],
-                                        max(1, opportunities // 40)),
+        "crm.opportunities": _redeliver(
+            rng, lines["crm.opportunities"], max(1, opportunities // 40)
+        ),
         "events.orders": _redeliver(rng, lines["events.orders"], max(2, orders // 50)),
         "events.behavior": _redeliver(rng, lines["events.behavior"], max(2, behavior // 50)),
         "ref.fx_rates": _redeliver(rng, lines["ref.fx_rates"], 1),
@@ -1061,8 +1299,13 @@ def generate(
     expected: dict[str, TopicSummary] = {}
     for topic in TOPICS:
         summary = (
-            _scd2_summary(topic, ordered[topic], len(details[topic]), duplicates[topic],
-                          reinserts.get(topic, 0))
+            _scd2_summary(
+                topic,
+                ordered[topic],
+                len(details[topic]),
+                duplicates[topic],
+                reinserts.get(topic, 0),
+            )
             if topic in SCD2_TOPICS
             else _fact_summary(topic, ordered[topic], len(details[topic]), duplicates[topic])
         )

@@ -17,8 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
-
 from cdc.changes import business_columns, fact_rows, scd2_changes, split_batch
 from cdc.config import PipelineSettings, Settings, parse_duration_seconds
 from cdc.errors import CdcError, DataLossError
@@ -28,16 +26,16 @@ from cdc.spark import DATA_SOURCE_NAME
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.streaming import StreamingQuery
+    from pyspark.sql.streaming.query import StreamingQuery
 
 __all__ = [
     "TXN_BASE_FILE",
     "BatchStats",
     "BatchWriter",
     "PipelineFailedError",
+    "fault_hook_from_env",
     "run_pipelines",
     "source_options",
-    "fault_hook_from_env",
     "start_query",
     "table_paths",
 ]
@@ -74,7 +72,10 @@ def fault_hook_from_env(environ: dict[str, str] | None = None) -> FaultHook | No
         return None
     stage, _, batch = spec.partition(":")
     if stage not in FAULT_STAGES or not batch.isdigit():
-        raise CdcError(f"{FAULT_ENV}={spec!r}: expected <stage>:<batch_id>, stage one of {', '.join(FAULT_STAGES)}")
+        raise CdcError(
+            f"{FAULT_ENV}={spec!r}: expected <stage>:<batch_id>, "
+            f"stage one of {', '.join(FAULT_STAGES)}"
+        )
     target = int(batch)
 
     def hook(at: str, batch_id: int) -> None:
@@ -102,7 +103,11 @@ def source_options(settings: Settings, pipeline: PipelineSettings) -> dict[str, 
     """Options for the ``cdc_kafka`` streaming source of one pipeline."""
     defaults = settings.defaults
     max_records = pipeline.max_records_per_trigger or defaults.max_records_per_trigger
-    fail = defaults.fail_on_data_loss if pipeline.fail_on_data_loss is None else pipeline.fail_on_data_loss
+    fail = (
+        defaults.fail_on_data_loss
+        if pipeline.fail_on_data_loss is None
+        else pipeline.fail_on_data_loss
+    )
     options = {
         "kafka.bootstrap.servers": settings.kafka.bootstrap_servers,
         "subscribe": pipeline.topic,
@@ -115,6 +120,8 @@ def source_options(settings: Settings, pipeline: PipelineSettings) -> dict[str, 
     }
     if max_records:
         options["maxRecordsPerTrigger"] = str(max_records)
+    if settings.registry.url:
+        options["registry.url"] = settings.registry.url
     for key, value in settings.kafka.client_config().items():
         options[f"kafka.{key}"] = value
     return options
@@ -235,7 +242,9 @@ class BatchWriter:
     def _merge_facts(self, valid: Any, batch_id: int, stats: BatchStats) -> None:
         assert self.pipeline.event_id is not None
         rows = fact_rows(valid, self.pipeline.event_id)
-        outcome = self.sinks["silver"].insert_new(rows, self.pipeline.event_id, self.txn("silver", batch_id))
+        outcome = self.sinks["silver"].insert_new(
+            rows, self.pipeline.event_id, self.txn("silver", batch_id)
+        )
         if outcome.skipped:
             stats.skipped_tables.append("silver")
         stats.inserted = outcome.rows
@@ -305,7 +314,9 @@ def run_pipelines(
     Raises:
         PipelineFailedError: a query stopped with an error (the others are stopped too).
     """
-    queries = {n: start_query(spark, settings, n, available_now, fault_hook, on_batch) for n in names}
+    queries = {
+        n: start_query(spark, settings, n, available_now, fault_hook, on_batch) for n in names
+    }
     try:
         while True:
             for name, query in queries.items():

@@ -188,22 +188,32 @@ def _place_tombstones(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         return events
     keys = list(spec.keys)
     located = events.with_columns(
-        _p=_seq_partition(pl.col("_seq")), _o=_seq_offset(pl.col("_seq")),
+        _p=_seq_partition(pl.col("_seq")),
+        _o=_seq_offset(pl.col("_seq")),
         _t=pl.col("_seq").str.slice(0, _TS_WIDTH).cast(pl.Int64),
     )
     tombs = located.filter(pl.col("_tombstone")).sort("_o")
     others = located.filter(~pl.col("_tombstone")).sort("_o")
-    placed = tombs.join_asof(
-        others.select(*keys, "_p", "_o", pl.col("_t").alias("_pred_t"), pl.col("_op").alias("_pred_op")),
-        on="_o", by=[*keys, "_p"], strategy="backward", allow_exact_matches=False,
-        check_sortedness=False,  # sorted on _o globally, hence within every group
-    ).with_columns(
-        _t=pl.when(pl.col("_pred_t").is_null())
-        .then(pl.col("_t"))
-        .when(pl.col("_pred_op") == "D")
-        .then(pl.col("_pred_t"))
-        .otherwise(pl.max_horizontal("_pred_t", "_t"))
-    ).with_columns(_seq=encode_sequence(pl.col("_t"), pl.col("_p"), pl.col("_o")))
+    placed = (
+        tombs.join_asof(
+            others.select(
+                *keys, "_p", "_o", pl.col("_t").alias("_pred_t"), pl.col("_op").alias("_pred_op")
+            ),
+            on="_o",
+            by=[*keys, "_p"],
+            strategy="backward",
+            allow_exact_matches=False,
+            check_sortedness=False,  # sorted on _o globally, hence within every group
+        )
+        .with_columns(
+            _t=pl.when(pl.col("_pred_t").is_null())
+            .then(pl.col("_t"))
+            .when(pl.col("_pred_op") == "D")
+            .then(pl.col("_pred_t"))
+            .otherwise(pl.max_horizontal("_pred_t", "_t"))
+        )
+        .with_columns(_seq=encode_sequence(pl.col("_t"), pl.col("_p"), pl.col("_o")))
+    )
     return pl.concat([others.select(events.columns), placed.select(events.columns)], how="vertical")
 
 
@@ -233,8 +243,9 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     """Rebuild the events a set of dimension rows stands for (opener, last update, delete)."""
     base = [*spec.keys, *spec.columns]
     flag = pl.lit(False).alias("_tombstone")
-    opener = rows.select(*base, pl.lit("U").alias("_op"), pl.col("_seq_open").alias("_seq"),
-                         "_source_topic", flag)
+    opener = rows.select(
+        *base, pl.lit("U").alias("_op"), pl.col("_seq_open").alias("_seq"), "_source_topic", flag
+    )
     last = rows.filter(pl.col("_seq_last") != pl.col("_seq_open")).select(
         *base, pl.lit("U").alias("_op"), pl.col("_seq_last").alias("_seq"), "_source_topic", flag
     )
@@ -260,7 +271,9 @@ def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     df = events.sort([*keys, "_seq"])
     n = df.height
     idx = pl.int_range(pl.len())
-    new_key = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys]) | (idx == 0)
+    new_key = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys]) | (
+        idx == 0
+    )
     last_in_key = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(-1)) for k in keys]) | (
         idx == n - 1
     )
@@ -328,7 +341,9 @@ def apply_scd2(existing: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) ->
     ev_cols = _event_columns(spec)
     changes = _with_tombstone_flag(changes).select(ev_cols)
     affected = changes.select(keys).unique()
-    existing = existing.select(spec.row_columns).join(affected, on=keys, how="semi", nulls_equal=True)
+    existing = existing.select(spec.row_columns).join(
+        affected, on=keys, how="semi", nulls_equal=True
+    )
     old_events = _events_from_rows(existing, spec).select(ev_cols)
     # Existing rows first: an event that is already in the table is a no-op when re-delivered.
     all_events = _place_tombstones(pl.concat([old_events, changes], how="vertical_relaxed"), spec)
@@ -350,7 +365,8 @@ def apply_scd2(existing: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) ->
     updated = int(changed.height - inserted)
     closed = int(
         changed.filter(
-            ~pl.col("is_current") & (~pl.col("_exists") | pl.col("is_current__old").fill_null(False))
+            ~pl.col("is_current")
+            & (~pl.col("_exists") | pl.col("is_current__old").fill_null(False))
         ).height
     )
     # Events already in the table, or repeated within the batch, change nothing.

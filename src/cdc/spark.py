@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,7 +25,9 @@ _DEFAULT_CONF: dict[str, str] = {
     # The Python data source planner runs in a worker; keep it warm between batches.
     "spark.python.worker.reuse": "true",
     "spark.sql.streaming.noDataMicroBatches.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
 }
+_LOG4J = Path(__file__).with_name("log4j2.properties")
 
 
 def build_session(
@@ -45,12 +48,18 @@ def build_session(
     # Python workers must run the interpreter that has this package installed.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # Loopback unless told otherwise: local mode needs no other interface.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
     from cdc.source import KafkaDataSource
 
     builder = SparkSession.builder.appName(app_name).master(master)
-    for key, value in {**_DEFAULT_CONF, **dict(conf or {})}.items():
+    defaults = {
+        **_DEFAULT_CONF,
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={_LOG4J}",
+    }
+    for key, value in {**defaults, **dict(conf or {})}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")

@@ -72,7 +72,9 @@ def _table_line(role: str, uri: str, storage: dict[str, str]) -> str:
         table = DeltaTable(uri, storage_options=storage)
     except TableNotFoundError:
         return f"  {role:<10} {uri}: not created yet"
-    rows = sum(int(n) for n in table.get_add_actions(flatten=True).column("num_records").to_pylist() if n)
+    rows = sum(
+        int(n) for n in table.get_add_actions(flatten=True).column("num_records").to_pylist() if n
+    )
     return f"  {role:<10} {uri}: version {table.version()}, {rows} rows"
 
 

@@ -37,7 +37,9 @@ def test_scd2_merge_matches_pure_function(tmp_path: Path) -> None:
     sink = DeltaSink(str(tmp_path / "dim"))
     for version, batch in enumerate(batches):
         _apply(sink, batch, version)
-    assert _read(tmp_path / "dim").equals(apply_all(*batches).select(_read(tmp_path / "dim").columns))
+    assert _read(tmp_path / "dim").equals(
+        apply_all(*batches).select(_read(tmp_path / "dim").columns)
+    )
 
 
 def test_replayed_batch_version_is_skipped(tmp_path: Path) -> None:

@@ -69,19 +69,39 @@ def read(uri: str) -> pl.DataFrame:
     return df
 
 
-def contact(cid: str, email: str, last: str = "Doe", phone: str | None = None, acct: str = "a1",
-            ts: int = 0) -> dict[str, Any]:
+def contact(
+    cid: str, email: str, last: str = "Doe", phone: str | None = None, acct: str = "a1", ts: int = 0
+) -> dict[str, Any]:
     return {
-        "contact_id": cid, "account_id": acct, "email": email, "first_name": "Jo",
-        "last_name": last, "phone": phone, "updated_at": T0 + ts,
+        "contact_id": cid,
+        "account_id": acct,
+        "email": email,
+        "first_name": "Jo",
+        "last_name": last,
+        "phone": phone,
+        "updated_at": T0 + ts,
     }
 
 
-def envelope(op: str, ts: int, before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+def envelope(
+    op: str, ts: int, before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> dict[str, Any]:
     return {
-        "before": before, "after": after, "op": op, "ts_ms": T0 + ts + 5,
-        "source": {"version": "2.7.0", "connector": "postgresql", "name": "crm", "db": "crm",
-                   "table": "contacts", "ts_ms": T0 + ts, "lsn": ts, "txId": None, "snapshot": False},
+        "before": before,
+        "after": after,
+        "op": op,
+        "ts_ms": T0 + ts + 5,
+        "source": {
+            "version": "2.7.0",
+            "connector": "postgresql",
+            "name": "crm",
+            "db": "crm",
+            "table": "contacts",
+            "ts_ms": T0 + ts,
+            "lsn": ts,
+            "txId": None,
+            "snapshot": False,
+        },
     }
 
 
@@ -95,20 +115,22 @@ def contact_lines() -> list[dict[str, Any]]:
     return [
         change("c1", "c", 1000, email="ann@acme.io"),
         change("c2", "c", 1100, email="bob@acme.io"),
-        change("c1", "u", 2000, email="ann@acme.io", phone="+44 1"),    # untracked only
+        change("c1", "u", 2000, email="ann@acme.io", phone="+44 1"),  # untracked only
         change("c1", "u", 3000, email="ann.new@acme.io", phone="+44 1"),  # tracked
         change("c2", "d", 4000),
-        {"key": {"contact_id": "c2"}, "value": None},                   # tombstone
-        change("c2", "c", 5000, email="bob@acme.io", last="Again"),     # re-insert
+        {"key": {"contact_id": "c2"}, "value": None},  # tombstone
+        change("c2", "c", 5000, email="bob@acme.io", last="Again"),  # re-insert
         change("c3", "r", 500, email="cy@acme.io"),
     ]
 
 
 POISON = [
     {"key": {"contact_id": "p1"}, "value_b64": base64.b64encode(b"not avro at all").decode()},
-    {"key": {"contact_id": "p2"},
-     "value_b64": base64.b64encode(b"\x00\x00\x00\x27\x0f" + b"\x02" * 8).decode()},  # unknown id 9999
-    change("p3", "c", 6000, email="not-an-email"),                      # rule violation
+    {
+        "key": {"contact_id": "p2"},
+        "value_b64": base64.b64encode(b"\x00\x00\x00\x27\x0f" + b"\x02" * 8).decode(),
+    },  # unknown id 9999
+    change("p3", "c", 6000, email="not-an-email"),  # rule violation
 ]
 
 
@@ -136,11 +158,15 @@ def test_contacts_bronze_quarantine_and_scd2(spark: Any, broker: str, tmp_path: 
     assert bronze.height == 8 and quarantine.height == 3  # every record in exactly one of them
     coords = ["partition", "offset"]
     assert bronze.select(coords).join(quarantine.select(coords), on=coords).height == 0
-    reasons = dict(zip(quarantine["error_code"].to_list(), quarantine["error"].to_list(), strict=True))
+    reasons = dict(
+        zip(quarantine["error_code"].to_list(), quarantine["error"].to_list(), strict=True)
+    )
     assert set(reasons) == {"not_framed", "unknown_schema_id", "rule_violation"}
     assert "9999" in reasons["unknown_schema_id"]
     assert "email" in reasons["rule_violation"]
-    assert quarantine.filter(pl.col("error_code") == "not_framed")["value_raw"].to_list() == [b"not avro at all"]
+    assert quarantine.filter(pl.col("error_code") == "not_framed")["value_raw"].to_list() == [
+        b"not avro at all"
+    ]
 
     assert history(settings, "c1") == [
         ("ann@acme.io", "Doe", "+44 1", at(1000), at(3000), False),
@@ -174,20 +200,45 @@ def test_restart_reads_only_new_records_and_redelivery_is_a_no_op(
 
 def test_facts_dedup_and_fx_scd2(spark: Any, broker: str, tmp_path: Path) -> None:
     def order(eid: str, oid: str, amount: str) -> dict[str, Any]:
-        return {"key": {"order_id": oid}, "value": {
-            "event_id": eid, "order_id": oid, "account_id": "a1", "contact_id": None,
-            "status": "placed", "amount": amount, "currency": "EUR",
-            "ordered_at": T0, "event_ts": T0 + 10}}
+        return {
+            "key": {"order_id": oid},
+            "value": {
+                "event_id": eid,
+                "order_id": oid,
+                "account_id": "a1",
+                "contact_id": None,
+                "status": "placed",
+                "amount": amount,
+                "currency": "EUR",
+                "ordered_at": T0,
+                "event_ts": T0 + 10,
+            },
+        }
 
     def rate(ts: int, value: str) -> dict[str, Any]:
-        return {"key": {"base_currency": "EUR", "quote_currency": "USD"}, "value": {
-            "base_currency": "EUR", "quote_currency": "USD", "rate": value,
-            "effective_at": T0 + ts, "provider": "ecb"}}
+        return {
+            "key": {"base_currency": "EUR", "quote_currency": "USD"},
+            "value": {
+                "base_currency": "EUR",
+                "quote_currency": "USD",
+                "rate": value,
+                "effective_at": T0 + ts,
+                "provider": "ecb",
+            },
+        }
 
-    produce(broker, "events.orders", [order("e1", "o1", "10.50"), order("e2", "o2", "7.00"),
-                                      order("e1", "o1", "10.50")], tmp_path)
-    produce(broker, "ref.fx_rates", [rate(0, "1.08000000"), rate(86_400_000, "1.09000000"),
-                                     rate(172_800_000, "1.09000000")], tmp_path)
+    produce(
+        broker,
+        "events.orders",
+        [order("e1", "o1", "10.50"), order("e2", "o2", "7.00"), order("e1", "o1", "10.50")],
+        tmp_path,
+    )
+    produce(
+        broker,
+        "ref.fx_rates",
+        [rate(0, "1.08000000"), rate(86_400_000, "1.09000000"), rate(172_800_000, "1.09000000")],
+        tmp_path,
+    )
     settings = make_settings(broker, tmp_path)
     run_pipelines(spark, settings, ["orders", "fx_rates"], available_now=True)
 
@@ -200,29 +251,48 @@ def test_facts_dedup_and_fx_scd2(spark: Any, broker: str, tmp_path: Path) -> Non
 
 def _cdc(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cdc.cli", *args], capture_output=True, text=True,
-        env={**os.environ, **env}, cwd=REPO_ROOT, timeout=300,
+        [sys.executable, "-m", "cdc.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        timeout=300,
     )
 
 
 @pytest.mark.parametrize("stage", ["mid-commit", "after-commit"])
-def test_exactly_once_after_kill_9_mid_stream(spark: Any, broker: str, tmp_path: Path, stage: str) -> None:
+def test_exactly_once_after_kill_9_mid_stream(
+    spark: Any, broker: str, tmp_path: Path, stage: str
+) -> None:
     """kill -9 of a real `cdc run` in the middle of batch 1, restart: tables equal a clean run."""
-    lines = [change(f"k{i % 7}", "c" if i < 7 else "u", 1000 + i * 10, email=f"v{i}@acme.io")
-             for i in range(40)]
+    lines = [
+        change(f"k{i % 7}", "c" if i < 7 else "u", 1000 + i * 10, email=f"v{i}@acme.io")
+        for i in range(40)
+    ]
     produce(broker, "crm.contacts", lines, tmp_path)
-    args = ["run", "--pipeline", "crm_contacts", "--available-now",
-            "--set", f"kafka.bootstrap_servers={broker}",
-            "--set", f"lake.root={tmp_path / 'lake'}",
-            "--set", f"checkpoints.root={tmp_path / 'checkpoints'}",
-            "--set", "pipelines.crm_contacts.max_records_per_trigger=10"]
+    args = [
+        "run",
+        "--pipeline",
+        "crm_contacts",
+        "--available-now",
+        "--set",
+        f"kafka.bootstrap_servers={broker}",
+        "--set",
+        f"lake.root={tmp_path / 'lake'}",
+        "--set",
+        f"checkpoints.root={tmp_path / 'checkpoints'}",
+        "--set",
+        "pipelines.crm_contacts.max_records_per_trigger=10",
+    ]
     crashed = _cdc(args, {"CDC_FAULT_INJECT": f"{stage}:1"})
     assert crashed.returncode == -9, crashed.stderr[-2000:]
     resumed = _cdc(args, {})
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     crashed_settings = make_settings(broker, tmp_path)
-    clean = make_settings(broker, tmp_path / "clean", "pipelines.crm_contacts.max_records_per_trigger=10")
+    clean = make_settings(
+        broker, tmp_path / "clean", "pipelines.crm_contacts.max_records_per_trigger=10"
+    )
     run_pipelines(spark, clean, ["crm_contacts"], available_now=True)
     for role in ("bronze", "silver"):
         got = read(table_paths(crashed_settings, crashed_settings.pipeline("crm_contacts"))[role])
@@ -230,4 +300,9 @@ def test_exactly_once_after_kill_9_mid_stream(spark: Any, broker: str, tmp_path:
         drop = [c for c in ("_ingested_at", "_batch_id") if c in got.columns]
         order = ["partition", "offset"] if role == "bronze" else ["contact_id", "_seq_open"]
         assert got.drop(drop).sort(order).equals(want.drop(drop).sort(order)), role
-    assert read(table_paths(crashed_settings, crashed_settings.pipeline("crm_contacts"))["bronze"]).height == 40
+    assert (
+        read(
+            table_paths(crashed_settings, crashed_settings.pipeline("crm_contacts"))["bronze"]
+        ).height
+        == 40
+    )

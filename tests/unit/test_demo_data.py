@@ -93,9 +93,17 @@ def _decode(
     for line, record in zip(lines, records, strict=True):
         value = line.get("value")
         if value is not None:
-            last_ts = value["ts_ms"] if "ts_ms" in value else _ms(next(
-                v for k, v in value.items() if k in ("event_ts", "occurred_at", "effective_at")
-            ))
+            last_ts = (
+                value["ts_ms"]
+                if "ts_ms" in value
+                else _ms(
+                    next(
+                        v
+                        for k, v in value.items()
+                        if k in ("event_ts", "occurred_at", "effective_at")
+                    )
+                )
+            )
         assert record.key is not None
         partition = default_partition(record.key, PARTITIONS)
         offset = next_offset[partition]
@@ -109,8 +117,9 @@ def _decode(
 
 
 def test_same_seed_same_data() -> None:
-    first, second = generate(seed=11, contacts=60, accounts=10, opportunities=20), generate(
-        seed=11, contacts=60, accounts=10, opportunities=20
+    first, second = (
+        generate(seed=11, contacts=60, accounts=10, opportunities=20),
+        generate(seed=11, contacts=60, accounts=10, opportunities=20),
     )
     assert first.lines == second.lines
     assert first.invalid == second.invalid
@@ -187,8 +196,11 @@ def test_invalid_lines_are_producible_and_quarantined_for_their_reason(
 def test_invalid_payloads_are_what_they_claim(dataset: Dataset) -> None:
     import base64
 
-    raw = {item.reason: base64.b64decode(item.line["value_b64"])
-           for item in dataset.invalid_details["crm.contacts"] if "value_b64" in item.line}
+    raw = {
+        item.reason: base64.b64decode(item.line["value_b64"])
+        for item in dataset.invalid_details["crm.contacts"]
+        if "value_b64" in item.line
+    }
     assert raw[QuarantineReason.UNKNOWN_SCHEMA_ID][:5] == b"\x00\x00\x00\x27\x0f"
     assert raw[QuarantineReason.DECODE_ERROR][:5] == b"\x00\x00\x00\x00\x0d"  # v2, id 13
     assert raw[QuarantineReason.NOT_FRAMED][:1] == b"{"
@@ -319,20 +331,34 @@ def test_redeliveries_are_exact_copies_of_earlier_lines(topic: str, dataset: Dat
 
 
 def test_realistic_values(dataset: Dataset) -> None:
-    contacts = [line["value"]["after"] for line in dataset["crm.contacts"]
-                if line["value"] is not None and line["value"]["after"] is not None]
+    contacts = [
+        line["value"]["after"]
+        for line in dataset["crm.contacts"]
+        if line["value"] is not None and line["value"]["after"] is not None
+    ]
     email = re.compile(r"[a-z0-9.]+@[a-z0-9]+\.[a-z.]+")
     assert all(email.fullmatch(c["email"]) for c in contacts)
     phones = [c["phone"] for c in contacts]
     assert None in phones and any(p and p.startswith("+") for p in phones)
-    opportunities = [line["value"]["after"] for line in dataset["crm.opportunities"]
-                     if line["value"] is not None and line["value"]["after"] is not None]
+    opportunities = [
+        line["value"]["after"]
+        for line in dataset["crm.opportunities"]
+        if line["value"] is not None and line["value"]["after"] is not None
+    ]
     assert all(re.fullmatch(r"\d+\.\d{2}", o["amount"]) for o in opportunities)
     assert {o["stage"] for o in opportunities} == {
-        "prospecting", "qualification", "proposal", "negotiation", "closed_won", "closed_lost"
+        "prospecting",
+        "qualification",
+        "proposal",
+        "negotiation",
+        "closed_won",
+        "closed_lost",
     }
-    times = [_ms(line["value"]["after"]["updated_at"]) for line in dataset["crm.accounts"]
-             if line["value"] is not None and line["value"]["after"] is not None]
+    times = [
+        _ms(line["value"]["after"]["updated_at"])
+        for line in dataset["crm.accounts"]
+        if line["value"] is not None and line["value"]["after"] is not None
+    ]
     assert min(times) >= int(BASE_TIME.timestamp() * 1000)
 
 
@@ -366,8 +392,9 @@ def test_fx_rates_walk_daily(dataset: Dataset) -> None:
 def _spec(topic: str, columns: list[str]) -> Scd2Spec:
     settings = load_settings("local", config_dir=REPO / "config", environ={})
     pipeline = next(p for p in settings.pipelines.values() if p.topic == topic)
-    return Scd2Spec.build(pipeline.keys, columns, pipeline.track_history,
-                          pipeline.track_history_except)
+    return Scd2Spec.build(
+        pipeline.keys, columns, pipeline.track_history, pipeline.track_history_except
+    )
 
 
 def test_untracked_columns_match_the_configuration() -> None:

@@ -23,7 +23,9 @@ SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def ev(key: str, ts: int, op: str = "U", offset: int | None = None, **values: Any) -> dict[str, Any]:
+def ev(
+    key: str, ts: int, op: str = "U", offset: int | None = None, **values: Any
+) -> dict[str, Any]:
     row = {"contact_id": key, "email": None, "last_name": None, "phone": None}
     row.update(values)
     row.update(_op=op, _ts=ts, _partition=0, _offset=ts if offset is None else offset)
@@ -33,7 +35,13 @@ def ev(key: str, ts: int, op: str = "U", offset: int | None = None, **values: An
 def changes(*events: dict[str, Any]) -> pl.DataFrame:
     df = pl.DataFrame(
         list(events),
-        schema={**SCHEMA, "_op": pl.String, "_ts": pl.Int64, "_partition": pl.Int32, "_offset": pl.Int64},
+        schema={
+            **SCHEMA,
+            "_op": pl.String,
+            "_ts": pl.Int64,
+            "_partition": pl.Int32,
+            "_offset": pl.Int64,
+        },
     )
     return df.with_columns(
         _seq=encode_sequence(pl.col("_ts"), pl.col("_partition"), pl.col("_offset")),
@@ -69,7 +77,10 @@ def test_insert_opens_a_current_version() -> None:
     assert versions(table) == [("c1", "a@x.io", "1", t(1000), None, True)]
     row = table.row(0, named=True)
     assert (row["_source_topic"], row["_source_partition"], row["_source_offset"]) == (
-        "crm.contacts", 0, 1000)
+        "crm.contacts",
+        0,
+        1000,
+    )
 
 
 def test_tracked_change_closes_previous_at_new_valid_from() -> None:
@@ -176,7 +187,10 @@ def test_late_event_equal_to_successor_merges_versions() -> None:
 
 def test_equal_timestamps_tie_break_on_kafka_position() -> None:
     table = apply_all(
-        changes(ev("c1", 1000, offset=7, email="second@x.io"), ev("c1", 1000, offset=6, email="first@x.io")),
+        changes(
+            ev("c1", 1000, offset=7, email="second@x.io"),
+            ev("c1", 1000, offset=6, email="first@x.io"),
+        ),
     )
     assert [r[1] for r in versions(table)] == ["first@x.io", "second@x.io"]
     assert versions(table)[0][4] == t(1000)  # zero-length interval, still ordered
@@ -184,7 +198,9 @@ def test_equal_timestamps_tie_break_on_kafka_position() -> None:
 
 def test_counts() -> None:
     table = apply_all(changes(ev("c1", 1000, email="a@x.io")))
-    result = apply_scd2(table, changes(ev("c1", 2000, email="b@x.io"), ev("c2", 2000, email="q@x.io")), SPEC)
+    result = apply_scd2(
+        table, changes(ev("c1", 2000, email="b@x.io"), ev("c2", 2000, email="q@x.io")), SPEC
+    )
     assert (result.inserted, result.updated, result.closed, result.affected_keys) == (2, 1, 1, 2)
 
 
@@ -199,16 +215,19 @@ def tombstone(key: str, kafka_ts: int, offset: int) -> dict[str, Any]:
 
 def with_tombstones(*events: dict[str, Any]) -> pl.DataFrame:
     flags = [bool(e.get("_tombstone")) for e in events]
-    return changes(*[{k: v for k, v in e.items() if k != "_tombstone"} for e in events]).with_columns(
-        pl.Series("_tombstone", flags)
-    )
+    return changes(
+        *[{k: v for k, v in e.items() if k != "_tombstone"} for e in events]
+    ).with_columns(pl.Series("_tombstone", flags))
 
 
 def test_tombstone_after_delete_is_a_no_op_whatever_its_kafka_time() -> None:
     # Kafka time of the tombstone (9_000_000) is far later than the source times: another clock.
     table = apply_all(
-        with_tombstones(ev("c1", 1000, offset=1, email="a"), ev("c1", 2000, op="D", offset=2),
-                        tombstone("c1", 9_000_000, offset=3)),
+        with_tombstones(
+            ev("c1", 1000, offset=1, email="a"),
+            ev("c1", 2000, op="D", offset=2),
+            tombstone("c1", 9_000_000, offset=3),
+        ),
         with_tombstones(ev("c1", 3000, offset=4, email="a")),
     )
     assert versions(table) == [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import polars as pl
@@ -31,10 +32,12 @@ def _sorted_unique(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @settings(max_examples=150, deadline=None)
 @given(events=st.lists(_event, max_size=25), cuts=st.lists(st.integers(0, 25), max_size=5))
-def test_in_order_stream_any_batch_split_equals_one_pass(events: list[dict[str, Any]], cuts: list[int]) -> None:
+def test_in_order_stream_any_batch_split_equals_one_pass(
+    events: list[dict[str, Any]], cuts: list[int]
+) -> None:
     ordered = _sorted_unique(events)
     bounds = sorted({0, len(ordered), *[min(c, len(ordered)) for c in cuts]})
-    batches = [changes(*ordered[a:b]) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    batches = [changes(*ordered[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
     expected = scd2_from_events(changes(*ordered), SPEC) if ordered else None
     table = apply_all(*batches)
     if expected is None:
@@ -45,7 +48,9 @@ def test_in_order_stream_any_batch_split_equals_one_pass(events: list[dict[str, 
 
 @settings(max_examples=150, deadline=None)
 @given(events=st.lists(_event, max_size=25), data=st.data())
-def test_duplicates_in_any_position_are_no_ops(events: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_duplicates_in_any_position_are_no_ops(
+    events: list[dict[str, Any]], data: st.DataObject
+) -> None:
     ordered = _sorted_unique(events)
     if not ordered:
         return

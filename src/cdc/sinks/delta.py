@@ -78,8 +78,11 @@ class DeltaSink:
     def _props(self, txn: Txn, operation: str) -> CommitProperties:
         return CommitProperties(
             app_transactions=[Transaction(app_id=txn.app_id, version=txn.version)],
-            custom_metadata={"cdc.operation": operation, "cdc.app_id": txn.app_id,
-                             "cdc.batch": txn.version},
+            custom_metadata={
+                "cdc.operation": operation,
+                "cdc.app_id": txn.app_id,
+                "cdc.batch": txn.version,
+            },
             max_commit_retries=20,
         )
 
@@ -142,9 +145,11 @@ class DeltaSink:
             _arrow(source),
             on,
             txn,
-            lambda m: m.when_matched_delete(predicate=f"s.{_ACTION} = 'D'")
-            .when_matched_update_all(predicate=f"s.{_ACTION} = 'U'", except_cols=[_ACTION])
-            .when_not_matched_insert_all(predicate=f"s.{_ACTION} = 'U'", except_cols=[_ACTION]),
+            lambda m: (
+                m.when_matched_delete(predicate=f"s.{_ACTION} = 'D'")
+                .when_matched_update_all(predicate=f"s.{_ACTION} = 'U'", except_cols=[_ACTION])
+                .when_not_matched_insert_all(predicate=f"s.{_ACTION} = 'U'", except_cols=[_ACTION])
+            ),
             "scd2-merge",
         )
 
@@ -181,7 +186,9 @@ class DeltaSink:
             raise TableWriteError(f"merge into {self.uri} failed to commit: {exc}") from exc
         except (DeltaError, OSError) as exc:
             raise TableWriteError(f"merge into {self.uri} failed: {exc}") from exc
-        rows = int(metrics.get("num_target_rows_inserted", 0)) + int(
-            metrics.get("num_target_rows_updated", 0)
-        ) + int(metrics.get("num_target_rows_deleted", 0))
+        rows = (
+            int(metrics.get("num_target_rows_inserted", 0))
+            + int(metrics.get("num_target_rows_updated", 0))
+            + int(metrics.get("num_target_rows_deleted", 0))
+        )
         return WriteOutcome(skipped=False, rows=rows, table_version=self._version())
