@@ -128,13 +128,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     names = list(settings.selected(args.pipeline))
     if not names:
         raise ConfigError("no enabled pipelines to run")
-    _check_broker(settings)
     from cdc.pipelines import FAULT_ENV, fault_hook_from_env, run_pipelines
     from cdc.spark import build_session
 
     fault_hook = fault_hook_from_env()
     if fault_hook is not None and settings.env == "prod":
         raise ConfigError(f"{FAULT_ENV} is for tests and refused in env prod")
+    _check_broker(settings)
 
     spark = build_session(
         app_name=f"cdc-{settings.env}", master=settings.spark.master, conf=settings.spark.conf

@@ -1,0 +1,124 @@
+"""Typed settings: files, env overrides, --set, secret references, error text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdc.config import load_settings, parse_duration_seconds, resolve_secret
+from cdc.errors import ConfigError, UnknownPipelineError
+from tests.conftest import REPO_ROOT
+
+CONFIG = REPO_ROOT / "config"
+
+
+@pytest.mark.parametrize("env", ["local", "dev", "prod"])
+def test_shipped_configs_load(env: str) -> None:
+    settings = load_settings(env, config_dir=CONFIG, environ={})
+    assert set(settings.pipelines) == {
+        "crm_accounts",
+        "crm_contacts",
+        "crm_opportunities",
+        "orders",
+        "behavior",
+        "fx_rates",
+    }
+
+
+def test_precedence_file_then_env_then_set() -> None:
+    environ = {"CDC_KAFKA_BOOTSTRAP_SERVERS": "env:9092", "CDC_TEST_BOOTSTRAP": "ignored"}
+    assert load_settings("local", config_dir=CONFIG, environ=environ).kafka.bootstrap_servers == (
+        "env:9092"
+    )
+    settings = load_settings(
+        "local", ["kafka.bootstrap_servers=set:9092"], config_dir=CONFIG, environ=environ
+    )
+    assert settings.kafka.bootstrap_servers == "set:9092"
+
+
+def test_relative_paths_resolve_against_the_project() -> None:
+    settings = load_settings("local", config_dir=CONFIG, environ={})
+    assert settings.lake.root == str(REPO_ROOT / "var" / "lake")
+    assert settings.registry.path == REPO_ROOT / "schemas" / "avro"
+
+
+def test_set_values_are_typed() -> None:
+    settings = load_settings(
+        "local",
+        ["pipelines.crm_contacts.max_records_per_trigger=10"],
+        config_dir=CONFIG,
+        environ={},
+    )
+    assert settings.pipeline("crm_contacts").max_records_per_trigger == 10
+
+
+@pytest.mark.parametrize(
+    ("overrides", "environ", "message"),
+    [
+        (["lake.bogus=1"], {}, "unknown key 'lake.bogus'; valid keys: root, storage_options"),
+        (
+            ["pipelines.crm_contacts.kind=zzz"],
+            {},
+            "pipelines.crm_contacts.kind: Input should be 'scd2' or 'facts'",
+        ),
+        (
+            ["pipelines.crm_contacts.colour=red"],
+            {},
+            "unknown key 'pipelines.crm_contacts.colour'; valid keys: topic, kind, target",
+        ),
+        (["spark.trigger_interval=often"], {}, "is not a duration like '1 second' or '500 ms'"),
+        (["nodots"], {}, "--set 'nodots': expected dotted.key=value"),
+        ([], {"CDC_KAFKA_NOPE": "x"}, "unknown setting CDC_KAFKA_NOPE; valid for kafka:"),
+        (["pipelines.orders.event_id=null"], {}, "a facts pipeline needs 'event_id'"),
+    ],
+)
+def test_bad_settings_get_one_clear_line(
+    overrides: list[str], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings("local", overrides, config_dir=CONFIG, environ=environ)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_env_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown env 'qa'; valid: local, dev, prod"):
+        load_settings("qa", config_dir=CONFIG, environ={})
+    with pytest.raises(ConfigError, match="config file .*dev.yaml not found"):
+        load_settings("dev", config_dir=tmp_path, environ={})
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    (tmp_path / "local.yaml").write_text("kafka:\n  bootstrap_servers: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"local.yaml line \d+: invalid YAML"):
+        load_settings("local", config_dir=tmp_path, environ={})
+
+
+def test_unknown_pipeline_lists_valid_names() -> None:
+    settings = load_settings("local", config_dir=CONFIG, environ={})
+    with pytest.raises(UnknownPipelineError) as info:
+        settings.pipeline("nope")
+    assert str(info.value) == (
+        "unknown pipeline 'nope'; valid: behavior, crm_accounts, crm_contacts, crm_opportunities, "
+        "fx_rates, orders"
+    )
+
+
+def test_secrets_resolve_and_never_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "svc")
+    settings = load_settings("dev", config_dir=CONFIG)
+    assert settings.kafka.client_config()["sasl.password"] == "hunter2"
+    assert "hunter2" not in repr(settings) and "env:KAFKA_SASL_PASSWORD" not in repr(settings)
+    secret_file = tmp_path / "token"
+    secret_file.write_text("s3cret\n")
+    assert resolve_secret(f"file:{secret_file}") == "s3cret"
+    with pytest.raises(ConfigError, match="'env:NOPE_NOT_SET': environment variable is not set"):
+        resolve_secret("env:NOPE_NOT_SET")
+
+
+def test_durations() -> None:
+    assert parse_duration_seconds("1 second") == 1
+    assert parse_duration_seconds("500 ms") == 0.5
+    assert parse_duration_seconds("2 minutes") == 120
