@@ -349,10 +349,11 @@ def test_starting_timestamp(
     assert run.records == _expected(topic, {0: 5})
 
     if probe.offset != 3:
-        pytest.skip(
-            f"broker answers ListOffsets by timestamp wrongly ({probe.offset} instead of 3);"
-            " Tansu 0.6 does — run with CDC_TEST_BOOTSTRAP pointing at Kafka"
-        )
+        # Tansu 0.6 answers ListOffsets by timestamp with 0, so a middle timestamp can only be
+        # checked against real Kafka (CDC_TEST_BOOTSTRAP); the unit test
+        # test_stream_reader_starting_timestamp_uses_the_brokers_lookup covers the logic.
+        assert probe.offset == 0
+        return
     run = _run(
         spark,
         kafka_bootstrap,

@@ -85,7 +85,7 @@ def test_bad_settings_get_one_clear_line(
 def test_unknown_env_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown env 'qa'; valid: local, dev, prod"):
         load_settings("qa", config_dir=CONFIG, environ={})
-    with pytest.raises(ConfigError, match="config file .*dev.yaml not found"):
+    with pytest.raises(ConfigError, match=r"config file .*dev\.yaml not found"):
         load_settings("dev", config_dir=tmp_path, environ={})
 
 

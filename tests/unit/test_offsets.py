@@ -576,6 +576,15 @@ class _FakeMetadata:
         self.calls += 1
         return {tp: self.marks[tp] for tp in tps if tp in self.marks}
 
+    def offsets_for_times(self, tps: Any, timestamp_ms: int) -> dict[tuple[str, int], int]:
+        # The broker's answer: the first offset at or after the time, -1 when none is.
+        self.calls += 1
+        self.asked = timestamp_ms
+        return {tp: self.by_time.get(tp, -1) for tp in tps}
+
+    by_time: dict[tuple[str, int], int] = {}
+    asked: int | None = None
+
     def close(self) -> None:
         pass
 
@@ -654,3 +663,12 @@ def test_stream_reader_pickles_without_its_client() -> None:
     copy = pickle.loads(pickle.dumps(reader))
     assert copy._metadata is None
     assert copy._options == reader._options
+
+
+def test_stream_reader_starting_timestamp_uses_the_brokers_lookup() -> None:
+    """The part Tansu cannot show (its ListOffsets-by-time answers 0): a middle timestamp."""
+    marks = {T0: Watermarks(0, 30), T1: Watermarks(5, 10)}
+    reader = _stream_reader(marks, startingTimestamp="1500000", startingOffsets="earliest")
+    reader._metadata.by_time = {T0: 12}  # partition 1 has no record at or after the time
+    assert reader.initialOffset() == {"orders": {"0": 12, "1": 10}}
+    assert reader._metadata.asked == 1_500_000
