@@ -51,6 +51,41 @@ class SplitBatch:
 
     valid: pa.Table
     quarantine: pa.Table
+    landed_valid: int = 0
+    """Valid rows a previous checkpoint already appended to bronze (replay): silver only."""
+
+    @property
+    def bronze(self) -> pa.Table:
+        """The valid rows to append to bronze (those not landed before)."""
+        return self.valid.slice(self.landed_valid) if self.landed_valid else self.valid
+
+    def without_landed(self, landed: dict[str, dict[str, int]]) -> SplitBatch:
+        """Mark rows below ``landed`` offsets (per topic-partition) as already in bronze.
+
+        Valid rows are reordered landed-first so :attr:`bronze` is a slice; quarantine rows
+        that already landed are dropped (quarantine feeds nothing downstream).
+        """
+        valid_mask = _below(self.valid, landed)
+        quarantine_mask = _below(self.quarantine, landed)
+        landed_rows = self.valid.filter(valid_mask)
+        return SplitBatch(
+            valid=pa.concat_tables([landed_rows, self.valid.filter(pc.invert(valid_mask))]),
+            quarantine=self.quarantine.filter(pc.invert(quarantine_mask)),
+            landed_valid=landed_rows.num_rows,
+        )
+
+
+def _below(table: pa.Table, landed: dict[str, dict[str, int]]) -> pa.ChunkedArray:
+    """True where the row's offset is below the landed offset of its topic-partition."""
+    if table.num_rows == 0:
+        return pa.chunked_array([pa.array([], pa.bool_())])
+    ends = [
+        landed.get(t, {}).get(str(p), -1)
+        for t, p in zip(
+            table.column("topic").to_pylist(), table.column("partition").to_pylist(), strict=True
+        )
+    ]
+    return pc.less(table.column("offset"), pa.array(ends, pa.int64()))
 
 
 def split_batch(batch: pa.Table, batch_id: int, now: datetime) -> SplitBatch:

@@ -190,8 +190,10 @@ def _cmd_schemas_check(args: argparse.Namespace) -> int:
     if problems:
         for problem in problems:
             print(f"cdc: schemas: {problem}", file=sys.stderr)
-        print(f"cdc: error: {len(problems)} registry problem(s) in {settings.registry.path}",
-              file=sys.stderr)
+        print(
+            f"cdc: error: {len(problems)} registry problem(s) in {settings.registry.path}",
+            file=sys.stderr,
+        )
         return 2
     subjects = FileRegistry.load(settings.registry.path).subjects()
     print(f"ok: {len(subjects)} subjects, every version BACKWARD compatible with its predecessor")

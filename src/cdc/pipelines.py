@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming.query import StreamingQuery
 
 __all__ = [
+    "START_FILE",
     "TXN_BASE_FILE",
     "BatchStats",
     "BatchWriter",
@@ -36,18 +37,48 @@ __all__ = [
     "fault_hook_from_env",
     "run_pipelines",
     "source_options",
+    "read_start_file",
     "start_query",
+    "txn_app_id",
     "table_paths",
 ]
 
 log = logging.getLogger(__name__)
 
 TXN_BASE_FILE = "cdc-txn-base.json"
-"""Beside Spark's own files in a checkpoint: the app-transaction version of its batch 0.
+"""Beside Spark's own files in a checkpoint: ``{"base": N}``, the app-transaction version of
+its batch 0.
 
 ``cdc replay`` starts a fresh checkpoint whose batch ids restart at 0; it writes this file
 so that transaction versions keep increasing and the replayed batches are not skipped.
 """
+
+START_FILE = "cdc-start.json"
+"""Written by ``cdc replay`` into a fresh checkpoint: where the new query starts and what the
+previous checkpoint had already landed.
+
+``{"startingOffsets": {topic: {"<p>": offset}}, "landed": {topic: {"<p>": offset}}}``.
+``startingOffsets`` is used only while the checkpoint has no offsets of its own. Records
+below ``landed`` were appended to bronze/quarantine by the previous checkpoint; a replay
+re-reads them for silver but does not append them again.
+"""
+
+
+def txn_app_id(pipeline: str, role: str, table_uri: str) -> str:
+    """The app-transaction id of one pipeline's writes to one table."""
+    return f"cdc/{pipeline}/{role}/{Path(table_uri).name}"
+
+
+def read_start_file(checkpoint: str) -> dict[str, Any] | None:
+    """The replay start file of a checkpoint, or None."""
+    path = Path(checkpoint) / START_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _has_offsets(checkpoint: str) -> bool:
+    folder = Path(checkpoint) / "offsets"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
 
 FaultHook = Callable[[str, int], None]
 """Called with (stage, batch_id) around each commit; tests use it to inject crashes."""
@@ -99,8 +130,13 @@ def table_paths(settings: Settings, pipeline: PipelineSettings) -> dict[str, str
     }
 
 
-def source_options(settings: Settings, pipeline: PipelineSettings) -> dict[str, str]:
-    """Options for the ``cdc_kafka`` streaming source of one pipeline."""
+def source_options(
+    settings: Settings, pipeline: PipelineSettings, checkpoint: str | None = None
+) -> dict[str, str]:
+    """Options for the ``cdc_kafka`` streaming source of one pipeline.
+
+    A fresh checkpoint prepared by ``cdc replay`` supplies ``startingOffsets``.
+    """
     defaults = settings.defaults
     max_records = pipeline.max_records_per_trigger or defaults.max_records_per_trigger
     fail = (
@@ -122,6 +158,10 @@ def source_options(settings: Settings, pipeline: PipelineSettings) -> dict[str, 
         options["maxRecordsPerTrigger"] = str(max_records)
     if settings.registry.url:
         options["registry.url"] = settings.registry.url
+    start = read_start_file(checkpoint) if checkpoint else None
+    if start is not None and not _has_offsets(str(checkpoint)):
+        options["startingOffsets"] = json.dumps(start["startingOffsets"], sort_keys=True)
+        options.pop("startingTimestamp", None)
     for key, value in settings.kafka.client_config().items():
         options[f"kafka.{key}"] = value
     return options
@@ -165,10 +205,12 @@ class BatchWriter:
         self.on_batch = on_batch
         self._spec: Scd2Spec | None = None
         self._txn_base: int | None = None
+        start = read_start_file(checkpoint)
+        self._landed: dict[str, dict[str, int]] = (start or {}).get("landed", {})
 
     def txn(self, role: str, batch_id: int) -> Txn:
-        table = Path(self.sinks[role].uri).name
-        return Txn(app_id=f"cdc/{self.name}/{role}/{table}", version=self.txn_base() + batch_id)
+        app_id = txn_app_id(self.name, role, self.sinks[role].uri)
+        return Txn(app_id=app_id, version=self.txn_base() + batch_id)
 
     def txn_base(self) -> int:
         if self._txn_base is None:
@@ -193,9 +235,11 @@ class BatchWriter:
         """Write one decoded batch (Arrow) to bronze, quarantine and silver."""
         stats = BatchStats(batch_id=batch_id, input_rows=table.num_rows)
         split = split_batch(table, batch_id, now)
-        stats.bronze_rows, stats.quarantined = split.valid.num_rows, split.quarantine.num_rows
+        if self._landed:
+            split = split.without_landed(self._landed)
+        stats.bronze_rows, stats.quarantined = split.bronze.num_rows, split.quarantine.num_rows
         self._fault("before-commit", batch_id)
-        for role, data in (("bronze", split.valid), ("quarantine", split.quarantine)):
+        for role, data in (("bronze", split.bronze), ("quarantine", split.quarantine)):
             if data.num_rows and self.sinks[role].append(data, self.txn(role, batch_id)).skipped:
                 stats.skipped_tables.append(role)
         self._fault("mid-commit", batch_id)
@@ -248,7 +292,7 @@ class BatchWriter:
         if outcome.skipped:
             stats.skipped_tables.append("silver")
         stats.inserted = outcome.rows
-        stats.duplicates = stats.bronze_rows - rows.height
+        stats.duplicates = int(valid.num_rows) - rows.height
 
 
 def start_query(
@@ -272,7 +316,7 @@ def start_query(
     pipeline = settings.pipeline(name)
     checkpoint = settings.checkpoint_path(name)
     reader = spark.readStream.format(DATA_SOURCE_NAME)
-    for key, value in source_options(settings, pipeline).items():
+    for key, value in source_options(settings, pipeline, checkpoint).items():
         reader = reader.option(key, value)
     writer = (
         reader.load()

@@ -1,0 +1,50 @@
+"""Batch splitting: every row to exactly one of bronze or quarantine; replay's landed rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from cdc.changes import split_batch
+
+
+def _batch(offsets: list[int], errors: list[str | None]) -> pa.Table:
+    n = len(offsets)
+    return pa.table(
+        {
+            "topic": ["t"] * n,
+            "partition": pa.array([0] * n, pa.int32()),
+            "offset": pa.array(offsets, pa.int64()),
+            "timestamp": pa.array(
+                [datetime(2026, 1, 1, tzinfo=UTC)] * n, pa.timestamp("us", "UTC")
+            ),
+            "key_raw": pa.array([b"k"] * n),
+            "value_raw": pa.array([b"v"] * n),
+            "key_schema_id": pa.array([1] * n, pa.int32()),
+            "value_schema_id": pa.array([2] * n, pa.int32()),
+            "error_code": errors,
+            "error": [e and f"why {e}" for e in errors],
+        }
+    )
+
+
+def test_every_row_goes_to_exactly_one_side() -> None:
+    split = split_batch(
+        _batch([0, 1, 2, 3], [None, "decode_error", None, None]), 5, datetime.now(UTC)
+    )
+    assert split.valid.column("offset").to_pylist() == [0, 2, 3]
+    assert split.quarantine.column("offset").to_pylist() == [1]
+    assert split.quarantine.column("error").to_pylist() == ["why decode_error"]
+    assert set(split.valid.column("_batch_id").to_pylist()) == {5}
+    assert "error_code" not in split.valid.column_names
+
+
+def test_landed_rows_feed_silver_but_not_bronze_again() -> None:
+    split = split_batch(
+        _batch([3, 4, 5, 6], [None, "decode_error", None, None]), 0, datetime.now(UTC)
+    )
+    replay = split.without_landed({"t": {"0": 6}})
+    assert replay.valid.num_rows == 3  # silver still sees every valid row
+    assert replay.bronze.column("offset").to_pylist() == [6]
+    assert replay.quarantine.num_rows == 0
