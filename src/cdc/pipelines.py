@@ -35,12 +35,12 @@ __all__ = [
     "BatchWriter",
     "PipelineFailedError",
     "fault_hook_from_env",
+    "read_start_file",
     "run_pipelines",
     "source_options",
-    "read_start_file",
     "start_query",
-    "txn_app_id",
     "table_paths",
+    "txn_app_id",
 ]
 
 log = logging.getLogger(__name__)
