@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -95,6 +96,42 @@ def _build_parser() -> _Parser:
     status = sub.add_parser("status", help="offsets, lag and table versions per pipeline")
     _common(status)
     status.add_argument("--pipeline")
+
+    replay = sub.add_parser(
+        "replay",
+        help="restart a pipeline from offsets, a timestamp or the earliest offsets",
+        description=(
+            "Move the pipeline's checkpoint aside (kept as <pipeline>.replaced-<UTC time>) and"
+            " restart it from the given position. Records already in bronze are not appended"
+            " again; silver re-applies them (a no-op unless corrected events arrived since)."
+            " Refused while the pipeline runs."
+        ),
+    )
+    _common(replay)
+    replay.add_argument("--pipeline", required=True)
+    position = replay.add_mutually_exclusive_group(required=True)
+    position.add_argument(
+        "--offsets",
+        metavar="JSON",
+        help='per partition, e.g. {"crm.contacts": {"0": 42}}; partitions not named resume'
+        " where the pipeline stopped",
+    )
+    position.add_argument(
+        "--timestamp",
+        metavar="ISO8601",
+        help="first record at or after this time (Kafka timestamp), e.g. 2026-01-05T08:00:00Z",
+    )
+    position.add_argument(
+        "--earliest", action="store_true", help="every partition from its earliest offset"
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="print what would be re-read; change nothing"
+    )
+    replay.add_argument(
+        "--no-run",
+        action="store_true",
+        help="only prepare the checkpoint (the always-on app applies it when restarted)",
+    )
     return parser
 
 
@@ -134,14 +171,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     fault_hook = fault_hook_from_env()
     if fault_hook is not None and settings.env == "prod":
         raise ConfigError(f"{FAULT_ENV} is for tests and refused in env prod")
-    _check_broker(settings)
+    from cdc.locks import PipelineLock
 
-    spark = build_session(
-        app_name=f"cdc-{settings.env}", master=settings.spark.master, conf=settings.spark.conf
+    # Two queries on one checkpoint corrupt it: one writer per pipeline, replays included.
+    with ExitStack() as locks:
+        for name in names:
+            locks.enter_context(
+                PipelineLock(settings.checkpoints.root, name, action="starting it again")
+            )
+        _check_broker(settings)
+
+        spark = build_session(
+            app_name=f"cdc-{settings.env}", master=settings.spark.master, conf=settings.spark.conf
+        )
+        mode = "available-now" if args.available_now else "continuous"
+        print(f"running {', '.join(names)} ({mode}, env {settings.env})", file=sys.stderr)
+        run_pipelines(
+            spark, settings, names, available_now=args.available_now, fault_hook=fault_hook
+        )
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    pipeline = settings.pipeline(args.pipeline)
+    from cdc.replay import ReplayPosition, dry_run_report, replay_pipeline, run_available_now
+
+    if args.offsets is not None:
+        position = ReplayPosition.from_offsets(args.offsets, pipeline.topic)
+    elif args.timestamp is not None:
+        position = ReplayPosition.from_timestamp(args.timestamp)
+    else:
+        position = ReplayPosition.earliest()
+    _check_broker(settings)
+    if args.dry_run:
+        print(dry_run_report(settings, args.pipeline, position))
+        return 0
+    outcome = replay_pipeline(
+        settings, args.pipeline, position, runner=None if args.no_run else run_available_now
     )
-    mode = "available-now" if args.available_now else "continuous"
-    print(f"running {', '.join(names)} ({mode}, env {settings.env})", file=sys.stderr)
-    run_pipelines(spark, settings, names, available_now=args.available_now, fault_hook=fault_hook)
+    print(outcome.summary())
     return 0
 
 
@@ -224,6 +293,7 @@ _COMMANDS = {
     "produce": _cmd_produce,
     "broker": _cmd_broker,
     "status": _cmd_status,
+    "replay": _cmd_replay,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerUnavailableError",
     "CdcError",
+    "CommitConflictError",
     "CompatibilityError",
     "ConfigError",
     "DataLossError",
@@ -55,6 +56,10 @@ class DataLossError(CdcError):
 
 class TableWriteError(CdcError):
     """A Delta table write or commit failed."""
+
+
+class CommitConflictError(TableWriteError):
+    """Another writer committed to the table in between; recompute against it and retry."""
 
 
 class PipelineRunningError(CdcError):

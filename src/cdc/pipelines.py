@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import polars as pl
+
 from cdc.changes import business_columns, fact_rows, scd2_changes, split_batch
 from cdc.config import PipelineSettings, Settings, parse_duration_seconds
-from cdc.errors import CdcError, DataLossError
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension
+from cdc.errors import CdcError, CommitConflictError, DataLossError
+from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
 from cdc.sinks.delta import DeltaSink, Txn
 from cdc.spark import DATA_SOURCE_NAME
 
@@ -130,6 +132,15 @@ def table_paths(settings: Settings, pipeline: PipelineSettings) -> dict[str, str
     }
 
 
+MAX_COMMIT_ATTEMPTS = 5
+"""MERGE attempts per batch when another writer commits to the table in between."""
+
+
+def orphans_path(settings: Settings, pipeline: PipelineSettings) -> str:
+    """Side table of an SCD2 pipeline: keys with no row yet whose deletes were seen."""
+    return settings.lake.path("silver", f"_orphans_{pipeline.target}")
+
+
 def source_options(
     settings: Settings, pipeline: PipelineSettings, checkpoint: str | None = None
 ) -> dict[str, str]:
@@ -179,6 +190,8 @@ class BatchStats:
     updated: int = 0
     closed: int = 0
     duplicates: int = 0
+    late_keys: int = 0
+    retries: int = 0
     skipped_tables: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -201,6 +214,7 @@ class BatchWriter:
         storage = settings.lake.resolved_storage_options()
         paths = table_paths(settings, pipeline)
         self.sinks = {role: DeltaSink(uri, storage) for role, uri in paths.items()}
+        self.orphans = DeltaSink(orphans_path(settings, pipeline), storage)
         self.fault_hook = fault_hook
         self.on_batch = on_batch
         self._spec: Scd2Spec | None = None
@@ -270,25 +284,71 @@ class BatchWriter:
         spec = self._scd2_spec(valid.schema)
         p = self.pipeline
         changes = scd2_changes(valid, spec, p.source_format, p.sequence_by)
-        sink = self.sinks["silver"]
+        keys = list(spec.keys)
+        sink, orphans = self.sinks["silver"], self.orphans
         txn = self.txn("silver", batch_id)
-        if sink.committed(txn):
-            stats.skipped_tables.append("silver")
+        for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+            if sink.committed(txn):
+                stats.skipped_tables.append("silver")
+                return
+            affected = changes.select(keys).unique()
+            existing = sink.read_keys(affected)
+            if existing is None:
+                existing = empty_dimension(spec, dict(changes.schema))
+            seen = orphans.read_keys(affected)
+            late = late_keys(existing, changes, spec, seen)
+            history = self._history(late, spec) if late.height else None
+            result = apply_scd2(existing, changes, spec, history=history, seen=seen)
+            try:
+                # Orphans first: if we die before the MERGE, the re-run still sees them.
+                if result.orphans is not None and result.orphans.height:
+                    orphans.append(
+                        result.orphans.to_arrow(compat_level=pl.CompatLevel.oldest()),
+                        self.txn("orphans", batch_id),
+                    )
+                sink.merge_scd2(result, keys, txn)
+            except CommitConflictError as exc:
+                if attempt == MAX_COMMIT_ATTEMPTS:
+                    raise
+                log.warning(
+                    "pipeline %s batch %d: %s; retrying (%d)", self.name, batch_id, exc, attempt
+                )
+                stats.retries += 1
+                continue
+            stats.inserted, stats.updated = result.inserted, result.updated
+            stats.closed, stats.duplicates = result.closed, result.duplicate_events
+            stats.late_keys = late.height
             return
-        existing = sink.read_keys(changes.select(list(spec.keys)).unique())
-        if existing is None:
-            existing = empty_dimension(spec, dict(changes.schema))
-        result = apply_scd2(existing, changes, spec)
-        sink.merge_scd2(result, list(spec.keys), txn)
-        stats.inserted, stats.updated = result.inserted, result.updated
-        stats.closed, stats.duplicates = result.closed, result.duplicate_events
+
+    def _history(self, late: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame | None:
+        """Every change event ever received for ``late`` keys, from bronze (the raw log)."""
+        p = self.pipeline
+        first = spec.keys[0]
+        rows = self.sinks["bronze"].read_where(f"key.{first}", late.get_column(first))
+        if rows is None or rows.height == 0:
+            return None
+        events = scd2_changes(
+            rows.to_arrow(compat_level=pl.CompatLevel.oldest()),
+            spec,
+            p.source_format,
+            p.sequence_by,
+        )
+        return events.join(late, on=list(spec.keys), how="semi", nulls_equal=True)
 
     def _merge_facts(self, valid: Any, batch_id: int, stats: BatchStats) -> None:
         assert self.pipeline.event_id is not None
         rows = fact_rows(valid, self.pipeline.event_id)
-        outcome = self.sinks["silver"].insert_new(
-            rows, self.pipeline.event_id, self.txn("silver", batch_id)
-        )
+        for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+            try:
+                outcome = self.sinks["silver"].insert_new(
+                    rows, self.pipeline.event_id, self.txn("silver", batch_id)
+                )
+                break
+            except CommitConflictError as exc:
+                if attempt == MAX_COMMIT_ATTEMPTS:
+                    raise
+                log.warning("pipeline %s batch %d: %s; retrying", self.name, batch_id, exc)
+                stats.retries += 1
         if outcome.skipped:
             stats.skipped_tables.append("silver")
         stats.inserted = outcome.rows

@@ -47,6 +47,7 @@ __all__ = [
     "decode_sequence_ts",
     "empty_dimension",
     "encode_sequence",
+    "late_keys",
     "scd2_from_events",
 ]
 
@@ -59,6 +60,7 @@ DIM_SYSTEM_COLUMNS = (
     "_seq_open",
     "_seq_last",
     "_seq_close",
+    "_seq_max",
 )
 _TS_WIDTH, _PART_WIDTH, _OFF_WIDTH = 15, 6, 19
 _TS_TYPE = pl.Datetime("us", "UTC")
@@ -133,6 +135,9 @@ class Scd2Result:
     closed: int = 0
     duplicate_events: int = 0
     affected_keys: int = 0
+    orphans: pl.DataFrame | None = None
+    """Keys left with no row although events were seen (only deletes so far), with the
+    greatest sequence seen: the table cannot hold it, so the caller keeps it (``seen``)."""
 
 
 def encode_sequence(ts_ms: pl.Expr, partition: pl.Expr, offset: pl.Expr) -> pl.Expr:
@@ -234,6 +239,7 @@ def empty_dimension(spec: Scd2Spec, schema: dict[str, pl.DataType]) -> pl.DataFr
         "_seq_open": pl.String(),
         "_seq_last": pl.String(),
         "_seq_close": pl.String(),
+        "_seq_max": pl.String(),
     }
     cols = {c: schema[c] for c in (*spec.keys, *spec.columns)}
     return pl.DataFrame(schema={**cols, **system})
@@ -262,7 +268,67 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
             flag,
         )
     )
-    return pl.concat([opener, last, deleted], how="vertical")
+    # Deletes that found no current version leave no row; the latest row remembers the last.
+    noop_delete = rows.filter(
+        pl.col("_seq_close").is_not_null() & (pl.col("_seq_max") > pl.col("_seq_close"))
+    ).select(
+        *spec.keys,
+        *[pl.lit(None, dtype=rows.schema[c]).alias(c) for c in spec.columns],
+        pl.lit("D").alias("_op"),
+        pl.col("_seq_max").alias("_seq"),
+        "_source_topic",
+        flag,
+    )
+    return pl.concat([opener, last, deleted, noop_delete], how="vertical")
+
+
+def _latest_rows(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Each key's latest version (greatest ``_seq_open``)."""
+    return rows.sort([*keys, "_seq_open"]).unique(subset=keys, keep="last", maintain_order=True)
+
+
+def late_keys(
+    existing: pl.DataFrame,
+    changes: pl.DataFrame,
+    spec: Scd2Spec,
+    seen: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Keys whose changes cannot be folded onto their latest row alone.
+
+    A key is late when one of its changes is sequenced before the greatest sequence the table
+    has seen for it (``_seq_max``: an out-of-order event, or a re-delivery), or when it has a
+    tombstone (placed by its log predecessor, which may be anywhere in the key's history).
+    Such keys are rebuilt from their full event history.
+
+    Args:
+        existing: rows of the affected keys.
+        changes: the batch's change events.
+        spec: the dimension's spec.
+        seen: ``(keys, _seq_max)`` of keys without rows (see :attr:`Scd2Result.orphans`).
+
+    Returns:
+        The late keys (key columns only, unique).
+    """
+    keys = list(spec.keys)
+    changes = _with_tombstone_flag(changes)
+    known = _latest_rows(existing.select(spec.row_columns), keys).select(
+        *keys,
+        pl.coalesce("_seq_max", pl.max_horizontal("_seq_last", "_seq_close")).alias("_seen"),
+    )
+    if seen is not None and seen.height:
+        known = (
+            pl.concat(
+                [known, seen.select(*keys, pl.col("_seq_max").alias("_seen"))],
+                how="vertical_relaxed",
+            )
+            .group_by(keys)
+            .agg(pl.col("_seen").max())
+        )
+    flagged = changes.select(*keys, "_seq", "_tombstone").join(
+        known, on=keys, how="left", nulls_equal=True
+    )
+    late = flagged.filter(pl.col("_tombstone") | (pl.col("_seq") < pl.col("_seen")))
+    return late.select(keys).unique()
 
 
 def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
@@ -318,21 +384,46 @@ def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         pl.col("_seq").alias("_seq_last"),
         pl.col("_next_seq").alias("_seq_close"),
     )
-    return rows
+    # The greatest sequence seen per key (no-op deletes included) lives on its latest row.
+    seq_max = df.group_by(keys).agg(pl.col("_seq").max().alias("_key_seq_max"))
+    latest = pl.col("_seq_open") == pl.col("_seq_open").max().over(keys)
+    return (
+        rows.join(seq_max, on=keys, how="left", nulls_equal=True)
+        .with_columns(
+            pl.when(latest).then(pl.col("_key_seq_max")).otherwise(None).alias("_seq_max")
+        )
+        .drop("_key_seq_max")
+    )
 
 
-def apply_scd2(existing: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) -> Scd2Result:
+def apply_scd2(
+    existing: pl.DataFrame,
+    changes: pl.DataFrame,
+    spec: Scd2Spec,
+    history: pl.DataFrame | None = None,
+    seen: pl.DataFrame | None = None,
+) -> Scd2Result:
     """Apply change events to the existing rows of the keys they touch.
+
+    Keys whose changes all follow everything the table has seen for them fold onto their
+    latest row only (the common, in-order case: older versions are not touched). Keys in
+    :func:`late_keys` are rebuilt from ``history`` — every event ever received for them —
+    so the result equals the one-pass fold over all events in sequence order, whatever the
+    arrival order and batch boundaries. Without ``history`` they are rebuilt from their rows,
+    which is exact except for information the table does not keep (docs/scd2.md).
 
     Args:
         existing: dimension rows (layout of :attr:`Scd2Spec.row_columns`) of the keys in
-            ``changes`` — at least each key's current row; all of a key's rows to place
-            events older than its current version exactly. Rows of other keys are ignored.
+            ``changes``: all of a key's rows. Rows of other keys are ignored.
         changes: events with the key and business columns, ``_op`` (``U``/``D``), ``_seq``
             (see :func:`encode_sequence`), ``_source_topic`` and optionally ``_tombstone``
             (a null Kafka value; placed after the key's previous record, see
             :func:`_place_tombstones`).
         spec: keys, business columns and tracked columns.
+        history: events (same layout as ``changes``) of at least the late keys: everything
+            received for them so far; may include ``changes`` themselves.
+        seen: ``(keys, _seq_max)`` kept for keys that have no row (a previous result's
+            :attr:`Scd2Result.orphans`).
 
     Returns:
         The rows to upsert and the row identities to delete, plus counts.
@@ -344,8 +435,47 @@ def apply_scd2(existing: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) ->
     existing = existing.select(spec.row_columns).join(
         affected, on=keys, how="semi", nulls_equal=True
     )
-    old_events = _events_from_rows(existing, spec).select(ev_cols)
-    # Existing rows first: an event that is already in the table is a no-op when re-delivered.
+    seen = seen.join(affected, on=keys, how="semi", nulls_equal=True) if seen is not None else None
+    late = late_keys(existing, changes, spec, seen)
+    in_order = affected.join(late, on=keys, how="anti", nulls_equal=True)
+    latest = _latest_rows(existing.join(in_order, on=keys, how="semi", nulls_equal=True), keys)
+    late_rows = existing.join(late, on=keys, how="semi", nulls_equal=True)
+    # In-order keys: the latest row stands for the key's past. Late keys: their full history.
+    if history is not None:
+        past = _with_tombstone_flag(history).select(ev_cols)
+        covered = late.join(past.select(keys).unique(), on=keys, how="semi", nulls_equal=True)
+        past = past.join(covered, on=keys, how="semi", nulls_equal=True)
+        uncovered = late_rows.join(covered, on=keys, how="anti", nulls_equal=True)
+    else:
+        past = changes.clear()
+        uncovered = late_rows
+    existing = pl.concat([latest, late_rows], how="vertical_relaxed")
+    # A key without rows whose deletes were seen: those deletes, as the no-op events they were.
+    orphan_deletes = (
+        seen.join(existing.select(keys).unique(), on=keys, how="anti", nulls_equal=True)
+        .join(
+            covered if history is not None else late.clear(), on=keys, how="anti", nulls_equal=True
+        )
+        .select(
+            *keys,
+            *[pl.lit(None, dtype=changes.schema[c]).alias(c) for c in spec.columns],
+            pl.lit("D").alias("_op"),
+            pl.col("_seq_max").alias("_seq"),
+            pl.lit(None, dtype=pl.String).alias("_source_topic"),
+            pl.lit(False).alias("_tombstone"),
+        )
+        if seen is not None
+        else changes.clear()
+    )
+    old_events = pl.concat(
+        [
+            _events_from_rows(pl.concat([latest, uncovered]), spec).select(ev_cols),
+            past,
+            orphan_deletes.select(ev_cols),
+        ],
+        how="vertical_relaxed",
+    )
+    # Known events first: an event already applied is a no-op when re-delivered.
     all_events = _place_tombstones(pl.concat([old_events, changes], how="vertical_relaxed"), spec)
     all_events = all_events.unique(subset=[*keys, "_seq"], keep="first", maintain_order=True)
     rebuilt = _fold(all_events, spec)
@@ -369,9 +499,21 @@ def apply_scd2(existing: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) ->
             & (~pl.col("_exists") | pl.col("is_current__old").fill_null(False))
         ).height
     )
-    # Events already in the table, or repeated within the batch, change nothing.
-    duplicates = old_events.height + changes.height - all_events.height
+    # Events already known, or repeated within the batch, change nothing.
+    known = old_events.select(*keys, "_seq").unique()
+    duplicates = (
+        changes.height
+        - changes.unique(subset=[*keys, "_seq"])
+        .join(known, on=[*keys, "_seq"], how="anti", nulls_equal=True)
+        .height
+    )
+    orphans = (
+        all_events.join(rebuilt.select(keys).unique(), on=keys, how="anti", nulls_equal=True)
+        .group_by(keys)
+        .agg(pl.col("_seq").max().alias("_seq_max"))
+    )
     return Scd2Result(
+        orphans=orphans,
         upserts=upserts,
         deletes=deletes,
         inserted=inserted,

@@ -17,7 +17,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from cdc.errors import TableWriteError
+from cdc.errors import CommitConflictError, TableWriteError
 from cdc.scd2 import Scd2Result
 
 __all__ = ["DeltaSink", "Txn", "WriteOutcome"]
@@ -107,6 +107,21 @@ class DeltaSink:
         table = self.table()
         return None if table is None else table.version()
 
+    def read_where(self, column: str, values: pl.Series) -> pl.DataFrame | None:
+        """Rows whose ``column`` (a dotted path into structs allowed) is in ``values``."""
+        table = self.table()
+        if table is None:
+            return None
+        root, *path = column.split(".")
+        expr = pl.col(root)
+        for part in path:
+            expr = expr.struct.field(part)
+        return (
+            pl.scan_delta(table, version=table.version())
+            .filter(expr.is_in(values.unique().implode()))
+            .collect()
+        )
+
     def read_keys(self, keys: pl.DataFrame) -> pl.DataFrame | None:
         """All rows whose key columns match a row of ``keys`` (None when no table yet)."""
         table = self.table()
@@ -183,7 +198,7 @@ class DeltaSink:
             )
             metrics = clauses(merger).execute()
         except CommitFailedError as exc:
-            raise TableWriteError(f"merge into {self.uri} failed to commit: {exc}") from exc
+            raise CommitConflictError(f"merge into {self.uri} conflicted: {exc}") from exc
         except (DeltaError, OSError) as exc:
             raise TableWriteError(f"merge into {self.uri} failed: {exc}") from exc
         rows = (

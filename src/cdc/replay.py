@@ -1,0 +1,727 @@
+"""``cdc replay``: restart a pipeline from given offsets, a timestamp or the earliest offsets.
+
+A replay never edits a checkpoint in place. Under the pipeline's lock (:mod:`cdc.locks`) it
+moves ``<checkpoints.root>/<pipeline>`` aside to ``<pipeline>.replaced-<UTC stamp>`` (kept for
+audit, never deleted) and creates a fresh checkpoint holding two files that
+:mod:`cdc.pipelines` reads:
+
+* :data:`~cdc.pipelines.START_FILE`: where the new query starts (``startingOffsets``) and
+  what earlier checkpoints already appended to bronze/quarantine (``landed``), so re-read
+  records feed silver again without being appended twice;
+* :data:`~cdc.pipelines.TXN_BASE_FILE`: the app-transaction version of the new batch 0, one
+  above every version the pipeline committed to its tables, so the new batches (whose ids
+  restart at 0) are not skipped as already committed.
+
+Silver re-applies everything re-read: events it already holds are no-ops (SCD2 and facts are
+idempotent), and corrected events appended to the topic since are placed in history.
+
+Planning (:func:`plan_replay`, :func:`landed_offsets`, :func:`next_txn_base`,
+:func:`format_plan`) is pure; the rest reads the checkpoint, the broker and the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from cdc.config import Settings
+from cdc.errors import CdcError, ConfigError
+from cdc.locks import PipelineLock
+from cdc.pipelines import (
+    START_FILE,
+    TXN_BASE_FILE,
+    BatchStats,
+    orphans_path,
+    read_start_file,
+    table_paths,
+    txn_app_id,
+)
+from cdc.source.offsets import (
+    OffsetJson,
+    PartitionOffsets,
+    TopicPartitionId,
+    Watermarks,
+    offsets_from_json,
+    offsets_to_json,
+)
+
+if TYPE_CHECKING:
+    from cdc.source._kafka import KafkaMetadata
+
+__all__ = [
+    "CheckpointState",
+    "PartitionReplay",
+    "ReplayError",
+    "ReplayOutcome",
+    "ReplayPlan",
+    "ReplayPosition",
+    "Runner",
+    "committed_txn_versions",
+    "dry_run_report",
+    "format_plan",
+    "landed_offsets",
+    "next_txn_base",
+    "parse_offsets_arg",
+    "parse_timestamp_arg",
+    "plan_replay",
+    "read_checkpoint_state",
+    "replay_pipeline",
+    "run_available_now",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Runner = Callable[[Settings, str, Callable[[str, BatchStats], None]], None]
+"""Runs one pipeline until it has drained the topic: ``(settings, name, on_batch)``."""
+
+
+class ReplayError(CdcError):
+    """A replay cannot be prepared from the pipeline's current state."""
+
+
+# --------------------------------------------------------------------------------------------
+# The requested position
+
+
+@dataclass(frozen=True)
+class ReplayPosition:
+    """Where the user asked the replay to start.
+
+    ``kind`` is ``offsets`` (``offsets`` holds explicit offsets), ``timestamp``
+    (``timestamp_ms``, compared with Kafka record timestamps) or ``earliest``.
+    ``requested`` is the request as the user wrote it, recorded in the start file.
+    """
+
+    kind: Literal["offsets", "timestamp", "earliest"]
+    requested: str
+    offsets: PartitionOffsets = field(default_factory=dict)
+    timestamp_ms: int | None = None
+
+    @classmethod
+    def earliest(cls) -> ReplayPosition:
+        """Every partition from its earliest available offset."""
+        return cls("earliest", "--earliest")
+
+    @classmethod
+    def from_offsets(cls, text: str, topic: str) -> ReplayPosition:
+        """Explicit offsets, validated for shape (see :func:`parse_offsets_arg`)."""
+        return cls("offsets", f"--offsets {text.strip()}", offsets=parse_offsets_arg(text, topic))
+
+    @classmethod
+    def from_timestamp(cls, text: str) -> ReplayPosition:
+        """A point in time (see :func:`parse_timestamp_arg`)."""
+        return cls(
+            "timestamp", f"--timestamp {text.strip()}", timestamp_ms=parse_timestamp_arg(text)
+        )
+
+
+def parse_offsets_arg(text: str, topic: str) -> PartitionOffsets:
+    """Parse ``--offsets``: JSON ``{topic: {"<partition>": offset}}`` naming the pipeline's topic.
+
+    Partitions it does not name keep their current position (nothing is re-read there).
+
+    Args:
+        text: the option's value.
+        topic: the pipeline's topic, the only one the JSON may name.
+
+    Returns:
+        The requested offset per topic-partition (checked against the broker later, by
+        :func:`plan_replay`).
+
+    Raises:
+        ConfigError: not JSON, not of that shape, another topic, a negative offset, or empty.
+    """
+    example = f'{{"{topic}": {{"0": 42}}}}'
+    try:
+        decoded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"--offsets {text.strip()!r} is not valid JSON ({exc.msg} at position {exc.pos});"
+            f" expected {example}"
+        ) from None
+    offsets = offsets_from_json(decoded, "--offsets")
+    others = sorted({t for t, _ in offsets} - {topic})
+    if others:
+        raise ConfigError(
+            f"--offsets names topic {', '.join(others)}; the pipeline reads only {topic}"
+        )
+    if not offsets:
+        raise ConfigError(f"--offsets names no partition; expected {example}")
+    return offsets
+
+
+def parse_timestamp_arg(text: str) -> int:
+    """Parse ``--timestamp``: ISO 8601 with a timezone, to epoch milliseconds.
+
+    Args:
+        text: e.g. ``2026-01-05T08:00:00Z`` or ``2026-01-05T09:00:00.250+01:00``.
+
+    Returns:
+        Epoch milliseconds.
+
+    Raises:
+        ConfigError: not ISO 8601, no timezone, or before 1970.
+    """
+    value = text.strip()
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"--timestamp {value!r} is not an ISO 8601 time like 2026-01-05T08:00:00Z"
+        ) from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ConfigError(f"--timestamp {value!r} has no timezone; add Z or an offset like +01:00")
+    millis = (moment - _EPOCH) // timedelta(milliseconds=1)
+    if millis < 0:
+        raise ConfigError(f"--timestamp {value!r} is before 1970-01-01T00:00:00Z")
+    return int(millis)
+
+
+# --------------------------------------------------------------------------------------------
+# The plan (pure)
+
+
+@dataclass(frozen=True)
+class PartitionReplay:
+    """What a replay re-reads on one partition."""
+
+    topic: str
+    partition: int
+    start: int
+    """First offset the new checkpoint reads."""
+    end: int
+    """The partition's end (high watermark) when planned."""
+    landed: int
+    """Offsets below this were appended to bronze/quarantine by earlier checkpoints."""
+    earliest: int = 0
+    """The partition's earliest available offset."""
+
+    @property
+    def re_read(self) -> int:
+        """Records from ``start`` to ``end``."""
+        return max(0, self.end - self.start)
+
+    @property
+    def already_landed(self) -> int:
+        """Of :attr:`re_read`, those already in bronze/quarantine (silver only)."""
+        return max(0, min(self.landed, self.end) - self.start)
+
+    @property
+    def skipped(self) -> int:
+        """Available records never read that this position jumps over."""
+        return max(0, min(self.start, self.end) - max(self.landed, self.earliest))
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """Where a replay starts on every partition of the pipeline's topic."""
+
+    pipeline: str
+    topic: str
+    requested: str
+    partitions: tuple[PartitionReplay, ...]
+
+    @property
+    def re_read(self) -> int:
+        """Records re-read over all partitions."""
+        return sum(p.re_read for p in self.partitions)
+
+    @property
+    def already_landed(self) -> int:
+        """Re-read records that are already in bronze/quarantine."""
+        return sum(p.already_landed for p in self.partitions)
+
+    def starting_offsets(self) -> OffsetJson:
+        """The new checkpoint's ``startingOffsets``."""
+        return offsets_to_json({(p.topic, p.partition): p.start for p in self.partitions})
+
+
+def plan_replay(
+    pipeline: str,
+    topic: str,
+    position: ReplayPosition,
+    watermarks: Mapping[TopicPartitionId, Watermarks],
+    landed: Mapping[TopicPartitionId, int],
+    timestamp_offsets: Mapping[TopicPartitionId, int] | None = None,
+) -> ReplayPlan:
+    """Decide the start offset of every partition of ``topic``.
+
+    * ``earliest``: each partition's low watermark;
+    * ``timestamp``: the broker's first offset at or after the time (``timestamp_offsets``);
+      a partition with no such record (-1) starts at its end;
+    * ``offsets``: the given offsets; partitions they do not name resume where earlier
+      checkpoints stopped (their ``landed`` offset, else the low watermark).
+
+    Args:
+        pipeline: pipeline name.
+        topic: its topic.
+        position: the requested position.
+        watermarks: current watermarks of the topic's partitions.
+        landed: per partition, the offset below which earlier checkpoints appended the
+            records (see :func:`landed_offsets`); missing means nothing landed.
+        timestamp_offsets: for ``timestamp``, the broker's answer per partition.
+
+    Returns:
+        The plan, partitions sorted.
+
+    Raises:
+        ConfigError: the topic has no partitions, or an explicit offset names a partition
+            that does not exist or lies outside ``[low, high]``.
+    """
+    marks = {tp: wm for tp, wm in watermarks.items() if tp[0] == topic}
+    if not marks:
+        raise ConfigError(f"topic {topic} does not exist on the broker; nothing to replay")
+    if position.kind == "offsets":
+        _check_offsets(position.offsets, marks)
+    found = timestamp_offsets or {}
+    parts: list[PartitionReplay] = []
+    for tp in sorted(marks):
+        wm = marks[tp]
+        done = int(landed.get(tp, 0))
+        if position.kind == "earliest":
+            start = wm.low
+        elif position.kind == "timestamp":
+            offset = found.get(tp, -1)
+            start = wm.high if offset < 0 else min(max(offset, wm.low), wm.high)
+        elif tp in position.offsets:
+            start = position.offsets[tp]
+        else:
+            start = min(max(done, wm.low), wm.high)
+        parts.append(PartitionReplay(tp[0], tp[1], start, wm.high, done, wm.low))
+    return ReplayPlan(pipeline, topic, position.requested, tuple(parts))
+
+
+def _check_offsets(
+    offsets: Mapping[TopicPartitionId, int], marks: Mapping[TopicPartitionId, Watermarks]
+) -> None:
+    problems: list[str] = []
+    existing = ", ".join(str(p) for _, p in sorted(marks))
+    for tp in sorted(offsets):
+        where, offset = f"{tp[0]}/{tp[1]}", offsets[tp]
+        wm = marks.get(tp)
+        if wm is None:
+            problems.append(f"{where} does not exist (partitions: {existing})")
+        elif offset > wm.high:
+            problems.append(
+                f"{where} offset {offset} is beyond the end of the partition ({wm.high})"
+            )
+        elif offset < wm.low:
+            problems.append(
+                f"{where} offset {offset} is below the earliest available offset ({wm.low})"
+            )
+    if problems:
+        raise ConfigError("--offsets: " + "; ".join(problems))
+
+
+def format_plan(plan: ReplayPlan, *, dry_run: bool = False) -> str:
+    """The plan as a table with totals (what ``--dry-run`` prints).
+
+    Args:
+        plan: the plan.
+        dry_run: say in the title that nothing was changed.
+
+    Returns:
+        Lines: a title, a header, one row per partition, a total row, then one note per
+        partition whose start jumps over records never read.
+    """
+    header = ("topic", "partition", "from", "to", "re-read", "already landed")
+    rows = [
+        (p.topic, str(p.partition), str(p.start), str(p.end), str(p.re_read), str(p.already_landed))
+        for p in plan.partitions
+    ]
+    total = ("total", "", "", "", str(plan.re_read), str(plan.already_landed))
+    table = [header, *rows, total]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        return "  ".join(cells).rstrip()
+
+    title = f"replay {plan.pipeline} (topic {plan.topic}) from {plan.requested}"
+    if dry_run:
+        title += ": dry run, nothing changed"
+    out = [title, *map(line, table)]
+    for p in plan.partitions:
+        if p.skipped:
+            first = max(p.landed, p.earliest)
+            out.append(
+                f"note: {p.topic}/{p.partition} skips offsets {first}..{p.start - 1},"
+                f" which this pipeline never read ({p.skipped} records)"
+            )
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# What earlier checkpoints did (pure decisions on small I/O reads)
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    """What a pipeline's current checkpoint holds, as far as a replay cares."""
+
+    path: str
+    exists: bool
+    committed: OffsetJson | None = None
+    """End offsets of the last committed batch (None: none committed)."""
+    unfinished: tuple[int, OffsetJson] | None = None
+    """A batch planned (``offsets/<id>``) but not committed: its id and end offsets."""
+    txn_base: int = 0
+    start: dict[str, Any] | None = None
+    """The checkpoint's own start file, when a replay created it."""
+
+
+def _log_ids(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def _offsets_entry(checkpoint: Path, batch: int) -> OffsetJson:
+    lines = (checkpoint / "offsets" / str(batch)).read_text().splitlines()
+    # v1, then the batch metadata, then one line per source.
+    entry: OffsetJson = json.loads(lines[2]) if len(lines) > 2 else {}
+    return entry
+
+
+def read_checkpoint_state(checkpoint: str) -> CheckpointState:
+    """Read a Spark checkpoint's offsets and commits logs and the files replay writes.
+
+    Args:
+        checkpoint: the checkpoint folder (it may not exist).
+
+    Returns:
+        The state.
+    """
+    root = Path(checkpoint)
+    if not root.is_dir():
+        return CheckpointState(path=checkpoint, exists=False)
+    offsets, commits = _log_ids(root / "offsets"), _log_ids(root / "commits")
+    committed = _offsets_entry(root, commits[-1]) if commits else None
+    unfinished = None
+    if offsets and (not commits or offsets[-1] > commits[-1]):
+        unfinished = (offsets[-1], _offsets_entry(root, offsets[-1]))
+    marker = root / TXN_BASE_FILE
+    base = int(json.loads(marker.read_text())["base"]) if marker.exists() else 0
+    return CheckpointState(
+        path=checkpoint,
+        exists=True,
+        committed=committed,
+        unfinished=unfinished,
+        txn_base=base,
+        start=read_start_file(checkpoint),
+    )
+
+
+def _partition_map(offsets: Mapping[str, Any] | None, topic: str) -> PartitionOffsets:
+    entry = (offsets or {}).get(topic) or {}
+    return {(topic, int(p)): int(o) for p, o in entry.items()}
+
+
+def _merge_max(into: PartitionOffsets, other: Mapping[TopicPartitionId, int]) -> None:
+    for tp, offset in other.items():
+        into[tp] = max(into.get(tp, offset), offset)
+
+
+def landed_offsets(
+    state: CheckpointState, topic: str, versions: Mapping[str, int | None]
+) -> PartitionOffsets:
+    """Per partition, the offset below which earlier checkpoints appended every record.
+
+    The committed batch's end offsets; raised to an unfinished batch's end when bronze or
+    quarantine already committed that batch (a crash between its table commits and Spark's
+    commit log); and never below what the checkpoint's own start file says had landed before
+    it (a replay of a replay).
+
+    Args:
+        state: the current checkpoint.
+        topic: the pipeline's topic.
+        versions: committed app-transaction version per table role (None: none).
+
+    Returns:
+        Landed offsets per topic-partition (a high-water mark: the records below it were read
+        by some earlier checkpoint, unless an earlier replay jumped forward).
+    """
+    landed = _partition_map(state.committed, topic)
+    if state.unfinished is not None:
+        batch, ends = state.unfinished
+        version = state.txn_base + batch
+        done = [versions.get(role) for role in ("bronze", "quarantine")]
+        if any(v is not None and v >= version for v in done):
+            _merge_max(landed, _partition_map(ends, topic))
+    if state.start is not None:
+        _merge_max(landed, _partition_map(state.start.get("landed"), topic))
+    return landed
+
+
+def next_txn_base(versions: Mapping[str, int | None]) -> int:
+    """The app-transaction version of a fresh checkpoint's batch 0.
+
+    Args:
+        versions: the pipeline's committed version per table (None: table or app id absent).
+
+    Returns:
+        One more than the highest committed version (0 when none).
+    """
+    return 1 + max((v for v in versions.values() if v is not None), default=-1)
+
+
+def committed_txn_versions(settings: Settings, name: str) -> dict[str, int | None]:
+    """The pipeline's committed app-transaction version in each of its tables.
+
+    Args:
+        settings: service settings.
+        name: pipeline name.
+
+    Returns:
+        Version per role (``bronze``, ``quarantine``, ``silver``, and ``orphans`` for the
+        side table of an SCD2 pipeline); None where the table does not exist or holds no
+        transaction of this pipeline.
+    """
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    storage = settings.lake.resolved_storage_options()
+    pipeline = settings.pipeline(name)
+    tables = table_paths(settings, pipeline)
+    if pipeline.kind == "scd2":
+        tables["orphans"] = orphans_path(settings, pipeline)
+    result: dict[str, int | None] = {}
+    for role, uri in tables.items():
+        try:
+            table = DeltaTable(uri, storage_options=storage)
+        except TableNotFoundError:
+            result[role] = None
+            continue
+        version = table.transaction_version(txn_app_id(name, role, uri))
+        result[role] = None if version is None else int(version)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Planning against the live pipeline, and doing it
+
+
+@dataclass(frozen=True)
+class _Context:
+    plan: ReplayPlan
+    state: CheckpointState
+    landed: PartitionOffsets
+    txn_base: int
+
+
+def _metadata(settings: Settings) -> KafkaMetadata:
+    from cdc.source._kafka import KafkaMetadata
+
+    config = {"bootstrap.servers": settings.kafka.bootstrap_servers}
+    config.update(settings.kafka.client_config())
+    return KafkaMetadata(config, timeout_s=settings.kafka.connect_timeout_s)
+
+
+def _plan_live(
+    settings: Settings,
+    name: str,
+    position: ReplayPosition,
+    metadata: KafkaMetadata | None,
+) -> _Context:
+    pipeline = settings.pipeline(name)
+    state = read_checkpoint_state(settings.checkpoint_path(name))
+    versions = committed_txn_versions(settings, name)
+    landed = landed_offsets(state, pipeline.topic, versions)
+    own = metadata is None
+    meta = _metadata(settings) if metadata is None else metadata
+    try:
+        watermarks = meta.topic_watermarks([pipeline.topic])
+        by_time = None
+        if position.kind == "timestamp" and position.timestamp_ms is not None:
+            by_time = meta.offsets_for_times(sorted(watermarks), position.timestamp_ms)
+    finally:
+        if own:
+            meta.close()
+    plan = plan_replay(name, pipeline.topic, position, watermarks, landed, by_time)
+    return _Context(plan, state, landed, next_txn_base(versions))
+
+
+def dry_run_report(
+    settings: Settings,
+    name: str,
+    position: ReplayPosition,
+    metadata: KafkaMetadata | None = None,
+) -> str:
+    """What a replay would re-read, per partition; changes nothing.
+
+    Args:
+        settings: service settings.
+        name: pipeline name.
+        position: the requested position.
+        metadata: broker client (default: one from ``settings``).
+
+    Returns:
+        The plan table (see :func:`format_plan`), with a last line when the pipeline is
+        running now (the replay itself would then be refused).
+
+    Raises:
+        ConfigError: the position is invalid for the topic.
+        BrokerUnavailableError: Kafka cannot be reached.
+    """
+    plan = _plan_live(settings, name, position, metadata).plan
+    text = format_plan(plan, dry_run=True)
+    lock = PipelineLock(settings.checkpoints.root, name)
+    if lock.is_held_elsewhere():
+        text += f"\nnote: {lock.refusal()}"
+    return text
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    """What a replay did."""
+
+    plan: ReplayPlan
+    checkpoint: str
+    replaced: str | None
+    """Where the previous checkpoint was moved (None: there was none)."""
+    txn_base: int
+    ran: bool
+    batches: list[BatchStats] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        kept = (
+            f"previous checkpoint kept as {Path(self.replaced).name}"
+            if self.replaced
+            else "there was no previous checkpoint"
+        )
+        if not self.ran:
+            return (
+                f"prepared {self.plan.pipeline} to restart from {self.plan.requested}:"
+                f" {self.plan.re_read} records to re-read ({self.plan.already_landed} already"
+                f" in bronze/quarantine); {kept}; start the pipeline to apply it"
+            )
+        b = self.batches
+
+        def total(attr: str) -> int:
+            return sum(int(getattr(s, attr)) for s in b)
+
+        return (
+            f"replayed {self.plan.pipeline} from {self.plan.requested}: read {total('input_rows')}"
+            f" records in {len(b)} batch{'es' if len(b) != 1 else ''} (bronze"
+            f" +{total('bronze_rows')}, quarantine +{total('quarantined')}; silver"
+            f" {total('inserted')} inserted, {total('updated')} updated,"
+            f" {total('closed')} closed); {kept}"
+        )
+
+
+def _replaced_name(root: Path, name: str, now: datetime) -> Path:
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = root / f"{name}.replaced-{stamp}"
+    n = 2
+    while target.exists():
+        target = root / f"{name}.replaced-{stamp}-{n}"
+        n += 1
+    return target
+
+
+def _prepare_checkpoint(
+    settings: Settings, name: str, context: _Context, now: datetime
+) -> tuple[str, str | None]:
+    checkpoint = Path(settings.checkpoint_path(name))
+    root = checkpoint.parent
+    root.mkdir(parents=True, exist_ok=True)
+    replaced = _replaced_name(root, name, now) if context.state.exists else None
+    start = {
+        "startingOffsets": context.plan.starting_offsets(),
+        "landed": offsets_to_json(context.landed),
+        "replayed_from": replaced.name if replaced else None,
+        "requested": context.plan.requested,
+    }
+    fresh = root / f".{name}.replay-{now.astimezone(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
+    try:
+        fresh.mkdir()
+        (fresh / START_FILE).write_text(json.dumps(start, indent=2, sort_keys=True) + "\n")
+        (fresh / TXN_BASE_FILE).write_text(json.dumps({"base": context.txn_base}) + "\n")
+        if replaced is not None:
+            os.rename(checkpoint, replaced)
+        try:
+            os.rename(fresh, checkpoint)
+        except OSError:
+            if replaced is not None:
+                os.rename(replaced, checkpoint)
+            raise
+    except OSError as exc:
+        raise ReplayError(f"cannot prepare the new checkpoint {checkpoint}: {exc}") from exc
+    return str(checkpoint), None if replaced is None else str(replaced)
+
+
+def replay_pipeline(
+    settings: Settings,
+    name: str,
+    position: ReplayPosition,
+    *,
+    runner: Runner | None,
+    metadata: KafkaMetadata | None = None,
+    now: datetime | None = None,
+) -> ReplayOutcome:
+    """Replay a pipeline: lock, move its checkpoint aside, start a fresh one, run it.
+
+    Args:
+        settings: service settings.
+        name: pipeline name.
+        position: where to restart.
+        runner: drains the pipeline (default CLI: :func:`run_available_now`); None only
+            prepares the checkpoint, for the always-on app to pick up when restarted.
+        metadata: broker client (default: one from ``settings``).
+        now: current time, for the name of the moved-aside folder (default: now).
+
+    Returns:
+        What was done.
+
+    Raises:
+        PipelineRunningError: the pipeline is running (its lock is held).
+        ConfigError: the position is invalid for the topic.
+        ReplayError: the checkpoint could not be replaced.
+        PipelineFailedError: the replayed run failed (the new checkpoint stays, so a later
+            ``cdc run`` resumes it).
+    """
+    with PipelineLock(settings.checkpoints.root, name, action="replaying"):
+        context = _plan_live(settings, name, position, metadata)
+        checkpoint, replaced = _prepare_checkpoint(
+            settings, name, context, now or datetime.now(UTC)
+        )
+        stats: list[BatchStats] = []
+        if runner is not None:
+            runner(settings, name, lambda _name, batch: stats.append(batch))
+        return ReplayOutcome(
+            plan=context.plan,
+            checkpoint=checkpoint,
+            replaced=replaced,
+            txn_base=context.txn_base,
+            ran=runner is not None,
+            batches=stats,
+        )
+
+
+def run_available_now(
+    settings: Settings, name: str, on_batch: Callable[[str, BatchStats], None]
+) -> None:
+    """The default :data:`Runner`: ``cdc run --pipeline NAME --available-now``, in-process.
+
+    Args:
+        settings: service settings.
+        name: pipeline name.
+        on_batch: called with each batch's stats.
+    """
+    from cdc.pipelines import run_pipelines
+    from cdc.spark import build_session
+
+    spark = build_session(
+        app_name=f"cdc-{settings.env}-replay",
+        master=settings.spark.master,
+        conf=settings.spark.conf,
+    )
+    run_pipelines(spark, settings, [name], available_now=True, on_batch=on_batch)
