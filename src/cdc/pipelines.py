@@ -214,7 +214,8 @@ class BatchWriter:
         storage = settings.lake.resolved_storage_options()
         paths = table_paths(settings, pipeline)
         self.sinks = {role: DeltaSink(uri, storage) for role, uri in paths.items()}
-        self.orphans = DeltaSink(orphans_path(settings, pipeline), storage)
+        if pipeline.kind == "scd2":
+            self.sinks["orphans"] = DeltaSink(orphans_path(settings, pipeline), storage)
         self.fault_hook = fault_hook
         self.on_batch = on_batch
         self._spec: Scd2Spec | None = None
@@ -285,7 +286,7 @@ class BatchWriter:
         p = self.pipeline
         changes = scd2_changes(valid, spec, p.source_format, p.sequence_by)
         keys = list(spec.keys)
-        sink, orphans = self.sinks["silver"], self.orphans
+        sink, orphans = self.sinks["silver"], self.sinks["orphans"]
         txn = self.txn("silver", batch_id)
         for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
             if sink.committed(txn):

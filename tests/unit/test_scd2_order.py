@@ -7,6 +7,7 @@ after another with the history the pipeline keeps (bronze: everything received s
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import polars as pl
@@ -21,8 +22,13 @@ KAFKA_CLOCK = 10_000_000  # tombstones carry only a Kafka timestamp: another clo
 
 
 def frame(records: list[dict[str, Any]]) -> pl.DataFrame:
-    schema = {**SCHEMA, "_op": pl.String, "_ts": pl.Int64, "_offset": pl.Int64,
-              "_tombstone": pl.Boolean}
+    schema = {
+        **SCHEMA,
+        "_op": pl.String,
+        "_ts": pl.Int64,
+        "_offset": pl.Int64,
+        "_tombstone": pl.Boolean,
+    }
     df = pl.DataFrame(records, schema=schema)
     return df.with_columns(
         _seq=encode_sequence(pl.col("_ts"), pl.lit(0), pl.col("_offset")),
@@ -93,7 +99,7 @@ def test_any_log_order_and_batch_split_equals_one_sorted_pass(
 
     dim = Dimension()
     received: list[dict[str, Any]] = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         batch = log[a:b] + [log[i] for i in redeliver if i < a]
         if not batch:
             continue
@@ -107,16 +113,16 @@ def test_any_log_order_and_batch_split_equals_one_sorted_pass(
 
 @settings(max_examples=200, deadline=None)
 @given(changes=st.lists(_change, max_size=25), data=st.data())
-def test_in_order_keys_never_need_history(changes: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_in_order_keys_never_need_history(
+    changes: list[dict[str, Any]], data: st.DataObject
+) -> None:
     """A log sorted by sequence, without tombstones, is exact with no history at all."""
-    ordered = sorted(
-        (c for c in changes if c["kind"] != "T"), key=lambda c: c["ts"]
-    )
+    ordered = sorted((c for c in changes if c["kind"] != "T"), key=lambda c: c["ts"])
     log = to_log(ordered)
     cuts = data.draw(st.lists(st.integers(0, len(log)), max_size=5))
     bounds = sorted({0, len(log), *cuts})
     dim = Dimension()
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         if b > a:
             dim.apply(frame(log[a:b]), history=None)
     table = dim.table
