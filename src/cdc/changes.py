@@ -59,14 +59,23 @@ class SplitBatch:
         """The valid rows to append to bronze (those not landed before)."""
         return self.valid.slice(self.landed_valid) if self.landed_valid else self.valid
 
-    def without_landed(self, landed: dict[str, dict[str, int]]) -> SplitBatch:
+    def without_landed(
+        self,
+        landed: dict[str, dict[str, int]],
+        landed_quarantine: dict[str, dict[str, int]] | None = None,
+    ) -> SplitBatch:
         """Mark rows below ``landed`` offsets (per topic-partition) as already in bronze.
+
+        ``landed_quarantine`` (default: ``landed``) plays the same part for quarantine: the
+        two tables commit separately, so after a crash one can be ahead of the other.
 
         Valid rows are reordered landed-first so :attr:`bronze` is a slice; quarantine rows
         that already landed are dropped (quarantine feeds nothing downstream).
         """
         valid_mask = _below(self.valid, landed)
-        quarantine_mask = _below(self.quarantine, landed)
+        quarantine_mask = _below(
+            self.quarantine, landed if landed_quarantine is None else landed_quarantine
+        )
         landed_rows = self.valid.filter(valid_mask)
         return SplitBatch(
             valid=pa.concat_tables([landed_rows, self.valid.filter(pc.invert(valid_mask))]),

@@ -19,7 +19,10 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from fastavro import schemaless_reader
 from fastavro.read import SchemaResolutionError
@@ -27,14 +30,17 @@ from fastavro.read import SchemaResolutionError
 from cdc.errors import ConfigError, FramingError, SchemaNotFoundError
 from cdc.registry import (
     AvroType,
+    ColumnarReader,
     RegisteredSchema,
     SchemaRegistry,
     check_backward,
+    columnar_reader,
     extra_fields,
     parse_avro,
     type_label,
     unframe,
 )
+from cdc.registry.framing import HEADER_SIZE, MAGIC_BYTE
 
 __all__ = [
     "ENVELOPE_OPS",
@@ -537,6 +543,8 @@ class _Plan:
     label: str = ""
     code: QuarantineReason | None = None
     error: str | None = None
+    columnar: ColumnarReader | None = None
+    """The vectorised reader, when the writer is the reader and the schema supports it."""
 
 
 _Decoded = tuple[Any, "_Plan | None", "QuarantineReason | None", "str | None"]
@@ -554,6 +562,8 @@ class TopicDecoder:
         registry: SchemaRegistry,
         contract: TopicContract,
         max_message_bytes: int = 1_048_576,
+        *,
+        columnar: bool = True,
     ) -> None:
         """Build the decoder.
 
@@ -561,6 +571,9 @@ class TopicDecoder:
             registry: Where writer schema ids are resolved.
             contract: The topic's contract.
             max_message_bytes: Larger messages (key + value) are quarantined as ``oversize``.
+            columnar: Decode clean records of supported schemas with the vectorised reader
+                (:mod:`cdc.registry.columnar`); False decodes every record with fastavro.
+                The output is the same either way.
 
         Raises:
             SchemaNotFoundError: A contract subject is not in the registry.
@@ -581,6 +594,7 @@ class TopicDecoder:
             avro_to_arrow_type(self._readers["value"].avro_type, nested_nullable=True),
         )
         self._plans: dict[tuple[str, int], _Plan] = {}
+        self._columnar = columnar
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -595,6 +609,11 @@ class TopicDecoder:
     def decode_batch(self, messages: Sequence[KafkaMessage]) -> pa.RecordBatch:
         """Decode and validate messages; one output row per message, in input order.
 
+        Clean records whose writer schema is the reader schema are decoded column-wise
+        (:mod:`cdc.registry.columnar`) and their rules checked on Arrow columns; every other
+        record (another writer version, a suspect body, a broken rule, a missing key...) goes
+        through fastavro and the per-record checks, which also write the error texts.
+
         Args:
             messages: ``(topic, partition, offset, timestamp_ms, key, value)`` tuples; a
                 negative timestamp means none.
@@ -602,6 +621,114 @@ class TopicDecoder:
         Returns:
             A batch with :attr:`arrow_schema`.
         """
+        if not self._columnar or not messages:
+            return self._decode_rows(messages)
+        return self._decode_columns(messages)
+
+    def _decode_columns(self, messages: Sequence[KafkaMessage]) -> pa.RecordBatch:
+        """The columnar path: clean rows vectorised, the others by :meth:`_decode_rows`."""
+        n = len(messages)
+        topics, partitions, offsets, stamps, keys, values = zip(*messages, strict=True)
+        key_raw = pa.array(keys, pa.binary())
+        value_raw = pa.array(values, pa.binary())
+        key_side, value_side = _Side(key_raw), _Side(value_raw)
+        fast = (key_side.length + value_side.length <= self._max_bytes) & key_side.framed
+        tombstone = ~value_side.valid
+        fast &= tombstone | value_side.framed
+        fast &= self._readable("key", key_side, fast)
+        fast &= tombstone | self._readable("value", value_side, fast & ~tombstone)
+        rows = np.flatnonzero(fast)
+        key_col, bad = self._read_side("key", key_side, rows)
+        value_rows = rows[~tombstone[rows]]
+        value_col, value_bad = self._read_side("value", value_side, value_rows)
+        if self._rules or self._envelope:
+            value_bad |= _rule_suspects(value_col, self._rules, self._envelope, value_bad)
+        has_value = ~tombstone[rows]
+        bad[has_value] |= value_bad
+        if bad.any():
+            keep = ~bad
+            key_col = key_col.filter(pa.array(keep))
+            value_col = value_col.filter(pa.array(keep[has_value]))
+            rows, has_value = rows[keep], has_value[keep]
+        if not has_value.all():  # tombstones: a null value
+            value_at = np.full(len(rows), -1, dtype=np.int64)
+            value_at[has_value] = np.arange(int(has_value.sum()))
+            value_col = value_col.take(pa.array(value_at, mask=~has_value))
+        s = self._schema
+        value_ids = value_side.schema_id[rows]
+        columns = [
+            pa.array(topics, s.field("topic").type),
+            pa.array(partitions, s.field("partition").type),
+            pa.array(offsets, s.field("offset").type),
+            _timestamps(stamps, s.field("timestamp").type),
+            key_raw,
+            value_raw,
+        ]
+        if len(rows) < n:
+            chosen = pa.array(rows)
+            columns = [column.take(chosen) for column in columns]
+        columns += [
+            pa.array(key_side.schema_id[rows], s.field("key_schema_id").type),
+            pa.array(value_ids, s.field("value_schema_id").type, mask=tombstone[rows]),
+            key_col,
+            value_col,
+            pa.nulls(len(rows), s.field("extra_fields").type),
+            pa.nulls(len(rows), s.field("error_code").type),
+            pa.nulls(len(rows), s.field("error").type),
+        ]
+        batch = pa.RecordBatch.from_arrays(columns, schema=s)
+        if len(rows) == n:
+            return batch
+        slow = np.flatnonzero(~np.isin(np.arange(n), rows))
+        rest = self._decode_rows([messages[i] for i in slow.tolist()])
+        order = np.empty(n, dtype=np.int64)
+        order[rows] = np.arange(len(rows))
+        order[slow] = np.arange(len(rows), n)
+        return pa.concat_batches([batch, rest]).take(pa.array(order))
+
+    def _readable(self, side: str, frames: _Side, rows: npt.NDArray[np.bool_]) -> Any:
+        """True where the row's schema id has a columnar reader (only looked up in ``rows``)."""
+        ok = np.zeros(len(rows), dtype=np.bool_)
+        ids = frames.schema_id
+        for schema_id in np.unique(ids[rows]).tolist():
+            if self._side_plan(side, int(schema_id)).columnar is not None:
+                ok |= rows & (ids == schema_id)
+        return ok
+
+    def _side_plan(self, side: str, schema_id: int) -> _Plan:
+        plan = self._plans.get((side, schema_id))
+        if plan is None:
+            plan = self._plans[(side, schema_id)] = self._plan(side, schema_id)
+        return plan
+
+    def _read_side(self, side: str, frames: _Side, rows: Any) -> tuple[pa.Array, Any]:
+        """Column-decode ``rows`` of one side: (array aligned with rows, bad mask)."""
+        typ = self._schema.field(side).type
+        ids = frames.schema_id[rows]
+        unique = np.unique(ids).tolist()
+        bad = np.zeros(len(rows), dtype=np.bool_)
+        parts: list[pa.Array] = []
+        where = np.empty(len(rows), dtype=np.int64)
+        done = 0
+        for schema_id in unique:
+            reader = self._side_plan(side, int(schema_id)).columnar
+            assert reader is not None
+            sel = np.flatnonzero(ids == schema_id) if len(unique) > 1 else np.arange(len(rows))
+            array, failed = reader.read(
+                frames.data, frames.start[rows[sel]] + HEADER_SIZE, frames.end[rows[sel]]
+            )
+            parts.append(array)
+            bad[sel] = failed
+            where[sel] = np.arange(done, done + len(sel))
+            done += len(sel)
+        if not parts:
+            return pa.nulls(0, typ), bad
+        if len(parts) == 1:
+            return parts[0], bad
+        return pa.concat_arrays(parts).take(pa.array(where)), bad
+
+    def _decode_rows(self, messages: Sequence[KafkaMessage]) -> pa.RecordBatch:
+        """Decode every message with fastavro and check its rules one by one."""
         # Column lists filled in one pass, then one pa.array per column: about twice as fast
         # as RecordBatch.from_pylist over row dicts (measured on contact envelopes).
         n = len(messages)
@@ -673,13 +800,48 @@ class TopicDecoder:
             pa.array(value_raw, s.field("value_raw").type),
             pa.array(key_ids, s.field("key_schema_id").type),
             pa.array(value_ids, s.field("value_schema_id").type),
-            pa.array(keys, s.field("key").type),
-            pa.array(values, s.field("value").type),
+            self._arrow_column("key", keys, codes, errors, values),
+            self._arrow_column("value", values, codes, errors, None),
             pa.array(extras, s.field("extra_fields").type),
             pa.array(codes, s.field("error_code").type),
             pa.array(errors, s.field("error").type),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=s)
+
+    def _arrow_column(
+        self,
+        side: str,
+        records: list[Any],
+        codes: list[str | None],
+        errors: list[str | None],
+        values: list[Any] | None,
+    ) -> pa.Array:
+        """The decoded keys or values as an Arrow column.
+
+        A record fastavro decoded may still not fit the column (a decimal with more digits
+        than its precision, an ``int`` beyond 32 bits): that record is quarantined rather
+        than failing the batch (``missing_key`` for a key, ``decode_error`` for a value).
+        ``values`` (given with the keys) loses the value of a row whose key did not fit.
+        """
+        typ = self._schema.field(side).type
+        try:
+            return pa.array(records, typ)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            pass
+        for i, record in enumerate(records):
+            if record is None:
+                continue
+            try:
+                pa.array([record], typ)
+            except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+                records[i] = None
+                if values is not None:
+                    values[i] = None
+                codes[i] = (
+                    QuarantineReason.MISSING_KEY if side == "key" else QuarantineReason.DECODE_ERROR
+                )
+                errors[i] = f"{side} does not fit its Arrow type: {type(exc).__name__}: {exc}"
+        return pa.array(records, typ)
 
     def _decode(self, side: str, data: bytes) -> _Decoded:
         """Decode one key or value: (record, plan, error code, error text)."""
@@ -726,7 +888,12 @@ class TopicDecoder:
             )
         label = f"writer schema {schema_id} ({writer.label})"
         if writer.schema_id == reader.schema_id:
-            return _Plan(writer=reader.parsed, label=label)
+            columnar = (
+                columnar_reader(reader.avro_type, self._schema.field(side).type)
+                if self._columnar
+                else None
+            )
+            return _Plan(writer=reader.parsed, label=label, columnar=columnar)
         problems = check_backward(reader.avro_type, writer.avro_type, root=side)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -753,3 +920,113 @@ def _schema_id(data: bytes) -> int | None:
     return (
         int.from_bytes(data[1:5], "big", signed=True) if len(data) >= 5 and data[0] == 0 else None
     )
+
+
+class _Side:
+    """The key or value column of a batch as numpy views: framing and schema id per row."""
+
+    def __init__(self, raw: pa.Array) -> None:
+        n = len(raw)
+        _, offsets_buffer, data_buffer = raw.buffers()
+        assert offsets_buffer is not None
+        bounds = np.frombuffer(offsets_buffer, dtype=np.int32, count=n + 1, offset=raw.offset * 4)
+        self.start = bounds[:-1].astype(np.int64)
+        self.end = bounds[1:].astype(np.int64)
+        self.length = self.end - self.start
+        self.valid: npt.NDArray[np.bool_] = raw.is_valid().to_numpy(zero_copy_only=False)
+        self.data: bytes | pa.Buffer = data_buffer if data_buffer is not None else b""
+        data = np.frombuffer(self.data, dtype=np.uint8)
+        self.framed = self.valid & (self.length >= HEADER_SIZE)
+        at = np.where(self.framed, self.start, 0)
+        if data.size:
+            header = data[np.minimum(at[:, None] + np.arange(HEADER_SIZE), data.size - 1)]
+            self.framed &= header[:, 0] == MAGIC_BYTE
+            big_endian = header[:, 1:].astype(np.uint32)
+            ids = (big_endian[:, 0] << 24) | (big_endian[:, 1] << 16)
+            ids |= (big_endian[:, 2] << 8) | big_endian[:, 3]
+            self.schema_id = np.where(self.framed, ids.view(np.int32), 0)
+        else:
+            self.schema_id = np.zeros(n, dtype=np.int32)
+
+
+def _timestamps(stamps: Sequence[int | None], typ: pa.DataType) -> pa.Array:
+    """Kafka timestamps (ms; negative or None means none) as microseconds."""
+    try:
+        ms = np.asarray(stamps, dtype=np.int64)
+    except (TypeError, ValueError):
+        return pa.array([t * 1000 if t is not None and t >= 0 else None for t in stamps], typ)
+    return pa.array(ms * 1000, typ, mask=ms < 0)
+
+
+def _rule_suspects(
+    values: pa.Array, rules: Sequence[_Rule], envelope: bool, skip: npt.NDArray[np.bool_]
+) -> Any:
+    """True where a decoded value (a struct column) may break a rule; never False for one that does.
+
+    The per-record path re-checks these rows and writes the messages; here every built-in
+    envelope check and every rule is evaluated on whole columns (Python only for patterns,
+    allowed values and ranges, on the leaf values alone). Rows in ``skip`` (values the
+    columnar reader did not vouch for) are not looked at.
+    """
+    n = len(values)
+    suspect = np.zeros(n, dtype=np.bool_)
+    if n == 0:
+        return suspect
+    if envelope:
+        op = values.field("op")
+        if pa.types.is_string(op.type):
+            known = pc.is_in(op, value_set=pa.array(ENVELOPE_OPS)).fill_null(False)
+            ops = op.fill_null("")
+            needs_after = pc.is_in(ops, value_set=pa.array(sorted(_OPS_WITH_AFTER)))
+            needs_before = pc.equal(ops, "d")
+            suspect |= ~_np(known)
+            suspect |= _np(needs_after) & _np(values.field("after").is_null())
+            suspect |= _np(needs_before) & _np(values.field("before").is_null())
+        else:
+            suspect[:] = True
+    for rule in rules:
+        holder: Any = values
+        applies = ~skip
+        for step in rule.parents:
+            holder = holder.field(step)
+            if not isinstance(holder.type, pa.StructType):
+                applies[:] = False  # a fastavro value here would not be a record either
+                suspect[:] = True
+                break
+            applies &= _np(holder.is_valid())
+        else:
+            leaf = holder.field(rule.leaf)
+            present = applies & _np(leaf.is_valid())
+            if rule.kind == "required":
+                suspect |= applies & ~present
+                if pa.types.is_string(leaf.type):
+                    suspect |= present & _np(pc.equal(leaf, "").fill_null(False))
+                continue
+            where = np.flatnonzero(present)
+            if not len(where):
+                continue
+            broken = _broken(rule, leaf.take(pa.array(where)).to_pylist())
+            suspect[where[broken]] = True
+    return suspect
+
+
+def _broken(rule: _Rule, leaves: list[Any]) -> Any:
+    """Which non-null leaf values break a pattern, allowed-values or range rule."""
+    if rule.kind == "pattern":
+        assert rule.pattern is not None
+        match = rule.pattern.fullmatch
+        return np.fromiter((match(v) is None for v in leaves), np.bool_, len(leaves))
+    if rule.kind == "allowed":
+        allowed = rule.allowed
+        return np.fromiter((v not in allowed for v in leaves), np.bool_, len(leaves))
+    lo, hi = rule.lo, rule.hi
+    return np.fromiter(
+        ((lo is not None and v < lo) or (hi is not None and v > hi) for v in leaves),
+        np.bool_,
+        len(leaves),
+    )
+
+
+def _np(array: Any) -> Any:
+    """A boolean Arrow array as numpy (nulls are never passed here)."""
+    return array.to_numpy(zero_copy_only=False)

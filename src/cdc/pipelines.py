@@ -222,6 +222,9 @@ class BatchWriter:
         self._txn_base: int | None = None
         start = read_start_file(checkpoint)
         self._landed: dict[str, dict[str, int]] = (start or {}).get("landed", {})
+        self._landed_quarantine: dict[str, dict[str, int]] = (start or {}).get(
+            "landed_quarantine", self._landed
+        )
 
     def txn(self, role: str, batch_id: int) -> Txn:
         app_id = txn_app_id(self.name, role, self.sinks[role].uri)
@@ -250,8 +253,8 @@ class BatchWriter:
         """Write one decoded batch (Arrow) to bronze, quarantine and silver."""
         stats = BatchStats(batch_id=batch_id, input_rows=table.num_rows)
         split = split_batch(table, batch_id, now)
-        if self._landed:
-            split = split.without_landed(self._landed)
+        if self._landed or self._landed_quarantine:
+            split = split.without_landed(self._landed, self._landed_quarantine)
         stats.bronze_rows, stats.quarantined = split.bronze.num_rows, split.quarantine.num_rows
         self._fault("before-commit", batch_id)
         for role, data in (("bronze", split.bronze), ("quarantine", split.quarantine)):

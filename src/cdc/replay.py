@@ -429,8 +429,15 @@ def _merge_max(into: PartitionOffsets, other: Mapping[TopicPartitionId, int]) ->
         into[tp] = max(into.get(tp, offset), offset)
 
 
+LANDED_KEYS = {"bronze": "landed", "quarantine": "landed_quarantine"}
+"""Start-file key of each append-only table's landed offsets."""
+
+
 def landed_offsets(
-    state: CheckpointState, topic: str, versions: Mapping[str, int | None]
+    state: CheckpointState,
+    topic: str,
+    versions: Mapping[str, int | None],
+    role: str = "bronze",
 ) -> PartitionOffsets:
     """Per partition, the offset below which earlier checkpoints appended every record.
 
@@ -443,6 +450,8 @@ def landed_offsets(
         state: the current checkpoint.
         topic: the pipeline's topic.
         versions: committed app-transaction version per table role (None: none).
+        role: ``bronze`` or ``quarantine``: the two commit separately, so a crash between
+            them leaves one ahead of the other.
 
     Returns:
         Landed offsets per topic-partition (a high-water mark: the records below it were read
@@ -452,11 +461,12 @@ def landed_offsets(
     if state.unfinished is not None:
         batch, ends = state.unfinished
         version = state.txn_base + batch
-        done = [versions.get(role) for role in ("bronze", "quarantine")]
-        if any(v is not None and v >= version for v in done):
+        done = versions.get(role)
+        if done is not None and done >= version:
             _merge_max(landed, _partition_map(ends, topic))
     if state.start is not None:
-        _merge_max(landed, _partition_map(state.start.get("landed"), topic))
+        previous = state.start.get(LANDED_KEYS[role], state.start.get("landed"))
+        _merge_max(landed, _partition_map(previous, topic))
     return landed
 
 
@@ -513,6 +523,7 @@ class _Context:
     plan: ReplayPlan
     state: CheckpointState
     landed: PartitionOffsets
+    landed_quarantine: PartitionOffsets
     txn_base: int
 
 
@@ -545,7 +556,8 @@ def _plan_live(
         if own:
             meta.close()
     plan = plan_replay(name, pipeline.topic, position, watermarks, landed, by_time)
-    return _Context(plan, state, landed, next_txn_base(versions))
+    landed_quarantine = landed_offsets(state, pipeline.topic, versions, role="quarantine")
+    return _Context(plan, state, landed, landed_quarantine, next_txn_base(versions))
 
 
 def dry_run_report(
@@ -637,6 +649,7 @@ def _prepare_checkpoint(
     start = {
         "startingOffsets": context.plan.starting_offsets(),
         "landed": offsets_to_json(context.landed),
+        "landed_quarantine": offsets_to_json(context.landed_quarantine),
         "replayed_from": replaced.name if replaced else None,
         "requested": context.plan.requested,
     }

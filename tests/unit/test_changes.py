@@ -48,3 +48,10 @@ def test_landed_rows_feed_silver_but_not_bronze_again() -> None:
     assert replay.valid.num_rows == 3  # silver still sees every valid row
     assert replay.bronze.column("offset").to_pylist() == [6]
     assert replay.quarantine.num_rows == 0
+
+
+def test_quarantine_can_be_behind_bronze_after_a_crash_between_their_commits() -> None:
+    split = split_batch(_batch([3, 4, 5], [None, "decode_error", None]), 0, datetime.now(UTC))
+    replay = split.without_landed({"t": {"0": 6}}, {"t": {"0": 3}})
+    assert replay.bronze.num_rows == 0
+    assert replay.quarantine.column("offset").to_pylist() == [4]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from cdc.errors import ConfigError
 from cdc.registry._avro import AvroField, AvroType, parse_avro, type_label
 from cdc.registry.base import RegisteredSchema, SchemaRegistry
+from cdc.registry.columnar import ColumnarReader, columnar_reader
 from cdc.registry.compatibility import (
     check_backward,
     check_path,
@@ -19,6 +20,7 @@ from cdc.registry.http import HttpRegistry
 __all__ = [
     "AvroField",
     "AvroType",
+    "ColumnarReader",
     "FileRegistry",
     "HttpRegistry",
     "RegisteredSchema",
@@ -26,6 +28,7 @@ __all__ = [
     "check_backward",
     "check_path",
     "check_registry",
+    "columnar_reader",
     "extra_fields",
     "frame",
     "inspect_folder",

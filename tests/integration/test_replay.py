@@ -1,0 +1,416 @@
+"""``cdc replay`` end to end: real Tansu broker, real Spark, real Delta tables.
+
+Each test gets its own broker, so topic contents (and offsets) are exactly what it produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from cdc.cli import main
+from cdc.config import Settings, load_settings
+from cdc.locks import LockHolder, lock_path
+from cdc.pipelines import START_FILE, TXN_BASE_FILE, BatchStats, run_pipelines, table_paths
+from cdc.replay import ReplayPosition, committed_txn_versions, replay_pipeline
+from cdc.status import committed_offsets
+from tests.conftest import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+T0 = 1_767_600_000_000  # 2026-01-05T08:00:00Z
+TOPIC = "crm.contacts"
+PIPELINE = "crm_contacts"
+
+
+@pytest.fixture()
+def broker() -> Iterator[str]:
+    from cdc.broker import EmbeddedBroker
+
+    with EmbeddedBroker.start_on_free_port() as b:
+        yield b.bootstrap
+
+
+def overrides(bootstrap: str, root: Path) -> list[str]:
+    return [
+        f"kafka.bootstrap_servers={bootstrap}",
+        f"lake.root={root / 'lake'}",
+        f"checkpoints.root={root / 'checkpoints'}",
+    ]
+
+
+def make_settings(bootstrap: str, root: Path) -> Settings:
+    return load_settings(
+        "local", overrides=overrides(bootstrap, root), config_dir=REPO_ROOT / "config"
+    )
+
+
+def cli_args(bootstrap: str, root: Path) -> list[str]:
+    args = ["--config-dir", str(REPO_ROOT / "config")]
+    for item in overrides(bootstrap, root):
+        args += ["--set", item]
+    return args
+
+
+def produce(bootstrap: str, lines: list[dict[str, Any]], tmp: Path) -> int:
+    from cdc.contracts import load_contracts
+    from cdc.produce import produce_file
+    from cdc.registry import FileRegistry
+
+    path = tmp / f"batch-{len(list(tmp.glob('batch-*.jsonl')))}.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = produce_file(
+        bootstrap, FileRegistry.load(REGISTRY_PATH), load_contracts(CONTRACTS_PATH), TOPIC, path
+    )
+    return int(report.sent)
+
+
+def change(
+    cid: str,
+    op: str,
+    ts: int,
+    email: str = "x@acme.io",
+    last: str = "Doe",
+    phone: str | None = None,
+    partition: int | None = None,
+) -> dict[str, Any]:
+    row = {
+        "contact_id": cid,
+        "account_id": "a1",
+        "email": email,
+        "first_name": "Jo",
+        "last_name": last,
+        "phone": phone,
+        "updated_at": T0 + ts,
+    }
+    value = {
+        "before": {**row, "email": "old@acme.io"} if op in ("u", "d") else None,
+        "after": None if op == "d" else row,
+        "op": op,
+        "ts_ms": T0 + ts + 5,
+        "source": {
+            "version": "2.7.0",
+            "connector": "postgresql",
+            "name": "crm",
+            "db": "crm",
+            "table": "contacts",
+            "ts_ms": T0 + ts,
+            "lsn": ts,
+            "txId": None,
+            "snapshot": False,
+        },
+    }
+    line: dict[str, Any] = {"key": {"contact_id": cid}, "value": value}
+    if partition is not None:
+        line["partition"] = partition
+    return line
+
+
+POISON = [
+    {"key": {"contact_id": "p1"}, "value_b64": "bm90IGF2cm8gYXQgYWxs"},  # not Avro
+    change("p3", "c", 6000, email="not-an-email"),  # rule violation
+]
+
+
+def read(uri: str) -> pl.DataFrame:
+    df = pl.from_arrow(DeltaTable(uri).to_pyarrow_table())
+    assert isinstance(df, pl.DataFrame)
+    return df
+
+
+def tables(settings: Settings) -> dict[str, pl.DataFrame]:
+    """Bronze, quarantine and silver, sorted (an empty frame for a table not created)."""
+    paths = table_paths(settings, settings.pipeline(PIPELINE))
+    order = {"bronze": ["partition", "offset"], "quarantine": ["partition", "offset"]}
+    return {
+        role: read(uri).sort(order.get(role, ["contact_id", "_seq_open"]))
+        if Path(uri, "_delta_log").is_dir()
+        else pl.DataFrame()
+        for role, uri in paths.items()
+    }
+
+
+def high_watermarks(bootstrap: str) -> dict[str, int]:
+    from cdc.source._kafka import KafkaMetadata
+
+    meta = KafkaMetadata({"bootstrap.servers": bootstrap})
+    try:
+        marks = meta.topic_watermarks([TOPIC])
+    finally:
+        meta.close()
+    return {str(p): wm.high for (_, p), wm in sorted(marks.items())}
+
+
+def checkpoints_root(root: Path) -> Path:
+    return root / "checkpoints"
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_replay_earliest_after_a_full_run_changes_nothing(
+    spark: Any, broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [
+        change("c1", "c", 1000, email="ann@acme.io"),
+        change("c2", "c", 1100, email="bob@acme.io"),
+        change("c1", "u", 2000, email="ann@acme.io", phone="+44 1"),  # untracked only
+        change("c1", "u", 3000, email="ann.new@acme.io", phone="+44 1"),
+        change("c2", "d", 4000),
+        {"key": {"contact_id": "c2"}, "value": None},  # tombstone
+        change("c2", "c", 5000, email="bob@acme.io", last="Again"),
+        change("c3", "r", 500, email="cy@acme.io"),
+        *POISON,
+    ]
+    assert produce(broker, lines, tmp_path) == 10
+    settings = make_settings(broker, tmp_path)
+    run_pipelines(spark, settings, [PIPELINE], available_now=True)
+    before = tables(settings)
+    assert (before["bronze"].height, before["quarantine"].height) == (8, 2)
+    old_versions = committed_txn_versions(settings, PIPELINE)
+    ends = high_watermarks(broker)
+
+    # The CLI as a user runs it (in-process: the replayed run reuses this SparkSession).
+    code = main(["replay", "--pipeline", PIPELINE, "--earliest", *cli_args(broker, tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    root = checkpoints_root(tmp_path)
+    (replaced,) = sorted(root.glob(f"{PIPELINE}.replaced-*"))
+    assert re.fullmatch(rf"{PIPELINE}\.replaced-\d{{8}}T\d{{6}}Z", replaced.name)
+    assert out.strip() == (
+        f"replayed {PIPELINE} from --earliest: read 10 records in 1 batch (bronze +0,"
+        " quarantine +0; silver 0 inserted, 0 updated, 0 closed); previous checkpoint kept as"
+        f" {replaced.name}"
+    )
+
+    after = tables(settings)
+    assert after["bronze"].equals(before["bronze"])  # landed: not appended again
+    assert after["quarantine"].equals(before["quarantine"])
+    assert after["silver"].equals(before["silver"])  # re-applying is a no-op
+
+    # The previous checkpoint is kept, untouched; the new one started where it was told to.
+    assert committed_offsets(str(replaced)) == (0, {TOPIC: ends})
+    checkpoint = root / PIPELINE
+    start = json.loads((checkpoint / START_FILE).read_text())
+    assert start == {
+        "startingOffsets": {TOPIC: dict.fromkeys(ends, 0)},
+        "landed": {TOPIC: ends},
+        "landed_quarantine": {TOPIC: ends},
+        "replayed_from": replaced.name,
+        "requested": "--earliest",
+    }
+    base = 1 + max(v for v in old_versions.values() if v is not None)
+    assert json.loads((checkpoint / TXN_BASE_FILE).read_text()) == {"base": base}
+    committed = committed_offsets(str(checkpoint))
+    assert committed is not None and committed[1] == {TOPIC: ends}
+    assert lock_path(root, PIPELINE).read_text() == ""  # released
+
+    # A replay of the replay, prepared only (--no-run), then picked up by a plain run:
+    # the landed offsets carry over, so bronze still does not grow.
+    code = main(
+        [
+            "replay",
+            "--pipeline",
+            PIPELINE,
+            "--offsets",
+            json.dumps({TOPIC: {"0": 0}}),
+            "--no-run",
+            *cli_args(broker, tmp_path),
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith(f"prepared {PIPELINE} to restart from --offsets")
+    assert len(list(root.glob(f"{PIPELINE}.replaced-*"))) == 2
+    start = json.loads((checkpoint / START_FILE).read_text())
+    assert start["landed"] == {TOPIC: ends}
+    assert start["startingOffsets"] == {TOPIC: {**ends, "0": 0}}
+    run_pipelines(spark, settings, [PIPELINE], available_now=True)
+    again = tables(settings)
+    for role in ("bronze", "quarantine", "silver"):
+        assert again[role].equals(before[role]), role
+
+
+def test_replay_with_corrected_events_produces_the_corrected_history(
+    spark: Any, broker: str, tmp_path: Path
+) -> None:
+    # Everything on partition 0, so offsets are positions in one log.
+    original = [
+        change("c1", "c", 1000, email="ann@acme.io", partition=0),  # 0
+        change("c2", "c", 1100, email="bob@acme.io", partition=0),  # 1
+        change("c1", "u", 2000, email="wrong@acme.io", partition=0),  # 2: wrong from here
+        change("c2", "u", 2100, email="bob@acme.io", last="Wrong", partition=0),  # 3
+        change("c1", "u", 2600, email="wrong@acme.io", phone="+44 1", partition=0),  # 4
+        change("c1", "u", 3000, email="ann.new@acme.io", phone="+44 1", partition=0),  # 5
+        change("c2", "u", 4000, email="bob@acme.io", last="Later", partition=0),  # 6
+    ]
+    produce(broker, original, tmp_path)
+    settings = make_settings(broker, tmp_path)
+    run_pipelines(spark, settings, [PIPELINE], available_now=True)
+
+    # The source system re-emits corrected changes, timed inside the existing history.
+    corrections = [
+        change("c1", "u", 2001, email="ann.fixed@acme.io", partition=0),  # 7
+        change("c2", "u", 2101, email="bob@acme.io", last="Right", partition=0),  # 8
+    ]
+    produce(broker, corrections, tmp_path)
+
+    def run(s: Settings, name: str, on_batch: Callable[[str, BatchStats], None]) -> None:
+        run_pipelines(spark, s, [name], available_now=True, on_batch=on_batch)
+
+    position = ReplayPosition.from_offsets(json.dumps({TOPIC: {"0": 2}}), TOPIC)
+    outcome = replay_pipeline(settings, PIPELINE, position, runner=run)
+    assert [
+        (p.partition, p.start, p.end, p.re_read, p.already_landed) for p in outcome.plan.partitions
+    ] == [
+        (0, 2, 9, 7, 5),
+        (1, 0, 0, 0, 0),
+        (2, 0, 0, 0, 0),
+    ]
+    assert sum(b.input_rows for b in outcome.batches) == 7
+
+    clean = make_settings(broker, tmp_path / "clean")
+    run_pipelines(spark, clean, [PIPELINE], available_now=True)
+    got, want = tables(settings), tables(clean)
+    # Bronze holds every record once, as a clean run over the final topic does.
+    audit = ["_ingested_at", "_batch_id"]
+    assert got["bronze"].drop(audit).equals(want["bronze"].drop(audit))
+    assert got["bronze"]["offset"].to_list() == list(range(9))
+
+    def history(frame: pl.DataFrame) -> list[tuple[Any, ...]]:
+        cols = ["contact_id", "email", "last_name", "phone", "valid_from", "valid_to"]
+        return [tuple(r) for r in frame.select(cols).iter_rows()]
+
+    assert history(got["silver"]) == history(want["silver"])
+    assert got["silver"].equals(want["silver"])
+
+
+def test_dry_run_prints_the_plan_and_a_running_pipeline_refuses(
+    spark: Any, broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    produce(
+        broker,
+        [change(f"k{i}", "c", 1000 + i, email=f"k{i}@acme.io", partition=i % 2) for i in range(5)],
+        tmp_path,
+    )
+    settings = make_settings(broker, tmp_path)
+    run_pipelines(spark, settings, [PIPELINE], available_now=True)
+    produce(broker, [change("k9", "c", 2000, email="k9@acme.io", partition=0)] * 2, tmp_path)
+    # Partition 0 holds offsets 0..4 (3 landed), partition 1 offsets 0..1 (2 landed).
+    root = checkpoints_root(tmp_path)
+
+    def folders() -> list[str]:
+        return sorted(p.name for p in root.iterdir() if p.is_dir())
+
+    listing = folders()
+    assert listing == [PIPELINE]
+    common = cli_args(broker, tmp_path)
+
+    def cdc(*args: str) -> tuple[int, str, str]:
+        code = main([*args, *common])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = cdc(
+        "replay", "--pipeline", PIPELINE, "--offsets", '{"crm.contacts": {"0": 1}}', "--dry-run"
+    )
+    assert code == 0
+    assert out.splitlines() == [
+        'replay crm_contacts (topic crm.contacts) from --offsets {"crm.contacts": {"0": 1}}:'
+        " dry run, nothing changed",
+        "topic         partition  from  to  re-read  already landed",
+        "crm.contacts          0     1   5        4               2",
+        "crm.contacts          1     2   2        0               0",
+        "crm.contacts          2     0   0        0               0",
+        "total                                    4               2",
+    ]
+    code, out, _ = cdc("replay", "--pipeline", PIPELINE, "--earliest", "--dry-run")
+    assert code == 0
+    assert out.splitlines()[2:] == [
+        "crm.contacts          0     0   5        5               3",
+        "crm.contacts          1     0   2        2               2",
+        "crm.contacts          2     0   0        0               0",
+        "total                                    7               5",
+    ]
+    assert folders() == listing  # nothing changed
+
+    # Another process holds the pipeline's lock (as a running `cdc run` does).
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from cdc.locks import PipelineLock\n"
+            "PipelineLock(sys.argv[1], sys.argv[2]).acquire()\n"
+            "time.sleep(600)\n",
+            str(root),
+            PIPELINE,
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        info = None
+        while time.monotonic() < deadline:
+            path = lock_path(root, PIPELINE)
+            info = LockHolder.from_text(path.read_text()) if path.exists() else None
+            if info is not None and info.pid == holder.pid:
+                break
+            assert holder.poll() is None, "lock holder exited"
+            time.sleep(0.05)
+        assert info is not None and info.pid == holder.pid
+        running = (
+            f"pipeline {PIPELINE} is running (pid {info.pid} on host {info.host}"
+            f" since {info.since})"
+        )
+
+        code, out, err = cdc("replay", "--pipeline", PIPELINE, "--earliest")
+        assert (code, out) == (2, "")
+        assert err.splitlines() == [f"cdc: error: {running}; stop it before replaying"]
+        code, out, err = cdc("run", "--pipeline", PIPELINE, "--available-now")
+        assert (code, out) == (2, "")
+        assert err.splitlines() == [f"cdc: error: {running}; stop it before starting it again"]
+        code, out, _ = cdc("replay", "--pipeline", PIPELINE, "--earliest", "--dry-run")
+        assert code == 0
+        assert out.splitlines()[-1] == f"note: {running}; stop it before replaying"
+        assert folders() == listing
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+    # The holder died without releasing: the kernel dropped its flock, a replay proceeds.
+    code, out, err = cdc("replay", "--pipeline", PIPELINE, "--earliest", "--no-run")
+    assert code == 0, err
+    assert "7 records to re-read (5 already in bronze/quarantine)" in out
+
+
+def test_replay_of_a_pipeline_that_never_ran_starts_from_the_position(
+    spark: Any, broker: str, tmp_path: Path
+) -> None:
+    produce(broker, [change(f"k{i}", "c", 1000 + i, partition=0) for i in range(4)], tmp_path)
+    settings = make_settings(broker, tmp_path)
+
+    def run(s: Settings, name: str, on_batch: Callable[[str, BatchStats], None]) -> None:
+        run_pipelines(spark, s, [name], available_now=True, on_batch=on_batch)
+
+    position = ReplayPosition.from_offsets(json.dumps({TOPIC: {"0": 1}}), TOPIC)
+    outcome = replay_pipeline(settings, PIPELINE, position, runner=run)
+    assert outcome.replaced is None and outcome.txn_base == 0
+    assert outcome.summary() == (
+        f'replayed {PIPELINE} from --offsets {{"crm.contacts": {{"0": 1}}}}: read 3 records'
+        " in 1 batch (bronze +3, quarantine +0; silver 3 inserted, 0 updated, 0 closed);"
+        " there was no previous checkpoint"
+    )
+    assert tables(settings)["bronze"]["offset"].to_list() == [1, 2, 3]
