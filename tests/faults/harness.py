@@ -1,0 +1,798 @@
+"""Harness of the fault suite: a deterministic CRM contact stream, a real ``cdc run`` process,
+table snapshots and the comparisons every fault test ends with.
+
+The stream is produced record by record with explicit partitions and Kafka timestamps (equal
+to the change's source commit time), so the same stream lands at the same partition/offset
+with the same timestamp on any fresh broker: one clean reference run serves every test.
+
+What "0 lost, 0 duplicated" means here (:func:`assert_exactly_once`): every produced record
+is in exactly one of bronze (valid) or quarantine (with its expected reason), with its raw
+bytes, and no Kafka record appears twice in either table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from polars.testing import assert_frame_equal
+
+from cdc.config import Settings, load_settings
+from cdc.pipelines import FAULT_ENV, orphans_path, table_paths, txn_app_id
+from cdc.produce import encode_datum
+from cdc.registry import FileRegistry, RegisteredSchema
+from tests.conftest import REGISTRY_PATH, REPO_ROOT
+
+__all__ = [
+    "BATCH",
+    "BUSINESS",
+    "PARTITIONS",
+    "PIPELINE",
+    "T0",
+    "TOPIC",
+    "VALUE_SUBJECT",
+    "Event",
+    "Rec",
+    "Sent",
+    "StreamBuilder",
+    "Tables",
+    "assert_exactly_once",
+    "assert_frames_equal",
+    "assert_same_tables",
+    "assert_silver_matches_model",
+    "base_builder",
+    "base_stream",
+    "batch_records",
+    "cdc_run",
+    "checkpoint_batches",
+    "committed_versions",
+    "coordinate_map",
+    "envelope",
+    "key_bytes",
+    "model_silver",
+    "partition_of",
+    "produce",
+    "read_tables",
+    "reencode",
+    "register",
+    "registry",
+    "remap_rows",
+    "remap_silver",
+    "settings",
+    "value_bytes",
+    "writer_schema",
+]
+
+TOPIC = "crm.contacts"
+PIPELINE = "crm_contacts"
+PARTITIONS = 3
+BATCH = 4
+"""``maxRecordsPerTrigger`` of the reference run and the faulted runs: several batches."""
+T0 = 1_767_600_000_000  # 2026-01-05T08:00:00Z
+KEY_SUBJECT = "crm.contacts-key"
+VALUE_SUBJECT = "crm.contacts-value"
+BUSINESS = (
+    "account_id",
+    "email",
+    "first_name",
+    "last_name",
+    "phone",
+    "updated_at",
+    "marketing_opt_in",
+    "job_title",
+)
+"""Non-key columns of ``after`` in the reader schema (crm.contacts-value v2)."""
+UNTRACKED = ("updated_at", "phone")  # config/local.yaml: track_history_except
+AUDIT = ("_ingested_at", "_quarantined_at", "_batch_id")
+BRONZE_ORDER = ["partition", "offset"]
+SILVER_ORDER = ["contact_id", "_seq_open"]
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a valid record means for silver: an upsert (U), a delete (D) or a tombstone (T)."""
+
+    cid: str
+    op: Literal["U", "D", "T"]
+    row: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Rec:
+    """One Kafka record to produce.
+
+    Attributes:
+        rid: stable identity across streams (a re-encoded record keeps it).
+        partition: explicit partition (a key always goes to the same one).
+        ts: Kafka timestamp, epoch ms; equal to the source commit time of an envelope.
+        key: raw key bytes (None: no key).
+        value: raw value bytes (None: tombstone).
+        reason: the expected quarantine reason code, or None for a valid record.
+        event: for a valid record, its meaning for silver.
+        datum: the envelope it encodes (to re-encode it with another writer schema).
+    """
+
+    rid: str
+    partition: int
+    ts: int
+    key: bytes | None
+    value: bytes | None
+    reason: str | None = None
+    event: Event | None = None
+    datum: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A produced record and the offset the broker gave it."""
+
+    rec: Rec
+    offset: int
+
+    @property
+    def coords(self) -> tuple[int, int]:
+        return (self.rec.partition, self.offset)
+
+    @property
+    def identity(self) -> tuple[int, int, int]:
+        """(partition, offset, timestamp): unique even across a broker that lost its data."""
+        return (self.rec.partition, self.offset, self.rec.ts)
+
+
+@cache
+def registry() -> FileRegistry:
+    return FileRegistry.load(REGISTRY_PATH)
+
+
+def key_bytes(cid: str) -> bytes:
+    return encode_datum(registry().latest(KEY_SUBJECT), {"contact_id": cid}, root="key")
+
+
+def value_bytes(datum: dict[str, Any], schema: RegisteredSchema | None = None) -> bytes:
+    return encode_datum(schema or registry().latest(VALUE_SUBJECT), datum)
+
+
+def partition_of(cid: str) -> int:
+    return int(cid[1:]) % PARTITIONS
+
+
+def envelope(
+    op: str, ts: int, before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "before": before,
+        "after": after,
+        "op": op,
+        "ts_ms": ts + 5,
+        "source": {
+            "version": "2.7.0",
+            "connector": "postgresql",
+            "name": "crm",
+            "db": "crm",
+            "table": "contacts",
+            "ts_ms": ts,
+            "lsn": ts - T0,
+            "txId": None,
+            "snapshot": op == "r",
+        },
+    }
+
+
+class StreamBuilder:
+    """Builds a contact change stream in time order; keeps each key's current row."""
+
+    def __init__(self, start_ts: int = T0, prefix: str = "e") -> None:
+        self.recs: list[Rec] = []
+        self.state: dict[str, dict[str, Any]] = {}
+        self._ts = start_ts
+        self._prefix = prefix
+
+    def continue_as(self, prefix: str) -> StreamBuilder:
+        """Start a new batch of records (ids ``<prefix>NNN``) after this one, same key states."""
+        follow = StreamBuilder(self._ts, prefix)
+        follow.state = copy.deepcopy(self.state)
+        return follow
+
+    def _next(self) -> tuple[str, int]:
+        self._ts += 10
+        return f"{self._prefix}{len(self.recs):03d}", self._ts
+
+    def upsert(self, cid: str, op: Literal["c", "u", "r"] = "u", **changes: Any) -> Rec:
+        """A create/update/snapshot read; ``changes`` are ``after`` columns."""
+        rid, ts = self._next()
+        previous = self.state.get(cid)
+        base = previous or {
+            "contact_id": cid,
+            "account_id": "a1",
+            "email": f"{cid}@acme.io",
+            "first_name": "Jo",
+            "last_name": "Doe",
+            "phone": None,
+            "marketing_opt_in": False,
+            "job_title": None,
+        }
+        after = {**base, **changes, "updated_at": ts}
+        datum = envelope(op, ts, previous if op == "u" else None, after)
+        rec = Rec(
+            rid,
+            partition_of(cid),
+            ts,
+            key_bytes(cid),
+            value_bytes(datum),
+            event=Event(cid, "U", after),
+            datum=datum,
+        )
+        self.state[cid] = after
+        self.recs.append(rec)
+        return rec
+
+    def delete(self, cid: str) -> Rec:
+        rid, ts = self._next()
+        datum = envelope("d", ts, self.state.pop(cid), None)
+        rec = Rec(
+            rid,
+            partition_of(cid),
+            ts,
+            key_bytes(cid),
+            value_bytes(datum),
+            event=Event(cid, "D"),
+            datum=datum,
+        )
+        self.recs.append(rec)
+        return rec
+
+    def tombstone(self, cid: str) -> Rec:
+        rid, ts = self._next()
+        self.state.pop(cid, None)
+        rec = Rec(rid, partition_of(cid), ts, key_bytes(cid), None, event=Event(cid, "T"))
+        self.recs.append(rec)
+        return rec
+
+    def rule_violation(self, cid: str, email: str) -> Rec:
+        """A well-formed create whose email breaks the contract (never reaches silver)."""
+        rid, ts = self._next()
+        after = {**(self.state.get(cid) or {}), "contact_id": cid, "account_id": "a9"}
+        after.update(email=email, first_name="Bad", last_name="Row", updated_at=ts)
+        after.setdefault("phone", None)
+        datum = envelope("c", ts, None, after)
+        rec = Rec(
+            rid,
+            partition_of(cid),
+            ts,
+            key_bytes(cid),
+            value_bytes(datum),
+            reason="rule_violation",
+            datum=datum,
+        )
+        self.recs.append(rec)
+        return rec
+
+    def raw(
+        self, cid: str, key: bytes | None, value: bytes | None, reason: str, name: str = "raw"
+    ) -> Rec:
+        """A record with exact bytes that must be quarantined with ``reason``."""
+        _, ts = self._next()
+        rec = Rec(f"{name}-{len(self.recs):03d}", partition_of(cid), ts, key, value, reason)
+        self.recs.append(rec)
+        return rec
+
+
+def base_stream() -> list[Rec]:
+    """The clean CRM contact stream: :func:`base_builder`'s records."""
+    return base_builder().recs
+
+
+def base_builder() -> StreamBuilder:
+    """The builder after the clean CRM contact stream (37 records over 3 partitions).
+
+    Inserts and snapshot reads of 12 contacts, untracked updates (phone), tracked updates
+    (email, last name), deletes each followed by its tombstone, re-inserts after a delete, a
+    delete by tombstone alone, and three records that belong in quarantine (two contract
+    violations, one non-Avro payload).
+    """
+    b = StreamBuilder()
+    for i in range(12):
+        cid = f"c{i:02d}"
+        b.upsert(
+            cid,
+            "r" if i < 3 else "c",
+            email=f"user{i}@acme.io",
+            account_id=f"a{i % 4}",
+            marketing_opt_in=i % 5 == 0,
+            job_title="CTO" if i == 4 else None,
+        )
+        if i == 3:
+            b.rule_violation("x90", "not-an-email")
+        if i == 7:
+            b.raw("x91", key_bytes("x91"), b"\x7bnot avro\x7d", "not_framed", name="garbage")
+    for i in (0, 2, 4, 6, 8, 10):
+        b.upsert(f"c{i:02d}", phone=f"+44 20 7946 00{i:02d}")  # untracked: in place
+    for i in (0, 3, 6, 9):
+        b.upsert(f"c{i:02d}", email=f"user{i}.new@acme.io")  # tracked: new version
+    for i in (1, 5, 9):
+        b.delete(f"c{i:02d}")
+        b.tombstone(f"c{i:02d}")
+    b.upsert("c01", "c", email="user1@acme.io", last_name="Again")  # re-insert
+    b.upsert("c09", "c", email="user9.back@acme.io", last_name="Back")
+    b.tombstone("c10")  # a delete by tombstone alone (log compaction style)
+    b.upsert("c00", last_name="Smith")  # tracked
+    b.rule_violation("c04", "")  # an existing key: must not touch its silver rows
+    return b
+
+
+# --------------------------------------------------------------------------- producing
+
+
+def produce(bootstrap: str, recs: Sequence[Rec]) -> list[Sent]:
+    """Send records in order, one at a time, each with its partition and timestamp.
+
+    One record per produce request keeps the broker's high watermark exact (Tansu reports a
+    multi-record batch's base offset + 1) and the delivery report gives each its offset.
+    """
+    from confluent_kafka import Producer
+
+    from cdc.kafka_admin import ensure_topic
+
+    ensure_topic(bootstrap, TOPIC, PARTITIONS)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    sent: list[Sent] = []
+    for rec in recs:
+        report: dict[str, Any] = {}
+
+        def delivered(err: Any, msg: Any, report: dict[str, Any] = report) -> None:
+            report["error"], report["offset"] = err, msg.offset()
+
+        producer.produce(
+            TOPIC,
+            key=rec.key,
+            value=rec.value,
+            partition=rec.partition,
+            timestamp=rec.ts,
+            on_delivery=delivered,
+        )
+        assert producer.flush(10) == 0, f"{rec.rid} not delivered"
+        assert report["error"] is None, f"{rec.rid}: {report['error']}"
+        sent.append(Sent(rec, int(report["offset"])))
+    return sent
+
+
+# --------------------------------------------------------------------------- running
+
+
+def overrides(bootstrap: str, root: Path, *extra: str) -> list[str]:
+    return [
+        f"kafka.bootstrap_servers={bootstrap}",
+        f"lake.root={root / 'lake'}",
+        f"checkpoints.root={root / 'checkpoints'}",
+        f"pipelines.{PIPELINE}.max_records_per_trigger={BATCH}",
+        *extra,
+    ]
+
+
+def settings(bootstrap: str, root: Path, *extra: str) -> Settings:
+    """The settings a ``cdc run`` with :func:`overrides` uses (for in-process runs, paths)."""
+    return load_settings(
+        "local",
+        overrides=overrides(bootstrap, root, *extra),
+        config_dir=REPO_ROOT / "config",
+        environ=_hermetic_env(),
+    )
+
+
+def _hermetic_env() -> dict[str, str]:
+    """The environment without CDC_* overrides leaking in from the shell running the tests."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
+
+
+def cdc_run(
+    bootstrap: str,
+    root: Path,
+    *extra: str,
+    fault: str | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m cdc.cli run --pipeline crm_contacts --available-now --set ...``.
+
+    Args:
+        bootstrap: the broker.
+        root: lake and checkpoints go under it.
+        *extra: more ``--set`` overrides.
+        fault: ``$CDC_FAULT_INJECT`` (``<stage>:<batch>``), or None.
+        timeout: seconds before the run is killed (a hang is a failure).
+    """
+    args = [sys.executable, "-m", "cdc.cli", "run", "--pipeline", PIPELINE, "--available-now"]
+    for item in overrides(bootstrap, root, *extra):
+        args += ["--set", item]
+    env = _hermetic_env()
+    if fault is not None:
+        env[FAULT_ENV] = fault
+    return subprocess.run(
+        args, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout
+    )
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Tables:
+    """A snapshot of a pipeline's three tables (None: the table does not exist)."""
+
+    bronze: pl.DataFrame | None
+    quarantine: pl.DataFrame | None
+    silver: pl.DataFrame | None
+    orphans: pl.DataFrame | None = None
+    """Side table of SCD2: keys without rows whose deletes were seen (out-of-order deletes)."""
+    versions: dict[str, int | None] = field(default_factory=dict)
+
+    def get(self, role: str) -> pl.DataFrame | None:
+        frame: pl.DataFrame | None = getattr(self, role)
+        return frame
+
+
+def read_tables(s: Settings) -> Tables:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    frames: dict[str, pl.DataFrame | None] = {}
+    versions: dict[str, int | None] = {}
+    pipeline = s.pipeline(PIPELINE)
+    uris = {**table_paths(s, pipeline), "orphans": orphans_path(s, pipeline)}
+    for role, uri in uris.items():
+        try:
+            table = DeltaTable(uri)
+        except TableNotFoundError:
+            frames[role], versions[role] = None, None
+            continue
+        frame = pl.from_arrow(table.to_pyarrow_table())
+        assert isinstance(frame, pl.DataFrame)
+        frames[role], versions[role] = frame, table.version()
+    return Tables(
+        frames["bronze"], frames["quarantine"], frames["silver"], frames["orphans"], versions
+    )
+
+
+def committed_versions(s: Settings) -> dict[str, int | None]:
+    """Per table, the last app-transaction version (batch id) the pipeline committed."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    found: dict[str, int | None] = {}
+    for role, uri in table_paths(s, s.pipeline(PIPELINE)).items():
+        try:
+            table = DeltaTable(uri)
+        except TableNotFoundError:
+            found[role] = None
+            continue
+        found[role] = table.transaction_version(txn_app_id(PIPELINE, role, uri))
+    return found
+
+
+def checkpoint_batches(s: Settings, log: Literal["offsets", "commits"]) -> set[int]:
+    folder = Path(s.checkpoint_path(PIPELINE)) / log
+    if not folder.is_dir():
+        return set()
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+
+
+def _batch_end(s: Settings, batch: int) -> dict[int, int]:
+    text = (Path(s.checkpoint_path(PIPELINE)) / "offsets" / str(batch)).read_text()
+    offsets = json.loads(text.strip().splitlines()[-1])[TOPIC]
+    return {int(p): int(o) for p, o in offsets.items()}
+
+
+def batch_records(s: Settings, batch: int, sent: Sequence[Sent]) -> list[Sent]:
+    """The records of micro-batch ``batch``, from Spark's offsets log (fresh topic: from 0)."""
+    start = _batch_end(s, batch - 1) if batch > 0 else {}
+    end = _batch_end(s, batch)
+    return [
+        x for x in sent if start.get(x.rec.partition, 0) <= x.offset < end.get(x.rec.partition, 0)
+    ]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _epoch_ms(frame: pl.DataFrame) -> list[int]:
+    return frame.get_column("timestamp").dt.epoch("ms").to_list()
+
+
+def assert_exactly_once(tables: Tables, sent: Sequence[Sent], single_epoch: bool = True) -> None:
+    """0 lost, 0 duplicated: each record once in bronze xor quarantine, reason and bytes right.
+
+    Args:
+        tables: the pipeline's tables.
+        sent: every record produced (in every broker epoch).
+        single_epoch: the broker kept its data, so (partition, offset) identifies a record;
+            after a broker lost its data offsets restart and (partition, offset, timestamp)
+            does.
+    """
+    found: dict[str, dict[tuple[int, int, int], dict[str, Any]]] = {}
+    for role in ("bronze", "quarantine"):
+        frame = tables.get(role)
+        rows: dict[tuple[int, int, int], dict[str, Any]] = {}
+        if frame is not None:
+            assert set(frame.get_column("topic").unique().to_list()) <= {TOPIC}
+            coords = list(
+                zip(
+                    frame.get_column("partition").to_list(),
+                    frame.get_column("offset").to_list(),
+                    _epoch_ms(frame),
+                    strict=True,
+                )
+            )
+            twice = sorted({c for c in coords if coords.count(c) > 1})
+            assert not twice, f"{role}: records appear more than once: {twice}"
+            if single_epoch:
+                pairs = [c[:2] for c in coords]
+                assert len(set(pairs)) == len(pairs), f"{role}: a (partition, offset) repeats"
+            for c, row in zip(coords, frame.iter_rows(named=True), strict=True):
+                rows[c] = row
+        found[role] = rows
+    both = sorted(set(found["bronze"]) & set(found["quarantine"]))
+    assert not both, f"records in both bronze and quarantine: {both}"
+    expected_valid = {x.identity: x for x in sent if x.rec.reason is None}
+    expected_bad = {x.identity: x for x in sent if x.rec.reason is not None}
+    lost = sorted(set(expected_valid) - set(found["bronze"]))
+    lost_bad = sorted(set(expected_bad) - set(found["quarantine"]))
+    assert not lost, f"valid records missing from bronze: {lost}"
+    assert not lost_bad, f"bad records missing from quarantine: {lost_bad}"
+    extra = sorted((set(found["bronze"]) | set(found["quarantine"])) - {x.identity for x in sent})
+    assert not extra, f"rows for records never produced: {extra}"
+    wrong_side = sorted(set(found["bronze"]) - set(expected_valid))
+    assert not wrong_side, "bad records in bronze: " + "; ".join(
+        f"{c} ({expected_bad[c].rec.rid}, expected {expected_bad[c].rec.reason})"
+        for c in wrong_side
+    )
+    for role, expected in (("bronze", expected_valid), ("quarantine", expected_bad)):
+        for ident, x in expected.items():
+            row = found[role][ident]
+            assert (row["key_raw"], row["value_raw"]) == (x.rec.key, x.rec.value), (
+                f"{role} {ident} ({x.rec.rid}): raw bytes differ from what was produced"
+            )
+            if role == "quarantine":
+                assert row["error_code"] == x.rec.reason, (
+                    f"{x.rec.rid} at {ident}: quarantined as {row['error_code']!r} "
+                    f"({row['error']}), expected {x.rec.reason!r}"
+                )
+
+
+def assert_frames_equal(
+    got: pl.DataFrame | None, want: pl.DataFrame | None, order: list[str], what: str
+) -> None:
+    """Equal after sorting by ``order`` (exact types and values, columns in any order)."""
+    if want is None or got is None:
+        assert got is None and want is None, f"{what}: one table is missing"
+        return
+    assert sorted(got.columns) == sorted(want.columns), f"{what}: columns differ"
+    got = got.select(want.columns).sort(order)
+    want = want.sort(order)
+    assert got.height == want.height, f"{what}: {got.height} rows, expected {want.height}"
+    assert_frame_equal(got, want, check_exact=True)
+
+
+def _drop_audit(frame: pl.DataFrame | None) -> pl.DataFrame | None:
+    return None if frame is None else frame.drop([c for c in AUDIT if c in frame.columns])
+
+
+def assert_same_tables(got: Tables, want: Tables, roles: Iterable[str] = ()) -> None:
+    """Bronze (by partition/offset), quarantine (likewise), silver (by key + _seq_open) and
+    the orphan-delete table equal, every column except ingestion time and batch id."""
+    for role in roles or ("bronze", "quarantine", "silver", "orphans"):
+        order = {"silver": SILVER_ORDER, "orphans": ["contact_id"]}.get(role, BRONZE_ORDER)
+        assert_frames_equal(_drop_audit(got.get(role)), _drop_audit(want.get(role)), order, role)
+
+
+Coords = tuple[int, int]
+
+
+def coordinate_map(run: Sequence[Sent], ref: Sequence[Sent]) -> dict[Coords, Coords]:
+    """Where each record of ``run`` sits in ``ref`` (matched by record id)."""
+    where = {x.rec.rid: x.coords for x in ref}
+    return {x.coords: where[x.rec.rid] for x in run if x.rec.rid in where}
+
+
+def remap_rows(frame: pl.DataFrame, mapping: dict[Coords, Coords]) -> pl.DataFrame:
+    """Rows of bronze/quarantine whose record is in ``mapping``, moved to the mapped offsets."""
+    table = pl.DataFrame(
+        {
+            "partition": [k[0] for k in mapping],
+            "offset": [k[1] for k in mapping],
+            "__p": [v[0] for v in mapping.values()],
+            "__o": [v[1] for v in mapping.values()],
+        },
+        schema_overrides={"partition": frame.schema["partition"], "offset": pl.Int64},
+    )
+    joined = frame.join(table, on=["partition", "offset"], how="inner")
+    return joined.with_columns(
+        pl.col("__p").cast(frame.schema["partition"]).alias("partition"),
+        pl.col("__o").cast(frame.schema["offset"]).alias("offset"),
+    ).select(frame.columns)
+
+
+def _seq(t: int, coords: Coords) -> str:
+    return f"{t:015d}.{coords[0]:06d}.{coords[1]:019d}"
+
+
+def remap_silver(frame: pl.DataFrame, mapping: dict[Coords, Coords]) -> pl.DataFrame:
+    """Silver with every Kafka position (sequences, lineage) moved to the mapped offsets."""
+
+    def where(row: dict[str, Any], coords: Coords) -> Coords:
+        if coords not in mapping:
+            raise AssertionError(
+                f"silver row {row['contact_id']} {row['_seq_open']} refers to the record at "
+                f"partition/offset {coords}, which the clean run has no counterpart of "
+                f"(a duplicate delivery or a record that belongs in quarantine)"
+            )
+        return mapping[coords]
+
+    sequences = [c for c in frame.columns if c.startswith("_seq_")]
+    rows = frame.to_dicts()
+    for row in rows:
+        moved = {}
+        for col in sequences:
+            if row[col] is not None:
+                t, p, o = row[col].split(".")
+                moved[col] = _seq(int(t), where(row, (int(p), int(o))))
+        p, o = where(row, (row["_source_partition"], row["_source_offset"]))
+        row.update(moved, _source_partition=p, _source_offset=o)
+    return pl.DataFrame(rows, schema=frame.schema)
+
+
+# --------------------------------------------------------------------------- the SCD2 model
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The dimension an uninterrupted, one-pass SCD2 over the valid records gives (DESIGN §2).
+
+    Independent of the product's code: events of a key in (source time, partition, offset)
+    order; a tombstone takes its predecessor's time in the log (a delete's, or the later of
+    the predecessor's and its own); an exact repeat (same time, op and row) is a no-op; an
+    upsert opens a version after nothing or a delete or when a tracked column changes, else
+    updates the version in place; a delete closes it. ``_seq_max`` (on a key's latest
+    version) is the greatest sequence of the key's changes, no-op deletes included.
+    ``added``: tracked columns a newer reader schema adds (null where a change lacks them).
+    """
+    business = (*BUSINESS, *added)
+    per_key: dict[str, list[tuple[int, int, int, str, dict[str, Any] | None]]] = {}
+    previous: dict[tuple[str, int], tuple[int, str]] = {}
+    for x in sent:  # log order
+        event = x.rec.event
+        if x.rec.reason is not None or event is None:
+            continue
+        p, o = x.coords
+        t = x.rec.ts
+        op: str = event.op
+        if op == "T":
+            before = previous.get((event.cid, p))
+            if before is not None:
+                t = before[0] if before[1] == "D" else max(before[0], t)
+            op = "D"
+        else:
+            previous[(event.cid, p)] = (t, op)
+        per_key.setdefault(event.cid, []).append((t, p, o, op, event.row))
+    tracked = [c for c in business if c not in UNTRACKED]
+    rows: list[dict[str, Any]] = []
+    for cid, events in sorted(per_key.items()):
+        seen: set[tuple[Any, ...]] = set()
+        versions: list[dict[str, Any]] = []
+        current: dict[str, Any] | None = None
+        seq_max = max(e[:3] for e in events)
+        for t, p, o, op, row in sorted(events, key=lambda e: e[:3]):
+            signature = (t, op, json.dumps(row, sort_keys=True))
+            if signature in seen:
+                continue
+            seen.add(signature)
+            seq = (t, p, o)
+            if op == "U":
+                assert row is not None
+                changed = current is None or any(
+                    row.get(c) != current["row"].get(c) for c in tracked
+                )
+                if changed:
+                    if current is not None:
+                        current["close"] = seq
+                    current = {"row": row, "open": seq, "last": seq, "close": None}
+                    versions.append(current)
+                else:
+                    assert current is not None
+                    current["row"], current["last"] = row, seq
+            elif current is not None:
+                current["close"] = seq
+                current = None
+        for v in versions:
+            opened, last, closed = v["open"], v["last"], v["close"]
+            latest = v is versions[-1]
+            rows.append(
+                {
+                    "contact_id": cid,
+                    **{c: v["row"].get(c) for c in business},
+                    "updated_at": _ts(v["row"]["updated_at"]),
+                    "valid_from": _ts(opened[0]),
+                    "valid_to": None if closed is None else _ts(closed[0]),
+                    "is_current": closed is None,
+                    "_source_topic": TOPIC,
+                    "_source_partition": last[1],
+                    "_source_offset": last[2],
+                    "_seq_open": _seq(opened[0], opened[1:]),
+                    "_seq_last": _seq(last[0], last[1:]),
+                    "_seq_close": None if closed is None else _seq(closed[0], closed[1:]),
+                    "_seq_max": _seq(seq_max[0], seq_max[1:]) if latest else None,
+                }
+            )
+    return rows
+
+
+def assert_silver_matches_model(
+    silver: pl.DataFrame | None, sent: Sequence[Sent], added: Sequence[str] = ()
+) -> None:
+    want = model_silver(sent, added)
+    assert silver is not None, "no silver table"
+    columns = list(want[0])
+    assert sorted(silver.columns) == sorted(columns), "silver has other columns than the model"
+    got = silver.select(columns).sort(SILVER_ORDER).to_dicts()
+    want = sorted(want, key=lambda r: (r["contact_id"], r["_seq_open"]))
+    if got != want:
+        got_keys = {(r["contact_id"], r["_seq_open"]): r for r in got}
+        want_keys = {(r["contact_id"], r["_seq_open"]): r for r in want}
+        lines = []
+        for k in sorted(set(got_keys) | set(want_keys)):
+            g, w = got_keys.get(k), want_keys.get(k)
+            if g != w:
+                if g is None or w is None:
+                    lines.append(f"{k}: got {g}, expected {w}")
+                else:
+                    diff = {c: (g[c], w[c]) for c in columns if g[c] != w[c]}
+                    lines.append(f"{k}: (got, expected) {diff}")
+        raise AssertionError("silver differs from the one-pass SCD2 model:\n" + "\n".join(lines))
+
+
+# --------------------------------------------------------------------------- schema drift
+
+
+def writer_schema(
+    schema_id: int, subject: str, change: Callable[[list[dict[str, Any]]], None]
+) -> RegisteredSchema:
+    """The reader schema (crm.contacts-value latest) with its ``Value`` record's fields edited."""
+    doc = copy.deepcopy(registry().latest(VALUE_SUBJECT).schema)
+    value_record = doc["fields"][0]["type"][1]
+    assert value_record["name"] == "Value"
+    change(value_record["fields"])
+    return RegisteredSchema(subject, 1, schema_id, doc)
+
+
+def register(root: Path, schemas: Sequence[RegisteredSchema]) -> None:
+    """Add each schema as version 1 of its own subject in a registry folder (a copy)."""
+    index_path = root / "index.json"
+    index = json.loads(index_path.read_text())
+    for schema in schemas:
+        folder = root / schema.subject
+        folder.mkdir()
+        (folder / "v1.avsc").write_text(json.dumps(schema.schema, indent=2))
+        index["subjects"][schema.subject] = [{"version": 1, "id": schema.schema_id}]
+    index_path.write_text(json.dumps(index, indent=2))
+
+
+def reencode(rec: Rec, schema: RegisteredSchema, edit: Callable[[dict[str, Any]], None]) -> Rec:
+    """The same change written with another writer schema (``edit`` adapts the datum)."""
+    assert rec.datum is not None
+    datum = copy.deepcopy(rec.datum)
+    edit(datum)
+    return replace(rec, value=value_bytes(datum, schema), datum=datum)

@@ -1,0 +1,85 @@
+"""A concurrent writer on the silver Delta table while the pipeline merges into it.
+
+Another process (:mod:`tests.faults._writer`) keeps committing to silver during the run:
+updates of a row the stream never touches and OPTIMIZE compactions that rewrite the files
+the pipeline's MERGE reads. The pipeline must detect a lost commit race, recompute its MERGE
+against the new table state and commit it (same app transaction), so that in the end:
+silver = the clean run's rows + the other writer's row with its last committed value
+(no lost update on either side), and bronze/quarantine equal the clean run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from cdc.broker import EmbeddedBroker
+from cdc.pipelines import table_paths
+from tests.conftest import REPO_ROOT
+from tests.faults._writer import EXT_ID
+from tests.faults.conftest import Reference
+from tests.faults.harness import (
+    PIPELINE,
+    assert_exactly_once,
+    assert_frames_equal,
+    assert_same_tables,
+    base_stream,
+    cdc_run,
+    produce,
+    read_tables,
+    settings,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_concurrent_writer_on_silver_is_retried_without_lost_updates(
+    broker: EmbeddedBroker, reference: Reference, tmp_path: Path
+) -> None:
+    sent = produce(broker.bootstrap, base_stream())
+    s = settings(broker.bootstrap, tmp_path)
+    silver = table_paths(s, s.pipeline(PIPELINE))["silver"]
+    stop, result = tmp_path / "stop-writer", tmp_path / "writer.json"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults._writer", silver, str(stop), str(result)],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run = cdc_run(broker.bootstrap, tmp_path)
+    finally:
+        stop.touch()
+        _, writer_err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, writer_err[-3000:]
+    report = json.loads(result.read_text())
+    assert "error" not in report, report
+
+    assert run.returncode == 0, f"writer: {report}\n{run.stderr[-3000:]}"
+    got = read_tables(s)
+    assert_exactly_once(got, sent)
+    assert_same_tables(got, reference.tables, roles=("bronze", "quarantine"))
+    assert got.silver is not None
+    # The other writer's update survived every pipeline MERGE (and vice versa).
+    theirs = got.silver.filter(pl.col("contact_id") == EXT_ID)
+    assert theirs.get_column("phone").to_list() == [report["last_phone"]], report
+    assert_frames_equal(
+        got.silver.filter(pl.col("contact_id") != EXT_ID),
+        reference.tables.silver,
+        ["contact_id", "_seq_open"],
+        "silver",
+    )
+    # The two writers really interleaved: other commits landed between pipeline merges.
+    history = DeltaTable(silver).history()
+    ours = sorted(h["version"] for h in history if "cdc.app_id" in h)
+    others = [h["version"] for h in history if "cdc.app_id" not in h]
+    assert any(ours[0] < v < ours[-1] for v in others), (ours, others, report)
+    retries = run.stderr.count("retrying")
+    print(f"pipeline commits {ours}, retries logged {retries}; other writer {report}")
+    assert_frames_equal(got.orphans, reference.tables.orphans, ["contact_id"], "orphans")
