@@ -305,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        if not getattr(args, "verbose", False):
+            # py4j logs a foreachBatch failure with its traceback; cdc reports it in one line.
+            logging.getLogger("py4j").setLevel(logging.CRITICAL)
         if args.command == "schemas":
             return _cmd_schemas_check(args)
         return _COMMANDS[args.command](args)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ import polars as pl
 
 from cdc.changes import business_columns, fact_rows, scd2_changes, split_batch
 from cdc.config import PipelineSettings, Settings, parse_duration_seconds
-from cdc.errors import CdcError, CommitConflictError, DataLossError
+from cdc.errors import CdcError, CommitConflictError
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
 from cdc.sinks.delta import DeltaSink, Txn
 from cdc.spark import DATA_SOURCE_NAME
@@ -36,6 +38,7 @@ __all__ = [
     "BatchStats",
     "BatchWriter",
     "PipelineFailedError",
+    "error_line",
     "fault_hook_from_env",
     "read_start_file",
     "run_pipelines",
@@ -134,6 +137,11 @@ def table_paths(settings: Settings, pipeline: PipelineSettings) -> dict[str, str
 
 MAX_COMMIT_ATTEMPTS = 5
 """MERGE attempts per batch when another writer commits to the table in between."""
+
+
+def _backoff(attempt: int) -> None:
+    """Exponential back-off with jitter between MERGE attempts (another writer is busy)."""
+    time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
 
 
 def orphans_path(settings: Settings, pipeline: PipelineSettings) -> str:
@@ -270,9 +278,10 @@ class BatchWriter:
         return stats
 
     def _scd2_spec(self, schema: Any) -> Scd2Spec:
-        if self._spec is None:
-            p = self.pipeline
-            columns = business_columns(schema, p.source_format)
+        p = self.pipeline
+        columns = business_columns(schema, p.source_format)
+        # A new reader version (e.g. an added optional field) changes the columns mid-run.
+        if self._spec is None or self._spec.columns != tuple(c for c in columns if c not in p.keys):
             try:
                 self._spec = Scd2Spec.build(
                     keys=p.keys,
@@ -299,6 +308,8 @@ class BatchWriter:
             existing = sink.read_keys(affected)
             if existing is None:
                 existing = empty_dimension(spec, dict(changes.schema))
+            else:
+                existing = _with_columns_of(existing, changes, spec)
             seen = orphans.read_keys(affected)
             late = late_keys(existing, changes, spec, seen)
             history = self._history(late, spec) if late.height else None
@@ -318,6 +329,7 @@ class BatchWriter:
                     "pipeline %s batch %d: %s; retrying (%d)", self.name, batch_id, exc, attempt
                 )
                 stats.retries += 1
+                _backoff(attempt)
                 continue
             stats.inserted, stats.updated = result.inserted, result.updated
             stats.closed, stats.duplicates = result.closed, result.duplicate_events
@@ -353,10 +365,19 @@ class BatchWriter:
                     raise
                 log.warning("pipeline %s batch %d: %s; retrying", self.name, batch_id, exc)
                 stats.retries += 1
+                _backoff(attempt)
         if outcome.skipped:
             stats.skipped_tables.append("silver")
         stats.inserted = outcome.rows
         stats.duplicates = int(valid.num_rows) - rows.height
+
+
+def _with_columns_of(rows: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
+    """Rows written before the contract gained a column get it as null (schema evolution)."""
+    missing = [c for c in (*spec.keys, *spec.columns) if c not in rows.columns]
+    if not missing:
+        return rows
+    return rows.with_columns(pl.lit(None, dtype=changes.schema[c]).alias(c) for c in missing)
 
 
 def start_query(
@@ -401,11 +422,35 @@ def _query_error(query: StreamingQuery) -> str | None:
     if exc is None:
         return None
     text = str(getattr(exc, "desc", None) or exc)
+    return error_line(text) or repr(exc)
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*(?:[\w$]+\.)*(\w+(?:Error|Exception)): (.+)$")
+
+
+def error_line(text: str) -> str | None:
+    """The line that says what went wrong in a failed query's (Python + JVM) error text.
+
+    Our own errors (``cdc.errors``) win, in their ``Name: message`` form; otherwise the last
+    ``SomethingError: message`` line of the Python traceback, else the first line.
+    """
+    from cdc import errors
+
+    ours = set(errors.__all__)
+    found: list[tuple[str, str]] = []
     for line in text.splitlines():
-        for marker in (DataLossError.__name__, "CdcError", "TableWriteError", "Error:"):
-            if marker in line:
-                return line.strip()
-    return text.strip().splitlines()[0] if text.strip() else repr(exc)
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            found.append((match.group(1), match.group(2).strip()))
+    for name, message in found:
+        if name in ours:
+            return f"{name}: {message}"
+    python = [(n, m) for n, m in found if not n.endswith("Exception")]
+    if python:
+        name, message = python[-1]
+        return f"{name}: {message}"
+    stripped = text.strip()
+    return stripped.splitlines()[0] if stripped else None
 
 
 def run_pipelines(

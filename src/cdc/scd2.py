@@ -249,11 +249,24 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     """Rebuild the events a set of dimension rows stands for (opener, last update, delete)."""
     base = [*spec.keys, *spec.columns]
     flag = pl.lit(False).alias("_tombstone")
+    pseudo, genuine = pl.lit(True).alias("_pseudo"), pl.lit(True).alias("_content_ok")
     opener = rows.select(
-        *base, pl.lit("U").alias("_op"), pl.col("_seq_open").alias("_seq"), "_source_topic", flag
+        *base,
+        pl.lit("U").alias("_op"),
+        pl.col("_seq_open").alias("_seq"),
+        "_source_topic",
+        flag,
+        pseudo,
+        (pl.col("_seq_last") == pl.col("_seq_open")).alias("_content_ok"),
     )
     last = rows.filter(pl.col("_seq_last") != pl.col("_seq_open")).select(
-        *base, pl.lit("U").alias("_op"), pl.col("_seq_last").alias("_seq"), "_source_topic", flag
+        *base,
+        pl.lit("U").alias("_op"),
+        pl.col("_seq_last").alias("_seq"),
+        "_source_topic",
+        flag,
+        pseudo,
+        genuine,
     )
     opened = rows.select(*spec.keys, pl.col("_seq_open").alias("_seq_close"))
     deleted = (
@@ -266,6 +279,8 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
             pl.col("_seq_close").alias("_seq"),
             "_source_topic",
             flag,
+            pseudo,
+            genuine,
         )
     )
     # Deletes that found no current version leave no row; the latest row remembers the last.
@@ -278,8 +293,37 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         pl.col("_seq_max").alias("_seq"),
         "_source_topic",
         flag,
+        pseudo,
+        genuine,
     )
     return pl.concat([opener, last, deleted, noop_delete], how="vertical")
+
+
+def _dedupe(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
+    """Drop duplicate deliveries, keeping the first (known events come first).
+
+    The same Kafka record twice has the same sequence. A producer that re-sends a change (an
+    at-least-once connector after a restart) writes a new record with the same source time,
+    operation and values at a later offset: it sorts right after the original, and is
+    dropped as a copy of the key's preceding event, so it moves neither lineage nor
+    ``_seq_max``. (A change equal to its predecessor at the same source time changes
+    nothing visible either way.) A rebuilt opener carries its row's final values, not the
+    opening change's, so it is never taken as the original of a copy; rebuilt events (the
+    table's own state) are never dropped.
+    """
+    keys = list(spec.keys)
+    if "_pseudo" not in events.columns:
+        events = events.with_columns(_pseudo=pl.lit(False), _content_ok=pl.lit(True))
+    exact = events.unique(subset=[*keys, "_seq"], keep="first", maintain_order=True)
+    ordered = exact.sort([*keys, "_seq"], maintain_order=True).with_columns(
+        pl.col("_seq").str.slice(0, _TS_WIDTH).alias("_seq_ts")
+    )
+    content = [*keys, "_seq_ts", "_op", "_tombstone", *spec.columns]
+    same_as_previous = pl.all_horizontal(
+        [pl.col(c).eq_missing(pl.col(c).shift(1)) for c in content]
+    ).fill_null(False)
+    copies = ~pl.col("_pseudo") & pl.col("_content_ok").shift(1).fill_null(False) & same_as_previous
+    return ordered.filter(~copies).drop("_seq_ts", "_pseudo", "_content_ok")
 
 
 def _latest_rows(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
@@ -467,17 +511,23 @@ def apply_scd2(
         if seen is not None
         else changes.clear()
     )
+    real = {"_pseudo": pl.lit(False), "_content_ok": pl.lit(True)}
+    marks = ["_pseudo", "_content_ok"]
     old_events = pl.concat(
         [
-            _events_from_rows(pl.concat([latest, uncovered]), spec).select(ev_cols),
-            past,
-            orphan_deletes.select(ev_cols),
+            _events_from_rows(pl.concat([latest, uncovered]), spec).select(*ev_cols, *marks),
+            past.with_columns(**real),
+            orphan_deletes.select(ev_cols).with_columns(
+                _pseudo=pl.lit(True), _content_ok=pl.lit(True)
+            ),
         ],
         how="vertical_relaxed",
     )
     # Known events first: an event already applied is a no-op when re-delivered.
-    all_events = _place_tombstones(pl.concat([old_events, changes], how="vertical_relaxed"), spec)
-    all_events = all_events.unique(subset=[*keys, "_seq"], keep="first", maintain_order=True)
+    all_events = _place_tombstones(
+        pl.concat([old_events, changes.with_columns(**real)], how="vertical_relaxed"), spec
+    )
+    all_events = _dedupe(all_events, spec)
     rebuilt = _fold(all_events, spec)
 
     identity = [*keys, "_seq_open"]
@@ -528,5 +578,5 @@ def scd2_from_events(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     """The dimension computed in one pass over ``events`` (the reference for order tests)."""
     keys = list(spec.keys)
     events = _place_tombstones(_with_tombstone_flag(events).select(_event_columns(spec)), spec)
-    deduped = events.unique(subset=[*keys, "_seq"], keep="first", maintain_order=True)
+    deduped = _dedupe(events, spec)
     return _fold(deduped, spec).sort([*keys, "_seq_open"])

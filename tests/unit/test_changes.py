@@ -55,3 +55,19 @@ def test_quarantine_can_be_behind_bronze_after_a_crash_between_their_commits() -
     replay = split.without_landed({"t": {"0": 6}}, {"t": {"0": 3}})
     assert replay.bronze.num_rows == 0
     assert replay.quarantine.column("offset").to_pylist() == [4]
+
+
+def test_error_line_prefers_our_errors_over_traceback_source_lines() -> None:
+    from cdc.pipelines import error_line
+
+    text = """[PYTHON_EXCEPTION] An exception was thrown from the Python worker.
+Traceback (most recent call last):
+  File "/x/reader.py", line 10, in latestOffset
+    raise DataLossError(f"{details}; {_FAIL_HINT}")
+cdc.errors.DataLossError: data loss on t/0: offset 15 is beyond the end 2; set failOnDataLoss=false
+\tat org.apache.spark.sql.Foo.bar(Foo.scala:1)
+org.apache.spark.SparkException: Job aborted"""
+    assert error_line(text) == (
+        "DataLossError: data loss on t/0: offset 15 is beyond the end 2; set failOnDataLoss=false"
+    )
+    assert error_line("Traceback:\n  x\nKeyError: 'a'\norg.apache.X: y") == "KeyError: 'a'"

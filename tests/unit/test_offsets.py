@@ -672,3 +672,29 @@ def test_stream_reader_starting_timestamp_uses_the_brokers_lookup() -> None:
     reader._metadata.by_time = {T0: 12}  # partition 1 has no record at or after the time
     assert reader.initialOffset() == {"orders": {"0": 12, "1": 10}}
     assert reader._metadata.asked == 1_500_000
+
+
+def test_fetch_consumer_prefetches_a_bounded_queue_without_stalling() -> None:
+    # A small prefetch queue is overfilled by one fetch response; librdkafka's default
+    # fetch.queue.backoff.ms (1 s) would then stall the task after every response.
+    configs: list[dict[str, Any]] = []
+
+    def factory(config: dict[str, Any]) -> _FakeConsumer:
+        configs.append(config)
+        return _FakeConsumer(list(range(20)), 0, 20)
+
+    def read(kafka: dict[str, str]) -> list[int]:
+        chunks = fetch_range(
+            kafka,
+            OffsetRange("t", 0, 0, 10),
+            on_data_loss=print,
+            batch_size=4,
+            consumer_factory=factory,
+        )
+        return [message[2] for chunk in chunks for message in chunk]
+
+    assert read({"bootstrap.servers": "x:1"}) == list(range(10))
+    assert configs[-1]["queued.min.messages"] == 4
+    assert configs[-1]["fetch.queue.backoff.ms"] == 10
+    read({"bootstrap.servers": "x:1", "fetch.queue.backoff.ms": "100"})
+    assert configs[-1]["fetch.queue.backoff.ms"] == "100"

@@ -193,6 +193,7 @@ class DeltaSink:
                 predicate=on,
                 source_alias="s",
                 target_alias="t",
+                merge_schema=True,  # a contract version may add (nullable) columns
                 commit_properties=self._props(txn, operation),
                 streamed_exec=False,
             )
