@@ -686,13 +686,13 @@ class TopicDecoder:
         order[slow] = np.arange(len(rows), n)
         return pa.concat_batches([batch, rest]).take(pa.array(order))
 
-    def _readable(self, side: str, frames: _Side, rows: npt.NDArray[np.bool_]) -> Any:
-        """True where the row's schema id has a columnar reader (only looked up in ``rows``)."""
-        ok = np.zeros(len(rows), dtype=np.bool_)
+    def _readable(self, side: str, frames: _Side, among: npt.NDArray[np.bool_]) -> Any:
+        """True where a row in ``among`` has a schema id with a columnar reader."""
+        ok = np.zeros(len(among), dtype=np.bool_)
         ids = frames.schema_id
-        for schema_id in np.unique(ids[rows]).tolist():
+        for schema_id in np.unique(ids[among]).tolist():
             if self._side_plan(side, int(schema_id)).columnar is not None:
-                ok |= rows & (ids == schema_id)
+                ok |= among & (ids == schema_id)
         return ok
 
     def _side_plan(self, side: str, schema_id: int) -> _Plan:

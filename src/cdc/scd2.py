@@ -318,9 +318,14 @@ def _dedupe(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     ordered = exact.sort([*keys, "_seq"], maintain_order=True).with_columns(
         pl.col("_seq").str.slice(0, _TS_WIDTH).alias("_seq_ts")
     )
-    content = [*keys, "_seq_ts", "_op", "_tombstone", *spec.columns]
+    is_delete = pl.col("_op") == "D"
+
+    def value(c: str) -> pl.Expr:  # a delete's values say nothing: compare deletes as equal
+        return pl.when(is_delete).then(None).otherwise(pl.col(c))
+
     same_as_previous = pl.all_horizontal(
-        [pl.col(c).eq_missing(pl.col(c).shift(1)) for c in content]
+        [pl.col(c).eq_missing(pl.col(c).shift(1)) for c in (*keys, "_seq_ts", "_op")]
+        + [value(c).eq_missing(value(c).shift(1)) for c in spec.columns]
     ).fill_null(False)
     copies = ~pl.col("_pseudo") & pl.col("_content_ok").shift(1).fill_null(False) & same_as_previous
     return ordered.filter(~copies).drop("_seq_ts", "_pseudo", "_content_ok")

@@ -83,7 +83,7 @@ def to_log(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return log
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     changes=st.lists(_change, max_size=30),
     data=st.data(),
