@@ -664,10 +664,11 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
 
     Independent of the product's code: events of a key in (source time, partition, offset)
     order; a tombstone takes its predecessor's time in the log (a delete's, or the later of
-    the predecessor's and its own); an exact repeat (same time, op and row) is a no-op; an
-    upsert opens a version after nothing or a delete or when a tracked column changes, else
-    updates the version in place; a delete closes it. ``_seq_max`` (on a key's latest
-    version) is the greatest sequence of the key's changes, no-op deletes included.
+    the predecessor's and its own); a copy (the same time, op and row as the key's preceding
+    change; any two deletes at one time are alike) is a no-op; an upsert opens a version
+    after nothing or a delete or when a tracked column changes, else updates the version in
+    place; a delete closes it. ``_seq_max`` (on a key's latest version) is the greatest
+    sequence of the key's changes that are not copies, no-op deletes included.
     ``added``: tracked columns a newer reader schema adds (null where a change lacks them).
     """
     business = (*BUSINESS, *added)
@@ -691,16 +692,17 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
     tracked = [c for c in business if c not in UNTRACKED]
     rows: list[dict[str, Any]] = []
     for cid, events in sorted(per_key.items()):
-        seen: set[tuple[Any, ...]] = set()
+        preceding: tuple[Any, ...] | None = None
         versions: list[dict[str, Any]] = []
         current: dict[str, Any] | None = None
-        seq_max = max(e[:3] for e in events)
+        seq_max: tuple[int, int, int] | None = None
         for t, p, o, op, row in sorted(events, key=lambda e: e[:3]):
-            signature = (t, op, json.dumps(row, sort_keys=True))
-            if signature in seen:
+            signature = (t, op, None if op == "D" else json.dumps(row, sort_keys=True))
+            if signature == preceding:
                 continue
-            seen.add(signature)
+            preceding = signature
             seq = (t, p, o)
+            seq_max = seq
             if op == "U":
                 assert row is not None
                 changed = current is None or any(
