@@ -26,6 +26,9 @@ _DEFAULT_CONF: dict[str, str] = {
     "spark.python.worker.reuse": "true",
     "spark.sql.streaming.noDataMicroBatches.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
+    # A Python worker forked on a loaded machine may take longer than the 15 s default to
+    # connect back ("Python worker failed to connect back").
+    "spark.python.authenticate.socketTimeout": "60s",
 }
 _LOG4J = Path(__file__).with_name("log4j2.properties")
 
