@@ -22,6 +22,7 @@ to fastavro (:func:`columnar_reader` returns None).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
@@ -135,11 +136,12 @@ def _binary_array(typ: pa.DataType, offsets: _Ints, data: _Bytes, count: int) ->
     )
 
 
-class _Node:
+class _Node(ABC):
     """Reads one schema node for a set of rows."""
 
+    @abstractmethod
     def read(self, c: _Cursor, rows: _Ints, pos: _Ints) -> tuple[pa.Array, _Ints]:
-        raise NotImplementedError
+        """Decode this node for ``rows`` at byte offsets ``pos``: values, new offsets."""
 
 
 class _Null(_Node):
