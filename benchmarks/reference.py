@@ -7,7 +7,8 @@ decoded with fastavro (writer schema by the Confluent id), normalised with
 re-deliveries of an event and keeps the last state per key in sequence order) and merged
 with :class:`cdc.sinks.delta.DeltaSink` — the same functions and writer the pipeline's
 ``foreachBatch`` uses, so the comparison measures the engine, not the merge semantics.
-Unlike the pipeline, it writes no bronze table and checks no contract rules.
+Unlike the pipeline, it writes no bronze table and checks no contract rules. With
+``decoder="columnar"`` it decodes with the pipeline's vectorised decoder instead of fastavro.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from fastavro import schemaless_reader
 
 from cdc.changes import business_columns, scd2_changes
 from cdc.config import PipelineSettings
-from cdc.contracts import avro_to_arrow_type
+from cdc.contracts import TopicContract, TopicDecoder, avro_to_arrow_type
 from cdc.registry import SchemaRegistry
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension
 from cdc.sinks.delta import DeltaSink, Txn
 
-__all__ = ["ReferenceResult", "run_reference"]
+__all__ = ["LiveReference", "ReferenceResult", "run_reference"]
 
 _Record = tuple[int, int, int, bytes, bytes | None]
 """``(partition, offset, timestamp_ms, key, value)``."""
@@ -51,6 +52,10 @@ class ReferenceResult:
     phases: dict[str, float] = field(
         default_factory=lambda: {"consume": 0.0, "decode": 0.0, "scd2": 0.0, "merge": 0.0}
     )
+    batch_ends: list[tuple[int, float]] = field(default_factory=list)
+    """``(records, time.perf_counter() after its MERGE)`` per batch (steady-state rates)."""
+    visible: list[tuple[dict[int, int], float]] = field(default_factory=list)
+    """``({partition: end offset}, time.time() after its MERGE)`` per batch (latency)."""
 
 
 class _Decoder:
@@ -88,6 +93,108 @@ class _Decoder:
         )
 
 
+class _ColumnarDecoder:
+    """The pipeline's own decoder (:class:`cdc.contracts.TopicDecoder`, columnar), no rules."""
+
+    def __init__(
+        self, registry: SchemaRegistry, topic: str, key_subject: str, value_subject: str
+    ) -> None:
+        self.decoder = TopicDecoder(
+            registry, TopicContract(topic, key_subject, value_subject, kind="envelope")
+        )
+
+    def table(self, topic: str, records: list[_Record]) -> pa.Table:
+        batch = self.decoder.decode_batch([(topic, *record) for record in records])
+        return pa.Table.from_batches([batch]).select(
+            ["topic", "partition", "offset", "timestamp", "key", "value"]
+        )
+
+
+class _Merger:
+    """One micro-batch at a time: decode -> normalise -> fold -> MERGE, timed per phase."""
+
+    def __init__(
+        self,
+        topic: str,
+        silver_uri: str,
+        pipeline: PipelineSettings,
+        registry: SchemaRegistry,
+        key_subject: str,
+        value_subject: str,
+        result: ReferenceResult,
+        decoder: str = "fastavro",
+    ) -> None:
+        self.topic = topic
+        self.pipeline = pipeline
+        self.decoder: _Decoder | _ColumnarDecoder = (
+            _ColumnarDecoder(registry, topic, key_subject, value_subject)
+            if decoder == "columnar"
+            else _Decoder(registry, key_subject, value_subject)
+        )
+        self.sink = DeltaSink(silver_uri)
+        self.spec: Scd2Spec | None = None
+        self.result = result
+
+    def merge(self, records: list[_Record]) -> None:
+        pipeline, result = self.pipeline, self.result
+        t0 = time.perf_counter()
+        table = self.decoder.table(self.topic, records)
+        t1 = time.perf_counter()
+        if self.spec is None:
+            self.spec = Scd2Spec.build(
+                keys=pipeline.keys,
+                columns=business_columns(table.schema, pipeline.source_format),
+                track_history=pipeline.track_history,
+                track_history_except=pipeline.track_history_except,
+            )
+        spec = self.spec
+        changes = scd2_changes(table, spec, pipeline.source_format, pipeline.sequence_by)
+        t2 = time.perf_counter()
+        existing = self.sink.read_keys(changes.select(list(spec.keys)).unique())
+        if existing is None:
+            existing = empty_dimension(spec, dict(changes.schema))
+        t3 = time.perf_counter()
+        scd2 = apply_scd2(existing, changes, spec)
+        t4 = time.perf_counter()
+        self.sink.merge_scd2(
+            scd2, list(spec.keys), Txn("cdc-bench/reference/silver", result.batches)
+        )
+        t5 = time.perf_counter()
+        result.phases["decode"] += t1 - t0
+        result.phases["scd2"] += (t2 - t1) + (t4 - t3)  # normalise + fold
+        result.phases["merge"] += (t3 - t2) + (t5 - t4)  # read the keys' rows + MERGE
+        result.batches += 1
+        result.events += len(records)
+        result.batch_ends.append((len(records), t5))
+        ends: dict[int, int] = {}
+        for partition, offset, *_ in records:
+            ends[partition] = max(ends.get(partition, 0), offset + 1)
+        result.visible.append((ends, time.time()))
+
+
+def _consumer(bootstrap: str, topic: str) -> Any:
+    from confluent_kafka import Consumer
+
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"cdc-bench-reference-{topic}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+        }
+    )
+
+
+def _append(messages: list[Any], pending: list[_Record], positions: dict[int, int]) -> None:
+    for message in messages:
+        if message.error() is not None:
+            raise RuntimeError(f"reference consumer: {message.error()}")
+        partition, offset, key = message.partition(), message.offset(), message.key()
+        assert partition is not None and offset is not None and key is not None
+        positions[partition] = offset + 1
+        pending.append((partition, offset, message.timestamp()[1], key, message.value()))
+
+
 def run_reference(
     bootstrap: str,
     topic: str,
@@ -98,6 +205,7 @@ def run_reference(
     key_subject: str = "crm.contacts-key",
     value_subject: str = "crm.contacts-value",
     fetch_size: int = 10_000,
+    decoder: str = "fastavro",
 ) -> ReferenceResult:
     """Drain ``topic`` into the SCD2 table at ``silver_uri`` in one process.
 
@@ -111,6 +219,9 @@ def run_reference(
         key_subject: registry subject of the keys (its latest version is the Arrow layout).
         value_subject: registry subject of the values (likewise).
         fetch_size: most records per ``consume()`` call.
+        decoder: ``fastavro`` (the reference as specified: one ``schemaless_reader`` call
+            per key and value) or ``columnar`` (the pipeline's vectorised decoder, to
+            compare the engines with the same decoding on both sides).
 
     Returns:
         Counts and timings.
@@ -118,18 +229,11 @@ def run_reference(
     Raises:
         RuntimeError: the consumer reported an error.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     result = ReferenceResult()
     started = time.perf_counter()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"cdc-bench-reference-{topic}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-        }
-    )
+    consumer = _consumer(bootstrap, topic)
     metadata = consumer.list_topics(topic, timeout=10)
     partitions = sorted(metadata.topics[topic].partitions)
     ends = {
@@ -138,57 +242,77 @@ def run_reference(
     }
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     positions = dict.fromkeys(partitions, 0)
-    decoder = _Decoder(registry, key_subject, value_subject)
-    sink = DeltaSink(silver_uri)
-    spec: Scd2Spec | None = None
+    merger = _Merger(
+        topic, silver_uri, pipeline, registry, key_subject, value_subject, result, decoder
+    )
     pending: list[_Record] = []
-
-    def merge(records: list[_Record]) -> None:
-        nonlocal spec
-        t0 = time.perf_counter()
-        table = decoder.table(topic, records)
-        t1 = time.perf_counter()
-        if spec is None:
-            spec = Scd2Spec.build(
-                keys=pipeline.keys,
-                columns=business_columns(table.schema, pipeline.source_format),
-                track_history=pipeline.track_history,
-                track_history_except=pipeline.track_history_except,
-            )
-        changes = scd2_changes(table, spec, pipeline.source_format, pipeline.sequence_by)
-        t2 = time.perf_counter()
-        existing = sink.read_keys(changes.select(list(spec.keys)).unique())
-        if existing is None:
-            existing = empty_dimension(spec, dict(changes.schema))
-        t3 = time.perf_counter()
-        scd2 = apply_scd2(existing, changes, spec)
-        t4 = time.perf_counter()
-        sink.merge_scd2(scd2, list(spec.keys), Txn("cdc-bench/reference/silver", result.batches))
-        t5 = time.perf_counter()
-        result.phases["decode"] += t1 - t0
-        result.phases["scd2"] += (t2 - t1) + (t4 - t3)  # normalise + fold
-        result.phases["merge"] += (t3 - t2) + (t5 - t4)  # read the keys' rows + MERGE
-        result.batches += 1
-        result.events += len(records)
-
     try:
         while any(positions[p] < ends[p] for p in partitions):
             t0 = time.perf_counter()
-            messages = consumer.consume(num_messages=fetch_size, timeout=1.0)
-            for message in messages:
-                if message.error() is not None:
-                    raise RuntimeError(f"reference consumer: {message.error()}")
-                partition, offset, key = message.partition(), message.offset(), message.key()
-                assert partition is not None and offset is not None and key is not None
-                positions[partition] = offset + 1
-                pending.append((partition, offset, message.timestamp()[1], key, message.value()))
+            _append(consumer.consume(num_messages=fetch_size, timeout=1.0), pending, positions)
             result.phases["consume"] += time.perf_counter() - t0
             while len(pending) >= batch_size:
-                merge(pending[:batch_size])
+                merger.merge(pending[:batch_size])
                 del pending[:batch_size]
         if pending:
-            merge(pending)
+            merger.merge(pending)
     finally:
         consumer.close()
     result.seconds = time.perf_counter() - started
     return result
+
+
+class LiveReference:
+    """The reference as a live consumer: every ``trigger_s``, merge what arrived (latency mode).
+
+    Run :meth:`run` in a thread; :meth:`stop` ends it after the current batch.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        silver_uri: str,
+        pipeline: PipelineSettings,
+        registry: SchemaRegistry,
+        trigger_s: float = 1.0,
+        key_subject: str = "crm.contacts-key",
+        value_subject: str = "crm.contacts-value",
+    ) -> None:
+        self.result = ReferenceResult()
+        self._bootstrap, self._topic, self._trigger_s = bootstrap, topic, trigger_s
+        self._merger = _Merger(
+            topic, silver_uri, pipeline, registry, key_subject, value_subject, self.result
+        )
+        self._stopping = False
+        self.error: BaseException | None = None
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in progress."""
+        self._stopping = True
+
+    def run(self) -> None:
+        """Consume from the beginning and merge once per trigger until stopped."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        consumer = _consumer(self._bootstrap, self._topic)
+        try:
+            metadata = consumer.list_topics(self._topic, timeout=10)
+            partitions = sorted(metadata.topics[self._topic].partitions)
+            consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
+            positions = dict.fromkeys(partitions, 0)
+            pending: list[_Record] = []
+            next_trigger = time.monotonic() + self._trigger_s
+            while not self._stopping:
+                wait = max(0.0, next_trigger - time.monotonic())
+                _append(consumer.consume(num_messages=10_000, timeout=wait), pending, positions)
+                if time.monotonic() >= next_trigger:
+                    next_trigger += self._trigger_s
+                    if pending:
+                        self._merger.merge(pending)
+                        pending = []
+                    next_trigger = max(next_trigger, time.monotonic())
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+        finally:
+            consumer.close()

@@ -1,30 +1,48 @@
-"""``make bench``: the Spark pipeline vs. a single-process reference on the same topic.
+"""``make bench``: the Spark pipeline vs. a single-process reference, measured side by side.
 
-    python -m benchmarks.run [--events N] [--keys K] [--batch B] [--partitions P] [--quick]
+    python -m benchmarks.run [--modes throughput,steady,latency,memory,scaling]
+                             [--events N] [--keys K] [--batch B] [--partitions P] [--full]
 
-Starts an embedded Tansu broker, produces N Debezium contact envelopes over K keys to a
-fresh topic (:mod:`benchmarks.events`), then drains that topic twice into fresh SCD2
-tables: once with the reference (:mod:`benchmarks.reference`: one process, confluent-kafka
-→ fastavro → ``apply_scd2`` → delta-rs MERGE, micro-batches of B records) and once with
-the pipeline (``cdc.pipelines.run_pipelines`` on ``crm_contacts`` with
-``maxRecordsPerTrigger`` = B, available-now). The Spark run is timed warm: a small warm-up
-run on its own topic and tables starts the JVM and the Python workers first. Both silver
-tables must hold the same rows, or the numbers are not printed as a result.
+Starts an embedded Tansu broker and produces N Debezium contact envelopes over K keys
+(:mod:`benchmarks.events`). Every mode runs the pipeline (``cdc.pipelines`` on
+``crm_contacts``, the Spark session warmed by a small run first) and the reference
+(:mod:`benchmarks.reference`: one process, confluent-kafka → fastavro → ``apply_scd2`` →
+delta-rs MERGE, no bronze) on the same data in the same run, and prints the pipeline's figure
+next to the reference's:
 
-Prints events/s of both and the ratio pipeline/reference, and writes the same figures to
-``benchmarks/results/latest.json``.
+* ``throughput``: drain the topic (available-now, batches of B); events/s and the ratio.
+  The two silver tables must be identical, or the run fails.
+* ``steady``: a running query (processing-time trigger 0 ms, driver and workers warm)
+  drains the topic; events/s after the first ``--warmup-batches`` batches, against the
+  reference's rate over the same batches.
+* ``latency``: a producer sends ``--rate`` events/s for ``--seconds`` to a fresh topic while
+  the query runs with a ``--trigger`` trigger; per event, delivery-report time → end of the
+  silver MERGE that made it visible; p50/p99/max for the pipeline and for the reference run
+  as a live consumer with the same trigger.
+* ``memory``: peak RSS of the driver (Python and JVM) and of the Spark Python workers while
+  draining two backlogs (``--memory-events``) with maxRecordsPerTrigger B: bounded memory
+  means the larger backlog's peaks equal the smaller one's.
+* ``scaling``: events/s at two sizes (``--scaling-events``), and the driver's merge cost per
+  batch (same batch, same keys) against dimensions of ``--dimension-keys`` keys: it must grow
+  with the batch's keys, not with the table.
+
+The default is a CI-sized run of every mode (a few minutes); ``--full`` uses the sizes of
+the performance issue (docs/performance.md). Writes ``benchmarks/results/latest.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -33,20 +51,61 @@ from typing import Any
 
 import polars as pl
 
-from benchmarks.events import ProduceStats, produce_events
-from benchmarks.reference import ReferenceResult, run_reference
+from benchmarks.events import encode_events, produce_events
+from benchmarks.live import (
+    RateProducer,
+    latencies,
+    percentile,
+    run_query_until,
+    steady_rate,
+)
+from benchmarks.procmem import RssSampler
+from benchmarks.reference import LiveReference, ReferenceResult, run_reference
 from cdc.config import Settings, load_settings
 from cdc.registry import FileRegistry
 
-__all__ = ["main"]
+__all__ = ["compare_tables", "main", "write_contracts"]
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "latest.json"
 PIPELINE = "crm_contacts"
 DELTA_WRITER = "delta-rs merge on driver"
-QUICK = {"events": 20_000, "keys": 2_000, "batch": 5_000}
-DEFAULTS = {"events": 200_000, "keys": 20_000, "batch": 50_000}
+MODES = ("throughput", "steady", "latency", "memory", "scaling")
 WARMUP_EVENTS = 5_000
+
+CI: dict[str, Any] = {
+    "events": 200_000,
+    "keys": 20_000,
+    "batch": 50_000,
+    "rate": 1_000,
+    "seconds": 20,
+    "memory_events": (50_000, 200_000),
+    "scaling_events": (50_000, 200_000),
+    "dimension_keys": (10_000, 200_000),
+    "merge_batch": 10_000,
+}
+FULL: dict[str, Any] = {
+    "events": 1_000_000,
+    "keys": 100_000,
+    "batch": 50_000,
+    "rate": 2_000,
+    "seconds": 120,
+    "memory_events": (250_000, 1_000_000),
+    "scaling_events": (100_000, 1_000_000),
+    "dimension_keys": (10_000, 1_000_000),
+    "merge_batch": 10_000,
+}
+QUICK: dict[str, Any] = {
+    **CI,
+    "events": 20_000,
+    "keys": 2_000,
+    "batch": 5_000,
+    "seconds": 10,
+    "memory_events": (5_000, 20_000),
+    "scaling_events": (5_000, 20_000),
+    "dimension_keys": (2_000, 20_000),
+    "merge_batch": 1_000,
+}
 
 log = logging.getLogger("benchmarks")
 
@@ -64,24 +123,6 @@ def write_contracts(path: Path, topics: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(contracts, sort_keys=True), encoding="utf-8")
     return path
-
-
-def _settings(bootstrap: str, root: Path, topic: str, batch: int, contracts: Path) -> Settings:
-    return load_settings(
-        "local",
-        overrides=[
-            f"kafka.bootstrap_servers={bootstrap}",
-            f"registry.contracts={contracts}",
-            "kafka.embedded=false",
-            f"lake.root={root / 'lake'}",
-            f"checkpoints.root={root / 'checkpoints'}",
-            f"pipelines.{PIPELINE}.topic={topic}",
-            f"defaults.max_records_per_trigger={batch}",
-            "metrics.enabled=false",
-        ],
-        config_dir=REPO / "config",
-        environ={},
-    )
 
 
 def _silver(settings: Settings) -> str:
@@ -133,30 +174,452 @@ def compare_tables(
     }
 
 
-def _run_spark(settings: Settings, warmup: Settings) -> tuple[float, int, list[dict[str, Any]]]:
-    """Warm up on ``warmup``, then time ``run_pipelines`` on ``settings``."""
-    from cdc.pipelines import BatchStats, run_pipelines
-    from cdc.spark import build_session
+def _rate(events: int, seconds: float) -> float:
+    return events / seconds if seconds > 0 else float("nan")
 
-    conf = {**settings.spark.conf, "spark.ui.showConsoleProgress": "false"}
-    spark = build_session(app_name="cdc-bench", master=settings.spark.master, conf=conf)
-    run_pipelines(spark, warmup, [PIPELINE], available_now=True)
-    batches: list[dict[str, Any]] = []
 
-    def on_batch(name: str, stats: BatchStats) -> None:
-        batches.append(
-            {
-                "batch_id": stats.batch_id,
-                "rows": stats.input_rows,
-                "seconds": round(stats.seconds, 3),
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+class Bench:
+    """One benchmark run: the broker, the Spark session and the results, shared by the modes."""
+
+    def __init__(self, bootstrap: str, workdir: Path, args: argparse.Namespace) -> None:
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.args = args
+        self.registry = FileRegistry.load(REPO / "schemas" / "avro")
+        self.contracts = workdir / "contracts.yaml"
+        self.topics: dict[int, str] = {}
+        self.report: dict[str, Any] = {}
+        self._contract_topics: set[str] = set()
+        self._spark: Any = None
+        self._runs = 0
+
+    # ---------------------------------------------------------------- shared helpers
+
+    def register(self, topic: str) -> str:
+        """Give ``topic`` the contact contract (the contracts file is rewritten)."""
+        if topic not in self._contract_topics:
+            self._contract_topics.add(topic)
+            write_contracts(self.contracts, sorted(self._contract_topics))
+        return topic
+
+    def topic(self, events: int) -> str:
+        """A topic holding ``events`` envelopes over ``--keys`` keys (produced once)."""
+        if events not in self.topics:
+            name = self.register(f"bench.contacts.{events}")
+            stats = produce_events(
+                self.bootstrap, name, events, self.args.keys, self.args.partitions, self.registry
+            )
+            print(
+                f"produced {events:,} events to {name} in {stats.produce_seconds:.1f}s "
+                f"(encoded in {stats.encode_seconds:.1f}s)",
+                file=sys.stderr,
+            )
+            self.topics[events] = name
+            self.report.setdefault("produce", {})[str(events)] = {
+                **asdict(stats),
+                "events_per_s": _rate(events, stats.produce_seconds),
             }
-        )
+        return self.topics[events]
 
-    started = time.perf_counter()
-    run_pipelines(spark, settings, [PIPELINE], available_now=True, on_batch=on_batch)
-    seconds = time.perf_counter() - started
-    parallelism = int(spark.sparkContext.defaultParallelism)
-    return seconds, parallelism, batches
+    def settings(
+        self, topic: str, batch: int | None = None, trigger: str | None = None
+    ) -> Settings:
+        """Fresh tables and checkpoint for one run of the pipeline on ``topic``."""
+        self._runs += 1
+        root = self.workdir / f"run{self._runs}"
+        overrides = [
+            f"kafka.bootstrap_servers={self.bootstrap}",
+            f"registry.contracts={self.contracts}",
+            "kafka.embedded=false",
+            f"lake.root={root / 'lake'}",
+            f"checkpoints.root={root / 'checkpoints'}",
+            f"pipelines.{PIPELINE}.topic={topic}",
+            f"defaults.max_records_per_trigger={batch or self.args.batch}",
+            "metrics.enabled=false",
+        ]
+        if trigger is not None:
+            overrides.append(f"spark.trigger_interval={trigger}")
+        return load_settings("local", overrides=overrides, config_dir=REPO / "config", environ={})
+
+    def spark(self) -> Any:
+        """The session, warmed by an available-now run on a small topic of its own."""
+        if self._spark is None:
+            from cdc.pipelines import run_pipelines
+            from cdc.spark import build_session
+
+            warm = self.register("bench.contacts.warmup")
+            produce_events(
+                self.bootstrap,
+                warm,
+                WARMUP_EVENTS,
+                WARMUP_EVENTS // 10,
+                self.args.partitions,
+                self.registry,
+            )
+            settings = self.settings(warm)
+            conf = {**settings.spark.conf, "spark.ui.showConsoleProgress": "false"}
+            self._spark = build_session(
+                app_name="cdc-bench", master=settings.spark.master, conf=conf
+            )
+            print("pipeline warm-up ...", file=sys.stderr)
+            run_pipelines(self._spark, settings, [PIPELINE], available_now=True)
+        return self._spark
+
+    def reference(
+        self, topic: str, batch: int | None = None, decoder: str = "fastavro"
+    ) -> tuple[ReferenceResult, str]:
+        """Run the reference on ``topic``; returns its result and its silver table."""
+        self._runs += 1
+        silver = str(self.workdir / f"run{self._runs}" / "reference" / "dim_contact")
+        settings = self.settings(topic)
+        result = run_reference(
+            self.bootstrap,
+            topic,
+            silver,
+            settings.pipeline(PIPELINE),
+            self.registry,
+            batch or self.args.batch,
+            decoder=decoder,
+        )
+        return result, silver
+
+    def drain(self, settings: Settings) -> tuple[float, list[dict[str, Any]]]:
+        """Run the pipeline available-now on ``settings``: (seconds, batches)."""
+        from cdc.pipelines import BatchStats, run_pipelines
+
+        spark = self.spark()
+        batches: list[dict[str, Any]] = []
+
+        def on_batch(name: str, stats: BatchStats) -> None:
+            batches.append(
+                {"batch_id": stats.batch_id, "rows": stats.input_rows, "seconds": stats.seconds}
+            )
+
+        started = time.perf_counter()
+        run_pipelines(spark, settings, [PIPELINE], available_now=True, on_batch=on_batch)
+        return time.perf_counter() - started, batches
+
+    # ---------------------------------------------------------------- modes
+
+    def throughput(self, events: int) -> dict[str, Any]:
+        """Available-now drain of ``events``: pipeline vs reference, tables compared."""
+        topic = self.topic(events)
+        self.spark()
+        load = _load()
+        print(f"throughput {events:,}: reference ...", file=sys.stderr)
+        ref, ref_silver = self.reference(topic)
+        if ref.events != events:
+            raise RuntimeError(f"the reference read {ref.events} events, expected {events}")
+        print(f"throughput {events:,}: reference, columnar decode ...", file=sys.stderr)
+        columnar, columnar_silver = self.reference(topic, decoder="columnar")
+        print(f"throughput {events:,}: pipeline ...", file=sys.stderr)
+        settings = self.settings(topic)
+        seconds, batches = self.drain(settings)
+        rows = sum(b["rows"] for b in batches)
+        keys = list(settings.pipeline(PIPELINE).keys)
+        verified = compare_tables(_read(ref_silver), _read(_silver(settings)), keys)
+        verified["pipeline_input_rows"] = rows
+        same = compare_tables(_read(ref_silver), _read(columnar_silver), keys)
+        verified["reference_decoders_agree"] = same["all_versions_equal"]
+        in_batches = sum(b["seconds"] for b in batches)
+        run = {
+            "events": events,
+            "load_average_1m": load,
+            "reference": {
+                "seconds": ref.seconds,
+                "events_per_s": _rate(events, ref.seconds),
+                "batches": ref.batches,
+                "phases": {k: round(v, 3) for k, v in ref.phases.items()},
+            },
+            "reference_columnar": {
+                "seconds": columnar.seconds,
+                "events_per_s": _rate(events, columnar.seconds),
+                "phases": {k: round(v, 3) for k, v in columnar.phases.items()},
+            },
+            "ratio_to_reference_columnar": _ratio(
+                _rate(events, seconds), _rate(events, columnar.seconds)
+            ),
+            "pipeline": {
+                "seconds": seconds,
+                "events_per_s": _rate(events, seconds),
+                "in_foreach_batch_seconds": in_batches,
+                "batches": batches,
+                "input_rows": rows,
+            },
+            "ratio": _ratio(_rate(events, seconds), _rate(events, ref.seconds)),
+            "verified": verified,
+            "ok": bool(
+                verified["all_versions_equal"]
+                and verified["reference_decoders_agree"]
+                and rows == events
+            ),
+        }
+        self.report.setdefault("throughput_runs", []).append(run)
+        return run
+
+    def steady(self, events: int, warmup_batches: int) -> dict[str, Any]:
+        """A running query drains ``events``; the rate after ``warmup_batches`` batches."""
+        topic = self.topic(events)
+        spark = self.spark()
+        warm_rows = min(events - 1, warmup_batches * self.args.batch)
+        load = _load()
+        print(f"steady {events:,}: pipeline (trigger 0 ms) ...", file=sys.stderr)
+        settings = self.settings(topic, trigger="0 ms")
+        batches = run_query_until(
+            spark,
+            settings,
+            PIPELINE,
+            lambda done: sum(b.rows for b in done) >= events,
+            timeout_s=max(300.0, events / 1000),
+        )
+        rate, rows, seconds = steady_rate([(b.rows, b.ended) for b in batches], warm_rows)
+        print(f"steady {events:,}: reference ...", file=sys.stderr)
+        ref, _ = self.reference(topic)
+        ref_rate, ref_rows, ref_seconds = steady_rate(ref.batch_ends, warm_rows)
+        return {
+            "events": events,
+            "warmup_rows": warm_rows,
+            "load_average_1m": load,
+            "pipeline": {
+                "events_per_s": rate,
+                "rows": rows,
+                "seconds": seconds,
+                "batch_seconds": [round(b.seconds, 3) for b in batches],
+                "between_batches_seconds": _gaps(batches),
+            },
+            "reference": {"events_per_s": ref_rate, "rows": ref_rows, "seconds": ref_seconds},
+            "ratio": _ratio(rate, ref_rate),
+        }
+
+    def latency(self, rate: int, seconds: int, trigger: str, skip_s: float) -> dict[str, Any]:
+        """Live producer at ``rate``/s: event commit → visible in silver, both engines."""
+        from cdc.config import parse_duration_seconds
+        from cdc.kafka_admin import ensure_topic
+
+        spark = self.spark()
+        count = rate * seconds
+        events = list(encode_events(count, self.args.keys, self.args.partitions, self.registry))
+        skip = int(rate * skip_s)
+        out: dict[str, Any] = {
+            "rate": rate,
+            "seconds": seconds,
+            "trigger": trigger,
+            "skipped_first_events": skip,
+            "load_average_1m": _load(),
+        }
+
+        # Pipeline.
+        topic = self.register("bench.latency.pipeline")
+        ensure_topic(self.bootstrap, topic, self.args.partitions)
+        settings = self.settings(topic, trigger=trigger)
+        producer = RateProducer(self.bootstrap, topic, events, rate)
+        thread = threading.Thread(target=producer.run, name="rate-producer", daemon=True)
+        print(f"latency: pipeline, {rate:,} ev/s for {seconds}s ...", file=sys.stderr)
+
+        def covered(batches: list[Any]) -> bool:
+            if thread.is_alive() or len(producer.delivered) < count:
+                return False
+            ends = batches[-1].ends
+            need: dict[int, int] = {}
+            for partition, offset, _ in producer.delivered:
+                need[partition] = max(need.get(partition, 0), offset + 1)
+            return all(ends.get(p, 0) >= o for p, o in need.items())
+
+        batches = run_query_until(
+            spark, settings, PIPELINE, covered, timeout_s=seconds + 180, on_start=thread.start
+        )
+        thread.join()
+        visible = [(b.ends, b.visible_at) for b in batches]
+        lat, missing = latencies(producer.delivered[skip:], visible)
+        out["pipeline"] = _latency_summary(lat, missing, producer)
+        out["pipeline"]["batches"] = len(batches)
+        out["pipeline"]["mean_batch_seconds"] = statistics.fmean(b.seconds for b in batches)
+
+        # Reference, as a live consumer with the same trigger.
+        topic = self.register("bench.latency.reference")
+        ensure_topic(self.bootstrap, topic, self.args.partitions)
+        self._runs += 1
+        live = LiveReference(
+            self.bootstrap,
+            topic,
+            str(self.workdir / f"run{self._runs}" / "reference" / "dim_contact"),
+            settings.pipeline(PIPELINE),
+            self.registry,
+            trigger_s=parse_duration_seconds(trigger),
+        )
+        producer = RateProducer(self.bootstrap, topic, events, rate)
+        print(f"latency: reference, {rate:,} ev/s for {seconds}s ...", file=sys.stderr)
+        consumer = threading.Thread(target=live.run, name="live-reference", daemon=True)
+        consumer.start()
+        producer.run()
+        deadline = time.monotonic() + 120
+        need: dict[int, int] = {}
+        for partition, offset, _ in producer.delivered:
+            need[partition] = max(need.get(partition, 0), offset + 1)
+        while time.monotonic() < deadline and live.error is None:
+            seen: dict[int, int] = {}
+            for ends, _ in list(live.result.visible):
+                for p, o in ends.items():
+                    seen[p] = max(seen.get(p, 0), o)
+            if all(seen.get(p, 0) >= o for p, o in need.items()):
+                break
+            time.sleep(0.2)
+        live.stop()
+        consumer.join(30)
+        if live.error is not None:
+            raise RuntimeError(f"live reference failed: {live.error}") from live.error
+        lat, missing = latencies(producer.delivered[skip:], live.result.visible)
+        out["reference"] = _latency_summary(lat, missing, producer)
+        out["reference"]["batches"] = live.result.batches
+        return out
+
+    def memory(self, sizes: tuple[int, ...]) -> dict[str, Any]:
+        """Peak RSS while draining each backlog, pipeline and reference."""
+        self.spark()
+        out: dict[str, Any] = {"batch": self.args.batch, "load_average_1m": _load(), "runs": []}
+        for events in sizes:
+            topic = self.topic(events)
+            print(f"memory {events:,}: pipeline ...", file=sys.stderr)
+            settings = self.settings(topic)
+            with RssSampler() as pipeline_rss:
+                seconds, _ = self.drain(settings)
+            print(f"memory {events:,}: reference ...", file=sys.stderr)
+            with RssSampler() as reference_rss:
+                self.reference(topic)
+            out["runs"].append(
+                {
+                    "events": events,
+                    "pipeline_seconds": seconds,
+                    "pipeline": asdict(pipeline_rss.peaks),
+                    "reference": asdict(reference_rss.peaks),
+                }
+            )
+        return out
+
+    def scaling(
+        self, sizes: tuple[int, ...], dimensions: tuple[int, ...], merge_batch: int
+    ) -> dict[str, Any]:
+        """Events/s at each size; merge cost per batch against each dimension size."""
+        out: dict[str, Any] = {"load_average_1m": _load(), "sizes": [], "merge": []}
+        done = {r["events"]: r for r in self.report.get("throughput_runs", [])}
+        for events in sizes:
+            run = done.get(events) or self.throughput(events)
+            out["sizes"].append(
+                {
+                    "events": events,
+                    "pipeline_events_per_s": run["pipeline"]["events_per_s"],
+                    "reference_events_per_s": run["reference"]["events_per_s"],
+                    "ratio": run["ratio"],
+                    "ok": run["ok"],
+                }
+            )
+        for keys in dimensions:
+            print(f"scaling: merge into a {keys:,}-key dimension ...", file=sys.stderr)
+            out["merge"].append(self._merge_cost(keys, merge_batch))
+        return out
+
+    def _merge_cost(self, keys: int, batch: int, repeats: int = 3) -> dict[str, Any]:
+        """Driver-side cost of one batch of ``batch`` updates against ``keys`` current rows.
+
+        No Spark: the decoded batch goes straight to the pipeline's ``BatchWriter.process``
+        (bronze append, normalise, read the batch's keys, fold, MERGE), as ``foreachBatch``
+        would run it. The dimension is loaded first with one create per key.
+        """
+        from cdc.contracts import TopicDecoder, load_contracts
+        from cdc.pipelines import BatchWriter
+
+        topic = self.register(f"bench.merge.{keys}")
+        contract = load_contracts(self.contracts)[topic]
+        decoder = TopicDecoder(self.registry, contract)
+        settings = self.settings(topic)
+        writer = BatchWriter(
+            PIPELINE,
+            settings.pipeline(PIPELINE),
+            settings,
+            settings.checkpoint_path(PIPELINE),
+        )
+        phases: dict[str, list[float]] = {"read_keys": [], "merge": [], "bronze": [], "total": []}
+        timings: dict[str, float] = {}
+        for role, method, name in (
+            ("silver", "read_keys", "read_keys"),
+            ("silver", "merge_scd2", "merge"),
+            ("bronze", "append", "bronze"),
+        ):
+            sink = writer.sinks[role]
+            _time_method(sink, method, name, timings)
+        encoded = encode_events(keys + repeats * batch, keys, 1, self.registry)
+        chunk: list[Any] = []
+        batch_id = 0
+        t_load = 0.0
+        for offset, (_, key, value) in enumerate(encoded):
+            chunk.append((topic, 0, offset, 1_700_000_000_000 + offset, key, value))
+            if len(chunk) == (keys if batch_id == 0 else batch):
+                table = decoder.decode_batch(chunk)
+                timings.clear()
+                started = time.perf_counter()
+                writer.process(table, batch_id, datetime.now(UTC))
+                elapsed = time.perf_counter() - started
+                if batch_id == 0:
+                    t_load = elapsed
+                else:
+                    phases["total"].append(elapsed)
+                    for name in ("read_keys", "merge", "bronze"):
+                        phases[name].append(timings.get(name, 0.0))
+                batch_id += 1
+                chunk = []
+        silver = writer.sinks["silver"].table()
+        assert silver is not None
+        files = silver.get_add_actions(flatten=True)
+        return {
+            "dimension_keys": keys,
+            "batch_events": batch,
+            "load_seconds": t_load,
+            "silver_files": files.num_rows,
+            "silver_bytes": int(sum(files.column("size_bytes").to_pylist())),
+            **{f"{k}_seconds": statistics.median(v) for k, v in phases.items()},
+        }
+
+
+def _time_method(owner: Any, method: str, name: str, timings: dict[str, float]) -> None:
+    inner = getattr(owner, method)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+
+    setattr(owner, method, timed)
+
+
+def _gaps(batches: list[Any]) -> float:
+    """Mean seconds between one batch's end and the next one's start (query overhead)."""
+    gaps = [
+        (later.ended - later.seconds) - earlier.ended
+        for earlier, later in itertools.pairwise(batches)
+    ]
+    return statistics.fmean(gaps) if gaps else float("nan")
+
+
+def _latency_summary(lat: list[float], missing: int, producer: RateProducer) -> dict[str, Any]:
+    return {
+        "events": len(lat),
+        "not_visible": missing,
+        "delivery_failures": len(producer.failures),
+        "produce_seconds": producer.sent_seconds,
+        "p50_s": percentile(lat, 50),
+        "p99_s": percentile(lat, 99),
+        "max_s": max(lat) if lat else float("nan"),
+    }
 
 
 def _machine() -> dict[str, Any]:
@@ -169,9 +632,18 @@ def _machine() -> dict[str, Any]:
     import deltalake
     import pyspark
 
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
     return {
         "cpus": os.cpu_count(),
-        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+        "cpu_model": cpu,
+        "load_average_1m_at_start": _load(),
         "memory_gib": memory,
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -180,94 +652,207 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _rate(events: int, seconds: float) -> float:
-    return events / seconds if seconds > 0 else float("nan")
+def _f(value: float, digits: int = 2) -> str:
+    return "n/a" if value != value else f"{value:.{digits}f}"  # NaN-safe
 
 
-def _print_report(report: dict[str, Any]) -> None:
-    p, r, s = report["produce"], report["reference"], report.get("pipeline")
+def print_report(report: dict[str, Any]) -> None:
+    """Human-readable summary: each pipeline figure next to the reference's."""
+    m = report["machine"]
     print()
     print("cdc benchmark: Debezium contact envelopes (Confluent Avro) -> SCD2 silver (Delta)")
     print(
-        f"  events {report['events']:,}  keys {report['keys']:,}  partitions "
-        f"{report['partitions']}  batch (maxRecordsPerTrigger) {report['batch']:,}"
+        f"  keys {report['keys']:,}  partitions {report['partitions']}  batch "
+        f"(maxRecordsPerTrigger) {report['batch']:,}  Delta writer: {report['delta_writer']}"
+        " (pipeline and reference)"
     )
     print(
-        f"  produce    {p['produce_seconds']:8.2f} s  {p['events_per_s']:>10,.0f} ev/s"
-        "   (setup, not compared)"
+        "  reference: 1 process, confluent-kafka -> fastavro -> apply_scd2 -> MERGE, no bronze;"
+        " pipeline: Spark "
+        f"{report.get('spark_master', '?')} ({report.get('parallelism', '?')} slots), bronze + "
+        "silver"
     )
+    for run in report.get("throughput_runs", []):
+        r, s = run["reference"], run["pipeline"]
+        v = run["verified"]
+        verdict = "identical" if v["all_versions_equal"] else "DIFFERENT"
+        load = run["load_average_1m"]
+        print(f"\n  throughput, {run['events']:,} events (available-now; load {load})")
+        print(
+            f"    reference {r['events_per_s']:>9,.0f} ev/s  {r['seconds']:6.2f} s   phases: "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in r["phases"].items())
+        )
+        c = run["reference_columnar"]
+        print(
+            f"    reference {c['events_per_s']:>9,.0f} ev/s  {c['seconds']:6.2f} s   the same with "
+            "the pipeline's columnar decoder: "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in c["phases"].items())
+        )
+        print(
+            f"    pipeline  {s['events_per_s']:>9,.0f} ev/s  {s['seconds']:6.2f} s   "
+            f"{len(s['batches'])} batches, foreachBatch {s['in_foreach_batch_seconds']:.1f}s, "
+            f"outside it (query start, planning, commits) "
+            f"{s['seconds'] - s['in_foreach_batch_seconds']:.1f}s"
+        )
+        print(
+            f"    ratio pipeline/reference {_f(run['ratio'])} (fastavro reference), "
+            f"{_f(run['ratio_to_reference_columnar'])} (columnar reference)   silver tables "
+            f"{verdict} ({v['reference_versions']:,} versions, {v['reference_current_rows']:,} "
+            "current)"
+        )
+    st = report.get("steady")
+    if st:
+        p, r = st["pipeline"], st["reference"]
+        print(
+            f"\n  steady state, {st['events']:,} events, first {st['warmup_rows']:,} excluded "
+            f"(running query, trigger 0 ms; load {st['load_average_1m']})"
+        )
+        print(f"    reference {r['events_per_s']:>9,.0f} ev/s  over {r['rows']:,} events")
+        print(
+            f"    pipeline  {p['events_per_s']:>9,.0f} ev/s  over {p['rows']:,} events; "
+            f"between batches {_f(p['between_batches_seconds'])}s"
+        )
+        print(f"    ratio pipeline/reference {_f(st['ratio'])}")
+    lt = report.get("latency")
+    if lt:
+        print(
+            f"\n  latency, {lt['rate']:,} ev/s for {lt['seconds']}s, trigger {lt['trigger']}; "
+            f"delivery report -> silver MERGE returned; first {lt['skipped_first_events']:,} "
+            f"events excluded (load {lt['load_average_1m']})"
+        )
+        for name in ("reference", "pipeline"):
+            x = lt[name]
+            print(
+                f"    {name:<9} p50 {_f(x['p50_s'])} s  p99 {_f(x['p99_s'])} s  max "
+                f"{_f(x['max_s'])} s  ({x['events']:,} events, {x['batches']} batches, "
+                f"{x['not_visible']} not visible)"
+            )
+        ratio = _ratio(lt["pipeline"]["p99_s"], lt["reference"]["p99_s"])
+        print(f"    p99 pipeline/reference {_f(ratio)}   target p99 <= 5 s")
+    mem = report.get("memory")
+    if mem:
+        print(
+            f"\n  memory, peak RSS MiB while draining a backlog with maxRecordsPerTrigger "
+            f"{mem['batch']:,} (load {mem['load_average_1m']})"
+        )
+        print(
+            "    backlog     pipeline: driver Python  driver JVM  Python workers (largest)"
+            "   reference: process"
+        )
+        for run in mem["runs"]:
+            p, r = run["pipeline"], run["reference"]
+            print(
+                f"    {run['events']:>9,}  {p['driver_python']:>21,.0f}  {p['driver_jvm']:>10,.0f}"
+                f"  {p['python_workers']:>14,.0f} ({p['largest_python_worker']:,.0f})"
+                f"  {r['driver_python']:>18,.0f}"
+            )
+        if len(mem["runs"]) >= 2:
+            small, large = mem["runs"][0], mem["runs"][-1]
+            growth = large["events"] / small["events"]
+            ratios = {
+                key: _f(_ratio(large[side][key], small[side][key]))
+                for side, key in (
+                    ("pipeline", "driver_python"),
+                    ("pipeline", "driver_jvm"),
+                    ("pipeline", "python_workers"),
+                )
+            }
+            reference = _f(
+                _ratio(large["reference"]["driver_python"], small["reference"]["driver_python"])
+            )
+            print(
+                f"    {growth:.0f}x the backlog -> peak ratio: driver Python "
+                f"{ratios['driver_python']}, JVM {ratios['driver_jvm']}, workers "
+                f"{ratios['python_workers']}; reference {reference} (1.0 = bounded)"
+            )
+    sc = report.get("scaling")
+    if sc:
+        print(f"\n  scaling (load {sc['load_average_1m']})")
+        for row in sc["sizes"]:
+            print(
+                f"    {row['events']:>9,} events: reference {row['reference_events_per_s']:>9,.0f}"
+                f" ev/s, pipeline {row['pipeline_events_per_s']:>9,.0f} ev/s, ratio "
+                f"{_f(row['ratio'])}"
+            )
+        merges = sc["merge"]
+        for row in merges:
+            print(
+                f"    batch of {row['batch_events']:,} updates into {row['dimension_keys']:>9,} "
+                f"keys ({row['silver_files']} files, {row['silver_bytes'] / 2**20:.0f} MiB): "
+                f"read keys {row['read_keys_seconds']:.2f}s, MERGE {row['merge_seconds']:.2f}s, "
+                f"bronze {row['bronze_seconds']:.2f}s, batch {row['total_seconds']:.2f}s"
+            )
+        if len(merges) >= 2:
+            small, large = merges[0], merges[-1]
+            growth = large["dimension_keys"] / small["dimension_keys"]
+            print(
+                f"    {growth:.0f}x the dimension, same batch -> MERGE time x"
+                f"{_f(_ratio(large['merge_seconds'], small['merge_seconds']))}, "
+                f"read keys x{_f(_ratio(large['read_keys_seconds'], small['read_keys_seconds']))}"
+                f", batch x{_f(_ratio(large['total_seconds'], small['total_seconds']))} "
+                "(1.0 = cost follows the batch, not the table)"
+            )
     print(
-        f"  reference  {r['seconds']:8.2f} s  {r['events_per_s']:>10,.0f} ev/s"
-        "   1 process: consume -> fastavro -> apply_scd2 -> MERGE (no bronze)"
+        f"\n  machine: {m['cpus']} CPUs ({m['cpu_model']}), load average "
+        f"{m['load_average_1m_at_start']} at start, {m['memory_gib']} GiB, {m['platform']}, "
+        f"Python {m['python']}, PySpark {m['pyspark']}, deltalake {m['deltalake']}; broker, "
+        "reference and Spark share the machine, so the figures compare engines, not clusters"
     )
-    phases = ", ".join(f"{k} {v:.1f}s" for k, v in r["phases"].items())
-    print(f"             phases: {phases}")
-    if s is None:
-        print(f"  pipeline   not run: {report.get('pipeline_error', 'skipped (--reference-only)')}")
-    else:
-        print(
-            f"  pipeline   {s['seconds']:8.2f} s  {s['events_per_s']:>10,.0f} ev/s"
-            f"   Spark {s['master']} ({s['parallelism']} slots), bronze + silver, "
-            f"{len(s['batches'])} batches; warm: a {s['warmup_events']:,}-event warm-up run"
-            " started the JVM and Python workers first (excluded)"
-        )
-        in_batches = sum(b["seconds"] for b in s["batches"])
-        print(
-            f"             foreachBatch (read + decode + bronze + silver) {in_batches:.1f}s, "
-            f"the rest (query start, offsets, checkpoint commits) "
-            f"{s['seconds'] - in_batches:.1f}s"
-        )
-        print(f"  ratio pipeline/reference  {report['ratio']:.2f}")
-    print(f"  Delta writer: {report['delta_writer']} (both runs)")
-    v = report.get("verified")
-    if v:
-        verdict = (
-            "identical"
-            if v["all_versions_equal"]
-            else ("current rows equal, history differs" if v["current_equal"] else "DIFFERENT")
-        )
-        print(
-            f"  silver tables: {verdict} ({v['reference_versions']:,} versions, "
-            f"{v['reference_current_rows']:,} current rows in the reference; "
-            f"{v['pipeline_versions']:,} / {v['pipeline_current_rows']:,} in the pipeline's)"
-        )
-    m = report["machine"]
-    print(
-        f"  machine: {m['cpus']} CPUs (load average {m['load_average_1m_at_start']} at start), "
-        f"{m['memory_gib']} GiB, {m['platform']}, Python "
-        f"{m['python']}, PySpark {m['pyspark']}, deltalake {m['deltalake']}; broker, reference "
-        "and Spark share the machine, so the figures compare engines, not clusters"
-    )
+
+
+def _pair(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(","))
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers a,b: {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns the process exit code (1 when the tables differ)."""
+    """Run the benchmark; returns the process exit code (1 when a check failed)."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--events", type=int, help=f"events (default {DEFAULTS['events']:,})")
-    parser.add_argument("--keys", type=int, help=f"distinct keys (default {DEFAULTS['keys']:,})")
     parser.add_argument(
-        "--batch", type=int, help=f"records per micro-batch (default {DEFAULTS['batch']:,})"
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated subset of {', '.join(MODES)} (default: all)",
     )
-    parser.add_argument("--partitions", type=int, default=4, help="topic partitions (default 4)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="the performance issue's sizes")
+    size.add_argument("--quick", action="store_true", help="smoke test: tiny sizes")
+    parser.add_argument("--events", type=int, help="events (CI 200,000; --full 1,000,000)")
+    parser.add_argument("--keys", type=int, help="distinct keys (CI 20,000; --full 100,000)")
+    parser.add_argument("--batch", type=int, help="maxRecordsPerTrigger (default 50,000)")
+    parser.add_argument("--partitions", type=int, default=4, help="topic partitions (4)")
+    parser.add_argument("--warmup-batches", type=int, default=1, help="steady: excluded (1)")
+    parser.add_argument("--rate", type=int, help="latency: events/s (CI 1,000; --full 2,000)")
+    parser.add_argument("--seconds", type=int, help="latency: producing time (CI 20; --full 120)")
+    parser.add_argument("--trigger", default="1 second", help="latency: trigger ('1 second')")
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke test: 20k events, 2k keys, batch 5k unless given",
+        "--latency-skip", type=float, default=5.0, help="latency: first seconds excluded (5)"
     )
-    parser.add_argument("--reference-only", action="store_true", help="skip the Spark run")
+    parser.add_argument("--memory-events", type=_pair, help="memory: two backlog sizes a,b")
+    parser.add_argument("--scaling-events", type=_pair, help="scaling: two topic sizes a,b")
+    parser.add_argument("--dimension-keys", type=_pair, help="scaling: two dimension sizes a,b")
+    parser.add_argument("--merge-batch", type=int, help="scaling: updates per merged batch")
     parser.add_argument("--workdir", type=Path, help="keep tables here (default: a temp dir)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON result ({RESULTS})")
     args = parser.parse_args(argv)
-    base = QUICK if args.quick else DEFAULTS
-    events = args.events or base["events"]
-    keys = args.keys or base["keys"]
-    batch = args.batch or base["batch"]
-    if min(events, keys, batch, args.partitions) < 1:
-        parser.error("--events, --keys, --batch and --partitions must be positive")
+    base = FULL if args.full else QUICK if args.quick else CI
+    for name in ("events", "keys", "batch", "rate", "seconds", "merge_batch"):
+        if getattr(args, name) is None:
+            setattr(args, name, base[name])
+    for name in ("memory_events", "scaling_events", "dimension_keys"):
+        if getattr(args, name) is None:
+            setattr(args, name, base[name])
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)} (valid: {', '.join(MODES)})")
+    if min(args.events, args.keys, args.batch, args.partitions, args.rate, args.seconds) < 1:
+        parser.error("sizes, rates and durations must be positive")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from cdc.broker import EmbeddedBroker
@@ -276,14 +861,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
-    registry = FileRegistry.load(REPO / "schemas" / "avro")
-    topic = f"bench.contacts.{events}"
-    warmup_topic = "bench.contacts.warmup"
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "events": events,
-        "keys": min(keys, events),
-        "batch": batch,
+        "modes": modes,
+        "events": args.events,
+        "keys": args.keys,
+        "batch": args.batch,
         "partitions": args.partitions,
         "delta_writer": DELTA_WRITER,
         "machine": _machine(),
@@ -292,86 +875,39 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with EmbeddedBroker.start_on_free_port() as broker:
             print(f"embedded broker at {broker.bootstrap}; workdir {workdir}", file=sys.stderr)
-            stats: ProduceStats = produce_events(
-                broker.bootstrap, topic, events, keys, args.partitions, registry
-            )
-            report["produce"] = {
-                **asdict(stats),
-                "events_per_s": _rate(events, stats.produce_seconds),
-            }
-            print(
-                f"produced {events:,} events to {topic} in {stats.produce_seconds:.1f}s "
-                f"(encoded in {stats.encode_seconds:.1f}s)",
-                file=sys.stderr,
-            )
-
-            contracts = write_contracts(workdir / "contracts.yaml", [topic, warmup_topic])
-            settings = _settings(broker.bootstrap, workdir / "pipeline", topic, batch, contracts)
-            print("reference run ...", file=sys.stderr)
-            ref: ReferenceResult = run_reference(
-                broker.bootstrap,
-                topic,
-                str(workdir / "reference" / "dim_contact"),
-                settings.pipeline(PIPELINE),
-                registry,
-                batch,
-            )
-            if ref.events != events:
-                raise RuntimeError(f"the reference read {ref.events} events, expected {events}")
-            report["reference"] = {
-                "seconds": ref.seconds,
-                "events_per_s": _rate(events, ref.seconds),
-                "batches": ref.batches,
-                "phases": {k: round(v, 3) for k, v in ref.phases.items()},
-            }
-            if not args.reference_only:
-                warm_events = min(WARMUP_EVENTS, events)
-                produce_events(
-                    broker.bootstrap,
-                    warmup_topic,
-                    warm_events,
-                    max(1, min(keys, warm_events) // 10),
-                    args.partitions,
-                    registry,
-                )
-                warmup = _settings(
-                    broker.bootstrap, workdir / "warmup", warmup_topic, batch, contracts
-                )
-                print("pipeline warm-up, then the timed run ...", file=sys.stderr)
-                try:
-                    seconds, parallelism, batches = _run_spark(settings, warmup)
-                except Exception as exc:  # report what failed, keep the reference figures
-                    report["pipeline_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                    log.exception("pipeline run failed")
-                    exit_code = 1
-                else:
-                    rows = sum(b["rows"] for b in batches)
-                    report["pipeline"] = {
-                        "seconds": seconds,
-                        "events_per_s": _rate(events, seconds),
-                        "master": settings.spark.master,
-                        "parallelism": parallelism,
-                        "batches": batches,
-                        "input_rows": rows,
-                        "warmup_events": warm_events,
-                    }
-                    report["ratio"] = (
-                        report["pipeline"]["events_per_s"] / report["reference"]["events_per_s"]
+            bench = Bench(broker.bootstrap, workdir, args)
+            bench.report = report
+            try:
+                if "throughput" in modes:
+                    bench.throughput(args.events)
+                if "steady" in modes:
+                    report["steady"] = bench.steady(args.events, args.warmup_batches)
+                if "latency" in modes:
+                    report["latency"] = bench.latency(
+                        args.rate, args.seconds, args.trigger, args.latency_skip
                     )
-                    verified = compare_tables(
-                        _read(str(workdir / "reference" / "dim_contact")),
-                        _read(_silver(settings)),
-                        list(settings.pipeline(PIPELINE).keys),
+                if "memory" in modes:
+                    report["memory"] = bench.memory(args.memory_events)
+                if "scaling" in modes:
+                    report["scaling"] = bench.scaling(
+                        args.scaling_events, args.dimension_keys, args.merge_batch
                     )
-                    verified["pipeline_input_rows"] = rows
-                    report["verified"] = verified
-                    if not (verified["all_versions_equal"] and rows == events):
-                        exit_code = 1
+            except Exception as exc:  # report what failed, keep what was measured
+                report["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log.exception("benchmark failed")
+                exit_code = 1
+            if bench._spark is not None:
+                report["spark_master"] = bench._spark.sparkContext.master
+                report["parallelism"] = int(bench._spark.sparkContext.defaultParallelism)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+    if any(not run["ok"] for run in report.get("throughput_runs", [])):
+        exit_code = 1
     report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    _print_report(report)
+    print_report(report)
+    if "error" in report:
+        print(f"  error: {report['error']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"  result: {args.output}")
