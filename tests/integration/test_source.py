@@ -267,10 +267,25 @@ def test_large_partition_range_is_read_by_several_tasks(
         registry_path,
         tmp_path / "checkpoint",
         maxRecordsPerPartition="5",
+        minRecordsPerTask="1",
     )
 
     assert run.tasks == [4]
     assert run.records == _expected(topic, {0: 17})
+
+
+def test_small_ranges_of_several_partitions_share_one_task(
+    spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path
+) -> None:
+    topic = _topic("pack")
+    _create_topic(kafka_bootstrap, topic, 3)
+    _produce(kafka_bootstrap, topic, {0: 5, 1: 4, 2: 6})
+    contracts = _contracts(tmp_path, topic)
+
+    run = _run(spark, kafka_bootstrap, topic, contracts, registry_path, tmp_path / "checkpoint")
+
+    assert run.tasks == [1]
+    assert run.records == _expected(topic, {0: 5, 1: 4, 2: 6})
 
 
 def test_starting_offsets_latest_then_json(

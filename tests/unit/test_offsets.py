@@ -22,6 +22,7 @@ from cdc.source.offsets import (
     next_end_offsets,
     offsets_from_json,
     offsets_to_json,
+    pack_ranges,
     parse_ending_offsets,
     parse_starting_position,
     partitions_needing_earliest,
@@ -424,6 +425,24 @@ def test_plan_ranges_preserves_every_offset(spans: list[tuple[int, int]], cap: i
     assert sum(p.size for p in planned) == len(expected)
 
 
+@settings(max_examples=50)
+@given(
+    st.lists(st.tuples(st.integers(0, 1000), st.integers(1, 3000)), max_size=8),
+    st.integers(1, 5000),
+)
+def test_pack_ranges_keeps_every_range_once_in_order(
+    spans: list[tuple[int, int]], minimum: int
+) -> None:
+    ranges = [OffsetRange("t", i, s, s + n) for i, (s, n) in enumerate(spans)]
+    tasks = pack_ranges(ranges, minimum)
+    assert [r for task in tasks for r in task] == ranges
+    assert all(task for task in tasks)
+    for task in tasks[:-1]:  # every task but the last reaches the minimum ...
+        assert sum(r.size for r in task) >= minimum
+        # ... and would not have without its last range
+        assert sum(r.size for r in task[:-1]) < minimum
+
+
 # ------------------------------------------------------------------ fetch_range termination
 
 
@@ -623,7 +642,7 @@ def test_stream_reader_read_limits_and_available_now_target() -> None:
 
 def test_stream_reader_plans_split_tasks_and_empty_ranges_without_io() -> None:
     marks = {T0: Watermarks(0, 30), T1: Watermarks(0, 10)}
-    reader = _stream_reader(marks, maxRecordsPerPartition="12")
+    reader = _stream_reader(marks, maxRecordsPerPartition="12", minRecordsPerTask="1")
     calls = reader._metadata.calls
     assert reader.partitions({"orders": {"0": 5}}, {"orders": {"0": 5}}) == []
     assert reader._metadata.calls == calls
@@ -634,6 +653,15 @@ def test_stream_reader_plans_split_tasks_and_empty_ranges_without_io() -> None:
         "KafkaInputPartition(orders/0 [20, 30))",
         "KafkaInputPartition(orders/1 [0, 10))",
     ]
+    # By default small ranges share a task: one task for a small batch over many partitions.
+    packed = _stream_reader(marks, maxRecordsPerPartition="12", minRecordsPerTask="15")
+    planned = packed.partitions({"orders": {"0": 0}}, {"orders": {"0": 30, "1": 10}})
+    assert [repr(p) for p in planned] == [
+        "KafkaInputPartition(orders/0 [0, 10), orders/0 [10, 20))",
+        "KafkaInputPartition(orders/0 [20, 30), orders/1 [0, 10))",
+    ]
+    planned = _stream_reader(marks).partitions({"orders": {"0": 0}}, {"orders": {"0": 30, "1": 10}})
+    assert [repr(p) for p in planned] == ["KafkaInputPartition(orders/0 [0, 30), orders/1 [0, 10))"]
 
 
 def test_stream_reader_data_loss_fails_or_continues() -> None:

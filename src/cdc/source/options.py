@@ -32,6 +32,7 @@ _VALID = (
     "endingOffsets",
     "maxRecordsPerTrigger",
     "maxRecordsPerPartition",
+    "minRecordsPerTask",
     "failOnDataLoss",
     "registry.path",
     "registry.url",
@@ -67,6 +68,7 @@ class SourceOptions:
     ending: PartitionOffsets = field(default_factory=dict)
     max_records_per_trigger: int | None = None
     max_records_per_partition: int = 200_000
+    min_records_per_task: int = 10_000
     fail_on_data_loss: bool = True
     max_message_bytes: int | None = None
     poll_timeout_ms: int = 1000
@@ -148,6 +150,9 @@ class SourceOptions:
             ),
             max_records_per_partition=_positive_int_or(
                 get("maxRecordsPerPartition"), "maxRecordsPerPartition", 200_000
+            ),
+            min_records_per_task=_positive_int_or(
+                get("minRecordsPerTask"), "minRecordsPerTask", 10_000
             ),
             fail_on_data_loss=_boolean(get("failOnDataLoss"), "failOnDataLoss", True),
             max_message_bytes=_positive_int(get("maxMessageBytes"), "maxMessageBytes"),

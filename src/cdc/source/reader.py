@@ -43,6 +43,7 @@ from cdc.source.offsets import (
     next_end_offsets,
     offsets_from_json,
     offsets_to_json,
+    pack_ranges,
     partitions_needing_earliest,
     plan_ranges,
     ranges_between,
@@ -90,16 +91,16 @@ def data_loss_count() -> int:
 
 
 class KafkaInputPartition(InputPartition):
-    """One Spark task: an offset range of one topic-partition."""
+    """One Spark task: one or more offset ranges, read one after the other."""
 
-    def __init__(self, offset_range: OffsetRange) -> None:
-        """Wrap ``offset_range`` (picklable, shipped to executors)."""
-        super().__init__(offset_range)
-        self.range = offset_range
+    def __init__(self, *ranges: OffsetRange) -> None:
+        """Wrap ``ranges`` (picklable, shipped to executors)."""
+        super().__init__(ranges)
+        self.ranges = ranges
 
     def __repr__(self) -> str:
-        r = self.range
-        return f"KafkaInputPartition({r.topic}/{r.partition} [{r.start}, {r.end}))"
+        spans = ", ".join(f"{r.topic}/{r.partition} [{r.start}, {r.end})" for r in self.ranges)
+        return f"KafkaInputPartition({spans})"
 
 
 class KafkaDataSource(DataSource):
@@ -120,6 +121,8 @@ class KafkaDataSource(DataSource):
     * ``endingOffsets`` (batch reads only): ``latest`` (default) or JSON (-1 latest).
     * ``maxRecordsPerTrigger``: cap on the offsets of one micro-batch (``ReadMaxRows``).
     * ``maxRecordsPerPartition`` (200000): larger ranges are split over several tasks.
+    * ``minRecordsPerTask`` (10000): smaller ranges are read together by one task (a small
+      micro-batch over many partitions then runs one task, not one per partition).
     * ``failOnDataLoss`` (true): fail, or warn and continue from the nearest valid offset,
       when offsets the query expected are gone.
     * ``registry.path`` or ``registry.url`` (+ ``registry.client.<setting>``),
@@ -181,8 +184,6 @@ class _RangeReader:
         from pyspark.sql.pandas.types import to_arrow_schema
 
         options = self._options
-        offset_range = partition.range
-        decoder = _decoder(options, offset_range.topic)
         # Spark validates batches against its own Arrow rendering of the schema; field names
         # inside lists and string/binary widths may differ from the decoder's, so conform.
         expected = to_arrow_schema(self._schema, timezone="UTC")
@@ -190,18 +191,20 @@ class _RangeReader:
         def on_loss(loss: DataLoss) -> None:
             _handle_data_loss([loss], options.fail_on_data_loss, set())
 
-        for messages in fetch_range(
-            options.kafka_config,
-            offset_range,
-            on_data_loss=on_loss,
-            poll_timeout_ms=options.poll_timeout_ms,
-            batch_size=options.fetch_batch_size,
-            fetch_timeout_ms=options.fetch_timeout_ms,
-        ):
-            batch = decoder.decode_batch(messages)
-            if not batch.schema.equals(expected):
-                batch = batch.cast(expected)
-            yield batch
+        for offset_range in partition.ranges:
+            decoder = _decoder(options, offset_range.topic)
+            for messages in fetch_range(
+                options.kafka_config,
+                offset_range,
+                on_data_loss=on_loss,
+                poll_timeout_ms=options.poll_timeout_ms,
+                batch_size=options.fetch_batch_size,
+                fetch_timeout_ms=options.fetch_timeout_ms,
+            ):
+                batch = decoder.decode_batch(messages)
+                if not batch.schema.equals(expected):
+                    batch = batch.cast(expected)
+                yield batch
 
 
 class KafkaStreamReader(_RangeReader, DataSourceStreamReader, SupportsTriggerAvailableNow):
@@ -291,14 +294,15 @@ class KafkaStreamReader(_RangeReader, DataSourceStreamReader, SupportsTriggerAva
         _log.info("cdc_kafka Trigger.AvailableNow target: %s", offsets_to_json(self._target))
 
     def partitions(self, start: dict[str, Any], end: dict[str, Any]) -> Sequence[InputPartition]:
-        """Spark tasks of a micro-batch: one per range, ranges split at maxRecordsPerPartition.
+        """Spark tasks of a micro-batch: ranges split at maxRecordsPerPartition, packed into
+        tasks of at least minRecordsPerTask records.
 
         Args:
             start: the batch's start offsets.
             end: the batch's end offsets.
 
         Returns:
-            One :class:`KafkaInputPartition` per range (none for an empty batch).
+            One :class:`KafkaInputPartition` per task (none for an empty batch).
 
         Raises:
             DataLossError: offsets were lost and ``failOnDataLoss`` is true.
@@ -315,8 +319,9 @@ class KafkaStreamReader(_RangeReader, DataSourceStreamReader, SupportsTriggerAva
         )
         ranges, losses = ranges_between(start_offsets, end_offsets, earliest)
         _handle_data_loss(losses, self._options.fail_on_data_loss, self._reported)
-        planned = plan_ranges(ranges, self._options.max_records_per_partition)
-        return [KafkaInputPartition(r) for r in planned]
+        options = self._options
+        planned = plan_ranges(ranges, options.max_records_per_partition)
+        return [KafkaInputPartition(*t) for t in pack_ranges(planned, options.min_records_per_task)]
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         """Fetch and decode one range (runs on an executor)."""
@@ -349,10 +354,10 @@ class KafkaBatchReader(_RangeReader, DataSourceReader):
         self._schema = schema
 
     def partitions(self) -> Sequence[InputPartition]:
-        """Ranges between the starting and ending offsets, split at maxRecordsPerPartition.
+        """Ranges between the starting and ending offsets, split and packed like streaming.
 
         Returns:
-            One :class:`KafkaInputPartition` per range.
+            One :class:`KafkaInputPartition` per task.
 
         Raises:
             ConfigError: an explicit ending offset is beyond the partition's end.
@@ -383,9 +388,8 @@ class KafkaBatchReader(_RangeReader, DataSourceReader):
             for (topic, partition), begin in sorted(effective.items())
             if begin < end[(topic, partition)]
         ]
-        return [
-            KafkaInputPartition(r) for r in plan_ranges(ranges, options.max_records_per_partition)
-        ]
+        planned = plan_ranges(ranges, options.max_records_per_partition)
+        return [KafkaInputPartition(*t) for t in pack_ranges(planned, options.min_records_per_task)]
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         """Fetch and decode one range (runs on an executor)."""
