@@ -272,31 +272,41 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     deleted = (
         rows.filter(pl.col("_seq_close").is_not_null())
         .join(opened, on=[*spec.keys, "_seq_close"], how="anti", nulls_equal=True)
-        .select(
-            *spec.keys,
-            *[pl.lit(None, dtype=rows.schema[c]).alias(c) for c in spec.columns],
-            pl.lit("D").alias("_op"),
-            pl.col("_seq_close").alias("_seq"),
-            "_source_topic",
-            flag,
-            pseudo,
-            genuine,
-        )
+        .pipe(_rebuilt_deletes, spec, "_seq_close", rows.schema, pl.col("_source_topic"))
     )
     # Deletes that found no current version leave no row; the latest row remembers the last.
     noop_delete = rows.filter(
         pl.col("_seq_close").is_not_null() & (pl.col("_seq_max") > pl.col("_seq_close"))
-    ).select(
-        *spec.keys,
-        *[pl.lit(None, dtype=rows.schema[c]).alias(c) for c in spec.columns],
-        pl.lit("D").alias("_op"),
-        pl.col("_seq_max").alias("_seq"),
-        "_source_topic",
-        flag,
-        pseudo,
-        genuine,
-    )
+    ).pipe(_rebuilt_deletes, spec, "_seq_max", rows.schema, pl.col("_source_topic"))
     return pl.concat([opener, last, deleted, noop_delete], how="vertical")
+
+
+def _rebuilt_deletes(
+    rows: pl.DataFrame, spec: Scd2Spec, seq: str, dtypes: pl.Schema, source_topic: pl.Expr
+) -> pl.DataFrame:
+    """The delete event each of ``rows`` stands for: its keys at sequence ``seq``, no values.
+
+    Args:
+        rows: one row per rebuilt delete, with the key columns and ``seq``.
+        spec: keys and business columns.
+        seq: the column holding the delete's sequence.
+        dtypes: dtypes of the business columns (null in a delete).
+        source_topic: the events' ``_source_topic``.
+
+    Returns:
+        Events in the layout of :func:`_event_columns`, marked rebuilt (``_pseudo``) with
+        content that counts (``_content_ok``).
+    """
+    return rows.select(
+        *spec.keys,
+        *[pl.lit(None, dtype=dtypes[c]).alias(c) for c in spec.columns],
+        pl.lit("D").alias("_op"),
+        pl.col(seq).alias("_seq"),
+        source_topic,
+        pl.lit(False).alias("_tombstone"),
+        pl.lit(True).alias("_pseudo"),
+        pl.lit(True).alias("_content_ok"),
+    )
 
 
 def _dedupe(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
@@ -505,13 +515,12 @@ def apply_scd2(
         .join(
             covered if history is not None else late.clear(), on=keys, how="anti", nulls_equal=True
         )
-        .select(
-            *keys,
-            *[pl.lit(None, dtype=changes.schema[c]).alias(c) for c in spec.columns],
-            pl.lit("D").alias("_op"),
-            pl.col("_seq_max").alias("_seq"),
+        .pipe(
+            _rebuilt_deletes,
+            spec,
+            "_seq_max",
+            changes.schema,
             pl.lit(None, dtype=pl.String).alias("_source_topic"),
-            pl.lit(False).alias("_tombstone"),
         )
         if seen is not None
         else changes.clear()
