@@ -300,6 +300,10 @@ def fetch_range(
             return None
         return Watermarks(int(low), int(high))
 
+    def offsets_deleted(expected: int, wm: Watermarks) -> DataLoss:
+        """Retention removed ``[expected, wm.low)``: reading resumes at the earliest offset."""
+        return DataLoss(topic, partition, DataLossKind.OFFSETS_DELETED, expected, wm, wm.low)
+
     try:
         consumer.assign([TopicPartition(topic, partition, offset_range.start)])
         position = offset_range.start
@@ -339,16 +343,7 @@ def fetch_range(
                     if code in (KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET):
                         wm = watermarks()
                         if wm is not None and position < wm.low:
-                            on_data_loss(
-                                DataLoss(
-                                    topic,
-                                    partition,
-                                    DataLossKind.OFFSETS_DELETED,
-                                    position,
-                                    wm,
-                                    wm.low,
-                                )
-                            )
+                            on_data_loss(offsets_deleted(position, wm))
                             position = reassign_at = wm.low
                             break
                         if wm is not None and position >= wm.high:
@@ -390,16 +385,7 @@ def fetch_range(
                     # compaction and transaction markers leave gaps too.
                     wm = watermarks()
                     if wm is not None and wm.low > position:
-                        on_data_loss(
-                            DataLoss(
-                                topic,
-                                partition,
-                                DataLossKind.OFFSETS_DELETED,
-                                position,
-                                wm,
-                                wm.low,
-                            )
-                        )
+                        on_data_loss(offsets_deleted(position, wm))
                 first_record = False
                 _, timestamp = message.timestamp()
                 chunk.append(
