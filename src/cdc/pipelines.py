@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 
@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 TXN_BASE_FILE = "cdc-txn-base.json"
 """Beside Spark's own files in a checkpoint: ``{"base": N}``, the app-transaction version of
@@ -300,7 +302,8 @@ class BatchWriter:
         keys = list(spec.keys)
         sink, orphans = self.sinks["silver"], self.sinks["orphans"]
         txn = self.txn("silver", batch_id)
-        for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+
+        def merge_once() -> None:
             if sink.committed(txn):
                 stats.skipped_tables.append("silver")
                 return
@@ -314,27 +317,18 @@ class BatchWriter:
             late = late_keys(existing, changes, spec, seen)
             history = self._history(late, spec) if late.height else None
             result = apply_scd2(existing, changes, spec, history=history, seen=seen)
-            try:
-                # Orphans first: if we die before the MERGE, the re-run still sees them.
-                if result.orphans is not None and result.orphans.height:
-                    orphans.append(
-                        result.orphans.to_arrow(compat_level=pl.CompatLevel.oldest()),
-                        self.txn("orphans", batch_id),
-                    )
-                sink.merge_scd2(result, keys, txn)
-            except CommitConflictError as exc:
-                if attempt == MAX_COMMIT_ATTEMPTS:
-                    raise
-                log.warning(
-                    "pipeline %s batch %d: %s; retrying (%d)", self.name, batch_id, exc, attempt
+            # Orphans first: if we die before the MERGE, the re-run still sees them.
+            if result.orphans is not None and result.orphans.height:
+                orphans.append(
+                    result.orphans.to_arrow(compat_level=pl.CompatLevel.oldest()),
+                    self.txn("orphans", batch_id),
                 )
-                stats.retries += 1
-                _backoff(attempt)
-                continue
+            sink.merge_scd2(result, keys, txn)
             stats.inserted, stats.updated = result.inserted, result.updated
             stats.closed, stats.duplicates = result.closed, result.duplicate_events
             stats.late_keys = late.height
-            return
+
+        self._with_retries(merge_once, batch_id, stats, log_attempt=True)
 
     def _history(self, late: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame | None:
         """Every change event ever received for ``late`` keys, from bronze (the raw log)."""
@@ -352,24 +346,58 @@ class BatchWriter:
         return events.join(late, on=list(spec.keys), how="semi", nulls_equal=True)
 
     def _merge_facts(self, valid: Any, batch_id: int, stats: BatchStats) -> None:
-        assert self.pipeline.event_id is not None
-        rows = fact_rows(valid, self.pipeline.event_id)
-        for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
-            try:
-                outcome = self.sinks["silver"].insert_new(
-                    rows, self.pipeline.event_id, self.txn("silver", batch_id)
-                )
-                break
-            except CommitConflictError as exc:
-                if attempt == MAX_COMMIT_ATTEMPTS:
-                    raise
-                log.warning("pipeline %s batch %d: %s; retrying", self.name, batch_id, exc)
-                stats.retries += 1
-                _backoff(attempt)
+        event_id = self.pipeline.event_id
+        assert event_id is not None
+        rows = fact_rows(valid, event_id)
+        outcome = self._with_retries(
+            lambda: self.sinks["silver"].insert_new(rows, event_id, self.txn("silver", batch_id)),
+            batch_id,
+            stats,
+        )
         if outcome.skipped:
             stats.skipped_tables.append("silver")
         stats.inserted = outcome.rows
         stats.duplicates = int(valid.num_rows) - rows.height
+
+    def _with_retries(
+        self,
+        attempt_once: Callable[[], _T],
+        batch_id: int,
+        stats: BatchStats,
+        *,
+        log_attempt: bool = False,
+    ) -> _T:
+        """Run one write attempt, again after a back-off while another writer commits first.
+
+        Args:
+            attempt_once: reads what it needs and commits; raises ``CommitConflictError`` when
+                another writer committed to the table in between.
+            batch_id: the batch, for the log.
+            stats: the batch's stats; counts the retries.
+            log_attempt: name the attempt number in the log line of a retry.
+
+        Returns:
+            What the attempt that got through returned.
+
+        Raises:
+            CommitConflictError: all ``MAX_COMMIT_ATTEMPTS`` attempts conflicted.
+        """
+        attempt = 1
+        while True:
+            try:
+                return attempt_once()
+            except CommitConflictError as exc:
+                if attempt == MAX_COMMIT_ATTEMPTS:
+                    raise
+                if log_attempt:
+                    log.warning(
+                        "pipeline %s batch %d: %s; retrying (%d)", self.name, batch_id, exc, attempt
+                    )
+                else:
+                    log.warning("pipeline %s batch %d: %s; retrying", self.name, batch_id, exc)
+                stats.retries += 1
+                _backoff(attempt)
+                attempt += 1
 
 
 def _with_columns_of(rows: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
