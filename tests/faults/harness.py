@@ -32,6 +32,7 @@ from cdc.pipelines import FAULT_ENV, orphans_path, table_paths, txn_app_id
 from cdc.produce import encode_datum
 from cdc.registry import FileRegistry, RegisteredSchema
 from tests.conftest import REGISTRY_PATH, REPO_ROOT
+from tests.support.envelopes import T0, contact_envelope
 
 __all__ = [
     "BATCH",
@@ -78,7 +79,6 @@ PIPELINE = "crm_contacts"
 PARTITIONS = 3
 BATCH = 4
 """``maxRecordsPerTrigger`` of the reference run and the faulted runs: several batches."""
-T0 = 1_767_600_000_000  # 2026-01-05T08:00:00Z
 KEY_SUBJECT = "crm.contacts-key"
 VALUE_SUBJECT = "crm.contacts-value"
 BUSINESS = (
@@ -172,23 +172,8 @@ def partition_of(cid: str) -> int:
 def envelope(
     op: str, ts: int, before: dict[str, Any] | None, after: dict[str, Any] | None
 ) -> dict[str, Any]:
-    return {
-        "before": before,
-        "after": after,
-        "op": op,
-        "ts_ms": ts + 5,
-        "source": {
-            "version": "2.7.0",
-            "connector": "postgresql",
-            "name": "crm",
-            "db": "crm",
-            "table": "contacts",
-            "ts_ms": ts,
-            "lsn": ts - T0,
-            "txId": None,
-            "snapshot": op == "r",
-        },
-    }
+    """:func:`contact_envelope` at source time ``ts`` (epoch ms); a read (``r``) is a snapshot."""
+    return contact_envelope(op, ts - T0, before, after, snapshot=op == "r")
 
 
 class StreamBuilder:

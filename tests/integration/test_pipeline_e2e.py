@@ -23,10 +23,9 @@ from deltalake import DeltaTable
 from cdc.config import Settings, load_settings
 from cdc.pipelines import run_pipelines, table_paths
 from tests.conftest import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
+from tests.support.envelopes import T0, contact_envelope
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-T0 = 1_767_600_000_000  # 2026-01-05T08:00:00Z
 
 
 @pytest.fixture()
@@ -83,32 +82,10 @@ def contact(
     }
 
 
-def envelope(
-    op: str, ts: int, before: dict[str, Any] | None, after: dict[str, Any] | None
-) -> dict[str, Any]:
-    return {
-        "before": before,
-        "after": after,
-        "op": op,
-        "ts_ms": T0 + ts + 5,
-        "source": {
-            "version": "2.7.0",
-            "connector": "postgresql",
-            "name": "crm",
-            "db": "crm",
-            "table": "contacts",
-            "ts_ms": T0 + ts,
-            "lsn": ts,
-            "txId": None,
-            "snapshot": False,
-        },
-    }
-
-
 def change(cid: str, op: str, ts: int, **row: Any) -> dict[str, Any]:
     after = contact(cid, ts=ts, **row) if op != "d" else None
     before = contact(cid, "old@x.io", ts=ts) if op in ("u", "d") else None
-    return {"key": {"contact_id": cid}, "value": envelope(op, ts, before, after)}
+    return {"key": {"contact_id": cid}, "value": contact_envelope(op, ts, before, after)}
 
 
 def contact_lines() -> list[dict[str, Any]]:

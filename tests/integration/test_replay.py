@@ -26,10 +26,9 @@ from cdc.pipelines import START_FILE, TXN_BASE_FILE, BatchStats, run_pipelines, 
 from cdc.replay import ReplayPosition, committed_txn_versions, replay_pipeline
 from cdc.status import committed_offsets
 from tests.conftest import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
+from tests.support.envelopes import T0, contact_envelope
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-T0 = 1_767_600_000_000  # 2026-01-05T08:00:00Z
 TOPIC = "crm.contacts"
 PIPELINE = "crm_contacts"
 
@@ -94,23 +93,12 @@ def change(
         "phone": phone,
         "updated_at": T0 + ts,
     }
-    value = {
-        "before": {**row, "email": "old@acme.io"} if op in ("u", "d") else None,
-        "after": None if op == "d" else row,
-        "op": op,
-        "ts_ms": T0 + ts + 5,
-        "source": {
-            "version": "2.7.0",
-            "connector": "postgresql",
-            "name": "crm",
-            "db": "crm",
-            "table": "contacts",
-            "ts_ms": T0 + ts,
-            "lsn": ts,
-            "txId": None,
-            "snapshot": False,
-        },
-    }
+    value = contact_envelope(
+        op,
+        ts,
+        {**row, "email": "old@acme.io"} if op in ("u", "d") else None,
+        None if op == "d" else row,
+    )
     line: dict[str, Any] = {"key": {"contact_id": cid}, "value": value}
     if partition is not None:
         line["partition"] = partition

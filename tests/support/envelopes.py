@@ -1,0 +1,50 @@
+"""Debezium change envelopes of the ``crm.contacts`` table, as the test producers send them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["T0", "contact_envelope"]
+
+T0 = 1_767_600_000_000  # 2026-01-05T08:00:00Z
+"""Source time (epoch ms) of LSN 0: the tests' clock starts here."""
+
+
+def contact_envelope(
+    op: str,
+    ts: int,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    *,
+    snapshot: bool = False,
+) -> dict[str, Any]:
+    """A Debezium PostgreSQL envelope of one ``crm.contacts`` change.
+
+    Args:
+        op: ``c``, ``u``, ``d`` or ``r`` (snapshot read).
+        ts: milliseconds after :data:`T0` the source committed the change; also its LSN.
+            The connector emits it 5 ms later.
+        before: the row before the change (updates and deletes).
+        after: the row after the change (none for a delete).
+        snapshot: ``source.snapshot``: the change was read by the initial snapshot.
+
+    Returns:
+        The envelope's datum (``crm.contacts-value``).
+    """
+    return {
+        "before": before,
+        "after": after,
+        "op": op,
+        "ts_ms": T0 + ts + 5,
+        "source": {
+            "version": "2.7.0",
+            "connector": "postgresql",
+            "name": "crm",
+            "db": "crm",
+            "table": "contacts",
+            "ts_ms": T0 + ts,
+            "lsn": ts,
+            "txId": None,
+            "snapshot": snapshot,
+        },
+    }
