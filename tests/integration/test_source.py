@@ -129,49 +129,83 @@ class Run:
         return sorted(r for batch in self.batches for r in batch)
 
 
-def _run(
-    spark: Any,
-    bootstrap: str,
-    topics: str,
-    contracts: Path,
-    registry: Path,
-    checkpoint: Path,
-    keep_rows: bool = False,
-    **options: str,
-) -> Run:
-    """One ``trigger(availableNow=True)`` query over ``topics``; returns per-batch results."""
-    run = Run()
-    reader = (
-        spark.readStream.format("cdc_kafka")
-        .option("kafka.bootstrap.servers", bootstrap)
-        .option("subscribe", topics)
-        .option("registry.path", str(registry))
-        .option("contracts.path", str(contracts))
-        .option("pollTimeoutMs", "200")
-    )
-    for key, value in options.items():
-        reader = reader.option(key, value)
+@dataclass
+class _Source:
+    """One test's ``cdc_kafka`` source: its broker, topics, contracts and queries."""
 
-    def collect(batch_df: Any, batch_id: int) -> None:
-        rows = batch_df.collect()
-        run.batches.append([(r["topic"], r["partition"], r["offset"]) for r in rows])
-        run.tasks.append(batch_df.rdd.getNumPartitions())
-        if keep_rows:
-            run.rows.extend(rows)
+    spark: Any
+    bootstrap: str
+    registry: Path
+    tmp_path: Path
+    _contracts: dict[str, Path] = field(default_factory=dict)
 
-    query = (
-        reader.load()
-        .writeStream.foreachBatch(collect)
-        .option("checkpointLocation", str(checkpoint))
-        .trigger(availableNow=True)
-        .start()
-    )
-    try:
-        query.awaitTermination(120)
-        run.progress = list(query.recentProgress)
-    finally:
-        query.stop()
-    return run
+    def create(
+        self, topic: str, partitions: int, counts: Mapping[int, int] | None = None, **options: Any
+    ) -> str:
+        """Create ``topic``, then produce ``counts`` to it; returns ``topic``."""
+        _create_topic(self.bootstrap, topic, partitions)
+        if counts:
+            self.produce(topic, counts, **options)
+        return topic
+
+    def produce(self, topic: str, counts: Mapping[int, int], **options: Any) -> None:
+        """:func:`_produce` on this source's broker."""
+        _produce(self.bootstrap, topic, counts, **options)
+
+    def contracts(self, topics: str) -> Path:
+        """The contracts file of ``topics`` (comma-separated): the same for every run."""
+        if topics not in self._contracts:
+            self._contracts[topics] = _contracts(self.tmp_path, *topics.split(","))
+        return self._contracts[topics]
+
+    def reader(
+        self, topics: str, contracts: Path | None = None, *, stream: bool = True, **options: str
+    ) -> Any:
+        """A streaming (or batch) ``cdc_kafka`` reader of ``topics`` with ``options`` set."""
+        reader = (
+            (self.spark.readStream if stream else self.spark.read)
+            .format("cdc_kafka")
+            .option("kafka.bootstrap.servers", self.bootstrap)
+            .option("subscribe", topics)
+            .option("registry.path", str(self.registry))
+            .option("contracts.path", str(contracts or self.contracts(topics)))
+        )
+        for key, value in options.items():
+            reader = reader.option(key, value)
+        return reader
+
+    def run(
+        self,
+        topics: str,
+        checkpoint: str = "checkpoint",
+        *,
+        keep_rows: bool = False,
+        **options: str,
+    ) -> Run:
+        """One ``trigger(availableNow=True)`` query over ``topics``; returns per-batch results."""
+        run = Run()
+        reader = self.reader(topics, pollTimeoutMs="200", **options)
+
+        def collect(batch_df: Any, batch_id: int) -> None:
+            rows = batch_df.collect()
+            run.batches.append([(r["topic"], r["partition"], r["offset"]) for r in rows])
+            run.tasks.append(batch_df.rdd.getNumPartitions())
+            if keep_rows:
+                run.rows.extend(rows)
+
+        query = (
+            reader.load()
+            .writeStream.foreachBatch(collect)
+            .option("checkpointLocation", str(self.tmp_path / checkpoint))
+            .trigger(availableNow=True)
+            .start()
+        )
+        try:
+            query.awaitTermination(120)
+            run.progress = list(query.recentProgress)
+        finally:
+            query.stop()
+        return run
 
 
 def _source_offsets(run: Run, index: int, key: str) -> Any:
@@ -189,19 +223,21 @@ def encoder(registry_path: Path) -> _Encoder:
     return _Encoder(registry_path)
 
 
+@pytest.fixture
+def source(spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path) -> _Source:
+    """The source on the shared broker."""
+    return _Source(spark, kafka_bootstrap, registry_path, tmp_path)
+
+
 # ------------------------------------------------------------------ tests
 
 
 def test_reads_every_record_once_then_only_new_ones_after_restart(
-    spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path, encoder: _Encoder
+    source: _Source, encoder: _Encoder
 ) -> None:
-    topic = _topic("once")
-    _create_topic(kafka_bootstrap, topic, 3)
-    _produce(kafka_bootstrap, topic, {0: 20, 1: 15, 2: 10}, encoder)
-    contracts = _contracts(tmp_path, topic)
-    checkpoint = tmp_path / "checkpoint"
+    topic = source.create(_topic("once"), 3, {0: 20, 1: 15, 2: 10}, encoder=encoder)
 
-    first = _run(spark, kafka_bootstrap, topic, contracts, registry_path, checkpoint, True)
+    first = source.run(topic, keep_rows=True)
 
     assert first.records == _expected(topic, {0: 20, 1: 15, 2: 10})
     decoded = {r["offset"]: r for r in first.rows if r["partition"] == 1}
@@ -214,34 +250,21 @@ def test_reads_every_record_once_then_only_new_ones_after_restart(
     # reportLatestOffset (the high watermarks) lands in the progress as latestOffset.
     assert _source_offsets(first, -1, "latestOffset") == expected_end
 
-    _produce(kafka_bootstrap, topic, {0: 5, 2: 3}, encoder, tag="new-")
-    second = _run(spark, kafka_bootstrap, topic, contracts, registry_path, checkpoint)
+    source.produce(topic, {0: 5, 2: 3}, encoder=encoder, tag="new-")
+    second = source.run(topic)
 
     assert second.records == sorted(
         [(topic, 0, o) for o in range(20, 25)] + [(topic, 2, o) for o in range(10, 13)]
     )
-    third = _run(spark, kafka_bootstrap, topic, contracts, registry_path, checkpoint)
+    third = source.run(topic)
     assert third.records == []
 
 
-def test_max_records_per_trigger_bounds_every_batch(
-    spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path
-) -> None:
-    topic = _topic("rate")
-    _create_topic(kafka_bootstrap, topic, 3)
+def test_max_records_per_trigger_bounds_every_batch(source: _Source) -> None:
     counts = {0: 25, 1: 10, 2: 1}
-    _produce(kafka_bootstrap, topic, counts)
-    contracts = _contracts(tmp_path, topic)
+    topic = source.create(_topic("rate"), 3, counts)
 
-    run = _run(
-        spark,
-        kafka_bootstrap,
-        topic,
-        contracts,
-        registry_path,
-        tmp_path / "checkpoint",
-        maxRecordsPerTrigger="7",
-    )
+    run = source.run(topic, maxRecordsPerTrigger="7")
 
     sizes = [len(batch) for batch in run.batches]
     assert sizes == [7, 7, 7, 7, 7, 1]
@@ -251,99 +274,49 @@ def test_max_records_per_trigger_bounds_every_batch(
     assert _source_offsets(run, 0, "endOffset") == {topic: {"0": 4, "1": 2, "2": 1}}
 
 
-def test_large_partition_range_is_read_by_several_tasks(
-    spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path
-) -> None:
-    topic = _topic("split")
-    _create_topic(kafka_bootstrap, topic, 1)
-    _produce(kafka_bootstrap, topic, {0: 17})
-    contracts = _contracts(tmp_path, topic)
+def test_large_partition_range_is_read_by_several_tasks(source: _Source) -> None:
+    topic = source.create(_topic("split"), 1, {0: 17})
 
-    run = _run(
-        spark,
-        kafka_bootstrap,
-        topic,
-        contracts,
-        registry_path,
-        tmp_path / "checkpoint",
-        maxRecordsPerPartition="5",
-        minRecordsPerTask="1",
-    )
+    run = source.run(topic, maxRecordsPerPartition="5", minRecordsPerTask="1")
 
     assert run.tasks == [4]
     assert run.records == _expected(topic, {0: 17})
 
 
-def test_small_ranges_of_several_partitions_share_one_task(
-    spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path
-) -> None:
-    topic = _topic("pack")
-    _create_topic(kafka_bootstrap, topic, 3)
-    _produce(kafka_bootstrap, topic, {0: 5, 1: 4, 2: 6})
-    contracts = _contracts(tmp_path, topic)
+def test_small_ranges_of_several_partitions_share_one_task(source: _Source) -> None:
+    topic = source.create(_topic("pack"), 3, {0: 5, 1: 4, 2: 6})
 
-    run = _run(spark, kafka_bootstrap, topic, contracts, registry_path, tmp_path / "checkpoint")
+    run = source.run(topic)
 
     assert run.tasks == [1]
     assert run.records == _expected(topic, {0: 5, 1: 4, 2: 6})
 
 
-def test_starting_offsets_latest_then_json(
-    spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path
-) -> None:
-    topic = _topic("start")
-    _create_topic(kafka_bootstrap, topic, 3)
-    _produce(kafka_bootstrap, topic, {0: 6, 1: 6, 2: 6})
-    contracts = _contracts(tmp_path, topic)
+def test_starting_offsets_latest_then_json(source: _Source) -> None:
+    topic = source.create(_topic("start"), 3, {0: 6, 1: 6, 2: 6})
 
-    latest_checkpoint = tmp_path / "latest"
-    run = _run(
-        spark,
-        kafka_bootstrap,
-        topic,
-        contracts,
-        registry_path,
-        latest_checkpoint,
-        startingOffsets="latest",
-    )
+    run = source.run(topic, "latest", startingOffsets="latest")
     assert run.records == []
     # The start was logged by an empty first batch, so it survives the restart.
     assert _source_offsets(run, 0, "endOffset") == {topic: {"0": 6, "1": 6, "2": 6}}
 
-    _produce(kafka_bootstrap, topic, {1: 2})
-    run = _run(
-        spark,
-        kafka_bootstrap,
-        topic,
-        contracts,
-        registry_path,
-        latest_checkpoint,
-        startingOffsets="latest",
-    )
+    source.produce(topic, {1: 2})
+    run = source.run(topic, "latest", startingOffsets="latest")
     assert run.records == [(topic, 1, 6), (topic, 1, 7)]
 
-    run = _run(
-        spark,
-        kafka_bootstrap,
+    run = source.run(
         topic,
-        contracts,
-        registry_path,
-        tmp_path / "json",
+        "json",
         startingOffsets=json.dumps({topic: {"0": 4, "1": -1}}),  # partition 2: earliest
     )
     assert run.records == sorted([(topic, 0, 4), (topic, 0, 5)] + [(topic, 2, o) for o in range(6)])
 
 
-def test_starting_timestamp(
-    spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path
-) -> None:
-    topic = _topic("ts")
-    _create_topic(kafka_bootstrap, topic, 1)
-    _produce(kafka_bootstrap, topic, {0: 3}, timestamp_ms=1_000_000)
-    _produce(kafka_bootstrap, topic, {0: 2}, timestamp_ms=2_000_000, tag="late-")
-    contracts = _contracts(tmp_path, topic)
+def test_starting_timestamp(source: _Source) -> None:
+    topic = source.create(_topic("ts"), 1, {0: 3}, timestamp_ms=1_000_000)
+    source.produce(topic, {0: 2}, timestamp_ms=2_000_000, tag="late-")
 
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "probe"})
+    consumer = Consumer({"bootstrap.servers": source.bootstrap, "group.id": "probe"})
     try:
         (probe,) = consumer.offsets_for_times([TopicPartition(topic, 0, 1_500_000)], timeout=10)
     finally:
@@ -351,16 +324,7 @@ def test_starting_timestamp(
 
     # A timestamp before every record starts at the beginning on any broker; startingTimestamp
     # wins over startingOffsets.
-    run = _run(
-        spark,
-        kafka_bootstrap,
-        topic,
-        contracts,
-        registry_path,
-        tmp_path / "all",
-        startingTimestamp="500000",
-        startingOffsets="latest",
-    )
+    run = source.run(topic, "all", startingTimestamp="500000", startingOffsets="latest")
     assert run.records == _expected(topic, {0: 5})
 
     if probe.offset != 3:
@@ -369,42 +333,20 @@ def test_starting_timestamp(
         # test_stream_reader_starting_timestamp_uses_the_brokers_lookup covers the logic.
         assert probe.offset == 0
         return
-    run = _run(
-        spark,
-        kafka_bootstrap,
-        topic,
-        contracts,
-        registry_path,
-        tmp_path / "middle",
-        startingTimestamp="1500000",
-    )
+    run = source.run(topic, "middle", startingTimestamp="1500000")
     assert run.records == [(topic, 0, 3), (topic, 0, 4)]
 
 
-def test_topic_created_after_start_is_read_from_earliest(
-    spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path
-) -> None:
-    first, later = _topic("a"), _topic("b")
-    _create_topic(kafka_bootstrap, first, 1)
-    _produce(kafka_bootstrap, first, {0: 3})
-    contracts = _contracts(tmp_path, first, later)
-    checkpoint = tmp_path / "checkpoint"
+def test_topic_created_after_start_is_read_from_earliest(source: _Source) -> None:
+    first = source.create(_topic("a"), 1, {0: 3})
+    later = _topic("b")
     topics = f"{first},{later}"
 
-    run = _run(spark, kafka_bootstrap, topics, contracts, registry_path, checkpoint)
+    run = source.run(topics)
     assert run.records == _expected(first, {0: 3})
 
-    _create_topic(kafka_bootstrap, later, 2)
-    _produce(kafka_bootstrap, later, {0: 2, 1: 1})
-    run = _run(
-        spark,
-        kafka_bootstrap,
-        topics,
-        contracts,
-        registry_path,
-        checkpoint,
-        startingOffsets="latest",  # only applies to a new query: ignored here
-    )
+    source.create(later, 2, {0: 2, 1: 1})
+    run = source.run(topics, startingOffsets="latest")  # only applies to a new query: ignored here
     assert run.records == _expected(later, {0: 2, 1: 1})
 
 
@@ -417,90 +359,57 @@ def own_broker() -> Iterator[EmbeddedBroker]:
 def test_fail_on_data_loss_both_ways(
     spark: Any, own_broker: EmbeddedBroker, registry_path: Path, tmp_path: Path
 ) -> None:
-    bootstrap = own_broker.bootstrap
-    topic = _topic("loss")
-    _create_topic(bootstrap, topic, 2)
-    _produce(bootstrap, topic, {0: 10, 1: 10})
-    contracts = _contracts(tmp_path, topic)
-    checkpoint = tmp_path / "checkpoint"
-    run = _run(spark, bootstrap, topic, contracts, registry_path, checkpoint)
+    source = _Source(spark, own_broker.bootstrap, registry_path, tmp_path)
+    topic = source.create(_topic("loss"), 2, {0: 10, 1: 10})
+    run = source.run(topic)
     assert len(run.records) == 20
 
     own_broker.restart()  # in-memory store: the topic and its offsets are gone
 
     with pytest.raises(Exception, match="DataLossError") as gone:
-        _run(spark, bootstrap, topic, contracts, registry_path, checkpoint)
+        source.run(topic)
     assert (
         f"data loss on {topic}/0: the partition no longer exists (the query had reached offset 10)"
         in str(gone.value)
     )
 
-    _create_topic(bootstrap, topic, 2)
-    _produce(bootstrap, topic, {0: 3, 1: 2})
+    source.create(topic, 2, {0: 3, 1: 2})
     with pytest.raises(Exception, match="DataLossError") as beyond:
-        _run(spark, bootstrap, topic, contracts, registry_path, checkpoint)
+        source.run(topic)
     assert (
         f"data loss on {topic}/0: the query's offset 10 is beyond the end of the partition 3;"
         " the topic was recreated or the broker lost data" in str(beyond.value)
     )
     assert "set failOnDataLoss=false to skip the lost records" in str(beyond.value)
 
-    run = _run(
-        spark, bootstrap, topic, contracts, registry_path, checkpoint, failOnDataLoss="false"
-    )
+    run = source.run(topic, failOnDataLoss="false")
     assert run.records == _expected(topic, {0: 3, 1: 2})
-    run = _run(spark, bootstrap, topic, contracts, registry_path, checkpoint)
+    run = source.run(topic)
     assert run.records == []
 
 
-def test_batch_read_between_offsets(
-    spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path
-) -> None:
-    topic = _topic("batch")
-    _create_topic(kafka_bootstrap, topic, 2)
-    _produce(kafka_bootstrap, topic, {0: 8, 1: 4})
-    contracts = _contracts(tmp_path, topic)
+def test_batch_read_between_offsets(source: _Source) -> None:
+    topic = source.create(_topic("batch"), 2, {0: 8, 1: 4})
 
-    df = (
-        spark.read.format("cdc_kafka")
-        .option("kafka.bootstrap.servers", kafka_bootstrap)
-        .option("subscribe", topic)
-        .option("registry.path", str(registry_path))
-        .option("contracts.path", str(contracts))
-        .option("startingOffsets", json.dumps({topic: {"0": 2}}))
-        .option("endingOffsets", json.dumps({topic: {"0": 6, "1": -1}}))
-        .option("maxRecordsPerPartition", "3")
-        .load()
-    )
+    df = source.reader(
+        topic,
+        stream=False,
+        startingOffsets=json.dumps({topic: {"0": 2}}),
+        endingOffsets=json.dumps({topic: {"0": 6, "1": -1}}),
+        maxRecordsPerPartition="3",
+    ).load()
     rows = sorted((r["partition"], r["offset"]) for r in df.select("partition", "offset").collect())
     assert rows == [(0, 2), (0, 3), (0, 4), (0, 5), (1, 0), (1, 1), (1, 2), (1, 3)]
 
 
-def test_configuration_errors_surface_with_their_message(
-    spark: Any, kafka_bootstrap: str, registry_path: Path, tmp_path: Path
-) -> None:
-    contracts = _contracts(tmp_path, "a-topic")
+def test_configuration_errors_surface_with_their_message(source: _Source, tmp_path: Path) -> None:
+    contracts = source.contracts("a-topic")
     with pytest.raises(Exception, match="unknown cdc_kafka option") as unknown:
-        (
-            spark.readStream.format("cdc_kafka")
-            .option("kafka.bootstrap.servers", kafka_bootstrap)
-            .option("subscribe", "a-topic")
-            .option("registry.path", str(registry_path))
-            .option("contracts.path", str(contracts))
-            .option("maxOffsetsPerTrigger", "5")
-            .load()
-        )
+        source.reader("a-topic", maxOffsetsPerTrigger="5").load()
     assert "did you mean maxRecordsPerTrigger?" in str(unknown.value)
 
     with pytest.raises(Exception, match="no contract for topic 'other-topic'"):
-        (
-            spark.readStream.format("cdc_kafka")
-            .option("kafka.bootstrap.servers", kafka_bootstrap)
-            .option("subscribe", "a-topic,other-topic")
-            .option("registry.path", str(registry_path))
-            .option("contracts.path", str(contracts))
-            .load()
-        )
+        source.reader("a-topic,other-topic", contracts).load()
 
     mixed = tmp_path / "mixed.yaml"
     mixed.write_text(
@@ -509,11 +418,4 @@ def test_configuration_errors_surface_with_their_message(
         encoding="utf-8",
     )
     with pytest.raises(Exception, match="must share one contract"):
-        (
-            spark.readStream.format("cdc_kafka")
-            .option("kafka.bootstrap.servers", kafka_bootstrap)
-            .option("subscribe", "a-topic,contacts-topic")
-            .option("registry.path", str(registry_path))
-            .option("contracts.path", str(mixed))
-            .load()
-        )
+        source.reader("a-topic,contacts-topic", mixed).load()
