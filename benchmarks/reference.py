@@ -25,7 +25,7 @@ from cdc.changes import business_columns, scd2_changes
 from cdc.config import PipelineSettings
 from cdc.contracts import TopicContract, TopicDecoder, avro_to_arrow_type
 from cdc.registry import SchemaRegistry
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension
+from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
 from cdc.sinks.delta import DeltaSink, Txn
 
 __all__ = ["LiveReference", "ReferenceResult", "run_reference"]
@@ -131,7 +131,7 @@ class _Merger:
             if decoder == "columnar"
             else _Decoder(registry, key_subject, value_subject)
         )
-        self.sink = DeltaSink(silver_uri)
+        self.sink = DeltaSink(silver_uri, partition_by=["is_current"])  # as the pipeline
         self.spec: Scd2Spec | None = None
         self.result = result
 
@@ -150,7 +150,10 @@ class _Merger:
         spec = self.spec
         changes = scd2_changes(table, spec, pipeline.source_format, pipeline.sequence_by)
         t2 = time.perf_counter()
-        existing = self.sink.read_keys(changes.select(list(spec.keys)).unique())
+        existing = self.sink.read_scd2_rows(
+            changes.select(list(spec.keys)).unique(),
+            lambda rows: late_keys(rows, changes, spec, None),
+        )
         if existing is None:
             existing = empty_dimension(spec, dict(changes.schema))
         t3 = time.perf_counter()

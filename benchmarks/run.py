@@ -83,6 +83,7 @@ CI: dict[str, Any] = {
     "scaling_events": (50_000, 200_000),
     "dimension_keys": (10_000, 200_000),
     "merge_batch": 10_000,
+    "history_rounds": 20,
 }
 FULL: dict[str, Any] = {
     "events": 1_000_000,
@@ -94,6 +95,7 @@ FULL: dict[str, Any] = {
     "scaling_events": (100_000, 1_000_000),
     "dimension_keys": (10_000, 1_000_000),
     "merge_batch": 10_000,
+    "history_rounds": 100,
 }
 QUICK: dict[str, Any] = {
     **CI,
@@ -105,6 +107,7 @@ QUICK: dict[str, Any] = {
     "scaling_events": (5_000, 20_000),
     "dimension_keys": (2_000, 20_000),
     "merge_batch": 1_000,
+    "history_rounds": 10,
 }
 
 log = logging.getLogger("benchmarks")
@@ -505,9 +508,15 @@ class Bench:
         return out
 
     def scaling(
-        self, sizes: tuple[int, ...], dimensions: tuple[int, ...], merge_batch: int
+        self,
+        sizes: tuple[int, ...],
+        dimensions: tuple[int, ...],
+        merge_batch: int,
+        history_rounds: int = 0,
     ) -> dict[str, Any]:
-        """Events/s at each size; merge cost per batch against each dimension size."""
+        """Events/s at each size; merge cost per batch against each dimension size, and
+        against the smaller dimension after ``history_rounds`` rounds of updates (the same
+        keys, a table many times longer)."""
         out: dict[str, Any] = {"load_average_1m": _load(), "sizes": [], "merge": []}
         done = {r["events"]: r for r in self.report.get("throughput_runs", [])}
         for events in sizes:
@@ -524,19 +533,31 @@ class Bench:
         for keys in dimensions:
             print(f"scaling: merge into a {keys:,}-key dimension ...", file=sys.stderr)
             out["merge"].append(self._merge_cost(keys, merge_batch))
+        if history_rounds:
+            keys = dimensions[0]
+            print(
+                f"scaling: merge into a {keys:,}-key dimension after {history_rounds} rounds "
+                "of updates ...",
+                file=sys.stderr,
+            )
+            out["history"] = self._merge_cost(keys, merge_batch, history_rounds=history_rounds)
         return out
 
-    def _merge_cost(self, keys: int, batch: int, repeats: int = 3) -> dict[str, Any]:
+    def _merge_cost(
+        self, keys: int, batch: int, repeats: int = 3, history_rounds: int = 0
+    ) -> dict[str, Any]:
         """Driver-side cost of one batch of ``batch`` updates against ``keys`` current rows.
 
         No Spark: the decoded batch goes straight to the pipeline's ``BatchWriter.process``
         (bronze append, normalise, read the batch's keys, fold, MERGE), as ``foreachBatch``
-        would run it. The dimension is loaded first with one create per key.
+        would run it. The dimension is loaded first with one create per key, then
+        ``history_rounds`` rounds of one event per key (updates, a third of them tracked,
+        and deletes and re-creates), one batch per round.
         """
         from cdc.contracts import TopicDecoder, load_contracts
         from cdc.pipelines import BatchWriter
 
-        topic = self.register(f"bench.merge.{keys}")
+        topic = self.register(f"bench.merge.{keys}.{history_rounds}")
         contract = load_contracts(self.contracts)[topic]
         decoder = TopicDecoder(self.registry, contract)
         settings = self.settings(topic)
@@ -555,20 +576,21 @@ class Bench:
         ):
             sink = writer.sinks[role]
             _time_method(sink, method, name, timings)
-        encoded = encode_events(keys + repeats * batch, keys, 1, self.registry)
+        loading = 1 + history_rounds
+        encoded = encode_events(keys * loading + repeats * batch, keys, 1, self.registry)
         chunk: list[Any] = []
         batch_id = 0
         t_load = 0.0
         for offset, (_, key, value) in enumerate(encoded):
             chunk.append((topic, 0, offset, 1_700_000_000_000 + offset, key, value))
-            if len(chunk) == (keys if batch_id == 0 else batch):
+            if len(chunk) == (keys if batch_id < loading else batch):
                 table = decoder.decode_batch(chunk)
                 timings.clear()
                 started = time.perf_counter()
                 writer.process(table, batch_id, datetime.now(UTC))
                 elapsed = time.perf_counter() - started
-                if batch_id == 0:
-                    t_load = elapsed
+                if batch_id < loading:
+                    t_load += elapsed
                 else:
                     phases["total"].append(elapsed)
                     for name in ("read_keys", "merge", "bronze"):
@@ -578,8 +600,11 @@ class Bench:
         silver = writer.sinks["silver"].table()
         assert silver is not None
         files = silver.get_add_actions(flatten=True)
+        rows = sum(int(n) for n in files.column("num_records").to_pylist())
         return {
             "dimension_keys": keys,
+            "history_rounds": history_rounds,
+            "silver_rows": rows,
             "batch_events": batch,
             "load_seconds": t_load,
             "silver_files": files.num_rows,
@@ -778,7 +803,8 @@ def print_report(report: dict[str, Any]) -> None:
         for row in merges:
             print(
                 f"    batch of {row['batch_events']:,} updates into {row['dimension_keys']:>9,} "
-                f"keys ({row['silver_files']} files, {row['silver_bytes'] / 2**20:.0f} MiB): "
+                f"keys, {row['silver_rows']:>9,} rows ({row['silver_files']} files, "
+                f"{row['silver_bytes'] / 2**20:.0f} MiB): "
                 f"read keys {row['read_keys_seconds']:.2f}s, MERGE {row['merge_seconds']:.2f}s, "
                 f"bronze {row['bronze_seconds']:.2f}s, batch {row['total_seconds']:.2f}s"
             )
@@ -791,6 +817,24 @@ def print_report(report: dict[str, Any]) -> None:
                 f"read keys x{_f(_ratio(large['read_keys_seconds'], small['read_keys_seconds']))}"
                 f", batch x{_f(_ratio(large['total_seconds'], small['total_seconds']))} "
                 "(1.0 = cost follows the batch, not the table)"
+            )
+        hist = sc.get("history")
+        if hist and merges:
+            base = merges[0]
+            rounds = hist["history_rounds"]
+            print(
+                f"    same {hist['dimension_keys']:,} keys after {rounds} rounds of "
+                f"updates ({hist['silver_rows']:,} rows, {hist['silver_files']} files): read keys "
+                f"{hist['read_keys_seconds']:.2f}s, MERGE {hist['merge_seconds']:.2f}s, batch "
+                f"{hist['total_seconds']:.2f}s"
+            )
+            merge = _f(_ratio(hist["merge_seconds"], base["merge_seconds"]))
+            print(
+                f"    {_ratio(hist['silver_rows'], base['silver_rows']):.0f}x the rows, same "
+                f"keys and batch -> MERGE time x{merge}"
+                f", read keys x{_f(_ratio(hist['read_keys_seconds'], base['read_keys_seconds']))}"
+                f", batch x{_f(_ratio(hist['total_seconds'], base['total_seconds']))} "
+                "(1.0 = history does not slow the MERGE)"
             )
     print(
         f"\n  machine: {m['cpus']} CPUs ({m['cpu_model']}), load average "
@@ -837,11 +881,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling-events", type=_pair, help="scaling: two topic sizes a,b")
     parser.add_argument("--dimension-keys", type=_pair, help="scaling: two dimension sizes a,b")
     parser.add_argument("--merge-batch", type=int, help="scaling: updates per merged batch")
+    parser.add_argument(
+        "--history-rounds",
+        type=int,
+        help="scaling: rounds of updates loaded before the history comparison (CI 20; 0 = skip)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep tables here (default: a temp dir)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON result ({RESULTS})")
     args = parser.parse_args(argv)
     base = FULL if args.full else QUICK if args.quick else CI
-    for name in ("events", "keys", "batch", "rate", "seconds", "merge_batch"):
+    for name in ("events", "keys", "batch", "rate", "seconds", "merge_batch", "history_rounds"):
         if getattr(args, name) is None:
             setattr(args, name, base[name])
     for name in ("memory_events", "scaling_events", "dimension_keys"):
@@ -890,7 +939,10 @@ def main(argv: list[str] | None = None) -> int:
                     report["memory"] = bench.memory(args.memory_events)
                 if "scaling" in modes:
                     report["scaling"] = bench.scaling(
-                        args.scaling_events, args.dimension_keys, args.merge_batch
+                        args.scaling_events,
+                        args.dimension_keys,
+                        args.merge_batch,
+                        args.history_rounds,
                     )
             except Exception as exc:  # report what failed, keep what was measured
                 report["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]

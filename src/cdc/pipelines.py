@@ -225,6 +225,8 @@ class BatchWriter:
         paths = table_paths(settings, pipeline)
         self.sinks = {role: DeltaSink(uri, storage) for role, uri in paths.items()}
         if pipeline.kind == "scd2":
+            # History is append-only in its own partition; a MERGE rewrites current rows only.
+            self.sinks["silver"] = DeltaSink(paths["silver"], storage, ["is_current"])
             self.sinks["orphans"] = DeltaSink(orphans_path(settings, pipeline), storage)
         self.fault_hook = fault_hook
         self.on_batch = on_batch
@@ -308,12 +310,15 @@ class BatchWriter:
                 stats.skipped_tables.append("silver")
                 return
             affected = changes.select(keys).unique()
-            existing = sink.read_keys(affected)
+            seen = orphans.read_keys(affected)
+            existing = sink.read_scd2_rows(
+                affected,
+                lambda rows: late_keys(_with_columns_of(rows, changes, spec), changes, spec, seen),
+            )
             if existing is None:
                 existing = empty_dimension(spec, dict(changes.schema))
             else:
                 existing = _with_columns_of(existing, changes, spec)
-            seen = orphans.read_keys(affected)
             late = late_keys(existing, changes, spec, seen)
             history = self._history(late, spec) if late.height else None
             result = apply_scd2(existing, changes, spec, history=history, seen=seen)

@@ -120,7 +120,10 @@ class Scd2Result:
 
     Attributes:
         upserts: full rows to insert, or to update where ``(keys, _seq_open)`` exists.
-        deletes: ``(keys, _seq_open)`` of rows that no longer exist (a late event merged them).
+        deletes: ``(keys, _seq_open)`` of rows that no longer exist (a late event merged them),
+            with their ``is_current``.
+        was_current: per upsert, ``is_current`` of the row it rewrites (null for a new row):
+            the row's partition when the table is partitioned by ``is_current``.
         inserted: versions created.
         updated: existing versions rewritten (closed, or updated in place).
         closed: versions that stopped being current (superseded or deleted).
@@ -135,6 +138,7 @@ class Scd2Result:
     closed: int = 0
     duplicate_events: int = 0
     affected_keys: int = 0
+    was_current: pl.Series | None = None
     orphans: pl.DataFrame | None = None
     """Keys left with no row although events were seen (only deletes so far), with the
     greatest sequence seen: the table cannot hold it, so the caller keeps it (``seen``)."""
@@ -553,7 +557,9 @@ def apply_scd2(
     flagged = joined.with_columns(_exists=exists, _differs=differs)
     changed = flagged.filter(~pl.col("_exists") | pl.col("_differs"))
     upserts = changed.select(rebuilt.columns)
-    deletes = existing.join(rebuilt, on=identity, how="anti", nulls_equal=True).select(identity)
+    deletes = existing.join(rebuilt, on=identity, how="anti", nulls_equal=True).select(
+        *identity, "is_current"
+    )
 
     inserted = int(changed.filter(~pl.col("_exists")).height)
     updated = int(changed.height - inserted)
@@ -579,6 +585,7 @@ def apply_scd2(
     return Scd2Result(
         orphans=orphans,
         upserts=upserts,
+        was_current=changed.get_column("is_current__old"),
         deletes=deletes,
         inserted=inserted,
         updated=updated,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 
-from cdc.scd2 import apply_scd2, empty_dimension
+from cdc.scd2 import apply_scd2, empty_dimension, late_keys, scd2_from_events
 from cdc.sinks.delta import DeltaSink, Txn
 from tests.unit.test_scd2 import SCHEMA, SPEC, apply_all, changes, ev
+from tests.unit.test_scd2_order import IDENTITY, frame, to_log
 
 
 def _apply(sink: DeltaSink, batch: pl.DataFrame, version: int) -> None:
@@ -67,3 +71,83 @@ def test_facts_insert_only_new_event_ids(tmp_path: Path) -> None:
     sink.insert_new(pl.DataFrame({"event_id": ["b", "c"], "v": [20, 3]}), "event_id", Txn("f", 1))
     rows = DeltaTable(str(tmp_path / "fact")).to_pyarrow_table().sort_by("event_id").to_pylist()
     assert rows == [{"event_id": "a", "v": 1}, {"event_id": "b", "v": 2}, {"event_id": "c", "v": 3}]
+
+
+def _apply_with_state(
+    sink: DeltaSink, orphans: DeltaSink, batch: pl.DataFrame, received: pl.DataFrame, version: int
+) -> None:
+    """What ``BatchWriter`` does for one batch: state read, fold with history, MERGE."""
+    keys = batch.select("contact_id").unique()
+    seen = orphans.read_keys(keys)
+    existing = sink.read_scd2_rows(keys, lambda rows: late_keys(rows, batch, SPEC, seen))
+    if existing is None:
+        existing = empty_dimension(SPEC, SCHEMA)
+    result = apply_scd2(existing, batch, SPEC, history=received, seen=seen)
+    if result.orphans is not None and result.orphans.height:
+        orphans.append(result.orphans.to_arrow(), Txn("t:orphans", version))
+    sink.merge_scd2(result, ["contact_id"], Txn("t:dim", version))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_current_partitioned_dimension_equals_one_pass(tmp_path: Path, seed: int) -> None:
+    """Out-of-order logs through real partitioned and unpartitioned tables give the one-pass
+    SCD2; in-order batches never rewrite a history file."""
+    rng = random.Random(seed)
+    kinds = ["U"] * 6 + ["D", "T"]
+    log = to_log(
+        [
+            {
+                "contact_id": f"c{rng.randrange(6)}",
+                "kind": rng.choice(kinds),
+                "ts": rng.randrange(40) if rng.random() < 0.3 else 40 + i,  # 30% late
+                "email": rng.choice("abc"),
+                "phone": rng.choice(["1", "2", None]),
+            }
+            for i in range(60)
+        ]
+    )
+    bounds = sorted({0, len(log), *rng.sample(range(1, len(log)), 7)})
+    tables = {}
+    for layout, parts in (("current", ["is_current"]), ("flat", None)):
+        sink = DeltaSink(str(tmp_path / layout), partition_by=parts)
+        orphans = DeltaSink(str(tmp_path / f"{layout}_orphans"))
+        for version, (a, b) in enumerate(itertools.pairwise(bounds)):
+            _apply_with_state(sink, orphans, frame(log[a:b]), frame(log[:b]), version)
+        tables[layout] = _read(tmp_path / layout)
+    assert DeltaTable(str(tmp_path / "current")).metadata().partition_columns == ["is_current"]
+    expected = scd2_from_events(frame(log), SPEC).sort(IDENTITY)
+    for table in tables.values():
+        assert table.sort(IDENTITY).equals(expected.select(table.columns))
+
+
+def _history_files(path: Path) -> set[str]:
+    files = pa.table(DeltaTable(str(path)).get_add_actions(flatten=True)).to_pylist()
+    return {f["path"] for f in files if f["partition.is_current"] is False}
+
+
+def test_in_order_batches_append_history_and_rewrite_only_current_rows(tmp_path: Path) -> None:
+    sink = DeltaSink(str(tmp_path / "dim"), partition_by=["is_current"])
+    orphans = DeltaSink(str(tmp_path / "orphans"))
+    history_files: list[set[str]] = []
+    received: list[pl.DataFrame] = []
+    for round_ in range(4):
+        # Key s<r> keeps its round-0 version until round r: every batch closes a row that
+        # opened before every history file, so statistics on _seq_open cannot prune history.
+        batch = changes(
+            *(ev(f"c{k}", 1000 * (round_ + 1) + k, email=f"e{round_}") for k in range(50)),
+            *(
+                ev(f"s{k}", 1000 * (round_ + 1) + 60 + k, email=f"e{round_}")
+                for k in range(4)
+                if round_ in (0, k)
+            ),
+        )
+        received.append(batch)
+        _apply_with_state(sink, orphans, batch, pl.concat(received), round_)
+        history_files.append(_history_files(tmp_path / "dim"))
+        metrics = DeltaTable(str(tmp_path / "dim")).history(1)[0]["operationMetrics"]
+        if round_:
+            # Only the current partition's files are read and rewritten; history only grows.
+            assert history_files[-2] < history_files[-1]
+            assert metrics["num_target_files_scanned"] == metrics["num_target_files_removed"] == 1
+    table = _read(tmp_path / "dim")
+    assert table.height == 200 + 7 and table.filter("is_current").height == 54

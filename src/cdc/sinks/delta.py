@@ -10,6 +10,7 @@ id and offsets, and each table applies it at most once. This is the interface of
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
@@ -24,6 +25,8 @@ __all__ = ["DeltaSink", "Txn", "WriteOutcome"]
 
 log = logging.getLogger(__name__)
 _ACTION = "_cdc_action"
+_WAS_CURRENT = "_cdc_was_current"
+CURRENT_PARTITION = "is_current"
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,28 @@ def _arrow(frame: pl.DataFrame) -> pa.Table:
 
 
 class DeltaSink:
-    """One Delta table (local path or object-store URI) written idempotently."""
+    """One Delta table (local path or object-store URI) written idempotently.
 
-    def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
+    ``partition_by`` applies when the sink creates the table; an existing table keeps the
+    layout it was created with (a dimension created unpartitioned still works, but every
+    MERGE then rewrites its history too).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        storage_options: dict[str, str] | None = None,
+        partition_by: list[str] | None = None,
+    ) -> None:
         self.uri = uri
         self.storage_options = storage_options or {}
+        self.partition_by = partition_by
         self._table: DeltaTable | None = None
+
+    def partition_columns(self) -> list[str]:
+        """The existing table's partition columns (empty when unpartitioned or absent)."""
+        table = self.table()
+        return [] if table is None else list(table.metadata().partition_columns)
 
     def table(self) -> DeltaTable | None:
         """The table at its latest version, or None when it does not exist yet."""
@@ -90,11 +109,13 @@ class DeltaSink:
         """Append rows (schema may gain fields) in one commit tagged with ``txn``."""
         if self.committed(txn):
             return WriteOutcome(skipped=True)
+        creating = self.table() is None
         try:
             write_deltalake(
                 self.uri,
                 data,
                 mode="append",
+                partition_by=self.partition_by if creating else None,
                 schema_mode="merge",
                 storage_options=self.storage_options,
                 commit_properties=self._props(txn, operation),
@@ -122,48 +143,102 @@ class DeltaSink:
             .collect()
         )
 
-    def read_keys(self, keys: pl.DataFrame) -> pl.DataFrame | None:
-        """All rows whose key columns match a row of ``keys`` (None when no table yet)."""
+    def read_keys(self, keys: pl.DataFrame, current: bool | None = None) -> pl.DataFrame | None:
+        """Rows whose key columns match a row of ``keys`` (None when no table yet).
+
+        ``current`` restricts the read to rows with that ``is_current`` (a partition filter
+        when the table is partitioned by it, so the other partition is not read).
+        """
         table = self.table()
         if table is None:
             return None
         key_cols = keys.columns
         first = key_cols[0]
         wanted = keys.get_column(first).unique()
-        # Polars' Delta scan prunes files and row groups on the key's statistics, and copes
-        # with the string_view columns DataFusion-written files carry (pyarrow's scanner does not).
-        found = (
-            pl.scan_delta(table, version=table.version())
-            .filter(pl.col(first).is_in(wanted.implode()))
-            .collect()
-        )
+        where = pl.col(first).is_in(wanted.implode())
+        if current is not None:
+            where = (pl.col(CURRENT_PARTITION) == current) & where
+        # Polars' Delta scan prunes partitions, files and row groups (the key's statistics),
+        # and copes with the string_view columns DataFusion-written files carry (pyarrow's
+        # scanner does not).
+        found = pl.scan_delta(table, version=table.version()).filter(where).collect()
         if len(key_cols) > 1:
             found = found.join(keys.unique(), on=key_cols, how="semi", nulls_equal=True)
         return found
 
+    def read_scd2_rows(
+        self, keys: pl.DataFrame, late: Callable[[pl.DataFrame], pl.DataFrame]
+    ) -> pl.DataFrame | None:
+        """The dimension rows an SCD2 fold of ``keys`` needs (None when no table yet).
+
+        That is each key's latest row, and every row of the keys ``late(rows)`` names (see
+        :func:`cdc.scd2.late_keys`). With the table partitioned by ``is_current`` the latest
+        row of a key that has a current row *is* that row, so history is read only for keys
+        without one (deleted, or new) and for late keys: the read follows the batch's keys and
+        the current rows, not the length of the history. Unpartitioned: all rows of the keys.
+        """
+        if CURRENT_PARTITION not in self.partition_columns():
+            return self.read_keys(keys)
+        key_cols = keys.columns
+        current = self.read_keys(keys, current=True)
+        assert current is not None
+        without = keys.join(current.select(key_cols), on=key_cols, how="anti", nulls_equal=True)
+        rows = current
+        if without.height:
+            past = self.read_keys(without, current=False)
+            assert past is not None
+            rows = pl.concat([rows, past], how="diagonal_relaxed")
+        more = (
+            late(rows)
+            .select(key_cols)
+            .join(current.select(key_cols).unique(), on=key_cols, how="semi", nulls_equal=True)
+        )
+        if more.height:
+            past = self.read_keys(more, current=False)
+            assert past is not None
+            rows = pl.concat([rows, past], how="diagonal_relaxed")
+        return rows
+
     def merge_scd2(self, result: Scd2Result, keys: list[str], txn: Txn) -> WriteOutcome:
-        """Apply an SCD2 result in one MERGE on ``(keys, _seq_open)``."""
+        """Apply an SCD2 result in one MERGE on ``(keys, _seq_open)``.
+
+        When the table is partitioned by ``is_current``, each source row also names the
+        partition of the row it rewrites, so the MERGE reads and rewrites only the partitions
+        it touches: the current rows, plus history only for late keys. Closed versions move to
+        the history partition, which otherwise only grows by appends.
+        """
         if result.upserts.height == 0 and result.deletes.height == 0:
             return WriteOutcome(skipped=False)
         if self.committed(txn):
             return WriteOutcome(skipped=True)
-        upserts = result.upserts.with_columns(pl.lit("U").alias(_ACTION))
-        source = pl.concat(
-            [upserts, result.deletes.with_columns(pl.lit("D").alias(_ACTION))],
-            how="diagonal_relaxed",
-        ).select(upserts.columns)
         if self.table() is None:
             # First batch: nothing to match; the MERGE's inserts are the whole result.
-            return self.append(_arrow(upserts.drop(_ACTION)), txn, operation="scd2-create")
+            return self.append(_arrow(result.upserts), txn, operation="scd2-create")
+        by_partition = CURRENT_PARTITION in self.partition_columns()
+        upserts = result.upserts.with_columns(pl.lit("U").alias(_ACTION))
+        deletes = result.deletes.with_columns(pl.lit("D").alias(_ACTION))
+        extra = [_ACTION]
+        if by_partition:
+            # A new row matches nothing whatever this says; saying "current" keeps the
+            # MERGE's partition filter to {true} when no history row is rewritten.
+            was = result.was_current
+            if was is None:
+                was = pl.Series(_WAS_CURRENT, [True] * upserts.height, dtype=pl.Boolean)
+            upserts = upserts.with_columns(was.fill_null(True).alias(_WAS_CURRENT))
+            deletes = deletes.with_columns(pl.col(CURRENT_PARTITION).alias(_WAS_CURRENT))
+            extra.append(_WAS_CURRENT)
+        source = pl.concat([upserts, deletes], how="diagonal_relaxed").select(upserts.columns)
         on = " AND ".join(f"t.{c} = s.{c}" for c in [*keys, "_seq_open"])
+        if by_partition:
+            on += f" AND t.{CURRENT_PARTITION} = s.{_WAS_CURRENT}"
         return self._merge(
             _arrow(source),
             on,
             txn,
             lambda m: (
                 m.when_matched_delete(predicate=f"s.{_ACTION} = 'D'")
-                .when_matched_update_all(predicate=f"s.{_ACTION} = 'U'", except_cols=[_ACTION])
-                .when_not_matched_insert_all(predicate=f"s.{_ACTION} = 'U'", except_cols=[_ACTION])
+                .when_matched_update_all(predicate=f"s.{_ACTION} = 'U'", except_cols=extra)
+                .when_not_matched_insert_all(predicate=f"s.{_ACTION} = 'U'", except_cols=extra)
             ),
             "scd2-merge",
         )
