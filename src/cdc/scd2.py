@@ -447,16 +447,23 @@ def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         pl.col("_seq").alias("_seq_last"),
         pl.col("_next_seq").alias("_seq_close"),
     )
-    # The greatest sequence seen per key (no-op deletes included) lives on its latest row.
-    seq_max = df.group_by(keys).agg(pl.col("_seq").max().alias("_key_seq_max"))
-    latest = pl.col("_seq_open") == pl.col("_seq_open").max().over(keys)
-    return (
-        rows.join(seq_max, on=keys, how="left", nulls_equal=True)
-        .with_columns(
-            pl.when(latest).then(pl.col("_key_seq_max")).otherwise(None).alias("_seq_max")
+    # Each version keeps the greatest sequence seen from its opening up to the next version's
+    # (no-op deletes included): on a key's latest row, the greatest the key has seen. A closed
+    # version's value never changes when later, in-order events arrive, so they leave its row
+    # (and, with the table partitioned by is_current, its history file) alone.
+    interval = (
+        df.with_columns(
+            _seq_open=pl.when(pl.col("_is_open"))
+            .then(pl.col("_seq"))
+            .otherwise(None)
+            .forward_fill()
+            .over(keys)
         )
-        .drop("_key_seq_max")
+        .filter(pl.col("_seq_open").is_not_null())
+        .group_by([*keys, "_seq_open"])
+        .agg(pl.col("_seq").max().alias("_seq_max"))
     )
+    return rows.join(interval, on=[*keys, "_seq_open"], how="left", nulls_equal=True)
 
 
 def apply_scd2(

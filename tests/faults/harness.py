@@ -652,8 +652,9 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
     the predecessor's and its own); a copy (the same time, op and row as the key's preceding
     change; any two deletes at one time are alike) is a no-op; an upsert opens a version
     after nothing or a delete or when a tracked column changes, else updates the version in
-    place; a delete closes it. ``_seq_max`` (on a key's latest version) is the greatest
-    sequence of the key's changes that are not copies, no-op deletes included.
+    place; a delete closes it. ``_seq_max`` of a version is the greatest sequence of the
+    key's changes that are not copies from its opening up to the next version's opening,
+    no-op deletes included (on the latest version: the greatest the key has seen).
     ``added``: tracked columns a newer reader schema adds (null where a change lacks them).
     """
     business = (*BUSINESS, *added)
@@ -680,14 +681,12 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
         preceding: tuple[Any, ...] | None = None
         versions: list[dict[str, Any]] = []
         current: dict[str, Any] | None = None
-        seq_max: tuple[int, int, int] | None = None
         for t, p, o, op, row in sorted(events, key=lambda e: e[:3]):
             signature = (t, op, None if op == "D" else json.dumps(row, sort_keys=True))
             if signature == preceding:
                 continue
             preceding = signature
             seq = (t, p, o)
-            seq_max = seq
             if op == "U":
                 assert row is not None
                 changed = current is None or any(
@@ -704,9 +703,10 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
             elif current is not None:
                 current["close"] = seq
                 current = None
+            if versions:
+                versions[-1]["max"] = seq
         for v in versions:
-            opened, last, closed = v["open"], v["last"], v["close"]
-            latest = v is versions[-1]
+            opened, last, closed, seq_max = v["open"], v["last"], v["close"], v["max"]
             rows.append(
                 {
                     "contact_id": cid,
@@ -721,7 +721,7 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
                     "_seq_open": _seq(opened[0], opened[1:]),
                     "_seq_last": _seq(last[0], last[1:]),
                     "_seq_close": None if closed is None else _seq(closed[0], closed[1:]),
-                    "_seq_max": _seq(seq_max[0], seq_max[1:]) if latest else None,
+                    "_seq_max": _seq(seq_max[0], seq_max[1:]),
                 }
             )
     return rows

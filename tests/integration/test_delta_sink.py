@@ -133,12 +133,16 @@ def test_in_order_batches_append_history_and_rewrite_only_current_rows(tmp_path:
     for round_ in range(4):
         # Key s<r> keeps its round-0 version until round r: every batch closes a row that
         # opened before every history file, so statistics on _seq_open cannot prune history.
+        # Keys d0, d1 are deleted in round 1 and created again later (their closed rows,
+        # in history, must stay as they are).
+        ts = 1000 * (round_ + 1)
         batch = changes(
-            *(ev(f"c{k}", 1000 * (round_ + 1) + k, email=f"e{round_}") for k in range(50)),
+            *(ev(f"c{k}", ts + k, email=f"e{round_}") for k in range(50)),
+            *(ev(f"s{k}", ts + 60 + k, email=f"e{round_}") for k in range(4) if round_ in (0, k)),
             *(
-                ev(f"s{k}", 1000 * (round_ + 1) + 60 + k, email=f"e{round_}")
-                for k in range(4)
-                if round_ in (0, k)
+                ev(f"d{k}", ts + 70 + k, op="D" if round_ == 1 else "U", email=f"e{round_}")
+                for k in range(2)
+                if round_ in (0, 1, 2 + k)
             ),
         )
         received.append(batch)
@@ -150,4 +154,4 @@ def test_in_order_batches_append_history_and_rewrite_only_current_rows(tmp_path:
             assert history_files[-2] < history_files[-1]
             assert metrics["num_target_files_scanned"] == metrics["num_target_files_removed"] == 1
     table = _read(tmp_path / "dim")
-    assert table.height == 200 + 7 and table.filter("is_current").height == 54
+    assert table.height == 200 + 7 + 4 and table.filter("is_current").height == 56
