@@ -49,6 +49,8 @@ class Batch:
     ends: dict[int, int] = field(default_factory=dict)
     """``{partition: end offset}`` (read from the checkpoint while the batch runs: Spark
     keeps only the last ``minBatchesToRetain`` offset files)."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """The batch's :attr:`cdc.pipelines.BatchStats.phases`."""
 
 
 def run_query_until(
@@ -86,7 +88,15 @@ def run_query_until(
         ended, visible_at = time.perf_counter(), time.time()
         ends = batch_end_offsets(checkpoint, stats.batch_id)
         batches.append(
-            Batch(stats.batch_id, stats.input_rows, stats.seconds, ended, visible_at, ends)
+            Batch(
+                stats.batch_id,
+                stats.input_rows,
+                stats.seconds,
+                ended,
+                visible_at,
+                ends,
+                dict(stats.phases),
+            )
         )
         if done(batches):
             finished.set()

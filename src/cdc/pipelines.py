@@ -13,7 +13,8 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,6 +205,19 @@ class BatchStats:
     retries: int = 0
     skipped_tables: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per step: ``read`` (the Spark job that fetches and decodes), ``bronze``
+    (bronze and quarantine appends), ``state`` (reading the rows the fold needs), ``fold``
+    (SCD2), ``merge`` (silver and orphans commits)."""
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the time spent in the block to ``phases[phase]``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - started
 
 
 class BatchWriter:
@@ -255,7 +269,9 @@ class BatchWriter:
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         table = batch_df.toArrow()
+        read = time.monotonic() - started
         stats = self.process(table, batch_id, datetime.now(UTC))
+        stats.phases["read"] = read
         stats.seconds = time.monotonic() - started
         log.info("pipeline %s batch %d: %s", self.name, batch_id, stats)
         if self.on_batch is not None:
@@ -270,7 +286,12 @@ class BatchWriter:
         stats.bronze_rows, stats.quarantined = split.bronze.num_rows, split.quarantine.num_rows
         self._fault("before-commit", batch_id)
         for role, data in (("bronze", split.bronze), ("quarantine", split.quarantine)):
-            if data.num_rows and self.sinks[role].append(data, self.txn(role, batch_id)).skipped:
+            with stats.timed("bronze"):
+                skipped = (
+                    data.num_rows
+                    and self.sinks[role].append(data, self.txn(role, batch_id)).skipped
+                )
+            if skipped:
                 stats.skipped_tables.append(role)
         self._fault("mid-commit", batch_id)
         if split.valid.num_rows:
@@ -309,26 +330,31 @@ class BatchWriter:
             if sink.committed(txn):
                 stats.skipped_tables.append("silver")
                 return
-            affected = changes.select(keys).unique()
-            seen = orphans.read_keys(affected)
-            existing = sink.read_scd2_rows(
-                affected,
-                lambda rows: late_keys(_with_columns_of(rows, changes, spec), changes, spec, seen),
-            )
-            if existing is None:
-                existing = empty_dimension(spec, dict(changes.schema))
-            else:
-                existing = _with_columns_of(existing, changes, spec)
-            late = late_keys(existing, changes, spec, seen)
-            history = self._history(late, spec) if late.height else None
-            result = apply_scd2(existing, changes, spec, history=history, seen=seen)
-            # Orphans first: if we die before the MERGE, the re-run still sees them.
-            if result.orphans is not None and result.orphans.height:
-                orphans.append(
-                    result.orphans.to_arrow(compat_level=pl.CompatLevel.oldest()),
-                    self.txn("orphans", batch_id),
+            with stats.timed("state"):
+                affected = changes.select(keys).unique()
+                seen = orphans.read_keys(affected)
+                existing = sink.read_scd2_rows(
+                    affected,
+                    lambda rows: late_keys(
+                        _with_columns_of(rows, changes, spec), changes, spec, seen
+                    ),
                 )
-            sink.merge_scd2(result, keys, txn)
+                if existing is None:
+                    existing = empty_dimension(spec, dict(changes.schema))
+                else:
+                    existing = _with_columns_of(existing, changes, spec)
+                late = late_keys(existing, changes, spec, seen)
+                history = self._history(late, spec) if late.height else None
+            with stats.timed("fold"):
+                result = apply_scd2(existing, changes, spec, history=history, seen=seen)
+            with stats.timed("merge"):
+                # Orphans first: if we die before the MERGE, the re-run still sees them.
+                if result.orphans is not None and result.orphans.height:
+                    orphans.append(
+                        result.orphans.to_arrow(compat_level=pl.CompatLevel.oldest()),
+                        self.txn("orphans", batch_id),
+                    )
+                sink.merge_scd2(result, keys, txn)
             stats.inserted, stats.updated = result.inserted, result.updated
             stats.closed, stats.duplicates = result.closed, result.duplicate_events
             stats.late_keys = late.height
