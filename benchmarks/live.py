@@ -208,6 +208,7 @@ class RateProducer:
     topic: str
     events: list[tuple[int, bytes, bytes]]
     rate: float
+    linger_ms: int = 25
     delivered: list[tuple[int, int, float]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     sent_seconds: float = 0.0
@@ -221,7 +222,11 @@ class RateProducer:
         from confluent_kafka import Producer
 
         producer = Producer(
-            {"bootstrap.servers": self.bootstrap, "linger.ms": 5, "compression.type": "none"}
+            {
+                "bootstrap.servers": self.bootstrap,
+                "linger.ms": self.linger_ms,
+                "compression.type": "none",
+            }
         )
         measured = len(self.events)
 

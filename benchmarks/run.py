@@ -73,6 +73,12 @@ PIPELINE = "crm_contacts"
 DELTA_WRITER = "delta-rs merge on driver"
 MODES = ("throughput", "steady", "latency", "memory", "scaling")
 WARMUP_EVENTS = 5_000
+LATENCY_LINGER_MS = 25
+"""The latency producer's linger.ms. The clock starts at the broker's acknowledgement, so
+linger is not part of the measured latency; it sets how many produce requests the broker
+handles. At librdkafka's default (5 ms) and 2,000 events/s the embedded broker (Tansu, memory
+storage, whose cost per request grows with the log) saturates one of the two cores within a
+minute and starves Spark; at 25 ms it stays under a third of a core."""
 
 CI: dict[str, Any] = {
     "events": 200_000,
@@ -422,6 +428,7 @@ class Bench:
             "rate": rate,
             "seconds": seconds,
             "trigger": trigger,
+            "producer_linger_ms": self.args.linger_ms,
             "skipped_first_events": skip,
             "load_average_1m": _load(),
         }
@@ -430,7 +437,7 @@ class Bench:
         topic = self.register("bench.latency.pipeline")
         ensure_topic(self.bootstrap, topic, self.args.partitions)
         settings = self.settings(topic, trigger=trigger)
-        producer = RateProducer(self.bootstrap, topic, events, rate)
+        producer = RateProducer(self.bootstrap, topic, events, rate, self.args.linger_ms)
         thread = threading.Thread(target=producer.run, name="rate-producer", daemon=True)
         print(f"latency: pipeline, {rate:,} ev/s for {seconds}s ...", file=sys.stderr)
 
@@ -472,7 +479,7 @@ class Bench:
             self.registry,
             trigger_s=parse_duration_seconds(trigger),
         )
-        producer = RateProducer(self.bootstrap, topic, events, rate)
+        producer = RateProducer(self.bootstrap, topic, events, rate, self.args.linger_ms)
         print(f"latency: reference, {rate:,} ev/s for {seconds}s ...", file=sys.stderr)
         consumer = threading.Thread(target=live.run, name="live-reference", daemon=True)
         consumer.start()
@@ -757,7 +764,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(
             f"\n  latency, {lt['rate']:,} ev/s for {lt['seconds']}s, trigger {lt['trigger']}; "
             f"delivery report -> silver MERGE returned; first {lt['skipped_first_events']:,} "
-            f"events excluded (load {lt['load_average_1m']})"
+            f"events excluded; producer linger.ms {lt.get('producer_linger_ms', 5)} "
+            f"(load {lt['load_average_1m']})"
         )
         for name in ("reference", "pipeline"):
             x = lt[name]
@@ -895,6 +903,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, help="latency: events/s (CI 1,000; --full 2,000)")
     parser.add_argument("--seconds", type=int, help="latency: producing time (CI 20; --full 120)")
     parser.add_argument("--trigger", default="1 second", help="latency: trigger ('1 second')")
+    parser.add_argument(
+        "--linger-ms",
+        type=int,
+        default=LATENCY_LINGER_MS,
+        help=(
+            f"latency: the producer's linger.ms ({LATENCY_LINGER_MS}); at librdkafka's default "
+            "of 5 the embedded broker saturates a core (docs/performance.md)"
+        ),
+    )
     parser.add_argument(
         "--latency-skip", type=float, default=5.0, help="latency: first seconds excluded (5)"
     )
