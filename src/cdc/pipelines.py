@@ -237,10 +237,12 @@ class BatchWriter:
         self.checkpoint = checkpoint
         storage = settings.lake.resolved_storage_options()
         paths = table_paths(settings, pipeline)
-        self.sinks = {role: DeltaSink(uri, storage) for role, uri in paths.items()}
+        # SCD2 history is append-only in its own partition; a MERGE rewrites current rows only.
+        partitions = {"silver": ["is_current"]} if pipeline.kind == "scd2" else {}
+        self.sinks = {
+            role: DeltaSink(uri, storage, partitions.get(role)) for role, uri in paths.items()
+        }
         if pipeline.kind == "scd2":
-            # History is append-only in its own partition; a MERGE rewrites current rows only.
-            self.sinks["silver"] = DeltaSink(paths["silver"], storage, ["is_current"])
             self.sinks["orphans"] = DeltaSink(orphans_path(settings, pipeline), storage)
         self.fault_hook = fault_hook
         self.on_batch = on_batch

@@ -133,12 +133,12 @@ class Scd2Result:
 
     upserts: pl.DataFrame
     deletes: pl.DataFrame
+    was_current: pl.Series
     inserted: int = 0
     updated: int = 0
     closed: int = 0
     duplicate_events: int = 0
     affected_keys: int = 0
-    was_current: pl.Series | None = None
     orphans: pl.DataFrame | None = None
     """Keys left with no row although events were seen (only deletes so far), with the
     greatest sequence seen: the table cannot hold it, so the caller keeps it (``seen``)."""

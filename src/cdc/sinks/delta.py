@@ -69,11 +69,19 @@ class DeltaSink:
         self.storage_options = storage_options or {}
         self.partition_by = partition_by
         self._table: DeltaTable | None = None
+        self._partition_columns: list[str] | None = None
 
     def partition_columns(self) -> list[str]:
-        """The existing table's partition columns (empty when unpartitioned or absent)."""
-        table = self.table()
-        return [] if table is None else list(table.metadata().partition_columns)
+        """The existing table's partition columns (empty when unpartitioned or absent).
+
+        Fixed when the table is created, so read once.
+        """
+        if self._partition_columns is None:
+            table = self.table()
+            if table is None:
+                return []
+            self._partition_columns = list(table.metadata().partition_columns)
+        return self._partition_columns
 
     def table(self) -> DeltaTable | None:
         """The table at its latest version, or None when it does not exist yet."""
@@ -182,22 +190,21 @@ class DeltaSink:
         key_cols = keys.columns
         current = self.read_keys(keys, current=True)
         assert current is not None
-        without = keys.join(current.select(key_cols), on=key_cols, how="anti", nulls_equal=True)
-        rows = current
-        if without.height:
-            past = self.read_keys(without, current=False)
-            assert past is not None
-            rows = pl.concat([rows, past], how="diagonal_relaxed")
-        more = (
-            late(rows)
-            .select(key_cols)
-            .join(current.select(key_cols).unique(), on=key_cols, how="semi", nulls_equal=True)
+        with_current = current.select(key_cols).unique()
+        # A current row is its key's latest row, so lateness is known from it alone.
+        history_keys = pl.concat(
+            [
+                keys.join(with_current, on=key_cols, how="anti", nulls_equal=True),
+                late(current)
+                .select(key_cols)
+                .join(with_current, on=key_cols, how="semi", nulls_equal=True),
+            ]
         )
-        if more.height:
-            past = self.read_keys(more, current=False)
-            assert past is not None
-            rows = pl.concat([rows, past], how="diagonal_relaxed")
-        return rows
+        if history_keys.height == 0:
+            return current
+        past = self.read_keys(history_keys, current=False)
+        assert past is not None
+        return pl.concat([current, past], how="diagonal_relaxed")
 
     def merge_scd2(self, result: Scd2Result, keys: list[str], txn: Txn) -> WriteOutcome:
         """Apply an SCD2 result in one MERGE on ``(keys, _seq_open)``.
@@ -221,10 +228,7 @@ class DeltaSink:
         if by_partition:
             # A new row matches nothing whatever this says; saying "current" keeps the
             # MERGE's partition filter to {true} when no history row is rewritten.
-            was = result.was_current
-            if was is None:
-                was = pl.Series(_WAS_CURRENT, [True] * upserts.height, dtype=pl.Boolean)
-            upserts = upserts.with_columns(was.fill_null(True).alias(_WAS_CURRENT))
+            upserts = upserts.with_columns(result.was_current.fill_null(True).alias(_WAS_CURRENT))
             deletes = deletes.with_columns(pl.col(CURRENT_PARTITION).alias(_WAS_CURRENT))
             extra.append(_WAS_CURRENT)
         source = pl.concat([upserts, deletes], how="diagonal_relaxed").select(upserts.columns)
