@@ -208,7 +208,7 @@ class RateProducer:
     topic: str
     events: list[tuple[int, bytes, bytes]]
     rate: float
-    linger_ms: int = 25
+    linger_ms: int
     delivered: list[tuple[int, int, float]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     sent_seconds: float = 0.0

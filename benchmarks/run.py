@@ -764,7 +764,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(
             f"\n  latency, {lt['rate']:,} ev/s for {lt['seconds']}s, trigger {lt['trigger']}; "
             f"delivery report -> silver MERGE returned; first {lt['skipped_first_events']:,} "
-            f"events excluded; producer linger.ms {lt.get('producer_linger_ms', 5)} "
+            f"events excluded; producer linger.ms {lt['producer_linger_ms']} "
             f"(load {lt['load_average_1m']})"
         )
         for name in ("reference", "pipeline"):
@@ -841,11 +841,8 @@ def print_report(report: dict[str, Any]) -> None:
             small, large = merges[0], merges[-1]
             growth = large["dimension_keys"] / small["dimension_keys"]
             print(
-                f"    {growth:.0f}x the dimension, same batch -> MERGE time x"
-                f"{_f(_ratio(large['merge_seconds'], small['merge_seconds']))}, "
-                f"read keys x{_f(_ratio(large['read_keys_seconds'], small['read_keys_seconds']))}"
-                f", batch x{_f(_ratio(large['total_seconds'], small['total_seconds']))} "
-                "(1.0 = cost follows the batch, not the table)"
+                f"    {growth:.0f}x the dimension, same batch -> "
+                f"{_merge_growth(small, large)} (1.0 = cost follows the batch, not the table)"
             )
         hist = sc.get("history")
         if hist and merges:
@@ -857,12 +854,9 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{hist['read_keys_seconds']:.2f}s, MERGE {hist['merge_seconds']:.2f}s, batch "
                 f"{hist['total_seconds']:.2f}s"
             )
-            merge = _f(_ratio(hist["merge_seconds"], base["merge_seconds"]))
             print(
                 f"    {_ratio(hist['silver_rows'], base['silver_rows']):.0f}x the rows, same "
-                f"keys and batch -> MERGE time x{merge}"
-                f", read keys x{_f(_ratio(hist['read_keys_seconds'], base['read_keys_seconds']))}"
-                f", batch x{_f(_ratio(hist['total_seconds'], base['total_seconds']))} "
+                f"keys and batch -> {_merge_growth(base, hist)} "
                 "(1.0 = history does not slow the MERGE)"
             )
     print(
@@ -870,6 +864,14 @@ def print_report(report: dict[str, Any]) -> None:
         f"{m['load_average_1m_at_start']} at start, {m['memory_gib']} GiB, {m['platform']}, "
         f"Python {m['python']}, PySpark {m['pyspark']}, deltalake {m['deltalake']}; broker, "
         "reference and Spark share the machine, so the figures compare engines, not clusters"
+    )
+
+
+def _merge_growth(small: dict[str, Any], large: dict[str, Any]) -> str:
+    """MERGE, key-read and whole-batch time of ``large`` over ``small`` (scaling rows)."""
+    return ", ".join(
+        f"{label} x{_f(_ratio(large[f'{key}_seconds'], small[f'{key}_seconds']))}"
+        for label, key in (("MERGE time", "merge"), ("read keys", "read_keys"), ("batch", "total"))
     )
 
 
