@@ -195,6 +195,14 @@ class StreamBuilder:
         self._ts += 10
         return f"{self._prefix}{len(self.recs):03d}", self._ts
 
+    def _add_envelope(self, rid: str, ts: int, cid: str, datum: dict[str, Any], **rec: Any) -> Rec:
+        """Append the record of a contact envelope (``rec``: its event or reason)."""
+        made = Rec(
+            rid, partition_of(cid), ts, key_bytes(cid), value_bytes(datum), datum=datum, **rec
+        )
+        self.recs.append(made)
+        return made
+
     def upsert(self, cid: str, op: Literal["c", "u", "r"] = "u", **changes: Any) -> Rec:
         """A create/update/snapshot read; ``changes`` are ``after`` columns."""
         rid, ts = self._next()
@@ -211,33 +219,13 @@ class StreamBuilder:
         }
         after = {**base, **changes, "updated_at": ts}
         datum = envelope(op, ts, previous if op == "u" else None, after)
-        rec = Rec(
-            rid,
-            partition_of(cid),
-            ts,
-            key_bytes(cid),
-            value_bytes(datum),
-            event=Event(cid, "U", after),
-            datum=datum,
-        )
         self.state[cid] = after
-        self.recs.append(rec)
-        return rec
+        return self._add_envelope(rid, ts, cid, datum, event=Event(cid, "U", after))
 
     def delete(self, cid: str) -> Rec:
         rid, ts = self._next()
         datum = envelope("d", ts, self.state.pop(cid), None)
-        rec = Rec(
-            rid,
-            partition_of(cid),
-            ts,
-            key_bytes(cid),
-            value_bytes(datum),
-            event=Event(cid, "D"),
-            datum=datum,
-        )
-        self.recs.append(rec)
-        return rec
+        return self._add_envelope(rid, ts, cid, datum, event=Event(cid, "D"))
 
     def tombstone(self, cid: str) -> Rec:
         rid, ts = self._next()
@@ -253,17 +241,7 @@ class StreamBuilder:
         after.update(email=email, first_name="Bad", last_name="Row", updated_at=ts)
         after.setdefault("phone", None)
         datum = envelope("c", ts, None, after)
-        rec = Rec(
-            rid,
-            partition_of(cid),
-            ts,
-            key_bytes(cid),
-            value_bytes(datum),
-            reason="rule_violation",
-            datum=datum,
-        )
-        self.recs.append(rec)
-        return rec
+        return self._add_envelope(rid, ts, cid, datum, reason="rule_violation")
 
     def raw(
         self, cid: str, key: bytes | None, value: bytes | None, reason: str, name: str = "raw"
