@@ -1,4 +1,6 @@
-# cdc-service. `make demo` and `make test` work on a fresh machine with Python 3.11 + Java 17.
+# cdc-service. `make demo` and `make test` work on a fresh machine with Python 3.11, Java 17
+# and Maven: `make install` puts the package in .venv and the pinned JARs of jvm/pom.xml in
+# .venv/share/cdc-service/jars (fetched once by Maven, never at query start).
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -6,12 +8,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-unit lint typecheck bench bench-quick broker clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml jvm/pom.xml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
-	@command -v java >/dev/null 2>&1 || { echo "make: java not found: install a Java 17 runtime (Spark needs it)"; exit 2; }
+	@command -v java >/dev/null 2>&1 || { echo "make: java not found: install a Java 17 runtime (Spark and Kafka need it)"; exit 2; }
+	@command -v mvn >/dev/null 2>&1 || { echo "make: mvn not found: install Maven 3 (it fetches the pinned JARs)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m cdc.jvm install --profile spark --profile kafka --profile registry
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -1,14 +1,18 @@
 """Session fixtures: real processes started once per test session.
 
-Set ``CDC_TEST_BOOTSTRAP`` to point the integration tests at an existing Kafka cluster
-instead of the embedded Tansu broker.
+One Apache Kafka broker (KRaft, from the JARs ``make install`` fetched) serves the whole
+session; tests that want the real topic names start from an empty cluster through
+:func:`fresh_kafka`, which deletes every topic the previous test left. Set
+``CDC_TEST_BOOTSTRAP`` to point the integration tests at an existing Kafka cluster instead.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +33,7 @@ def contracts_path() -> Path:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap address of a real broker: ``CDC_TEST_BOOTSTRAP`` or an embedded Tansu."""
+    """Bootstrap address of a real broker: ``CDC_TEST_BOOTSTRAP`` or the embedded Kafka."""
     existing = os.environ.get("CDC_TEST_BOOTSTRAP")
     if existing:
         yield existing
@@ -40,8 +44,30 @@ def kafka_bootstrap() -> Iterator[str]:
         yield broker.bootstrap
 
 
+def delete_all_topics(bootstrap: str, timeout_s: float = 30.0) -> None:
+    """Delete every non-internal topic and wait until the cluster no longer lists them."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics = [t for t in admin.list_topics(timeout=10).topics if not t.startswith("__")]
+    if topics:
+        for future in admin.delete_topics(topics, operation_timeout=timeout_s).values():
+            future.result()
+    deadline = time.monotonic() + timeout_s
+    while any(not t.startswith("__") for t in admin.list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, "topics still listed after deletion"
+        time.sleep(0.05)
+
+
+@pytest.fixture()
+def fresh_kafka(kafka_bootstrap: str) -> str:
+    """The session's broker with no topics left by earlier tests (real topic names are free)."""
+    delete_all_topics(kafka_bootstrap)
+    return kafka_bootstrap
+
+
 @pytest.fixture(scope="session")
-def spark():  # type: ignore[no-untyped-def]
+def spark() -> Iterator[Any]:
     """One SparkSession for the whole test session (starting Spark costs seconds)."""
     from cdc.spark import build_session
 

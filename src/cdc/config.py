@@ -32,6 +32,7 @@ __all__ = [
     "Settings",
     "SparkSettings",
     "apply_overrides",
+    "java_client_config",
     "load_settings",
     "resolve_secret",
 ]
@@ -94,23 +95,110 @@ def resolve_secret(value: str) -> str:
     return value
 
 
+_SASL_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+_LIBRDKAFKA_ONLY = frozenset(
+    {
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+        "ssl.key.password",
+    }
+)
+
+
+def _jaas_quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def java_client_config(librdkafka: Mapping[str, str]) -> dict[str, str]:
+    """Translate librdkafka settings into the Java client's (what Spark's Kafka source takes).
+
+    Names both clients share pass through; SASL user/password become ``sasl.jaas.config``
+    (PLAIN, SCRAM-SHA-256/512) and PEM file locations become the Java client's PEM trust and
+    key stores, whose contents are read here.
+
+    Args:
+        librdkafka: resolved librdkafka settings.
+
+    Returns:
+        Java client settings (without the ``kafka.`` prefix Spark's options put before them).
+
+    Raises:
+        ConfigError: a setting has no Java equivalent this function knows (name it in
+            ``kafka.java_client`` instead) or a PEM file cannot be read.
+    """
+    java = {k: v for k, v in librdkafka.items() if k not in _LIBRDKAFKA_ONLY}
+    mechanism = librdkafka.get("sasl.mechanism") or librdkafka.get("sasl.mechanisms")
+    if mechanism:
+        java["sasl.mechanism"] = mechanism
+    if "sasl.username" in librdkafka or "sasl.password" in librdkafka:
+        module = _SASL_LOGIN_MODULES.get((mechanism or "PLAIN").upper())
+        if module is None:
+            raise ConfigError(
+                f"kafka.client: no Java login module for SASL mechanism {mechanism!r}; set"
+                " kafka.java_client.sasl.jaas.config yourself"
+            )
+        user = _jaas_quote(librdkafka.get("sasl.username", ""))
+        password = _jaas_quote(librdkafka.get("sasl.password", ""))
+        java["sasl.jaas.config"] = f"{module} required username={user} password={password};"
+
+    def pem(key: str) -> str:
+        try:
+            return Path(librdkafka[key]).read_text()
+        except OSError as exc:
+            raise ConfigError(f"kafka.client.{key}: cannot read the PEM file") from exc
+
+    if "ssl.ca.location" in librdkafka:
+        java["ssl.truststore.type"] = "PEM"
+        java["ssl.truststore.certificates"] = pem("ssl.ca.location")
+    if "ssl.certificate.location" in librdkafka or "ssl.key.location" in librdkafka:
+        if not ("ssl.certificate.location" in librdkafka and "ssl.key.location" in librdkafka):
+            raise ConfigError(
+                "kafka.client: ssl.certificate.location and ssl.key.location go together"
+            )
+        java["ssl.keystore.type"] = "PEM"
+        java["ssl.keystore.certificate.chain"] = pem("ssl.certificate.location")
+        java["ssl.keystore.key"] = pem("ssl.key.location")
+        if "ssl.key.password" in librdkafka:
+            java["ssl.key.password"] = librdkafka["ssl.key.password"]
+    return java
+
+
 class KafkaSettings(_Model):
     """Where the Kafka cluster is and how to talk to it."""
 
     bootstrap_servers: str
     embedded: bool = False
-    """True when ``cdc broker`` (embedded Tansu) is expected to serve ``bootstrap_servers``."""
+    """True when ``cdc broker`` (the embedded Kafka broker) is expected to serve
+    ``bootstrap_servers``."""
     client: dict[str, str] = Field(default_factory=dict)
-    """Extra librdkafka settings (e.g. ``security.protocol``); values may be secret references."""
+    """Extra librdkafka settings (e.g. ``security.protocol``); values may be secret references.
+    Spark's Kafka source gets their Java equivalents (:func:`java_client_config`)."""
+    java_client: dict[str, str] = Field(default_factory=dict)
+    """Java client settings for Spark's Kafka source only (passed as ``kafka.<name>``); they win
+    over the ones translated from ``client``. Values may be secret references."""
     connect_timeout_s: float = 10.0
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings with secret references resolved."""
         return {k: resolve_secret(v) for k, v in self.client.items()}
 
+    def java_config(self) -> dict[str, str]:
+        """Java client settings for Spark's Kafka source, secrets resolved."""
+        translated = java_client_config(self.client_config())
+        return {**translated, **{k: resolve_secret(v) for k, v in self.java_client.items()}}
+
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, ({k: "***" for k in value} if name == "client" else value)
+            hidden = name in ("client", "java_client")
+            yield name, ({k: "***" for k in value} if hidden else value)
 
 
 class RegistrySettings(_Model):
@@ -194,6 +282,9 @@ class PipelineSettings(_Model):
     starting_offsets: str | None = None
     max_records_per_trigger: int | None = Field(default=None, gt=0)
     fail_on_data_loss: bool | None = None
+    source_options: dict[str, str] = Field(default_factory=dict)
+    """Options of Spark's Kafka source for this pipeline (e.g. ``startingOffsetsByTimestamp``,
+    ``minPartitions``); they win over ``defaults.source_options`` and the keys above."""
     enabled: bool = True
 
     @model_validator(mode="after")
@@ -217,6 +308,8 @@ class PipelineDefaults(_Model):
     max_records_per_partition: int = Field(default=200_000, gt=0)
     fail_on_data_loss: bool = True
     max_message_bytes: int = Field(default=1_048_576, gt=0)
+    source_options: dict[str, str] = Field(default_factory=dict)
+    """Options of Spark's Kafka source for every pipeline (see ``PipelineSettings``)."""
 
 
 class Settings(_Model):

@@ -11,7 +11,7 @@ Checks run in this order and the first failure decides the reason: size, key, va
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -46,6 +46,7 @@ __all__ = [
     "ENVELOPE_OPS",
     "ContractRules",
     "KafkaMessage",
+    "KafkaRecords",
     "QuarantineReason",
     "Range",
     "TopicContract",
@@ -623,14 +624,27 @@ class TopicDecoder:
         """
         if not self._columnar or not messages:
             return self._decode_rows(messages)
-        return self._decode_columns(messages)
+        return self._decode_columns(KafkaRecords.from_messages(messages, self._schema))
 
-    def _decode_columns(self, messages: Sequence[KafkaMessage]) -> pa.RecordBatch:
+    def decode_records(self, records: pa.RecordBatch) -> pa.RecordBatch:
+        """Decode Kafka records in the shape of Spark's Kafka source, like :meth:`decode_batch`.
+
+        Args:
+            records: columns ``topic``, ``partition``, ``offset``, ``timestamp`` (a timestamp
+                or epoch milliseconds), ``key`` and ``value`` (binary); others are ignored.
+
+        Returns:
+            A batch with :attr:`arrow_schema`, one row per record, in input order.
+        """
+        columns = KafkaRecords.from_arrow(records, self._schema)
+        if not self._columnar or len(columns) == 0:
+            return self._decode_rows(columns.messages(range(len(columns))))
+        return self._decode_columns(columns)
+
+    def _decode_columns(self, records: KafkaRecords) -> pa.RecordBatch:
         """The columnar path: clean rows vectorised, the others by :meth:`_decode_rows`."""
-        n = len(messages)
-        topics, partitions, offsets, stamps, keys, values = zip(*messages, strict=True)
-        key_raw = pa.array(keys, pa.binary())
-        value_raw = pa.array(values, pa.binary())
+        n = len(records)
+        key_raw, value_raw = records.key, records.value
         key_side, value_side = _Side(key_raw), _Side(value_raw)
         fast = (key_side.length + value_side.length <= self._max_bytes) & key_side.framed
         tombstone = ~value_side.valid
@@ -657,10 +671,10 @@ class TopicDecoder:
         s = self._schema
         value_ids = value_side.schema_id[rows]
         columns = [
-            pa.array(topics, s.field("topic").type),
-            pa.array(partitions, s.field("partition").type),
-            pa.array(offsets, s.field("offset").type),
-            _timestamps(stamps, s.field("timestamp").type),
+            records.topic,
+            records.partition,
+            records.offset,
+            records.timestamp,
             key_raw,
             value_raw,
         ]
@@ -680,7 +694,7 @@ class TopicDecoder:
         if len(rows) == n:
             return batch
         slow = np.flatnonzero(~np.isin(np.arange(n), rows))
-        rest = self._decode_rows([messages[i] for i in slow.tolist()])
+        rest = self._decode_rows(records.messages(slow.tolist()))
         order = np.empty(n, dtype=np.int64)
         order[rows] = np.arange(len(rows))
         order[slow] = np.arange(len(rows), n)
@@ -920,6 +934,74 @@ def _schema_id(data: bytes) -> int | None:
     return (
         int.from_bytes(data[1:5], "big", signed=True) if len(data) >= 5 and data[0] == 0 else None
     )
+
+
+class KafkaRecords:
+    """Kafka records as Arrow columns typed like the decoder's output (the columnar input)."""
+
+    def __init__(
+        self,
+        topic: pa.Array,
+        partition: pa.Array,
+        offset: pa.Array,
+        timestamp: pa.Array,
+        key: pa.Array,
+        value: pa.Array,
+    ) -> None:
+        """Hold the columns (already cast to the output schema's types)."""
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.timestamp, self.key, self.value = timestamp, key, value
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    @classmethod
+    def from_messages(cls, messages: Sequence[KafkaMessage], schema: pa.Schema) -> KafkaRecords:
+        """Columns from ``(topic, partition, offset, timestamp_ms, key, value)`` tuples."""
+        topics, partitions, offsets, stamps, keys, values = zip(*messages, strict=True)
+        return cls(
+            pa.array(topics, schema.field("topic").type),
+            pa.array(partitions, schema.field("partition").type),
+            pa.array(offsets, schema.field("offset").type),
+            _timestamps(stamps, schema.field("timestamp").type),
+            pa.array(keys, pa.binary()),
+            pa.array(values, pa.binary()),
+        )
+
+    @classmethod
+    def from_arrow(cls, batch: pa.RecordBatch, schema: pa.Schema) -> KafkaRecords:
+        """Columns of a batch from Spark's Kafka source (or any batch of those names)."""
+
+        def column(name: str, typ: pa.DataType) -> pa.Array:
+            array = batch.column(batch.schema.get_field_index(name))
+            if pa.types.is_integer(array.type) and pa.types.is_timestamp(typ):
+                array = pc.multiply(array.cast(pa.int64()), 1000)
+            return array if array.type == typ else array.cast(typ)
+
+        return cls(
+            column("topic", schema.field("topic").type),
+            column("partition", schema.field("partition").type),
+            column("offset", schema.field("offset").type),
+            column("timestamp", schema.field("timestamp").type),
+            column("key", pa.binary()),
+            column("value", pa.binary()),
+        )
+
+    def messages(self, rows: Iterable[int]) -> list[KafkaMessage]:
+        """The given rows as message tuples (for the per-record path)."""
+        chosen = pa.array(list(rows), pa.int64())
+        stamps = self.timestamp.take(chosen).cast(pa.int64()).to_pylist()
+        return list(
+            zip(
+                self.topic.take(chosen).to_pylist(),
+                self.partition.take(chosen).to_pylist(),
+                self.offset.take(chosen).to_pylist(),
+                [None if us is None else us // 1000 for us in stamps],
+                self.key.take(chosen).to_pylist(),
+                self.value.take(chosen).to_pylist(),
+                strict=True,
+            )
+        )
 
 
 class _Side:

@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "DataLossError",
     "FramingError",
+    "JarsMissingError",
     "PipelineRunningError",
     "ProduceError",
     "SchemaNotFoundError",
@@ -64,3 +65,7 @@ class CommitConflictError(TableWriteError):
 
 class PipelineRunningError(CdcError):
     """An operation that needs the pipeline stopped found it running."""
+
+
+class JarsMissingError(CdcError):
+    """The pinned JVM JARs are not installed (``make install`` fetches them)."""

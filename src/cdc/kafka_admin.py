@@ -1,9 +1,16 @@
-"""Small Kafka admin helpers: reachability, partition counts, topic creation."""
+"""The one Kafka metadata client: partitions, watermarks, timestamps, topic ids, topic admin.
+
+Everything outside Spark that asks the cluster about topics goes through here (``cdc produce``,
+``cdc replay``, ``cdc status``, the pipeline's topic-identity check, the tests). No consumer
+made here ever joins a group or commits: Spark's checkpoint is the only record of progress.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -11,10 +18,215 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from cdc.errors import BrokerUnavailableError, ConfigError
+from cdc.offsets import TopicPartitionId, Watermarks
 
-__all__ = ["admin_client", "ensure_topic", "partition_count"]
+__all__ = [
+    "KafkaMetadata",
+    "admin_client",
+    "consumer_config",
+    "create_partitions",
+    "ensure_topic",
+    "partition_count",
+    "topic_id",
+]
+
+_librdkafka_log = logging.getLogger("cdc.kafka.librdkafka")
+
+REQUEST_TIMEOUT_S = 30.0
+"""Deadline of one metadata or offsets request."""
 
 _MISSING_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
+
+
+def consumer_config(
+    kafka_config: Mapping[str, str],
+    defaults: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """librdkafka settings for one of our consumers (never joins a group, never commits).
+
+    Args:
+        kafka_config: the ``kafka.*`` options, prefix removed.
+        defaults: settings used unless the user passed their own.
+        **overrides: settings the caller needs whatever the user passed.
+
+    Returns:
+        The configuration dict for ``confluent_kafka.Consumer``.
+    """
+    config: dict[str, Any] = {**(defaults or {}), **kafka_config}
+    # librdkafka insists on a group id even for assign-only consumers; a fresh one per consumer
+    # guarantees nothing ever reads or writes a committed offset.
+    config.setdefault("group.id", f"cdc-meta-{uuid.uuid4().hex}")
+    config["enable.auto.commit"] = False
+    config["enable.auto.offset.store"] = False
+    config["logger"] = _librdkafka_log
+    config.update(overrides)
+    return config
+
+
+class KafkaMetadata:
+    """Driver-side view of the subscribed partitions and their offsets (one cached consumer)."""
+
+    def __init__(
+        self,
+        kafka_config: Mapping[str, str],
+        timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        """Create the client; the consumer is opened on first use.
+
+        Args:
+            kafka_config: the ``kafka.*`` options, prefix removed.
+            timeout_s: deadline of each metadata or offsets request.
+        """
+        self._config = dict(kafka_config)
+        self._timeout_s = timeout_s
+        self._consumer: Any = None
+
+    @property
+    def bootstrap(self) -> str:
+        """The cluster's bootstrap servers."""
+        return str(self._config.get("bootstrap.servers", "?"))
+
+    def _get(self) -> Any:
+        if self._consumer is None:
+            from confluent_kafka import Consumer
+
+            self._consumer = Consumer(consumer_config(self._config))
+        else:
+            # Serve queued librdkafka log events (the consumer is never assigned, so this
+            # returns at once); otherwise they pile up during a long broker outage.
+            self._consumer.poll(0)
+        return self._consumer
+
+    def close(self) -> None:
+        """Close the consumer if one was opened."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close()
+
+    def partitions(self, topics: Iterable[str]) -> list[TopicPartitionId]:
+        """Existing partitions of ``topics``; topics that do not exist have none.
+
+        Args:
+            topics: topic names.
+
+        Returns:
+            Sorted ``(topic, partition)`` pairs.
+
+        Raises:
+            BrokerUnavailableError: the cluster did not answer, or refused a topic.
+        """
+        from confluent_kafka import KafkaError, KafkaException
+
+        consumer = self._get()
+        result: list[TopicPartitionId] = []
+        for topic in topics:
+            try:
+                metadata = consumer.list_topics(topic, timeout=self._timeout_s)
+            except KafkaException as exc:
+                raise self._unavailable(f"metadata for topic {topic!r}", exc) from exc
+            info = metadata.topics.get(topic)
+            if info is None:
+                continue
+            if info.error is not None:
+                if info.error.code() in (
+                    KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    KafkaError._UNKNOWN_TOPIC,
+                    KafkaError.LEADER_NOT_AVAILABLE,
+                ):
+                    continue
+                raise BrokerUnavailableError(
+                    f"Kafka at {self.bootstrap} refused metadata for topic {topic!r}:"
+                    f" {info.error.str()}"
+                )
+            result.extend((topic, partition) for partition in info.partitions)
+        return sorted(result)
+
+    def watermarks(self, tps: Iterable[TopicPartitionId]) -> dict[TopicPartitionId, Watermarks]:
+        """Low and high watermarks of each partition, straight from the broker.
+
+        Args:
+            tps: partitions to query.
+
+        Returns:
+            Watermarks per partition; partitions that vanished meanwhile are left out.
+
+        Raises:
+            BrokerUnavailableError: the cluster did not answer.
+        """
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+        consumer = self._get()
+        result: dict[TopicPartitionId, Watermarks] = {}
+        for topic, partition in tps:
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=self._timeout_s, cached=False
+                )
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() in (
+                    KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    KafkaError._UNKNOWN_PARTITION,
+                    KafkaError._UNKNOWN_TOPIC,
+                ):
+                    continue
+                raise self._unavailable(f"offsets of {topic}/{partition}", exc) from exc
+            result[(topic, partition)] = Watermarks(int(low), int(high))
+        return result
+
+    def topic_watermarks(self, topics: Iterable[str]) -> dict[TopicPartitionId, Watermarks]:
+        """Watermarks of every existing partition of ``topics``.
+
+        Args:
+            topics: topic names.
+
+        Returns:
+            Watermarks per partition.
+
+        Raises:
+            BrokerUnavailableError: the cluster did not answer.
+        """
+        return self.watermarks(self.partitions(topics))
+
+    def offsets_for_times(
+        self, tps: Iterable[TopicPartitionId], timestamp_ms: int
+    ) -> dict[TopicPartitionId, int]:
+        """Earliest offset whose timestamp is >= ``timestamp_ms``, per partition (-1: none).
+
+        Args:
+            tps: partitions to query.
+            timestamp_ms: epoch milliseconds.
+
+        Returns:
+            The broker's answer per partition.
+
+        Raises:
+            BrokerUnavailableError: the cluster did not answer.
+        """
+        from confluent_kafka import KafkaException, TopicPartition
+
+        wanted = [TopicPartition(topic, partition, timestamp_ms) for topic, partition in tps]
+        if not wanted:
+            return {}
+        try:
+            found = self._get().offsets_for_times(wanted, timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise self._unavailable(f"offsets for timestamp {timestamp_ms}", exc) from exc
+        result: dict[TopicPartitionId, int] = {}
+        for tp in found:
+            if tp.error is not None:
+                raise BrokerUnavailableError(
+                    f"Kafka at {self.bootstrap} could not look up timestamp {timestamp_ms}"
+                    f" on {tp.topic}/{tp.partition}: {tp.error.str()}"
+                )
+            result[(tp.topic, tp.partition)] = int(tp.offset)
+        return result
+
+    def _unavailable(self, what: str, exc: Exception) -> BrokerUnavailableError:
+        return BrokerUnavailableError(
+            f"cannot reach Kafka at {self.bootstrap} within {self._timeout_s:g}s ({what}: {exc})"
+        )
 
 
 def admin_client(bootstrap: str, client_config: Mapping[str, Any] | None = None) -> AdminClient:
@@ -48,7 +260,7 @@ def partition_count(
     client = admin or admin_client(bootstrap, client_config)
     try:
         # All topics, not list_topics(topic=...): a metadata request naming a topic lets
-        # brokers with auto-create on (Tansu does) create it with their default partitions.
+        # brokers with auto.create.topics.enable create it with their default partitions.
         metadata = client.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise BrokerUnavailableError(
@@ -119,3 +331,100 @@ def ensure_topic(
                 f"after {timeout_s:g}s"
             )
         time.sleep(0.05)
+
+
+def topic_id(
+    bootstrap: str,
+    topic: str,
+    *,
+    client_config: Mapping[str, Any] | None = None,
+    timeout_s: float = 10.0,
+) -> str | None:
+    """The cluster-assigned id of ``topic`` (new each time a topic is created), or None.
+
+    A topic deleted and created again under the same name gets a new id, so a stored id tells
+    a recreated topic apart from the one a checkpoint's offsets belong to.
+
+    Args:
+        bootstrap: ``host:port[,host:port]``.
+        topic: Topic name.
+        client_config: Extra librdkafka settings.
+        timeout_s: How long to wait for the cluster.
+
+    Returns:
+        The id as Kafka prints it (base64), or None when the topic does not exist.
+
+    Raises:
+        BrokerUnavailableError: No broker answered within ``timeout_s``.
+    """
+    from confluent_kafka import TopicCollection
+
+    admin = admin_client(bootstrap, client_config)
+    future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)[topic]
+    try:
+        description = future.result(timeout=timeout_s)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() in _MISSING_TOPIC:
+            return None
+        raise BrokerUnavailableError(
+            f"Kafka at {bootstrap}: cannot describe topic {topic}: {exc}"
+        ) from exc
+    except Exception as exc:  # a future's own timeout
+        raise BrokerUnavailableError(
+            f"Kafka at {bootstrap} did not describe topic {topic} within {timeout_s:g}s"
+        ) from exc
+    return str(description.topic_id)
+
+
+def create_partitions(
+    bootstrap: str,
+    topic: str,
+    total: int,
+    *,
+    client_config: Mapping[str, Any] | None = None,
+    timeout_s: float = 10.0,
+) -> int:
+    """Grow ``topic`` to ``total`` partitions (Kafka never shrinks a topic).
+
+    Args:
+        bootstrap: ``host:port[,host:port]``.
+        topic: An existing topic.
+        total: The partition count wanted; at least the current count.
+        client_config: Extra librdkafka settings.
+        timeout_s: Deadline for the cluster to answer and the partitions to appear.
+
+    Returns:
+        The topic's partition count afterwards.
+
+    Raises:
+        ConfigError: The topic does not exist, or ``total`` is below its current count.
+        BrokerUnavailableError: The cluster cannot be reached or refused the change.
+    """
+    from confluent_kafka.cimpl import NewPartitions
+
+    admin = admin_client(bootstrap, client_config)
+    current = partition_count(bootstrap, topic, timeout_s=timeout_s, admin=admin)
+    if current is None:
+        raise ConfigError(f"topic {topic} does not exist on {bootstrap}")
+    if total < current:
+        raise ConfigError(
+            f"topic {topic} has {current} partitions; Kafka cannot shrink it to {total}"
+        )
+    if total == current:
+        return current
+    futures = admin.create_partitions([NewPartitions(topic, total)], request_timeout=timeout_s)
+    try:
+        futures[topic].result(timeout=timeout_s)
+    except KafkaException as exc:
+        raise BrokerUnavailableError(
+            f"Kafka at {bootstrap}: cannot add partitions to {topic}: {exc.args[0]}"
+        ) from exc
+    deadline = time.monotonic() + timeout_s
+    while (count := partition_count(bootstrap, topic, timeout_s=timeout_s, admin=admin)) != total:
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(
+                f"Kafka at {bootstrap}: {topic} still has {count} partitions after {timeout_s:g}s"
+            )
+        time.sleep(0.05)
+    return total

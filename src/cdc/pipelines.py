@@ -8,7 +8,6 @@ offsets; a batch re-run after a crash is skipped table by table where it already
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -23,27 +22,25 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import polars as pl
 
 from cdc.changes import business_columns, fact_rows, scd2_changes, split_batch
+from cdc.checkpoint import read_start_file, read_topic_id, read_txn_base, write_topic_id
 from cdc.config import PipelineSettings, Settings, parse_duration_seconds
-from cdc.errors import CdcError, CommitConflictError
+from cdc.errors import CdcError, CommitConflictError, DataLossError
+from cdc.kafka_source import decoded_stream
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
 from cdc.sinks.delta import DeltaSink, Txn
-from cdc.spark import DATA_SOURCE_NAME
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
 
 __all__ = [
-    "START_FILE",
-    "TXN_BASE_FILE",
     "BatchStats",
     "BatchWriter",
     "PipelineFailedError",
+    "check_topic_identity",
     "error_line",
     "fault_hook_from_env",
-    "read_start_file",
     "run_pipelines",
-    "source_options",
     "start_query",
     "table_paths",
     "txn_app_id",
@@ -53,39 +50,9 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-TXN_BASE_FILE = "cdc-txn-base.json"
-"""Beside Spark's own files in a checkpoint: ``{"base": N}``, the app-transaction version of
-its batch 0.
-
-``cdc replay`` starts a fresh checkpoint whose batch ids restart at 0; it writes this file
-so that transaction versions keep increasing and the replayed batches are not skipped.
-"""
-
-START_FILE = "cdc-start.json"
-"""Written by ``cdc replay`` into a fresh checkpoint: where the new query starts and what the
-previous checkpoint had already landed.
-
-``{"startingOffsets": {topic: {"<p>": offset}}, "landed": {topic: {"<p>": offset}}}``.
-``startingOffsets`` is used only while the checkpoint has no offsets of its own. Records
-below ``landed`` were appended to bronze/quarantine by the previous checkpoint; a replay
-re-reads them for silver but does not append them again.
-"""
-
-
 def txn_app_id(pipeline: str, role: str, table_uri: str) -> str:
     """The app-transaction id of one pipeline's writes to one table."""
     return f"cdc/{pipeline}/{role}/{Path(table_uri).name}"
-
-
-def read_start_file(checkpoint: str) -> dict[str, Any] | None:
-    """The replay start file of a checkpoint, or None."""
-    path = Path(checkpoint) / START_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _has_offsets(checkpoint: str) -> bool:
-    folder = Path(checkpoint) / "offsets"
-    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
 FaultHook = Callable[[str, int], None]
@@ -152,43 +119,6 @@ def orphans_path(settings: Settings, pipeline: PipelineSettings) -> str:
     return settings.lake.path("silver", f"_orphans_{pipeline.target}")
 
 
-def source_options(
-    settings: Settings, pipeline: PipelineSettings, checkpoint: str | None = None
-) -> dict[str, str]:
-    """Options for the ``cdc_kafka`` streaming source of one pipeline.
-
-    A fresh checkpoint prepared by ``cdc replay`` supplies ``startingOffsets``.
-    """
-    defaults = settings.defaults
-    max_records = pipeline.max_records_per_trigger or defaults.max_records_per_trigger
-    fail = (
-        defaults.fail_on_data_loss
-        if pipeline.fail_on_data_loss is None
-        else pipeline.fail_on_data_loss
-    )
-    options = {
-        "kafka.bootstrap.servers": settings.kafka.bootstrap_servers,
-        "subscribe": pipeline.topic,
-        "startingOffsets": pipeline.starting_offsets or defaults.starting_offsets,
-        "failOnDataLoss": str(fail).lower(),
-        "maxRecordsPerPartition": str(defaults.max_records_per_partition),
-        "maxMessageBytes": str(defaults.max_message_bytes),
-        "registry.path": str(settings.registry.path),
-        "contracts.path": str(settings.registry.contracts),
-    }
-    if max_records:
-        options["maxRecordsPerTrigger"] = str(max_records)
-    if settings.registry.url:
-        options["registry.url"] = settings.registry.url
-    start = read_start_file(checkpoint) if checkpoint else None
-    if start is not None and not _has_offsets(str(checkpoint)):
-        options["startingOffsets"] = json.dumps(start["startingOffsets"], sort_keys=True)
-        options.pop("startingTimestamp", None)
-    for key, value in settings.kafka.client_config().items():
-        options[f"kafka.{key}"] = value
-    return options
-
-
 @dataclass
 class BatchStats:
     """What one micro-batch did (also fed to metrics)."""
@@ -234,6 +164,7 @@ class BatchWriter:
     ) -> None:
         self.name = name
         self.pipeline = pipeline
+        self.settings = settings
         self.checkpoint = checkpoint
         storage = settings.lake.resolved_storage_options()
         paths = table_paths(settings, pipeline)
@@ -260,8 +191,7 @@ class BatchWriter:
 
     def txn_base(self) -> int:
         if self._txn_base is None:
-            marker = Path(self.checkpoint) / TXN_BASE_FILE
-            self._txn_base = int(json.loads(marker.read_text())["base"]) if marker.exists() else 0
+            self._txn_base = read_txn_base(self.checkpoint)
         return self._txn_base
 
     def _fault(self, stage: str, batch_id: int) -> None:
@@ -272,6 +202,9 @@ class BatchWriter:
         started = time.monotonic()
         table = batch_df.toArrow()
         read = time.monotonic() - started
+        # After the read: a topic recreated while the batch was fetched is caught here, before
+        # anything is written.
+        check_topic_identity(self.settings, self.name, self.checkpoint)
         stats = self.process(table, batch_id, datetime.now(UTC))
         stats.phases["read"] = read
         stats.seconds = time.monotonic() - started
@@ -452,7 +385,7 @@ def start_query(
     """Start one pipeline's streaming query.
 
     Args:
-        spark: the driver's session (with the ``cdc_kafka`` source registered).
+        spark: the driver's session (see :func:`cdc.spark.build_session`).
         settings: service settings.
         name: pipeline name.
         available_now: drain what is in Kafka now and stop, instead of running continuously.
@@ -461,11 +394,9 @@ def start_query(
     """
     pipeline = settings.pipeline(name)
     checkpoint = settings.checkpoint_path(name)
-    reader = spark.readStream.format(DATA_SOURCE_NAME)
-    for key, value in source_options(settings, pipeline, checkpoint).items():
-        reader = reader.option(key, value)
+    check_topic_identity(settings, name, checkpoint)
     writer = (
-        reader.load()
+        decoded_stream(spark, settings, pipeline, checkpoint)
         .writeStream.queryName(name)
         .option("checkpointLocation", checkpoint)
         .foreachBatch(BatchWriter(name, pipeline, settings, checkpoint, fault_hook, on_batch))
@@ -476,6 +407,44 @@ def start_query(
         seconds = parse_duration_seconds(settings.spark.trigger_interval)
         writer = writer.trigger(processingTime=f"{int(seconds * 1000)} milliseconds")
     return writer.start()
+
+
+def check_topic_identity(settings: Settings, name: str, checkpoint: str) -> None:
+    """Refuse offsets that belong to another incarnation of the pipeline's topic.
+
+    The first time the topic is seen, its id is recorded in the checkpoint. From then on, a
+    different id (the topic was deleted and created again, or the broker lost its data and the
+    topic came back) means the checkpoint's offsets name records that no longer exist, or
+    other records: reading on would skip or mix them silently.
+
+    Raises:
+        DataLossError: the topic's id differs from the recorded one, or the topic is gone.
+        BrokerUnavailableError: the cluster did not answer.
+    """
+    from cdc.kafka_admin import topic_id
+
+    topic = settings.pipeline(name).topic
+    kafka = settings.kafka
+    current = topic_id(
+        kafka.bootstrap_servers,
+        topic,
+        client_config=kafka.client_config(),
+        timeout_s=kafka.connect_timeout_s,
+    )
+    recorded = read_topic_id(checkpoint, topic)
+    if recorded is None:
+        if current is not None:
+            write_topic_id(checkpoint, topic, current)
+        return
+    if current == recorded:
+        return
+    now = "no longer exists" if current is None else f"now has id {current}"
+    raise DataLossError(
+        f"pipeline {name}: topic {topic} {now}, but checkpoint {checkpoint} holds offsets of"
+        f" topic id {recorded} (the topic was deleted and recreated, or the broker lost its"
+        f" data): its offsets do not name the records now in the topic. Re-read the topic with"
+        f" `cdc replay --pipeline {name} --earliest`"
+    )
 
 
 def _query_error(query: StreamingQuery) -> str | None:

@@ -447,9 +447,7 @@ def produce_records(
     """Send records to an existing topic and wait for every delivery report.
 
     Records without a partition go where Java's default partitioner would put them
-    (murmur2 of the key bytes); keyless ones round-robin. Each partition's last record is
-    sent alone after everything else is flushed: some brokers (Tansu) report the high
-    watermark as the last batch's base offset + 1, which under-counts a multi-record batch.
+    (murmur2 of the key bytes); keyless ones round-robin.
 
     Args:
         bootstrap: ``host:port[,host:port]``.
@@ -475,8 +473,6 @@ def produce_records(
     if partitions is None:
         raise ProduceError(f"topic {topic} does not exist on {bootstrap}")
     placed = _place(records, partitions)
-    last_index = {p: i for i, p in enumerate(placed)}
-    last = set(last_index.values())
     producer = Producer(
         {
             "linger.ms": 20,
@@ -520,8 +516,7 @@ def produce_records(
             shown = "; ".join(failures[:_MAX_LISTED_ERRORS])
             raise ProduceError(f"{len(failures)} record(s) to {topic} failed: {shown}")
 
-    send(i for i in range(len(records)) if i not in last)
-    send(sorted(last))
+    send(range(len(records)))
     per_partition: dict[int, int] = {}
     for p in placed:
         per_partition[p] = per_partition.get(p, 0) + 1

@@ -3,12 +3,12 @@
 A replay never edits a checkpoint in place. Under the pipeline's lock (:mod:`cdc.locks`) it
 moves ``<checkpoints.root>/<pipeline>`` aside to ``<pipeline>.replaced-<UTC stamp>`` (kept for
 audit, never deleted) and creates a fresh checkpoint holding two files that
-:mod:`cdc.pipelines` reads:
+:mod:`cdc.checkpoint` reads and writes:
 
-* :data:`~cdc.pipelines.START_FILE`: where the new query starts (``startingOffsets``) and
+* :data:`~cdc.checkpoint.START_FILE`: where the new query starts (``startingOffsets``) and
   what earlier checkpoints already appended to bronze/quarantine (``landed``), so re-read
   records feed silver again without being appended twice;
-* :data:`~cdc.pipelines.TXN_BASE_FILE`: the app-transaction version of the new batch 0, one
+* :data:`~cdc.checkpoint.TXN_BASE_FILE`: the app-transaction version of the new batch 0, one
   above every version the pipeline committed to its tables, so the new batches (whose ids
   restart at 0) are not skipped as already committed.
 
@@ -29,19 +29,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from cdc.checkpoint import (
+    START_FILE,
+    TXN_BASE_FILE,
+    read_start_file,
+    read_topic_id,
+    read_txn_base,
+)
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError
 from cdc.locks import PipelineLock
-from cdc.pipelines import (
-    START_FILE,
-    TXN_BASE_FILE,
-    BatchStats,
-    orphans_path,
-    read_start_file,
-    table_paths,
-    txn_app_id,
-)
-from cdc.source.offsets import (
+from cdc.offsets import (
     OffsetJson,
     PartitionOffsets,
     TopicPartitionId,
@@ -49,9 +47,15 @@ from cdc.source.offsets import (
     offsets_from_json,
     offsets_to_json,
 )
+from cdc.pipelines import (
+    BatchStats,
+    orphans_path,
+    table_paths,
+    txn_app_id,
+)
 
 if TYPE_CHECKING:
-    from cdc.source._kafka import KafkaMetadata
+    from cdc.kafka_admin import KafkaMetadata
 
 __all__ = [
     "CheckpointState",
@@ -407,8 +411,7 @@ def read_checkpoint_state(checkpoint: str) -> CheckpointState:
     unfinished = None
     if offsets and (not commits or offsets[-1] > commits[-1]):
         unfinished = (offsets[-1], _offsets_entry(root, offsets[-1]))
-    marker = root / TXN_BASE_FILE
-    base = int(json.loads(marker.read_text())["base"]) if marker.exists() else 0
+    base = read_txn_base(root)
     return CheckpointState(
         path=checkpoint,
         exists=True,
@@ -528,11 +531,29 @@ class _Context:
 
 
 def _metadata(settings: Settings) -> KafkaMetadata:
-    from cdc.source._kafka import KafkaMetadata
+    from cdc.kafka_admin import KafkaMetadata
 
     config = {"bootstrap.servers": settings.kafka.bootstrap_servers}
     config.update(settings.kafka.client_config())
     return KafkaMetadata(config, timeout_s=settings.kafka.connect_timeout_s)
+
+
+def _topic_recreated(settings: Settings, name: str) -> bool:
+    """Whether the checkpoint's offsets belong to an earlier incarnation of the topic."""
+    from cdc.kafka_admin import topic_id
+
+    topic = settings.pipeline(name).topic
+    recorded = read_topic_id(settings.checkpoint_path(name), topic)
+    if recorded is None:
+        return False
+    kafka = settings.kafka
+    current = topic_id(
+        kafka.bootstrap_servers,
+        topic,
+        client_config=kafka.client_config(),
+        timeout_s=kafka.connect_timeout_s,
+    )
+    return current is not None and current != recorded
 
 
 def _plan_live(
@@ -555,8 +576,12 @@ def _plan_live(
     finally:
         if own:
             meta.close()
-    plan = plan_replay(name, pipeline.topic, position, watermarks, landed, by_time)
     landed_quarantine = landed_offsets(state, pipeline.topic, versions, role="quarantine")
+    if _topic_recreated(settings, name):
+        # The landed offsets name records of the topic's earlier incarnation: nothing of the
+        # topic as it is now has landed.
+        landed, landed_quarantine = {}, {}
+    plan = plan_replay(name, pipeline.topic, position, watermarks, landed, by_time)
     return _Context(plan, state, landed, landed_quarantine, next_txn_base(versions))
 
 

@@ -1,4 +1,8 @@
-"""SparkSession factory: one place that knows how to start Spark for this service."""
+"""SparkSession factory: one place that knows how to start Spark for this service.
+
+The session loads the pinned JARs (:mod:`cdc.jvm`: Delta, Spark's Kafka source) from the
+install folder through ``spark.jars``; nothing is downloaded when a query starts.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cdc.jvm import classpath
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["DATA_SOURCE_NAME", "build_session"]
-
-DATA_SOURCE_NAME = "cdc_kafka"
+__all__ = ["build_session", "session_conf"]
 
 _DEFAULT_CONF: dict[str, str] = {
     "spark.ui.enabled": "false",
@@ -22,8 +26,9 @@ _DEFAULT_CONF: dict[str, str] = {
     "spark.driver.memory": "2g",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.streaming.stopGracefullyOnShutdown": "true",
-    # The Python data source planner runs in a worker; keep it warm between batches.
     "spark.python.worker.reuse": "true",
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
     "spark.sql.streaming.noDataMicroBatches.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     # A Python worker forked on a loaded machine may take longer than the 15 s default to
@@ -38,7 +43,7 @@ def build_session(
     master: str = "local[*]",
     conf: Mapping[str, str] | None = None,
 ) -> SparkSession:
-    """Return the process's SparkSession with the Kafka data source registered.
+    """Return the process's SparkSession, with Delta and Spark's Kafka source loaded.
 
     Args:
         app_name: Spark application name.
@@ -55,16 +60,30 @@ def build_session(
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
-    from cdc.source import KafkaDataSource
-
     builder = SparkSession.builder.appName(app_name).master(master)
-    defaults = {
-        **_DEFAULT_CONF,
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={_LOG4J}",
-    }
-    for key, value in {**defaults, **dict(conf or {})}.items():
+    for key, value in session_conf(conf).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
-    session.dataSource.register(KafkaDataSource)
     return session
+
+
+def session_conf(conf: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Spark settings of a session: defaults, the pinned JARs, then ``conf``.
+
+    Args:
+        conf: extra Spark settings; they win over the defaults.
+
+    Returns:
+        Every setting :func:`build_session` applies.
+
+    Raises:
+        JarsMissingError: the Spark JARs are not installed.
+    """
+    jars = ",".join(str(jar) for jar in classpath("spark"))
+    defaults = {
+        **_DEFAULT_CONF,
+        "spark.jars": jars,
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={_LOG4J}",
+    }
+    return {**defaults, **dict(conf or {})}

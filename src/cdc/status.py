@@ -3,40 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from cdc.checkpoint import committed_offsets
 from cdc.config import Settings
 from cdc.pipelines import table_paths
 
-__all__ = ["committed_offsets", "pipeline_status"]
-
-
-def _latest_log_entry(folder: Path) -> tuple[int, list[str]] | None:
-    if not folder.is_dir():
-        return None
-    ids = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
-    if not ids:
-        return None
-    batch = max(ids)
-    return batch, (folder / str(batch)).read_text().splitlines()
-
-
-def committed_offsets(checkpoint: str) -> tuple[int, dict[str, dict[str, int]]] | None:
-    """The last committed batch id and its end offsets from a Spark checkpoint.
-
-    Spark writes ``offsets/<batch>`` before running a batch and ``commits/<batch>`` after
-    it; the committed position is the offsets entry of the latest committed batch.
-    """
-    root = Path(checkpoint)
-    commit = _latest_log_entry(root / "commits")
-    if commit is None:
-        return None
-    batch = commit[0]
-    lines = (root / "offsets" / str(batch)).read_text().splitlines()
-    # v1, then the batch metadata, then one line per source.
-    offsets: dict[str, dict[str, int]] = json.loads(lines[2]) if len(lines) > 2 else {}
-    return batch, offsets
+__all__ = ["pipeline_status"]
 
 
 def _high_watermarks(settings: Settings, topic: str) -> dict[str, int] | None:

@@ -1,7 +1,8 @@
-"""End to end: real Tansu broker → cdc_kafka source → Spark foreachBatch → Delta tables.
+"""End to end: real Kafka broker → Spark's Kafka source → Spark foreachBatch → Delta tables.
 
-Each test gets its own broker (Tansu starts in milliseconds), so topic names are the real ones
-and tests do not see each other's data. One SparkSession serves the whole test session.
+Each test starts from an empty cluster (the session's broker, its topics deleted), so topic
+names are the real ones and tests do not see each other's data. One SparkSession serves the
+whole test session.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture()
-def broker() -> Iterator[str]:
-    from cdc.broker import EmbeddedBroker
-
-    with EmbeddedBroker.start_on_free_port() as b:
-        yield b.bootstrap
+def broker(fresh_kafka: str) -> str:
+    return fresh_kafka
 
 
 def make_settings(bootstrap: str, root: Path, *extra: str) -> Settings:

@@ -1,4 +1,4 @@
-"""``cdc replay`` end to end: real Tansu broker, real Spark, real Delta tables.
+"""``cdc replay`` end to end: real Kafka broker, real Spark, real Delta tables.
 
 Each test gets its own broker, so topic contents (and offsets) are exactly what it produced.
 """
@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,8 @@ PIPELINE = "crm_contacts"
 
 
 @pytest.fixture()
-def broker() -> Iterator[str]:
-    from cdc.broker import EmbeddedBroker
-
-    with EmbeddedBroker.start_on_free_port() as b:
-        yield b.bootstrap
+def broker(fresh_kafka: str) -> str:
+    return fresh_kafka
 
 
 def overrides(bootstrap: str, root: Path) -> list[str]:

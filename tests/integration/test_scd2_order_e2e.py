@@ -42,21 +42,17 @@ def random_log(rng: random.Random, keys: int, events: int) -> list[dict[str, Any
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_silver_equals_one_sorted_pass_whatever_the_log_order(
-    spark: Any, tmp_path: Path, seed: int
+    spark: Any, fresh_kafka: str, tmp_path: Path, seed: int
 ) -> None:
-    from cdc.broker import EmbeddedBroker
-
     rng = random.Random(seed)
-    with EmbeddedBroker.start_on_free_port() as broker:
-        lines = random_log(rng, keys=6, events=70)
-        # Two produce calls: the second half arrives after a first run has committed.
-        produce(broker.bootstrap, "crm.contacts", lines[:35], tmp_path)
-        settings = make_settings(
-            broker.bootstrap, tmp_path, "pipelines.crm_contacts.max_records_per_trigger=9"
-        )
-        run_pipelines(spark, settings, ["crm_contacts"], available_now=True)
-        produce(broker.bootstrap, "crm.contacts", lines[35:], tmp_path)
-        run_pipelines(spark, settings, ["crm_contacts"], available_now=True)
+    bootstrap = fresh_kafka
+    lines = random_log(rng, keys=6, events=70)
+    # Two produce calls: the second half arrives after a first run has committed.
+    produce(bootstrap, "crm.contacts", lines[:35], tmp_path)
+    settings = make_settings(bootstrap, tmp_path, "pipelines.crm_contacts.max_records_per_trigger=9")
+    run_pipelines(spark, settings, ["crm_contacts"], available_now=True)
+    produce(bootstrap, "crm.contacts", lines[35:], tmp_path)
+    run_pipelines(spark, settings, ["crm_contacts"], available_now=True)
 
     paths = table_paths(settings, settings.pipeline("crm_contacts"))
     bronze = DeltaTable(paths["bronze"]).to_pyarrow_table()

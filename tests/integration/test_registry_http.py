@@ -1,0 +1,205 @@
+"""HttpRegistry against a real Confluent-compatible registry (Apicurio Registry, in memory).
+
+The repo's subjects (``schemas/avro``) are registered through the Confluent API; the server
+assigns its own ids. Every lookup must then give what the file registry of record gives.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+
+from cdc.contracts import QuarantineReason, TopicContract, TopicDecoder, load_contracts
+from cdc.errors import SchemaNotFoundError
+from cdc.jvm import jars_dir
+from cdc.registry import FileRegistry, HttpRegistry, RegisteredSchema, frame
+from tests.support.envelopes import contact_envelope
+from tests.support.registry_server import RegistryServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+UNKNOWN_ID = 999_999
+
+
+@pytest.fixture(scope="module")
+def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh Apicurio Registry; fails (never skips) when its archive is not installed."""
+    server = RegistryServer(jars_dir() / "registry", tmp_path_factory.mktemp("registry"))
+    with server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def file_registry(registry_path: Path) -> FileRegistry:
+    return FileRegistry.load(registry_path)
+
+
+def _versions(registry: FileRegistry) -> list[RegisteredSchema]:
+    """Every subject version of the file registry, by subject then version.
+
+    Not in the order of the file ids: the server numbers what it receives 1, 2, 3, ..., and
+    ids that differ from the file's prove that every lookup uses the server's own.
+    """
+    return [
+        registry.get(subject, version)
+        for subject in registry.subjects()
+        for version in range(1, registry.latest(subject).version + 1)
+    ]
+
+
+@pytest.fixture(scope="module")
+def server_ids(registry_url: str, file_registry: FileRegistry) -> dict[int, int]:
+    """File registry id -> the id the server assigned when the same version was registered."""
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    client = SchemaRegistryClient({"url": registry_url})
+    return {
+        known.schema_id: client.register_schema(
+            known.subject, Schema(json.dumps(known.schema), "AVRO")
+        )
+        for known in _versions(file_registry)
+    }
+
+
+@pytest.fixture(scope="module")
+def http_registry(registry_url: str, server_ids: dict[int, int]) -> HttpRegistry:
+    return HttpRegistry(registry_url)
+
+
+def assert_same_version(found: RegisteredSchema, known: RegisteredSchema, server_id: int) -> None:
+    assert (found.subject, found.version, found.schema_id) == (
+        known.subject,
+        known.version,
+        server_id,
+    )
+    # The server re-serialises what it stores (Avro's Schema.toString drops redundant
+    # namespaces and shortens references), so the JSON text differs; the schema may not.
+    assert found.parsed == known.parsed
+    assert found.avro_type.name == known.avro_type.name
+
+
+def test_every_id_the_server_assigned_resolves_like_the_file_registry(
+    http_registry: HttpRegistry, file_registry: FileRegistry, server_ids: dict[int, int]
+) -> None:
+    assert len(set(server_ids.values())) == len(server_ids) == 13
+    assert server_ids[13] != 13  # crm.contacts-value v2 (see _versions)
+    for file_id, server_id in server_ids.items():
+        assert_same_version(http_registry.by_id(server_id), file_registry.by_id(file_id), server_id)
+
+
+def test_latest_and_get_match_the_file_registry(
+    http_registry: HttpRegistry, file_registry: FileRegistry, server_ids: dict[int, int]
+) -> None:
+    assert http_registry.subjects() == file_registry.subjects()
+    for subject in file_registry.subjects():
+        latest = file_registry.latest(subject)
+        assert_same_version(http_registry.latest(subject), latest, server_ids[latest.schema_id])
+        for version in range(1, latest.version + 1):
+            known = file_registry.get(subject, version)
+            found = http_registry.get(subject, version)
+            assert_same_version(found, known, server_ids[known.schema_id])
+    contacts = http_registry.latest("crm.contacts-value")
+    assert (contacts.version, contacts.schema_id) == (2, server_ids[13])
+
+
+def encode(schema: RegisteredSchema, schema_id: int, datum: Any) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, schema.parsed, datum)
+    return frame(schema_id, out.getvalue())
+
+
+def contact(version: int) -> dict[str, Any]:
+    row = {
+        "contact_id": "c1",
+        "account_id": "a1",
+        "email": "jo@example.com",
+        "first_name": "Jo",
+        "last_name": "Doe",
+        "phone": None,
+        "updated_at": 1_767_600_000_000,
+    }
+    if version == 2:
+        row.update(marketing_opt_in=True, job_title="CTO")
+    return row
+
+
+def contact_messages(
+    registry: FileRegistry, ids: dict[int, int]
+) -> list[tuple[str, int, int, int, bytes, bytes]]:
+    """Three crm.contacts records: values of v2 (the reader) and v1 (resolved), a bad id.
+
+    Args:
+        registry: the file registry whose schemas encode the records.
+        ids: file registry id -> the id to write in the Confluent header.
+    """
+    key_schema = registry.latest("crm.contacts-key")
+    key = encode(key_schema, ids[key_schema.schema_id], {"contact_id": "c1"})
+    v1, v2 = registry.get("crm.contacts-value", 1), registry.get("crm.contacts-value", 2)
+    values = [
+        encode(v2, ids[13], contact_envelope("c", 0, None, contact(2))),
+        encode(v1, ids[4], contact_envelope("u", 1, None, contact(1))),
+        encode(v2, UNKNOWN_ID, contact_envelope("c", 2, None, contact(2))),
+    ]
+    return [("crm.contacts", 0, offset, 0, key, value) for offset, value in enumerate(values)]
+
+
+@pytest.fixture(scope="module")
+def contacts_contract(contracts_path: Path) -> TopicContract:
+    return load_contracts(contracts_path)["crm.contacts"]
+
+
+@pytest.mark.parametrize("columnar", [True, False], ids=["columnar", "fastavro"])
+def test_decoder_reads_records_framed_with_the_server_ids(
+    http_registry: HttpRegistry,
+    file_registry: FileRegistry,
+    server_ids: dict[int, int],
+    contacts_contract: TopicContract,
+    columnar: bool,
+) -> None:
+    decoder = TopicDecoder(http_registry, contacts_contract, columnar=columnar)
+    reference = TopicDecoder(file_registry, contacts_contract, columnar=columnar)
+    assert decoder.arrow_schema == reference.arrow_schema
+
+    batch = decoder.decode_batch(contact_messages(file_registry, server_ids))
+    same_ids = {file_id: file_id for file_id in server_ids}
+    expected = reference.decode_batch(contact_messages(file_registry, same_ids))
+
+    rows = batch.to_pylist()
+    assert [(row["key_schema_id"], row["value_schema_id"]) for row in rows] == [
+        (server_ids[3], server_ids[13]),
+        (server_ids[3], server_ids[4]),
+        (server_ids[3], UNKNOWN_ID),
+    ]
+    unknown = f"value schema id {UNKNOWN_ID} is not in the registry"
+    assert [(row["error_code"], row["error"]) for row in rows] == [
+        (None, None),
+        (None, None),
+        (QuarantineReason.UNKNOWN_SCHEMA_ID, unknown),
+    ]
+    decoded = ["key", "value", "extra_fields", "error_code", "error"]
+    assert batch.select(decoded) == expected.select(decoded)
+    after = [row["value"] and row["value"]["after"] for row in rows]
+    assert (after[0]["marketing_opt_in"], after[0]["job_title"]) == (True, "CTO")
+    # v1 has neither field: the reader's defaults fill them in.
+    assert (after[1]["marketing_opt_in"], after[1]["job_title"]) == (False, None)
+    assert after[2] is None
+
+
+def test_unknown_id_and_subject_raise_schema_not_found(
+    http_registry: HttpRegistry, registry_url: str
+) -> None:
+    with pytest.raises(SchemaNotFoundError) as by_id:
+        http_registry.by_id(UNKNOWN_ID)
+    assert str(by_id.value) == f"schema id {UNKNOWN_ID} is not in the registry {registry_url}"
+    with pytest.raises(SchemaNotFoundError) as latest:
+        http_registry.latest("nope-value")
+    assert str(latest.value) == f"subject 'nope-value' is not in the registry {registry_url}"
+    with pytest.raises(SchemaNotFoundError) as get:
+        http_registry.get("crm.contacts-value", 3)
+    assert str(get.value) == f"crm.contacts-value v3 is not in the registry {registry_url}"
