@@ -300,18 +300,18 @@ def base_builder() -> StreamBuilder:
 
 
 def produce(bootstrap: str, recs: Sequence[Rec]) -> list[Sent]:
-    """Send records in order, one at a time, each with its partition and timestamp.
+    """Send records in order, each with its partition and timestamp; return their offsets.
 
-    One record per produce request keeps the broker's high watermark exact (Tansu reports a
-    multi-record batch's base offset + 1) and the delivery report gives each its offset.
+    The idempotent producer keeps each partition's records in the order given (even across
+    retries), so a stream lands at the same offsets on any empty topic.
     """
     from confluent_kafka import Producer
 
     from cdc.kafka_admin import ensure_topic
 
     ensure_topic(bootstrap, TOPIC, PARTITIONS)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
-    sent: list[Sent] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    reports: list[dict[str, Any]] = []
     for rec in recs:
         report: dict[str, Any] = {}
 
@@ -326,7 +326,10 @@ def produce(bootstrap: str, recs: Sequence[Rec]) -> list[Sent]:
             timestamp=rec.ts,
             on_delivery=delivered,
         )
-        assert producer.flush(10) == 0, f"{rec.rid} not delivered"
+        reports.append(report)
+    assert producer.flush(30) == 0, "records not delivered within 30 s"
+    sent: list[Sent] = []
+    for rec, report in zip(recs, reports, strict=True):
         assert report["error"] is None, f"{rec.rid}: {report['error']}"
         sent.append(Sent(rec, int(report["offset"])))
     return sent

@@ -19,7 +19,6 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from cdc.broker import EmbeddedBroker
 from cdc.pipelines import table_paths
 from tests.conftest import REPO_ROOT
 from tests.faults._writer import EXT_ID
@@ -40,10 +39,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_concurrent_writer_on_silver_is_retried_without_lost_updates(
-    broker: EmbeddedBroker, reference: Reference, tmp_path: Path
+    fresh_kafka: str, reference: Reference, tmp_path: Path
 ) -> None:
-    sent = produce(broker.bootstrap, base_stream())
-    s = settings(broker.bootstrap, tmp_path)
+    sent = produce(fresh_kafka, base_stream())
+    s = settings(fresh_kafka, tmp_path)
     silver = table_paths(s, s.pipeline(PIPELINE))["silver"]
     stop, result = tmp_path / "stop-writer", tmp_path / "writer.json"
     writer = subprocess.Popen(
@@ -53,7 +52,7 @@ def test_concurrent_writer_on_silver_is_retried_without_lost_updates(
         text=True,
     )
     try:
-        run = cdc_run(broker.bootstrap, tmp_path)
+        run = cdc_run(fresh_kafka, tmp_path)
     finally:
         stop.touch()
         _, writer_err = writer.communicate(timeout=120)

@@ -15,7 +15,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cdc.broker import EmbeddedBroker
 from tests.faults.conftest import Reference
 from tests.faults.harness import (
     BUSINESS,
@@ -64,13 +63,13 @@ def redelivered_stream() -> tuple[list[Rec], dict[str, str]]:
 
 
 def test_duplicate_delivery_lands_twice_in_bronze_and_once_in_silver(
-    broker: EmbeddedBroker, reference: Reference, tmp_path: Path
+    fresh_kafka: str, reference: Reference, tmp_path: Path
 ) -> None:
     recs, copies = redelivered_stream()
-    sent = produce(broker.bootstrap, recs)
-    run = cdc_run(broker.bootstrap, tmp_path)
+    sent = produce(fresh_kafka, recs)
+    run = cdc_run(fresh_kafka, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    got = read_tables(settings(broker.bootstrap, tmp_path))
+    got = read_tables(settings(fresh_kafka, tmp_path))
     assert_exactly_once(got, sent)  # every delivery once, in bronze or quarantine
 
     ref = reference.tables

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from cdc.broker import EmbeddedBroker
 from cdc.config import Settings
 from tests.faults.conftest import Reference
 from tests.faults.harness import (
@@ -88,21 +87,21 @@ def assert_killed_at(
 
 
 def test_six_kill_9s_before_during_after_commit_then_restart_equals_clean_run(
-    broker: EmbeddedBroker, reference: Reference, tmp_path: Path
+    fresh_kafka: str, reference: Reference, tmp_path: Path
 ) -> None:
-    sent = produce(broker.bootstrap, base_stream())
+    sent = produce(fresh_kafka, base_stream())
     assert [x.coords for x in sent] == [x.coords for x in reference.sent]
-    s = settings(broker.bootstrap, tmp_path)
+    s = settings(fresh_kafka, tmp_path)
     written: dict[int, set[str]] = {}
     for stage, batch in KILLS:
-        crashed = cdc_run(broker.bootstrap, tmp_path, fault=f"{stage}:{batch}")
+        crashed = cdc_run(fresh_kafka, tmp_path, fault=f"{stage}:{batch}")
         assert crashed.returncode == -signal.SIGKILL, (
             f"{stage}:{batch}: exit {crashed.returncode}\n{crashed.stderr[-3000:]}"
         )
         written.setdefault(batch, set()).update(WRITES[stage])
         assert_killed_at(stage, batch, written[batch], s, sent)
 
-    resumed = cdc_run(broker.bootstrap, tmp_path)
+    resumed = cdc_run(fresh_kafka, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = read_tables(s)
     assert_exactly_once(got, sent)

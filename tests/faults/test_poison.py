@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from cdc.broker import EmbeddedBroker
 from cdc.registry import frame
 from tests.faults.conftest import Reference
 from tests.faults.harness import (
@@ -87,14 +86,14 @@ def poisoned_stream() -> tuple[list[Rec], dict[str, Rec]]:
 
 
 def test_poison_is_quarantined_with_its_reason_and_valid_records_equal_clean_run(
-    broker: EmbeddedBroker, reference: Reference, tmp_path: Path
+    fresh_kafka: str, reference: Reference, tmp_path: Path
 ) -> None:
     recs, poison = poisoned_stream()
-    sent = produce(broker.bootstrap, recs)
+    sent = produce(fresh_kafka, recs)
     limit = f"defaults.max_message_bytes={MAX_MESSAGE_BYTES}"
-    run = cdc_run(broker.bootstrap, tmp_path, limit)
+    run = cdc_run(fresh_kafka, tmp_path, limit)
     assert run.returncode == 0, run.stderr[-3000:]
-    got = read_tables(settings(broker.bootstrap, tmp_path, limit))
+    got = read_tables(settings(fresh_kafka, tmp_path, limit))
 
     # Every record once, poison in quarantine with its reason code and exact raw bytes.
     assert_exactly_once(got, sent)

@@ -35,7 +35,6 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.broker import EmbeddedBroker
 from cdc.pipelines import run_pipelines
 from cdc.registry import RegisteredSchema, check_path
 from tests.conftest import REGISTRY_PATH
@@ -170,17 +169,17 @@ def drifted_stream() -> tuple[list[Rec], dict[str, tuple[int, list[str] | None]]
 
 
 def test_schema_drift_extra_removed_and_breaking_fields(
-    broker: EmbeddedBroker, reference: Reference, tmp_path: Path
+    fresh_kafka: str, reference: Reference, tmp_path: Path
 ) -> None:
     consumer_registry = tmp_path / "registry"
     shutil.copytree(REGISTRY_PATH, consumer_registry)
     register(consumer_registry, [EXTRA, SLIM, BROKEN])
     recs, drifted, broken = drifted_stream()
-    sent = produce(broker.bootstrap, recs)
+    sent = produce(fresh_kafka, recs)
     option = f"registry.path={consumer_registry}"
-    run = cdc_run(broker.bootstrap, tmp_path, option)
+    run = cdc_run(fresh_kafka, tmp_path, option)
     assert run.returncode == 0, run.stderr[-3000:]
-    got = read_tables(settings(broker.bootstrap, tmp_path, option))
+    got = read_tables(settings(fresh_kafka, tmp_path, option))
     assert_exactly_once(got, sent)  # (c) in quarantine as schema_mismatch, the rest in bronze
 
     # (c) the error says which field broke.
@@ -218,11 +217,11 @@ def test_schema_drift_extra_removed_and_breaking_fields(
 
 
 def test_new_optional_field_as_the_subjects_next_version_reaches_bronze_and_silver(
-    spark: Any, broker: EmbeddedBroker, tmp_path: Path
+    spark: Any, fresh_kafka: str, tmp_path: Path
 ) -> None:
     builder = base_builder()
-    old = produce(broker.bootstrap, builder.recs)
-    run_pipelines(spark, settings(broker.bootstrap, tmp_path), [PIPELINE], available_now=True)
+    old = produce(fresh_kafka, builder.recs)
+    run_pipelines(spark, settings(fresh_kafka, tmp_path), [PIPELINE], available_now=True)
 
     evolved = tmp_path / "registry"
     shutil.copytree(REGISTRY_PATH, evolved)
@@ -248,11 +247,11 @@ def test_new_optional_field_as_the_subjects_next_version_reaches_bronze_and_silv
         more.upsert("c07", phone="+44 7"),  # a producer still on v2 (untracked change)
         with_nickname(more.upsert("c03"), "Trey"),  # only the new column changes: tracked
     ]
-    new = produce(broker.bootstrap, recs)
+    new = produce(fresh_kafka, recs)
     option = f"registry.path={evolved}"
-    run = cdc_run(broker.bootstrap, tmp_path, option)
+    run = cdc_run(fresh_kafka, tmp_path, option)
     assert run.returncode == 0, run.stderr[-3000:]
-    got = read_tables(settings(broker.bootstrap, tmp_path, option))
+    got = read_tables(settings(fresh_kafka, tmp_path, option))
     assert_exactly_once(got, old + new)
     assert got.bronze is not None
     after = got.bronze.schema["value"].fields[1].dtype  # value.after

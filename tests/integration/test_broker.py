@@ -1,4 +1,5 @@
-"""The embedded Tansu broker: start, readiness, restart (data lost), stop, port conflicts."""
+"""The embedded Apache Kafka broker: start, readiness, restart (log kept), wipe (data lost),
+stop, port conflicts. The tests of one module share a broker (a JVM start costs seconds)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from cdc.errors import BrokerUnavailableError
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker.start_on_free_port() as started:
         yield started
@@ -47,6 +48,51 @@ def _topics(bootstrap: str) -> set[str]:
     return set(admin.list_topics(timeout=10).topics)
 
 
+def test_port_in_use_is_a_one_line_error(broker: EmbeddedBroker) -> None:
+    with pytest.raises(BrokerUnavailableError) as info:
+        EmbeddedBroker.start("127.0.0.1", broker.port)
+    assert str(info.value) == (
+        f"cannot start the embedded broker: 127.0.0.1:{broker.port} is already in use"
+    )
+    assert broker.is_running  # the first broker is untouched
+
+
+def _produce(bootstrap: str, topic: str, count: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(count):
+        producer.produce(topic, b"record-%d" % i, partition=0)
+    assert producer.flush(10) == 0
+
+
+def _watermarks(bootstrap: str, topic: str) -> tuple[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "t"})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        return int(low), int(high)
+    finally:
+        consumer.close()
+
+
+def test_restart_keeps_the_log_and_wipe_loses_it(broker: EmbeddedBroker) -> None:
+    topic = f"broker-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=10)
+    _produce(broker.bootstrap, topic, 25)
+    old_pid = broker.pid
+
+    broker.restart()
+
+    assert broker.is_running and broker.pid != old_pid
+    wait_for_broker(broker.bootstrap, timeout=5)
+    assert topic in _topics(broker.bootstrap)
+    assert _watermarks(broker.bootstrap, topic) == (0, 25)
+
+    broker.restart(wipe=True)
+
+    wait_for_broker(broker.bootstrap, timeout=5)
+    assert topic not in _topics(broker.bootstrap)
+
+
 def test_start_serves_kafka_and_stop_frees_the_port(broker: EmbeddedBroker) -> None:
     assert broker.bootstrap == f"127.0.0.1:{broker.port}"
     assert broker.is_running and broker.pid is not None
@@ -67,29 +113,6 @@ def test_start_serves_kafka_and_stop_frees_the_port(broker: EmbeddedBroker) -> N
     assert not broker.is_running and broker.pid is None
     assert not _listening(broker.port)
     broker.stop()  # idempotent
-
-
-def test_restart_keeps_the_port_and_loses_the_data(broker: EmbeddedBroker) -> None:
-    topic = f"broker-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=10)
-    assert topic in _topics(broker.bootstrap)
-    old_pid = broker.pid
-
-    broker.restart()
-
-    assert broker.is_running and broker.pid != old_pid
-    wait_for_broker(broker.bootstrap, timeout=5)
-    assert topic not in _topics(broker.bootstrap)
-
-
-def test_port_in_use_is_a_one_line_error(broker: EmbeddedBroker) -> None:
-    with pytest.raises(BrokerUnavailableError) as info:
-        EmbeddedBroker.start("127.0.0.1", broker.port)
-    assert str(info.value) == (
-        f"cannot start the embedded broker: 127.0.0.1:{broker.port} is already in use"
-    )
-    assert broker.is_running  # the first broker is untouched
 
 
 def test_wait_for_broker_times_out_with_a_clear_message() -> None:

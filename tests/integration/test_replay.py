@@ -1,6 +1,7 @@
 """``cdc replay`` end to end: real Kafka broker, real Spark, real Delta tables.
 
-Each test gets its own broker, so topic contents (and offsets) are exactly what it produced.
+Each test starts from an empty cluster, so topic contents (and offsets) are exactly what it
+produced.
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
+from cdc.checkpoint import START_FILE, TXN_BASE_FILE, committed_offsets
 from cdc.cli import main
 from cdc.config import Settings, load_settings
 from cdc.locks import LockHolder, lock_path
-from cdc.pipelines import START_FILE, TXN_BASE_FILE, BatchStats, run_pipelines, table_paths
-from cdc.replay import ReplayPosition, committed_txn_versions, replay_pipeline
-from cdc.status import committed_offsets
+from cdc.pipelines import BatchStats, run_pipelines, table_paths
+from cdc.replay import (
+    ReplayPosition,
+    committed_txn_versions,
+    replay_pipeline,
+    run_available_now,
+)
 from tests.conftest import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
 from tests.support.envelopes import T0, contact_envelope
 
@@ -127,7 +133,7 @@ def tables(settings: Settings) -> dict[str, pl.DataFrame]:
 
 
 def high_watermarks(bootstrap: str) -> dict[str, int]:
-    from cdc.source._kafka import KafkaMetadata
+    from cdc.kafka_admin import KafkaMetadata
 
     meta = KafkaMetadata({"bootstrap.servers": bootstrap})
     try:
@@ -399,3 +405,56 @@ def test_replay_of_a_pipeline_that_never_ran_starts_from_the_position(
         " there was no previous checkpoint"
     )
     assert tables(settings)["bronze"]["offset"].to_list() == [1, 2, 3]
+
+
+def test_replay_from_a_timestamp_mid_topic_uses_the_brokers_time_index(
+    spark: Any, broker: str, tmp_path: Path
+) -> None:
+    """ListOffsets by time on the real broker: each partition restarts at its first record at
+    or after the timestamp, in the middle of the topic, and re-applying changes nothing."""
+    from confluent_kafka import Producer
+
+    from cdc.kafka_admin import ensure_topic
+
+    settings = make_settings(broker, tmp_path)
+    lines = [change(f"c{i % 5}", "c" if i < 5 else "u", 1000 * i, last=f"L{i}") for i in range(40)]
+    # Explicit Kafka timestamps: record i at 08:00:00 + i seconds, in partition i % 3.
+    from cdc.contracts import load_contracts
+    from cdc.produce import parse_lines
+    from cdc.registry import FileRegistry
+
+    contract = load_contracts(CONTRACTS_PATH)[TOPIC]
+    records, errors = parse_lines(
+        [json.dumps(line) for line in lines], FileRegistry.load(REGISTRY_PATH), contract
+    )
+    assert errors == []
+    ensure_topic(broker, TOPIC, 3)
+    producer = Producer({"bootstrap.servers": broker})
+    base_ms = 1_767_600_000_000  # 2026-01-05T08:00:00Z
+    for i, record in enumerate(records):
+        producer.produce(
+            TOPIC, value=record.value, key=record.key, partition=i % 3, timestamp=base_ms + 1000 * i
+        )
+    assert producer.flush(10) == 0
+    run_pipelines(spark, settings, [PIPELINE], available_now=True)
+    before = tables(settings)
+    assert before["bronze"].height == 40
+
+    position = ReplayPosition.from_timestamp("2026-01-05T08:00:25Z")
+    outcome = replay_pipeline(settings, PIPELINE, position, runner=run_available_now)
+
+    # Records 25..39 are at or after 08:00:25; per partition the first such offset.
+    bronze = before["bronze"]
+    expected: dict[str, int] = {}
+    for p in range(3):
+        part = bronze.filter(pl.col("partition") == p).sort("offset")
+        stamps = part.get_column("timestamp").dt.epoch("ms").to_list()
+        offsets = part.get_column("offset").to_list()
+        later = [o for o, t in zip(offsets, stamps, strict=True) if t >= base_ms + 25_000]
+        expected[str(p)] = later[0] if later else offsets[-1] + 1
+    assert outcome.plan.starting_offsets()[TOPIC] == expected
+    assert 0 < outcome.plan.re_read < 40
+    assert outcome.plan.re_read == 15
+    after = tables(settings)
+    assert after["bronze"].equals(before["bronze"])
+    assert after["silver"].equals(before["silver"])

@@ -34,7 +34,7 @@ from cdc.replay import (
     read_checkpoint_state,
     replay_pipeline,
 )
-from cdc.source.offsets import Watermarks
+from cdc.offsets import Watermarks
 from tests.conftest import REPO_ROOT
 
 T = "crm.contacts"
