@@ -1,4 +1,16 @@
-# cdc-service runtime: Python 3.11 + Java 17 (Spark) + the package.
+# cdc-service runtime: Python 3.11 + Java 17 (Spark) + the package + the pinned Spark JARs
+# (jvm/pom.xml: Delta, Spark's Kafka source), fetched by Maven at build time, never at start.
+FROM python:3.11-slim-bookworm AS jars
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openjdk-17-jre-headless maven \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+COPY pyproject.toml README.md ./
+COPY src ./src
+COPY jvm ./jvm
+RUN pip install --no-cache-dir . \
+ && python -m cdc.jvm install --pom jvm/pom.xml --dest /opt/cdc/jars --profile spark
+
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
@@ -6,11 +18,13 @@ RUN apt-get update \
 ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
     PYSPARK_PYTHON=/usr/local/bin/python \
     PYTHONUNBUFFERED=1 \
-    CDC_CONFIG_DIR=/opt/cdc/config
+    CDC_CONFIG_DIR=/opt/cdc/config \
+    CDC_JARS_DIR=/opt/cdc/jars
 WORKDIR /opt/cdc
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install --no-cache-dir .
+COPY --from=jars /opt/cdc/jars /opt/cdc/jars
 COPY config ./config
 COPY schemas ./schemas
 COPY streaming ./streaming

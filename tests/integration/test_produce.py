@@ -132,8 +132,8 @@ def test_produce_file_round_trip(
 def test_high_watermarks_equal_record_counts(
     kafka_bootstrap: str, registry: FileRegistry, contracts_path: Path
 ) -> None:
-    # Many records per partition in few batches: the case where Tansu under-reports the high
-    # watermark unless each partition's last record is sent on its own.
+    # Many records per partition in few batches: every record counts in the high watermark
+    # (a broker that reported the last batch's base offset + 1 would under-count).
     topic = f"itest.wm.{uuid.uuid4().hex[:8]}"
     contract = replace(load_contracts(contracts_path)["crm.contacts"], topic=topic)
     lines = [json.dumps(contact_line(i, partition=i % 4)) for i in range(400)]

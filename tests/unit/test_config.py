@@ -122,3 +122,81 @@ def test_durations() -> None:
     assert parse_duration_seconds("1 second") == 1
     assert parse_duration_seconds("500 ms") == 0.5
     assert parse_duration_seconds("2 minutes") == 120
+
+
+def test_librdkafka_settings_become_the_java_clients(tmp_path: Path) -> None:
+    from cdc.config import java_client_config
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    java = java_client_config(
+        {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanisms": "SCRAM-SHA-512",
+            "sasl.username": 'svc"cdc',
+            "sasl.password": "p\\w",
+            "ssl.ca.location": str(ca),
+            "client.id": "cdc",
+        }
+    )
+    assert java == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        ' username="svc\\"cdc" password="p\\\\w";',
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.certificates": ca.read_text(),
+        "client.id": "cdc",
+    }
+    with pytest.raises(ConfigError, match="no Java login module for SASL mechanism 'GSSAPI'"):
+        java_client_config({"sasl.mechanism": "GSSAPI", "sasl.username": "u"})
+    with pytest.raises(ConfigError, match=r"ssl\.certificate\.location and ssl\.key\.location go"):
+        java_client_config({"ssl.key.location": str(ca)})
+
+
+def test_source_options_keep_spark_names_and_replay_start_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from cdc.checkpoint import START_FILE
+    from cdc.kafka_source import source_options
+
+    settings = load_settings(
+        "local",
+        overrides=[
+            "kafka.client={security.protocol: SASL_SSL, sasl.mechanism: PLAIN,"
+            " sasl.username: u, sasl.password: env:NOPE_UNUSED}",
+            "kafka.java_client={client.dns.lookup: use_all_dns_ips}",
+            "defaults.source_options={minPartitions: '4'}",
+            "pipelines.crm_contacts.source_options={startingTimestamp: '1000'}",
+        ],
+        config_dir=REPO_ROOT / "config",
+        environ={"NOPE_UNUSED": "secret"},
+    )
+    # Secret references resolve from the real environment when options are built.
+    monkeypatch.setenv("NOPE_UNUSED", "secret")
+    options = source_options(settings, settings.pipeline("crm_contacts"))
+    assert options["subscribe"] == "crm.contacts"
+    assert options["maxOffsetsPerTrigger"] == "50000"
+    assert options["minPartitions"] == "4"
+    assert options["startingTimestamp"] == "1000"
+    assert "startingOffsets" not in options  # a starting option replaces the default one
+    assert options["kafka.isolation.level"] == "read_committed"
+    assert options["kafka.client.dns.lookup"] == "use_all_dns_ips"
+    assert options["kafka.sasl.jaas.config"].endswith('username="u" password="secret";')
+
+    checkpoint = tmp_path / "cp"
+    checkpoint.mkdir()
+    (checkpoint / START_FILE).write_text(
+        json.dumps({"startingOffsets": {"crm.contacts": {"0": 7}}})
+    )
+    with_start = source_options(settings, settings.pipeline("crm_contacts"), str(checkpoint))
+    assert json.loads(with_start["startingOffsets"]) == {"crm.contacts": {"0": 7}}
+    assert "startingTimestamp" not in with_start
+    (checkpoint / "offsets").mkdir()
+    (checkpoint / "offsets" / "0").write_text("v1\n{}\n{}\n")
+    # Once Spark has planned a batch, the checkpoint's offsets rule; the start file is moot.
+    assert "startingOffsets" not in source_options(
+        settings, settings.pipeline("crm_contacts"), str(checkpoint)
+    )

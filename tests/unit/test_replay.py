@@ -13,10 +13,12 @@ import pyarrow as pa
 import pytest
 from deltalake import CommitProperties, Transaction, write_deltalake
 
+from cdc.checkpoint import START_FILE, TXN_BASE_FILE
 from cdc.config import Settings, load_settings
 from cdc.errors import ConfigError, PipelineRunningError
 from cdc.locks import LockHolder, PipelineLock, lock_path
-from cdc.pipelines import START_FILE, TXN_BASE_FILE, BatchStats, table_paths, txn_app_id
+from cdc.offsets import Watermarks
+from cdc.pipelines import BatchStats, table_paths, txn_app_id
 from cdc.replay import (
     CheckpointState,
     PartitionReplay,
@@ -34,7 +36,6 @@ from cdc.replay import (
     read_checkpoint_state,
     replay_pipeline,
 )
-from cdc.offsets import Watermarks
 from tests.conftest import REPO_ROOT
 
 T = "crm.contacts"
