@@ -171,10 +171,6 @@ def produce_events(
 ) -> ProduceStats:
     """Create ``topic`` and fill it with :func:`encode_events`.
 
-    Each partition's last record is sent alone after everything else is flushed: Tansu
-    reports a partition's high watermark as its last batch's base offset + 1, which would
-    hide the rest of a multi-record final batch from consumers.
-
     Args:
         bootstrap: the broker.
         topic: a fresh topic name (created with ``partitions`` partitions).
@@ -198,16 +194,13 @@ def produce_events(
     started = time.perf_counter()
     encoded = list(encode_events(events, keys, partitions, registry))
     encode_seconds = time.perf_counter() - started
-    last: dict[int, int] = {}
-    for index, (partition, _, _) in enumerate(encoded):
-        last[partition] = index
-    final = set(last.values())
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
             "linger.ms": 20,
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 500_000,
+            # A key's events must keep their order in its partition, retries included.
             "max.in.flight.requests.per.connection": 1,
         }
     )
@@ -218,26 +211,20 @@ def produce_events(
             failures.append(str(err))
 
     deadline = time.monotonic() + timeout_s
-
-    def send(indices: Iterator[int] | list[int]) -> None:
-        for index in indices:
-            partition, key, value = encoded[index]
-            while True:
-                try:
-                    producer.produce(
-                        topic, value=value, key=key, partition=partition, on_delivery=on_delivery
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            producer.poll(0)
-        left = producer.flush(max(0.0, deadline - time.monotonic()))
-        if left or failures:
-            raise RuntimeError(f"produce to {topic}: {left} undelivered, failures: {failures[:3]}")
-
     started = time.perf_counter()
-    send(i for i in range(len(encoded)) if i not in final)
-    send(sorted(final))
+    for partition, key, value in encoded:
+        while True:
+            try:
+                producer.produce(
+                    topic, value=value, key=key, partition=partition, on_delivery=on_delivery
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    left = producer.flush(max(0.0, deadline - time.monotonic()))
+    if left or failures:
+        raise RuntimeError(f"produce to {topic}: {left} undelivered, failures: {failures[:3]}")
     return ProduceStats(
         topic=topic,
         events=events,

@@ -214,11 +214,7 @@ class RateProducer:
     sent_seconds: float = 0.0
 
     def run(self) -> None:
-        """Produce everything on schedule, flush, then one lone record per partition.
-
-        Tansu exposes a partition only up to its last batch's base offset + 1; a trailing
-        single-record batch per partition makes the measured events visible.
-        """
+        """Produce everything on schedule, then flush."""
         from confluent_kafka import Producer
 
         producer = Producer(
@@ -228,12 +224,11 @@ class RateProducer:
                 "compression.type": "none",
             }
         )
-        measured = len(self.events)
 
         def on_delivery(err: Any, msg: Any) -> None:
             if err is not None:
                 self.failures.append(str(err))
-            elif len(self.delivered) < measured:
+            else:
                 self.delivered.append((msg.partition(), msg.offset(), time.time()))
 
         started = time.perf_counter()
@@ -248,9 +243,3 @@ class RateProducer:
             producer.poll(0)
         producer.flush(60)
         self.sent_seconds = time.perf_counter() - started
-        partitions = sorted({p for p, _, _ in self.events})
-        tail = {p: next(e for e in reversed(self.events) if e[0] == p) for p in partitions}
-        for partition in partitions:
-            _, key, value = tail[partition]
-            producer.produce(self.topic, value=value, key=key, partition=partition)
-            producer.flush(30)

@@ -162,14 +162,16 @@ class EmbeddedBroker:
         cls,
         host: str = _DEFAULT_HOST,
         *,
+        workdir: Path | None = None,
         startup_timeout: float = 60.0,
         properties: dict[str, str] | None = None,
         attempts: int = 3,
     ) -> EmbeddedBroker:
-        """Start a broker with a temporary folder on ports the OS reports free.
+        """Start a broker on ports the OS reports free.
 
         Args:
             host: loopback address to listen on.
+            workdir: the broker's folder (kept), or None for a temporary one.
             startup_timeout: seconds to wait for readiness.
             properties: extra ``server.properties`` settings.
             attempts: how many free ports to try if another process races us to one.
@@ -186,6 +188,7 @@ class EmbeddedBroker:
                 return cls.start(
                     host,
                     _free_port(host),
+                    workdir=workdir,
                     startup_timeout=startup_timeout,
                     properties=properties,
                 )

@@ -119,7 +119,7 @@ def run_demo(
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     started = time.monotonic()
-    with EmbeddedBroker.start_on_free_port() as broker:
+    with EmbeddedBroker.start_on_free_port(workdir=workdir / "kafka") as broker:
         print(f"embedded broker at {broker.bootstrap}", file=out)
         settings = load_settings(
             "local",
