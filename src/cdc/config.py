@@ -241,7 +241,10 @@ class CheckpointSettings(_Model):
 class SparkSettings(_Model):
     """How the driver runs Spark."""
 
-    master: str = "local[*]"
+    master: str | None = None
+    """Spark master URL, e.g. ``local[*]`` (the embedded default in ``local.yaml``). Leave it
+    unset where ``spark-submit`` runs the driver: spark-submit chooses the master, and a value
+    here would override it (a Kubernetes driver with ``local[*]`` leaves every executor idle)."""
     trigger_interval: str = "1 second"
     conf: dict[str, str] = Field(default_factory=dict)
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cdc.errors import ConfigError
 from cdc.jvm import classpath
 
 if TYPE_CHECKING:
@@ -40,18 +41,23 @@ _LOG4J = Path(__file__).with_name("log4j2.properties")
 
 def build_session(
     app_name: str = "cdc-service",
-    master: str = "local[*]",
+    master: str | None = "local[*]",
     conf: Mapping[str, str] | None = None,
 ) -> SparkSession:
     """Return the process's SparkSession, with Delta and Spark's Kafka source loaded.
 
     Args:
         app_name: Spark application name.
-        master: Spark master URL; ``local[*]`` is the embedded default.
+        master: Spark master URL; ``local[*]`` is the embedded default. None leaves the
+            choice to ``spark-submit`` (the driver then runs under it).
         conf: extra Spark settings, applied over the defaults.
 
     Returns:
         The active (or newly created) SparkSession.
+
+    Raises:
+        ConfigError: no master is set and the driver does not run under ``spark-submit``.
+        JarsMissingError: the Spark JARs are not installed.
     """
     # Python workers must run the interpreter that has this package installed.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -60,12 +66,29 @@ def build_session(
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name).master(master)
+    builder = SparkSession.builder.appName(app_name)
+    if master is not None:
+        builder = builder.master(master)
+    elif not _under_spark_submit(conf):
+        raise ConfigError(
+            "spark.master is not set and the driver does not run under spark-submit: run it"
+            " with spark-submit (which chooses the master) or set one, e.g."
+            " --set spark.master=local[*]"
+        )
     for key, value in session_conf(conf).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def _under_spark_submit(conf: Mapping[str, str] | None) -> bool:
+    """Whether a master comes from elsewhere: spark-submit's gateway, or a conf/env setting."""
+    return (
+        "PYSPARK_GATEWAY_PORT" in os.environ
+        or "MASTER" in os.environ
+        or "spark.master" in (conf or {})
+    )
 
 
 def session_conf(conf: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -1,0 +1,100 @@
+"""Deploy configuration agrees with the code: versions, master, baked JARs, entry points."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cdc.config import load_settings
+from cdc.errors import ConfigError
+from tests.conftest import REPO_ROOT
+
+POM = REPO_ROOT / "jvm" / "pom.xml"
+_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
+
+
+def _pom_property(name: str) -> str:
+    node = ET.parse(POM).getroot().find(f"m:properties/m:{name}", _NS)
+    assert node is not None and node.text, name
+    return node.text.strip()
+
+
+def _pinned(package: str) -> str:
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    for spec in dependencies:
+        match = re.match(rf"{re.escape(package)}==([\w.]+)", spec)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"{package} is not pinned with == in pyproject.toml")
+
+
+def _spark_applications() -> list[dict[str, object]]:
+    found = []
+    for path in sorted((REPO_ROOT / "deploy" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "SparkApplication":
+                found.append(doc)
+    assert found, "no SparkApplication in deploy/k8s"
+    return found
+
+
+def test_spark_and_delta_versions_agree_everywhere() -> None:
+    import pyspark
+
+    spark = _pom_property("spark.version")
+    assert _pinned("pyspark") == spark == pyspark.__version__
+    assert _pinned("delta-spark") == _pom_property("delta.version")
+    for app in _spark_applications():
+        assert app["spec"]["sparkVersion"] == spark  # type: ignore[index]
+
+
+def test_cluster_configs_leave_the_master_to_spark_submit() -> None:
+    for env in ("dev", "prod"):
+        settings = load_settings(env, config_dir=REPO_ROOT / "config", environ={})
+        assert settings.spark.master is None, env
+        assert "spark.master" not in settings.spark.conf, env
+    local = load_settings("local", config_dir=REPO_ROOT / "config", environ={})
+    assert local.spark.master == "local[*]"
+
+
+def test_spark_applications_run_shipped_code_with_the_baked_jars() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    jars = re.search(r"CDC_JARS_DIR=(\S+)", dockerfile)
+    assert jars is not None
+    for app in _spark_applications():
+        spec = app["spec"]
+        main = str(spec["mainApplicationFile"])  # type: ignore[index]
+        assert main.startswith("local:///opt/cdc/")
+        assert (REPO_ROOT / main.removeprefix("local:///opt/cdc/")).is_file()
+        conf = spec["sparkConf"]  # type: ignore[index]
+        for side in ("driver", "executor"):
+            assert conf[f"spark.{side}.extraClassPath"] == f"{jars.group(1)}/spark/*"
+        assert "spark.master" not in conf
+
+
+def test_a_driver_without_master_outside_spark_submit_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cdc.spark import build_session
+
+    for name in ("PYSPARK_GATEWAY_PORT", "MASTER"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=r"spark\.master is not set and the driver does not"):
+        build_session(master=None)
+
+
+def test_pom_is_the_one_place_jars_are_declared() -> None:
+    text = Path(POM).read_text()
+    for artifact in ("delta-spark_", "spark-sql-kafka-0-10_", "kafka_"):
+        assert text.count(f"<artifactId>{artifact}") == 1, artifact
+    # Nothing resolves packages when a session starts (spark.jars.packages would, at query
+    # start, from the network).
+    for path in (REPO_ROOT / "src").rglob("*.py"):
+        assert "spark.jars.packages" not in path.read_text(), path
