@@ -318,6 +318,9 @@ class EmbeddedBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # Development data (the demo, the tests) carries source timestamps months old;
+            # time-based retention would delete it while it is being read.
+            "log.retention.ms": "-1",
             **self._properties,
         }
 

@@ -215,6 +215,10 @@ class LakeSettings(_Model):
 
     root: str
     storage_options: dict[str, str] = Field(default_factory=dict)
+    writer: Literal["delta-rs", "delta-spark"] = "delta-rs"
+    """Who writes the tables: ``delta-spark`` (distributed: appends and MERGEs on the
+    executors, deletion vectors; the production writer) or ``delta-rs`` (one process: the
+    batch is collected to the driver; fastest on small batches)."""
 
     def path(self, *parts: str) -> str:
         """Join ``parts`` under the lake root (works for local paths and URIs)."""

@@ -24,13 +24,14 @@ __all__ = ["run_demo", "summarize"]
 
 
 def _read(uri: str) -> pl.DataFrame | None:
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from cdc.store import DeltaRsStore
 
-    try:
-        return pl.scan_delta(DeltaTable(uri)).collect()
-    except TableNotFoundError:
+    table = DeltaRsStore().read(uri)  # a query: deletion vectors are honoured
+    if table is None:
         return None
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def summarize(settings: Settings, out: TextIO) -> dict[str, int]:

@@ -27,7 +27,7 @@ from cdc.config import PipelineSettings, Settings, parse_duration_seconds
 from cdc.errors import CdcError, CommitConflictError, DataLossError
 from cdc.kafka_source import decoded_stream
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
-from cdc.sinks.delta import DeltaSink, Txn
+from cdc.store.delta_rs import DeltaSink, Txn
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -395,11 +395,16 @@ def start_query(
     pipeline = settings.pipeline(name)
     checkpoint = settings.checkpoint_path(name)
     check_topic_identity(settings, name, checkpoint)
+    batch_writer: type[BatchWriter] = BatchWriter
+    if settings.lake.writer == "delta-spark":
+        from cdc.batch_spark import DistributedBatchWriter
+
+        batch_writer = DistributedBatchWriter
     writer = (
         decoded_stream(spark, settings, pipeline, checkpoint)
         .writeStream.queryName(name)
         .option("checkpointLocation", checkpoint)
-        .foreachBatch(BatchWriter(name, pipeline, settings, checkpoint, fault_hook, on_batch))
+        .foreachBatch(batch_writer(name, pipeline, settings, checkpoint, fault_hook, on_batch))
     )
     if available_now:
         writer = writer.trigger(availableNow=True)

@@ -497,24 +497,16 @@ def committed_txn_versions(settings: Settings, name: str) -> dict[str, int | Non
         side table of an SCD2 pipeline); None where the table does not exist or holds no
         transaction of this pipeline.
     """
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from cdc.store import store_for
 
-    storage = settings.lake.resolved_storage_options()
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
     pipeline = settings.pipeline(name)
     tables = table_paths(settings, pipeline)
     if pipeline.kind == "scd2":
         tables["orphans"] = orphans_path(settings, pipeline)
-    result: dict[str, int | None] = {}
-    for role, uri in tables.items():
-        try:
-            table = DeltaTable(uri, storage_options=storage)
-        except TableNotFoundError:
-            result[role] = None
-            continue
-        version = table.transaction_version(txn_app_id(name, role, uri))
-        result[role] = None if version is None else int(version)
-    return result
+    return {
+        role: store.txn_version(uri, txn_app_id(name, role, uri)) for role, uri in tables.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------

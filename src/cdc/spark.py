@@ -30,6 +30,10 @@ _DEFAULT_CONF: dict[str, str] = {
     "spark.python.worker.reuse": "true",
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    # Rebuilding a table's snapshot from its log runs a job of this many tasks (Delta's
+    # default, 50, costs seconds per table per micro-batch on a small cluster); raise it for
+    # tables with very long logs.
+    "spark.databricks.delta.snapshotPartitions": "4",
     "spark.sql.streaming.noDataMicroBatches.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     # A Python worker forked on a loaded machine may take longer than the 15 s default to

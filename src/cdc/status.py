@@ -8,6 +8,7 @@ from typing import Any
 from cdc.checkpoint import committed_offsets
 from cdc.config import Settings
 from cdc.pipelines import table_paths
+from cdc.store import TableStore, store_for
 
 __all__ = ["pipeline_status"]
 
@@ -37,18 +38,11 @@ def _high_watermarks(settings: Settings, topic: str) -> dict[str, int] | None:
         return None
 
 
-def _table_line(role: str, uri: str, storage: dict[str, str]) -> str:
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        table = DeltaTable(uri, storage_options=storage)
-    except TableNotFoundError:
+def _table_line(role: str, uri: str, store: TableStore) -> str:
+    info = store.info(uri)
+    if info is None:
         return f"  {role:<10} {uri}: not created yet"
-    rows = sum(
-        int(n) for n in table.get_add_actions(flatten=True).column("num_records").to_pylist() if n
-    )
-    return f"  {role:<10} {uri}: version {table.version()}, {rows} rows"
+    return f"  {role:<10} {uri}: version {info.version}, {info.rows} rows, {info.files} files"
 
 
 def pipeline_status(settings: Settings, name: str) -> str:
@@ -69,7 +63,7 @@ def pipeline_status(settings: Settings, name: str) -> str:
         done = committed[1].get(pipeline.topic, {}) if committed else {}
         lag = {p: max(0, end - int(done.get(p, 0))) for p, end in latest.items()}
         lines.append(f"  lag        {sum(lag.values())} records {json.dumps(lag, sort_keys=True)}")
-    storage = settings.lake.resolved_storage_options()
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
     for role, uri in table_paths(settings, pipeline).items():
-        lines.append(_table_line(role, uri, storage))
+        lines.append(_table_line(role, uri, store))
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from cdc.scd2 import apply_scd2, empty_dimension, late_keys, scd2_from_events
-from cdc.sinks.delta import DeltaSink, Txn
+from cdc.store.delta_rs import DeltaSink, Txn
 from tests.unit.test_scd2 import SCHEMA, SPEC, apply_all, changes, ev
 from tests.unit.test_scd2_order import IDENTITY, frame, to_log
 

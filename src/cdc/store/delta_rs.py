@@ -3,15 +3,14 @@
 Every write names a :class:`Txn` — ``app_id`` (pipeline + table) and ``version`` (the
 micro-batch's number). A write whose version the table has already committed for that
 app id is skipped: after a crash, Spark re-runs the last uncommitted batch with the same
-id and offsets, and each table applies it at most once. This is the interface of DESIGN
-§2b; a delta-spark implementation could sit behind the same three methods.
+id and offsets, and each table applies it at most once. The distributed writer with the
+same guarantees is :mod:`cdc.store.delta_spark`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
@@ -20,30 +19,14 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from cdc.errors import CommitConflictError, TableWriteError
 from cdc.scd2 import Scd2Result
+from cdc.store.base import TableStore, Txn, WriteOutcome
 
-__all__ = ["DeltaSink", "Txn", "WriteOutcome"]
+__all__ = ["DeltaRsStore", "DeltaSink", "Txn", "WriteOutcome"]
 
 log = logging.getLogger(__name__)
 _ACTION = "_cdc_action"
 _WAS_CURRENT = "_cdc_was_current"
 CURRENT_PARTITION = "is_current"
-
-
-@dataclass(frozen=True)
-class Txn:
-    """The idempotency token of one table write."""
-
-    app_id: str
-    version: int
-
-
-@dataclass(frozen=True)
-class WriteOutcome:
-    """What a write did: ``skipped`` when the version was already committed."""
-
-    skipped: bool
-    rows: int = 0
-    table_version: int | None = None
 
 
 def _arrow(frame: pl.DataFrame) -> pa.Table:
@@ -287,3 +270,17 @@ class DeltaSink:
             + int(metrics.get("num_target_rows_deleted", 0))
         )
         return WriteOutcome(skipped=False, rows=rows, table_version=self._version())
+
+
+class DeltaRsStore(TableStore):
+    """Delta tables written by delta-rs in this process (the one-process writer)."""
+
+    writer = "delta-rs"
+
+    def describe(self) -> str:
+        """One line naming the writer."""
+        return "delta-rs (one process: the batch is collected to the driver)"
+
+    def sink(self, uri: str, partition_by: list[str] | None = None) -> DeltaSink:
+        """The writer of one table."""
+        return DeltaSink(uri, self.storage_options, partition_by)
