@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 
 from cdc.changes import QUARANTINE_COLUMNS, scd2_changes
-from cdc.pipelines import BatchStats, BatchWriter, check_topic_identity
+from cdc.pipelines import BROKER_PATIENCE_S, BatchStats, BatchWriter, check_topic_identity
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
 from cdc.store.base import Txn
 from cdc.store.delta_spark import DeltaSparkStore
@@ -64,7 +64,9 @@ class DistributedBatchWriter(BatchWriter):
             stats = BatchStats(batch_id=batch_id)
             with stats.timed("read"):
                 stats.input_rows = batch.count()  # fetches and decodes on the executors
-            check_topic_identity(self.settings, self.name, self.checkpoint)
+            check_topic_identity(
+                self.settings, self.name, self.checkpoint, patience_s=BROKER_PATIENCE_S
+            )
             self._process(batch, batch_id, datetime.now(UTC), stats)
         finally:
             batch.unpersist()

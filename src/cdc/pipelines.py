@@ -203,8 +203,11 @@ class BatchWriter:
         table = batch_df.toArrow()
         read = time.monotonic() - started
         # After the read: a topic recreated while the batch was fetched is caught here, before
-        # anything is written.
-        check_topic_identity(self.settings, self.name, self.checkpoint)
+        # anything is written. A broker that is briefly away is waited for, as Spark's source
+        # waits for it.
+        check_topic_identity(
+            self.settings, self.name, self.checkpoint, patience_s=BROKER_PATIENCE_S
+        )
         stats = self.process(table, batch_id, datetime.now(UTC))
         stats.phases["read"] = read
         stats.seconds = time.monotonic() - started
@@ -414,7 +417,14 @@ def start_query(
     return writer.start()
 
 
-def check_topic_identity(settings: Settings, name: str, checkpoint: str) -> None:
+BROKER_PATIENCE_S = 300.0
+"""How long a running query's per-batch topic check waits for an unreachable broker (a broker
+restart takes seconds; Spark's Kafka source rides such an outage out too)."""
+
+
+def check_topic_identity(
+    settings: Settings, name: str, checkpoint: str, *, patience_s: float | None = None
+) -> None:
     """Refuse offsets that belong to another incarnation of the pipeline's topic.
 
     The first time the topic is seen, its id is recorded in the checkpoint. From then on, a
@@ -422,20 +432,37 @@ def check_topic_identity(settings: Settings, name: str, checkpoint: str) -> None
     topic came back) means the checkpoint's offsets name records that no longer exist, or
     other records: reading on would skip or mix them silently.
 
+    Args:
+        settings: service settings.
+        name: the pipeline.
+        checkpoint: its checkpoint folder.
+        patience_s: keep asking an unreachable cluster this long (None: one request of
+            ``kafka.connect_timeout_s``, the fast failure a start wants).
+
     Raises:
         DataLossError: the topic's id differs from the recorded one, or the topic is gone.
-        BrokerUnavailableError: the cluster did not answer.
+        BrokerUnavailableError: the cluster did not answer in time.
     """
+    from cdc.errors import BrokerUnavailableError
     from cdc.kafka_admin import topic_id
 
     topic = settings.pipeline(name).topic
     kafka = settings.kafka
-    current = topic_id(
-        kafka.bootstrap_servers,
-        topic,
-        client_config=kafka.client_config(),
-        timeout_s=kafka.connect_timeout_s,
-    )
+    deadline = time.monotonic() + (patience_s or 0.0)
+    while True:
+        try:
+            current = topic_id(
+                kafka.bootstrap_servers,
+                topic,
+                client_config=kafka.client_config(),
+                timeout_s=kafka.connect_timeout_s,
+            )
+            break
+        except BrokerUnavailableError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("pipeline %s: %s; waiting for the broker", name, exc)
+            time.sleep(1.0)
     recorded = read_topic_id(checkpoint, topic)
     if recorded is None:
         if current is not None:

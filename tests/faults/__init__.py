@@ -1,5 +1,7 @@
-"""Fault suite: kill -9, broker data loss, poison, schema drift, duplicates, concurrent writers.
+"""Fault suite: kill -9, broker restarts and data loss, poison, schema drift, duplicates,
+concurrent writers.
 
-Every test runs the pipeline as a real ``python -m cdc.cli run`` process and compares the
-tables with a clean in-process run (see :mod:`tests.faults.harness`).
+The tests run the pipeline as a real ``python -m cdc.cli run`` process (one keeps an
+in-process query running across a broker restart) and compare the tables with a clean
+in-process run (see :mod:`tests.faults.harness`).
 """

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -54,10 +55,14 @@ __all__ = [
     "base_builder",
     "base_stream",
     "batch_records",
+    "cdc_replay",
     "cdc_run",
     "checkpoint_batches",
+    "committed_position",
     "committed_versions",
     "coordinate_map",
+    "create_topic",
+    "end_offsets",
     "envelope",
     "key_bytes",
     "model_silver",
@@ -70,7 +75,9 @@ __all__ = [
     "remap_rows",
     "remap_silver",
     "settings",
+    "start_cdc_run",
     "value_bytes",
+    "wait_until",
     "writer_schema",
 ]
 
@@ -299,6 +306,32 @@ def base_builder() -> StreamBuilder:
 # --------------------------------------------------------------------------- producing
 
 
+def create_topic(bootstrap: str) -> None:
+    """Create :data:`TOPIC` unless it exists, and keep its records whatever their age.
+
+    The stream's timestamps (source commit times from :data:`T0` on) lie months before the
+    broker's clock; under Kafka's default time retention (7 days) the broker's periodic
+    retention check would delete them mid-test (the partitions' earliest offset jumping to
+    their end), so the topic gets ``retention.ms=-1``.
+    """
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
+    )
+
+    from cdc.kafka_admin import ensure_topic
+
+    ensure_topic(bootstrap, TOPIC, PARTITIONS)
+    keep = ConfigEntry("retention.ms", "-1", incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, TOPIC, incremental_configs=[keep])
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
 def produce(bootstrap: str, recs: Sequence[Rec]) -> list[Sent]:
     """Send records in order, each with its partition and timestamp; return their offsets.
 
@@ -307,9 +340,7 @@ def produce(bootstrap: str, recs: Sequence[Rec]) -> list[Sent]:
     """
     from confluent_kafka import Producer
 
-    from cdc.kafka_admin import ensure_topic
-
-    ensure_topic(bootstrap, TOPIC, PARTITIONS)
+    create_topic(bootstrap)
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     reports: list[dict[str, Any]] = []
     for rec in recs:
@@ -363,6 +394,21 @@ def _hermetic_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
 
 
+def _cdc(command: Sequence[str], bootstrap: str, root: Path, extra: Sequence[str]) -> list[str]:
+    """``python -m cdc.cli <command> --pipeline crm_contacts ... --set ...``."""
+    args = [sys.executable, "-m", "cdc.cli", *command, "--pipeline", PIPELINE]
+    for item in overrides(bootstrap, root, *extra):
+        args += ["--set", item]
+    return args
+
+
+def _run_env(fault: str | None) -> dict[str, str]:
+    env = _hermetic_env()
+    if fault is not None:
+        env[FAULT_ENV] = fault
+    return env
+
+
 def cdc_run(
     bootstrap: str,
     root: Path,
@@ -379,15 +425,53 @@ def cdc_run(
         fault: ``$CDC_FAULT_INJECT`` (``<stage>:<batch>``), or None.
         timeout: seconds before the run is killed (a hang is a failure).
     """
-    args = [sys.executable, "-m", "cdc.cli", "run", "--pipeline", PIPELINE, "--available-now"]
-    for item in overrides(bootstrap, root, *extra):
-        args += ["--set", item]
-    env = _hermetic_env()
-    if fault is not None:
-        env[FAULT_ENV] = fault
     return subprocess.run(
-        args, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout
+        _cdc(["run", "--available-now"], bootstrap, root, extra),
+        capture_output=True,
+        text=True,
+        env=_run_env(fault),
+        cwd=REPO_ROOT,
+        timeout=timeout,
     )
+
+
+def start_cdc_run(bootstrap: str, root: Path, output: Path, *extra: str) -> subprocess.Popen[str]:
+    """:func:`cdc_run` in the background; stdout and stderr go to the file ``output``.
+
+    The caller waits for it (``wait(timeout=...)``) and reads ``output`` afterwards.
+    """
+    with output.open("w") as sink:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            _cdc(["run", "--available-now"], bootstrap, root, extra),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_run_env(None),
+            cwd=REPO_ROOT,
+        )
+
+
+def cdc_replay(
+    bootstrap: str, root: Path, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m cdc.cli replay --pipeline crm_contacts <args> --set ...`` (same overrides)."""
+    return subprocess.run(
+        [*_cdc(["replay"], bootstrap, root, ()), *args],
+        capture_output=True,
+        text=True,
+        env=_run_env(None),
+        cwd=REPO_ROOT,
+        timeout=timeout,
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g}s: {what}"
+        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- tables
@@ -452,6 +536,24 @@ def checkpoint_batches(s: Settings, log: Literal["offsets", "commits"]) -> set[i
     if not folder.is_dir():
         return set()
     return {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+
+
+def committed_position(s: Settings) -> dict[int, int]:
+    """Per partition, the next offset after the last committed batch ({} before any)."""
+    from cdc.checkpoint import committed_offsets
+
+    committed = committed_offsets(s.checkpoint_path(PIPELINE))
+    if committed is None:
+        return {}
+    return {int(p): int(o) for p, o in committed[1].get(TOPIC, {}).items()}
+
+
+def end_offsets(sent: Sequence[Sent]) -> dict[int, int]:
+    """Per partition, the next offset after the records produced."""
+    end: dict[int, int] = {}
+    for x in sent:
+        end[x.rec.partition] = max(end.get(x.rec.partition, 0), x.offset + 1)
+    return end
 
 
 def _batch_end(s: Settings, batch: int) -> dict[int, int]:
