@@ -34,7 +34,7 @@ from cdc.store.delta_spark import DeltaSparkStore
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
-__all__ = ["DIMENSION_PROPERTIES", "DistributedBatchWriter"]
+__all__ = ["DIMENSION_PROPERTIES", "DistributedBatchWriter", "late_keys_df"]
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,6 @@ class DistributedBatchWriter(BatchWriter):
         batch = batch_df.persist()
         try:
             stats = BatchStats(batch_id=batch_id)
-            with stats.timed("read"):
-                stats.input_rows = batch.count()  # fetches and decodes on the executors
-            check_topic_identity(
-                self.settings, self.name, self.checkpoint, patience_s=BROKER_PATIENCE_S
-            )
             self._process(batch, batch_id, datetime.now(UTC), stats)
         finally:
             batch.unpersist()
@@ -85,8 +80,9 @@ class DistributedBatchWriter(BatchWriter):
         quarantine = batch.where(F.col("error_code").isNotNull()).select(*QUARANTINE_COLUMNS)
         if quarantine_landed is not None:
             quarantine = quarantine.where(~quarantine_landed)
-        with stats.timed("bronze"):
+        with stats.timed("read"):  # fetches and decodes on the executors; counts come back
             counts = batch.agg(
+                F.count(F.lit(1)).alias("n"),
                 F.count_if(
                     F.col("error_code").isNull() & ~(landed if landed is not None else F.lit(False))
                 ).alias("b"),
@@ -96,10 +92,16 @@ class DistributedBatchWriter(BatchWriter):
                 ).alias("q"),
                 F.count_if(F.col("error_code").isNull()).alias("v"),
             ).first()
-            assert counts is not None
-            stats.bronze_rows, stats.quarantined = int(counts["b"]), int(counts["q"])
-            valid_rows = int(counts["v"])
-            self._fault("before-commit", batch_id)
+        assert counts is not None
+        # After the read, before any write (see BatchWriter.__call__).
+        check_topic_identity(
+            self.settings, self.name, self.checkpoint, patience_s=BROKER_PATIENCE_S
+        )
+        stats.input_rows = int(counts["n"])
+        stats.bronze_rows, stats.quarantined = int(counts["b"]), int(counts["q"])
+        valid_rows = int(counts["v"])
+        self._fault("before-commit", batch_id)
+        with stats.timed("bronze"):
             audit = {"_batch_id": F.lit(batch_id).cast("long")}
             for role, df, time_col, rows in (
                 ("bronze", bronze, "_ingested_at", stats.bronze_rows),
@@ -190,7 +192,7 @@ class DistributedBatchWriter(BatchWriter):
             stats.skipped_tables.append("silver")
             return
         with stats.timed("state"):
-            changes = valid.mapInArrow(to_events, event_schema)
+            changes = valid.mapInArrow(to_events, event_schema).persist()
             affected = changes.select(*keys).distinct()
             silver = self.store.read_df(session, uri)
             if silver is None:
@@ -201,14 +203,7 @@ class DistributedBatchWriter(BatchWriter):
             rows = current.unionByName(_semi(history, no_current, keys), allowMissingColumns=True)
             orphans = self.store.read_df(session, orphans_uri)
             seen = _semi(orphans, affected, keys) if orphans is not None else None
-            parts = [
-                changes.withColumn(_ROLE, F.lit(_EVENT)),
-                rows.withColumn(_ROLE, F.lit(_ROW)),
-            ]
-            if seen is not None:
-                parts.append(seen.withColumn(_ROLE, F.lit(_SEEN)))
-            key_schema = from_arrow_schema(pa.schema([event_arrow.field(k) for k in keys]))
-            late = _shuffle(parts, keys).mapInArrow(_late_fn(spec), key_schema).persist()
+            late = late_keys_df(rows, changes, seen, keys).persist()
             late_with_current = _semi(late, current.select(*keys), keys)
             rows = rows.unionByName(
                 _semi(history, late_with_current, keys), allowMissingColumns=True
@@ -231,14 +226,14 @@ class DistributedBatchWriter(BatchWriter):
                 .persist()
             )
         try:
-            with stats.timed("fold"):
-                totals = (
-                    results.where(F.col(_ACTION) == "S")
-                    .agg(*[F.sum(c).alias(c) for c in _STATS])
-                    .first()
+            with stats.timed("fold"):  # the fold runs here; only counts come back
+                counts = (
+                    results.groupBy(_ACTION)
+                    .agg(F.count(F.lit(1)).alias("rows"), *[F.sum(c).alias(c) for c in _STATS])
+                    .collect()
                 )
-                counts = results.groupBy(_ACTION).count().collect()
-            per_action = {row[_ACTION]: int(row["count"]) for row in counts}
+            per_action = {row[_ACTION]: int(row["rows"]) for row in counts}
+            totals = next((row for row in counts if row[_ACTION] == "S"), None)
             with stats.timed("merge"):
                 if per_action.get("O"):
                     orphan_rows = results.where(F.col(_ACTION) == "O").select(*keys, "_seq_max")
@@ -256,6 +251,7 @@ class DistributedBatchWriter(BatchWriter):
         finally:
             results.unpersist()
             late.unpersist()
+            changes.unpersist()
         if totals is not None and totals[_STATS[0]] is not None:
             stats.inserted, stats.updated, stats.closed, stats.duplicates, stats.late_keys = (
                 int(totals[c]) for c in _STATS
@@ -364,21 +360,28 @@ def _by_role(batches: Iterator[pa.RecordBatch]) -> dict[str, pl.DataFrame] | Non
     }
 
 
-def _late_fn(spec: Scd2Spec) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """``mapInArrow``: one shuffle partition of (events, rows, seen) → its late keys."""
-    keys = list(spec.keys)
+def late_keys_df(
+    rows: DataFrame, changes: DataFrame, seen: DataFrame | None, keys: list[str]
+) -> DataFrame:
+    """:func:`cdc.scd2.late_keys` as a Spark plan (no Python worker, no extra shuffle stage).
 
-    def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        roles = _by_role(batches)
-        if roles is None or roles[_EVENT].height == 0:
-            return
-        seen = roles[_SEEN].select(*keys, "_seq_max") if roles[_SEEN].height else None
-        rows = roles[_ROW].select(spec.row_columns)
-        late = late_keys(rows, _events(roles[_EVENT], spec), spec, seen)
-        if late.height:
-            yield from _arrow(late.select(keys)).to_batches()
+    A key is late when one of its changes is a tombstone or is sequenced before the greatest
+    sequence the table has seen for it: its latest row's ``_seq_max`` (else the greater of
+    ``_seq_last`` and ``_seq_close``), or its orphan marker's ``_seq_max``.
+    """
+    from pyspark.sql import functions as F
 
-    return find
+    seen_col = F.coalesce(F.col("_seq_max"), F.greatest("_seq_last", "_seq_close"))
+    known = rows.groupBy(*keys).agg(F.max_by(seen_col, F.col("_seq_open")).alias("_seen"))
+    if seen is not None:
+        markers = seen.select(*keys, F.col("_seq_max").alias("_seen"))
+        known = known.unionByName(markers).groupBy(*keys).agg(F.max("_seen").alias("_seen"))
+    condition = [changes[k].eqNullSafe(known[k]) for k in keys]
+    flagged = changes.join(known, condition, "left").select(
+        *[changes[k] for k in keys], changes["_seq"], changes["_tombstone"], known["_seen"]
+    )
+    late = flagged.where(F.col("_tombstone") | (F.col("_seq") < F.col("_seen")))
+    return late.select(*keys).distinct()
 
 
 def _events(frame: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
