@@ -487,29 +487,42 @@ def _query_error(query: StreamingQuery) -> str | None:
     return error_line(text) or repr(exc)
 
 
-_EXCEPTION_LINE = re.compile(r"^\s*(?:[\w$]+\.)*(\w+(?:Error|Exception)): (.+)$")
+_EXCEPTION_LINE = re.compile(
+    r"^[\s:]*(Caused by: )?(?:[\w$]+\.)*(\w+(?:Error|Exception)): (.+)$"
+)
 
 
 def error_line(text: str) -> str | None:
     """The line that says what went wrong in a failed query's (Python + JVM) error text.
 
     Our own errors (``cdc.errors``) win, in their ``Name: message`` form; otherwise the last
-    ``SomethingError: message`` line of the Python traceback, else the first line.
+    ``SomethingError: message`` line of the Python traceback, else the JVM's root cause (its
+    last ``Caused by:``), else its first exception line, else the first line.
     """
     from cdc import errors
 
     ours = set(errors.__all__)
     found: list[tuple[str, str]] = []
+    causes: list[tuple[str, str]] = []
     for line in text.splitlines():
         match = _EXCEPTION_LINE.match(line)
         if match:
-            found.append((match.group(1), match.group(2).strip()))
+            entry = (match.group(2), match.group(3).strip())
+            (causes if match.group(1) else found).append(entry)
     for name, message in found:
         if name in ours:
             return f"{name}: {message}"
+    # py4j's own line only says which JVM call failed; the JVM's reason comes after it.
+    found = [(n, m) for n, m in found if not m.startswith("An error occurred while calling")]
     python = [(n, m) for n, m in found if not n.endswith("Exception")]
     if python:
         name, message = python[-1]
+        return f"{name}: {message}"
+    if causes:  # the JVM's root cause says more than its wrappers
+        name, message = causes[-1]
+        return f"{name}: {message}"
+    if found:
+        name, message = found[0]
         return f"{name}: {message}"
     stripped = text.strip()
     return stripped.splitlines()[0] if stripped else None

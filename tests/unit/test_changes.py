@@ -71,3 +71,23 @@ org.apache.spark.SparkException: Job aborted"""
         "DataLossError: data loss on t/0: offset 15 is beyond the end 2; set failOnDataLoss=false"
     )
     assert error_line("Traceback:\n  x\nKeyError: 'a'\norg.apache.X: y") == "KeyError: 'a'"
+
+
+def test_error_line_reaches_the_jvm_root_cause_behind_py4j() -> None:
+    from cdc.pipelines import error_line
+
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n'
+        "py4j.protocol.Py4JJavaError: An error occurred while calling o116.getResult.\n"
+        ": org.apache.spark.SparkException: Exception thrown in awaitResult:\n"
+        "\tat org.apache.spark.util.SparkThreadUtils$.awaitResult(SparkThreadUtils.scala:56)\n"
+        "Caused by: org.apache.spark.SparkException: Job aborted due to stage failure: Total size"
+        " of serialized results of 1 tasks (3.9 MiB) is bigger than spark.driver.maxResultSize"
+        " (1024.0 KiB)\n"
+        "\tat org.apache.spark.scheduler.DAGScheduler.failJobAndIndependentStages(x.scala:1)\n"
+    )
+    assert error_line(text) == (
+        "SparkException: Job aborted due to stage failure: Total size of serialized results of 1"
+        " tasks (3.9 MiB) is bigger than spark.driver.maxResultSize (1024.0 KiB)"
+    )
