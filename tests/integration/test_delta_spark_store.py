@@ -65,7 +65,8 @@ def test_a_failed_merge_also_removes_its_txn_conf(spark: Any, tmp_path: Path) ->
     bad = session.createDataFrame([(1, "a")], "k long, v string")
     # Delta 4.4.0 on Spark 4.2.0 names the error class without its text ("Cannot find main
     # error class"); the class is what identifies the failure.
-    with pytest.raises(TableWriteError, match=rf"merge into {uri} failed: .*DELTA_MERGE_UNRESOLVED_EXPRESSION"):
+    failed = rf"merge into {uri} failed: .*DELTA_MERGE_UNRESOLVED_EXPRESSION"
+    with pytest.raises(TableWriteError, match=failed):
         store.merge(
             bad, uri, "t.no_such_column = s.k", lambda m: m.whenMatchedDelete(), Txn("x", 1)
         )
