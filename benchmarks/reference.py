@@ -5,7 +5,7 @@ micro-batches of the same size as the pipeline's ``maxRecordsPerTrigger``; each 
 decoded with fastavro (writer schema by the Confluent id), normalised with
 :func:`cdc.changes.scd2_changes`, folded with :func:`cdc.scd2.apply_scd2` (which drops
 re-deliveries of an event and keeps the last state per key in sequence order) and merged
-with :class:`cdc.sinks.delta.DeltaSink` — the same functions and writer the pipeline's
+with :class:`cdc.store.delta_rs.DeltaSink` — the same functions and writer the pipeline's
 ``foreachBatch`` uses, so the comparison measures the engine, not the merge semantics.
 Unlike the pipeline, it writes no bronze table and checks no contract rules. With
 ``decoder="columnar"`` it decodes with the pipeline's vectorised decoder instead of fastavro.
@@ -26,7 +26,7 @@ from cdc.config import PipelineSettings
 from cdc.contracts import TopicContract, TopicDecoder, avro_to_arrow_type
 from cdc.registry import SchemaRegistry
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
-from cdc.sinks.delta import DeltaSink, Txn
+from cdc.store.delta_rs import DeltaSink, Txn
 
 __all__ = ["LiveReference", "ReferenceResult", "run_reference"]
 
