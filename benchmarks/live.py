@@ -148,11 +148,12 @@ def steady_rate(ends: Sequence[tuple[int, float]], warmup_rows: int) -> tuple[fl
 
 
 def batch_end_offsets(checkpoint: str | Path, batch_id: int) -> dict[int, int]:
-    """``{partition: end offset}`` of one batch, from the query's offset log (one topic)."""
+    """``{partition: end offset}`` of one batch, from the query's offset log (one topic).
+
+    The log's third line is the Kafka source's offset, ``{"topic": {"0": 123, ...}}``.
+    """
     lines = (Path(checkpoint) / "offsets" / str(batch_id)).read_text().splitlines()
-    offsets: Any = json.loads(lines[2])
-    if isinstance(offsets, str):
-        offsets = json.loads(offsets)
+    offsets: dict[str, dict[str, int]] = json.loads(lines[2])
     (partitions,) = offsets.values()
     return {int(p): int(o) for p, o in partitions.items()}
 

@@ -1,9 +1,11 @@
 """Peak resident memory of this process and its descendants, sampled from ``/proc`` (Linux).
 
 The Spark driver in local mode is two processes: this Python process (the ``foreachBatch``
-code, delta-rs, polars) and the JVM it started. The JVM forks the Python workers: the
-``pyspark.daemon`` and its forked workers (``read()`` of the source), and the streaming
-source runner (offsets, planning). :class:`RssSampler` follows all of them by parent pid.
+code, delta-rs, polars) and the JVM it started (Spark's Kafka source: offsets, planning, the
+fetch). The JVM forks the Python workers: the ``pyspark.daemon`` and its forked workers (the
+``mapInArrow`` decode). :class:`RssSampler` follows all of them by parent pid. The embedded
+Kafka broker is a JVM started by this process too; it is counted apart (``broker``), not as
+the driver's JVM.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 __all__ = ["MemoryPeaks", "RssSampler", "process_tree"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_BROKER_MAIN = "kafka.Kafka"
+"""Main class of the embedded broker's JVM (:mod:`cdc.broker`)."""
 
 
 def _stat(pid: int) -> tuple[int, int, str] | None:
@@ -32,11 +36,10 @@ def _stat(pid: int) -> tuple[int, int, str] | None:
 
 
 def _role(cmdline: str) -> str:
-    if "java" in cmdline.split(" ", 1)[0]:
-        return "driver_jvm"
-    if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
-        return "python_workers"
-    if "python_streaming_source_runner" in cmdline or "pyspark" in cmdline:
+    words = cmdline.split()
+    if words and "java" in words[0]:
+        return "broker" if _BROKER_MAIN in words else "driver_jvm"
+    if "pyspark" in cmdline:  # pyspark.daemon, pyspark.worker and their forks
         return "python_workers"
     return "other"
 

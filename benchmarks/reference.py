@@ -252,7 +252,10 @@ def run_reference(
     try:
         while any(positions[p] < ends[p] for p in partitions):
             t0 = time.perf_counter()
-            _append(consumer.consume(num_messages=fetch_size, timeout=1.0), pending, positions)
+            # consume() waits for num_messages or the timeout: never ask for more than is left.
+            left = sum(ends[p] - positions[p] for p in partitions)
+            wanted = max(1, min(fetch_size, left))
+            _append(consumer.consume(num_messages=wanted, timeout=1.0), pending, positions)
             result.phases["consume"] += time.perf_counter() - t0
             while len(pending) >= batch_size:
                 merger.merge(pending[:batch_size])
