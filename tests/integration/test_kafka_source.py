@@ -44,16 +44,17 @@ def _delete_topic(bootstrap: str, topic: str) -> None:
     _wait_for(lambda: partition_count(bootstrap, topic) is None, f"{topic} deleted", 30)
 
 
+def _topic_with_contacts(bootstrap: str, tmp_path: Path, count: int, partitions: int = 1) -> None:
+    """The topic with ``partitions`` partitions and ``count`` new contacts c0, c1, ..."""
+    ensure_topic(bootstrap, TOPIC, partitions)
+    lines = [change(f"c{i}", "c", 1000 * i, email=f"c{i}@x.io") for i in range(count)]
+    produce(bootstrap, TOPIC, lines, tmp_path)
+
+
 def test_partitions_added_to_a_running_query_are_read(
     spark: Any, fresh_kafka: str, tmp_path: Path
 ) -> None:
-    ensure_topic(fresh_kafka, TOPIC, 1)
-    produce(
-        fresh_kafka,
-        TOPIC,
-        [change(f"c{i}", "c", 1000 * i, email=f"c{i}@x.io") for i in range(5)],
-        tmp_path,
-    )
+    _topic_with_contacts(fresh_kafka, tmp_path, 5)
     settings = make_settings(fresh_kafka, tmp_path, "spark.trigger_interval=200 ms")
     bronze = table_paths(settings, settings.pipeline(PIPELINE))["bronze"]
     query = start_query(spark, settings, PIPELINE, available_now=False)
@@ -82,13 +83,7 @@ def test_a_recreated_topic_is_data_loss_never_a_silent_skip(
     records Spark would see offsets go back; with more it would silently skip the first ones
     (offsets below the checkpoint's) and read the rest. The topic id tells both apart."""
     settings = make_settings(fresh_kafka, tmp_path)
-    ensure_topic(fresh_kafka, TOPIC, 1)
-    produce(
-        fresh_kafka,
-        TOPIC,
-        [change(f"c{i}", "c", 1000 * i, email=f"c{i}@x.io") for i in range(6)],
-        tmp_path,
-    )
+    _topic_with_contacts(fresh_kafka, tmp_path, 6)
     run_pipelines(spark, settings, [PIPELINE], available_now=True)
     bronze = table_paths(settings, settings.pipeline(PIPELINE))["bronze"]
     assert _bronze_rows(bronze) == 6
@@ -127,13 +122,7 @@ def test_a_topic_recreated_under_a_running_query_stops_it(
     spark: Any, fresh_kafka: str, tmp_path: Path
 ) -> None:
     settings = make_settings(fresh_kafka, tmp_path, "spark.trigger_interval=200 ms")
-    ensure_topic(fresh_kafka, TOPIC, 1)
-    produce(
-        fresh_kafka,
-        TOPIC,
-        [change(f"c{i}", "c", 1000 * i, email=f"c{i}@x.io") for i in range(4)],
-        tmp_path,
-    )
+    _topic_with_contacts(fresh_kafka, tmp_path, 4)
     bronze = table_paths(settings, settings.pipeline(PIPELINE))["bronze"]
     query = start_query(spark, settings, PIPELINE, available_now=False)
     try:
@@ -163,13 +152,7 @@ def test_a_topic_recreated_under_a_running_query_stops_it(
 def test_max_offsets_per_trigger_caps_each_batch(
     spark: Any, fresh_kafka: str, tmp_path: Path
 ) -> None:
-    ensure_topic(fresh_kafka, TOPIC, 2)
-    produce(
-        fresh_kafka,
-        TOPIC,
-        [change(f"c{i}", "c", 1000 * i, email=f"c{i}@x.io") for i in range(23)],
-        tmp_path,
-    )
+    _topic_with_contacts(fresh_kafka, tmp_path, 23, partitions=2)
     settings = make_settings(
         fresh_kafka, tmp_path, "pipelines.crm_contacts.max_records_per_trigger=5"
     )
