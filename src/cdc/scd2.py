@@ -1,4 +1,4 @@
-"""SCD Type 2 as a pure function on Polars frames (DESIGN §2). No Spark, no Delta, no I/O.
+"""SCD Type 2 as a pure function on Polars frames. No Spark, no Delta, no I/O.
 
 Model
 -----

@@ -728,7 +728,7 @@ def _ts(ms: int) -> datetime:
 
 
 def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The dimension an uninterrupted, one-pass SCD2 over the valid records gives (DESIGN §2).
+    """The dimension an uninterrupted, one-pass SCD2 over the valid records gives.
 
     Independent of the product's code: events of a key in (source time, partition, offset)
     order; a tombstone takes its predecessor's time in the log (a delete's, or the later of

@@ -1,4 +1,4 @@
-"""Order insensitivity (DESIGN §2): any arrival order and any batch split give the one-pass table.
+"""Order insensitivity (docs/scd2.md): any arrival order and batch split give the one-pass table.
 
 A *log* is a permutation of a key set's change events (Kafka order need not follow the source's
 commit order); offsets follow the log. Batches are contiguous slices of the log, applied one
