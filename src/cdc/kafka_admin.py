@@ -230,8 +230,14 @@ class KafkaMetadata:
 
 
 def admin_client(bootstrap: str, client_config: Mapping[str, Any] | None = None) -> AdminClient:
-    """An AdminClient for ``bootstrap`` with extra librdkafka settings (security, ...)."""
-    return AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
+    """An AdminClient for ``bootstrap`` with extra librdkafka settings (security, ...).
+
+    librdkafka's own log lines (connection chatter, "Purging unserved events" on close) go to
+    Python logging, not to the terminal of the command that made the client.
+    """
+    config = {**(client_config or {}), "bootstrap.servers": bootstrap}
+    config.setdefault("logger", _librdkafka_log)
+    return AdminClient(config)
 
 
 def partition_count(
