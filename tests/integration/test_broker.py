@@ -147,13 +147,13 @@ def test_run_broker_forever_until_stopped() -> None:
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while not lines and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.02)
     assert "".join(lines) == f"bootstrap: 127.0.0.1:{port}\n"
     wait_for_broker(f"127.0.0.1:{port}", timeout=5)
     stop.set()
-    thread.join(timeout=15)
+    thread.join(timeout=60)
     assert not thread.is_alive()
     assert errors == []
     assert not _listening(port)
@@ -170,7 +170,7 @@ def test_cli_process_prints_bootstrap_and_stops_on_sigterm() -> None:
         assert process.stdout.readline() == f"bootstrap: 127.0.0.1:{port}\n"
         wait_for_broker(f"127.0.0.1:{port}", timeout=5)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
+        assert process.wait(timeout=60) == 0  # a clean Kafka shutdown flushes its log
         assert not _listening(port)
     finally:
         if process.poll() is None:
