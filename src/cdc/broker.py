@@ -351,7 +351,7 @@ class EmbeddedBroker:
         """Format ``log.dirs`` for a new cluster unless it already holds one."""
         if (self.data_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         command = self._java(
             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)
         )
@@ -530,6 +530,18 @@ def _port_in_use(host: str, port: int) -> bool:
 
 def _in_use_message(host: str, port: int) -> str:
     return f"cannot start the embedded broker: {host}:{port} is already in use"
+
+
+def _cluster_id() -> str:
+    """A random cluster id as Kafka writes them (URL-safe base64 of 16 bytes).
+
+    Like Kafka's own ``Uuid.randomUuid``, never one starting with ``-``: the storage tool would
+    read it as an option (``argument --cluster-id/-t: expected one argument``).
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _free_port(host: str) -> int:

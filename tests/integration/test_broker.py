@@ -166,8 +166,12 @@ def test_cli_process_prints_bootstrap_and_stops_on_sigterm() -> None:
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        assert process.stdout is not None
-        assert process.stdout.readline() == f"bootstrap: 127.0.0.1:{port}\n"
+        assert process.stdout is not None and process.stderr is not None
+        line = process.stdout.readline()
+        if not line:  # it exited: say why
+            process.wait(timeout=60)
+            pytest.fail(f"exit code {process.returncode}: {process.stderr.read()[-3000:]}")
+        assert line == f"bootstrap: 127.0.0.1:{port}\n"
         wait_for_broker(f"127.0.0.1:{port}", timeout=5)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0  # a clean Kafka shutdown flushes its log
@@ -176,3 +180,12 @@ def test_cli_process_prints_bootstrap_and_stops_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    """The storage tool reads a leading '-' as an option: 1 in 64 formats failed before."""
+    from cdc.broker import _cluster_id
+
+    ids = [_cluster_id() for _ in range(5000)]
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids)
