@@ -21,6 +21,7 @@ from cdc.jvm import jars_dir
 from cdc.registry import FileRegistry, HttpRegistry, RegisteredSchema, frame
 from tests.support.envelopes import contact_envelope
 from tests.support.registry_server import RegistryServer
+from tests.unit.test_contracts import contact as unit_contact
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -115,18 +116,10 @@ def encode(schema: RegisteredSchema, schema_id: int, datum: Any) -> bytes:
 
 
 def contact(version: int) -> dict[str, Any]:
-    row = {
-        "contact_id": "c1",
-        "account_id": "a1",
-        "email": "jo@example.com",
-        "first_name": "Jo",
-        "last_name": "Doe",
-        "phone": None,
-        "updated_at": 1_767_600_000_000,
-    }
+    """A contact row in the shape of ``crm.contacts-value`` version ``version``."""
     if version == 2:
-        row.update(marketing_opt_in=True, job_title="CTO")
-    return row
+        return unit_contact(updated_at=1_767_600_000_000, marketing_opt_in=True, job_title="CTO")
+    return unit_contact(updated_at=1_767_600_000_000)
 
 
 def contact_messages(
