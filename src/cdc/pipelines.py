@@ -422,6 +422,24 @@ BROKER_PATIENCE_S = 300.0
 restart takes seconds; Spark's Kafka source rides such an outage out too)."""
 
 
+def current_topic_id(settings: Settings, topic: str) -> str | None:
+    """The cluster's id of ``topic`` now (None: no such topic), asked with the service's
+    Kafka settings.
+
+    Raises:
+        BrokerUnavailableError: the cluster did not answer within ``kafka.connect_timeout_s``.
+    """
+    from cdc.kafka_admin import topic_id
+
+    kafka = settings.kafka
+    return topic_id(
+        kafka.bootstrap_servers,
+        topic,
+        client_config=kafka.client_config(),
+        timeout_s=kafka.connect_timeout_s,
+    )
+
+
 def check_topic_identity(
     settings: Settings, name: str, checkpoint: str, *, patience_s: float | None = None
 ) -> None:
@@ -444,19 +462,12 @@ def check_topic_identity(
         BrokerUnavailableError: the cluster did not answer in time.
     """
     from cdc.errors import BrokerUnavailableError
-    from cdc.kafka_admin import topic_id
 
     topic = settings.pipeline(name).topic
-    kafka = settings.kafka
     deadline = time.monotonic() + (patience_s or 0.0)
     while True:
         try:
-            current = topic_id(
-                kafka.bootstrap_servers,
-                topic,
-                client_config=kafka.client_config(),
-                timeout_s=kafka.connect_timeout_s,
-            )
+            current = current_topic_id(settings, topic)
             break
         except BrokerUnavailableError as exc:
             if time.monotonic() >= deadline:

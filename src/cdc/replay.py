@@ -49,6 +49,7 @@ from cdc.offsets import (
 )
 from cdc.pipelines import (
     BatchStats,
+    current_topic_id,
     orphans_path,
     table_paths,
     txn_app_id,
@@ -532,19 +533,11 @@ def _metadata(settings: Settings) -> KafkaMetadata:
 
 def _topic_recreated(settings: Settings, name: str) -> bool:
     """Whether the checkpoint's offsets belong to an earlier incarnation of the topic."""
-    from cdc.kafka_admin import topic_id
-
     topic = settings.pipeline(name).topic
     recorded = read_topic_id(settings.checkpoint_path(name), topic)
     if recorded is None:
         return False
-    kafka = settings.kafka
-    current = topic_id(
-        kafka.bootstrap_servers,
-        topic,
-        client_config=kafka.client_config(),
-        timeout_s=kafka.connect_timeout_s,
-    )
+    current = current_topic_id(settings, topic)
     return current is not None and current != recorded
 
 
