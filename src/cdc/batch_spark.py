@@ -191,42 +191,58 @@ class DistributedBatchWriter(BatchWriter):
         if self.store.committed(uri, txn):
             stats.skipped_tables.append("silver")
             return
-        with stats.timed("state"):
-            changes = valid.mapInArrow(to_events, event_schema).persist()
-            affected = changes.select(*keys).distinct()
-            silver = self.store.read_df(session, uri)
-            if silver is None:
-                silver = session.createDataFrame([], from_arrow_schema(row_arrow))
-            current = _semi(silver.where(F.col("is_current")), affected, keys)
-            no_current = _anti(affected, current.select(*keys), keys)
-            history = silver.where(~F.col("is_current"))
-            rows = current.unionByName(_semi(history, no_current, keys), allowMissingColumns=True)
-            orphans = self.store.read_df(session, orphans_uri)
-            seen = _semi(orphans, affected, keys) if orphans is not None else None
-            late = late_keys_df(rows, changes, seen, keys).persist()
-            late_with_current = _semi(late, current.select(*keys), keys)
-            rows = rows.unionByName(
-                _semi(history, late_with_current, keys), allowMissingColumns=True
-            )
-            bronze = self.store.read_df(session, self.uris["bronze"])
-            parts = [
-                changes.withColumn(_ROLE, F.lit(_EVENT)),
-                rows.withColumn(_ROLE, F.lit(_ROW)),
-            ]
-            if seen is not None:
-                parts.append(seen.withColumn(_ROLE, F.lit(_SEEN)))
-            if bronze is not None:
-                condition = [bronze["key"][k].eqNullSafe(late[k]) for k in keys]
-                past = bronze.join(late, condition, "left_semi").mapInArrow(to_events, event_schema)
-                parts.append(past.withColumn(_ROLE, F.lit(_HISTORY)))
-            out_arrow = _result_schema(row_arrow)
-            results = (
-                _shuffle(parts, keys)
-                .mapInArrow(_fold_fn(spec, out_arrow), from_arrow_schema(out_arrow))
-                .persist()
-            )
+        cached: list[DataFrame] = []
+
+        def materialize(df: DataFrame) -> DataFrame:
+            # Computed once on the executors and kept there (only the count comes back), with
+            # the lineage cut: later plans of the batch scan these rows instead of re-planning
+            # the Delta scans behind them, and the MERGE's commit does not make Spark's cache
+            # manager recompute them (it re-caches every cached plan that reads the table).
+            df = df.localCheckpoint(eager=True)
+            cached.append(df)
+            return df
+
         try:
+            with stats.timed("state"):
+                changes = materialize(valid.mapInArrow(to_events, event_schema))
+                affected = changes.select(*keys).distinct()
+                silver = self.store.read_df(session, uri)
+                if silver is None:
+                    silver = session.createDataFrame([], from_arrow_schema(row_arrow))
+                # Every version of the batch's keys, read once (one scan of the dimension).
+                state = materialize(_semi(silver, affected, keys))
+                current = state.where(F.col("is_current"))
+                history = state.where(~F.col("is_current"))
+                no_current = _anti(affected, current.select(*keys), keys)
+                rows = current.unionByName(
+                    _semi(history, no_current, keys), allowMissingColumns=True
+                )
+                orphans = self.store.read_df(session, orphans_uri)
+                seen = materialize(_semi(orphans, affected, keys)) if orphans is not None else None
+                late = materialize(late_keys_df(rows, changes, seen, keys))
+                late_with_current = _semi(late, current.select(*keys), keys)
+                rows = rows.unionByName(
+                    _semi(history, late_with_current, keys), allowMissingColumns=True
+                )
+                bronze = self.store.read_df(session, self.uris["bronze"])
+                parts = [
+                    changes.withColumn(_ROLE, F.lit(_EVENT)),
+                    rows.withColumn(_ROLE, F.lit(_ROW)),
+                ]
+                if seen is not None:
+                    parts.append(seen.withColumn(_ROLE, F.lit(_SEEN)))
+                if bronze is not None:
+                    condition = [bronze["key"][k].eqNullSafe(late[k]) for k in keys]
+                    past = bronze.join(late, condition, "left_semi").mapInArrow(
+                        to_events, event_schema
+                    )
+                    parts.append(past.withColumn(_ROLE, F.lit(_HISTORY)))
+                out_arrow = _result_schema(row_arrow)
+                results = _shuffle(parts, keys).mapInArrow(
+                    _fold_fn(spec, out_arrow), from_arrow_schema(out_arrow)
+                )
             with stats.timed("fold"):  # the fold runs here; only counts come back
+                results = materialize(results)
                 counts = (
                     results.groupBy(_ACTION)
                     .agg(F.count(F.lit(1)).alias("rows"), *[F.sum(c).alias(c) for c in _STATS])
@@ -249,9 +265,8 @@ class DistributedBatchWriter(BatchWriter):
                         log_attempt=True,
                     )
         finally:
-            results.unpersist()
-            late.unpersist()
-            changes.unpersist()
+            for df in cached:
+                _release(df)
         if totals is not None and totals[_STATS[0]] is not None:
             stats.inserted, stats.updated, stats.closed, stats.duplicates, stats.late_keys = (
                 int(totals[c]) for c in _STATS
@@ -302,6 +317,14 @@ def _below(landed: dict[str, dict[str, int]]) -> Column | None:
             )
             condition = term if condition is None else condition | term
     return condition
+
+
+def _release(df: DataFrame) -> None:
+    """Drop the blocks of a ``localCheckpoint`` now (else they wait for the driver's GC)."""
+    try:
+        df._jdf.logicalPlan().rdd().unpersist(False)  # noqa: SLF001 (no public API for this)
+    except Exception as exc:  # py4j: the plan is not the LogicalRDD a checkpoint returns
+        log.debug("could not release a checkpointed frame early: %s", exc)
 
 
 def _semi(df: DataFrame, keys_df: DataFrame, keys: list[str]) -> DataFrame:
