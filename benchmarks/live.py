@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from cdc.batch import BatchStats
     from cdc.config import Settings
-    from cdc.pipelines import BatchStats
 
 __all__ = [
     "Batch",
@@ -50,7 +50,7 @@ class Batch:
     """``{partition: end offset}`` (read from the checkpoint while the batch runs: Spark
     keeps only the last ``minBatchesToRetain`` offset files)."""
     phases: dict[str, float] = field(default_factory=dict)
-    """The batch's :attr:`cdc.pipelines.BatchStats.phases`."""
+    """The batch's :attr:`cdc.batch.BatchStats.phases`."""
 
 
 def run_query_until(

@@ -21,11 +21,12 @@ from typing import Any
 import pyarrow as pa
 from fastavro import schemaless_reader
 
+from cdc.batch_local import read_fold_state
 from cdc.changes import business_columns, scd2_changes
 from cdc.config import PipelineSettings
 from cdc.contracts import TopicContract, TopicDecoder, avro_to_arrow_type
 from cdc.registry import SchemaRegistry
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
+from cdc.scd2 import Scd2Spec, apply_scd2
 from cdc.store.delta_rs import DeltaSink, Txn
 
 __all__ = ["LiveReference", "ReferenceResult", "run_reference"]
@@ -150,14 +151,9 @@ class _Merger:
         spec = self.spec
         changes = scd2_changes(table, spec, pipeline.source_format, pipeline.sequence_by)
         t2 = time.perf_counter()
-        existing = self.sink.read_scd2_rows(
-            changes.select(list(spec.keys)).unique(),
-            lambda rows: late_keys(rows, changes, spec, None),
-        )
-        if existing is None:
-            existing = empty_dimension(spec, dict(changes.schema))
+        existing, late = read_fold_state(self.sink, changes, spec, None)
         t3 = time.perf_counter()
-        scd2 = apply_scd2(existing, changes, spec)
+        scd2 = apply_scd2(existing, changes, spec, late=late)
         t4 = time.perf_counter()
         self.sink.merge_scd2(
             scd2, list(spec.keys), Txn("cdc-bench/reference/silver", result.batches)

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import pyarrow as pa
 
+from cdc.batch import BatchStats, BatchWriter
 from cdc.changes import QUARANTINE_COLUMNS, scd2_changes
-from cdc.pipelines import BROKER_PATIENCE_S, BatchStats, BatchWriter, check_topic_identity
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
 from cdc.store.base import Txn
 from cdc.store.delta_spark import DeltaSparkStore
+from cdc.topic_identity import BROKER_PATIENCE_S, check_topic_identity
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -52,10 +53,9 @@ class DistributedBatchWriter(BatchWriter):
     """The ``foreachBatch`` function of one pipeline on delta-spark."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """Same arguments as :class:`cdc.pipelines.BatchWriter`."""
+        """Same arguments as :class:`cdc.batch.BatchWriter`."""
         super().__init__(*args, **kwargs)
         self.store = DeltaSparkStore(self.settings.lake.resolved_storage_options())
-        self.uris = {role: sink.uri for role, sink in self.sinks.items()}
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -66,9 +66,7 @@ class DistributedBatchWriter(BatchWriter):
         finally:
             batch.unpersist()
         stats.seconds = time.monotonic() - started
-        log.info("pipeline %s batch %d (delta-spark): %s", self.name, batch_id, stats)
-        if self.on_batch is not None:
-            self.on_batch(self.name, stats)
+        self._report(stats)
 
     def _process(self, batch: DataFrame, batch_id: int, now: datetime, stats: BatchStats) -> None:
         from pyspark.sql import functions as F
@@ -322,7 +320,7 @@ def _below(landed: dict[str, dict[str, int]]) -> Column | None:
 def _release(df: DataFrame) -> None:
     """Drop the blocks of a ``localCheckpoint`` now (else they wait for the driver's GC)."""
     try:
-        df._jdf.logicalPlan().rdd().unpersist(False)  # noqa: SLF001 (no public API for this)
+        df._jdf.logicalPlan().rdd().unpersist(False)
     except Exception as exc:  # py4j: the plan is not the LogicalRDD a checkpoint returns
         log.debug("could not release a checkpointed frame early: %s", exc)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,10 @@ __all__ = [
     "START_FILE",
     "TOPIC_FILE",
     "TXN_BASE_FILE",
+    "CheckpointState",
     "committed_offsets",
     "has_offsets",
+    "read_checkpoint_state",
     "read_start_file",
     "read_topic_id",
     "read_txn_base",
@@ -74,8 +77,7 @@ def read_txn_base(checkpoint: str | Path) -> int:
 
 def has_offsets(checkpoint: str | Path) -> bool:
     """Whether Spark has planned at least one batch in this checkpoint."""
-    folder = Path(checkpoint) / "offsets"
-    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+    return bool(_log_ids(Path(checkpoint) / "offsets"))
 
 
 def read_topic_id(checkpoint: str | Path, topic: str) -> str | None:
@@ -92,14 +94,19 @@ def write_topic_id(checkpoint: str | Path, topic: str, topic_id: str) -> None:
     write_json(Path(checkpoint) / TOPIC_FILE, {"topic": topic, "topic_id": topic_id})
 
 
-def _latest_log_entry(folder: Path) -> tuple[int, list[str]] | None:
+def _log_ids(folder: Path) -> list[int]:
+    """Batch ids of a Spark checkpoint log folder (``offsets`` or ``commits``), ascending."""
     if not folder.is_dir():
-        return None
-    ids = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
-    if not ids:
-        return None
-    batch = max(ids)
-    return batch, (folder / str(batch)).read_text().splitlines()
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def _offsets_entry(checkpoint: Path, batch: int) -> dict[str, dict[str, int]]:
+    """The end offsets of ``offsets/<batch>``: ``{topic: {partition: offset}}``."""
+    lines = (checkpoint / "offsets" / str(batch)).read_text().splitlines()
+    # v1, then the batch metadata, then one line per source.
+    entry: dict[str, dict[str, int]] = json.loads(lines[2]) if len(lines) > 2 else {}
+    return entry
 
 
 def committed_offsets(checkpoint: str | Path) -> tuple[int, dict[str, dict[str, int]]] | None:
@@ -109,11 +116,49 @@ def committed_offsets(checkpoint: str | Path) -> tuple[int, dict[str, dict[str, 
     it; the committed position is the offsets entry of the latest committed batch.
     """
     root = Path(checkpoint)
-    commit = _latest_log_entry(root / "commits")
-    if commit is None:
+    commits = _log_ids(root / "commits")
+    if not commits:
         return None
-    batch = commit[0]
-    lines = (root / "offsets" / str(batch)).read_text().splitlines()
-    # v1, then the batch metadata, then one line per source.
-    offsets: dict[str, dict[str, int]] = json.loads(lines[2]) if len(lines) > 2 else {}
-    return batch, offsets
+    return commits[-1], _offsets_entry(root, commits[-1])
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    """What a pipeline's checkpoint holds: Spark's logs and the files a replay writes."""
+
+    path: str
+    exists: bool
+    committed: dict[str, dict[str, int]] | None = None
+    """End offsets of the last committed batch (None: none committed)."""
+    unfinished: tuple[int, dict[str, dict[str, int]]] | None = None
+    """A batch planned (``offsets/<id>``) but not committed: its id and end offsets."""
+    txn_base: int = 0
+    start: dict[str, Any] | None = None
+    """The checkpoint's own start file, when a replay created it."""
+
+
+def read_checkpoint_state(checkpoint: str) -> CheckpointState:
+    """Read a Spark checkpoint's offsets and commits logs and the files replay writes.
+
+    Args:
+        checkpoint: the checkpoint folder (it may not exist).
+
+    Returns:
+        The state.
+    """
+    root = Path(checkpoint)
+    if not root.is_dir():
+        return CheckpointState(path=checkpoint, exists=False)
+    offsets, commits = _log_ids(root / "offsets"), _log_ids(root / "commits")
+    committed = _offsets_entry(root, commits[-1]) if commits else None
+    unfinished = None
+    if offsets and (not commits or offsets[-1] > commits[-1]):
+        unfinished = (offsets[-1], _offsets_entry(root, offsets[-1]))
+    return CheckpointState(
+        path=checkpoint,
+        exists=True,
+        committed=committed,
+        unfinished=unfinished,
+        txn_base=read_txn_base(root),
+        start=read_start_file(checkpoint),
+    )

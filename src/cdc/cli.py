@@ -173,7 +173,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     names = list(settings.selected(args.pipeline))
     if not names:
         raise ConfigError("no enabled pipelines to run")
-    from cdc.pipelines import FAULT_ENV, fault_hook_from_env, run_pipelines
+    from cdc.faults import FAULT_ENV, fault_hook_from_env
+    from cdc.pipelines import run_pipelines
     from cdc.spark import build_session
 
     fault_hook = fault_hook_from_env()

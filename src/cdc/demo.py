@@ -18,7 +18,7 @@ from typing import TextIO
 import polars as pl
 
 from cdc.config import Settings, load_settings
-from cdc.pipelines import table_paths
+from cdc.lake import table_paths
 
 __all__ = ["run_demo", "summarize"]
 

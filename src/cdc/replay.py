@@ -29,15 +29,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from cdc.batch import BatchStats
 from cdc.checkpoint import (
     START_FILE,
     TXN_BASE_FILE,
-    read_start_file,
+    CheckpointState,
+    read_checkpoint_state,
     read_topic_id,
-    read_txn_base,
 )
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError
+from cdc.lake import orphans_path, table_paths, txn_app_id
 from cdc.locks import PipelineLock
 from cdc.offsets import (
     OffsetJson,
@@ -47,19 +49,12 @@ from cdc.offsets import (
     offsets_from_json,
     offsets_to_json,
 )
-from cdc.pipelines import (
-    BatchStats,
-    current_topic_id,
-    orphans_path,
-    table_paths,
-    txn_app_id,
-)
+from cdc.topic_identity import current_topic_id
 
 if TYPE_CHECKING:
     from cdc.kafka_admin import KafkaMetadata
 
 __all__ = [
-    "CheckpointState",
     "PartitionReplay",
     "ReplayError",
     "ReplayOutcome",
@@ -74,7 +69,6 @@ __all__ = [
     "parse_offsets_arg",
     "parse_timestamp_arg",
     "plan_replay",
-    "read_checkpoint_state",
     "replay_pipeline",
     "run_available_now",
 ]
@@ -365,62 +359,6 @@ def format_plan(plan: ReplayPlan, *, dry_run: bool = False) -> str:
 
 # --------------------------------------------------------------------------------------------
 # What earlier checkpoints did (pure decisions on small I/O reads)
-
-
-@dataclass(frozen=True)
-class CheckpointState:
-    """What a pipeline's current checkpoint holds, as far as a replay cares."""
-
-    path: str
-    exists: bool
-    committed: OffsetJson | None = None
-    """End offsets of the last committed batch (None: none committed)."""
-    unfinished: tuple[int, OffsetJson] | None = None
-    """A batch planned (``offsets/<id>``) but not committed: its id and end offsets."""
-    txn_base: int = 0
-    start: dict[str, Any] | None = None
-    """The checkpoint's own start file, when a replay created it."""
-
-
-def _log_ids(folder: Path) -> list[int]:
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-
-
-def _offsets_entry(checkpoint: Path, batch: int) -> OffsetJson:
-    lines = (checkpoint / "offsets" / str(batch)).read_text().splitlines()
-    # v1, then the batch metadata, then one line per source.
-    entry: OffsetJson = json.loads(lines[2]) if len(lines) > 2 else {}
-    return entry
-
-
-def read_checkpoint_state(checkpoint: str) -> CheckpointState:
-    """Read a Spark checkpoint's offsets and commits logs and the files replay writes.
-
-    Args:
-        checkpoint: the checkpoint folder (it may not exist).
-
-    Returns:
-        The state.
-    """
-    root = Path(checkpoint)
-    if not root.is_dir():
-        return CheckpointState(path=checkpoint, exists=False)
-    offsets, commits = _log_ids(root / "offsets"), _log_ids(root / "commits")
-    committed = _offsets_entry(root, commits[-1]) if commits else None
-    unfinished = None
-    if offsets and (not commits or offsets[-1] > commits[-1]):
-        unfinished = (offsets[-1], _offsets_entry(root, offsets[-1]))
-    base = read_txn_base(root)
-    return CheckpointState(
-        path=checkpoint,
-        exists=True,
-        committed=committed,
-        unfinished=unfinished,
-        txn_base=base,
-        start=read_start_file(checkpoint),
-    )
 
 
 def _partition_map(offsets: Mapping[str, Any] | None, topic: str) -> PartitionOffsets:

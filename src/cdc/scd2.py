@@ -472,6 +472,7 @@ def apply_scd2(
     spec: Scd2Spec,
     history: pl.DataFrame | None = None,
     seen: pl.DataFrame | None = None,
+    late: pl.DataFrame | None = None,
 ) -> Scd2Result:
     """Apply change events to the existing rows of the keys they touch.
 
@@ -494,6 +495,8 @@ def apply_scd2(
             received for them so far; may include ``changes`` themselves.
         seen: ``(keys, _seq_max)`` kept for keys that have no row (a previous result's
             :attr:`Scd2Result.orphans`).
+        late: :func:`late_keys` of these ``existing``, ``changes`` and ``seen``, when the
+            caller already computed it (None: computed here).
 
     Returns:
         The rows to upsert and the row identities to delete, plus counts.
@@ -506,7 +509,8 @@ def apply_scd2(
         affected, on=keys, how="semi", nulls_equal=True
     )
     seen = seen.join(affected, on=keys, how="semi", nulls_equal=True) if seen is not None else None
-    late = late_keys(existing, changes, spec, seen)
+    if late is None:
+        late = late_keys(existing, changes, spec, seen)
     in_order = affected.join(late, on=keys, how="anti", nulls_equal=True)
     latest = _latest_rows(existing.join(in_order, on=keys, how="semi", nulls_equal=True), keys)
     late_rows = existing.join(late, on=keys, how="semi", nulls_equal=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from cdc.checkpoint import committed_offsets
 from cdc.config import Settings
-from cdc.pipelines import table_paths
+from cdc.lake import table_paths
 from cdc.store import TableStore, store_for
 
 __all__ = ["pipeline_status"]

@@ -1,6 +1,10 @@
 """A second writer on the silver Delta table, run as its own process by the concurrency test.
 
-``python -m tests.faults._writer <table uri> <stop file> <result file>``
+``python -m tests.faults._writer <table uri> <stop file> <result file> [delta-rs|delta-spark]``
+
+The engine is the pipeline's writer: delta-rs cannot write to delta-spark's dimensions
+(deletion vectors), so against those the other writer is a Spark application of its own
+(its own JVM, ``local[1]``), issuing Delta ``UPDATE`` and ``OPTIMIZE`` commands.
 
 Waits for the table, appends one row for a contact the stream never mentions (``ext-1``),
 then until the stop file appears: updates that row's ``phone`` (an untracked, non-key column)
@@ -79,5 +83,62 @@ def main(uri: str, stop_file: str, result_file: str) -> None:
     finish()
 
 
+SPARK_IDLE_S = 0.5
+"""A Spark command takes ~1 s here: one command per round, then this pause."""
+
+
+def main_spark(uri: str, stop_file: str, result_file: str) -> None:
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from cdc.spark import build_session
+
+    stop = Path(stop_file)
+    report: dict[str, Any] = {"commits": 0, "conflicts": 0, "compactions": 0, "last_phone": None}
+
+    def finish(**extra: Any) -> None:
+        Path(result_file).write_text(json.dumps({**report, **extra}))
+
+    spark = build_session("concurrent-writer", master="local[1]")
+    while not DeltaTable.isDeltaTable(spark, uri):
+        if stop.exists():
+            finish(error="the silver table never appeared")
+            return
+        time.sleep(0.2)
+    sample = spark.read.format("delta").load(uri).limit(1)
+    row = sample.collect()[0].asDict()
+    row.update(contact_id=EXT_ID, phone="w0", _seq_open="ext", _seq_last="ext")
+    first = spark.createDataFrame([row], sample.schema)
+    while True:
+        try:
+            first.write.format("delta").mode("append").save(uri)
+            break
+        except Exception as exc:
+            if "Concurrent" not in str(exc):
+                raise
+            report["conflicts"] += 1
+    report["commits"], report["last_phone"] = 1, "w0"
+    n = 0
+    while not stop.exists():
+        n += 1
+        table = DeltaTable.forPath(spark, uri)
+        try:
+            if n % 3 == 0:
+                table.optimize().executeCompaction()
+                report["compactions"] += 1
+            else:
+                table.update(F.col("contact_id") == EXT_ID, {"phone": F.lit(f"w{n}")})
+                report["last_phone"] = f"w{n}"
+            report["commits"] += 1
+        except Exception as exc:  # py4j surfaces Delta's conflict exceptions as several types
+            if "Concurrent" not in str(exc):
+                raise
+            report["conflicts"] += 1
+        time.sleep(SPARK_IDLE_S)  # pacing of the load, not a wait for a condition
+    finish()
+    spark.stop()
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    engine = sys.argv[4] if len(sys.argv) > 4 else "delta-rs"
+    (main_spark if engine == "delta-spark" else main)(*sys.argv[1:4])

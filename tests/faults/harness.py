@@ -29,11 +29,13 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 from cdc.config import Settings, load_settings
-from cdc.pipelines import FAULT_ENV, orphans_path, table_paths, txn_app_id
+from cdc.faults import FAULT_ENV
+from cdc.lake import orphans_path, table_paths, txn_app_id
 from cdc.produce import encode_datum
 from cdc.registry import FileRegistry, RegisteredSchema
 from tests.conftest import REGISTRY_PATH, REPO_ROOT
 from tests.support.envelopes import T0, contact_envelope
+from tests.support.tables import read_table
 
 __all__ = [
     "BATCH",
@@ -494,6 +496,7 @@ class Tables:
 
 
 def read_tables(s: Settings) -> Tables:
+    """The pipeline's tables as they are now, whichever writer wrote them."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
@@ -503,13 +506,12 @@ def read_tables(s: Settings) -> Tables:
     uris = {**table_paths(s, pipeline), "orphans": orphans_path(s, pipeline)}
     for role, uri in uris.items():
         try:
-            table = DeltaTable(uri)
+            version = DeltaTable(uri).version()
         except TableNotFoundError:
             frames[role], versions[role] = None, None
             continue
-        frame = pl.from_arrow(table.to_pyarrow_table())
-        assert isinstance(frame, pl.DataFrame)
-        frames[role], versions[role] = frame, table.version()
+        # Through a query: delta-spark's dimensions carry deletion vectors.
+        frames[role], versions[role] = read_table(uri), version
     return Tables(
         frames["bronze"], frames["quarantine"], frames["silver"], frames["orphans"], versions
     )

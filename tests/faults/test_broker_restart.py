@@ -194,7 +194,7 @@ class Wiped:
 
 
 def refusal(s: Settings, now: str, old_id: str) -> str:
-    """:func:`cdc.pipelines.check_topic_identity`'s message for this pipeline."""
+    """:func:`cdc.topic_identity.check_topic_identity`'s message for this pipeline."""
     return (
         f"pipeline {PIPELINE}: topic {TOPIC} {now}, but checkpoint"
         f" {s.checkpoint_path(PIPELINE)} holds offsets of topic id {old_id} (the topic was"

@@ -4,7 +4,8 @@ The fault hook (``CDC_FAULT_INJECT=<stage>:<batch>``) SIGKILLs the driver at ``b
 (nothing of the batch written), ``mid-commit`` (bronze and quarantine committed, silver not)
 or ``after-commit`` (every table committed, Spark's commit log not).
 
-One checkpoint is killed six times in a row, then allowed to finish:
+The reference run is delta-rs's; both writers must end equal to it. On delta-rs one
+checkpoint is killed six times in a row, then allowed to finish:
 
 * batch 0: before-commit, then mid-commit (the re-run writes bronze/quarantine fresh), then
   after-commit (the re-run skips bronze/quarantine and writes silver);
@@ -38,6 +39,7 @@ from tests.faults.harness import (
     read_tables,
     settings,
 )
+from tests.support.tables import WRITERS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,6 +59,16 @@ KILLS = [
     ("mid-commit", MIDDLE_BATCH),
     ("before-commit", MIDDLE_BATCH),
 ]
+KILLS_BY_WRITER = {
+    "delta-rs": KILLS,
+    # A delta-spark batch costs seconds: each stage once (during at batch 0, after and then
+    # before while re-running a batch every table already holds).
+    "delta-spark": [
+        ("mid-commit", 0),
+        ("after-commit", MIDDLE_BATCH),
+        ("before-commit", MIDDLE_BATCH),
+    ],
+}
 
 
 def assert_killed_at(
@@ -86,22 +98,24 @@ def assert_killed_at(
             )
 
 
-def test_six_kill_9s_before_during_after_commit_then_restart_equals_clean_run(
-    fresh_kafka: str, reference: Reference, tmp_path: Path
+@pytest.mark.parametrize("writer", WRITERS)
+def test_kill_9s_before_during_after_commit_then_restart_equals_clean_run(
+    fresh_kafka: str, reference: Reference, tmp_path: Path, writer: str
 ) -> None:
     sent = produce(fresh_kafka, base_stream())
     assert [x.coords for x in sent] == [x.coords for x in reference.sent]
-    s = settings(fresh_kafka, tmp_path)
+    extra = (f"lake.writer={writer}",)
+    s = settings(fresh_kafka, tmp_path, *extra)
     written: dict[int, set[str]] = {}
-    for stage, batch in KILLS:
-        crashed = cdc_run(fresh_kafka, tmp_path, fault=f"{stage}:{batch}")
+    for stage, batch in KILLS_BY_WRITER[writer]:
+        crashed = cdc_run(fresh_kafka, tmp_path, *extra, fault=f"{stage}:{batch}")
         assert crashed.returncode == -signal.SIGKILL, (
             f"{stage}:{batch}: exit {crashed.returncode}\n{crashed.stderr[-3000:]}"
         )
         written.setdefault(batch, set()).update(WRITES[stage])
         assert_killed_at(stage, batch, written[batch], s, sent)
 
-    resumed = cdc_run(fresh_kafka, tmp_path)
+    resumed = cdc_run(fresh_kafka, tmp_path, *extra)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = read_tables(s)
     assert_exactly_once(got, sent)

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from cdc.scd2 import apply_scd2, empty_dimension, late_keys, scd2_from_events
+from cdc.batch_local import read_fold_state
+from cdc.scd2 import apply_scd2, empty_dimension, scd2_from_events
 from cdc.store.delta_rs import DeltaSink, Txn
 from tests.unit.test_scd2 import SCHEMA, SPEC, apply_all, changes, ev
 from tests.unit.test_scd2_order import IDENTITY, frame, to_log
@@ -76,13 +77,11 @@ def test_facts_insert_only_new_event_ids(tmp_path: Path) -> None:
 def _apply_with_state(
     sink: DeltaSink, orphans: DeltaSink, batch: pl.DataFrame, received: pl.DataFrame, version: int
 ) -> None:
-    """What ``BatchWriter`` does for one batch: state read, fold with history, MERGE."""
+    """What ``LocalBatchWriter`` does for one batch: state read, fold with history, MERGE."""
     keys = batch.select("contact_id").unique()
     seen = orphans.read_keys(keys)
-    existing = sink.read_scd2_rows(keys, lambda rows: late_keys(rows, batch, SPEC, seen))
-    if existing is None:
-        existing = empty_dimension(SPEC, SCHEMA)
-    result = apply_scd2(existing, batch, SPEC, history=received, seen=seen)
+    existing, late = read_fold_state(sink, batch, SPEC, seen)
+    result = apply_scd2(existing, batch, SPEC, history=received, seen=seen, late=late)
     if result.orphans is not None and result.orphans.height:
         orphans.append(result.orphans.to_arrow(), Txn("t:orphans", version))
     sink.merge_scd2(result, ["contact_id"], Txn("t:dim", version))

@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 from cdc.config import load_settings
 from cdc.demo import run_demo
 from cdc.demo_data import generate
-from cdc.pipelines import table_paths
+from cdc.lake import table_paths
 from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
+from cdc.batch import BatchStats
 from cdc.errors import ConfigError, DataLossError
 from cdc.kafka_admin import create_partitions, ensure_topic, partition_count
 from cdc.kafka_source import source_options
-from cdc.pipelines import BatchStats, run_pipelines, start_query, table_paths
+from cdc.lake import table_paths
+from cdc.pipelines import run_pipelines, start_query
 from tests.integration.test_pipeline_e2e import change, make_settings, produce, read
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

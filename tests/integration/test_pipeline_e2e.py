@@ -21,7 +21,8 @@ import pytest
 from deltalake import DeltaTable
 
 from cdc.config import Settings, load_settings
-from cdc.pipelines import run_pipelines, table_paths
+from cdc.lake import table_paths
+from cdc.pipelines import run_pipelines
 from tests.conftest import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
 from tests.support.envelopes import T0, contact_envelope
 

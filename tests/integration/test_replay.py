@@ -18,13 +18,14 @@ from typing import Any
 
 import polars as pl
 import pytest
-from deltalake import DeltaTable
 
+from cdc.batch import BatchStats
 from cdc.checkpoint import START_FILE, TXN_BASE_FILE, committed_offsets
 from cdc.cli import main
 from cdc.config import Settings, load_settings
+from cdc.lake import table_paths
 from cdc.locks import LockHolder, lock_path
-from cdc.pipelines import BatchStats, run_pipelines, table_paths
+from cdc.pipelines import run_pipelines
 from cdc.replay import (
     ReplayPosition,
     committed_txn_versions,
@@ -33,6 +34,7 @@ from cdc.replay import (
 )
 from tests.conftest import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
 from tests.support.envelopes import T0, contact_envelope
+from tests.support.tables import WRITERS, read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOPIC = "crm.contacts"
@@ -44,23 +46,24 @@ def broker(fresh_kafka: str) -> str:
     return fresh_kafka
 
 
-def overrides(bootstrap: str, root: Path) -> list[str]:
+def overrides(bootstrap: str, root: Path, *extra: str) -> list[str]:
     return [
         f"kafka.bootstrap_servers={bootstrap}",
         f"lake.root={root / 'lake'}",
         f"checkpoints.root={root / 'checkpoints'}",
+        *extra,
     ]
 
 
-def make_settings(bootstrap: str, root: Path) -> Settings:
+def make_settings(bootstrap: str, root: Path, *extra: str) -> Settings:
     return load_settings(
-        "local", overrides=overrides(bootstrap, root), config_dir=REPO_ROOT / "config"
+        "local", overrides=overrides(bootstrap, root, *extra), config_dir=REPO_ROOT / "config"
     )
 
 
-def cli_args(bootstrap: str, root: Path) -> list[str]:
+def cli_args(bootstrap: str, root: Path, *extra: str) -> list[str]:
     args = ["--config-dir", str(REPO_ROOT / "config")]
-    for item in overrides(bootstrap, root):
+    for item in overrides(bootstrap, root, *extra):
         args += ["--set", item]
     return args
 
@@ -115,9 +118,7 @@ POISON = [
 
 
 def read(uri: str) -> pl.DataFrame:
-    df = pl.from_arrow(DeltaTable(uri).to_pyarrow_table())
-    assert isinstance(df, pl.DataFrame)
-    return df
+    return read_table(uri)  # deletion vectors honoured (delta-spark's dimensions)
 
 
 def tables(settings: Settings) -> dict[str, pl.DataFrame]:
@@ -150,9 +151,11 @@ def checkpoints_root(root: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("writer", WRITERS)
 def test_replay_earliest_after_a_full_run_changes_nothing(
-    spark: Any, broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    spark: Any, broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], writer: str
 ) -> None:
+    extra = f"lake.writer={writer}"
     lines = [
         change("c1", "c", 1000, email="ann@acme.io"),
         change("c2", "c", 1100, email="bob@acme.io"),
@@ -165,7 +168,7 @@ def test_replay_earliest_after_a_full_run_changes_nothing(
         *POISON,
     ]
     assert produce(broker, lines, tmp_path) == 10
-    settings = make_settings(broker, tmp_path)
+    settings = make_settings(broker, tmp_path, extra)
     run_pipelines(spark, settings, [PIPELINE], available_now=True)
     before = tables(settings)
     assert (before["bronze"].height, before["quarantine"].height) == (8, 2)
@@ -173,7 +176,9 @@ def test_replay_earliest_after_a_full_run_changes_nothing(
     ends = high_watermarks(broker)
 
     # The CLI as a user runs it (in-process: the replayed run reuses this SparkSession).
-    code = main(["replay", "--pipeline", PIPELINE, "--earliest", *cli_args(broker, tmp_path)])
+    code = main(
+        ["replay", "--pipeline", PIPELINE, "--earliest", *cli_args(broker, tmp_path, extra)]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     root = checkpoints_root(tmp_path)
@@ -217,7 +222,7 @@ def test_replay_earliest_after_a_full_run_changes_nothing(
             "--offsets",
             json.dumps({TOPIC: {"0": 0}}),
             "--no-run",
-            *cli_args(broker, tmp_path),
+            *cli_args(broker, tmp_path, extra),
         ]
     )
     out, err = capsys.readouterr()
@@ -233,9 +238,11 @@ def test_replay_earliest_after_a_full_run_changes_nothing(
         assert again[role].equals(before[role]), role
 
 
+@pytest.mark.parametrize("writer", WRITERS)
 def test_replay_with_corrected_events_produces_the_corrected_history(
-    spark: Any, broker: str, tmp_path: Path
+    spark: Any, broker: str, tmp_path: Path, writer: str
 ) -> None:
+    extra = f"lake.writer={writer}"
     # Everything on partition 0, so offsets are positions in one log.
     original = [
         change("c1", "c", 1000, email="ann@acme.io", partition=0),  # 0
@@ -247,7 +254,7 @@ def test_replay_with_corrected_events_produces_the_corrected_history(
         change("c2", "u", 4000, email="bob@acme.io", last="Later", partition=0),  # 6
     ]
     produce(broker, original, tmp_path)
-    settings = make_settings(broker, tmp_path)
+    settings = make_settings(broker, tmp_path, extra)
     run_pipelines(spark, settings, [PIPELINE], available_now=True)
 
     # The source system re-emits corrected changes, timed inside the existing history.
@@ -271,7 +278,7 @@ def test_replay_with_corrected_events_produces_the_corrected_history(
     ]
     assert sum(b.input_rows for b in outcome.batches) == 7
 
-    clean = make_settings(broker, tmp_path / "clean")
+    clean = make_settings(broker, tmp_path / "clean", extra)
     run_pipelines(spark, clean, [PIPELINE], available_now=True)
     got, want = tables(settings), tables(clean)
     # Bronze holds every record once, as a clean run over the final topic does.

@@ -13,14 +13,14 @@ import pyarrow as pa
 import pytest
 from deltalake import CommitProperties, Transaction, write_deltalake
 
-from cdc.checkpoint import START_FILE, TXN_BASE_FILE
+from cdc.batch import BatchStats
+from cdc.checkpoint import START_FILE, TXN_BASE_FILE, CheckpointState, read_checkpoint_state
 from cdc.config import Settings, load_settings
 from cdc.errors import ConfigError, PipelineRunningError
+from cdc.lake import table_paths, txn_app_id
 from cdc.locks import LockHolder, PipelineLock, lock_path
 from cdc.offsets import Watermarks
-from cdc.pipelines import BatchStats, table_paths, txn_app_id
 from cdc.replay import (
-    CheckpointState,
     PartitionReplay,
     ReplayOutcome,
     ReplayPlan,
@@ -33,7 +33,6 @@ from cdc.replay import (
     parse_offsets_arg,
     parse_timestamp_arg,
     plan_replay,
-    read_checkpoint_state,
     replay_pipeline,
 )
 from tests.conftest import REPO_ROOT

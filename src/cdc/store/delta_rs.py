@@ -10,7 +10,6 @@ same guarantees is :mod:`cdc.store.delta_spark`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import polars as pl
 import pyarrow as pa
@@ -156,38 +155,6 @@ class DeltaSink:
         if len(key_cols) > 1:
             found = found.join(keys.unique(), on=key_cols, how="semi", nulls_equal=True)
         return found
-
-    def read_scd2_rows(
-        self, keys: pl.DataFrame, late: Callable[[pl.DataFrame], pl.DataFrame]
-    ) -> pl.DataFrame | None:
-        """The dimension rows an SCD2 fold of ``keys`` needs (None when no table yet).
-
-        That is each key's latest row, and every row of the keys ``late(rows)`` names (see
-        :func:`cdc.scd2.late_keys`). With the table partitioned by ``is_current`` the latest
-        row of a key that has a current row *is* that row, so history is read only for keys
-        without one (deleted, or new) and for late keys: the read follows the batch's keys and
-        the current rows, not the length of the history. Unpartitioned: all rows of the keys.
-        """
-        if CURRENT_PARTITION not in self.partition_columns():
-            return self.read_keys(keys)
-        key_cols = keys.columns
-        current = self.read_keys(keys, current=True)
-        assert current is not None
-        with_current = current.select(key_cols).unique()
-        # A current row is its key's latest row, so lateness is known from it alone.
-        history_keys = pl.concat(
-            [
-                keys.join(with_current, on=key_cols, how="anti", nulls_equal=True),
-                late(current)
-                .select(key_cols)
-                .join(with_current, on=key_cols, how="semi", nulls_equal=True),
-            ]
-        )
-        if history_keys.height == 0:
-            return current
-        past = self.read_keys(history_keys, current=False)
-        assert past is not None
-        return pl.concat([current, past], how="diagonal_relaxed")
 
     def merge_scd2(self, result: Scd2Result, keys: list[str], txn: Txn) -> WriteOutcome:
         """Apply an SCD2 result in one MERGE on ``(keys, _seq_open)``.

@@ -1,0 +1,194 @@
+"""What every pipeline's ``foreachBatch`` function shares, whichever writer it uses.
+
+A micro-batch goes one way through a writer (:class:`cdc.batch_local.LocalBatchWriter` on
+delta-rs, :class:`cdc.batch_spark.DistributedBatchWriter` on delta-spark): split → bronze and
+quarantine appends → state read → SCD2 fold (or fact rows) → MERGE. This module holds what
+they share: the batch's stats, its app transactions (``(cdc/<pipeline>/<table>, txn_base +
+batch_id)``: a batch re-run after a crash is skipped table by table where it already
+committed), the crash-injection stages, the SCD2 spec and the retry of a lost commit race.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from cdc.changes import business_columns
+from cdc.checkpoint import read_start_file, read_txn_base
+from cdc.config import PipelineSettings, Settings
+from cdc.errors import CdcError, CommitConflictError
+from cdc.faults import FaultHook
+from cdc.lake import orphans_path, table_paths, txn_app_id
+from cdc.scd2 import Scd2Spec
+from cdc.store.base import Txn
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+__all__ = ["MAX_COMMIT_ATTEMPTS", "BatchStats", "BatchWriter"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+MAX_COMMIT_ATTEMPTS = 5
+"""MERGE attempts per batch when another writer commits to the table in between."""
+
+
+def _backoff(attempt: int) -> None:
+    """Exponential back-off with jitter between MERGE attempts (another writer is busy)."""
+    time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+
+
+@dataclass
+class BatchStats:
+    """What one micro-batch did (also fed to metrics)."""
+
+    batch_id: int
+    input_rows: int = 0
+    bronze_rows: int = 0
+    quarantined: int = 0
+    inserted: int = 0
+    updated: int = 0
+    closed: int = 0
+    duplicates: int = 0
+    late_keys: int = 0
+    retries: int = 0
+    skipped_tables: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per step: ``read`` (the Spark job that fetches and decodes), ``bronze``
+    (bronze and quarantine appends), ``state`` (reading the rows the fold needs), ``fold``
+    (SCD2), ``merge`` (silver and orphans commits)."""
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the time spent in the block to ``phases[phase]``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - started
+
+
+class BatchWriter(ABC):
+    """The ``foreachBatch`` function of one pipeline (called on the driver)."""
+
+    def __init__(
+        self,
+        name: str,
+        pipeline: PipelineSettings,
+        settings: Settings,
+        checkpoint: str,
+        fault_hook: FaultHook | None = None,
+        on_batch: Callable[[str, BatchStats], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.pipeline = pipeline
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.uris = dict(table_paths(settings, pipeline))
+        """The pipeline's tables by role: bronze, quarantine, silver (and orphans)."""
+        if pipeline.kind == "scd2":
+            self.uris["orphans"] = orphans_path(settings, pipeline)
+        self.fault_hook = fault_hook
+        self.on_batch = on_batch
+        self._spec: Scd2Spec | None = None
+        self._txn_base: int | None = None
+        start = read_start_file(checkpoint)
+        self._landed: dict[str, dict[str, int]] = (start or {}).get("landed", {})
+        self._landed_quarantine: dict[str, dict[str, int]] = (start or {}).get(
+            "landed_quarantine", self._landed
+        )
+
+    @abstractmethod
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        """Write one micro-batch to the pipeline's tables (exactly once per table)."""
+
+    def txn(self, role: str, batch_id: int) -> Txn:
+        """The app transaction of this batch's write to the table ``role``."""
+        app_id = txn_app_id(self.name, role, self.uris[role])
+        return Txn(app_id=app_id, version=self.txn_base() + batch_id)
+
+    def txn_base(self) -> int:
+        """Added to batch ids (a replay's checkpoint starts its batches at 0 again)."""
+        if self._txn_base is None:
+            self._txn_base = read_txn_base(self.checkpoint)
+        return self._txn_base
+
+    def _fault(self, stage: str, batch_id: int) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(stage, batch_id)
+
+    def _report(self, stats: BatchStats) -> None:
+        log.info(
+            "pipeline %s batch %d (%s): %s",
+            self.name,
+            stats.batch_id,
+            self.settings.lake.writer,
+            stats,
+        )
+        if self.on_batch is not None:
+            self.on_batch(self.name, stats)
+
+    def _scd2_spec(self, schema: Any) -> Scd2Spec:
+        p = self.pipeline
+        columns = business_columns(schema, p.source_format)
+        # A new reader version (e.g. an added optional field) changes the columns mid-run.
+        if self._spec is None or self._spec.columns != tuple(c for c in columns if c not in p.keys):
+            try:
+                self._spec = Scd2Spec.build(
+                    keys=p.keys,
+                    columns=columns,
+                    track_history=p.track_history,
+                    track_history_except=p.track_history_except,
+                )
+            except ValueError as exc:
+                raise CdcError(f"pipeline {self.name}: {exc}") from None
+        return self._spec
+
+    def _with_retries(
+        self,
+        attempt_once: Callable[[], _T],
+        batch_id: int,
+        stats: BatchStats,
+        *,
+        log_attempt: bool = False,
+    ) -> _T:
+        """Run one write attempt, again after a back-off while another writer commits first.
+
+        Args:
+            attempt_once: reads what it needs and commits; raises ``CommitConflictError`` when
+                another writer committed to the table in between.
+            batch_id: the batch, for the log.
+            stats: the batch's stats; counts the retries.
+            log_attempt: name the attempt number in the log line of a retry.
+
+        Returns:
+            What the attempt that got through returned.
+
+        Raises:
+            CommitConflictError: all ``MAX_COMMIT_ATTEMPTS`` attempts conflicted.
+        """
+        attempt = 1
+        while True:
+            try:
+                return attempt_once()
+            except CommitConflictError as exc:
+                if attempt == MAX_COMMIT_ATTEMPTS:
+                    raise
+                if log_attempt:
+                    log.warning(
+                        "pipeline %s batch %d: %s; retrying (%d)", self.name, batch_id, exc, attempt
+                    )
+                else:
+                    log.warning("pipeline %s batch %d: %s; retrying", self.name, batch_id, exc)
+                stats.retries += 1
+                _backoff(attempt)
+                attempt += 1

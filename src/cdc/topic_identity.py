@@ -1,0 +1,87 @@
+"""The identity of a pipeline's topic: offsets in a checkpoint belong to one incarnation."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from cdc.checkpoint import read_topic_id, write_topic_id
+from cdc.config import Settings
+from cdc.errors import DataLossError
+
+__all__ = ["BROKER_PATIENCE_S", "check_topic_identity", "current_topic_id"]
+
+log = logging.getLogger(__name__)
+
+
+BROKER_PATIENCE_S = 300.0
+"""How long a running query's per-batch topic check waits for an unreachable broker (a broker
+restart takes seconds; Spark's Kafka source rides such an outage out too)."""
+
+
+def current_topic_id(settings: Settings, topic: str) -> str | None:
+    """The cluster's id of ``topic`` now (None: no such topic), asked with the service's
+    Kafka settings.
+
+    Raises:
+        BrokerUnavailableError: the cluster did not answer within ``kafka.connect_timeout_s``.
+    """
+    from cdc.kafka_admin import topic_id
+
+    kafka = settings.kafka
+    return topic_id(
+        kafka.bootstrap_servers,
+        topic,
+        client_config=kafka.client_config(),
+        timeout_s=kafka.connect_timeout_s,
+    )
+
+
+def check_topic_identity(
+    settings: Settings, name: str, checkpoint: str, *, patience_s: float | None = None
+) -> None:
+    """Refuse offsets that belong to another incarnation of the pipeline's topic.
+
+    The first time the topic is seen, its id is recorded in the checkpoint. From then on, a
+    different id (the topic was deleted and created again, or the broker lost its data and the
+    topic came back) means the checkpoint's offsets name records that no longer exist, or
+    other records: reading on would skip or mix them silently.
+
+    Args:
+        settings: service settings.
+        name: the pipeline.
+        checkpoint: its checkpoint folder.
+        patience_s: keep asking an unreachable cluster this long (None: one request of
+            ``kafka.connect_timeout_s``, the fast failure a start wants).
+
+    Raises:
+        DataLossError: the topic's id differs from the recorded one, or the topic is gone.
+        BrokerUnavailableError: the cluster did not answer in time.
+    """
+    from cdc.errors import BrokerUnavailableError
+
+    topic = settings.pipeline(name).topic
+    deadline = time.monotonic() + (patience_s or 0.0)
+    while True:
+        try:
+            current = current_topic_id(settings, topic)
+            break
+        except BrokerUnavailableError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("pipeline %s: %s; waiting for the broker", name, exc)
+            time.sleep(1.0)
+    recorded = read_topic_id(checkpoint, topic)
+    if recorded is None:
+        if current is not None:
+            write_topic_id(checkpoint, topic, current)
+        return
+    if current == recorded:
+        return
+    now = "no longer exists" if current is None else f"now has id {current}"
+    raise DataLossError(
+        f"pipeline {name}: topic {topic} {now}, but checkpoint {checkpoint} holds offsets of"
+        f" topic id {recorded} (the topic was deleted and recreated, or the broker lost its"
+        f" data): its offsets do not name the records now in the topic. Re-read the topic with"
+        f" `cdc replay --pipeline {name} --earliest`"
+    )
