@@ -1,5 +1,6 @@
 # cdc-service runtime: Python 3.11 + Java 17 (Spark) + the package + the pinned Spark JARs
-# (jvm/pom.xml: Delta, Spark's Kafka source), fetched by Maven at build time, never at start.
+# (jvm/pom.xml: Delta, Spark's Kafka source; S3A for s3:// lakes), fetched by Maven at build
+# time, never at start.
 FROM python:3.11-slim-bookworm AS jars
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openjdk-17-jre-headless maven \
@@ -9,7 +10,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 COPY jvm ./jvm
 RUN pip install --no-cache-dir . \
- && python -m cdc.jvm install --pom jvm/pom.xml --dest /opt/cdc/jars --profile spark
+ && python -m cdc.jvm install --pom jvm/pom.xml --dest /opt/cdc/jars --profile spark --profile s3
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \

@@ -27,6 +27,8 @@ import pyarrow as pa
 
 from cdc.batch import BatchStats, BatchWriter
 from cdc.changes import QUARANTINE_COLUMNS, scd2_changes
+from cdc.errors import ConfigError
+from cdc.jvm import optional_classpath
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
 from cdc.store.base import Txn
 from cdc.store.delta_spark import DeltaSparkStore
@@ -55,6 +57,14 @@ class DistributedBatchWriter(BatchWriter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Same arguments as :class:`cdc.batch.BatchWriter`."""
         super().__init__(*args, **kwargs)
+        if any(uri.startswith("s3://") for uri in self.uris.values()) and not optional_classpath(
+            "s3"
+        ):
+            raise ConfigError(
+                f"lake.root {self.settings.lake.root} is on S3 and lake.writer is delta-spark,"
+                " but the S3A JARs are not installed: run `python -m cdc.jvm install --profile"
+                " s3` (the Docker image has them)"
+            )
         self.store = DeltaSparkStore(self.settings.lake.resolved_storage_options())
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
@@ -439,7 +449,7 @@ def _fold_fn(
         seen = roles[_SEEN].select(*keys, "_seq_max") if roles[_SEEN].height else None
         existing = roles[_ROW].select(spec.row_columns)
         late = late_keys(existing, changes, spec, seen)
-        result = apply_scd2(existing, changes, spec, history=history, seen=seen)
+        result = apply_scd2(existing, changes, spec, history=history, seen=seen, late=late)
         upserts = result.upserts.with_columns(
             pl.lit("U").alias(_ACTION), result.was_current.fill_null(True).alias(_WAS_CURRENT)
         )

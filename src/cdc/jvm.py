@@ -67,6 +67,12 @@ def classpath(profile: str) -> list[Path]:
     return [jar.resolve() for jar in jars]
 
 
+def optional_classpath(profile: str) -> list[Path]:
+    """The JARs of a profile that only some deployments install (``s3``); empty when absent."""
+    folder = jars_dir() / profile
+    return sorted(jar.resolve() for jar in folder.glob("*.jar")) if folder.is_dir() else []
+
+
 def _artifacts(folder: Path) -> list[Path]:
     """What Maven copied: JARs, or an application archive (the registry's ``.tar.gz``)."""
     if not folder.is_dir():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdc.errors import ConfigError
-from cdc.jvm import classpath
+from cdc.jvm import classpath, optional_classpath
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -107,7 +107,7 @@ def session_conf(conf: Mapping[str, str] | None = None) -> dict[str, str]:
     Raises:
         JarsMissingError: the Spark JARs are not installed.
     """
-    jars = ",".join(str(jar) for jar in classpath("spark"))
+    jars = ",".join(str(jar) for jar in [*classpath("spark"), *optional_classpath("s3")])
     defaults = {
         **_DEFAULT_CONF,
         "spark.jars": jars,

@@ -7,6 +7,7 @@ import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pyspark
 import pytest
 import yaml
 
@@ -75,7 +76,9 @@ def test_spark_applications_run_shipped_code_with_the_baked_jars() -> None:
         assert (REPO_ROOT / main.removeprefix("local:///opt/cdc/")).is_file()
         conf = spec["sparkConf"]  # type: ignore[index]
         for side in ("driver", "executor"):
-            assert conf[f"spark.{side}.extraClassPath"] == f"{jars.group(1)}/spark/*"
+            assert conf[f"spark.{side}.extraClassPath"] == (
+                f"{jars.group(1)}/spark/*:{jars.group(1)}/s3/*"
+            )
         assert "spark.master" not in conf
 
 
@@ -98,3 +101,40 @@ def test_pom_is_the_one_place_jars_are_declared() -> None:
     # start, from the network).
     for path in (REPO_ROOT / "src").rglob("*.py"):
         assert "spark.jars.packages" not in path.read_text(), path
+
+
+def test_prod_writes_with_delta_spark_and_the_image_can_reach_s3() -> None:
+    prod = load_settings("prod", config_dir=REPO_ROOT / "config", environ={})
+    assert prod.lake.writer == "delta-spark"
+    assert prod.lake.root.startswith("s3://")
+    # The image bakes the S3A JARs; their Hadoop is the pyspark wheel's.
+    assert re.search(r"cdc\.jvm install .*--profile s3", (REPO_ROOT / "Dockerfile").read_text())
+    wheel = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
+    assert len(wheel) == 1
+    hadoop = wheel[0].name.removeprefix("hadoop-client-api-").removesuffix(".jar")
+    assert f"<hadoop.version>{hadoop}</hadoop.version>" in Path(POM).read_text()
+
+
+def test_s3_lake_paths_and_options_reach_spark_as_s3a() -> None:
+    from cdc.store.delta_spark import hadoop_options, spark_path
+
+    assert spark_path("s3://lake/cdc/silver/dim") == "s3a://lake/cdc/silver/dim"
+    assert spark_path("/var/lake/silver/dim") == "/var/lake/silver/dim"
+    assert hadoop_options({"AWS_REGION": "eu-west-1"}) == {"fs.s3a.endpoint.region": "eu-west-1"}
+    local = hadoop_options(
+        {
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "fs.s3a.connection.maximum": "64",
+        }
+    )
+    assert local == {
+        "fs.s3a.endpoint": "http://127.0.0.1:9000",
+        "fs.s3a.path.style.access": "true",
+        "fs.s3a.connection.ssl.enabled": "false",
+        "fs.s3a.access.key": "k",
+        "fs.s3a.secret.key": "s",
+        "fs.s3a.connection.maximum": "64",
+    }

@@ -27,7 +27,14 @@ from cdc.store.base import TableStore, Txn, WriteOutcome
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["TXN_APP_ID_CONF", "TXN_VERSION_CONF", "DeltaSparkStore"]
+__all__ = [
+    "S3A_OPTIONS",
+    "TXN_APP_ID_CONF",
+    "TXN_VERSION_CONF",
+    "DeltaSparkStore",
+    "hadoop_options",
+    "spark_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +55,8 @@ class DeltaSparkStore(TableStore):
         return "delta-spark (MERGE on the executors, deletion vectors)"
 
     def _session_options(self) -> dict[str, str]:
-        # Object-store settings reach Spark as Hadoop options of the read/write.
-        return {k: v for k, v in self.storage_options.items() if k.startswith("fs.")}
+        """Object-store settings as Hadoop options of each read/write."""
+        return hadoop_options(self.storage_options)
 
     def append(
         self,
@@ -94,7 +101,7 @@ class DeltaSparkStore(TableStore):
             for key, value in (properties or {}).items():
                 writer = writer.option(key, value)
         try:
-            writer.save(uri)
+            writer.save(spark_path(uri))
         except Exception as exc:  # py4j surfaces JVM errors as several types
             raise _write_error("append to", uri, exc) from exc
         return WriteOutcome(skipped=False, table_version=self._version(uri))
@@ -132,9 +139,9 @@ class DeltaSparkStore(TableStore):
             try:
                 options = self._session_options()
                 target = (
-                    DeltaTable.forPath(session, uri, options)
+                    DeltaTable.forPath(session, spark_path(uri), options)
                     if options
-                    else DeltaTable.forPath(session, uri)
+                    else DeltaTable.forPath(session, spark_path(uri))
                 )
                 builder = target.alias("t").merge(source.alias("s"), on).withSchemaEvolution()
                 clauses(builder).execute()
@@ -170,7 +177,37 @@ class DeltaSparkStore(TableStore):
         reader = session.read.format("delta")
         for key, value in self._session_options().items():
             reader = reader.option(key, value)
-        return reader.load(uri)
+        return reader.load(spark_path(uri))
+
+
+S3A_OPTIONS = {
+    "AWS_REGION": "fs.s3a.endpoint.region",
+    "AWS_ENDPOINT_URL": "fs.s3a.endpoint",
+    "AWS_ACCESS_KEY_ID": "fs.s3a.access.key",
+    "AWS_SECRET_ACCESS_KEY": "fs.s3a.secret.key",
+    "AWS_SESSION_TOKEN": "fs.s3a.session.token",
+}
+"""``lake.storage_options`` (delta-rs's names, shared by both writers) → S3A's Hadoop options.
+Without keys, S3A uses the AWS SDK's default credentials chain (on Kubernetes: the pod's
+web-identity token)."""
+
+
+def spark_path(uri: str) -> str:
+    """The table's path as Hadoop names it: ``s3://`` is the S3A filesystem (``s3a://``)."""
+    return "s3a://" + uri.removeprefix("s3://") if uri.startswith("s3://") else uri
+
+
+def hadoop_options(storage_options: dict[str, str]) -> dict[str, str]:
+    """Hadoop options of a read/write: ``fs.*`` keys as given, AWS keys as S3A's."""
+    options = {k: v for k, v in storage_options.items() if k.startswith("fs.")}
+    for key, value in storage_options.items():
+        if key in S3A_OPTIONS:
+            options.setdefault(S3A_OPTIONS[key], value)
+    if "AWS_ENDPOINT_URL" in storage_options:  # an S3-compatible server, not AWS
+        options.setdefault("fs.s3a.path.style.access", "true")
+    if storage_options.get("AWS_ALLOW_HTTP", "").lower() == "true":
+        options.setdefault("fs.s3a.connection.ssl.enabled", "false")
+    return options
 
 
 @contextmanager
