@@ -213,7 +213,7 @@ class RegistrySettings(_Model):
 class LakeSettings(_Model):
     """Where Delta tables live: a local path or ``s3://bucket/prefix``."""
 
-    root: str
+    root: str = Field(min_length=1, pattern=r"\S")
     storage_options: dict[str, str] = Field(default_factory=dict)
     writer: Literal["delta-rs", "delta-spark"] = "delta-rs"
     """Who writes the tables: ``delta-spark`` (distributed: appends and MERGEs on the
@@ -236,7 +236,7 @@ class LakeSettings(_Model):
 class CheckpointSettings(_Model):
     """Spark checkpoints (the offsets store): a local or PVC path."""
 
-    root: str
+    root: str = Field(min_length=1, pattern=r"\S")
 
     def path(self, pipeline: str) -> str:
         return f"{self.root.rstrip('/')}/{pipeline}"
@@ -270,12 +270,20 @@ class MetricsSettings(_Model):
     port: int = 9108
 
 
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+"""Pipeline names and silver targets: they name folders (tables, checkpoints, locks), so no
+path separator, no dot, bounded length."""
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
+"""Kafka's legal topic names (its own rule; ``.`` and ``..`` are refused too), which cannot
+leave a folder."""
+
+
 class PipelineSettings(_Model):
     """One streaming query: a topic and the silver table it maintains."""
 
-    topic: str
+    topic: str = Field(pattern=TOPIC_PATTERN)
     kind: Literal["scd2", "facts"]
-    target: str
+    target: str = Field(pattern=NAME_PATTERN)
     """Silver table name, e.g. ``dim_contact`` or ``fact_orders``."""
     source_format: Literal["envelope", "flat"] = "envelope"
     keys: tuple[str, ...] = ()
@@ -293,6 +301,13 @@ class PipelineSettings(_Model):
     """Options of Spark's Kafka source for this pipeline (e.g. ``startingOffsetsByTimestamp``,
     ``minPartitions``); they win over ``defaults.source_options`` and the keys above."""
     enabled: bool = True
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, topic: str) -> str:
+        if topic in (".", ".."):
+            raise ValueError(f"{topic!r} is not a Kafka topic name")
+        return topic
 
     @model_validator(mode="after")
     def _check_kind(self) -> PipelineSettings:
@@ -331,6 +346,17 @@ class Settings(_Model):
     metrics: MetricsSettings = MetricsSettings()
     defaults: PipelineDefaults = PipelineDefaults()
     pipelines: dict[str, PipelineSettings]
+
+    @field_validator("pipelines", mode="before")
+    @classmethod
+    def _check_names(cls, pipelines: Any) -> Any:
+        for name in pipelines if isinstance(pipelines, dict) else ():
+            if not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(
+                    f"pipeline name {name[:80]!r} is not a name: letters, digits and _,"
+                    " starting with a letter, at most 64 characters"
+                )
+        return pipelines
 
     def pipeline(self, name: str) -> PipelineSettings:
         """Return one pipeline's settings.
@@ -451,7 +477,8 @@ def _resolve_relative(settings_data: dict[str, Any], base: Path) -> None:
         node = settings_data.get(section)
         if isinstance(node, dict) and isinstance(node.get(key), str | Path):
             value = str(node[key])
-            if "://" not in value and not os.path.isabs(value):
+            # An empty or blank path stays as it is: validation refuses it (it is not ".").
+            if value.strip() and "://" not in value and not os.path.isabs(value):
                 node[key] = str((base / value).resolve())
 
     fix("registry", "path")

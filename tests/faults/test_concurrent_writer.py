@@ -38,6 +38,7 @@ from tests.support.tables import WRITERS
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("writer", WRITERS)
 def test_concurrent_writer_on_silver_is_retried_without_lost_updates(
     fresh_kafka: str, reference: Reference, tmp_path: Path, writer: str

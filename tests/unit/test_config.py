@@ -71,6 +71,15 @@ def test_set_values_are_typed() -> None:
         (["nodots"], {}, "--set 'nodots': expected dotted.key=value"),
         ([], {"CDC_KAFKA_NOPE": "x"}, "unknown setting CDC_KAFKA_NOPE; valid for kafka:"),
         (["pipelines.orders.event_id=null"], {}, "a facts pipeline needs 'event_id'"),
+        # Names become folders: none may leave the lake, checkpoint or lock root.
+        (["pipelines.orders.target=../../x"], {}, "pipelines.orders.target: String should match"),
+        (["pipelines.orders.topic=../x"], {}, "pipelines.orders.topic: String should match"),
+        (["pipelines.orders.topic=.."], {}, "pipelines.orders.topic: Value error, '..' is not a"),
+        (["pipelines.a/b.kind=facts"], {}, "pipeline name 'a/b' is not a name"),
+        ([f"pipelines.{'p' * 300}.kind=facts"], {}, "at most 64 characters"),
+        (["lake.root="], {}, "lake.root: String should have at least 1 character"),
+        (["checkpoints.root=  "], {}, "checkpoints.root: Input should be a valid string"),
+        (["checkpoints.root=' '"], {}, "checkpoints.root: String should match"),
     ],
 )
 def test_bad_settings_get_one_clear_line(
