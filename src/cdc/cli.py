@@ -29,6 +29,17 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port (1-65535)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--env", default="local", help=f"environment: {', '.join(ENVS)} (default local)"
@@ -76,7 +87,7 @@ def _build_parser() -> _Parser:
     _common(broker)
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument(
-        "--port", type=int, default=None, help="default: the port of kafka.bootstrap_servers"
+        "--port", type=_port, default=None, help="default: the port of kafka.bootstrap_servers"
     )
     broker.add_argument(
         "--data-dir",

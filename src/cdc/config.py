@@ -184,7 +184,7 @@ class KafkaSettings(_Model):
     java_client: dict[str, str] = Field(default_factory=dict)
     """Java client settings for Spark's Kafka source only (passed as ``kafka.<name>``); they win
     over the ones translated from ``client``. Values may be secret references."""
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = Field(default=10.0, gt=0)
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings with secret references resolved."""

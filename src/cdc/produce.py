@@ -581,6 +581,12 @@ def produce_file(
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {source}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        line = source.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ProduceError(
+            f"{source}: line {line} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}):"
+            " expected JSON lines; nothing was sent"
+        ) from None
     records, errors = parse_lines(text.splitlines(), registry, contract)
     if errors:
         shown = "\n".join(str(e) for e in errors[:_MAX_LISTED_ERRORS])

@@ -52,6 +52,16 @@ def test_bad_arguments_and_config() -> None:
     assert "unrecognized arguments: --bogus" in one_line_error(cdc("run", "--bogus"))
     assert "unknown env 'qa'" in one_line_error(cdc("run", "--env", "qa"))
     assert "unknown key 'lake.bogus'" in one_line_error(cdc("status", "--set", "lake.bogus=1"))
+    assert "--port: 70000 is not a port (1-65535)" in one_line_error(
+        cdc("broker", "--port", "70000")
+    )
+    # A negative timeout would make every Kafka request wait forever.
+    assert "kafka.connect_timeout_s: Input should be greater than 0" in one_line_error(
+        cdc("status", "--set", "kafka.connect_timeout_s=-1")
+    )
+    assert "pipelines.orders.target: String should match" in one_line_error(
+        cdc("status", "--set", "pipelines.orders.target=../../x")
+    )
 
 
 def test_unreachable_broker() -> None:

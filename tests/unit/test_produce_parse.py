@@ -280,3 +280,28 @@ def test_murmur2_matches_kafka(data: bytes, expected: int) -> None:
 def test_default_partition_is_positive_modulo() -> None:
     assert default_partition(b"21", 3) == (-973932308 & 0x7FFFFFFF) % 3
     assert {default_partition(bytes([i]), 5) for i in range(200)} == set(range(5))
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "byte"),
+    [
+        (b"\xf7\x00\x13binary", 1, "0xf7"),  # a binary file
+        (contact_line().encode() + b'\n{"key": {"contact_id": "c\xe9"}}\n', 2, "0xe9"),  # Latin-1
+    ],
+)
+def test_a_file_that_is_not_utf8_is_one_line_and_sends_nothing(
+    registry: FileRegistry,
+    contracts: dict[str, TopicContract],
+    tmp_path: Path,
+    data: bytes,
+    line: int,
+    byte: str,
+) -> None:
+    path = tmp_path / "contacts.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(ProduceError) as exc:
+        produce_file("127.0.0.1:9", registry, contracts, "crm.contacts", path)
+    assert str(exc.value) == (
+        f"{path}: line {line} is not UTF-8 text (byte {byte}): expected JSON lines;"
+        " nothing was sent"
+    )
