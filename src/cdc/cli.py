@@ -158,6 +158,23 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.env, args.overrides, args.config_dir)
 
 
+def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
+    """Fail before Spark starts, in one line, when a pipeline's topic has no contract."""
+    from cdc.contracts import load_contracts
+
+    contracts = load_contracts(settings.registry.contracts)
+    missing = [
+        f"{name} (topic {settings.pipeline(name).topic})"
+        for name in names
+        if settings.pipeline(name).topic not in contracts
+    ]
+    if missing:
+        raise ConfigError(
+            f"no contract in {settings.registry.contracts} for pipeline {', '.join(missing)};"
+            f" topics with a contract: {', '.join(sorted(contracts))}"
+        )
+
+
 def _check_broker(settings: Settings) -> None:
     """Fail fast, in one line, when the configured Kafka cluster cannot be reached."""
     from confluent_kafka.admin import AdminClient
@@ -191,6 +208,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     fault_hook = fault_hook_from_env()
     if fault_hook is not None and settings.env == "prod":
         raise ConfigError(f"{FAULT_ENV} is for tests and refused in env prod")
+    _check_contracts(settings, names)
     from cdc.locks import PipelineLock
 
     # Two queries on one checkpoint corrupt it: one writer per pipeline, replays included.
@@ -223,6 +241,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         position = ReplayPosition.from_timestamp(args.timestamp)
     else:
         position = ReplayPosition.earliest()
+    _check_contracts(settings, [args.pipeline])
     _check_broker(settings)
     if args.dry_run:
         print(dry_run_report(settings, args.pipeline, position))

@@ -164,7 +164,8 @@ def parse_timestamp_arg(text: str) -> int:
         Epoch milliseconds.
 
     Raises:
-        ConfigError: not ISO 8601, no timezone, or before 1970.
+        ConfigError: not ISO 8601, no timezone, before 1970, or in the future (no record
+            is from there: a replay from it would re-read nothing and reset the checkpoint).
     """
     value = text.strip()
     try:
@@ -178,6 +179,8 @@ def parse_timestamp_arg(text: str) -> int:
     millis = (moment - _EPOCH) // timedelta(milliseconds=1)
     if millis < 0:
         raise ConfigError(f"--timestamp {value!r} is before 1970-01-01T00:00:00Z")
+    if moment > datetime.now(UTC):
+        raise ConfigError(f"--timestamp {value!r} is in the future: no record is from then")
     return int(millis)
 
 

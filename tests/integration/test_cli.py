@@ -59,6 +59,12 @@ def test_bad_arguments_and_config() -> None:
     assert "kafka.connect_timeout_s: Input should be greater than 0" in one_line_error(
         cdc("status", "--set", "kafka.connect_timeout_s=-1")
     )
+    # Before Spark starts (and before the broker is asked): a topic without a contract.
+    for command in (("run", "--available-now"), ("replay", "--earliest", "--dry-run")):
+        line = one_line_error(
+            cdc(*command, "--pipeline", "orders", "--set", "pipelines.orders.topic=events.nope")
+        )
+        assert "for pipeline orders (topic events.nope); topics with a contract: crm." in line
     assert "pipelines.orders.target: String should match" in one_line_error(
         cdc("status", "--set", "pipelines.orders.target=../../x")
     )

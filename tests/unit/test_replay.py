@@ -94,6 +94,11 @@ def test_timestamp_arg_needs_iso_8601_with_a_timezone() -> None:
     )
     with pytest.raises(ConfigError, match="before 1970"):
         parse_timestamp_arg("1969-12-31T23:59:59Z")
+    with pytest.raises(ConfigError) as info:
+        parse_timestamp_arg("2999-01-01T00:00:00Z")
+    assert str(info.value) == (
+        "--timestamp '2999-01-01T00:00:00Z' is in the future: no record is from then"
+    )
 
 
 def test_positions_record_the_request_as_written() -> None:
