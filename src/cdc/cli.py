@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from cdc.config import ENVS, Settings, load_settings
 from cdc.errors import CdcError, ConfigError
@@ -177,16 +177,12 @@ def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
 
 def _check_broker(settings: Settings) -> None:
     """Fail fast, in one line, when the configured Kafka cluster cannot be reached."""
-    from confluent_kafka.admin import AdminClient
-
     from cdc.errors import BrokerUnavailableError
+    from cdc.kafka_admin import admin_client
 
     bootstrap = settings.kafka.bootstrap_servers
     timeout = settings.kafka.connect_timeout_s
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, **settings.kafka.client_config()}
-    # A logger keeps librdkafka's connection-refused chatter off the terminal.
-    config["logger"] = logging.getLogger("cdc.kafka.admin")
-    admin = AdminClient(config)
+    admin = admin_client(bootstrap, settings.kafka.client_config())
     try:
         admin.list_topics(timeout=timeout)
     except Exception:
@@ -310,10 +306,20 @@ def _cmd_schemas_check(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    from cdc.errors import BrokerUnavailableError
     from cdc.status import pipeline_status
 
+    # The tables and checkpoints are shown either way; an unreachable broker (lag unknown)
+    # still ends in the one-line error and exit code 2.
+    unreachable: BrokerUnavailableError | None = None
+    try:
+        _check_broker(settings)
+    except BrokerUnavailableError as exc:
+        unreachable = exc
     for name in settings.selected(args.pipeline):
-        print(pipeline_status(settings, name))
+        print(pipeline_status(settings, name, broker=unreachable is None))
+    if unreachable is not None:
+        raise unreachable
     return 0
 
 

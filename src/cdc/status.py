@@ -14,28 +14,22 @@ __all__ = ["pipeline_status"]
 
 
 def _high_watermarks(settings: Settings, topic: str) -> dict[str, int] | None:
-    try:
-        from confluent_kafka import Consumer, TopicPartition
+    """End offsets per partition (None: the cluster did not answer)."""
+    from cdc.errors import BrokerUnavailableError
+    from cdc.kafka_admin import KafkaMetadata
 
-        consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
-                "group.id": "cdc-status",
-                "enable.auto.commit": False,
-                **settings.kafka.client_config(),
-            }
-        )
-        try:
-            meta = consumer.list_topics(topic, timeout=3)
-            parts = meta.topics[topic].partitions if topic in meta.topics else {}
-            return {
-                str(p): consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=3)[1]
-                for p in sorted(parts)
-            }
-        finally:
-            consumer.close()
-    except Exception:
+    kafka = settings.kafka
+    meta = KafkaMetadata(
+        {"bootstrap.servers": kafka.bootstrap_servers, **kafka.client_config()},
+        timeout_s=kafka.connect_timeout_s,
+    )
+    try:
+        marks = meta.topic_watermarks([topic])
+    except BrokerUnavailableError:
         return None
+    finally:
+        meta.close()
+    return {str(p): wm.high for (_, p), wm in sorted(marks.items())}
 
 
 def _table_line(role: str, uri: str, store: TableStore) -> str:
@@ -45,12 +39,18 @@ def _table_line(role: str, uri: str, store: TableStore) -> str:
     return f"  {role:<10} {uri}: version {info.version}, {info.rows} rows, {info.files} files"
 
 
-def pipeline_status(settings: Settings, name: str) -> str:
-    """A short human-readable status block for one pipeline."""
+def pipeline_status(settings: Settings, name: str, broker: bool = True) -> str:
+    """A short human-readable status block for one pipeline.
+
+    Args:
+        settings: service settings.
+        name: the pipeline.
+        broker: ask the cluster for the lag (False: it is known to be unreachable).
+    """
     pipeline = settings.pipeline(name)
     lines = [f"{name}: topic {pipeline.topic} -> {pipeline.target}"]
     committed = committed_offsets(settings.checkpoint_path(name))
-    latest = _high_watermarks(settings, pipeline.topic)
+    latest = _high_watermarks(settings, pipeline.topic) if broker else None
     if committed is None:
         lines.append("  offsets    no batch committed yet")
     else:
@@ -58,7 +58,7 @@ def pipeline_status(settings: Settings, name: str) -> str:
         positions: dict[str, Any] = offsets.get(pipeline.topic, {})
         lines.append(f"  offsets    batch {batch}: {json.dumps(positions, sort_keys=True)}")
     if latest is None:
-        lines.append("  lag        broker unreachable")
+        lines.append("  lag        unknown: the broker is unreachable")
     else:
         done = committed[1].get(pipeline.topic, {}) if committed else {}
         lag = {p: max(0, end - int(done.get(p, 0))) for p, end in latest.items()}

@@ -85,6 +85,12 @@ def test_unreachable_broker() -> None:
         f"cdc: error: cannot reach Kafka at 127.0.0.1:{port} within 1s "
         "(start the embedded one with 'cdc broker')"
     )
+    # status still shows the tables and checkpoints, then exits 2 with the same line.
+    down = [f"kafka.bootstrap_servers=127.0.0.1:{port}", "kafka.connect_timeout_s=1"]
+    status = cdc("status", "--pipeline", "orders", "--set", down[0], "--set", down[1])
+    assert one_line_error(status) == line
+    assert "lag        unknown: the broker is unreachable" in status.stdout
+    assert "silver" in status.stdout
 
 
 def test_fault_injection_is_refused_in_prod() -> None:
