@@ -483,15 +483,10 @@ def _poll_ready(bootstrap: str, deadline: float, alive: Callable[[], int | None]
 
 
 def _admin_client(bootstrap: str) -> Any:
-    from confluent_kafka.admin import AdminClient
+    from cdc.kafka_admin import admin_client
 
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "socket.connection.setup.timeout.ms": 1000,
-        # Route librdkafka's connection-refused chatter into logging instead of stderr.
-        "logger": logging.getLogger("cdc.broker.librdkafka"),
-    }
-    return AdminClient(config)
+    # Short connection attempts: readiness is polled.
+    return admin_client(bootstrap, {"socket.connection.setup.timeout.ms": 1000})
 
 
 def _tcp_connects(host: str, port: int) -> bool:
