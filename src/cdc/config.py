@@ -398,6 +398,28 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+_FLAT_MAPS = (
+    ("kafka", "client"),
+    ("kafka", "java_client"),
+    ("lake", "storage_options"),
+    ("spark", "conf"),
+    ("defaults", "source_options"),
+    ("pipelines", "*", "source_options"),
+)
+"""Settings that are maps of dotted names (librdkafka, Spark, Hadoop keys): in a ``--set``
+key, everything after the map's own path is one key (``kafka.client.sasl.password``)."""
+
+
+def _key_path(key: str) -> tuple[list[str], bool]:
+    """The path of a ``--set`` key, and whether it names one entry of a map of dotted names."""
+    parts = key.split(".")
+    for pattern in _FLAT_MAPS:
+        n = len(pattern)
+        if len(parts) > n and all(p in ("*", q) for p, q in zip(pattern, parts, strict=False)):
+            return [*parts[:n], ".".join(parts[n:])], True
+    return parts, False
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``dotted.key=value`` overrides to a raw config mapping (values parsed as YAML).
 
@@ -409,7 +431,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
         node = data
-        parts = key.strip().split(".")
+        parts, flat = _key_path(key.strip())
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:
@@ -417,7 +439,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = _parse_scalar(raw)
+        # An entry of a map of dotted names takes its value as written (they are strings).
+        node[parts[-1]] = raw if flat else _parse_scalar(raw)
     return data
 
 

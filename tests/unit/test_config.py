@@ -209,3 +209,23 @@ def test_source_options_keep_spark_names_and_replay_start_wins(
     assert "startingOffsets" not in source_options(
         settings, settings.pipeline("crm_contacts"), str(checkpoint)
     )
+
+
+def test_set_reaches_dotted_keys_of_client_spark_and_storage_maps() -> None:
+    settings = load_settings(
+        "local",
+        [
+            "kafka.client.sasl.password=x",
+            "kafka.client.acks=1",
+            "spark.conf.spark.sql.shuffle.partitions=4",
+            "pipelines.orders.source_options.kafka.fetch.max.bytes=1048576",
+            "lake.storage_options.AWS_REGION=eu-west-1",
+        ],
+        config_dir=CONFIG,
+        environ={},
+    )
+    assert settings.kafka.client["sasl.password"] == "x"
+    assert settings.kafka.client["acks"] == "1"  # as written: librdkafka values are strings
+    assert settings.spark.conf["spark.sql.shuffle.partitions"] == "4"
+    assert settings.pipeline("orders").source_options["kafka.fetch.max.bytes"] == "1048576"
+    assert settings.lake.storage_options == {"AWS_REGION": "eu-west-1"}
