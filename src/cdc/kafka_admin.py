@@ -28,6 +28,7 @@ __all__ = [
     "ensure_topic",
     "partition_count",
     "topic_id",
+    "topic_max_message_bytes",
 ]
 
 _librdkafka_log = logging.getLogger("cdc.kafka.librdkafka")
@@ -238,6 +239,33 @@ def admin_client(bootstrap: str, client_config: Mapping[str, Any] | None = None)
     config = {**(client_config or {}), "bootstrap.servers": bootstrap}
     config.setdefault("logger", _librdkafka_log)
     return AdminClient(config)
+
+
+def topic_max_message_bytes(
+    bootstrap: str,
+    topic: str,
+    *,
+    client_config: Mapping[str, Any] | None = None,
+    timeout_s: float = 10.0,
+) -> int:
+    """The largest record batch the topic accepts (its ``max.message.bytes``).
+
+    Raises:
+        BrokerUnavailableError: the cluster did not answer within ``timeout_s``.
+    """
+    from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
+
+    client = admin_client(bootstrap, client_config)
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        configs = client.describe_configs([resource], request_timeout=timeout_s)[resource].result(
+            timeout=timeout_s
+        )
+    except Exception as exc:  # KafkaException, or a timeout of the future
+        raise BrokerUnavailableError(
+            f"Kafka at {bootstrap}: cannot read the configuration of {topic}: {exc}"
+        ) from exc
+    return int(configs["max.message.bytes"].value)
 
 
 def partition_count(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from cdc.contracts import TopicContract
 from cdc.errors import ConfigError, ProduceError
 from cdc.kafka_admin import ensure_topic, partition_count
 from cdc.registry import AvroType, RegisteredSchema, SchemaRegistry, frame, type_label
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LineError",
@@ -473,6 +476,7 @@ def produce_records(
     if partitions is None:
         raise ProduceError(f"topic {topic} does not exist on {bootstrap}")
     placed = _place(records, partitions)
+    _check_sizes(records, bootstrap, topic, client_config, connect_timeout_s)
     producer = Producer(
         {
             "linger.ms": 20,
@@ -480,6 +484,7 @@ def produce_records(
             "max.in.flight.requests.per.connection": 1,
             **(client_config or {}),
             "bootstrap.servers": bootstrap,
+            "logger": logging.getLogger("cdc.kafka.librdkafka"),
         }
     )
     failures: list[str] = []
@@ -523,6 +528,42 @@ def produce_records(
     return ProduceReport(
         topic=topic, sent=len(records), per_partition=dict(sorted(per_partition.items()))
     )
+
+
+RECORD_OVERHEAD_BYTES = 100
+"""Bytes a record costs on top of its key and value (batch header, record framing)."""
+
+
+def _check_sizes(
+    records: Sequence[OutboundRecord],
+    bootstrap: str,
+    topic: str,
+    client_config: Mapping[str, Any] | None,
+    timeout_s: float,
+) -> None:
+    """Refuse, before anything is sent, records larger than the topic or the client accepts."""
+    from cdc.kafka_admin import topic_max_message_bytes
+
+    topic_limit = topic_max_message_bytes(
+        bootstrap, topic, client_config=client_config, timeout_s=timeout_s
+    )
+    client_limit = int((client_config or {}).get("message.max.bytes", 1_000_000))
+    limit = min(topic_limit, client_limit)
+    sizes = [
+        (r.line, len(r.key or b"") + len(r.value or b"") + RECORD_OVERHEAD_BYTES) for r in records
+    ]
+    too_large = [(line, size) for line, size in sizes if size > limit]
+    if too_large:
+        line, size = too_large[0]
+        which = (
+            f"the topic's max.message.bytes ({topic_limit})"
+            if topic_limit <= client_limit
+            else f"the producer's message.max.bytes ({client_limit})"
+        )
+        raise ProduceError(
+            f"{len(too_large)} record(s) larger than {which}: line {line} is about {size}"
+            " bytes; nothing was sent"
+        )
 
 
 def _place(records: Sequence[OutboundRecord], partitions: int) -> list[int]:

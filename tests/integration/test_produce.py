@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import uuid
@@ -190,6 +191,30 @@ def test_records_for_missing_partitions_or_topics_are_refused(
     with pytest.raises(ProduceError) as exc:
         produce_records(kafka_bootstrap, [record], topic=topic)
     assert str(exc.value) == "line 3: partition 7 does not exist (the topic has 2)"
+
+
+def test_a_record_larger_than_the_topic_accepts_sends_nothing(
+    kafka_bootstrap: str,
+    registry: FileRegistry,
+    topic_contracts: tuple[str, dict[str, TopicContract]],
+    tmp_path: Path,
+) -> None:
+    # Two good lines, then a 2 MB one: the whole file is refused before anything is sent
+    # (it used to deliver the first two, then fail with MSG_SIZE_TOO_LARGE).
+    topic, contracts = topic_contracts
+    big = contact_line(2)
+    big["value"]["after"]["last_name"] = "x" * 2_000_000
+    path = tmp_path / "contacts.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in (contact_line(0), contact_line(1), big)))
+    ensure_topic(kafka_bootstrap, topic, 3)
+    with pytest.raises(ProduceError) as exc:
+        produce_file(kafka_bootstrap, registry, contracts, topic, path)
+    assert re.fullmatch(
+        r"1 record\(s\) larger than the (topic's max\.message\.bytes|producer's message\.max"
+        r"\.bytes) \(\d+\): line 3 is about \d+ bytes; nothing was sent",
+        str(exc.value),
+    ), str(exc.value)
+    assert read_all(kafka_bootstrap, topic, 3) == {0: [], 1: [], 2: []}
 
 
 def test_unreachable_cluster_is_one_clear_error() -> None:
