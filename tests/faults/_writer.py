@@ -100,7 +100,9 @@ def main_spark(uri: str, stop_file: str, result_file: str) -> None:
         Path(result_file).write_text(json.dumps({**report, **extra}))
 
     spark = build_session("concurrent-writer", master="local[1]")
-    while not DeltaTable.isDeltaTable(spark, uri):
+    # The first commit on disk (a local path here); not DeltaTable.isDeltaTable, whose answer
+    # for a path that had no table yet stays cached (Delta caches the table's log).
+    while not (Path(uri) / "_delta_log" / f"{0:020d}.json").exists():
         if stop.exists():
             finish(error="the silver table never appeared")
             return

@@ -55,7 +55,7 @@ def test_concurrent_writer_on_silver_is_retried_without_lost_updates(
         text=True,
     )
     try:
-        run = cdc_run(fresh_kafka, tmp_path, *extra)
+        run = cdc_run(fresh_kafka, tmp_path, *extra, timeout=900)
     finally:
         stop.touch()
         _, writer_err = writer.communicate(timeout=120)
