@@ -132,6 +132,8 @@ class CheckpointState:
     """End offsets of the last committed batch (None: none committed)."""
     unfinished: tuple[int, dict[str, dict[str, int]]] | None = None
     """A batch planned (``offsets/<id>``) but not committed: its id and end offsets."""
+    last_batch: int | None = None
+    """The last batch planned (``offsets/<id>``), committed or not (None: none)."""
     txn_base: int = 0
     start: dict[str, Any] | None = None
     """The checkpoint's own start file, when a replay created it."""
@@ -159,6 +161,7 @@ def read_checkpoint_state(checkpoint: str) -> CheckpointState:
         exists=True,
         committed=committed,
         unfinished=unfinished,
+        last_batch=offsets[-1] if offsets else None,
         txn_base=read_txn_base(root),
         start=read_start_file(checkpoint),
     )

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cdc.batch import BatchStats, BatchWriter
+from cdc.checkpoint_guard import check_checkpoint_matches_tables
 from cdc.config import Settings, parse_duration_seconds
 from cdc.errors import CdcError
 from cdc.faults import FaultHook
@@ -54,6 +55,7 @@ def start_query(
     """
     pipeline = settings.pipeline(name)
     checkpoint = settings.checkpoint_path(name)
+    check_checkpoint_matches_tables(settings, name, checkpoint)
     check_topic_identity(settings, name, checkpoint)
     batch_writer: type[BatchWriter]
     if settings.lake.writer == "delta-spark":
