@@ -14,6 +14,7 @@ __all__ = [
     "PipelineRunningError",
     "ProduceError",
     "SchemaNotFoundError",
+    "TableReadError",
     "TableWriteError",
     "UnknownPipelineError",
 ]
@@ -53,6 +54,10 @@ class ProduceError(CdcError):
 
 class DataLossError(CdcError):
     """Offsets the query expected to read no longer exist (failOnDataLoss=true)."""
+
+
+class TableReadError(CdcError):
+    """A Delta table exists but its log cannot be read (corrupt, or storage refused)."""
 
 
 class TableWriteError(CdcError):

@@ -93,6 +93,26 @@ def test_unreachable_broker() -> None:
     assert "silver" in status.stdout
 
 
+def test_a_corrupt_delta_log_is_one_line(tmp_path: Path) -> None:
+    log = tmp_path / "bronze" / "events_orders" / "_delta_log"
+    log.mkdir(parents=True)
+    (log / f"{0:020d}.json").write_text("garbage{\n")
+    line = one_line_error(
+        cdc(
+            "status",
+            "--pipeline",
+            "orders",
+            "--set",
+            f"lake.root={tmp_path}",
+            "--set",
+            "kafka.bootstrap_servers=127.0.0.1:9",
+            "--set",
+            "kafka.connect_timeout_s=1",
+        )
+    )
+    assert line.startswith(f"cdc: error: cannot read the Delta table at {log.parent}: "), line
+
+
 def test_fault_injection_is_refused_in_prod() -> None:
     line = one_line_error(cdc("run", "--env", "prod", env={"CDC_FAULT_INJECT": "mid-commit:1"}))
     assert "CDC_FAULT_INJECT is for tests and refused in env prod" in line

@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cdc.errors import TableReadError
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -75,6 +77,9 @@ class TableStore(ABC):
             return DeltaTable(uri, storage_options=self.storage_options)
         except TableNotFoundError:
             return None
+        except Exception as exc:  # DeltaError, OSError: a corrupt log, storage refused
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise TableReadError(f"cannot read the Delta table at {uri}: {first.strip()}") from None
 
     def exists(self, uri: str) -> bool:
         """Whether a Delta table exists at ``uri``."""
