@@ -1,34 +1,45 @@
-"""``make bench``: the Spark pipeline vs. a single-process reference, measured side by side.
+"""``make bench``: the pipeline on each writer, a hand-written Spark MERGE and a one-process
+reference, measured side by side in one run on the same Kafka topic and data.
 
-    python -m benchmarks.run [--modes throughput,steady,latency,memory,scaling]
-                             [--events N] [--keys K] [--batch B] [--partitions P] [--full]
+    python -m benchmarks.run [--modes throughput,latency,merge] [--quick | --full]
+                             [--events N] [--keys K] [--batch B] [--partitions P] ...
 
 Starts an embedded Apache Kafka broker (:class:`cdc.broker.EmbeddedBroker`, KRaft) and
-produces N Debezium contact envelopes over K keys (:mod:`benchmarks.events`). Every mode runs
-the pipeline (``cdc.pipelines`` on ``crm_contacts``: Spark's Kafka source decoded with
-``mapInArrow``, the Spark session warmed by a small run first) and the reference
-(:mod:`benchmarks.reference`: one process, confluent-kafka → fastavro → ``apply_scd2`` →
-delta-rs MERGE, no bronze) on the same data in the same run, and prints the pipeline's figure
-next to the reference's:
+produces N Debezium contact envelopes over K keys (:mod:`benchmarks.events`). The contenders:
 
-* ``throughput``: drain the topic (available-now, batches of B); events/s and the ratio.
-  The two silver tables must be identical, or the run fails.
-* ``steady``: a running query (processing-time trigger 0 ms, driver and workers warm)
-  drains the topic; events/s after the first ``--warmup-batches`` batches, against the
-  reference's rate over the same batches.
+* **pipeline, delta-rs / delta-spark**: ``cdc.pipelines`` on ``crm_contacts`` (Spark's Kafka
+  source decoded with ``mapInArrow``, bronze + silver) with ``lake.writer`` set to each
+  writer in turn;
+* **textbook** (:mod:`benchmarks.textbook`): the delta-spark ``foreachBatch`` SCD2 MERGE of
+  the Delta Lake docs (staged union, latest event per key), same source and decoder;
+* **columnar reference** (:mod:`benchmarks.reference`): one process, confluent-kafka → the
+  pipeline's columnar decoder → ``apply_scd2`` → delta-rs MERGE, no bronze; and the same
+  reference decoding with fastavro (the reference as first specified).
+
+Every Spark contender runs in one SparkSession (``--master``, default ``local[2]``), each
+warmed first by a small run of its own. The default writer is the one ``config/local.yaml``
+(else :class:`cdc.config.LakeSettings`) selects. Modes:
+
+* ``throughput``: each contender drains the topic (available-now, batches of B); events/s.
+  Both pipelines' silver tables must equal the reference's, and the textbook's current rows
+  (keys, tracked columns) too, or the run fails.
 * ``latency``: a producer sends ``--rate`` events/s for ``--seconds`` to a fresh topic while
-  the query runs with a ``--trigger`` trigger; per event, delivery-report time → end of the
-  silver MERGE that made it visible; p50/p99/max for the pipeline and for the reference run
-  as a live consumer with the same trigger.
-* ``memory``: peak RSS of the driver (Python and JVM) and of the Spark Python workers while
-  draining two backlogs (``--memory-events``) with maxRecordsPerTrigger B: bounded memory
-  means the larger backlog's peaks equal the smaller one's.
-* ``scaling``: events/s at two sizes (``--scaling-events``), and the driver's merge cost per
-  batch (same batch, same keys) against dimensions of ``--dimension-keys`` keys: it must grow
-  with the batch's keys, not with the table.
+  the pipeline runs with a ``--trigger`` trigger; per event, delivery-report time → end of the
+  silver MERGE that made it visible; p50/p99/max for the pipeline on each writer of
+  ``--latency-writers`` and for the reference run as a live consumer with the same trigger.
+* ``merge`` (:mod:`benchmarks.merge`): one MERGE of ``--merge-batch`` updates into dimensions
+  of ``--dimension-keys`` keys built directly (no Kafka), on each writer: delta-spark as
+  ``DistributedBatchWriter`` creates and merges its dimension (partitioned by ``is_current``,
+  deletion vectors on), delta-rs as ``DeltaSink`` does (copy-on-write); growth large/small.
+* ``steady``, ``memory``, ``scaling`` (not in the default run): the pipeline on the default
+  writer next to the reference: a running query's rate after a warm-up; peak RSS of driver
+  and workers for two backlogs; events/s at two sizes and the driver-side batch cost
+  (``LocalBatchWriter.process``, delta-rs) against two dimension sizes and a long history.
 
-The default is a CI-sized run of every mode (a few minutes); ``--full`` uses the sizes of
-the performance issue (docs/performance.md). Writes ``benchmarks/results/latest.json``.
+The default (``make bench``) is throughput, latency and merge at CI sizes (11-13 minutes on
+2 cores); ``--quick`` is a smoke test at small sizes, ``--full`` the performance issue's sizes.
+Prints a table, then ends with four machine-readable lines (``bench: <name> <float>``).
+Writes ``benchmarks/results/latest.json``.
 """
 
 from __future__ import annotations
@@ -66,13 +77,15 @@ from benchmarks.reference import LiveReference, ReferenceResult, run_reference
 from cdc.config import Settings, load_settings
 from cdc.registry import FileRegistry
 
-__all__ = ["compare_tables", "main", "write_contracts"]
+__all__ = ["compare_current", "compare_tables", "default_writer", "main", "write_contracts"]
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "latest.json"
 PIPELINE = "crm_contacts"
-DELTA_WRITER = "delta-rs merge on driver"
-MODES = ("throughput", "steady", "latency", "memory", "scaling")
+MODES = ("throughput", "latency", "merge", "steady", "memory", "scaling")
+DEFAULT_MODES = ("throughput", "latency", "merge")
+WRITERS = ("delta-rs", "delta-spark")
+TEXTBOOK = "textbook"
 WARMUP_EVENTS = 5_000
 LATENCY_LINGER_MS = 5
 """The latency producer's linger.ms: librdkafka's default, and the Java producer's since
@@ -85,40 +98,61 @@ CI: dict[str, Any] = {
     "events": 200_000,
     "keys": 20_000,
     "batch": 50_000,
-    "rate": 1_000,
-    "seconds": 20,
+    "rate": 2_000,
+    "seconds": 60,
+    "latency_writers": "all",
     "memory_events": (50_000, 200_000),
     "scaling_events": (50_000, 200_000),
-    "dimension_keys": (10_000, 200_000),
+    "dimension_keys": (10_000, 1_000_000),
     "merge_batch": 10_000,
+    "merge_repeats": 3,
     "history_rounds": 20,
 }
 FULL: dict[str, Any] = {
+    **CI,
     "events": 1_000_000,
     "keys": 100_000,
-    "batch": 50_000,
-    "rate": 2_000,
     "seconds": 120,
     "memory_events": (250_000, 1_000_000),
     "scaling_events": (100_000, 1_000_000),
-    "dimension_keys": (10_000, 1_000_000),
-    "merge_batch": 10_000,
     "history_rounds": 100,
 }
 QUICK: dict[str, Any] = {
     **CI,
     "events": 20_000,
     "keys": 2_000,
-    "batch": 5_000,
-    "seconds": 10,
+    "batch": 10_000,
+    "seconds": 15,
+    "latency_writers": "default",
     "memory_events": (5_000, 20_000),
     "scaling_events": (5_000, 20_000),
-    "dimension_keys": (2_000, 20_000),
+    "dimension_keys": (1_000, 100_000),
     "merge_batch": 1_000,
+    "merge_repeats": 1,
     "history_rounds": 10,
 }
+SIZE_ARGS = (
+    "events",
+    "keys",
+    "batch",
+    "rate",
+    "seconds",
+    "latency_writers",
+    "memory_events",
+    "scaling_events",
+    "dimension_keys",
+    "merge_batch",
+    "merge_repeats",
+    "history_rounds",
+)
 
 log = logging.getLogger("benchmarks")
+
+
+def default_writer() -> str:
+    """``lake.writer`` of the ``local`` environment: ``config/local.yaml``, else the default
+    of :class:`cdc.config.LakeSettings` (environment overrides ignored)."""
+    return load_settings("local", config_dir=REPO / "config", environ={}).lake.writer
 
 
 def write_contracts(path: Path, topics: list[str]) -> Path:
@@ -137,15 +171,27 @@ def write_contracts(path: Path, topics: list[str]) -> Path:
 
 
 def _silver(settings: Settings) -> str:
-    from cdc.pipelines import table_paths
+    from cdc.lake import table_paths
 
     return table_paths(settings, settings.pipeline(PIPELINE))["silver"]
 
 
 def _read(uri: str) -> pl.DataFrame:
-    from deltalake import DeltaTable
+    """The whole table, deletion vectors honoured (delta-spark writes them)."""
+    import pyarrow as pa
 
-    return pl.scan_delta(DeltaTable(uri)).collect()
+    from cdc.store.delta_rs import DeltaRsStore
+
+    table = DeltaRsStore().read(uri)
+    assert table is not None, f"no table at {uri}"
+    # Plain types whoever wrote the table: no dictionaries (partition values), no views.
+    fields = [
+        pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+        for f in table.schema
+    ]
+    frame = pl.from_arrow(table.cast(pa.schema(fields)))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def compare_tables(
@@ -166,6 +212,8 @@ def compare_tables(
     ref = reference.select(columns).sort(order)
     got = pipeline.select(sorted(pipeline.columns)).sort(order)
     same_layout = got.columns == columns
+    if same_layout:  # the same values whatever each writer's physical types
+        got = got.cast(ref.schema, strict=False)
     business = [
         c
         for c in columns
@@ -182,6 +230,28 @@ def compare_tables(
         "pipeline_current_rows": 0 if got_current is None else got_current.height,
         "all_versions_equal": same_layout and ref.equals(got),
         "current_equal": got_current is not None and ref_current.equals(got_current),
+    }
+
+
+def compare_current(
+    reference: pl.DataFrame, textbook: pl.DataFrame, keys: list[str], tracked: list[str]
+) -> dict[str, Any]:
+    """The textbook against the reference: current rows' keys and tracked columns.
+
+    The textbook applies the latest event per key and batch and leaves untracked columns as
+    they were when the version opened, so only keys and tracked columns of current rows are
+    comparable (equal on in-order data).
+    """
+    columns = [*keys, *tracked]
+    ref = reference.filter(pl.col("is_current")).select(columns).sort(keys)
+    got = textbook.filter(pl.col("is_current")).select(columns).sort(keys)
+    got = got.cast(ref.schema, strict=False)
+    return {
+        "reference_versions": reference.height,
+        "textbook_versions": textbook.height,
+        "reference_current_rows": ref.height,
+        "textbook_current_rows": got.height,
+        "current_tracked_equal": ref.equals(got),
     }
 
 
@@ -204,12 +274,17 @@ class Bench:
         self.bootstrap = bootstrap
         self.workdir = workdir
         self.args = args
+        self.writer = default_writer()
+        self.writers = [self.writer, *(w for w in WRITERS if w != self.writer)]
+        """Default writer first."""
         self.registry = FileRegistry.load(REPO / "schemas" / "avro")
         self.contracts = workdir / "contracts.yaml"
         self.topics: dict[int, str] = {}
         self.report: dict[str, Any] = {}
         self._contract_topics: set[str] = set()
         self._spark: Any = None
+        self._warm: set[str] = set()
+        self._warm_topic: str | None = None
         self._runs = 0
 
     # ---------------------------------------------------------------- shared helpers
@@ -240,12 +315,19 @@ class Bench:
             }
         return self.topics[events]
 
+    def _root(self) -> Path:
+        self._runs += 1
+        return self.workdir / f"run{self._runs}"
+
     def settings(
-        self, topic: str, batch: int | None = None, trigger: str | None = None
+        self,
+        topic: str,
+        batch: int | None = None,
+        trigger: str | None = None,
+        writer: str | None = None,
     ) -> Settings:
         """Fresh tables and checkpoint for one run of the pipeline on ``topic``."""
-        self._runs += 1
-        root = self.workdir / f"run{self._runs}"
+        root = self._root()
         overrides = [
             f"kafka.bootstrap_servers={self.bootstrap}",
             f"registry.contracts={self.contracts}",
@@ -255,16 +337,15 @@ class Bench:
             f"pipelines.{PIPELINE}.topic={topic}",
             f"defaults.max_records_per_trigger={batch or self.args.batch}",
             "metrics.enabled=false",
-            "lake.writer=delta-rs",  # DELTA_WRITER, the reference's writer too
+            f"lake.writer={writer or self.writer}",
         ]
         if trigger is not None:
             overrides.append(f"spark.trigger_interval={trigger}")
         return load_settings("local", overrides=overrides, config_dir=REPO / "config", environ={})
 
     def spark(self) -> Any:
-        """The session, warmed by an available-now run on a small topic of its own."""
+        """The session (one per process), warmed by the default writer's pipeline."""
         if self._spark is None:
-            from cdc.pipelines import run_pipelines
             from cdc.spark import build_session
 
             warm = self.register("bench.contacts.warmup")
@@ -276,21 +357,34 @@ class Bench:
                 self.args.partitions,
                 self.registry,
             )
+            self._warm_topic = warm
             settings = self.settings(warm)
             conf = {**settings.spark.conf, "spark.ui.showConsoleProgress": "false"}
-            self._spark = build_session(
-                app_name="cdc-bench", master=settings.spark.master, conf=conf
-            )
-            print("pipeline warm-up ...", file=sys.stderr)
-            run_pipelines(self._spark, settings, [PIPELINE], available_now=True)
+            self._spark = build_session(app_name="cdc-bench", master=self.args.master, conf=conf)
+            self.warm(self.writer)
         return self._spark
+
+    def warm(self, contender: str) -> None:
+        """Run ``contender`` (a writer, or the textbook) once on the small warm-up topic."""
+        spark = self.spark()
+        if contender in self._warm:
+            return
+        assert self._warm_topic is not None
+        self._warm.add(contender)
+        print(f"warm-up: {contender} ...", file=sys.stderr)
+        if contender == TEXTBOOK:
+            self.textbook(self._warm_topic)
+        else:
+            from cdc.pipelines import run_pipelines
+
+            settings = self.settings(self._warm_topic, writer=contender)
+            run_pipelines(spark, settings, [PIPELINE], available_now=True)
 
     def reference(
         self, topic: str, batch: int | None = None, decoder: str = "fastavro"
     ) -> tuple[ReferenceResult, str]:
         """Run the reference on ``topic``; returns its result and its silver table."""
-        self._runs += 1
-        silver = str(self.workdir / f"run{self._runs}" / "reference" / "dim_contact")
+        silver = str(self._root() / "reference" / "dim_contact")
         settings = self.settings(topic)
         result = run_reference(
             self.bootstrap,
@@ -305,77 +399,270 @@ class Bench:
 
     def drain(self, settings: Settings) -> tuple[float, list[dict[str, Any]]]:
         """Run the pipeline available-now on ``settings``: (seconds, batches)."""
-        from cdc.pipelines import BatchStats, run_pipelines
+        from cdc.batch import BatchStats
+        from cdc.pipelines import run_pipelines
 
         spark = self.spark()
         batches: list[dict[str, Any]] = []
 
         def on_batch(name: str, stats: BatchStats) -> None:
             batches.append(
-                {"batch_id": stats.batch_id, "rows": stats.input_rows, "seconds": stats.seconds}
+                {
+                    "batch_id": stats.batch_id,
+                    "rows": stats.input_rows,
+                    "seconds": stats.seconds,
+                    **{k: round(v, 3) for k, v in stats.phases.items()},
+                }
             )
 
         started = time.perf_counter()
         run_pipelines(spark, settings, [PIPELINE], available_now=True, on_batch=on_batch)
         return time.perf_counter() - started, batches
 
+    def textbook(
+        self, topic: str, batch: int | None = None
+    ) -> tuple[float, list[dict[str, Any]], str]:
+        """Drain ``topic`` through the textbook: (seconds, batches, its dimension's URI)."""
+        from benchmarks.textbook import run_textbook
+
+        spark = self.spark()
+        settings = self.settings(topic, batch)
+        root = Path(settings.lake.root)
+        uri, checkpoint = str(root / "textbook" / "dim_contact"), str(root / "textbook_checkpoint")
+        started = time.perf_counter()
+        done = run_textbook(spark, settings, PIPELINE, uri, checkpoint)
+        seconds = time.perf_counter() - started
+        batches = [
+            {"batch_id": b.batch_id, "rows": b.rows, "seconds": b.seconds, **b.phases} for b in done
+        ]
+        return seconds, batches, uri
+
     # ---------------------------------------------------------------- modes
 
     def throughput(self, events: int) -> dict[str, Any]:
-        """Available-now drain of ``events``: pipeline vs reference, tables compared."""
+        """Available-now drain of ``events`` by every contender, tables compared."""
+        from benchmarks.merge import dimension_layout
+
         topic = self.topic(events)
-        self.spark()
+        for contender in (*self.writers, TEXTBOOK):
+            self.warm(contender)
         load = _load()
-        print(f"throughput {events:,}: reference ...", file=sys.stderr)
-        ref, ref_silver = self.reference(topic)
-        if ref.events != events:
-            raise RuntimeError(f"the reference read {ref.events} events, expected {events}")
+        batch = self.args.batch
         print(f"throughput {events:,}: reference, columnar decode ...", file=sys.stderr)
         columnar, columnar_silver = self.reference(topic, decoder="columnar")
-        print(f"throughput {events:,}: pipeline ...", file=sys.stderr)
-        settings = self.settings(topic)
-        seconds, batches = self.drain(settings)
+        if columnar.events != events:
+            raise RuntimeError(f"the reference read {columnar.events} events, expected {events}")
+        reference = _read(columnar_silver)
+        spec, _ = dimension_layout(self.settings(topic), PIPELINE)
+        keys = list(spec.keys)
+        pipelines: dict[str, dict[str, Any]] = {}
+        for writer in self.writers:
+            print(f"throughput {events:,}: pipeline, {writer} ...", file=sys.stderr)
+            settings = self.settings(topic, writer=writer)
+            seconds, batches = self.drain(settings)
+            rows = sum(b["rows"] for b in batches)
+            verified = compare_tables(reference, _read(_silver(settings)), keys)
+            pipelines[writer] = {
+                "writer": writer,
+                "seconds": seconds,
+                "events_per_s": _rate(events, seconds),
+                "in_foreach_batch_seconds": sum(b["seconds"] for b in batches),
+                "batches": batches,
+                "input_rows": rows,
+                "verified": verified,
+                "ok": bool(verified["all_versions_equal"] and rows == events),
+            }
+        print(f"throughput {events:,}: textbook (delta-spark MERGE) ...", file=sys.stderr)
+        seconds, batches, uri = self.textbook(topic)
         rows = sum(b["rows"] for b in batches)
-        keys = list(settings.pipeline(PIPELINE).keys)
-        verified = compare_tables(_read(ref_silver), _read(_silver(settings)), keys)
-        verified["pipeline_input_rows"] = rows
-        same = compare_tables(_read(ref_silver), _read(columnar_silver), keys)
-        verified["reference_decoders_agree"] = same["all_versions_equal"]
-        in_batches = sum(b["seconds"] for b in batches)
+        verified = compare_current(reference, _read(uri), keys, list(spec.tracked))
+        textbook = {
+            "seconds": seconds,
+            "events_per_s": _rate(events, seconds),
+            "in_foreach_batch_seconds": sum(b["seconds"] for b in batches),
+            "batches": batches,
+            "input_rows": rows,
+            "verified": verified,
+            "ok": bool(verified["current_tracked_equal"] and rows == events),
+        }
+        print(f"throughput {events:,}: reference (fastavro) ...", file=sys.stderr)
+        ref, ref_silver = self.reference(topic)
+        decoders_agree = compare_tables(reference, _read(ref_silver), keys)["all_versions_equal"]
+        default = pipelines[self.writer]
+        rate = default["events_per_s"]
         run = {
             "events": events,
+            "keys": self.args.keys,
+            "batch": batch,
             "load_average_1m": load,
+            "load_average_1m_after": _load(),
+            "default_writer": self.writer,
+            "reference_columnar": {
+                "seconds": columnar.seconds,
+                "events_per_s": _rate(events, columnar.seconds),
+                "batches": columnar.batches,
+                "phases": {k: round(v, 3) for k, v in columnar.phases.items()},
+            },
             "reference": {
                 "seconds": ref.seconds,
                 "events_per_s": _rate(events, ref.seconds),
                 "batches": ref.batches,
                 "phases": {k: round(v, 3) for k, v in ref.phases.items()},
+                "same_table_as_columnar": decoders_agree,
             },
-            "reference_columnar": {
-                "seconds": columnar.seconds,
-                "events_per_s": _rate(events, columnar.seconds),
-                "phases": {k: round(v, 3) for k, v in columnar.phases.items()},
-            },
-            "ratio_to_reference_columnar": _ratio(
-                _rate(events, seconds), _rate(events, columnar.seconds)
-            ),
-            "pipeline": {
-                "seconds": seconds,
-                "events_per_s": _rate(events, seconds),
-                "in_foreach_batch_seconds": in_batches,
-                "batches": batches,
-                "input_rows": rows,
-            },
-            "ratio": _ratio(_rate(events, seconds), _rate(events, ref.seconds)),
-            "verified": verified,
+            "pipelines": pipelines,
+            "pipeline": default,
+            "textbook": textbook,
+            "ratio": _ratio(rate, _rate(events, ref.seconds)),
+            "ratio_to_reference_columnar": _ratio(rate, _rate(events, columnar.seconds)),
+            "ratio_to_textbook": _ratio(rate, textbook["events_per_s"]),
             "ok": bool(
-                verified["all_versions_equal"]
-                and verified["reference_decoders_agree"]
-                and rows == events
+                all(p["ok"] for p in pipelines.values()) and textbook["ok"] and decoders_agree
             ),
         }
         self.report.setdefault("throughput_runs", []).append(run)
         return run
+
+    def latency(
+        self, rate: int, seconds: int, trigger: str, skip_s: float, writers: list[str]
+    ) -> dict[str, Any]:
+        """Live producer at ``rate``/s: event commit → visible in silver, for the pipeline on
+        each of ``writers`` and for the reference."""
+        from cdc.config import parse_duration_seconds
+        from cdc.kafka_admin import ensure_topic
+
+        spark = self.spark()
+        for writer in writers:
+            self.warm(writer)
+        count = rate * seconds
+        events = list(encode_events(count, self.args.keys, self.args.partitions, self.registry))
+        # The harness keeps every pre-encoded event (and later its delivery record) in this
+        # process, which is also the Spark driver and the reference; in production the
+        # producers live elsewhere. Freeze them out of the cyclic collector so that its full
+        # passes do not rescan harness data during either engine's batches.
+        gc.collect()
+        gc.freeze()
+        skip = int(rate * skip_s)
+        out: dict[str, Any] = {
+            "rate": rate,
+            "seconds": seconds,
+            "trigger": trigger,
+            "producer_linger_ms": self.args.linger_ms,
+            "skipped_first_events": skip,
+            "default_writer": self.writer,
+            "load_average_1m": _load(),
+            "pipelines": {},
+        }
+
+        for writer in writers:
+            topic = self.register(f"bench.latency.pipeline.{writer}")
+            ensure_topic(self.bootstrap, topic, self.args.partitions)
+            settings = self.settings(topic, trigger=trigger, writer=writer)
+            producer = RateProducer(self.bootstrap, topic, events, rate, self.args.linger_ms)
+            thread = threading.Thread(target=producer.run, name="rate-producer", daemon=True)
+            print(f"latency: pipeline, {writer}, {rate:,} ev/s for {seconds}s ...", file=sys.stderr)
+            load = _load()
+
+            def covered(
+                batches: list[Any],
+                producer: RateProducer = producer,
+                thread: threading.Thread = thread,
+            ) -> bool:
+                if thread.is_alive() or len(producer.delivered) < count:
+                    return False
+                ends = batches[-1].ends
+                need: dict[int, int] = {}
+                for partition, offset, _ in producer.delivered:
+                    need[partition] = max(need.get(partition, 0), offset + 1)
+                return all(ends.get(p, 0) >= o for p, o in need.items())
+
+            batches = run_query_until(
+                spark, settings, PIPELINE, covered, timeout_s=seconds + 300, on_start=thread.start
+            )
+            thread.join()
+            visible = [(b.ends, b.visible_at) for b in batches]
+            lat, missing = latencies(producer.delivered[skip:], visible)
+            summary = _latency_summary(lat, missing, producer)
+            summary["writer"] = writer
+            summary["load_average_1m"] = load
+            summary["batches"] = len(batches)
+            summary["mean_batch_seconds"] = statistics.fmean(b.seconds for b in batches)
+            summary["mean_batch_rows"] = statistics.fmean(b.rows for b in batches)
+            summary["per_batch"] = [
+                {"rows": b.rows, "seconds": round(b.seconds, 3), **b.phases} for b in batches
+            ]
+            summary["mean_phase_seconds"] = {
+                phase: statistics.fmean(b.phases.get(phase, 0.0) for b in batches)
+                for phase in ("read", "bronze", "state", "fold", "merge")
+            }
+            out["pipelines"][writer] = summary
+        if self.writer in out["pipelines"]:
+            out["pipeline"] = out["pipelines"][self.writer]
+
+        # Reference, as a live consumer with the same trigger.
+        topic = self.register("bench.latency.reference")
+        ensure_topic(self.bootstrap, topic, self.args.partitions)
+        settings = self.settings(topic)
+        live = LiveReference(
+            self.bootstrap,
+            topic,
+            str(self._root() / "reference" / "dim_contact"),
+            settings.pipeline(PIPELINE),
+            self.registry,
+            trigger_s=parse_duration_seconds(trigger),
+        )
+        producer = RateProducer(self.bootstrap, topic, events, rate, self.args.linger_ms)
+        print(f"latency: reference, {rate:,} ev/s for {seconds}s ...", file=sys.stderr)
+        consumer = threading.Thread(target=live.run, name="live-reference", daemon=True)
+        consumer.start()
+        producer.run()
+        deadline = time.monotonic() + 120
+        need: dict[int, int] = {}
+        for partition, offset, _ in producer.delivered:
+            need[partition] = max(need.get(partition, 0), offset + 1)
+        while time.monotonic() < deadline and live.error is None:
+            seen: dict[int, int] = {}
+            for ends, _ in list(live.result.visible):
+                for p, o in ends.items():
+                    seen[p] = max(seen.get(p, 0), o)
+            if all(seen.get(p, 0) >= o for p, o in need.items()):
+                break
+            time.sleep(0.2)
+        live.stop()
+        consumer.join(30)
+        if live.error is not None:
+            raise RuntimeError(f"live reference failed: {live.error}") from live.error
+        lat, missing = latencies(producer.delivered[skip:], live.result.visible)
+        out["reference"] = _latency_summary(lat, missing, producer)
+        out["reference"]["batches"] = live.result.batches
+        return out
+
+    def merge(self, dimensions: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]:
+        """MERGE of ``batch`` updates into dimensions of each size, on each writer."""
+        from benchmarks.merge import measure_merge
+
+        spark = self.spark()
+        topic = self.register("bench.merge")
+        out: dict[str, Any] = {
+            "batch": batch,
+            "repeats": repeats,
+            "dimension_keys": list(dimensions),
+            "load_average_1m": _load(),
+            "runs": [],
+            "growth": {},
+        }
+        for writer in self.writers:
+            medians: list[float] = []
+            for keys in dimensions:
+                print(f"merge: {writer}, {batch:,} updates into {keys:,} keys ...", file=sys.stderr)
+                settings = self.settings(topic, writer=writer)
+                uri = settings.lake.path("merge", f"dim_{keys}")
+                run = measure_merge(spark, settings, PIPELINE, writer, keys, batch, uri, repeats)
+                out["runs"].append({**run.as_dict(), "load_average_1m": _load()})
+                medians.append(run.median_seconds)
+                shutil.rmtree(uri, ignore_errors=True)
+            out["growth"][writer] = _ratio(medians[-1], medians[0])
+        return out
 
     def steady(self, events: int, warmup_batches: int) -> dict[str, Any]:
         """A running query drains ``events``; the rate after ``warmup_batches`` batches."""
@@ -410,102 +697,6 @@ class Bench:
             "reference": {"events_per_s": ref_rate, "rows": ref_rows, "seconds": ref_seconds},
             "ratio": _ratio(rate, ref_rate),
         }
-
-    def latency(self, rate: int, seconds: int, trigger: str, skip_s: float) -> dict[str, Any]:
-        """Live producer at ``rate``/s: event commit → visible in silver, both engines."""
-        from cdc.config import parse_duration_seconds
-        from cdc.kafka_admin import ensure_topic
-
-        spark = self.spark()
-        count = rate * seconds
-        events = list(encode_events(count, self.args.keys, self.args.partitions, self.registry))
-        # The harness keeps every pre-encoded event (and later its delivery record) in this
-        # process, which is also the Spark driver and the reference; in production the
-        # producers live elsewhere. Freeze them out of the cyclic collector so that its full
-        # passes do not rescan harness data during either engine's batches.
-        gc.collect()
-        gc.freeze()
-        skip = int(rate * skip_s)
-        out: dict[str, Any] = {
-            "rate": rate,
-            "seconds": seconds,
-            "trigger": trigger,
-            "producer_linger_ms": self.args.linger_ms,
-            "skipped_first_events": skip,
-            "load_average_1m": _load(),
-        }
-
-        # Pipeline.
-        topic = self.register("bench.latency.pipeline")
-        ensure_topic(self.bootstrap, topic, self.args.partitions)
-        settings = self.settings(topic, trigger=trigger)
-        producer = RateProducer(self.bootstrap, topic, events, rate, self.args.linger_ms)
-        thread = threading.Thread(target=producer.run, name="rate-producer", daemon=True)
-        print(f"latency: pipeline, {rate:,} ev/s for {seconds}s ...", file=sys.stderr)
-
-        def covered(batches: list[Any]) -> bool:
-            if thread.is_alive() or len(producer.delivered) < count:
-                return False
-            ends = batches[-1].ends
-            need: dict[int, int] = {}
-            for partition, offset, _ in producer.delivered:
-                need[partition] = max(need.get(partition, 0), offset + 1)
-            return all(ends.get(p, 0) >= o for p, o in need.items())
-
-        batches = run_query_until(
-            spark, settings, PIPELINE, covered, timeout_s=seconds + 180, on_start=thread.start
-        )
-        thread.join()
-        visible = [(b.ends, b.visible_at) for b in batches]
-        lat, missing = latencies(producer.delivered[skip:], visible)
-        out["pipeline"] = _latency_summary(lat, missing, producer)
-        out["pipeline"]["batches"] = len(batches)
-        out["pipeline"]["mean_batch_seconds"] = statistics.fmean(b.seconds for b in batches)
-        out["pipeline"]["per_batch"] = [
-            {"rows": b.rows, "seconds": round(b.seconds, 3), **b.phases} for b in batches
-        ]
-        out["pipeline"]["mean_phase_seconds"] = {
-            phase: statistics.fmean(b.phases.get(phase, 0.0) for b in batches)
-            for phase in ("read", "bronze", "state", "fold", "merge")
-        }
-
-        # Reference, as a live consumer with the same trigger.
-        topic = self.register("bench.latency.reference")
-        ensure_topic(self.bootstrap, topic, self.args.partitions)
-        self._runs += 1
-        live = LiveReference(
-            self.bootstrap,
-            topic,
-            str(self.workdir / f"run{self._runs}" / "reference" / "dim_contact"),
-            settings.pipeline(PIPELINE),
-            self.registry,
-            trigger_s=parse_duration_seconds(trigger),
-        )
-        producer = RateProducer(self.bootstrap, topic, events, rate, self.args.linger_ms)
-        print(f"latency: reference, {rate:,} ev/s for {seconds}s ...", file=sys.stderr)
-        consumer = threading.Thread(target=live.run, name="live-reference", daemon=True)
-        consumer.start()
-        producer.run()
-        deadline = time.monotonic() + 120
-        need: dict[int, int] = {}
-        for partition, offset, _ in producer.delivered:
-            need[partition] = max(need.get(partition, 0), offset + 1)
-        while time.monotonic() < deadline and live.error is None:
-            seen: dict[int, int] = {}
-            for ends, _ in list(live.result.visible):
-                for p, o in ends.items():
-                    seen[p] = max(seen.get(p, 0), o)
-            if all(seen.get(p, 0) >= o for p, o in need.items()):
-                break
-            time.sleep(0.2)
-        live.stop()
-        consumer.join(30)
-        if live.error is not None:
-            raise RuntimeError(f"live reference failed: {live.error}") from live.error
-        lat, missing = latencies(producer.delivered[skip:], live.result.visible)
-        out["reference"] = _latency_summary(lat, missing, producer)
-        out["reference"]["batches"] = live.result.batches
-        return out
 
     def memory(self, sizes: tuple[int, ...]) -> dict[str, Any]:
         """Peak RSS while draining each backlog, pipeline and reference."""
@@ -571,20 +762,20 @@ class Bench:
     ) -> dict[str, Any]:
         """Driver-side cost of one batch of ``batch`` updates against ``keys`` current rows.
 
-        No Spark: the decoded batch goes straight to the pipeline's ``BatchWriter.process``
+        No Spark: the decoded batch goes straight to the pipeline's ``LocalBatchWriter.process``
         (bronze append, normalise, read the batch's keys, fold, MERGE), as ``foreachBatch``
         would run it. The dimension is loaded first with one create per key, then
         ``history_rounds`` rounds of one event per key (updates, a third of them tracked,
         and deletes and re-creates), one batch per round.
         """
+        from cdc.batch_local import LocalBatchWriter
         from cdc.contracts import TopicDecoder, load_contracts
-        from cdc.pipelines import BatchWriter
 
         topic = self.register(f"bench.merge.{keys}.{history_rounds}")
         contract = load_contracts(self.contracts)[topic]
         decoder = TopicDecoder(self.registry, contract)
-        settings = self.settings(topic)
-        writer = BatchWriter(
+        settings = self.settings(topic, writer="delta-rs")  # LocalBatchWriter.process
+        writer = LocalBatchWriter(
             PIPELINE,
             settings.pipeline(PIPELINE),
             settings,
@@ -721,51 +912,194 @@ def _f(value: float, digits: int = 2) -> str:
     return "n/a" if value != value else f"{value:.{digits}f}"  # NaN-safe
 
 
+def _label(name: str, default: str) -> str:
+    if name in WRITERS:
+        return f"pipeline, {name}" + (" (default)" if name == default else "")
+    return {
+        TEXTBOOK: "textbook (delta-spark MERGE)",
+        "reference_columnar": "columnar reference",
+        "reference": "reference, fastavro",
+    }[name]
+
+
+def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per contender: every figure of the run (NaN where not measured)."""
+    nan = float("nan")
+    default = report.get("default_writer", "?")
+    tp = report.get("throughput") or {}
+    lt = report.get("latency") or {}
+    growth = report.get("merge") or {}
+    merges = {(r["writer"], r["dimension_keys"]): r for r in growth.get("runs", [])}
+    dims = growth.get("dimension_keys", [])
+    contenders = [*(tp.get("pipelines") or dict.fromkeys(WRITERS)), TEXTBOOK]
+    contenders += ["reference_columnar", "reference"]
+    default_rate = ((tp.get("pipelines") or {}).get(default) or {}).get("events_per_s", nan)
+    rows = []
+    for name in contenders:
+        if name in WRITERS:
+            measured = (tp.get("pipelines") or {}).get(name) or {}
+            latency = (lt.get("pipelines") or {}).get(name) or {}
+        elif name == TEXTBOOK:
+            measured, latency = tp.get("textbook") or {}, {}
+        else:
+            measured = tp.get(name) or {}
+            latency = (lt.get("reference") or {}) if name == "reference" else {}
+        small = merges.get((name, dims[0])) if dims else None
+        large = merges.get((name, dims[-1])) if dims else None
+        rate = measured.get("events_per_s", nan)
+        rows.append(
+            {
+                "contender": name,
+                "label": _label(name, default),
+                "events_per_s": rate,
+                "default_over_this": _ratio(default_rate, rate) if rate == rate else nan,
+                "p50_s": latency.get("p50_s", nan),
+                "p99_s": latency.get("p99_s", nan),
+                "merge_small_s": small["median_seconds"] if small else nan,
+                "merge_large_s": large["median_seconds"] if large else nan,
+                "merge_growth": growth.get("growth", {}).get(name, nan),
+            }
+        )
+    return rows
+
+
+def final_figures(report: dict[str, Any]) -> dict[str, float]:
+    """The four figures the run ends with (NaN when their mode did not run)."""
+    nan = float("nan")
+    default = report.get("default_writer", "?")
+    tp = report.get("throughput") or {}
+    lt = report.get("latency") or {}
+    p99 = ((lt.get("pipelines") or {}).get(default) or {}).get("p99_s", nan)
+    return {
+        "ratio_vs_textbook_delta_spark": float(tp.get("ratio_to_textbook", nan)),
+        "ratio_vs_columnar_reference": float(tp.get("ratio_to_reference_columnar", nan)),
+        "p99_latency_s": float(p99),
+        "merge_growth_100x_keys": float(
+            (report.get("merge") or {}).get("growth", {}).get(default, nan)
+        ),
+    }
+
+
 def print_report(report: dict[str, Any]) -> None:
-    """Human-readable summary: each pipeline figure next to the reference's."""
+    """Human-readable summary: every contender's figures side by side."""
     m = report["machine"]
+    default = report.get("default_writer", "?")
     print()
-    print("cdc benchmark: Debezium contact envelopes (Confluent Avro) -> SCD2 silver (Delta)")
     print(
-        f"  keys {report['keys']:,}  partitions {report['partitions']}  batch "
-        f"(maxRecordsPerTrigger) {report['batch']:,}  Delta writer: {report['delta_writer']}"
-        " (pipeline and reference)"
+        "cdc benchmark: Debezium contact envelopes (Confluent Avro) -> SCD2 dimension (Delta), "
+        f"one run, one topic, one SparkSession ({report.get('spark_master', '?')}, "
+        f"{report.get('parallelism', '?')} slots)"
     )
     print(
-        "  reference: 1 process, confluent-kafka -> fastavro -> apply_scd2 -> MERGE, no bronze;"
-        " pipeline: Spark "
-        f"{report.get('spark_master', '?')} ({report.get('parallelism', '?')} slots), Spark's "
-        f"Kafka source {m.get('spark_kafka_source', '?')} + mapInArrow decode, bronze + silver"
+        f"  {report['events']:,} events over {report['keys']:,} keys, {report['partitions']} "
+        f"partitions; batch size (maxRecordsPerTrigger, and the reference's) {report['batch']:,} "
+        f"events; default writer: {default} ({report.get('default_writer_from', '?')})"
     )
-    print(f"  broker: Apache Kafka {m.get('kafka_broker', '?')} (embedded, KRaft, log on disk)")
-    for run in report.get("throughput_runs", []):
-        r, s = run["reference"], run["pipeline"]
-        v = run["verified"]
-        verdict = "identical" if v["all_versions_equal"] else "DIFFERENT"
-        load = run["load_average_1m"]
-        print(f"\n  throughput, {run['events']:,} events (available-now; load {load})")
+    print(
+        f"  broker: Apache Kafka {m.get('kafka_broker', '?')} (embedded, KRaft); Spark "
+        f"contenders read with Spark's Kafka source {m.get('spark_kafka_source', '?')} + the "
+        "pipeline's mapInArrow decoder; the pipeline writes bronze + silver, the textbook and "
+        "the references silver only"
+    )
+    tp = report.get("throughput")
+    if tp:
         print(
-            f"    reference {r['events_per_s']:>9,.0f} ev/s  {r['seconds']:6.2f} s   phases: "
-            + ", ".join(f"{k} {v:.1f}s" for k, v in r["phases"].items())
-        )
-        c = run["reference_columnar"]
-        print(
-            f"    reference {c['events_per_s']:>9,.0f} ev/s  {c['seconds']:6.2f} s   the same with "
-            "the pipeline's columnar decoder: "
-            + ", ".join(f"{k} {v:.1f}s" for k, v in c["phases"].items())
+            f"\n  throughput: drain the topic, available-now, batches of {tp['batch']:,} "
+            f"(load {tp['load_average_1m']} -> {tp.get('load_average_1m_after', '?')})"
         )
         print(
-            f"    pipeline  {s['events_per_s']:>9,.0f} ev/s  {s['seconds']:6.2f} s   "
-            f"{len(s['batches'])} batches, foreachBatch {s['in_foreach_batch_seconds']:.1f}s, "
-            f"outside it (query start, planning, commits) "
-            f"{s['seconds'] - s['in_foreach_batch_seconds']:.1f}s"
+            f"    {'contender':<32} {'events/s':>9} {'seconds':>8} {'batches':>7}  "
+            f"{'in foreachBatch':>15}  check"
+        )
+        for writer, p in tp["pipelines"].items():
+            v = p["verified"]
+            check = (
+                f"silver {'identical' if v['all_versions_equal'] else 'DIFFERENT'} to the "
+                f"reference's ({v['pipeline_versions']:,} versions, "
+                f"{v['pipeline_current_rows']:,} current)"
+            )
+            print(
+                f"    {_label(writer, default):<32} {p['events_per_s']:>9,.0f} "
+                f"{p['seconds']:>8.1f} {len(p['batches']):>7}  "
+                f"{p['in_foreach_batch_seconds']:>14.1f}s  {check}"
+            )
+        t = tp["textbook"]
+        v = t["verified"]
+        check = (
+            f"current keys + tracked columns "
+            f"{'equal' if v['current_tracked_equal'] else 'DIFFERENT'} "
+            f"({v['textbook_versions']:,} versions, {v['textbook_current_rows']:,} current)"
         )
         print(
-            f"    ratio pipeline/reference {_f(run['ratio'])} (fastavro reference), "
-            f"{_f(run['ratio_to_reference_columnar'])} (columnar reference)   silver tables "
-            f"{verdict} ({v['reference_versions']:,} versions, {v['reference_current_rows']:,} "
-            "current)"
+            f"    {_label(TEXTBOOK, default):<32} {t['events_per_s']:>9,.0f} {t['seconds']:>8.1f} "
+            f"{len(t['batches']):>7}  {t['in_foreach_batch_seconds']:>14.1f}s  {check}"
         )
+        for name in ("reference_columnar", "reference"):
+            r = tp[name]
+            spent = ", ".join(f"{k} {x:.1f}s" for k, x in r["phases"].items())
+            print(
+                f"    {_label(name, default):<32} {r['events_per_s']:>9,.0f} "
+                f"{r['seconds']:>8.1f} {r['batches']:>7}  {'':>15}  {spent}"
+            )
+        for writer, p in tp["pipelines"].items():
+            totals: dict[str, float] = {}
+            for b in p["batches"]:
+                for k in ("read", "bronze", "state", "fold", "merge"):
+                    totals[k] = totals.get(k, 0.0) + float(b.get(k, 0.0))
+            print(
+                f"    {writer} batches: "
+                + ", ".join(f"{k} {x:.1f}s" for k, x in totals.items())
+                + f"; outside foreachBatch (query start, planning, commits) "
+                f"{p['seconds'] - p['in_foreach_batch_seconds']:.1f}s"
+            )
+    lt = report.get("latency")
+    if lt:
+        print(
+            f"\n  latency: {lt['rate']:,} ev/s for {lt['seconds']}s, trigger {lt['trigger']}; "
+            f"delivery report -> silver MERGE returned; first {lt['skipped_first_events']:,} "
+            f"events excluded; producer linger.ms {lt['producer_linger_ms']}"
+        )
+        entries = [(_label(w, default), x) for w, x in lt["pipelines"].items()]
+        entries.append(("reference (live, fastavro)", lt["reference"]))
+        for label, x in entries:
+            print(
+                f"    {label:<32} p50 {_f(x['p50_s']):>6} s  p99 {_f(x['p99_s']):>6} s  max "
+                f"{_f(x['max_s']):>6} s  ({x['events']:,} events, {x['batches']} batches, "
+                f"{x['not_visible']} not visible"
+                + (f"; load {x['load_average_1m']})" if "load_average_1m" in x else ")")
+            )
+        for writer, x in lt["pipelines"].items():
+            parts = ", ".join(f"{k} {v:.2f}s" for k, v in x["mean_phase_seconds"].items())
+            print(
+                f"    {writer} mean batch {x['mean_batch_seconds']:.2f}s, "
+                f"{x['mean_batch_rows']:,.0f} rows: {parts}"
+            )
+        print("    target p99 <= 5 s")
+    mg = report.get("merge")
+    if mg:
+        print(
+            f"\n  MERGE of {mg['batch']:,} updates (tracked change: close + new version) into a "
+            f"dimension built directly, one version per key, partitioned by "
+            f"{', '.join(mg['runs'][0]['partition_columns']) if mg['runs'] else '?'}; median of "
+            f"{mg['repeats']} after 1 untimed (load {mg['load_average_1m']})"
+        )
+        for run in mg["runs"]:
+            dv = " + deletion vectors" if run["deletion_vectors"] else ", copy-on-write"
+            copied = ", ".join(f"{c:,}" for c in run["rows_copied"])
+            print(
+                f"    {run['writer'] + dv:<36} {run['dimension_keys']:>9,} keys: "
+                f"MERGE {run['median_seconds']:6.2f} s ("
+                + ", ".join(f"{s:.2f}" for s in run["merge_seconds"])
+                + f"; warm-up {run['warmup_seconds']:.2f}), rows copied {copied}, "
+                f"files {run['files_before']} -> {run['files_after']}, "
+                f"built in {run['build_seconds']:.1f} s"
+            )
+        dims = mg["dimension_keys"]
+        for writer, growth in mg["growth"].items():
+            print(
+                f"    {writer}: {dims[-1] // dims[0]}x the keys -> MERGE time x{_f(growth)} "
+                "(target <= x2)"
+            )
     st = report.get("steady")
     if st:
         p, r = st["pipeline"], st["reference"]
@@ -779,30 +1113,6 @@ def print_report(report: dict[str, Any]) -> None:
             f"between batches {_f(p['between_batches_seconds'])}s"
         )
         print(f"    ratio pipeline/reference {_f(st['ratio'])}")
-    lt = report.get("latency")
-    if lt:
-        print(
-            f"\n  latency, {lt['rate']:,} ev/s for {lt['seconds']}s, trigger {lt['trigger']}; "
-            f"delivery report -> silver MERGE returned; first {lt['skipped_first_events']:,} "
-            f"events excluded; producer linger.ms {lt['producer_linger_ms']} "
-            f"(load {lt['load_average_1m']})"
-        )
-        for name in ("reference", "pipeline"):
-            x = lt[name]
-            print(
-                f"    {name:<9} p50 {_f(x['p50_s'])} s  p99 {_f(x['p99_s'])} s  max "
-                f"{_f(x['max_s'])} s  ({x['events']:,} events, {x['batches']} batches, "
-                f"{x['not_visible']} not visible)"
-            )
-        ratio = _ratio(lt["pipeline"]["p99_s"], lt["reference"]["p99_s"])
-        print(f"    p99 pipeline/reference {_f(ratio)}   target p99 <= 5 s")
-        pl_ = lt["pipeline"]
-        if "mean_phase_seconds" in pl_:
-            parts = ", ".join(f"{k} {v:.2f}s" for k, v in pl_["mean_phase_seconds"].items())
-            print(
-                f"    pipeline mean batch {pl_['mean_batch_seconds']:.2f}s over "
-                f"{pl_['batches']} batches: {parts}"
-            )
     mem = report.get("memory")
     if mem:
         print(
@@ -879,6 +1189,29 @@ def print_report(report: dict[str, Any]) -> None:
                 f"keys and batch -> {_merge_growth(base, hist)} "
                 "(1.0 = history does not slow the MERGE)"
             )
+    if tp or lt or mg:
+        dims = (mg or {}).get("dimension_keys")
+        small, large = (_keys(dims[0]), _keys(dims[-1])) if dims else ("small", "large")
+        print(
+            f"\n  writers side by side (default writer: {default}; default/this: the default "
+            "writer's events/s over the contender's; growth: MERGE large / small)"
+        )
+        print(
+            f"    {'contender':<32} {'events/s':>9} {'default/this':>12} {'p50 s':>7} {'p99 s':>7} "
+            f"{'MERGE ' + small + ' keys':>16} {'MERGE ' + large + ' keys':>16} {'growth':>7}"
+        )
+        for row in summary_rows(report):
+            print(
+                f"    {row['label']:<32} {_n(row['events_per_s'], 0):>9} "
+                f"{_n(row['default_over_this']):>12} {_n(row['p50_s']):>7} "
+                f"{_n(row['p99_s']):>7} {_n(row['merge_small_s'], unit=' s'):>16} "
+                f"{_n(row['merge_large_s'], unit=' s'):>16} "
+                f"{_n(row['merge_growth']):>7}"
+            )
+        print(
+            "    (-: not measured. The references MERGE with delta-rs's DeltaSink, as the "
+            "delta-rs pipeline does; the reference's p99 is the live fastavro reference's)"
+        )
     print(
         f"\n  machine: {m['cpus']} CPUs ({m['cpu_model']}), load average "
         f"{m['load_average_1m_at_start']} at start, {m['memory_gib']} GiB, {m['platform']}, "
@@ -902,6 +1235,21 @@ def _pair(text: str) -> tuple[int, ...]:
     return values
 
 
+def _n(value: float, digits: int = 2, unit: str = "") -> str:
+    """A figure for the summary table: ``-`` when not measured, thousands separated."""
+    if value != value:  # NaN
+        return "-"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _keys(keys: int) -> str:
+    if keys >= 10**6 and keys % 10**6 == 0:
+        return f"{keys // 10**6:,}M"
+    if keys >= 1000 and keys % 1000 == 0:
+        return f"{keys // 1000:,}k"
+    return f"{keys:,}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the process exit code (1 when a check failed)."""
     parser = argparse.ArgumentParser(
@@ -911,20 +1259,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--modes",
-        default=",".join(MODES),
-        help=f"comma-separated subset of {', '.join(MODES)} (default: all)",
+        default=",".join(DEFAULT_MODES),
+        help=f"comma-separated subset of {', '.join(MODES)} (default: {', '.join(DEFAULT_MODES)})",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="the performance issue's sizes")
-    size.add_argument("--quick", action="store_true", help="smoke test: tiny sizes")
+    size.add_argument("--quick", action="store_true", help="smoke test: small sizes")
     parser.add_argument("--events", type=int, help="events (CI 200,000; --full 1,000,000)")
     parser.add_argument("--keys", type=int, help="distinct keys (CI 20,000; --full 100,000)")
     parser.add_argument("--batch", type=int, help="maxRecordsPerTrigger (default 50,000)")
     parser.add_argument("--partitions", type=int, default=4, help="topic partitions (4)")
+    parser.add_argument("--master", default="local[2]", help="the SparkSession's master (local[2])")
     parser.add_argument("--warmup-batches", type=int, default=1, help="steady: excluded (1)")
-    parser.add_argument("--rate", type=int, help="latency: events/s (CI 1,000; --full 2,000)")
-    parser.add_argument("--seconds", type=int, help="latency: producing time (CI 20; --full 120)")
+    parser.add_argument("--rate", type=int, help="latency: events/s (2,000)")
+    parser.add_argument("--seconds", type=int, help="latency: producing time (CI 60; --full 120)")
     parser.add_argument("--trigger", default="1 second", help="latency: trigger ('1 second')")
+    parser.add_argument(
+        "--latency-writers",
+        choices=("default", "all"),
+        help="latency: the default writer only, or every writer (CI all; --quick default)",
+    )
     parser.add_argument(
         "--linger-ms",
         type=int,
@@ -936,8 +1290,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--memory-events", type=_pair, help="memory: two backlog sizes a,b")
     parser.add_argument("--scaling-events", type=_pair, help="scaling: two topic sizes a,b")
-    parser.add_argument("--dimension-keys", type=_pair, help="scaling: two dimension sizes a,b")
-    parser.add_argument("--merge-batch", type=int, help="scaling: updates per merged batch")
+    parser.add_argument(
+        "--dimension-keys", type=_pair, help="merge, scaling: two dimension sizes a,b"
+    )
+    parser.add_argument("--merge-batch", type=int, help="merge, scaling: updates per MERGE")
+    parser.add_argument("--merge-repeats", type=int, help="merge: timed MERGEs per size (3)")
     parser.add_argument(
         "--history-rounds",
         type=int,
@@ -947,17 +1304,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON result ({RESULTS})")
     args = parser.parse_args(argv)
     base = FULL if args.full else QUICK if args.quick else CI
-    for name in ("events", "keys", "batch", "rate", "seconds", "merge_batch", "history_rounds"):
-        if getattr(args, name) is None:
-            setattr(args, name, base[name])
-    for name in ("memory_events", "scaling_events", "dimension_keys"):
+    for name in SIZE_ARGS:
         if getattr(args, name) is None:
             setattr(args, name, base[name])
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)} (valid: {', '.join(MODES)})")
-    if min(args.events, args.keys, args.batch, args.partitions, args.rate, args.seconds) < 1:
+    sizes = (args.events, args.keys, args.batch, args.partitions, args.rate, args.seconds)
+    if min(*sizes, args.merge_batch, args.merge_repeats) < 1:
         parser.error("sizes, rates and durations must be positive")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -967,6 +1322,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
+    writer = default_writer()
+    local_yaml = REPO / "config" / "local.yaml"
+    import yaml
+
+    in_yaml = ((yaml.safe_load(local_yaml.read_text()) or {}).get("lake") or {}).get("writer")
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "modes": modes,
@@ -974,9 +1334,14 @@ def main(argv: list[str] | None = None) -> int:
         "keys": args.keys,
         "batch": args.batch,
         "partitions": args.partitions,
-        "delta_writer": DELTA_WRITER,
+        "default_writer": writer,
+        "default_writer_from": (
+            "lake.writer in config/local.yaml" if in_yaml else "LakeSettings.writer's default"
+        ),
+        "writers": list(WRITERS),
         "machine": _machine(),
     }
+    started = time.perf_counter()
     exit_code = 0
     try:
         with EmbeddedBroker.start_on_free_port() as broker:
@@ -985,13 +1350,18 @@ def main(argv: list[str] | None = None) -> int:
             bench.report = report
             try:
                 if "throughput" in modes:
-                    bench.throughput(args.events)
+                    report["throughput"] = bench.throughput(args.events)
+                if "latency" in modes:
+                    writers = bench.writers if args.latency_writers == "all" else [writer]
+                    report["latency"] = bench.latency(
+                        args.rate, args.seconds, args.trigger, args.latency_skip, writers
+                    )
+                if "merge" in modes:
+                    report["merge"] = bench.merge(
+                        args.dimension_keys, args.merge_batch, args.merge_repeats
+                    )
                 if "steady" in modes:
                     report["steady"] = bench.steady(args.events, args.warmup_batches)
-                if "latency" in modes:
-                    report["latency"] = bench.latency(
-                        args.rate, args.seconds, args.trigger, args.latency_skip
-                    )
                 if "memory" in modes:
                     report["memory"] = bench.memory(args.memory_events)
                 if "scaling" in modes:
@@ -1014,17 +1384,22 @@ def main(argv: list[str] | None = None) -> int:
     if any(not run["ok"] for run in report.get("throughput_runs", [])):
         exit_code = 1
     report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    report["wall_seconds"] = time.perf_counter() - started
+    report["summary"] = summary_rows(report)
+    figures = final_figures(report)
+    report["figures"] = figures
     print_report(report)
     if "error" in report:
         print(f"  error: {report['error']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"  result: {args.output}")
+    print(f"  result: {args.output} (wall time {report['wall_seconds'] / 60:.1f} min)")
     if exit_code:
-        print(
-            "benchmark FAILED: see above (a benchmark of a wrong result is worthless)",
-            file=sys.stderr,
-        )
+        print("  benchmark FAILED: see above (a benchmark of a wrong result is worthless)")
+    print()
+    for name, value in figures.items():
+        print(f"bench: {name} {value:.4g}")
+    sys.stdout.flush()
     return exit_code
 
 

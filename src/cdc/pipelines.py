@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cdc.batch import BatchStats, BatchWriter
 from cdc.checkpoint_guard import check_checkpoint_matches_tables
@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
 
-__all__ = ["PipelineFailedError", "error_line", "run_pipelines", "start_query"]
+__all__ = [
+    "PipelineFailedError",
+    "error_line",
+    "run_pipelines",
+    "start_query",
+    "with_trigger",
+]
 
 
 class PipelineFailedError(CdcError):
@@ -72,12 +78,17 @@ def start_query(
         .option("checkpointLocation", checkpoint)
         .foreachBatch(batch_writer(name, pipeline, settings, checkpoint, fault_hook, on_batch))
     )
+    query: StreamingQuery = with_trigger(writer, settings, available_now).start()
+    return query
+
+
+def with_trigger(writer: Any, settings: Settings, available_now: bool) -> Any:
+    """A ``DataStreamWriter`` with the service's trigger: available-now, or the configured
+    ``spark.trigger_interval``."""
     if available_now:
-        writer = writer.trigger(availableNow=True)
-    else:
-        seconds = parse_duration_seconds(settings.spark.trigger_interval)
-        writer = writer.trigger(processingTime=f"{int(seconds * 1000)} milliseconds")
-    return writer.start()
+        return writer.trigger(availableNow=True)
+    seconds = parse_duration_seconds(settings.spark.trigger_interval)
+    return writer.trigger(processingTime=f"{int(seconds * 1000)} milliseconds")
 
 
 def _query_error(query: StreamingQuery) -> str | None:
