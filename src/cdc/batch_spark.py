@@ -253,10 +253,16 @@ class DistributedBatchWriter(BatchWriter):
                 results = materialize(results)
                 counts = (
                     results.groupBy(_ACTION)
-                    .agg(F.count(F.lit(1)).alias("rows"), *[F.sum(c).alias(c) for c in _STATS])
+                    .agg(
+                        F.count(F.lit(1)).alias("rows"),
+                        F.count_if(F.col(_WAS_CURRENT) == F.lit(False)).alias("history"),
+                        *[F.sum(c).alias(c) for c in _STATS],
+                    )
                     .collect()
                 )
             per_action = {row[_ACTION]: int(row["rows"]) for row in counts}
+            # In-order batches rewrite current rows only: the MERGE may then skip history.
+            current_only = not any(row["history"] for row in counts)
             totals = next((row for row in counts if row[_ACTION] == "S"), None)
             with stats.timed("merge"):
                 if per_action.get("O"):
@@ -267,7 +273,9 @@ class DistributedBatchWriter(BatchWriter):
                         *row_arrow.names, _ACTION, _WAS_CURRENT
                     )
                     self._with_retries(
-                        lambda: self._merge_dimension(source, uri, keys, row_arrow.names, txn),
+                        lambda: self._merge_dimension(
+                            source, uri, keys, row_arrow.names, txn, current_only=current_only
+                        ),
                         batch_id,
                         stats,
                         log_attempt=True,
@@ -281,8 +289,22 @@ class DistributedBatchWriter(BatchWriter):
             )
 
     def _merge_dimension(
-        self, source: DataFrame, uri: str, keys: list[str], columns: list[str], txn: Txn
+        self,
+        source: DataFrame,
+        uri: str,
+        keys: list[str],
+        columns: list[str],
+        txn: Txn,
+        *,
+        current_only: bool | None = None,
     ) -> Any:
+        """MERGE fold results (``_cdc_action`` U/D) into the dimension, or create it.
+
+        ``current_only``: no source row rewrites a history row (None: found out here). The
+        match then also says ``t.is_current = true``, a literal Delta prunes the history
+        partition with, so an in-order batch reads current rows only, however long the
+        history.
+        """
         from pyspark.sql import functions as F
 
         if not self.store.exists(uri):
@@ -291,8 +313,15 @@ class DistributedBatchWriter(BatchWriter):
                 rows, uri, txn, partition_by=["is_current"], properties=DIMENSION_PROPERTIES
             )
         matches = [f"t.`{k}` <=> s.`{k}`" for k in keys]
+        if current_only is None:
+            current_only = source.where(F.col(_WAS_CURRENT) == F.lit(False)).isEmpty()
         on = " AND ".join(
-            [*matches, "t._seq_open = s._seq_open", f"t.is_current = s.{_WAS_CURRENT}"]
+            [
+                *matches,
+                "t._seq_open = s._seq_open",
+                f"t.is_current = s.{_WAS_CURRENT}",
+                *(["t.is_current = true"] if current_only else []),
+            ]
         )
         assign = {f"`{c}`": f"s.`{c}`" for c in columns}
         return self.store.merge(

@@ -88,8 +88,12 @@ def _conflict(exc: Exception) -> bool:
     return "concurrent" in f"{type(exc).__name__} {exc}".lower()
 
 
-SPARK_IDLE_S = 0.5
-"""A Spark command takes ~1 s here: one command per round, then this pause."""
+SPARK_BURST = 2
+SPARK_IDLE_S = 12.0
+"""A Spark command takes ~1 s here, a delta-spark MERGE of the pipeline several: bursts of
+SPARK_BURST commands, then this pause, so the pipeline's retried MERGE gets a window (a
+writer that never pauses starves any optimistic writer whose MERGE takes longer than the
+gap between its commits)."""
 
 
 def main_spark(uri: str, stop_file: str, result_file: str) -> None:
@@ -141,7 +145,8 @@ def main_spark(uri: str, stop_file: str, result_file: str) -> None:
             if not _conflict(exc):
                 raise
             report["conflicts"] += 1
-        time.sleep(SPARK_IDLE_S)  # pacing of the load, not a wait for a condition
+        if n % SPARK_BURST == 0:
+            time.sleep(SPARK_IDLE_S)  # pacing of the load, not a wait for a condition
     finish()
     spark.stop()
 
