@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from cdc.contracts import TopicContract, load_contracts
+from cdc.registry import FileRegistry
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REGISTRY_PATH = REPO_ROOT / "schemas" / "avro"
 CONTRACTS_PATH = REPO_ROOT / "schemas" / "contracts.yaml"
@@ -29,6 +32,18 @@ def registry_path() -> Path:
 @pytest.fixture(scope="session")
 def contracts_path() -> Path:
     return CONTRACTS_PATH
+
+
+@pytest.fixture(scope="module")
+def registry(registry_path: Path) -> FileRegistry:
+    """The project's file registry (one per test module)."""
+    return FileRegistry.load(registry_path)
+
+
+@pytest.fixture(scope="module")
+def contracts(contracts_path: Path) -> dict[str, TopicContract]:
+    """The project's topic contracts (one per test module)."""
+    return load_contracts(contracts_path)
 
 
 @pytest.fixture(scope="session")

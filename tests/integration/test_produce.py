@@ -38,11 +38,6 @@ SOURCE = {
 }
 
 
-@pytest.fixture(scope="module")
-def registry(registry_path: Path) -> FileRegistry:
-    return FileRegistry.load(registry_path)
-
-
 @pytest.fixture
 def topic_contracts(contracts_path: Path) -> tuple[str, dict[str, TopicContract]]:
     """A fresh topic with the crm.contacts contract, so other tests' data cannot interfere."""

@@ -68,16 +68,6 @@ def encode(schema: RegisteredSchema, datum: Any) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def registry(registry_path: Path) -> FileRegistry:
-    return FileRegistry.load(registry_path)
-
-
-@pytest.fixture(scope="module")
-def contracts(contracts_path: Path) -> dict[str, TopicContract]:
-    return load_contracts(contracts_path)
-
-
-@pytest.fixture(scope="module")
 def decoder(registry: FileRegistry, contracts: dict[str, TopicContract]) -> TopicDecoder:
     return TopicDecoder(registry, contracts["crm.contacts"])
 

@@ -19,7 +19,7 @@ import pytest
 
 from cdc.changes import business_columns, scd2_changes, split_batch
 from cdc.config import load_settings
-from cdc.contracts import QuarantineReason, TopicContract, TopicDecoder, load_contracts
+from cdc.contracts import QuarantineReason, TopicContract, TopicDecoder
 from cdc.demo_data import (
     BASE_TIME,
     FACT_TOPICS,
@@ -45,16 +45,6 @@ PARTITIONS = 3
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
     return generate()
-
-
-@pytest.fixture(scope="module")
-def registry(registry_path: Path) -> FileRegistry:
-    return FileRegistry.load(registry_path)
-
-
-@pytest.fixture(scope="module")
-def contracts(contracts_path: Path) -> dict[str, TopicContract]:
-    return load_contracts(contracts_path)
 
 
 def _ms(iso: str) -> int:

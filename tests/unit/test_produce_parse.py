@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cdc.contracts import TopicContract, TopicDecoder, load_contracts
+from cdc.contracts import TopicContract, TopicDecoder
 from cdc.errors import ConfigError, ProduceError
 from cdc.produce import default_partition, murmur2, parse_lines, produce_file
 from cdc.registry import FileRegistry, unframe
@@ -24,16 +24,6 @@ SOURCE = {
     "table": "t",
     "ts_ms": 1_700_000_000_000,
 }
-
-
-@pytest.fixture(scope="module")
-def registry(registry_path: Path) -> FileRegistry:
-    return FileRegistry.load(registry_path)
-
-
-@pytest.fixture(scope="module")
-def contracts(contracts_path: Path) -> dict[str, TopicContract]:
-    return load_contracts(contracts_path)
 
 
 def contact_line(**after: Any) -> str:
