@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -19,6 +19,9 @@ from confluent_kafka.cimpl import NewTopic
 
 from cdc.errors import BrokerUnavailableError, ConfigError
 from cdc.offsets import TopicPartitionId, Watermarks
+
+if TYPE_CHECKING:
+    from cdc.config import KafkaSettings
 
 __all__ = [
     "KafkaMetadata",
@@ -82,6 +85,12 @@ class KafkaMetadata:
         self._config = dict(kafka_config)
         self._timeout_s = timeout_s
         self._consumer: Any = None
+
+    @classmethod
+    def for_settings(cls, kafka: KafkaSettings) -> KafkaMetadata:
+        """The client of the service's cluster: its servers, client settings and timeout."""
+        config = {"bootstrap.servers": kafka.bootstrap_servers, **kafka.client_config()}
+        return cls(config, timeout_s=kafka.connect_timeout_s)
 
     @property
     def bootstrap(self) -> str:
@@ -247,15 +256,19 @@ def topic_max_message_bytes(
     *,
     client_config: Mapping[str, Any] | None = None,
     timeout_s: float = 10.0,
+    admin: AdminClient | None = None,
 ) -> int:
     """The largest record batch the topic accepts (its ``max.message.bytes``).
+
+    Args:
+        admin: an existing client to reuse.
 
     Raises:
         BrokerUnavailableError: the cluster did not answer within ``timeout_s``.
     """
     from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
 
-    client = admin_client(bootstrap, client_config)
+    client = admin or admin_client(bootstrap, client_config)
     resource = ConfigResource(ResourceType.TOPIC, topic)
     try:
         configs = client.describe_configs([resource], request_timeout=timeout_s)[resource].result(

@@ -33,7 +33,7 @@ from fastavro.validation import validate
 
 from cdc.contracts import TopicContract
 from cdc.errors import ConfigError, ProduceError
-from cdc.kafka_admin import ensure_topic, partition_count
+from cdc.kafka_admin import admin_client, ensure_topic, partition_count, topic_max_message_bytes
 from cdc.registry import AvroType, RegisteredSchema, SchemaRegistry, frame, type_label
 
 log = logging.getLogger(__name__)
@@ -470,13 +470,17 @@ def produce_records(
     """
     from confluent_kafka import KafkaException, Producer
 
+    admin = admin_client(bootstrap, client_config)
     partitions = partition_count(
-        bootstrap, topic, client_config=client_config, timeout_s=connect_timeout_s
+        bootstrap, topic, client_config=client_config, timeout_s=connect_timeout_s, admin=admin
     )
     if partitions is None:
         raise ProduceError(f"topic {topic} does not exist on {bootstrap}")
     placed = _place(records, partitions)
-    _check_sizes(records, bootstrap, topic, client_config, connect_timeout_s)
+    topic_limit = topic_max_message_bytes(
+        bootstrap, topic, timeout_s=connect_timeout_s, admin=admin
+    )
+    _check_sizes(records, topic_limit, client_config)
     producer = Producer(
         {
             "linger.ms": 20,
@@ -535,18 +539,9 @@ RECORD_OVERHEAD_BYTES = 100
 
 
 def _check_sizes(
-    records: Sequence[OutboundRecord],
-    bootstrap: str,
-    topic: str,
-    client_config: Mapping[str, Any] | None,
-    timeout_s: float,
+    records: Sequence[OutboundRecord], topic_limit: int, client_config: Mapping[str, Any] | None
 ) -> None:
     """Refuse, before anything is sent, records larger than the topic or the client accepts."""
-    from cdc.kafka_admin import topic_max_message_bytes
-
-    topic_limit = topic_max_message_bytes(
-        bootstrap, topic, client_config=client_config, timeout_s=timeout_s
-    )
     client_limit = int((client_config or {}).get("message.max.bytes", 1_000_000))
     limit = min(topic_limit, client_limit)
     sizes = [
