@@ -464,14 +464,6 @@ class _Context:
     txn_base: int
 
 
-def _metadata(settings: Settings) -> KafkaMetadata:
-    from cdc.kafka_admin import KafkaMetadata
-
-    config = {"bootstrap.servers": settings.kafka.bootstrap_servers}
-    config.update(settings.kafka.client_config())
-    return KafkaMetadata(config, timeout_s=settings.kafka.connect_timeout_s)
-
-
 def _topic_recreated(settings: Settings, name: str) -> bool:
     """Whether the checkpoint's offsets belong to an earlier incarnation of the topic."""
     topic = settings.pipeline(name).topic
@@ -492,8 +484,10 @@ def _plan_live(
     state = read_checkpoint_state(settings.checkpoint_path(name))
     versions = committed_txn_versions(settings, name)
     landed = landed_offsets(state, pipeline.topic, versions)
+    from cdc.kafka_admin import KafkaMetadata
+
     own = metadata is None
-    meta = _metadata(settings) if metadata is None else metadata
+    meta = KafkaMetadata.for_settings(settings.kafka) if metadata is None else metadata
     try:
         watermarks = meta.topic_watermarks([pipeline.topic])
         by_time = None

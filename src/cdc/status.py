@@ -18,11 +18,7 @@ def _high_watermarks(settings: Settings, topic: str) -> dict[str, int] | None:
     from cdc.errors import BrokerUnavailableError
     from cdc.kafka_admin import KafkaMetadata
 
-    kafka = settings.kafka
-    meta = KafkaMetadata(
-        {"bootstrap.servers": kafka.bootstrap_servers, **kafka.client_config()},
-        timeout_s=kafka.connect_timeout_s,
-    )
+    meta = KafkaMetadata.for_settings(settings.kafka)
     try:
         marks = meta.topic_watermarks([topic])
     except BrokerUnavailableError:
