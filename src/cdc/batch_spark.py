@@ -144,8 +144,6 @@ class DistributedBatchWriter(BatchWriter):
             F.col("timestamp").alias("_kafka_timestamp"),
         )
         if event_id not in flat.columns:
-            from cdc.errors import ConfigError
-
             raise ConfigError(
                 f"event_id {event_id!r} is not a field of the value;"
                 f" valid: {', '.join(flat.columns)}"
