@@ -255,6 +255,27 @@ def compare_current(
     }
 
 
+def _drained(
+    events: int,
+    seconds: float,
+    batches: list[dict[str, Any]],
+    verified: dict[str, Any],
+    check: str,
+) -> dict[str, Any]:
+    """One contender's drain of the topic: rate, batches, and whether its silver checked out
+    (``verified[check]``) with every event read."""
+    rows = sum(b["rows"] for b in batches)
+    return {
+        "seconds": seconds,
+        "events_per_s": _rate(events, seconds),
+        "in_foreach_batch_seconds": sum(b["seconds"] for b in batches),
+        "batches": batches,
+        "input_rows": rows,
+        "verified": verified,
+        "ok": bool(verified[check] and rows == events),
+    }
+
+
 def _rate(events: int, seconds: float) -> float:
     return events / seconds if seconds > 0 else float("nan")
 
@@ -460,31 +481,15 @@ class Bench:
             print(f"throughput {events:,}: pipeline, {writer} ...", file=sys.stderr)
             settings = self.settings(topic, writer=writer)
             seconds, batches = self.drain(settings)
-            rows = sum(b["rows"] for b in batches)
             verified = compare_tables(reference, _read(_silver(settings)), keys)
             pipelines[writer] = {
                 "writer": writer,
-                "seconds": seconds,
-                "events_per_s": _rate(events, seconds),
-                "in_foreach_batch_seconds": sum(b["seconds"] for b in batches),
-                "batches": batches,
-                "input_rows": rows,
-                "verified": verified,
-                "ok": bool(verified["all_versions_equal"] and rows == events),
+                **_drained(events, seconds, batches, verified, "all_versions_equal"),
             }
         print(f"throughput {events:,}: textbook (delta-spark MERGE) ...", file=sys.stderr)
         seconds, batches, uri = self.textbook(topic)
-        rows = sum(b["rows"] for b in batches)
         verified = compare_current(reference, _read(uri), keys, list(spec.tracked))
-        textbook = {
-            "seconds": seconds,
-            "events_per_s": _rate(events, seconds),
-            "in_foreach_batch_seconds": sum(b["seconds"] for b in batches),
-            "batches": batches,
-            "input_rows": rows,
-            "verified": verified,
-            "ok": bool(verified["current_tracked_equal"] and rows == events),
-        }
+        textbook = _drained(events, seconds, batches, verified, "current_tracked_equal")
         print(f"throughput {events:,}: reference (fastavro) ...", file=sys.stderr)
         ref, ref_silver = self.reference(topic)
         decoders_agree = compare_tables(reference, _read(ref_silver), keys)["all_versions_equal"]
