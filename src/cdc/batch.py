@@ -25,13 +25,14 @@ from cdc.config import PipelineSettings, Settings
 from cdc.errors import CdcError, CommitConflictError
 from cdc.faults import FaultHook
 from cdc.lake import orphans_path, table_paths, txn_app_id
+from cdc.landed import Ranges, ranges_from_json
 from cdc.scd2 import Scd2Spec
 from cdc.store.base import Txn
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-__all__ = ["MAX_COMMIT_ATTEMPTS", "BatchStats", "BatchWriter"]
+__all__ = ["MAX_COMMIT_ATTEMPTS", "BatchStats", "BatchWriter", "start_file_landed"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,23 @@ class BatchStats:
             self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - started
 
 
+def start_file_landed(start: dict[str, Any] | None, topic: str) -> Ranges:
+    """The landed ranges a replay's start file holds (nothing for a checkpoint of ``cdc run``).
+
+    A start file written before the ranges existed holds per-partition high-water marks
+    (``landed``, ``landed_quarantine``): every offset below them had landed.
+    """
+    if not start:
+        return {}
+    if "landed_ranges" in start:
+        return ranges_from_json(start["landed_ranges"])
+    marks: dict[str, int] = {}
+    for key in ("landed", "landed_quarantine"):
+        for partition, offset in ((start.get(key) or {}).get(topic) or {}).items():
+            marks[partition] = max(marks.get(partition, 0), int(offset))
+    return ranges_from_json({p: [[0, o]] for p, o in marks.items()})
+
+
 class BatchWriter(ABC):
     """The ``foreachBatch`` function of one pipeline (called on the driver)."""
 
@@ -101,11 +119,8 @@ class BatchWriter(ABC):
         self.on_batch = on_batch
         self._spec: Scd2Spec | None = None
         self._txn_base: int | None = None
-        start = read_start_file(checkpoint)
-        self._landed: dict[str, dict[str, int]] = (start or {}).get("landed", {})
-        self._landed_quarantine: dict[str, dict[str, int]] = (start or {}).get(
-            "landed_quarantine", self._landed
-        )
+        self._landed: Ranges = start_file_landed(read_start_file(checkpoint), pipeline.topic)
+        """Offsets bronze or quarantine held when a replay prepared this checkpoint."""
 
     @abstractmethod
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:

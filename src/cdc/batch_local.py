@@ -49,20 +49,26 @@ class LocalBatchWriter(BatchWriter):
         # After the read: a topic recreated while the batch was fetched is caught here, before
         # anything is written. A broker that is briefly away is waited for, as Spark's source
         # waits for it.
-        check_topic_identity(
+        topic_id = check_topic_identity(
             self.settings, self.name, self.checkpoint, patience_s=BROKER_PATIENCE_S
         )
-        stats = self.process(table, batch_id, datetime.now(UTC))
+        stats = self.process(table, batch_id, datetime.now(UTC), topic_id)
         stats.phases["read"] = read
         stats.seconds = time.monotonic() - started
         self._report(stats)
 
-    def process(self, table: Any, batch_id: int, now: datetime) -> BatchStats:
-        """Write one decoded batch (Arrow) to bronze, quarantine and silver."""
+    def process(
+        self, table: Any, batch_id: int, now: datetime, topic_id: str | None = None
+    ) -> BatchStats:
+        """Write one decoded batch (Arrow) to bronze, quarantine and silver.
+
+        ``topic_id`` is the Kafka id of the topic the batch was read from, kept on every
+        bronze and quarantine row (:data:`cdc.landed.TOPIC_ID_COLUMN`).
+        """
         stats = BatchStats(batch_id=batch_id, input_rows=table.num_rows)
-        split = split_batch(table, batch_id, now)
-        if self._landed or self._landed_quarantine:
-            split = split.without_landed(self._landed, self._landed_quarantine)
+        split = split_batch(table, batch_id, now, topic_id)
+        if self._landed:
+            split = split.without_landed(self._landed)
         stats.bronze_rows, stats.quarantined = split.bronze.num_rows, split.quarantine.num_rows
         self._fault("before-commit", batch_id)
         for role, data in (("bronze", split.bronze), ("quarantine", split.quarantine)):

@@ -29,13 +29,14 @@ from cdc.batch import BatchStats, BatchWriter
 from cdc.changes import QUARANTINE_COLUMNS, scd2_changes
 from cdc.errors import ConfigError
 from cdc.jvm import optional_classpath
+from cdc.landed import TOPIC_ID_COLUMN, Ranges
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
 from cdc.store.base import Txn
 from cdc.store.delta_spark import DeltaSparkStore
 from cdc.topic_identity import BROKER_PATIENCE_S, check_topic_identity
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import DataFrame
 
 __all__ = ["DIMENSION_PROPERTIES", "DistributedBatchWriter", "late_keys_df"]
 
@@ -81,28 +82,25 @@ class DistributedBatchWriter(BatchWriter):
     def _process(self, batch: DataFrame, batch_id: int, now: datetime, stats: BatchStats) -> None:
         from pyspark.sql import functions as F
 
-        valid_all = batch.where(F.col("error_code").isNull()).drop("error_code", "error")
-        landed = _below(self._landed)
-        bronze = valid_all.where(~landed) if landed is not None else valid_all
-        quarantine_landed = _below(self._landed_quarantine)
-        quarantine = batch.where(F.col("error_code").isNotNull()).select(*QUARANTINE_COLUMNS)
-        if quarantine_landed is not None:
-            quarantine = quarantine.where(~quarantine_landed)
+        flagged = _flag_landed(batch, self._landed, self.pipeline.topic)
+        landed = F.col(_LANDED)
+        valid_all = flagged.where(F.col("error_code").isNull()).drop("error_code", "error")
+        bronze = valid_all.where(~landed)
+        quarantine = flagged.where(F.col("error_code").isNotNull() & ~landed).select(
+            *QUARANTINE_COLUMNS
+        )
+        valid_all = valid_all.drop(_LANDED)
+        bronze = bronze.drop(_LANDED)
         with stats.timed("read"):  # fetches and decodes on the executors; counts come back
-            counts = batch.agg(
+            counts = flagged.agg(
                 F.count(F.lit(1)).alias("n"),
-                F.count_if(
-                    F.col("error_code").isNull() & ~(landed if landed is not None else F.lit(False))
-                ).alias("b"),
-                F.count_if(
-                    F.col("error_code").isNotNull()
-                    & ~(quarantine_landed if quarantine_landed is not None else F.lit(False))
-                ).alias("q"),
+                F.count_if(F.col("error_code").isNull() & ~landed).alias("b"),
+                F.count_if(F.col("error_code").isNotNull() & ~landed).alias("q"),
                 F.count_if(F.col("error_code").isNull()).alias("v"),
             ).first()
         assert counts is not None
-        # After the read, before any write (see BatchWriter.__call__).
-        check_topic_identity(
+        # After the read, before any write (see LocalBatchWriter.__call__).
+        topic_id = check_topic_identity(
             self.settings, self.name, self.checkpoint, patience_s=BROKER_PATIENCE_S
         )
         stats.input_rows = int(counts["n"])
@@ -110,14 +108,21 @@ class DistributedBatchWriter(BatchWriter):
         valid_rows = int(counts["v"])
         self._fault("before-commit", batch_id)
         with stats.timed("bronze"):
-            audit = {"_batch_id": F.lit(batch_id).cast("long")}
+            batch_col = F.lit(batch_id).cast("long")
+            topic_col = F.lit(topic_id).cast("string")
             for role, df, time_col, rows in (
                 ("bronze", bronze, "_ingested_at", stats.bronze_rows),
                 ("quarantine", quarantine, "_quarantined_at", stats.quarantined),
             ):
                 if not rows:
                     continue
-                data = df.withColumns({**audit, time_col: F.lit(now).cast("timestamp")})
+                data = df.withColumns(
+                    {
+                        "_batch_id": batch_col,
+                        time_col: F.lit(now).cast("timestamp"),
+                        TOPIC_ID_COLUMN: topic_col,
+                    }
+                )
                 if self.store.append(data, self.uris[role], self.txn(role, batch_id)).skipped:
                     stats.skipped_tables.append(role)
         self._fault("mid-commit", batch_id)
@@ -338,20 +343,35 @@ class DistributedBatchWriter(BatchWriter):
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _below(landed: dict[str, dict[str, int]]) -> Column | None:
-    """True where a row's offset is below the landed offset of its topic-partition."""
+_LANDED = "_cdc_landed"
+"""Batch column: bronze or quarantine already hold the row (a replay re-reads it)."""
+
+
+def _flag_landed(batch: DataFrame, landed: Ranges, topic: str) -> DataFrame:
+    """``batch`` with :data:`_LANDED`: whether its offset lies in the landed ranges.
+
+    The ranges go to the executors as a broadcast table, joined on the partition and the
+    offset range (they are disjoint, so a row matches at most one).
+    """
     from pyspark.sql import functions as F
 
-    condition = None
-    for topic, partitions in landed.items():
-        for partition, offset in partitions.items():
-            term = (
-                (F.col("topic") == topic)
-                & (F.col("partition") == int(partition))
-                & (F.col("offset") < int(offset))
-            )
-            condition = term if condition is None else condition | term
-    return condition
+    if not landed:
+        return batch.withColumn(_LANDED, F.lit(False))
+    spans = [(p, lo, hi) for p, ranges in landed.items() for lo, hi in ranges]
+    ranges_df = batch.sparkSession.createDataFrame(
+        spans, "_r_partition int, _r_lo long, _r_hi long"
+    )
+    on = (
+        (batch["topic"] == F.lit(topic))
+        & (batch["partition"] == ranges_df["_r_partition"])
+        & (batch["offset"] >= ranges_df["_r_lo"])
+        & (batch["offset"] < ranges_df["_r_hi"])
+    )
+    return (
+        batch.join(F.broadcast(ranges_df), on, "left")
+        .withColumn(_LANDED, F.col("_r_lo").isNotNull())
+        .drop("_r_partition", "_r_lo", "_r_hi")
+    )
 
 
 def _release(df: DataFrame) -> None:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc.errors import ConfigError
+from cdc.landed import TOPIC_ID_COLUMN, Ranges, landed_mask
 from cdc.scd2 import Scd2Spec, encode_sequence
 
 __all__ = [
@@ -52,30 +53,21 @@ class SplitBatch:
     valid: pa.Table
     quarantine: pa.Table
     landed_valid: int = 0
-    """Valid rows a previous checkpoint already appended to bronze (replay): silver only."""
+    """Valid rows bronze already holds (a replay re-reads them): they feed silver only."""
 
     @property
     def bronze(self) -> pa.Table:
         """The valid rows to append to bronze (those not landed before)."""
         return self.valid.slice(self.landed_valid) if self.landed_valid else self.valid
 
-    def without_landed(
-        self,
-        landed: dict[str, dict[str, int]],
-        landed_quarantine: dict[str, dict[str, int]] | None = None,
-    ) -> SplitBatch:
-        """Mark rows below ``landed`` offsets (per topic-partition) as already in bronze.
-
-        ``landed_quarantine`` (default: ``landed``) plays the same part for quarantine: the
-        two tables commit separately, so after a crash one can be ahead of the other.
+    def without_landed(self, landed: Ranges) -> SplitBatch:
+        """Mark the rows whose offsets bronze or quarantine already hold (see :mod:`cdc.landed`).
 
         Valid rows are reordered landed-first so :attr:`bronze` is a slice; quarantine rows
         that already landed are dropped (quarantine feeds nothing downstream).
         """
-        valid_mask = _below(self.valid, landed)
-        quarantine_mask = _below(
-            self.quarantine, landed if landed_quarantine is None else landed_quarantine
-        )
+        valid_mask = _landed(self.valid, landed)
+        quarantine_mask = _landed(self.quarantine, landed)
         landed_rows = self.valid.filter(valid_mask)
         return SplitBatch(
             valid=pa.concat_tables([landed_rows, self.valid.filter(pc.invert(valid_mask))]),
@@ -84,40 +76,43 @@ class SplitBatch:
         )
 
 
-def _below(table: pa.Table, landed: dict[str, dict[str, int]]) -> pa.ChunkedArray:
-    """True where the row's offset is below the landed offset of its topic-partition."""
-    if table.num_rows == 0:
-        return pa.chunked_array([pa.array([], pa.bool_())])
-    ends = [
-        landed.get(t, {}).get(str(p), -1)
-        for t, p in zip(
-            table.column("topic").to_pylist(), table.column("partition").to_pylist(), strict=True
-        )
-    ]
-    return pc.less(table.column("offset"), pa.array(ends, pa.int64()))
+def _landed(table: pa.Table, landed: Ranges) -> pa.Array:
+    """True where the row's partition and offset lie in the landed ranges."""
+    return pa.array(
+        landed_mask(
+            table.column("partition").to_pylist(), table.column("offset").to_pylist(), landed
+        ),
+        pa.bool_(),
+    )
 
 
-def split_batch(batch: pa.Table, batch_id: int, now: datetime) -> SplitBatch:
+def split_batch(
+    batch: pa.Table, batch_id: int, now: datetime, topic_id: str | None = None
+) -> SplitBatch:
     """Split a decoded batch into bronze rows and quarantine rows, adding audit columns.
 
     Args:
         batch: the decoded batch (source schema).
         batch_id: the Spark micro-batch id (recorded on every row).
         now: ingestion time (injected for tests).
+        topic_id: the Kafka id of the topic the batch was read from (recorded on every row).
     """
     is_valid = pc.is_null(batch.column("error_code"))
     valid = batch.filter(is_valid).drop_columns(["error_code", "error"])
     bad = batch.filter(pc.invert(is_valid)).select(list(QUARANTINE_COLUMNS))
     return SplitBatch(
-        valid=_with_audit(valid, batch_id, now, "_ingested_at"),
-        quarantine=_with_audit(bad, batch_id, now, "_quarantined_at"),
+        valid=_with_audit(valid, batch_id, now, "_ingested_at", topic_id),
+        quarantine=_with_audit(bad, batch_id, now, "_quarantined_at", topic_id),
     )
 
 
-def _with_audit(table: pa.Table, batch_id: int, now: datetime, time_col: str) -> pa.Table:
+def _with_audit(
+    table: pa.Table, batch_id: int, now: datetime, time_col: str, topic_id: str | None
+) -> pa.Table:
     n = table.num_rows
     table = table.append_column("_batch_id", pa.array([batch_id] * n, pa.int64()))
-    return table.append_column(time_col, pa.array([now] * n, pa.timestamp("us", tz="UTC")))
+    table = table.append_column(time_col, pa.array([now] * n, pa.timestamp("us", tz="UTC")))
+    return table.append_column(TOPIC_ID_COLUMN, pa.array([topic_id] * n, pa.string()))
 
 
 def _struct_fields(dtype: pa.DataType) -> list[str]:

@@ -45,10 +45,11 @@ START_FILE = "cdc-start.json"
 """Written by ``cdc replay`` into a fresh checkpoint: where the new query starts and what the
 previous checkpoint had already landed.
 
-``{"startingOffsets": {topic: {"<p>": offset}}, "landed": {topic: {"<p>": offset}}}``.
-``startingOffsets`` is used only while the checkpoint has no offsets of its own. Records
-below ``landed`` were appended to bronze/quarantine by the previous checkpoint; a replay
-re-reads them for silver but does not append them again.
+``{"startingOffsets": {topic: {"<p>": offset}}, "landed_ranges": {"<p>": [[lo, hi]]},
+"topic_id": id}``. ``startingOffsets`` is used only while the checkpoint has no offsets of its
+own. Offsets in ``landed_ranges`` are held by bronze or quarantine (read from the tables when
+the replay was planned, see :mod:`cdc.landed`); the new query re-reads them for silver but
+does not append them again.
 """
 
 TOPIC_FILE = "cdc-topic.json"

@@ -97,6 +97,11 @@ class KafkaMetadata:
         """The cluster's bootstrap servers."""
         return str(self._config.get("bootstrap.servers", "?"))
 
+    def topic_id(self, topic: str) -> str | None:
+        """The cluster's id of ``topic`` (None: no such topic); see :func:`topic_id`."""
+        extra = {k: v for k, v in self._config.items() if k != "bootstrap.servers"}
+        return topic_id(self.bootstrap, topic, client_config=extra, timeout_s=self._timeout_s)
+
     def _get(self) -> Any:
         if self._consumer is None:
             from confluent_kafka import Consumer

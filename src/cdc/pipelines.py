@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cdc.batch import BatchStats, BatchWriter
-from cdc.checkpoint_guard import check_checkpoint_matches_tables
+from cdc.checkpoint_guard import check_checkpoint_matches_tables, check_checkpoint_within_topic
 from cdc.config import Settings, parse_duration_seconds
 from cdc.errors import CdcError
 from cdc.faults import FaultHook
@@ -63,6 +63,7 @@ def start_query(
     checkpoint = settings.checkpoint_path(name)
     check_checkpoint_matches_tables(settings, name, checkpoint)
     check_topic_identity(settings, name, checkpoint)
+    check_checkpoint_within_topic(settings, name, checkpoint)
     batch_writer: type[BatchWriter]
     if settings.lake.writer == "delta-spark":
         from cdc.batch_spark import DistributedBatchWriter

@@ -6,8 +6,10 @@ audit, never deleted) and creates a fresh checkpoint holding two files that
 :mod:`cdc.checkpoint` reads and writes:
 
 * :data:`~cdc.checkpoint.START_FILE`: where the new query starts (``startingOffsets``) and
-  what earlier checkpoints already appended to bronze/quarantine (``landed``), so re-read
-  records feed silver again without being appended twice;
+  which offsets bronze and quarantine already hold (``landed_ranges``, read from the tables'
+  rows by :func:`cdc.landed.landed_ranges`, never from the old checkpoint, which may be lost,
+  truncated or of a recreated topic), so re-read records feed silver again without being
+  appended twice;
 * :data:`~cdc.checkpoint.TXN_BASE_FILE`: the app-transaction version of the new batch 0, one
   above every version the pipeline committed to its tables, so the new batches (whose ids
   restart at 0) are not skipped as already committed.
@@ -15,8 +17,8 @@ audit, never deleted) and creates a fresh checkpoint holding two files that
 Silver re-applies everything re-read: events it already holds are no-ops (SCD2 and facts are
 idempotent), and corrected events appended to the topic since are placed in history.
 
-Planning (:func:`plan_replay`, :func:`landed_offsets`, :func:`next_txn_base`,
-:func:`format_plan`) is pure; the rest reads the checkpoint, the broker and the tables.
+Planning (:func:`plan_replay`, :func:`next_txn_base`, :func:`format_plan`) is pure; the rest
+reads the checkpoint, the broker and the tables.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from cdc.batch import BatchStats
 from cdc.checkpoint import (
@@ -36,10 +38,12 @@ from cdc.checkpoint import (
     CheckpointState,
     read_checkpoint_state,
     read_topic_id,
+    write_topic_id,
 )
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError
 from cdc.lake import orphans_path, table_paths, txn_app_id
+from cdc.landed import Ranges, count_in, first_gap, landed_ranges, ranges_to_json
 from cdc.locks import PipelineLock
 from cdc.offsets import (
     OffsetJson,
@@ -49,7 +53,6 @@ from cdc.offsets import (
     offsets_from_json,
     offsets_to_json,
 )
-from cdc.topic_identity import current_topic_id
 
 if TYPE_CHECKING:
     from cdc.kafka_admin import KafkaMetadata
@@ -64,7 +67,6 @@ __all__ = [
     "committed_txn_versions",
     "dry_run_report",
     "format_plan",
-    "landed_offsets",
     "next_txn_base",
     "parse_offsets_arg",
     "parse_timestamp_arg",
@@ -198,8 +200,8 @@ class PartitionReplay:
     """First offset the new checkpoint reads."""
     end: int
     """The partition's end (high watermark) when planned."""
-    landed: int
-    """Offsets below this were appended to bronze/quarantine by earlier checkpoints."""
+    landed: tuple[tuple[int, int], ...] = ()
+    """Offset ranges ``[start, end)`` bronze or quarantine already hold (see :mod:`cdc.landed`)."""
     earliest: int = 0
     """The partition's earliest available offset."""
 
@@ -211,12 +213,21 @@ class PartitionReplay:
     @property
     def already_landed(self) -> int:
         """Of :attr:`re_read`, those already in bronze/quarantine (silver only)."""
-        return max(0, min(self.landed, self.end) - self.start)
+        return count_in({self.partition: list(self.landed)}, self.partition, self.start, self.end)
+
+    @property
+    def first_skipped(self) -> int:
+        """The first available offset never landed (where :attr:`skipped` begins)."""
+        return first_gap({self.partition: list(self.landed)}, self.partition, self.earliest)
 
     @property
     def skipped(self) -> int:
-        """Available records never read that this position jumps over."""
-        return max(0, min(self.start, self.end) - max(self.landed, self.earliest))
+        """Available records never landed that this position jumps over."""
+        stop = min(self.start, self.end)
+        if stop <= self.earliest:
+            return 0
+        ranges = {self.partition: list(self.landed)}
+        return stop - self.earliest - count_in(ranges, self.partition, self.earliest, stop)
 
 
 @dataclass(frozen=True)
@@ -248,7 +259,7 @@ def plan_replay(
     topic: str,
     position: ReplayPosition,
     watermarks: Mapping[TopicPartitionId, Watermarks],
-    landed: Mapping[TopicPartitionId, int],
+    landed: Ranges,
     timestamp_offsets: Mapping[TopicPartitionId, int] | None = None,
 ) -> ReplayPlan:
     """Decide the start offset of every partition of ``topic``.
@@ -256,16 +267,16 @@ def plan_replay(
     * ``earliest``: each partition's low watermark;
     * ``timestamp``: the broker's first offset at or after the time (``timestamp_offsets``);
       a partition with no such record (-1) starts at its end;
-    * ``offsets``: the given offsets; partitions they do not name resume where earlier
-      checkpoints stopped (their ``landed`` offset, else the low watermark).
+    * ``offsets``: the given offsets; partitions they do not name resume right after what
+      the tables hold (the end of their last landed range, else the low watermark).
 
     Args:
         pipeline: pipeline name.
         topic: its topic.
         position: the requested position.
         watermarks: current watermarks of the topic's partitions.
-        landed: per partition, the offset below which earlier checkpoints appended the
-            records (see :func:`landed_offsets`); missing means nothing landed.
+        landed: the offsets bronze or quarantine hold for the topic as it is now (see
+            :func:`cdc.landed.landed_ranges`); a partition missing landed nothing.
         timestamp_offsets: for ``timestamp``, the broker's answer per partition.
 
     Returns:
@@ -284,7 +295,10 @@ def plan_replay(
     parts: list[PartitionReplay] = []
     for tp in sorted(marks):
         wm = marks[tp]
-        done = int(landed.get(tp, 0))
+        # Rows past the partition's end are records the broker lost (the log was truncated
+        # under the same topic id): new records will take those offsets again.
+        spans = tuple((lo, min(hi, wm.high)) for lo, hi in landed.get(tp[1], []) if lo < wm.high)
+        done = spans[-1][1] if spans else 0
         if position.kind == "earliest":
             start = wm.low
         elif position.kind == "timestamp":
@@ -294,7 +308,7 @@ def plan_replay(
             start = position.offsets[tp]
         else:
             start = min(max(done, wm.low), wm.high)
-        parts.append(PartitionReplay(tp[0], tp[1], start, wm.high, done, wm.low))
+        parts.append(PartitionReplay(tp[0], tp[1], start, wm.high, spans, wm.low))
     return ReplayPlan(pipeline, topic, position.requested, tuple(parts))
 
 
@@ -352,67 +366,15 @@ def format_plan(plan: ReplayPlan, *, dry_run: bool = False) -> str:
     out = [title, *map(line, table)]
     for p in plan.partitions:
         if p.skipped:
-            first = max(p.landed, p.earliest)
             out.append(
-                f"note: {p.topic}/{p.partition} skips offsets {first}..{p.start - 1},"
-                f" which this pipeline never read ({p.skipped} records)"
+                f"note: {p.topic}/{p.partition} skips {p.skipped} records from offset"
+                f" {p.first_skipped} on that bronze and quarantine do not hold"
             )
     return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------
-# What earlier checkpoints did (pure decisions on small I/O reads)
-
-
-def _partition_map(offsets: Mapping[str, Any] | None, topic: str) -> PartitionOffsets:
-    entry = (offsets or {}).get(topic) or {}
-    return {(topic, int(p)): int(o) for p, o in entry.items()}
-
-
-def _merge_max(into: PartitionOffsets, other: Mapping[TopicPartitionId, int]) -> None:
-    for tp, offset in other.items():
-        into[tp] = max(into.get(tp, offset), offset)
-
-
-LANDED_KEYS = {"bronze": "landed", "quarantine": "landed_quarantine"}
-"""Start-file key of each append-only table's landed offsets."""
-
-
-def landed_offsets(
-    state: CheckpointState,
-    topic: str,
-    versions: Mapping[str, int | None],
-    role: str = "bronze",
-) -> PartitionOffsets:
-    """Per partition, the offset below which earlier checkpoints appended every record.
-
-    The committed batch's end offsets; raised to an unfinished batch's end when bronze or
-    quarantine already committed that batch (a crash between its table commits and Spark's
-    commit log); and never below what the checkpoint's own start file says had landed before
-    it (a replay of a replay).
-
-    Args:
-        state: the current checkpoint.
-        topic: the pipeline's topic.
-        versions: committed app-transaction version per table role (None: none).
-        role: ``bronze`` or ``quarantine``: the two commit separately, so a crash between
-            them leaves one ahead of the other.
-
-    Returns:
-        Landed offsets per topic-partition (a high-water mark: the records below it were read
-        by some earlier checkpoint, unless an earlier replay jumped forward).
-    """
-    landed = _partition_map(state.committed, topic)
-    if state.unfinished is not None:
-        batch, ends = state.unfinished
-        version = state.txn_base + batch
-        done = versions.get(role)
-        if done is not None and done >= version:
-            _merge_max(landed, _partition_map(ends, topic))
-    if state.start is not None:
-        previous = state.start.get(LANDED_KEYS[role], state.start.get("landed"))
-        _merge_max(landed, _partition_map(previous, topic))
-    return landed
+# What the tables hold (small reads)
 
 
 def next_txn_base(versions: Mapping[str, int | None]) -> int:
@@ -459,19 +421,13 @@ def committed_txn_versions(settings: Settings, name: str) -> dict[str, int | Non
 class _Context:
     plan: ReplayPlan
     state: CheckpointState
-    landed: PartitionOffsets
-    landed_quarantine: PartitionOffsets
     txn_base: int
+    topic_id: str | None
+    """The topic's id when planned (the landed ranges are this incarnation's)."""
 
-
-def _topic_recreated(settings: Settings, name: str) -> bool:
-    """Whether the checkpoint's offsets belong to an earlier incarnation of the topic."""
-    topic = settings.pipeline(name).topic
-    recorded = read_topic_id(settings.checkpoint_path(name), topic)
-    if recorded is None:
-        return False
-    current = current_topic_id(settings, topic)
-    return current is not None and current != recorded
+    def landed(self) -> Ranges:
+        """The landed ranges the plan counted with (clipped to each partition's end)."""
+        return {p.partition: list(p.landed) for p in self.plan.partitions if p.landed}
 
 
 def _plan_live(
@@ -483,7 +439,6 @@ def _plan_live(
     pipeline = settings.pipeline(name)
     state = read_checkpoint_state(settings.checkpoint_path(name))
     versions = committed_txn_versions(settings, name)
-    landed = landed_offsets(state, pipeline.topic, versions)
     from cdc.kafka_admin import KafkaMetadata
 
     own = metadata is None
@@ -493,16 +448,17 @@ def _plan_live(
         by_time = None
         if position.kind == "timestamp" and position.timestamp_ms is not None:
             by_time = meta.offsets_for_times(sorted(watermarks), position.timestamp_ms)
+        topic_id = meta.topic_id(pipeline.topic)
     finally:
         if own:
             meta.close()
-    landed_quarantine = landed_offsets(state, pipeline.topic, versions, role="quarantine")
-    if _topic_recreated(settings, name):
-        # The landed offsets name records of the topic's earlier incarnation: nothing of the
-        # topic as it is now has landed.
-        landed, landed_quarantine = {}, {}
+    recorded = read_topic_id(settings.checkpoint_path(name), pipeline.topic)
+    # Rows written before bronze kept topic ids count as this incarnation's unless the
+    # checkpoint shows the topic was recreated since.
+    legacy_rows = recorded is None or recorded == topic_id
+    landed = landed_ranges(settings, name, topic_id, legacy_rows=legacy_rows)
     plan = plan_replay(name, pipeline.topic, position, watermarks, landed, by_time)
-    return _Context(plan, state, landed, landed_quarantine, next_txn_base(versions))
+    return _Context(plan, state, next_txn_base(versions), topic_id)
 
 
 def dry_run_report(
@@ -593,8 +549,8 @@ def _prepare_checkpoint(
     replaced = _replaced_name(root, name, now) if context.state.exists else None
     start = {
         "startingOffsets": context.plan.starting_offsets(),
-        "landed": offsets_to_json(context.landed),
-        "landed_quarantine": offsets_to_json(context.landed_quarantine),
+        "landed_ranges": ranges_to_json(context.landed()),
+        "topic_id": context.topic_id,
         "replayed_from": replaced.name if replaced else None,
         "requested": context.plan.requested,
     }
@@ -603,6 +559,9 @@ def _prepare_checkpoint(
         fresh.mkdir()
         (fresh / START_FILE).write_text(json.dumps(start, indent=2, sort_keys=True) + "\n")
         (fresh / TXN_BASE_FILE).write_text(json.dumps({"base": context.txn_base}) + "\n")
+        if context.topic_id is not None:
+            # A topic recreated between this plan and the run is caught at the run's start.
+            write_topic_id(fresh, context.plan.topic, context.topic_id)
         if replaced is not None:
             os.rename(checkpoint, replaced)
         try:

@@ -39,7 +39,7 @@ def current_topic_id(settings: Settings, topic: str) -> str | None:
 
 def check_topic_identity(
     settings: Settings, name: str, checkpoint: str, *, patience_s: float | None = None
-) -> None:
+) -> str | None:
     """Refuse offsets that belong to another incarnation of the pipeline's topic.
 
     The first time the topic is seen, its id is recorded in the checkpoint. From then on, a
@@ -53,6 +53,9 @@ def check_topic_identity(
         checkpoint: its checkpoint folder.
         patience_s: keep asking an unreachable cluster this long (None: one request of
             ``kafka.connect_timeout_s``, the fast failure a start wants).
+
+    Returns:
+        The topic's id (None: the topic does not exist and no id was recorded).
 
     Raises:
         DataLossError: the topic's id differs from the recorded one, or the topic is gone.
@@ -75,9 +78,9 @@ def check_topic_identity(
     if recorded is None:
         if current is not None:
             write_topic_id(checkpoint, topic, current)
-        return
+        return current
     if current == recorded:
-        return
+        return current
     now = "no longer exists" if current is None else f"now has id {current}"
     raise DataLossError(
         f"pipeline {name}: topic {topic} {now}, but checkpoint {checkpoint} holds offsets of"

@@ -44,17 +44,24 @@ def test_landed_rows_feed_silver_but_not_bronze_again() -> None:
     split = split_batch(
         _batch([3, 4, 5, 6], [None, "decode_error", None, None]), 0, datetime.now(UTC)
     )
-    replay = split.without_landed({"t": {"0": 6}})
+    replay = split.without_landed({0: [(0, 6)]})
     assert replay.valid.num_rows == 3  # silver still sees every valid row
     assert replay.bronze.column("offset").to_pylist() == [6]
     assert replay.quarantine.num_rows == 0
 
 
 def test_quarantine_can_be_behind_bronze_after_a_crash_between_their_commits() -> None:
+    # Bronze holds offsets 3 and 5; quarantine never received 4 (the crash came between).
     split = split_batch(_batch([3, 4, 5], [None, "decode_error", None]), 0, datetime.now(UTC))
-    replay = split.without_landed({"t": {"0": 6}}, {"t": {"0": 3}})
+    replay = split.without_landed({0: [(3, 4), (5, 6)]})
     assert replay.bronze.num_rows == 0
     assert replay.quarantine.column("offset").to_pylist() == [4]
+
+
+def test_every_row_keeps_the_topic_id_it_was_read_from() -> None:
+    split = split_batch(_batch([0, 1], [None, "decode_error"]), 0, datetime.now(UTC), "tid")
+    assert split.valid.column("_topic_id").to_pylist() == ["tid"]
+    assert split.quarantine.column("_topic_id").to_pylist() == ["tid"]
 
 
 def test_error_line_prefers_our_errors_over_traceback_source_lines() -> None:

@@ -14,7 +14,15 @@ import pytest
 from deltalake import CommitProperties, Transaction, write_deltalake
 
 from cdc.batch import BatchStats
-from cdc.checkpoint import START_FILE, TXN_BASE_FILE, CheckpointState, read_checkpoint_state
+from cdc.checkpoint import (
+    START_FILE,
+    TOPIC_FILE,
+    TXN_BASE_FILE,
+    CheckpointState,
+    read_checkpoint_state,
+    read_topic_id,
+    write_topic_id,
+)
 from cdc.config import Settings, load_settings
 from cdc.errors import ConfigError, PipelineRunningError
 from cdc.lake import table_paths, txn_app_id
@@ -28,7 +36,6 @@ from cdc.replay import (
     committed_txn_versions,
     dry_run_report,
     format_plan,
-    landed_offsets,
     next_txn_base,
     parse_offsets_arg,
     parse_timestamp_arg,
@@ -120,7 +127,7 @@ def _rows(plan: ReplayPlan) -> list[tuple[int, int, int, int, int]]:
 
 
 def test_earliest_rereads_everything_and_counts_what_landed() -> None:
-    plan = plan_replay("c", T, ReplayPosition.earliest(), MARKS, {(T, 0): 8, (T, 1): 7})
+    plan = plan_replay("c", T, ReplayPosition.earliest(), MARKS, {0: [(0, 8)], 1: [(0, 7)]})
     assert _rows(plan) == [(0, 0, 10, 10, 8), (1, 2, 7, 5, 5), (2, 0, 0, 0, 0)]
     assert (plan.re_read, plan.already_landed) == (15, 13)
     assert plan.starting_offsets() == {T: {"0": 0, "1": 2, "2": 0}}
@@ -133,21 +140,35 @@ def test_nothing_landed_means_nothing_already_landed() -> None:
 
 def test_explicit_offsets_and_partitions_not_named_resume_where_they_stopped() -> None:
     position = ReplayPosition.from_offsets('{"crm.contacts": {"0": 4}}', T)
-    plan = plan_replay("c", T, position, MARKS, {(T, 0): 9, (T, 1): 6})
+    plan = plan_replay("c", T, position, MARKS, {0: [(0, 9)], 1: [(2, 6)]})
     assert _rows(plan) == [(0, 4, 10, 6, 5), (1, 6, 7, 1, 0), (2, 0, 0, 0, 0)]
     # Nothing landed on partition 1: it starts at its earliest offset, like a new partition.
-    plan = plan_replay("c", T, position, MARKS, {(T, 0): 9})
+    plan = plan_replay("c", T, position, MARKS, {0: [(0, 9)]})
     assert _rows(plan)[1] == (1, 2, 7, 5, 0)
 
 
 def test_landed_beyond_the_end_counts_only_up_to_the_end() -> None:
-    plan = plan_replay("c", T, ReplayPosition.earliest(), MARKS, {(T, 1): 50})
-    assert _rows(plan)[1] == (1, 2, 7, 5, 5)
+    # Rows past the end are of records the broker lost: new records take their offsets again.
+    plan = plan_replay("c", T, ReplayPosition.earliest(), MARKS, {1: [(0, 50)], 2: [(0, 3)]})
+    assert _rows(plan)[1:] == [(1, 2, 7, 5, 5), (2, 0, 0, 0, 0)]
+    assert plan.partitions[1].landed == ((0, 7),) and plan.partitions[2].landed == ()
+
+
+def test_landed_counts_offsets_not_a_high_water_mark() -> None:
+    # Offsets 3..5 of partition 0 never landed (a crash lost them, a checkpoint was deleted):
+    # they are neither counted as landed nor skipped by a replay from the earliest offset.
+    plan = plan_replay("c", T, ReplayPosition.earliest(), MARKS, {0: [(0, 3), (6, 10)]})
+    assert _rows(plan)[0] == (0, 0, 10, 10, 7)
+    # Unnamed partitions resume after the last landed offset; the gap shows as skipped.
+    position = ReplayPosition.from_offsets('{"crm.contacts": {"1": 2}}', T)
+    plan = plan_replay("c", T, position, MARKS, {0: [(0, 3), (6, 10)]})
+    first = plan.partitions[0]
+    assert (first.start, first.skipped, first.first_skipped) == (10, 3, 3)
 
 
 def test_timestamp_uses_the_brokers_answer_and_no_record_means_the_end() -> None:
     position = ReplayPosition.from_timestamp("2026-01-05T08:00:00Z")
-    plan = plan_replay("c", T, position, MARKS, {(T, 0): 10}, {(T, 0): 6, (T, 1): -1})
+    plan = plan_replay("c", T, position, MARKS, {0: [(0, 10)]}, {(T, 0): 6, (T, 1): -1})
     assert _rows(plan) == [(0, 6, 10, 4, 4), (1, 7, 7, 0, 0), (2, 0, 0, 0, 0)]
 
 
@@ -177,8 +198,8 @@ def test_plan_table() -> None:
         T,
         '--offsets {"crm.contacts": {"0": 2, "1": 12}}',
         (
-            PartitionReplay(T, 0, start=2, end=120, landed=100),
-            PartitionReplay(T, 1, start=12, end=12, landed=5),
+            PartitionReplay(T, 0, start=2, end=120, landed=((0, 100),)),
+            PartitionReplay(T, 1, start=12, end=12, landed=((0, 5),)),
         ),
     )
     assert format_plan(plan, dry_run=True).splitlines() == [
@@ -188,12 +209,13 @@ def test_plan_table() -> None:
         "crm.contacts          0     2  120      118              98",
         "crm.contacts          1    12   12        0               0",
         "total                                   118              98",
-        "note: crm.contacts/1 skips offsets 5..11, which this pipeline never read (7 records)",
+        "note: crm.contacts/1 skips 7 records from offset 5 on that bronze and quarantine do"
+        " not hold",
     ]
 
 
 def test_summary_lines() -> None:
-    plan = ReplayPlan("p", T, "--earliest", (PartitionReplay(T, 0, 0, 5, 5),))
+    plan = ReplayPlan("p", T, "--earliest", (PartitionReplay(T, 0, 0, 5, ((0, 5),)),))
     prepared = ReplayOutcome(plan, "/c/p", "/c/p.replaced-20260105T080000Z", 3, ran=False)
     assert prepared.summary() == (
         "prepared p to restart from --earliest: 5 records to re-read (5 already in"
@@ -209,7 +231,7 @@ def test_summary_lines() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# What earlier checkpoints landed
+# What the checkpoint and the tables hold
 
 
 def _write_log(folder: Path, batch: int, offsets: dict[str, dict[str, int]] | None) -> None:
@@ -234,32 +256,6 @@ def test_checkpoint_state_reads_committed_and_unfinished_batches(tmp_path: Path)
     assert state.start == {"startingOffsets": {}, "landed": {T: {"1": 9}}}
     _write_log(cp / "commits", 1, None)
     assert read_checkpoint_state(str(cp)).unfinished is None
-
-
-def test_landed_offsets() -> None:
-    state = CheckpointState(
-        "p",
-        exists=True,
-        committed={T: {"0": 3, "1": 4}, "other": {"0": 99}},
-        unfinished=(2, {T: {"0": 6, "1": 4, "2": 1}}),
-        txn_base=10,
-        start={"landed": {T: {"1": 8}}},
-    )
-    # The unfinished batch (version 12) committed nowhere: only what was committed landed,
-    # raised by the start file of a replay of a replay.
-    nothing = {"bronze": 11, "quarantine": None, "silver": 11}
-    assert landed_offsets(state, T, nothing) == {(T, 0): 3, (T, 1): 8}
-    # Bronze committed it but quarantine did not (a crash between the two commits): the batch
-    # landed in bronze only, so quarantine must still receive its bad records.
-    versions = {"bronze": 12, "quarantine": 9}
-    assert landed_offsets(state, T, versions) == {(T, 0): 6, (T, 1): 8, (T, 2): 1}
-    assert landed_offsets(state, T, versions, role="quarantine") == {(T, 0): 3, (T, 1): 8}
-    both = {"bronze": 12, "quarantine": 12}
-    assert landed_offsets(state, T, both, role="quarantine") == {(T, 0): 6, (T, 1): 8, (T, 2): 1}
-    # A fresh checkpoint that never committed anything.
-    fresh = CheckpointState("p", exists=True, start={"landed": {T: {"0": 2}}})
-    assert landed_offsets(fresh, T, {}) == {(T, 0): 2}
-    assert landed_offsets(CheckpointState("p", exists=False), T, {}) == {}
 
 
 def test_next_txn_base() -> None:
@@ -379,12 +375,46 @@ class _FakeMetadata:
         self.asked = timestamp_ms
         return {tp: self.by_time.get(tp, -1) for tp in tps}
 
+    def topic_id(self, topic: str) -> str | None:
+        return TOPIC_ID if topic == T else None
+
+
+TOPIC_ID = "7Jx1eT3mQ9ahc9b5Y3pZnA"
+
+
+def _land(
+    settings: Settings,
+    role: str,
+    offsets: dict[int, list[int]],
+    topic_id: Any,
+    txn_version: int | None = None,
+) -> None:
+    """Rows of the pipeline's topic at these offsets in its bronze or quarantine table."""
+    name = "crm_contacts"
+    uri = table_paths(settings, settings.pipeline(name))[role]
+    rows = [(p, o) for p, os_ in offsets.items() for o in os_]
+    txns = [] if txn_version is None else [Transaction(txn_app_id(name, role, uri), txn_version)]
+    write_deltalake(
+        uri,
+        pa.table(
+            {
+                "topic": [T] * len(rows),
+                "partition": pa.array([p for p, _ in rows], pa.int32()),
+                "offset": pa.array([o for _, o in rows], pa.int64()),
+                "_topic_id": pa.array([topic_id] * len(rows), pa.string()),
+            }
+        ),
+        mode="append",
+        commit_properties=CommitProperties(app_transactions=txns),
+    )
+
 
 def test_dry_run_looks_up_the_timestamp_and_changes_nothing(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     checkpoint = Path(settings.checkpoint_path("crm_contacts"))
     _write_log(checkpoint / "offsets", 0, {T: {"0": 8, "1": 7, "2": 0}})
     _write_log(checkpoint / "commits", 0, None)
+    _land(settings, "bronze", {0: list(range(8)), 1: list(range(2, 7))}, TOPIC_ID)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     meta = _FakeMetadata({(T, 0): 5})
     position = ReplayPosition.from_timestamp("2026-01-05T08:00:00Z")
@@ -406,21 +436,19 @@ def test_prepare_moves_the_checkpoint_aside_and_writes_the_start(tmp_path: Path)
     settings = _settings(tmp_path)
     name = "crm_contacts"
     checkpoint = Path(settings.checkpoint_path(name))
-    # Batch 0 committed; batch 1 planned, written to bronze, then the driver died.
+    # The checkpoint says little (batch 0 committed offset 4 of partition 0); the tables say
+    # what landed: bronze and quarantine together hold partition 0 up to offset 6 (offset 2
+    # was invalid; offset 6 was written before rows kept topic ids), partition 1 up to 2.
+    # Offset 7 is a row of an earlier incarnation of the topic: it does not count.
     _write_log(checkpoint / "offsets", 0, {T: {"0": 4, "1": 3, "2": 0}})
     _write_log(checkpoint / "commits", 0, None)
     _write_log(checkpoint / "offsets", 1, {T: {"0": 6, "1": 3, "2": 0}})
     (checkpoint / TXN_BASE_FILE).write_text('{"base": 3}')
-    bronze = table_paths(settings, settings.pipeline(name))["bronze"]
-    for version in (3, 4):
-        write_deltalake(
-            bronze,
-            pa.table({"x": [version]}),
-            mode="append",
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(txn_app_id(name, "bronze", bronze), version)]
-            ),
-        )
+    _land(settings, "bronze", {0: [0, 1], 1: [0, 1, 2]}, TOPIC_ID, txn_version=3)
+    _land(settings, "bronze", {0: [3, 4, 5]}, TOPIC_ID, txn_version=4)
+    _land(settings, "quarantine", {0: [2]}, TOPIC_ID)
+    _land(settings, "quarantine", {0: [6]}, None)
+    _land(settings, "quarantine", {0: [7]}, "an-earlier-incarnation")
     now = datetime(2026, 1, 5, 9, 30, 0, tzinfo=UTC)
     outcome = replay_pipeline(
         settings,
@@ -438,22 +466,23 @@ def test_prepare_moves_the_checkpoint_aside_and_writes_the_start(tmp_path: Path)
         "crm_contacts.replaced-20260105T093000Z",
     ]
     assert (replaced / "offsets" / "1").exists()  # kept as it was, for audit
-    assert sorted(p.name for p in checkpoint.iterdir()) == [START_FILE, TXN_BASE_FILE]
+    assert sorted(p.name for p in checkpoint.iterdir()) == [START_FILE, TOPIC_FILE, TXN_BASE_FILE]
     assert json.loads((checkpoint / START_FILE).read_text()) == {
         "startingOffsets": {T: {"0": 0, "1": 2, "2": 0}},
-        "landed": {T: {"0": 6, "1": 3, "2": 0}},  # batch 1 is in bronze already
-        "landed_quarantine": {T: {"0": 4, "1": 3, "2": 0}},  # but not in quarantine
+        "landed_ranges": {"0": [[0, 7]], "1": [[0, 3]]},
+        "topic_id": TOPIC_ID,
         "replayed_from": "crm_contacts.replaced-20260105T093000Z",
         "requested": "--earliest",
     }
+    assert read_topic_id(checkpoint, T) == TOPIC_ID
     assert json.loads((checkpoint / TXN_BASE_FILE).read_text()) == {"base": 5}
     assert outcome.summary() == (
-        "prepared crm_contacts to restart from --earliest: 15 records to re-read (7 already"
+        "prepared crm_contacts to restart from --earliest: 15 records to re-read (8 already"
         " in bronze/quarantine); previous checkpoint kept as"
         " crm_contacts.replaced-20260105T093000Z; start the pipeline to apply it"
     )
 
-    # Again within the same second: a distinct audit folder; the landed offsets carry over.
+    # Again within the same second: a distinct audit folder; what landed is read again.
     replay_pipeline(
         settings,
         name,
@@ -464,8 +493,27 @@ def test_prepare_moves_the_checkpoint_aside_and_writes_the_start(tmp_path: Path)
     )
     assert (checkpoint.parent / f"{name}.replaced-20260105T093000Z-2" / START_FILE).exists()
     start = json.loads((checkpoint / START_FILE).read_text())
-    assert start["landed"] == {T: {"0": 6, "1": 3, "2": 0}}
+    assert start["landed_ranges"] == {"0": [[0, 7]], "1": [[0, 3]]}
     assert start["replayed_from"] == "crm_contacts.replaced-20260105T093000Z-2"
+
+
+def test_rows_of_unknown_incarnation_do_not_count_once_the_topic_was_recreated(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    checkpoint = Path(settings.checkpoint_path("crm_contacts"))
+    write_topic_id(checkpoint, T, "the-topic-before-it-was-recreated")
+    _land(settings, "bronze", {0: [0, 1, 2]}, None)
+    _land(settings, "bronze", {0: [3, 4]}, "the-topic-before-it-was-recreated")
+    _land(settings, "bronze", {0: [0, 1]}, TOPIC_ID)
+    outcome = replay_pipeline(
+        settings,
+        "crm_contacts",
+        ReplayPosition.earliest(),
+        runner=None,
+        metadata=_FakeMetadata(),  # type: ignore[arg-type]
+    )
+    assert [p.landed for p in outcome.plan.partitions] == [((0, 2),), (), ()]
 
 
 def test_replay_refuses_while_the_lock_is_held(tmp_path: Path) -> None:
