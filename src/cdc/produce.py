@@ -20,7 +20,8 @@ import binascii
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal, InvalidOperation
@@ -32,7 +33,7 @@ from fastavro import schemaless_writer
 from fastavro.validation import validate
 
 from cdc.contracts import TopicContract
-from cdc.errors import ConfigError, ProduceError
+from cdc.errors import BrokerUnavailableError, ConfigError, ProduceError
 from cdc.kafka_admin import admin_client, ensure_topic, partition_count, topic_max_message_bytes
 from cdc.registry import AvroType, RegisteredSchema, SchemaRegistry, frame, type_label
 
@@ -488,6 +489,11 @@ def produce_records(
             "max.in.flight.requests.per.connection": 1,
             **(client_config or {}),
             "bootstrap.servers": bootstrap,
+            # All or nothing: one transaction per call (a reader with read_committed, as the
+            # pipelines are, never sees the records of an aborted one). A fresh id per call:
+            # two produces to one topic must not fence each other.
+            "transactional.id": f"cdc-produce-{topic}-{uuid.uuid4().hex}",
+            "enable.idempotence": True,
             "logger": logging.getLogger("cdc.kafka.librdkafka"),
         }
     )
@@ -499,9 +505,19 @@ def produce_records(
 
     deadline = time.monotonic() + timeout_s
 
-    def send(indices: Iterable[int]) -> None:
-        for i in indices:
-            record = records[i]
+    def left() -> float:
+        return max(0.1, deadline - time.monotonic())
+
+    try:
+        producer.init_transactions(connect_timeout_s)
+    except KafkaException as exc:
+        raise BrokerUnavailableError(
+            f"Kafka at {bootstrap} did not start a producer transaction within"
+            f" {connect_timeout_s:g}s: {_kafka_error(exc)}"
+        ) from None
+    producer.begin_transaction()
+    try:
+        for i, record in enumerate(records):
             while True:
                 try:
                     producer.produce(
@@ -515,8 +531,10 @@ def produce_records(
                 except BufferError:  # local queue full: let deliveries drain
                     producer.poll(0.05)
                 except KafkaException as exc:
-                    raise ProduceError(f"line {record.line}: cannot send: {exc}") from exc
-        remaining = producer.flush(max(0.0, deadline - time.monotonic()))
+                    raise ProduceError(
+                        f"line {record.line}: cannot send: {_kafka_error(exc)}"
+                    ) from None
+        remaining = producer.flush(left())
         if remaining:
             raise ProduceError(
                 f"{remaining} record(s) to {topic} not delivered within {timeout_s:g}s"
@@ -524,14 +542,56 @@ def produce_records(
         if failures:
             shown = "; ".join(failures[:_MAX_LISTED_ERRORS])
             raise ProduceError(f"{len(failures)} record(s) to {topic} failed: {shown}")
-
-    send(range(len(records)))
+        _commit(producer, left)
+    except ProduceError as exc:
+        _abort(producer, left)
+        raise ProduceError(
+            f"{exc}; the transaction was aborted, no record of this file is visible"
+        ) from None
     per_partition: dict[int, int] = {}
     for p in placed:
         per_partition[p] = per_partition.get(p, 0) + 1
     return ProduceReport(
         topic=topic, sent=len(records), per_partition=dict(sorted(per_partition.items()))
     )
+
+
+def _kafka_error(exc: Exception) -> str:
+    error: Any = exc.args[0] if exc.args else None
+    return str(error.str()) if hasattr(error, "str") else str(exc)
+
+
+def _commit(producer: Any, left: Callable[[], float]) -> None:
+    """Commit the transaction; retried while Kafka says the failure is retriable.
+
+    Raises:
+        ProduceError: the transaction must be aborted, or its outcome cannot be known.
+    """
+    from confluent_kafka import KafkaException
+
+    while True:
+        try:
+            producer.commit_transaction(left())
+            return
+        except KafkaException as exc:
+            error: Any = exc.args[0] if exc.args else None
+            if error is not None and error.retriable() and left() > 0.1:
+                continue
+            if error is not None and error.txn_requires_abort():
+                raise ProduceError(f"the commit failed: {_kafka_error(exc)}") from None
+            raise ProduceError(
+                f"the commit of the transaction failed ({_kafka_error(exc)}): Kafka may or may"
+                " not have committed it; check the topic before sending the file again"
+            ) from None
+
+
+def _abort(producer: Any, left: Callable[[], float]) -> None:
+    from confluent_kafka import KafkaException
+
+    try:
+        producer.abort_transaction(left())
+    except KafkaException as exc:
+        log.warning("could not abort the producer transaction: %s", _kafka_error(exc))
 
 
 RECORD_OVERHEAD_BYTES = 100

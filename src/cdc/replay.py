@@ -207,12 +207,13 @@ class PartitionReplay:
 
     @property
     def re_read(self) -> int:
-        """Records from ``start`` to ``end``."""
+        """Offsets from ``start`` to ``end`` (records, and the markers that commit producer
+        transactions, which hold none)."""
         return max(0, self.end - self.start)
 
     @property
     def already_landed(self) -> int:
-        """Of :attr:`re_read`, those already in bronze/quarantine (silver only)."""
+        """Of :attr:`re_read`, the records already in bronze/quarantine (silver only)."""
         return count_in({self.partition: list(self.landed)}, self.partition, self.start, self.end)
 
     @property
@@ -222,7 +223,8 @@ class PartitionReplay:
 
     @property
     def skipped(self) -> int:
-        """Available records never landed that this position jumps over."""
+        """Available offsets with no landed record that this position jumps over (records
+        never landed, or transaction markers)."""
         stop = min(self.start, self.end)
         if stop <= self.earliest:
             return 0
@@ -241,7 +243,7 @@ class ReplayPlan:
 
     @property
     def re_read(self) -> int:
-        """Records re-read over all partitions."""
+        """Offsets re-read over all partitions."""
         return sum(p.re_read for p in self.partitions)
 
     @property
@@ -343,9 +345,9 @@ def format_plan(plan: ReplayPlan, *, dry_run: bool = False) -> str:
 
     Returns:
         Lines: a title, a header, one row per partition, a total row, then one note per
-        partition whose start jumps over records never read.
+        partition whose start jumps over offsets with no landed record.
     """
-    header = ("topic", "partition", "from", "to", "re-read", "already landed")
+    header = ("topic", "partition", "from", "to", "offsets", "already landed")
     rows = [
         (p.topic, str(p.partition), str(p.start), str(p.end), str(p.re_read), str(p.already_landed))
         for p in plan.partitions
@@ -367,8 +369,8 @@ def format_plan(plan: ReplayPlan, *, dry_run: bool = False) -> str:
     for p in plan.partitions:
         if p.skipped:
             out.append(
-                f"note: {p.topic}/{p.partition} skips {p.skipped} records from offset"
-                f" {p.first_skipped} on that bronze and quarantine do not hold"
+                f"note: {p.topic}/{p.partition} skips {p.skipped} offsets from {p.first_skipped}"
+                " on, none of them a record in bronze or quarantine"
             )
     return "\n".join(out)
 
@@ -513,8 +515,8 @@ class ReplayOutcome:
         if not self.ran:
             return (
                 f"prepared {self.plan.pipeline} to restart from {self.plan.requested}:"
-                f" {self.plan.re_read} records to re-read ({self.plan.already_landed} already"
-                f" in bronze/quarantine); {kept}; start the pipeline to apply it"
+                f" {self.plan.re_read} offsets to re-read ({self.plan.already_landed} records"
+                f" already in bronze/quarantine); {kept}; start the pipeline to apply it"
             )
         b = self.batches
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,9 +83,52 @@ def build_session(
         )
     for key, value in session_conf(conf).items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    with _jvm_banner_filtered():
+        session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+_JVM_BANNER = (
+    "WARNING: Using incubator modules:",
+    "Setting default log level to ",
+    "To adjust logging level use sc.setLogLevel(",
+)
+"""Lines the JVM and Spark print at every start, whatever happens next: noise above the
+service's own output (its errors and Spark's error log lines pass through)."""
+
+
+@contextmanager
+def _jvm_banner_filtered() -> Iterator[None]:
+    """Start the JVM with its stderr piped through a thread that drops :data:`_JVM_BANNER`.
+
+    The JVM inherits descriptor 2 when PySpark launches it; for that moment descriptor 2 is
+    a pipe, and the JVM keeps writing into it for its whole life. A daemon thread forwards
+    every other line to the real descriptor 2.
+    """
+    sys.stderr.flush()
+    read_fd, write_fd = os.pipe()
+    terminal = os.dup(2)
+    saved = os.dup(2)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    threading.Thread(
+        target=_forward, args=(read_fd, terminal), name="jvm-stderr", daemon=True
+    ).start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _forward(read_fd: int, terminal: int) -> None:
+    with os.fdopen(read_fd, "rb") as pipe:
+        for line in pipe:
+            if not line.decode("utf-8", errors="replace").startswith(_JVM_BANNER):
+                os.write(terminal, line)
+    os.close(terminal)
 
 
 def _under_spark_submit(conf: Mapping[str, str] | None) -> bool:

@@ -102,7 +102,7 @@ BUSINESS = (
 )
 """Non-key columns of ``after`` in the reader schema (crm.contacts-value v2)."""
 UNTRACKED = ("updated_at", "phone")  # config/local.yaml: track_history_except
-AUDIT = ("_ingested_at", "_quarantined_at", "_batch_id")
+AUDIT = ("_ingested_at", "_quarantined_at", "_batch_id", "_topic_id")
 BRONZE_ORDER = ["partition", "offset"]
 SILVER_ORDER = ["contact_id", "_seq_open"]
 

@@ -33,7 +33,7 @@ from tests.faults.harness import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-AUDIT = ["_ingested_at", "_quarantined_at", "_batch_id"]
+AUDIT = ["_ingested_at", "_quarantined_at", "_batch_id", "_topic_id"]
 WINDOW = slice(14, 27)
 """Re-sent at the end: untracked and tracked updates, deletes and their tombstones."""
 

@@ -119,7 +119,7 @@ def test_poison_is_quarantined_with_its_reason_and_valid_records_equal_clean_run
 
     # Valid records: the same tables as the clean run, at the clean run's offsets.
     where = coordinate_map(sent, reference.sent)
-    audit = ["_ingested_at", "_quarantined_at", "_batch_id"]
+    audit = ["_ingested_at", "_quarantined_at", "_batch_id", "_topic_id"]
     ref = reference.tables
     assert got.bronze is not None and ref.bronze is not None and ref.quarantine is not None
     assert_frames_equal(

@@ -68,7 +68,7 @@ from tests.faults.harness import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-AUDIT = ["_ingested_at", "_batch_id"]
+AUDIT = ["_ingested_at", "_batch_id", "_topic_id"]
 
 
 def _add_nickname(fields: list[dict[str, Any]]) -> None:

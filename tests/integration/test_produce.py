@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from cdc.contracts import TopicContract, load_contracts
 from cdc.errors import BrokerUnavailableError, ProduceError
@@ -60,26 +60,31 @@ def contact_line(i: int, **extra: Any) -> dict[str, Any]:
 
 
 def read_all(bootstrap: str, topic: str, partitions: int) -> dict[int, list[Any]]:
+    """Every committed record of the topic, as the pipelines read it (``read_committed``)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"t-{uuid.uuid4()}",
             "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
         }
     )
     try:
-        highs = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        }
         consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         got: dict[int, list[Any]] = {p: [] for p in range(partitions)}
+        at_end: set[int] = set()
         deadline = time.monotonic() + 30
-        while sum(map(len, got.values())) < sum(highs.values()):
+        while len(at_end) < partitions:
             assert time.monotonic() < deadline, "timed out reading back"
             msg = consumer.poll(0.5)
-            if msg is None or msg.error():
+            if msg is None:
                 continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                continue
+            at_end.discard(msg.partition())
             got[msg.partition()].append(msg)
         return got
     finally:
@@ -125,11 +130,12 @@ def test_produce_file_round_trip(
     assert {unframe(m.key())[0] for ms in got.values() for m in ms} == {3}
 
 
-def test_high_watermarks_equal_record_counts(
+def test_high_watermarks_count_every_record_and_the_commit_marker(
     kafka_bootstrap: str, registry: FileRegistry, contracts_path: Path
 ) -> None:
     # Many records per partition in few batches: every record counts in the high watermark
-    # (a broker that reported the last batch's base offset + 1 would under-count).
+    # (a broker that reported the last batch's base offset + 1 would under-count), plus the
+    # one commit marker the transaction wrote on each partition it touched.
     topic = f"itest.wm.{uuid.uuid4().hex[:8]}"
     contract = replace(load_contracts(contracts_path)["crm.contacts"], topic=topic)
     lines = [json.dumps(contact_line(i, partition=i % 4)) for i in range(400)]
@@ -148,7 +154,7 @@ def test_high_watermarks_equal_record_counts(
         ]
     finally:
         consumer.close()
-    assert marks == [(0, 100)] * 4
+    assert marks == [(0, 101)] * 4
     assert {p: len(ms) for p, ms in read_all(kafka_bootstrap, topic, 4).items()} == {
         0: 100,
         1: 100,
@@ -210,6 +216,28 @@ def test_a_record_larger_than_the_topic_accepts_sends_nothing(
         str(exc.value),
     ), str(exc.value)
     assert read_all(kafka_bootstrap, topic, 3) == {0: [], 1: [], 2: []}
+
+
+def test_a_failed_produce_leaves_nothing_visible(kafka_bootstrap: str) -> None:
+    """All or nothing: records delivered before the failure belong to an aborted transaction.
+
+    The failure is a deadline far too short for 200 MB. The produce that follows must be
+    visible at once: a transaction left open instead of aborted would hold every reader
+    (``read_committed``) back until the broker timed it out.
+    """
+    topic = f"itest.txn.{uuid.uuid4().hex[:8]}"
+    ensure_topic(kafka_bootstrap, topic, 2)
+    big = [OutboundRecord(line=i + 1, key=b"k%d" % i, value=b"x" * 20_000) for i in range(10_000)]
+    with pytest.raises(ProduceError) as exc:
+        produce_records(kafka_bootstrap, big, topic=topic, timeout_s=0.1)
+    assert str(exc.value).endswith(
+        "; the transaction was aborted, no record of this file is visible"
+    )
+    assert "\n" not in str(exc.value)
+    good = [OutboundRecord(line=1, key=b"a", value=b"1", partition=0)]
+    assert produce_records(kafka_bootstrap, good, topic=topic).sent == 1
+    got = read_all(kafka_bootstrap, topic, 2)
+    assert [(m.key(), m.value()) for m in got[0]] == [(b"a", b"1")] and got[1] == []
 
 
 def test_unreachable_cluster_is_one_clear_error() -> None:

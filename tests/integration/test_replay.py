@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from cdc.batch import BatchStats
-from cdc.checkpoint import START_FILE, TXN_BASE_FILE, committed_offsets
+from cdc.checkpoint import START_FILE, TXN_BASE_FILE, committed_offsets, read_topic_id
 from cdc.cli import main
 from cdc.config import Settings, load_settings
 from cdc.lake import table_paths
@@ -199,13 +199,21 @@ def test_replay_earliest_after_a_full_run_changes_nothing(
     assert committed_offsets(str(replaced)) == (0, {TOPIC: ends})
     checkpoint = root / PIPELINE
     start = json.loads((checkpoint / START_FILE).read_text())
+    # What landed, read from the tables: every record of the one produce (its offsets run
+    # from 0 on each partition; the transaction's commit marker follows them).
+    held = pl.concat([before[t].select("partition", "offset") for t in ("bronze", "quarantine")])
+    landed = {
+        str(p): [[0, n]] for p, n in held.group_by("partition").len().sort("partition").iter_rows()
+    }
+    assert held.get_column("offset").max() == max(n for [[_, n]] in landed.values()) - 1
     assert start == {
         "startingOffsets": {TOPIC: dict.fromkeys(ends, 0)},
-        "landed": {TOPIC: ends},
-        "landed_quarantine": {TOPIC: ends},
+        "landed_ranges": landed,
+        "topic_id": read_topic_id(str(replaced), TOPIC),
         "replayed_from": replaced.name,
         "requested": "--earliest",
     }
+    assert start["topic_id"]
     base = 1 + max(v for v in old_versions.values() if v is not None)
     assert json.loads((checkpoint / TXN_BASE_FILE).read_text()) == {"base": base}
     committed = committed_offsets(str(checkpoint))
@@ -213,7 +221,7 @@ def test_replay_earliest_after_a_full_run_changes_nothing(
     assert lock_path(root, PIPELINE).read_text() == ""  # released
 
     # A replay of the replay, prepared only (--no-run), then picked up by a plain run:
-    # the landed offsets carry over, so bronze still does not grow.
+    # what landed is read from the tables again, so bronze still does not grow.
     code = main(
         [
             "replay",
@@ -230,8 +238,10 @@ def test_replay_earliest_after_a_full_run_changes_nothing(
     assert out.startswith(f"prepared {PIPELINE} to restart from --offsets")
     assert len(list(root.glob(f"{PIPELINE}.replaced-*"))) == 2
     start = json.loads((checkpoint / START_FILE).read_text())
-    assert start["landed"] == {TOPIC: ends}
-    assert start["startingOffsets"] == {TOPIC: {**ends, "0": 0}}
+    assert start["landed_ranges"] == landed
+    # Partitions the offsets do not name resume right after their last landed record.
+    resume = {p: landed[p][-1][1] if p in landed else 0 for p in ends}
+    assert start["startingOffsets"] == {TOPIC: {**resume, "0": 0}}
     run_pipelines(spark, settings, [PIPELINE], available_now=True)
     again = tables(settings)
     for role in ("bronze", "quarantine", "silver"):
@@ -272,7 +282,7 @@ def test_replay_with_corrected_events_produces_the_corrected_history(
     assert [
         (p.partition, p.start, p.end, p.re_read, p.already_landed) for p in outcome.plan.partitions
     ] == [
-        (0, 2, 9, 7, 5),
+        (0, 2, 11, 9, 5),  # offsets 7 and 10 are the commit markers of the two produces
         (1, 0, 0, 0, 0),
         (2, 0, 0, 0, 0),
     ]
@@ -282,9 +292,9 @@ def test_replay_with_corrected_events_produces_the_corrected_history(
     run_pipelines(spark, clean, [PIPELINE], available_now=True)
     got, want = tables(settings), tables(clean)
     # Bronze holds every record once, as a clean run over the final topic does.
-    audit = ["_ingested_at", "_batch_id"]
+    audit = ["_ingested_at", "_batch_id", "_topic_id"]
     assert got["bronze"].drop(audit).equals(want["bronze"].drop(audit))
-    assert got["bronze"]["offset"].to_list() == list(range(9))
+    assert got["bronze"]["offset"].to_list() == [0, 1, 2, 3, 4, 5, 6, 8, 9]
 
     def history(frame: pl.DataFrame) -> list[tuple[Any, ...]]:
         cols = ["contact_id", "email", "last_name", "phone", "valid_from", "valid_to"]
@@ -305,7 +315,8 @@ def test_dry_run_prints_the_plan_and_a_running_pipeline_refuses(
     settings = make_settings(broker, tmp_path)
     run_pipelines(spark, settings, [PIPELINE], available_now=True)
     produce(broker, [change("k9", "c", 2000, email="k9@acme.io", partition=0)] * 2, tmp_path)
-    # Partition 0 holds offsets 0..4 (3 landed), partition 1 offsets 0..1 (2 landed).
+    # Partition 0 holds records at 0..2 (landed) and 4..5, partition 1 at 0..1 (landed); each
+    # produce's transaction ends with a commit marker (partition 0: 3 and 6, partition 1: 2).
     root = checkpoints_root(tmp_path)
 
     def folders() -> list[str]:
@@ -327,19 +338,19 @@ def test_dry_run_prints_the_plan_and_a_running_pipeline_refuses(
     assert out.splitlines() == [
         'replay crm_contacts (topic crm.contacts) from --offsets {"crm.contacts": {"0": 1}}:'
         " dry run, nothing changed",
-        "topic         partition  from  to  re-read  already landed",
-        "crm.contacts          0     1   5        4               2",
-        "crm.contacts          1     2   2        0               0",
+        "topic         partition  from  to  offsets  already landed",
+        "crm.contacts          0     1   7        6               2",
+        "crm.contacts          1     2   3        1               0",
         "crm.contacts          2     0   0        0               0",
-        "total                                    4               2",
+        "total                                    7               2",
     ]
     code, out, _ = cdc("replay", "--pipeline", PIPELINE, "--earliest", "--dry-run")
     assert code == 0
     assert out.splitlines()[2:] == [
-        "crm.contacts          0     0   5        5               3",
-        "crm.contacts          1     0   2        2               2",
+        "crm.contacts          0     0   7        7               3",
+        "crm.contacts          1     0   3        3               2",
         "crm.contacts          2     0   0        0               0",
-        "total                                    7               5",
+        "total                                   10               5",
     ]
     assert folders() == listing  # nothing changed
 
@@ -391,7 +402,7 @@ def test_dry_run_prints_the_plan_and_a_running_pipeline_refuses(
     # The holder died without releasing: the kernel dropped its flock, a replay proceeds.
     code, out, err = cdc("replay", "--pipeline", PIPELINE, "--earliest", "--no-run")
     assert code == 0, err
-    assert "7 records to re-read (5 already in bronze/quarantine)" in out
+    assert "10 offsets to re-read (5 records already in bronze/quarantine)" in out
 
 
 def test_replay_of_a_pipeline_that_never_ran_starts_from_the_position(

@@ -205,12 +205,12 @@ def test_plan_table() -> None:
     assert format_plan(plan, dry_run=True).splitlines() == [
         'replay crm_contacts (topic crm.contacts) from --offsets {"crm.contacts": {"0": 2,'
         ' "1": 12}}: dry run, nothing changed',
-        "topic         partition  from   to  re-read  already landed",
+        "topic         partition  from   to  offsets  already landed",
         "crm.contacts          0     2  120      118              98",
         "crm.contacts          1    12   12        0               0",
         "total                                   118              98",
-        "note: crm.contacts/1 skips 7 records from offset 5 on that bronze and quarantine do"
-        " not hold",
+        "note: crm.contacts/1 skips 7 offsets from 5 on, none of them a record in bronze or"
+        " quarantine",
     ]
 
 
@@ -218,7 +218,7 @@ def test_summary_lines() -> None:
     plan = ReplayPlan("p", T, "--earliest", (PartitionReplay(T, 0, 0, 5, ((0, 5),)),))
     prepared = ReplayOutcome(plan, "/c/p", "/c/p.replaced-20260105T080000Z", 3, ran=False)
     assert prepared.summary() == (
-        "prepared p to restart from --earliest: 5 records to re-read (5 already in"
+        "prepared p to restart from --earliest: 5 offsets to re-read (5 records already in"
         " bronze/quarantine); previous checkpoint kept as p.replaced-20260105T080000Z;"
         " start the pipeline to apply it"
     )
@@ -423,7 +423,7 @@ def test_dry_run_looks_up_the_timestamp_and_changes_nothing(tmp_path: Path) -> N
     assert report.splitlines() == [
         "replay crm_contacts (topic crm.contacts) from --timestamp 2026-01-05T08:00:00Z:"
         " dry run, nothing changed",
-        "topic         partition  from  to  re-read  already landed",
+        "topic         partition  from  to  offsets  already landed",
         "crm.contacts          0     5  10        5               3",
         "crm.contacts          1     7   7        0               0",
         "crm.contacts          2     0   0        0               0",
@@ -477,8 +477,8 @@ def test_prepare_moves_the_checkpoint_aside_and_writes_the_start(tmp_path: Path)
     assert read_topic_id(checkpoint, T) == TOPIC_ID
     assert json.loads((checkpoint / TXN_BASE_FILE).read_text()) == {"base": 5}
     assert outcome.summary() == (
-        "prepared crm_contacts to restart from --earliest: 15 records to re-read (8 already"
-        " in bronze/quarantine); previous checkpoint kept as"
+        "prepared crm_contacts to restart from --earliest: 15 offsets to re-read (8 records"
+        " already in bronze/quarantine); previous checkpoint kept as"
         " crm_contacts.replaced-20260105T093000Z; start the pipeline to apply it"
     )
 

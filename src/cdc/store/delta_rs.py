@@ -17,6 +17,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from cdc.errors import CommitConflictError, TableWriteError
+from cdc.rust_output import rust_panics_logged
 from cdc.scd2 import Scd2Result
 from cdc.store.base import TableStore, Txn, WriteOutcome
 
@@ -101,15 +102,16 @@ class DeltaSink:
             return WriteOutcome(skipped=True)
         creating = self.table() is None
         try:
-            write_deltalake(
-                self.uri,
-                data,
-                mode="append",
-                partition_by=self.partition_by if creating else None,
-                schema_mode="merge",
-                storage_options=self.storage_options,
-                commit_properties=self._props(txn, operation),
-            )
+            with rust_panics_logged():
+                write_deltalake(
+                    self.uri,
+                    data,
+                    mode="append",
+                    partition_by=self.partition_by if creating else None,
+                    schema_mode="merge",
+                    storage_options=self.storage_options,
+                    commit_properties=self._props(txn, operation),
+                )
         except (DeltaError, OSError) as exc:
             raise TableWriteError(f"append to {self.uri} failed: {exc}") from exc
         return WriteOutcome(skipped=False, rows=data.num_rows, table_version=self._version())
@@ -226,7 +228,8 @@ class DeltaSink:
                 commit_properties=self._props(txn, operation),
                 streamed_exec=False,
             )
-            metrics = clauses(merger).execute()
+            with rust_panics_logged():
+                metrics = clauses(merger).execute()
         except CommitFailedError as exc:
             raise CommitConflictError(f"merge into {self.uri} conflicted: {exc}") from exc
         except (DeltaError, OSError) as exc:
