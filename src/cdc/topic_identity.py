@@ -37,12 +37,37 @@ def current_topic_id(settings: Settings, topic: str) -> str | None:
     )
 
 
+def _ids_in_tables(settings: Settings, name: str) -> set[str]:
+    """The topic ids the pipeline's bronze and quarantine rows were read from."""
+    from cdc.lake import table_paths
+    from cdc.landed import TOPIC_ID_COLUMN
+    from cdc.store import store_for
+
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+    pipeline = settings.pipeline(name)
+    topic = pipeline.topic.replace("'", "''")
+    ids: set[str] = set()
+    for role, uri in table_paths(settings, pipeline).items():
+        if role == "silver" or not store.exists(uri):
+            continue
+        if TOPIC_ID_COLUMN not in store.query(uri, "SELECT * FROM t LIMIT 0").column_names:
+            continue
+        rows = store.query(
+            uri,
+            f"SELECT DISTINCT {TOPIC_ID_COLUMN} AS id FROM t"
+            f" WHERE topic = '{topic}' AND {TOPIC_ID_COLUMN} IS NOT NULL",
+        )
+        ids.update(str(v) for v in rows.column("id").to_pylist())
+    return ids
+
+
 def check_topic_identity(
     settings: Settings, name: str, checkpoint: str, *, patience_s: float | None = None
 ) -> str | None:
     """Refuse offsets that belong to another incarnation of the pipeline's topic.
 
-    The first time the topic is seen, its id is recorded in the checkpoint. From then on, a
+    The first time the topic is seen, its id is recorded in the checkpoint (unless the
+    pipeline's bronze or quarantine rows were read from other ids only). From then on, a
     different id (the topic was deleted and created again, or the broker lost its data and the
     topic came back) means the checkpoint's offsets name records that no longer exist, or
     other records: reading on would skip or mix them silently.
@@ -75,16 +100,22 @@ def check_topic_identity(
             log.warning("pipeline %s: %s; waiting for the broker", name, exc)
             time.sleep(1.0)
     recorded = read_topic_id(checkpoint, topic)
-    if recorded is None:
-        if current is not None:
+    if recorded is None and current is not None:
+        # A checkpoint that never recorded an id (made before ids were kept, or its file was
+        # lost): the tables' rows say which incarnation was read before.
+        seen = _ids_in_tables(settings, name)
+        if not seen or current in seen:
             write_topic_id(checkpoint, topic, current)
+            return current
+        held = f"the pipeline's tables hold records of topic id {', '.join(sorted(seen))} only"
+    elif recorded is None or current == recorded:
         return current
-    if current == recorded:
-        return current
+    else:
+        held = f"checkpoint {checkpoint} holds offsets of topic id {recorded}"
     now = "no longer exists" if current is None else f"now has id {current}"
     raise DataLossError(
-        f"pipeline {name}: topic {topic} {now}, but checkpoint {checkpoint} holds offsets of"
-        f" topic id {recorded} (the topic was deleted and recreated, or the broker lost its"
-        f" data): its offsets do not name the records now in the topic. Re-read the topic with"
+        f"pipeline {name}: topic {topic} {now}, but {held} (the topic was deleted and"
+        " recreated, or the broker lost its data): the checkpoint's offsets do not name the"
+        f" records now in the topic. Re-read the topic with"
         f" `cdc replay --pipeline {name} --earliest`"
     )

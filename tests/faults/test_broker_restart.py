@@ -198,8 +198,8 @@ def refusal(s: Settings, now: str, old_id: str) -> str:
     return (
         f"pipeline {PIPELINE}: topic {TOPIC} {now}, but checkpoint"
         f" {s.checkpoint_path(PIPELINE)} holds offsets of topic id {old_id} (the topic was"
-        f" deleted and recreated, or the broker lost its data): its offsets do not name the"
-        f" records now in the topic. Re-read the topic with"
+        f" deleted and recreated, or the broker lost its data): the checkpoint's offsets do not"
+        f" name the records now in the topic. Re-read the topic with"
         f" `cdc replay --pipeline {PIPELINE} --earliest`"
     )
 

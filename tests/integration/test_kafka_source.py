@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from cdc.batch import BatchStats
+from cdc.checkpoint import TOPIC_FILE
 from cdc.errors import ConfigError, DataLossError
 from cdc.kafka_admin import create_partitions, ensure_topic, partition_count
 from cdc.kafka_source import source_options
@@ -103,6 +104,15 @@ def test_a_recreated_topic_is_data_loss_never_a_silent_skip(
         run_pipelines(spark, settings, [PIPELINE], available_now=True)
     message = str(failed.value)
     assert f"topic {TOPIC} now has id" in message
+    assert "holds offsets of topic id" in message
+    # A checkpoint that lost its record of the id: the tables' rows tell instead.
+    topic_file = Path(settings.checkpoint_path(PIPELINE)) / TOPIC_FILE
+    saved = topic_file.read_text()
+    topic_file.unlink()
+    with pytest.raises(DataLossError, match="the pipeline's tables hold records of topic id"):
+        run_pipelines(spark, settings, [PIPELINE], available_now=True)
+    assert not topic_file.exists()
+    topic_file.write_text(saved)
     assert "cdc replay --pipeline crm_contacts --earliest" in message
     assert "\n" not in message
     assert _bronze_rows(bronze) == 6  # nothing of the new topic was written
