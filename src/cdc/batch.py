@@ -55,6 +55,8 @@ class BatchStats:
     input_rows: int = 0
     bronze_rows: int = 0
     quarantined: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    """Of :attr:`quarantined`, how many per error code (``decode_error``, ...)."""
     inserted: int = 0
     updated: int = 0
     closed: int = 0

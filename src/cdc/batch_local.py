@@ -70,6 +70,9 @@ class LocalBatchWriter(BatchWriter):
         if self._landed:
             split = split.without_landed(self._landed)
         stats.bronze_rows, stats.quarantined = split.bronze.num_rows, split.quarantine.num_rows
+        if split.quarantine.num_rows:
+            codes = split.quarantine.column("error_code").value_counts().to_pylist()
+            stats.quarantine_reasons = {str(c["values"]): int(c["counts"]) for c in codes}
         self._fault("before-commit", batch_id)
         for role, data in (("bronze", split.bronze), ("quarantine", split.quarantine)):
             with stats.timed("bronze"):

@@ -106,6 +106,9 @@ class DistributedBatchWriter(BatchWriter):
         stats.input_rows = int(counts["n"])
         stats.bronze_rows, stats.quarantined = int(counts["b"]), int(counts["q"])
         valid_rows = int(counts["v"])
+        if stats.quarantined:
+            reasons = quarantine.groupBy("error_code").count().collect()
+            stats.quarantine_reasons = {str(r["error_code"]): int(r["count"]) for r in reasons}
         self._fault("before-commit", batch_id)
         with stats.timed("bronze"):
             batch_col = F.lit(batch_id).cast("long")

@@ -12,10 +12,13 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cdc.config import ENVS, Settings, load_settings
 from cdc.errors import CdcError, ConfigError
+
+if TYPE_CHECKING:
+    from cdc.metrics import ServiceMetrics
 
 __all__ = ["main"]
 
@@ -220,10 +223,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         mode = "available-now" if args.available_now else "continuous"
         print(f"running {', '.join(names)} ({mode}, env {settings.env})", file=sys.stderr)
+        on_batch = None
+        if settings.metrics.enabled:
+            metrics = _serve_metrics(settings, names, spark, locks)
+            on_batch = metrics.on_batch
         run_pipelines(
-            spark, settings, names, available_now=args.available_now, fault_hook=fault_hook
+            spark,
+            settings,
+            names,
+            available_now=args.available_now,
+            fault_hook=fault_hook,
+            on_batch=on_batch,
         )
     return 0
+
+
+def _serve_metrics(
+    settings: Settings, names: list[str], spark: Any, stack: ExitStack
+) -> ServiceMetrics:
+    """Start ``/metrics``, ``/healthz`` and ``/readyz`` and the query listener (closed with
+    ``stack``)."""
+    from cdc.metrics import MetricsServer, QueryListener, ServiceMetrics
+
+    metrics = ServiceMetrics(names)
+    host, port = settings.metrics.host, settings.metrics.port
+
+    def broker_up() -> bool:
+        try:
+            _check_broker(settings)
+        except CdcError:
+            return False
+        return True
+
+    try:
+        server = MetricsServer(metrics, host, port, broker_up)
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics.port: cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+            " (another process uses it? set metrics.port, or metrics.enabled=false)"
+        ) from None
+    stack.enter_context(server)
+    listener = QueryListener(spark, metrics)
+    stack.callback(listener.close)
+    print(f"metrics on http://{host}:{server.port}/metrics", file=sys.stderr)
+    return metrics
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

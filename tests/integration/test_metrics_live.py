@@ -1,0 +1,132 @@
+"""Metrics of a running pipeline, scraped by the test and by a real Prometheus.
+
+The service's own wiring (``cdc run``'s :func:`cdc.cli._serve_metrics`: the endpoint and
+Spark's query listener) on the session's SparkSession; the counters move as records flow,
+the lag of each partition drains to zero, and a query that fails turns ``/readyz`` red.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cdc.cli import _serve_metrics
+from cdc.kafka_admin import ensure_topic
+from cdc.pipelines import start_query
+from tests.integration.test_cli import free_port
+from tests.integration.test_kafka_source import _delete_topic
+from tests.integration.test_pipeline_e2e import change, make_settings, produce
+from tests.support.prometheus import prometheus_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PIPELINE = "crm_contacts"
+TOPIC = "crm.contacts"
+SELECT = f'{{pipeline="{PIPELINE}"}}'
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = _get(port, "/metrics")
+    assert status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def _contacts(start: int, n: int) -> list[dict[str, Any]]:
+    return [change(f"c{i}", "c", 1000 * (i + 1), email=f"c{i}@x.io") for i in range(start, n)]
+
+
+def test_a_running_pipeline_exports_moving_metrics_prometheus_records_them_and_readyz_fails(
+    spark: Any, fresh_kafka: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = make_settings(
+        fresh_kafka,
+        tmp_path,
+        "spark.trigger_interval=300 ms",
+        "metrics.enabled=true",
+        f"metrics.port={port}",
+    )
+    ensure_topic(fresh_kafka, TOPIC, 3)
+    produce(fresh_kafka, TOPIC, _contacts(0, 6), tmp_path)
+    pipeline = (("pipeline", PIPELINE),)
+    with ExitStack() as stack:
+        metrics = _serve_metrics(settings, [PIPELINE], spark, stack)
+        assert _get(port, "/healthz") == (200, "ok\n")
+        assert _get(port, "/readyz") == (503, f"pipeline {PIPELINE} is not running\n")
+        query = start_query(spark, settings, PIPELINE, False, on_batch=metrics.on_batch)
+        stack.callback(lambda: query.stop() if query.isActive else None)
+
+        def input_records() -> float:
+            return _scrape(port).get(("cdc_input_records_total", pipeline), -1)
+
+        _until(lambda: input_records() == 6, "the first six records in the metrics")
+        _until(lambda: _get(port, "/readyz")[0] == 200, "readiness")
+        got = _scrape(port)
+        assert got[("cdc_bronze_records_total", pipeline)] == 6
+        assert got[("cdc_scd2_rows_total", (("change", "inserted"), *pipeline))] == 6
+        assert got[("cdc_query_active", pipeline)] == 1
+        assert got[("cdc_query_starts_total", pipeline)] == 1
+        assert time.time() - got[("cdc_last_batch_timestamp_seconds", pipeline)] < 120
+        assert got[("cdc_batch_phase_seconds_count", (("phase", "merge"), *pipeline))] >= 1
+
+        def lags() -> dict[str, float]:
+            return {
+                dict(labels)["partition"]: value
+                for (name, labels), value in _scrape(port).items()
+                if name == "cdc_consumer_lag_records"
+            }
+
+        _until(lambda: sorted(lags()) == ["0", "1", "2"], "a lag series per partition")
+        _until(lambda: set(lags().values()) == {0.0}, "the lag to drain")
+
+        with prometheus_server([f"127.0.0.1:{port}"], tmp_path) as prometheus:
+            prometheus.wait_for(f"cdc_input_records_total{SELECT}", 6)
+            produce(fresh_kafka, TOPIC, _contacts(6, 10), tmp_path)
+            _until(lambda: input_records() == 10, "four more records in the metrics")
+            prometheus.wait_for(f"cdc_input_records_total{SELECT}", 10)
+            prometheus.wait_for(
+                f'cdc_scd2_rows_total{{pipeline="{PIPELINE}",change="inserted"}}', 10
+            )
+            assert prometheus.value(f"cdc_query_active{SELECT}") == 1
+            assert prometheus.value(f"sum(cdc_consumer_lag_records{SELECT})") is not None
+
+        # The topic recreated under the running query: it stops, and readiness says why.
+        _delete_topic(fresh_kafka, TOPIC)
+        ensure_topic(fresh_kafka, TOPIC, 1)
+        produce(fresh_kafka, TOPIC, _contacts(20, 23), tmp_path)
+        _until(lambda: not query.isActive, "the query to stop")
+        _until(lambda: _get(port, "/readyz")[0] == 503, "readiness to fail")
+        body = _get(port, "/readyz")[1]
+        assert body.startswith(f"pipeline {PIPELINE} failed: "), body
+        got = _scrape(port)
+        assert got[("cdc_query_active", pipeline)] == 0
+        assert got[("cdc_query_failures_total", pipeline)] == 1
+    # The stack closed the endpoint.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)

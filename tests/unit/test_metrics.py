@@ -1,0 +1,136 @@
+"""The service's metrics and its /metrics, /healthz and /readyz endpoints (no Spark)."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from cdc.batch import BatchStats
+from cdc.metrics import METRIC_NAMES, MetricsServer, ServiceMetrics, consumer_lag
+
+
+def samples(metrics: ServiceMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = metrics.exposition().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_batch_stats_move_the_counters() -> None:
+    metrics = ServiceMetrics(["crm_contacts", "orders"])
+    before = samples(metrics)
+    assert before[("cdc_input_records_total", (("pipeline", "orders"),))] == 0
+    stats = BatchStats(
+        3,
+        input_rows=10,
+        bronze_rows=8,
+        quarantined=2,
+        quarantine_reasons={"decode_error": 1, "not_framed": 1},
+        inserted=4,
+        updated=2,
+        closed=2,
+        duplicates=1,
+        retries=1,
+        seconds=1.5,
+        phases={"read": 0.5, "merge": 0.7},
+    )
+    metrics.on_batch("crm_contacts", stats)
+    metrics.on_batch("crm_contacts", stats)
+    got = samples(metrics)
+    c = (("pipeline", "crm_contacts"),)
+    assert got[("cdc_input_records_total", c)] == 20
+    assert got[("cdc_bronze_records_total", c)] == 16
+    reason = (("pipeline", "crm_contacts"), ("reason", "decode_error"))
+    assert got[("cdc_quarantined_records_total", reason)] == 2
+    assert got[("cdc_scd2_rows_total", (("change", "closed"), *c))] == 4
+    assert got[("cdc_commit_retries_total", c)] == 2
+    assert got[("cdc_batch_duration_seconds_count", c)] == 2
+    assert got[("cdc_batch_duration_seconds_bucket", (("le", "2.5"), *c))] == 2
+    phase = (("phase", "merge"), ("pipeline", "crm_contacts"))
+    assert got[("cdc_batch_phase_seconds_sum", phase)] == 1.4
+    assert got[("cdc_last_batch_timestamp_seconds", c)] > 1.7e9
+    names = {
+        name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for name, _ in got
+    }
+    assert names - {"cdc_broker_up"} <= set(METRIC_NAMES)
+
+
+def test_consumer_lag_per_partition() -> None:
+    source = {
+        "endOffset": '{"crm.contacts": {"0": 5, "1": 7}}',
+        "latestOffset": '{"crm.contacts": {"0": 9, "1": 7, "2": 3}}',
+    }
+    assert consumer_lag(source) == {
+        ("crm.contacts", 0): 4,
+        ("crm.contacts", 1): 0,
+        ("crm.contacts", 2): 3,
+    }
+    assert consumer_lag({"endOffset": None, "latestOffset": "not json"}) == {}
+    metrics = ServiceMetrics(["p"])
+    metrics.query_progress("p", {"processedRowsPerSecond": 12.5, "sources": [source]})
+    got = samples(metrics)
+    assert (
+        got[
+            (
+                "cdc_consumer_lag_records",
+                (("partition", "0"), ("pipeline", "p"), ("topic", "crm.contacts")),
+            )
+        ]
+        == 4
+    )
+    assert got[("cdc_input_records_per_second", (("pipeline", "p"),))] == 12.5
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_endpoints_report_liveness_readiness_and_metrics() -> None:
+    metrics = ServiceMetrics(["a", "b"])
+    broker = {"up": True, "probes": 0}
+
+    def probe() -> bool:
+        broker["probes"] += 1
+        return bool(broker["up"])
+
+    with MetricsServer(metrics, "127.0.0.1", 0, probe, broker_check_s=0) as server:
+        assert _get(server.port, "/healthz") == (200, "ok\n")
+        status, body = _get(server.port, "/readyz")
+        assert status == 503
+        assert body == "pipeline a is not running\npipeline b is not running\n"
+        metrics.query_started("a")
+        metrics.query_started("b")
+        assert _get(server.port, "/readyz") == (200, "ready\n")
+        metrics.query_stopped("b", "DataLossError: topic t was recreated")
+        broker["up"] = False
+        status, body = _get(server.port, "/readyz")
+        assert status == 503
+        assert body.splitlines() == [
+            "pipeline b failed: DataLossError: topic t was recreated",
+            "the Kafka broker does not answer",
+        ]
+        status, body = _get(server.port, "/metrics")
+        assert status == 200
+        assert 'cdc_query_failures_total{pipeline="b"} 1.0' in body
+        assert "cdc_broker_up 0.0" in body
+        assert _get(server.port, "/nope")[0] == 404
+        metrics.query_started("b")  # restarted: its failure no longer counts
+        broker["up"] = True
+        assert _get(server.port, "/readyz") == (200, "ready\n")
+
+
+def test_a_failing_probe_means_not_ready() -> None:
+    def probe() -> bool:
+        raise RuntimeError("boom")
+
+    metrics = ServiceMetrics([])
+    with MetricsServer(metrics, "127.0.0.1", 0, probe) as server:
+        assert _get(server.port, "/readyz") == (503, "the Kafka broker does not answer\n")
