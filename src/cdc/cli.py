@@ -245,7 +245,7 @@ def _serve_metrics(
     ``stack``)."""
     from cdc.metrics import MetricsServer, QueryListener, ServiceMetrics
 
-    metrics = ServiceMetrics(names)
+    metrics = ServiceMetrics(names, sla={name: settings.sla(name) for name in names})
     host, port = settings.metrics.host, settings.metrics.port
 
     def broker_up() -> bool:

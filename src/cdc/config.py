@@ -300,6 +300,8 @@ class PipelineSettings(_Model):
     source_options: dict[str, str] = Field(default_factory=dict)
     """Options of Spark's Kafka source for this pipeline (e.g. ``startingOffsetsByTimestamp``,
     ``minPartitions``); they win over ``defaults.source_options`` and the keys above."""
+    sla: SlaSettings | None = None
+    """This pipeline's service levels (keys it does not set come from ``defaults.sla``)."""
     enabled: bool = True
 
     @field_validator("topic")
@@ -322,6 +324,18 @@ class PipelineSettings(_Model):
         return self
 
 
+class SlaSettings(_Model):
+    """The service levels a pipeline is held to: exported as ``cdc_sla_*`` gauges, which the
+    alert rules in ``deploy/k8s/monitoring`` and ``cdc sla check`` compare against."""
+
+    freshness_seconds: float = Field(default=900.0, gt=0)
+    """Longest time the pipeline may go without being caught up with its topic."""
+    no_records_seconds: float = Field(default=3600.0, gt=0)
+    """Longest time the pipeline may go without reading a record."""
+    quarantine_ratio: float = Field(default=0.05, gt=0, le=1)
+    """Largest share of records quarantined over five minutes before it is a spike."""
+
+
 class PipelineDefaults(_Model):
     """Source options applied to every pipeline unless it sets its own."""
 
@@ -332,6 +346,7 @@ class PipelineDefaults(_Model):
     max_message_bytes: int = Field(default=1_048_576, gt=0)
     source_options: dict[str, str] = Field(default_factory=dict)
     """Options of Spark's Kafka source for every pipeline (see ``PipelineSettings``)."""
+    sla: SlaSettings = SlaSettings()
 
 
 class Settings(_Model):
@@ -357,6 +372,13 @@ class Settings(_Model):
                     " starting with a letter, at most 64 characters"
                 )
         return pipelines
+
+    def sla(self, name: str) -> SlaSettings:
+        """The service levels of one pipeline: ``defaults.sla`` with the pipeline's own keys."""
+        own = self.pipeline(name).sla
+        if own is None:
+            return self.defaults.sla
+        return self.defaults.sla.model_copy(update=own.model_dump(exclude_unset=True))
 
     def pipeline(self, name: str) -> PipelineSettings:
         """Return one pipeline's settings.

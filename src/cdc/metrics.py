@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from prometheus_client import (
 )
 
 from cdc.batch import BatchStats
+from cdc.config import SlaSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -64,12 +65,17 @@ METRIC_NAMES = (
     "cdc_batch_duration_seconds",
     "cdc_batch_phase_seconds",
     "cdc_last_batch_timestamp_seconds",
+    "cdc_last_record_timestamp_seconds",
+    "cdc_caught_up_timestamp_seconds",
     "cdc_input_records_per_second",
     "cdc_consumer_lag_records",
     "cdc_query_active",
     "cdc_query_starts_total",
     "cdc_query_failures_total",
     "cdc_broker_up",
+    "cdc_sla_freshness_seconds",
+    "cdc_sla_no_records_seconds",
+    "cdc_sla_quarantine_ratio",
 )
 """Every metric the service exports (histograms add ``_bucket``, ``_sum`` and ``_count``;
 counters are exposed with their ``_total`` name)."""
@@ -78,13 +84,21 @@ counters are exposed with their ``_total`` name)."""
 class ServiceMetrics:
     """The service's metrics, in a registry of their own."""
 
-    def __init__(self, pipelines: Iterable[str], registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        pipelines: Iterable[str],
+        registry: CollectorRegistry | None = None,
+        sla: Mapping[str, SlaSettings] | None = None,
+    ):
         """Create the metrics; every pipeline's series exist from the start (at zero).
 
         Args:
             pipelines: the pipelines this process runs.
             registry: where to register (default: a new one).
+            sla: each pipeline's service levels, exported for the alert rules to compare
+                with (default: :class:`~cdc.config.SlaSettings` defaults).
         """
+        pipelines = list(pipelines)
         self.registry = registry or CollectorRegistry()
         r = self.registry
         p = ["pipeline"]
@@ -135,6 +149,38 @@ class ServiceMetrics:
             p,
             registry=r,
         )
+        self.last_record = Gauge(
+            "cdc_last_record_timestamp_seconds",
+            "Unix time the pipeline last wrote a batch that held records.",
+            p,
+            registry=r,
+        )
+        self.caught_up = Gauge(
+            "cdc_caught_up_timestamp_seconds",
+            "Unix time the pipeline was last caught up with its topic (no lag): data freshness.",
+            p,
+            registry=r,
+        )
+        sla_gauges = {
+            "freshness_seconds": Gauge(
+                "cdc_sla_freshness_seconds",
+                "SLA: longest time the pipeline may go without being caught up.",
+                p,
+                registry=r,
+            ),
+            "no_records_seconds": Gauge(
+                "cdc_sla_no_records_seconds",
+                "SLA: longest time the pipeline may go without reading a record.",
+                p,
+                registry=r,
+            ),
+            "quarantine_ratio": Gauge(
+                "cdc_sla_quarantine_ratio",
+                "SLA: largest share of records quarantined over five minutes.",
+                p,
+                registry=r,
+            ),
+        }
         self.rows_per_second = Gauge(
             "cdc_input_records_per_second",
             "Records per second the last micro-batch processed (Spark's progress).",
@@ -167,6 +213,9 @@ class ServiceMetrics:
             for change in ("inserted", "updated", "closed"):
                 self.scd2_rows.labels(name, change)
             self.active.labels(name).set(0)
+            levels = (sla or {}).get(name) or SlaSettings()
+            for key, gauge in sla_gauges.items():
+                gauge.labels(name).set(float(getattr(levels, key)))
 
     # ------------------------------------------------------------------------- feeds
 
@@ -186,10 +235,15 @@ class ServiceMetrics:
         for phase, seconds in stats.phases.items():
             self.phase_seconds.labels(name, phase).observe(seconds)
         self.last_batch.labels(name).set(time.time())
+        if stats.input_rows:
+            self.last_record.labels(name).set(time.time())
 
     def query_started(self, name: str) -> None:
-        """A pipeline's query started."""
+        """A pipeline's query started (its freshness is counted from now)."""
         self.starts.labels(name).inc()
+        now = time.time()
+        self.caught_up.labels(name).set(now)
+        self.last_record.labels(name).set(now)
         self.active.labels(name).set(1)
         with self._lock:
             self._errors.pop(name, None)
@@ -207,9 +261,17 @@ class ServiceMetrics:
         rate = progress.get("processedRowsPerSecond")
         if rate is not None:
             self.rows_per_second.labels(name).set(float(rate))
+        behind = 0
         for source in progress.get("sources") or []:
             for (topic, partition), lag in consumer_lag(source).items():
                 self.lag.labels(name, topic, str(partition)).set(lag)
+                behind += lag
+        if behind == 0:
+            self.caught_up.labels(name).set(time.time())
+
+    def query_idle(self, name: str) -> None:
+        """The query found no new record: it is caught up."""
+        self.caught_up.labels(name).set(time.time())
 
     def failures_by_pipeline(self) -> dict[str, str]:
         """The error of every pipeline whose query failed (for ``/readyz``)."""

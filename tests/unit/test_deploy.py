@@ -138,3 +138,28 @@ def test_s3_lake_paths_and_options_reach_spark_as_s3a() -> None:
         "fs.s3a.secret.key": "s",
         "fs.s3a.connection.maximum": "64",
     }
+
+
+def test_prometheus_scrapes_the_port_prod_serves_metrics_on() -> None:
+    import yaml
+
+    from cdc.config import load_settings
+
+    prod = load_settings("prod", config_dir=REPO_ROOT / "config", environ={})
+    assert prod.metrics.enabled and prod.metrics.host == "0.0.0.0"
+    app = yaml.safe_load((REPO_ROOT / "deploy/k8s/sparkapplication-crm-contacts.yaml").read_text())
+    driver = app["spec"]["driver"]
+    assert {"name": "metrics", "protocol": "TCP", "containerPort": prod.metrics.port} in driver[
+        "ports"
+    ]
+    service, monitor = yaml.safe_load_all(
+        (REPO_ROOT / "deploy/k8s/monitoring/servicemonitor.yaml").read_text()
+    )
+    assert service["spec"]["ports"][0]["targetPort"] == prod.metrics.port
+    assert set(service["spec"]["selector"].items()) - {("spark-role", "driver")} <= set(
+        driver["labels"].items()
+    )
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"

@@ -8,6 +8,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.batch import BatchStats
+from cdc.config import SlaSettings
 from cdc.metrics import METRIC_NAMES, MetricsServer, ServiceMetrics, consumer_lag
 
 
@@ -134,3 +135,27 @@ def test_a_failing_probe_means_not_ready() -> None:
     metrics = ServiceMetrics([])
     with MetricsServer(metrics, "127.0.0.1", 0, probe) as server:
         assert _get(server.port, "/readyz") == (503, "the Kafka broker does not answer\n")
+
+
+def test_sla_levels_and_freshness_are_exported() -> None:
+    metrics = ServiceMetrics(["a"], sla={"a": SlaSettings(freshness_seconds=60)})
+    a = (("pipeline", "a"),)
+    got = samples(metrics)
+    assert got[("cdc_sla_freshness_seconds", a)] == 60
+    assert got[("cdc_sla_no_records_seconds", a)] == 3600
+    assert got[("cdc_sla_quarantine_ratio", a)] == 0.05
+    metrics.query_started("a")
+    assert samples(metrics)[("cdc_caught_up_timestamp_seconds", a)] > 1.7e9
+    behind = {"endOffset": '{"t": {"0": 1}}', "latestOffset": '{"t": {"0": 5}}'}
+    level = {"endOffset": '{"t": {"0": 5}}', "latestOffset": '{"t": {"0": 5}}'}
+    metrics.caught_up.labels("a").set(0)
+    metrics.query_progress("a", {"sources": [behind]})
+    assert samples(metrics)[("cdc_caught_up_timestamp_seconds", a)] == 0  # still behind
+    metrics.query_progress("a", {"sources": [level]})
+    assert samples(metrics)[("cdc_caught_up_timestamp_seconds", a)] > 1.7e9
+    metrics.caught_up.labels("a").set(0)
+    metrics.query_idle("a")  # no new record at all: caught up
+    assert samples(metrics)[("cdc_caught_up_timestamp_seconds", a)] > 1.7e9
+    metrics.last_record.labels("a").set(0)
+    metrics.on_batch("a", BatchStats(0))  # an empty batch is not a record
+    assert samples(metrics)[("cdc_last_record_timestamp_seconds", a)] == 0
