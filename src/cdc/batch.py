@@ -144,12 +144,32 @@ class BatchWriter(ABC):
             self.fault_hook(stage, batch_id)
 
     def _report(self, stats: BatchStats) -> None:
+        counts = {
+            "input": stats.input_rows,
+            "bronze": stats.bronze_rows,
+            "quarantined": stats.quarantined,
+            "inserted": stats.inserted,
+            "updated": stats.updated,
+            "closed": stats.closed,
+            "duplicates": stats.duplicates,
+            "late_keys": stats.late_keys,
+            "retries": stats.retries,
+        }
         log.info(
-            "pipeline %s batch %d (%s): %s",
+            "pipeline %s batch %d (%s): %s in %.2fs",
             self.name,
             stats.batch_id,
             self.settings.lake.writer,
-            stats,
+            ", ".join(f"{k} {v}" for k, v in counts.items() if v),
+            stats.seconds,
+            extra={
+                "pipeline": self.name,
+                "batch_id": stats.batch_id,
+                "writer": self.settings.lake.writer,
+                "counts": counts,
+                "seconds": round(stats.seconds, 3),
+                "phases": {k: round(v, 3) for k, v in stats.phases.items()},
+            },
         )
         if self.on_batch is not None:
             self.on_batch(self.name, stats)

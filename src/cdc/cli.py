@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from cdc.config import ENVS, Settings, load_settings
 from cdc.errors import CdcError, ConfigError
+from cdc.logs import configure_logging, redact_secrets_of
 
 if TYPE_CHECKING:
     from cdc.metrics import ServiceMetrics
@@ -57,6 +58,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config-dir", type=Path, default=None, help="folder with <env>.yaml")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text or as JSON objects (pipeline, batch id, counts as fields)",
+    )
 
 
 def _build_parser() -> _Parser:
@@ -118,6 +125,9 @@ def _build_parser() -> _Parser:
     status = sub.add_parser("status", help="offsets, lag and table versions per pipeline")
     _common(status)
     status.add_argument("--pipeline")
+    status.add_argument(
+        "--json", action="store_true", help="one JSON document (a list, one entry per pipeline)"
+    )
 
     replay = sub.add_parser(
         "replay",
@@ -158,7 +168,9 @@ def _build_parser() -> _Parser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(args.env, args.overrides, args.config_dir)
+    settings = load_settings(args.env, args.overrides, args.config_dir)
+    redact_secrets_of(settings)
+    return settings
 
 
 def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
@@ -350,7 +362,7 @@ def _cmd_schemas_check(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from cdc.errors import BrokerUnavailableError
-    from cdc.status import pipeline_status
+    from cdc.status import format_status, pipeline_status
 
     # The tables and checkpoints are shown either way; an unreachable broker (lag unknown)
     # still ends in the one-line error and exit code 2.
@@ -359,8 +371,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
         _check_broker(settings)
     except BrokerUnavailableError as exc:
         unreachable = exc
-    for name in settings.selected(args.pipeline):
-        print(pipeline_status(settings, name, broker=unreachable is None))
+    statuses = [
+        pipeline_status(settings, name, broker=unreachable is None)
+        for name in settings.selected(args.pipeline)
+    ]
+    if args.json:
+        import json
+
+        print(json.dumps([s.to_json() for s in statuses], indent=2))
+    else:
+        print("\n".join(format_status(s) for s in statuses))
     if unreachable is not None:
         raise unreachable
     return 0
@@ -389,9 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cdc`` console script; returns the exit code."""
     try:
         args = _build_parser().parse_args(argv)
-        logging.basicConfig(
-            level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        configure_logging(
+            verbose=getattr(args, "verbose", False),
+            json_lines=getattr(args, "log_format", "text") == "json",
         )
         if not getattr(args, "verbose", False):
             # py4j logs a foreachBatch failure with its traceback; cdc reports it in one line.

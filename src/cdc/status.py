@@ -1,16 +1,79 @@
-"""``cdc status``: committed offsets, lag and table versions of a pipeline."""
+"""``cdc status``: per pipeline, committed offsets against the topic's end, the lag, the last
+batch (when it finished, how long it took) and each table's version, rows and files.
+
+:func:`pipeline_status` gathers it (the checkpoint, the broker, the tables);
+:func:`format_status` prints it for people and :meth:`PipelineStatus.to_json` for scripts.
+Nothing here prints a setting's value: only names, offsets, counts and the tables' paths
+(storage credentials are options, never part of a path).
+"""
 
 from __future__ import annotations
 
-import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cdc.checkpoint import committed_offsets
 from cdc.config import Settings
-from cdc.lake import table_paths
+from cdc.lake import orphans_path, table_paths
 from cdc.store import TableStore, store_for
 
-__all__ = ["pipeline_status"]
+__all__ = ["BatchTiming", "PipelineStatus", "TableStatus", "format_status", "pipeline_status"]
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    """One table of the pipeline (``exists`` False: not created yet)."""
+
+    role: str
+    uri: str
+    exists: bool
+    version: int | None = None
+    rows: int | None = None
+    files: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """The last committed batch, from the checkpoint's logs."""
+
+    batch: int
+    finished_at: str
+    """UTC ISO time Spark wrote the batch's commit."""
+    seconds: float
+    """From the batch's offsets entry (planned) to its commit entry."""
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """What ``cdc status`` reports for one pipeline."""
+
+    pipeline: str
+    topic: str
+    target: str
+    committed: dict[str, int] | None
+    """Committed next offset per partition (None: no batch committed yet)."""
+    latest: dict[str, int] | None
+    """The topic's end offset per partition (None: the broker did not answer)."""
+    last_batch: BatchTiming | None
+    tables: list[TableStatus] = field(default_factory=list)
+
+    @property
+    def lag(self) -> dict[str, int] | None:
+        """Offsets behind the end, per partition (None: the broker did not answer)."""
+        if self.latest is None:
+            return None
+        done = self.committed or {}
+        return {p: max(0, end - int(done.get(p, 0))) for p, end in self.latest.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        """The status as JSON-ready data (``cdc status --json``)."""
+        lag = self.lag
+        out = asdict(self)
+        out["lag"] = None if lag is None else {"total": sum(lag.values()), "partitions": lag}
+        return out
 
 
 def _high_watermarks(settings: Settings, topic: str) -> dict[str, int] | None:
@@ -28,38 +91,77 @@ def _high_watermarks(settings: Settings, topic: str) -> dict[str, int] | None:
     return {str(p): wm.high for (_, p), wm in sorted(marks.items())}
 
 
-def _table_line(role: str, uri: str, store: TableStore) -> str:
+def _last_batch(checkpoint: str, batch: int) -> BatchTiming | None:
+    commit = Path(checkpoint) / "commits" / str(batch)
+    planned = Path(checkpoint) / "offsets" / str(batch)
+    try:
+        done, start = os.stat(commit).st_mtime, os.stat(planned).st_mtime
+    except OSError:
+        return None
+    finished = datetime.fromtimestamp(done, UTC).isoformat(timespec="seconds")
+    return BatchTiming(batch=batch, finished_at=finished, seconds=round(max(0.0, done - start), 3))
+
+
+def _table(role: str, uri: str, store: TableStore) -> TableStatus:
     info = store.info(uri)
     if info is None:
-        return f"  {role:<10} {uri}: not created yet"
-    return f"  {role:<10} {uri}: version {info.version}, {info.rows} rows, {info.files} files"
+        return TableStatus(role, uri, exists=False)
+    return TableStatus(role, uri, True, info.version, info.rows, info.files)
 
 
-def pipeline_status(settings: Settings, name: str, broker: bool = True) -> str:
-    """A short human-readable status block for one pipeline.
+def pipeline_status(settings: Settings, name: str, broker: bool = True) -> PipelineStatus:
+    """Gather one pipeline's status.
 
     Args:
         settings: service settings.
         name: the pipeline.
-        broker: ask the cluster for the lag (False: it is known to be unreachable).
+        broker: ask the cluster for the topic's end offsets (False: it is known to be
+            unreachable; the lag is then unknown).
     """
     pipeline = settings.pipeline(name)
-    lines = [f"{name}: topic {pipeline.topic} -> {pipeline.target}"]
-    committed = committed_offsets(settings.checkpoint_path(name))
+    checkpoint = settings.checkpoint_path(name)
+    found = committed_offsets(checkpoint)
+    committed = None
+    last = None
+    if found is not None:
+        batch, offsets = found
+        committed = {str(p): int(o) for p, o in (offsets.get(pipeline.topic) or {}).items()}
+        last = _last_batch(checkpoint, batch)
     latest = _high_watermarks(settings, pipeline.topic) if broker else None
-    if committed is None:
-        lines.append("  offsets    no batch committed yet")
-    else:
-        batch, offsets = committed
-        positions: dict[str, Any] = offsets.get(pipeline.topic, {})
-        lines.append(f"  offsets    batch {batch}: {json.dumps(positions, sort_keys=True)}")
-    if latest is None:
-        lines.append("  lag        unknown: the broker is unreachable")
-    else:
-        done = committed[1].get(pipeline.topic, {}) if committed else {}
-        lag = {p: max(0, end - int(done.get(p, 0))) for p, end in latest.items()}
-        lines.append(f"  lag        {sum(lag.values())} records {json.dumps(lag, sort_keys=True)}")
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
-    for role, uri in table_paths(settings, pipeline).items():
-        lines.append(_table_line(role, uri, store))
+    paths = dict(table_paths(settings, pipeline))
+    if pipeline.kind == "scd2":
+        paths["orphans"] = orphans_path(settings, pipeline)
+    tables = [_table(role, uri, store) for role, uri in paths.items()]
+    return PipelineStatus(name, pipeline.topic, pipeline.target, committed, latest, last, tables)
+
+
+def format_status(status: PipelineStatus) -> str:
+    """A pipeline's status for people: a header line, offsets and lag, the last batch, then
+    one line per table."""
+    lines = [f"{status.pipeline}: topic {status.topic} -> {status.target}"]
+    if status.committed is None:
+        lines.append("  offsets     no batch committed yet")
+    else:
+        parts = ", ".join(
+            f"{p}: {o}/{(status.latest or {}).get(p, '?')}"
+            for p, o in sorted(status.committed.items(), key=lambda kv: int(kv[0]))
+        )
+        lines.append(f"  offsets     committed/end per partition: {parts}")
+    lag = status.lag
+    if lag is None:
+        lines.append("  lag         unknown: the broker is unreachable")
+    else:
+        per = ", ".join(f"{p}: {n}" for p, n in sorted(lag.items(), key=lambda kv: int(kv[0])))
+        lines.append(f"  lag         {sum(lag.values())} records ({per})")
+    if status.last_batch is not None:
+        b = status.last_batch
+        lines.append(f"  last batch  {b.batch}, finished {b.finished_at}, took {b.seconds:g}s")
+    for t in status.tables:
+        if not t.exists:
+            lines.append(f"  {t.role:<11} {t.uri}: not created yet")
+        else:
+            lines.append(
+                f"  {t.role:<11} {t.uri}: version {t.version}, {t.rows} rows, {t.files} files"
+            )
     return "\n".join(lines)

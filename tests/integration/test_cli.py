@@ -89,7 +89,7 @@ def test_unreachable_broker() -> None:
     down = [f"kafka.bootstrap_servers=127.0.0.1:{port}", "kafka.connect_timeout_s=1"]
     status = cdc("status", "--pipeline", "orders", "--set", down[0], "--set", down[1])
     assert one_line_error(status) == line
-    assert "lag        unknown: the broker is unreachable" in status.stdout
+    assert "lag         unknown: the broker is unreachable" in status.stdout
     assert "silver" in status.stdout
 
 
