@@ -129,6 +129,20 @@ def _build_parser() -> _Parser:
         "--json", action="store_true", help="one JSON document (a list, one entry per pipeline)"
     )
 
+    sla = sub.add_parser("sla", help="service-level checks")
+    sla_sub = sla.add_subparsers(dest="sla_command", required=True, parser_class=_Parser)
+    sla_check = sla_sub.add_parser(
+        "check",
+        help="judge freshness and no-records SLAs; notify Slack/SNS once per breach",
+        description=(
+            "Judge each pipeline's freshness and no-records SLAs (defaults.sla,"
+            " pipelines.<name>.sla) and send a breach to the configured notify targets when"
+            " it opens and when it closes. Exit code 1 while any breach is open."
+        ),
+    )
+    _common(sla_check)
+    sla_check.add_argument("--pipeline")
+
     replay = sub.add_parser(
         "replay",
         help="restart a pipeline from offsets, a timestamp or the earliest offsets",
@@ -386,6 +400,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sla_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    names = list(settings.selected(args.pipeline))
+    if not names:
+        raise ConfigError("no enabled pipelines to check")
+    from cdc.sla import check_slas
+
+    _check_broker(settings)
+    result = check_slas(settings, names)
+    print("\n".join(result.lines(names)))
+    return 1 if result.breaches else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.env != "local":
         raise ConfigError("cdc demo runs on the embedded default only (--env local)")
@@ -418,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("py4j").setLevel(logging.CRITICAL)
         if args.command == "schemas":
             return _cmd_schemas_check(args)
+        if args.command == "sla":
+            return _cmd_sla_check(args)
         return _COMMANDS[args.command](args)
     except CdcError as exc:
         print(f"cdc: error: {exc}", file=sys.stderr)

@@ -262,6 +262,28 @@ class SparkSettings(_Model):
         return value
 
 
+class NotifySettings(_Model):
+    """Where ``cdc sla check`` sends SLA breaches and their resolution (none: it only prints).
+
+    The webhook URL is a secret (whoever has it can post): give it as a reference, e.g.
+    ``env:SLACK_WEBHOOK_URL``.
+    """
+
+    slack_webhook_url: str | None = None
+    sns_topic_arn: str | None = None
+    sns_region: str | None = None
+    sns_endpoint_url: str | None = None
+    """An SNS-compatible endpoint instead of AWS's (tests, LocalStack)."""
+    state_path: str | None = None
+    """Where open breaches are remembered between runs (default:
+    ``<checkpoints.root>/_sla/open-breaches.json``), so an open breach is sent once."""
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, ("***" if name == "slack_webhook_url" and value else value)
+
+
 class MetricsSettings(_Model):
     """Prometheus endpoint on the driver."""
 
@@ -359,6 +381,7 @@ class Settings(_Model):
     checkpoints: CheckpointSettings
     spark: SparkSettings = SparkSettings()
     metrics: MetricsSettings = MetricsSettings()
+    notify: NotifySettings = NotifySettings()
     defaults: PipelineDefaults = PipelineDefaults()
     pipelines: dict[str, PipelineSettings]
 
@@ -409,6 +432,7 @@ _SECTIONS: dict[str, type[_Model]] = {
     "checkpoints": CheckpointSettings,
     "spark": SparkSettings,
     "metrics": MetricsSettings,
+    "notify": NotifySettings,
     "defaults": PipelineDefaults,
 }
 

@@ -1,0 +1,307 @@
+"""``cdc sla check``: judge each pipeline's freshness and no-records SLAs, notify once.
+
+A batch companion, run on a schedule (a Kubernetes CronJob) beside the always-on streams. It
+reads what any operator could: the topic's end offsets, the checkpoint's committed batch and
+the newest row of bronze and quarantine. Per pipeline (``defaults.sla`` /
+``pipelines.<name>.sla``):
+
+* **freshness**: the pipeline is caught up (no lag), or its last committed batch finished
+  less than ``freshness_seconds`` ago;
+* **no records**: the newest bronze or quarantine row landed less than
+  ``no_records_seconds`` ago.
+
+A breach is sent (Slack incoming webhook and/or SNS) when it opens, and once more when it
+closes; the open breaches are kept in a small state file, so a breach that stays open is not
+sent again by every run. A notification that fails is retried by the next run (the state
+changes only after every notifier accepted it).
+
+:func:`evaluate` and :func:`transitions` are pure; the rest reads and sends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cdc.config import Settings, SlaSettings, resolve_secret
+from cdc.errors import CdcError
+from cdc.lake import table_paths
+
+__all__ = [
+    "Breach",
+    "Facts",
+    "Notifier",
+    "SlaCheck",
+    "SlaError",
+    "check_slas",
+    "evaluate",
+    "transitions",
+]
+
+
+class SlaError(CdcError):
+    """A notification could not be sent (the breach stays unsent, for the next run)."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the check knows about one pipeline at ``now``."""
+
+    pipeline: str
+    lag: int | None
+    """Records behind the topic's end (None: unknown)."""
+    last_batch_at: datetime | None
+    """When the last committed batch finished (None: none committed)."""
+    last_record_at: datetime | None
+    """When the newest bronze or quarantine row landed (None: none ever)."""
+
+
+@dataclass(frozen=True)
+class Breach:
+    """One SLA of one pipeline, not met."""
+
+    pipeline: str
+    kind: str
+    """``freshness`` or ``no_records``."""
+    detail: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.pipeline}/{self.kind}"
+
+
+def _age(now: datetime, then: datetime | None) -> str:
+    if then is None:
+        return "never"
+    seconds = int((now - then).total_seconds())
+    return f"{seconds}s ago"
+
+
+def evaluate(facts: Facts, sla: SlaSettings, now: datetime) -> list[Breach]:
+    """The pipeline's breached SLAs at ``now``."""
+    out: list[Breach] = []
+    if facts.lag is not None and facts.lag > 0:
+        late = facts.last_batch_at is None or (
+            (now - facts.last_batch_at).total_seconds() > sla.freshness_seconds
+        )
+        if late:
+            out.append(
+                Breach(
+                    facts.pipeline,
+                    "freshness",
+                    f"{facts.lag} records behind its topic; last batch committed"
+                    f" {_age(now, facts.last_batch_at)} (SLA {sla.freshness_seconds:g}s)",
+                )
+            )
+    quiet = facts.last_record_at is None or (
+        (now - facts.last_record_at).total_seconds() > sla.no_records_seconds
+    )
+    if quiet:
+        out.append(
+            Breach(
+                facts.pipeline,
+                "no_records",
+                f"last record landed {_age(now, facts.last_record_at)}"
+                f" (window {sla.no_records_seconds:g}s)",
+            )
+        )
+    return out
+
+
+def transitions(
+    open_before: Mapping[str, Any], breaches: Iterable[Breach], checked: Iterable[str]
+) -> tuple[list[Breach], list[str]]:
+    """Which breaches opened and which closed since the last run.
+
+    Args:
+        open_before: the state file's open breaches, by :attr:`Breach.key`.
+        breaches: the breaches now.
+        checked: the pipelines this run judged (others' open breaches stay as they are).
+
+    Returns:
+        ``(opened, closed)``: new breaches, and the keys of breaches no longer open.
+    """
+    now = {b.key: b for b in breaches}
+    judged = set(checked)
+    opened = [b for key, b in now.items() if key not in open_before]
+    closed = [key for key in open_before if key.split("/", 1)[0] in judged and key not in now]
+    return opened, sorted(closed)
+
+
+Notifier = Callable[[str, str], None]
+"""Sends ``(subject, text)``; raises :class:`SlaError` when it cannot."""
+
+
+def slack_notifier(url: str, timeout_s: float) -> Notifier:
+    """Posts to a Slack incoming webhook (the URL is never printed: it is the credential)."""
+
+    def send(subject: str, text: str) -> None:
+        body = json.dumps({"text": f"*{subject}*\n{text}"}).encode()
+        request = urllib.request.Request(
+            url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            raise SlaError(f"Slack webhook refused the notification: HTTP {exc.code}") from None
+        except OSError as exc:
+            reason = getattr(exc, "reason", exc)
+            raise SlaError(f"Slack webhook unreachable: {reason}") from None
+
+    return send
+
+
+def sns_notifier(
+    topic_arn: str, region: str | None, endpoint_url: str | None, timeout_s: float
+) -> Notifier:
+    """Publishes to an SNS topic (boto3; credentials from the usual AWS chain)."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "sns",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        config=Config(
+            connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2}
+        ),
+    )
+
+    def send(subject: str, text: str) -> None:
+        try:
+            client.publish(TopicArn=topic_arn, Subject=subject[:100], Message=text)
+        except Exception as exc:  # botocore's errors: no credentials, endpoint, refused
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SlaError(f"SNS publish to {topic_arn} failed: {first}") from None
+
+    return send
+
+
+def notifiers(settings: Settings) -> list[tuple[str, Notifier]]:
+    """The configured notifiers, by name."""
+    n = settings.notify
+    out: list[tuple[str, Notifier]] = []
+    if n.slack_webhook_url:
+        out.append(("slack", slack_notifier(resolve_secret(n.slack_webhook_url), n.timeout_s)))
+    if n.sns_topic_arn:
+        sns = sns_notifier(n.sns_topic_arn, n.sns_region, n.sns_endpoint_url, n.timeout_s)
+        out.append(("sns", sns))
+    return out
+
+
+def state_path(settings: Settings) -> Path:
+    """Where the open breaches are kept."""
+    if settings.notify.state_path:
+        return Path(settings.notify.state_path)
+    return Path(settings.checkpoints.root) / "_sla" / "open-breaches.json"
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SlaError(f"cannot read the SLA state {path}: {exc}") from None
+    return dict(value.get("open", {})) if isinstance(value, dict) else {}
+
+
+def _write_state(path: Path, open_now: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps({"open": dict(open_now)}, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+def gather_facts(settings: Settings, name: str) -> Facts:
+    """Lag (broker and checkpoint), last batch (checkpoint) and newest row (tables)."""
+    from cdc.status import pipeline_status
+    from cdc.store import store_for
+
+    status = pipeline_status(settings, name)
+    lag = None if status.lag is None else sum(status.lag.values())
+    last_batch = (
+        None if status.last_batch is None else datetime.fromisoformat(status.last_batch.finished_at)
+    )
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+    paths = table_paths(settings, settings.pipeline(name))
+    newest: datetime | None = None
+    for role, column in (("bronze", "_ingested_at"), ("quarantine", "_quarantined_at")):
+        if not store.exists(paths[role]):
+            continue
+        value = store.query(paths[role], f"SELECT max({column}) AS t FROM t").column("t")[0]
+        stamp = value.as_py()
+        if stamp is not None:
+            stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+            newest = stamp if newest is None else max(newest, stamp)
+    return Facts(name, lag, last_batch, newest)
+
+
+@dataclass(frozen=True)
+class SlaCheck:
+    """What a check found and sent."""
+
+    breaches: list[Breach]
+    opened: list[Breach]
+    closed: list[str]
+    sent: int
+
+    def lines(self, names: Iterable[str]) -> list[str]:
+        """One line per pipeline and SLA."""
+        by_key = {b.key: b for b in self.breaches}
+        out = []
+        for name in names:
+            for kind in ("freshness", "no_records"):
+                breach = by_key.get(f"{name}/{kind}")
+                if breach is None:
+                    out.append(f"{name} {kind}: ok")
+                else:
+                    new = " (new: notified)" if breach in self.opened and self.sent else ""
+                    out.append(f"{name} {kind}: BREACH {breach.detail}{new}")
+        out.extend(f"{key}: resolved" for key in self.closed)
+        return out
+
+
+def check_slas(
+    settings: Settings,
+    names: list[str],
+    *,
+    now: datetime | None = None,
+    facts: Callable[[Settings, str], Facts] = gather_facts,
+    send: list[tuple[str, Notifier]] | None = None,
+) -> SlaCheck:
+    """Judge the pipelines' SLAs; notify breaches that opened or closed since the last run.
+
+    Raises:
+        SlaError: a notifier failed (nothing of this run is marked as sent), or the state
+            file cannot be read.
+    """
+    moment = now or datetime.now(UTC)
+    breaches = [
+        b for name in names for b in evaluate(facts(settings, name), settings.sla(name), moment)
+    ]
+    path = state_path(settings)
+    before = _read_state(path)
+    opened, closed = transitions(before, breaches, names)
+    targets = notifiers(settings) if send is None else send
+    messages = [(f"SLA breach: {b.pipeline} {b.kind}", b.detail) for b in opened] + [
+        (f"SLA resolved: {key.replace('/', ' ')}", f"{key} meets its SLA again") for key in closed
+    ]
+    for subject, text in messages:
+        for _name, notify in targets:
+            notify(subject, text)
+    after = {k: v for k, v in before.items() if k not in closed}
+    stamp = moment.isoformat(timespec="seconds")
+    for b in opened:
+        after[b.key] = {"since": stamp, "detail": b.detail}
+    if after != before:
+        _write_state(path, after)
+    return SlaCheck(breaches, opened, closed, len(messages) * len(targets))
