@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -19,6 +19,7 @@ from cdc.errors import CdcError, ConfigError
 from cdc.logs import configure_logging, redact_secrets_of
 
 if TYPE_CHECKING:
+    from cdc.batch import BatchStats
     from cdc.metrics import ServiceMetrics
 
 __all__ = ["main"]
@@ -58,6 +59,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config-dir", type=Path, default=None, help="folder with <env>.yaml")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a line per micro-batch on stderr (default: when stderr is a terminal)",
+    )
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
@@ -249,10 +256,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         mode = "available-now" if args.available_now else "continuous"
         print(f"running {', '.join(names)} ({mode}, env {settings.env})", file=sys.stderr)
-        on_batch = None
+        feeds: list[BatchCallback] = []
         if settings.metrics.enabled:
-            metrics = _serve_metrics(settings, names, spark, locks)
-            on_batch = metrics.on_batch
+            feeds.append(_serve_metrics(settings, names, spark, locks).on_batch)
+        if _wants_progress(args):
+            feeds.append(print_progress)
+        on_batch = _fan_out(feeds)
         run_pipelines(
             spark,
             settings,
@@ -262,6 +271,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
             on_batch=on_batch,
         )
     return 0
+
+
+BatchCallback = Callable[[str, "BatchStats"], None]
+
+
+def _wants_progress(args: argparse.Namespace) -> bool:
+    choice = getattr(args, "progress", None)
+    return sys.stderr.isatty() if choice is None else bool(choice)
+
+
+def print_progress(name: str, stats: BatchStats) -> None:
+    """One line per written micro-batch on stderr (``--progress``)."""
+    parts = [f"{stats.input_rows} records", f"bronze +{stats.bronze_rows}"]
+    if stats.quarantined:
+        parts.append(f"quarantine +{stats.quarantined}")
+    changes = (stats.inserted, stats.updated, stats.closed)
+    if any(changes):
+        parts.append("silver {} inserted, {} updated, {} closed".format(*changes))
+    print(
+        f"{name} batch {stats.batch_id}: {', '.join(parts)} in {stats.seconds:.1f}s",
+        file=sys.stderr,
+    )
+
+
+def _fan_out(feeds: list[BatchCallback]) -> BatchCallback | None:
+    if not feeds:
+        return None
+    if len(feeds) == 1:
+        return feeds[0]
+
+    def both(name: str, stats: BatchStats) -> None:
+        for feed in feeds:
+            feed(name, stats)
+
+    return both
 
 
 def _serve_metrics(
@@ -311,9 +355,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run_report(settings, args.pipeline, position))
         return 0
-    outcome = replay_pipeline(
-        settings, args.pipeline, position, runner=None if args.no_run else run_available_now
-    )
+    runner = None
+    if not args.no_run:
+
+        def runner(s: Settings, name: str, on_batch: BatchCallback) -> None:
+            extra = [print_progress] if _wants_progress(args) else []
+            run_available_now(s, name, _fan_out([on_batch, *extra]) or on_batch)
+
+    outcome = replay_pipeline(settings, args.pipeline, position, runner=runner)
     print(outcome.summary())
     return 0
 

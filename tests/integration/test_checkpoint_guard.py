@@ -78,10 +78,13 @@ def test_a_checkpoint_behind_its_tables_stops_the_run_and_a_replay_lands_the_res
     resume = json.loads(command.group(1))
     assert sum(resume["crm.contacts"].values()) == 12
     position = ["--offsets", command.group(1)] if repair == "named" else ["--earliest"]
-    code = main(["replay", "--pipeline", PIPELINE, *position, *cli_args(fresh_kafka, tmp_path)])
+    args = ["replay", "--pipeline", PIPELINE, *position, "--progress"]
+    code = main([*args, *cli_args(fresh_kafka, tmp_path)])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "(bronze +8, quarantine +0;" in out.out, out.out
+    # --progress: a line per batch on stderr.
+    assert re.search(rf"^{PIPELINE} batch 0: \d+ records, bronze \+\d+", out.err, re.M), out.err
     bronze = read_table(bronze_uri)
     assert bronze.height == 20  # the 8 new records once, none of the 12 again
     assert bronze.select("partition", "offset").unique().height == 20

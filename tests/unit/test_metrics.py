@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.batch import BatchStats
@@ -159,3 +160,15 @@ def test_sla_levels_and_freshness_are_exported() -> None:
     metrics.last_record.labels("a").set(0)
     metrics.on_batch("a", BatchStats(0))  # an empty batch is not a record
     assert samples(metrics)[("cdc_last_record_timestamp_seconds", a)] == 0
+
+
+def test_progress_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from cdc.cli import print_progress
+
+    print_progress(
+        "p", BatchStats(4, input_rows=10, bronze_rows=9, quarantined=1, inserted=3, seconds=1.25)
+    )
+    assert capsys.readouterr().err == (
+        "p batch 4: 10 records, bronze +9, quarantine +1, silver 3 inserted, 0 updated,"
+        " 0 closed in 1.2s\n"
+    )
