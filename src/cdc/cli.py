@@ -136,6 +136,34 @@ def _build_parser() -> _Parser:
         "--json", action="store_true", help="one JSON document (a list, one entry per pipeline)"
     )
 
+    maintain = sub.add_parser("maintain", help="OPTIMIZE/Z-ORDER, VACUUM and health of tables")
+    maintain_sub = maintain.add_subparsers(
+        dest="maintain_command", required=True, parser_class=_Parser
+    )
+    m_optimize = maintain_sub.add_parser(
+        "optimize", help="compact and Z-ORDER each table (purge deletion vectors on delta-spark)"
+    )
+    m_vacuum = maintain_sub.add_parser("vacuum", help="delete files no recent version needs")
+    m_health = maintain_sub.add_parser(
+        "health", help="files, small files, versions; exit 1 when a threshold is exceeded"
+    )
+    for command in (m_optimize, m_vacuum, m_health):
+        _common(command)
+        command.add_argument(
+            "--table", help="a pipeline (its tables) or <layer>/<table>, e.g. silver/dim_contact"
+        )
+    m_vacuum.add_argument(
+        "--retention-hours",
+        type=float,
+        default=None,
+        help="keep files versions of the last N hours need (default and floor:"
+        " maintenance.min_retention_hours)",
+    )
+    m_vacuum.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    m_vacuum.add_argument(
+        "--force", action="store_true", help="allow a retention below the configured floor"
+    )
+
     sla = sub.add_parser("sla", help="service-level checks")
     sla_sub = sla.add_subparsers(dest="sla_command", required=True, parser_class=_Parser)
     sla_check = sla_sub.add_parser(
@@ -449,6 +477,44 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_maintain(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from cdc import maintenance
+
+    refs = maintenance.maintenance_tables(settings, args.table)
+    if args.maintain_command == "health":
+        reports = maintenance.health(settings, refs)
+        for report in reports:
+            print(report.line())
+        return 1 if any(r.problems for r in reports) else 0
+    if args.maintain_command == "vacuum":
+        maintenance.retention(settings, args.retention_hours, args.force)  # before Spark starts
+    spark = None
+    if settings.lake.writer == "delta-spark":
+        from cdc.spark import build_session
+
+        spark = build_session(
+            app_name=f"cdc-{settings.env}-maintain",
+            master=settings.spark.master,
+            conf=settings.spark.conf,
+        )
+    if args.maintain_command == "optimize":
+        for outcome in maintenance.optimize(settings, refs, spark):
+            print(outcome.line())
+        return 0
+    vacuumed = maintenance.vacuum(
+        settings,
+        refs,
+        args.retention_hours,
+        dry_run=args.dry_run,
+        force=args.force,
+        spark=spark,
+    )
+    for result in vacuumed:
+        print(result.line())
+    return 0
+
+
 def _cmd_sla_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     names = list(settings.selected(args.pipeline))
@@ -496,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_schemas_check(args)
         if args.command == "sla":
             return _cmd_sla_check(args)
+        if args.command == "maintain":
+            return _cmd_maintain(args)
         return _COMMANDS[args.command](args)
     except CdcError as exc:
         print(f"cdc: error: {exc}", file=sys.stderr)

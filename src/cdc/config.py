@@ -262,6 +262,33 @@ class SparkSettings(_Model):
         return value
 
 
+class MaintenanceSettings(_Model):
+    """``cdc maintain``: compaction targets, the vacuum floor and the health thresholds."""
+
+    target_file_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    """File size OPTIMIZE compacts towards."""
+    small_file_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    """A data file below this counts as small (health)."""
+    max_small_file_ratio: float = Field(default=0.5, ge=0, le=1)
+    """Health fails when more of a table's files than this are small (and there are more
+    than ``min_files_judged`` files)."""
+    min_files_judged: int = Field(default=20, ge=0)
+    max_files: int = Field(default=10_000, gt=0)
+    max_versions_since_optimize: int = Field(default=2_000, gt=0)
+    min_retention_hours: float = Field(default=168.0, ge=0)
+    """VACUUM refuses a shorter retention unless forced: files younger than this may still be
+    read by a running query, a replay's reader or a DR snapshot in progress."""
+
+
+class ZOrderSettings(_Model):
+    """Columns OPTIMIZE clusters a pipeline's tables on (None: the defaults)."""
+
+    bronze: tuple[str, ...] | None = None
+    """Default: ``key.<k>`` for each of the pipeline's keys (the late-key history read)."""
+    silver: tuple[str, ...] | None = None
+    """Default: the keys (SCD2), or the event id (facts)."""
+
+
 class NotifySettings(_Model):
     """Where ``cdc sla check`` sends SLA breaches and their resolution (none: it only prints).
 
@@ -324,6 +351,7 @@ class PipelineSettings(_Model):
     ``minPartitions``); they win over ``defaults.source_options`` and the keys above."""
     sla: SlaSettings | None = None
     """This pipeline's service levels (keys it does not set come from ``defaults.sla``)."""
+    zorder: ZOrderSettings = ZOrderSettings()
     enabled: bool = True
 
     @field_validator("topic")
@@ -382,6 +410,7 @@ class Settings(_Model):
     spark: SparkSettings = SparkSettings()
     metrics: MetricsSettings = MetricsSettings()
     notify: NotifySettings = NotifySettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
     defaults: PipelineDefaults = PipelineDefaults()
     pipelines: dict[str, PipelineSettings]
 
@@ -433,6 +462,7 @@ _SECTIONS: dict[str, type[_Model]] = {
     "spark": SparkSettings,
     "metrics": MetricsSettings,
     "notify": NotifySettings,
+    "maintenance": MaintenanceSettings,
     "defaults": PipelineDefaults,
 }
 

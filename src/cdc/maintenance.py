@@ -1,0 +1,417 @@
+"""``cdc maintain``: compaction with Z-ORDER, VACUUM and table health, on either writer.
+
+Every MERGE and append adds small files; a batch with late keys reads bronze by key. OPTIMIZE
+compacts each table and clusters it on the columns its readers filter by
+(:func:`maintenance_tables`: silver on its keys or event time, bronze on the key so the late-key
+history read skips files, from ``pipelines.<name>.zorder``). On the delta-spark lake it runs as
+Spark SQL (``OPTIMIZE ... ZORDER BY``, then ``REORG TABLE ... APPLY (PURGE)`` where deletion
+vectors are left); on the delta-rs lake, through delta-rs. Both commit as ordinary Delta
+transactions: a stream writing at the same time loses nothing (a conflicting commit is retried
+by whichever side lost the race).
+
+VACUUM refuses a retention below ``maintenance.min_retention_hours`` unless forced. Health
+compares file counts, the small-file ratio and versions since the last OPTIMIZE with
+thresholds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from cdc.config import PipelineSettings, Settings
+from cdc.errors import CdcError, ConfigError
+from cdc.lake import orphans_path, table_paths
+from cdc.store import TableStore, store_for
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+__all__ = [
+    "FileStats",
+    "HealthReport",
+    "MaintenanceError",
+    "TableRef",
+    "VacuumOutcome",
+    "file_stats",
+    "health",
+    "maintenance_tables",
+    "optimize",
+    "retention",
+    "vacuum",
+]
+
+
+class MaintenanceError(CdcError):
+    """A maintenance operation failed on a table."""
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """One table of the lake and how OPTIMIZE clusters it."""
+
+    pipeline: str
+    role: str
+    uri: str
+    zorder: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """``<layer>/<table>``, as ``--table`` names it."""
+        parts = self.uri.rstrip("/").split("/")
+        return "/".join(parts[-2:])
+
+
+def _zorder(pipeline: PipelineSettings, role: str) -> tuple[str, ...]:
+    if role == "bronze":
+        if pipeline.zorder.bronze is not None:
+            return pipeline.zorder.bronze
+        return tuple(f"key.{k}" for k in pipeline.keys)
+    if role == "silver":
+        if pipeline.zorder.silver is not None:
+            return pipeline.zorder.silver
+        if pipeline.kind == "scd2":
+            return pipeline.keys
+        return (pipeline.event_id,) if pipeline.event_id else ()
+    return ()
+
+
+def maintenance_tables(settings: Settings, table: str | None = None) -> list[TableRef]:
+    """The lake's tables (of enabled pipelines), or those ``table`` names.
+
+    Args:
+        settings: service settings.
+        table: a pipeline name (its tables), ``<layer>/<table>`` (e.g. ``silver/dim_contact``),
+            or None for all.
+
+    Raises:
+        ConfigError: ``table`` names no table (the message lists the valid names).
+    """
+    refs: list[TableRef] = []
+    for name in settings.selected(None):
+        pipeline = settings.pipeline(name)
+        paths = dict(table_paths(settings, pipeline))
+        if pipeline.kind == "scd2":
+            paths["orphans"] = orphans_path(settings, pipeline)
+        refs += [TableRef(name, role, uri, _zorder(pipeline, role)) for role, uri in paths.items()]
+    if table is None:
+        return refs
+    chosen = [r for r in refs if table in (r.pipeline, r.name)]
+    if not chosen:
+        valid = ", ".join(sorted({r.name for r in refs}))
+        raise ConfigError(f"--table {table!r} names no table or pipeline; tables: {valid}")
+    return chosen
+
+
+@dataclass(frozen=True)
+class FileStats:
+    """A table's live data files."""
+
+    files: int
+    bytes: int
+    small_files: int
+    deletion_vectors: int
+
+    def describe(self) -> str:
+        dv = f", {self.deletion_vectors} with deletion vectors" if self.deletion_vectors else ""
+        return f"{self.files} files, {_size(self.bytes)}{dv}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _open(store: TableStore, uri: str) -> Any:
+    return store._open(uri)
+
+
+def file_stats(store: TableStore, uri: str, small_bytes: int) -> FileStats | None:
+    """Files, bytes, small files and files with deletion vectors (None: no table)."""
+    table = _open(store, uri)
+    if table is None:
+        return None
+    import pyarrow as pa
+
+    actions = pa.table(table.get_add_actions(flatten=True))
+    sizes = [int(v) for v in actions.column("size_bytes").to_pylist()]
+    dv = 0
+    for column in actions.column_names:
+        flat = column.lower().replace("_", "")
+        if flat.startswith("deletionvector") and flat.endswith("storagetype"):
+            dv = sum(1 for v in actions.column(column).to_pylist() if v)
+            break
+    return FileStats(len(sizes), sum(sizes), sum(1 for s in sizes if s < small_bytes), dv)
+
+
+def _history(store: TableStore, uri: str) -> tuple[list[dict[str, Any]], int]:
+    table = _open(store, uri)
+    return list(table.history()), int(table.version())
+
+
+def _last(history: list[dict[str, Any]], *operations: str) -> dict[str, Any] | None:
+    return next((h for h in history if h.get("operation") in operations), None)
+
+
+@dataclass(frozen=True)
+class OptimizeOutcome:
+    table: TableRef
+    before: FileStats
+    after: FileStats
+    seconds: float
+
+    def line(self) -> str:
+        on = f" ZORDER BY ({', '.join(self.table.zorder)})" if self.table.zorder else ""
+        return (
+            f"{self.table.name}: {self.before.describe()} -> {self.after.describe()}{on}"
+            f" in {self.seconds:.1f}s"
+        )
+
+
+def optimize(
+    settings: Settings, refs: list[TableRef], spark: SparkSession | None = None
+) -> list[OptimizeOutcome]:
+    """Compact (and Z-ORDER) each existing table; purge deletion vectors on delta-spark.
+
+    Args:
+        settings: service settings (``lake.writer`` picks the engine).
+        refs: the tables.
+        spark: the session for the delta-spark lake (required there).
+    """
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+    small = settings.maintenance.small_file_bytes
+    out: list[OptimizeOutcome] = []
+    for ref in refs:
+        before = file_stats(store, ref.uri, small)
+        if before is None:
+            continue
+        started = time.monotonic()
+        try:
+            if settings.lake.writer == "delta-spark":
+                assert spark is not None, "the delta-spark lake is maintained through Spark"
+                _optimize_spark(spark, ref, settings, purge=before.deletion_vectors > 0)
+            else:
+                _optimize_rs(store, ref, settings)
+        except CdcError:
+            raise
+        except Exception as exc:
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise MaintenanceError(f"OPTIMIZE {ref.name} failed: {first.strip()}") from None
+        after = file_stats(store, ref.uri, small)
+        assert after is not None
+        out.append(OptimizeOutcome(ref, before, after, time.monotonic() - started))
+    return out
+
+
+def _optimize_rs(store: TableStore, ref: TableRef, settings: Settings) -> None:
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    table = DeltaTable(ref.uri, storage_options=store.storage_options)
+    target = settings.maintenance.target_file_bytes
+    columns = [c for c in ref.zorder if _has_column(pa.schema(table.schema().to_arrow()), c)]
+    if columns:
+        table.optimize.z_order(columns, target_size=target, max_concurrent_tasks=2)
+    else:
+        table.optimize.compact(target_size=target, max_concurrent_tasks=2)
+
+
+def _has_column(schema: Any, dotted: str) -> bool:
+    """Whether an Arrow schema has the (possibly nested) column."""
+    head, *rest = dotted.split(".")
+    if head not in schema.names:
+        return False
+    kind = schema.field(head).type
+    for part in rest:
+        names = [kind.field(i).name for i in range(kind.num_fields)] if kind.num_fields else []
+        if part not in names:
+            return False
+        kind = kind.field(part).type
+    return True
+
+
+def _optimize_spark(spark: SparkSession, ref: TableRef, settings: Settings, purge: bool) -> None:
+    from cdc.store.delta_spark import spark_path
+
+    path = spark_path(ref.uri).replace("`", "``")
+    table = f"delta.`{path}`"
+    columns = [c for c in ref.zorder if _has_column(_spark_schema(spark, table), c)]
+    zorder = f" ZORDER BY ({', '.join(f'`{c}`' if '.' not in c else c for c in columns)})"
+    spark.sql(f"OPTIMIZE {table}{zorder if columns else ''}").collect()
+    if purge:
+        spark.sql(f"REORG TABLE {table} APPLY (PURGE)").collect()
+
+
+def _spark_schema(spark: SparkSession, table: str) -> Any:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(spark.table(table).schema)
+
+
+@dataclass(frozen=True)
+class VacuumOutcome:
+    table: TableRef
+    files: int
+    dry_run: bool
+    retention_hours: float
+
+    def line(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        return (
+            f"{self.table.name}: {verb} {self.files} files no version of the last"
+            f" {self.retention_hours:g} hours needs"
+        )
+
+
+def retention(settings: Settings, retention_hours: float | None, force: bool) -> float:
+    """The VACUUM retention to use: the request, checked against the configured floor.
+
+    Raises:
+        ConfigError: negative, or below ``maintenance.min_retention_hours`` and not forced.
+    """
+    floor = settings.maintenance.min_retention_hours
+    hours = floor if retention_hours is None else retention_hours
+    if hours < 0:
+        raise ConfigError(f"--retention-hours {hours:g} is negative")
+    if hours < floor and not force:
+        raise ConfigError(
+            f"--retention-hours {hours:g} is below maintenance.min_retention_hours ({floor:g}):"
+            " files a running query, a replay or a DR snapshot may still read would go; pass"
+            " --force if nothing reads older versions"
+        )
+    return hours
+
+
+def vacuum(
+    settings: Settings,
+    refs: list[TableRef],
+    retention_hours: float | None,
+    *,
+    dry_run: bool,
+    force: bool,
+    spark: SparkSession | None = None,
+) -> list[VacuumOutcome]:
+    """Delete files no table version within the retention needs.
+
+    Raises:
+        ConfigError: the retention is below ``maintenance.min_retention_hours`` and not forced.
+    """
+    hours = retention(settings, retention_hours, force)
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+    out: list[VacuumOutcome] = []
+    for ref in refs:
+        if _open(store, ref.uri) is None:
+            continue
+        try:
+            if settings.lake.writer == "delta-spark":
+                assert spark is not None, "the delta-spark lake is maintained through Spark"
+                files = _vacuum_spark(spark, ref, hours, dry_run)
+                if not dry_run:  # Spark reports the table, not the files: its log has them
+                    history, _ = _history(store, ref.uri)
+                    done = _last(history, "VACUUM END") or {}
+                    files = int((done.get("operationMetrics") or {}).get("numDeletedFiles", 0))
+            else:
+                from deltalake import DeltaTable
+
+                table = DeltaTable(ref.uri, storage_options=store.storage_options)
+                files = len(
+                    table.vacuum(
+                        retention_hours=int(hours),
+                        dry_run=dry_run,
+                        enforce_retention_duration=False,
+                    )
+                )
+        except CdcError:
+            raise
+        except Exception as exc:
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise MaintenanceError(f"VACUUM {ref.name} failed: {first.strip()}") from None
+        out.append(VacuumOutcome(ref, files, dry_run, hours))
+    return out
+
+
+def _vacuum_spark(spark: SparkSession, ref: TableRef, hours: float, dry_run: bool) -> int:
+    from cdc.store.delta_spark import spark_path
+
+    check = "spark.databricks.delta.retentionDurationCheck.enabled"
+    previous = spark.conf.get(check, "true") or "true"
+    spark.conf.set(check, "false")  # the floor is enforced above, in the service's terms
+    try:
+        path = spark_path(ref.uri).replace("`", "``")
+        rows = spark.sql(
+            f"VACUUM delta.`{path}` RETAIN {hours:g} HOURS{' DRY RUN' if dry_run else ''}"
+        ).collect()
+    finally:
+        spark.conf.set(check, previous)
+    return len(rows) if dry_run else 0
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    table: TableRef
+    stats: FileStats
+    versions: int
+    versions_since_optimize: int
+    last_optimize: str | None
+    last_vacuum: str | None
+    problems: list[str]
+
+    def line(self) -> str:
+        ratio = self.stats.small_files / self.stats.files if self.stats.files else 0.0
+        verdict = "ok" if not self.problems else "UNHEALTHY: " + "; ".join(self.problems)
+        return (
+            f"{self.table.name}: {self.stats.describe()}, {ratio:.0%} small,"
+            f" {self.versions} versions ({self.versions_since_optimize} since OPTIMIZE),"
+            f" last OPTIMIZE {self.last_optimize or 'never'}, last VACUUM"
+            f" {self.last_vacuum or 'never'}: {verdict}"
+        )
+
+
+def _when(commit: dict[str, Any] | None) -> str | None:
+    if commit is None or commit.get("timestamp") is None:
+        return None
+    return datetime.fromtimestamp(int(commit["timestamp"]) / 1000, UTC).isoformat(
+        timespec="seconds"
+    )
+
+
+def health(settings: Settings, refs: list[TableRef]) -> list[HealthReport]:
+    """File, small-file and version counts of each existing table against the thresholds."""
+    m = settings.maintenance
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+    out: list[HealthReport] = []
+    for ref in refs:
+        stats = file_stats(store, ref.uri, m.small_file_bytes)
+        if stats is None:
+            continue
+        history, version = _history(store, ref.uri)
+        optimized = _last(history, "OPTIMIZE", "REORG")
+        vacuumed = _last(history, "VACUUM END")
+        since = (
+            version - int(optimized["version"])
+            if optimized and "version" in optimized
+            else (version + 1)
+        )
+        problems = []
+        if stats.files > m.max_files:
+            problems.append(f"{stats.files} files > {m.max_files}")
+        if stats.files >= m.min_files_judged and stats.files:
+            ratio = stats.small_files / stats.files
+            if ratio > m.max_small_file_ratio:
+                problems.append(
+                    f"{ratio:.0%} of files are small (< {_size(m.small_file_bytes)})"
+                    f" > {m.max_small_file_ratio:.0%}: run cdc maintain optimize"
+                )
+        if since > m.max_versions_since_optimize:
+            problems.append(f"{since} versions since OPTIMIZE > {m.max_versions_since_optimize}")
+        out.append(
+            HealthReport(
+                ref, stats, version + 1, since, _when(optimized), _when(vacuumed), problems
+            )
+        )
+    return out
