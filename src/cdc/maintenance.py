@@ -140,12 +140,7 @@ def file_stats(store: TableStore, uri: str, small_bytes: int) -> FileStats | Non
 
     actions = pa.table(table.get_add_actions(flatten=True))
     sizes = [int(v) for v in actions.column("size_bytes").to_pylist()]
-    dv = 0
-    for column in actions.column_names:
-        flat = column.lower().replace("_", "")
-        if flat.startswith("deletionvector") and flat.endswith("storagetype"):
-            dv = sum(1 for v in actions.column(column).to_pylist() if v)
-            break
+    dv = pa.table(table.deletion_vectors()).num_rows  # live files with rows marked deleted
     return FileStats(len(sizes), sum(sizes), sum(1 for s in sizes if s < small_bytes), dv)
 
 
@@ -209,12 +204,11 @@ def optimize(
 
 
 def _optimize_rs(store: TableStore, ref: TableRef, settings: Settings) -> None:
-    import pyarrow as pa
     from deltalake import DeltaTable
 
     table = DeltaTable(ref.uri, storage_options=store.storage_options)
     target = settings.maintenance.target_file_bytes
-    columns = [c for c in ref.zorder if _has_column(pa.schema(table.schema().to_arrow()), c)]
+    columns = [c for c in ref.zorder if _has_column(_schema(settings, ref.uri), c)]
     if columns:
         table.optimize.z_order(columns, target_size=target, max_concurrent_tasks=2)
     else:
@@ -240,17 +234,20 @@ def _optimize_spark(spark: SparkSession, ref: TableRef, settings: Settings, purg
 
     path = spark_path(ref.uri).replace("`", "``")
     table = f"delta.`{path}`"
-    columns = [c for c in ref.zorder if _has_column(_spark_schema(spark, table), c)]
+    columns = [c for c in ref.zorder if _has_column(_schema(settings, ref.uri), c)]
     zorder = f" ZORDER BY ({', '.join(f'`{c}`' if '.' not in c else c for c in columns)})"
     spark.sql(f"OPTIMIZE {table}{zorder if columns else ''}").collect()
     if purge:
         spark.sql(f"REORG TABLE {table} APPLY (PURGE)").collect()
 
 
-def _spark_schema(spark: SparkSession, table: str) -> Any:
-    from pyspark.sql.pandas.types import to_arrow_schema
+def _schema(settings: Settings, uri: str) -> Any:
+    """The table's Arrow schema, from its log (whoever wrote it)."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
 
-    return to_arrow_schema(spark.table(table).schema)
+    table = DeltaTable(uri, storage_options=settings.lake.resolved_storage_options())
+    return pa.schema(table.schema().to_arrow())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,115 @@
+"""``cdc maintain optimize`` while a pipeline streams into the same tables loses nothing; on
+the delta-spark lake it also purges the deletion vectors the MERGEs leave."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from cdc.config import Settings
+from cdc.maintenance import file_stats, maintenance_tables, optimize
+from cdc.pipelines import run_pipelines, start_query
+from cdc.store import store_for
+from tests.conftest import REPO_ROOT
+from tests.integration.test_pipeline_e2e import change, make_settings, produce
+from tests.integration.test_replay import overrides
+from tests.support.tables import read_table
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PIPELINE = "crm_contacts"
+AUDIT = ["_ingested_at", "_batch_id", "_topic_id"]
+
+
+def _round(r: int) -> list[dict[str, Any]]:
+    """Creates, then updates of the same keys: MERGEs that close versions."""
+    return [
+        change(f"c{i}", "c" if r == 0 else "u", 1000 * (10 * r + i + 1), email=f"c{i}.{r}@x.io")
+        for i in range(8)
+    ]
+
+
+def _tables(settings: Settings) -> dict[str, pl.DataFrame]:
+    out = {}
+    for ref in maintenance_tables(settings, PIPELINE):
+        if ref.role in ("bronze", "silver") and Path(ref.uri, "_delta_log").is_dir():
+            frame = read_table(ref.uri)
+            frame = frame.drop([c for c in AUDIT if c in frame.columns])
+            keys = ["contact_id", "valid_from"] if ref.role == "silver" else ["partition", "offset"]
+            out[ref.role] = frame.sort(keys)
+    return out
+
+
+def test_optimize_while_the_stream_writes_loses_nothing(
+    spark: Any, fresh_kafka: str, tmp_path: Path
+) -> None:
+    settings = make_settings(fresh_kafka, tmp_path, "spark.trigger_interval=200 ms")
+    bronze = next(r.uri for r in maintenance_tables(settings, PIPELINE) if r.role == "bronze")
+    produce(fresh_kafka, "crm.contacts", _round(0), tmp_path)
+    query = start_query(spark, settings, PIPELINE, available_now=False)
+    command = [sys.executable, "-m", "cdc.cli", "maintain", "optimize", "--table", PIPELINE]
+    for item in overrides(fresh_kafka, tmp_path):
+        command += ["--set", item]
+    optimized = 0
+    try:
+        deadline = time.monotonic() + 300
+        while not Path(bronze, "_delta_log").is_dir():  # the query's first batch committed
+            assert query.isActive, query.exception()
+            assert time.monotonic() < deadline, "the stream wrote nothing"
+            time.sleep(0.3)
+        for r in range(1, 6):
+            produce(fresh_kafka, "crm.contacts", _round(r), tmp_path)
+            # A separate process, as the scheduled job runs, while batches commit.
+            done = subprocess.run(
+                command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300
+            )
+            assert done.returncode == 0, done.stderr
+            optimized += done.stdout.count(" -> ")
+        deadline = time.monotonic() + 300
+        while not (Path(bronze, "_delta_log").is_dir() and read_table(bronze).height == 48):
+            assert query.isActive, query.exception()
+            assert time.monotonic() < deadline, "the stream did not land every record"
+            time.sleep(0.3)
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    assert optimized >= 5  # OPTIMIZE really ran against the live tables
+    clean = make_settings(fresh_kafka, tmp_path / "clean")
+    run_pipelines(spark, clean, [PIPELINE], available_now=True)
+    got, want = _tables(settings), _tables(clean)
+    assert got["bronze"].height == 48
+    assert got["bronze"].equals(want["bronze"])
+    assert (
+        got["silver"]
+        .drop("_batch_id", strict=False)
+        .equals(want["silver"].drop("_batch_id", strict=False))
+    )
+
+
+def test_optimize_on_delta_spark_purges_deletion_vectors(
+    spark: Any, fresh_kafka: str, tmp_path: Path
+) -> None:
+    settings = make_settings(fresh_kafka, tmp_path, "lake.writer=delta-spark")
+    for r in range(2):
+        # Round 0 creates eight keys; round 1 updates half of them: the MERGE marks those
+        # rows deleted in the current file (a deletion vector) instead of rewriting it.
+        lines = _round(r) if r == 0 else _round(r)[:4]
+        produce(fresh_kafka, "crm.contacts", lines, tmp_path)
+        run_pipelines(spark, settings, [PIPELINE], available_now=True)
+    store = store_for("delta-spark")
+    silver = next(r for r in maintenance_tables(settings, PIPELINE) if r.role == "silver")
+    before = file_stats(store, silver.uri, settings.maintenance.small_file_bytes)
+    assert before is not None and before.deletion_vectors > 0
+    rows = _tables(settings)
+    outcomes = optimize(settings, maintenance_tables(settings, PIPELINE), spark)
+    assert {o.table.role for o in outcomes} >= {"bronze", "silver"}
+    after = file_stats(store, silver.uri, settings.maintenance.small_file_bytes)
+    assert after is not None and after.deletion_vectors == 0
+    assert after.files < before.files
+    assert _tables(settings)["silver"].equals(rows["silver"])
+    assert _tables(settings)["bronze"].equals(rows["bronze"])
