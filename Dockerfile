@@ -29,6 +29,7 @@ COPY --from=jars /opt/cdc/jars /opt/cdc/jars
 COPY config ./config
 COPY schemas ./schemas
 COPY streaming ./streaming
+COPY batch ./batch
 RUN useradd --uid 185 --create-home cdc
 USER 185
 ENTRYPOINT ["cdc"]

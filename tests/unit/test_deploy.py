@@ -163,3 +163,63 @@ def test_prometheus_scrapes_the_port_prod_serves_metrics_on() -> None:
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+
+def _cron_field_ok(field: str, low: int, high: int) -> bool:
+    for part in field.split(","):
+        base, _, step = part.partition("/")
+        if step and not (step.isdigit() and int(step) > 0):
+            return False
+        if base == "*":
+            continue
+        first, _, last = base.partition("-")
+        bounds = [first, last] if last else [first]
+        if not all(b.isdigit() and low <= int(b) <= high for b in bounds):
+            return False
+    return True
+
+
+def _batch_jobs() -> dict[str, tuple[str, list[str]]]:
+    """Each scheduled job: its schedule and the ``cdc`` arguments it runs."""
+    prefixes = {"maintain.py": ["maintain"], "sla_check.py": ["sla", "check"]}
+    jobs = {}
+    for path in sorted((REPO_ROOT / "deploy" / "k8s" / "batch").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            spec = doc["spec"]
+            if doc["kind"] == "ScheduledSparkApplication":
+                main = spec["template"]["mainApplicationFile"].removeprefix("local:///opt/cdc/")
+                args = spec["template"]["arguments"]
+                assert (
+                    spec["template"]["sparkVersion"]
+                    == _spark_applications()[0]["spec"]["sparkVersion"]
+                )
+            else:
+                assert doc["kind"] == "CronJob"
+                (container,) = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+                main = container["command"][1].removeprefix("/opt/cdc/")
+                args = container["args"]
+            assert (REPO_ROOT / main).is_file(), main
+            jobs[doc["metadata"]["name"]] = (spec["schedule"], prefixes[Path(main).name] + args)
+    return jobs
+
+
+def test_batch_jobs_have_valid_schedules_and_run_real_commands() -> None:
+    from cdc.cli import _build_parser
+
+    jobs = _batch_jobs()
+    assert {name: schedule for name, (schedule, _) in jobs.items()} == {
+        "cdc-maintain-optimize": "0 3 * * *",  # daily
+        "cdc-maintain-vacuum": "0 4 * * 0",  # weekly
+        "cdc-sla-check": "*/5 * * * *",
+        "cdc-maintain-health": "30 5 * * *",
+    }
+    for name, (schedule, argv) in jobs.items():
+        fields = schedule.split()
+        assert len(fields) == 5, name
+        assert all(_cron_field_ok(f, *r) for f, r in zip(fields, _CRON_RANGES, strict=True))
+        parsed = _build_parser().parse_args(argv)  # argparse exits on anything it refuses
+        assert parsed.env == "prod", name
+    assert (REPO_ROOT / "Dockerfile").read_text().count("COPY batch ./batch") == 1
