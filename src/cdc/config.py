@@ -233,6 +233,23 @@ class LakeSettings(_Model):
             yield name, ({k: "***" for k in value} if name == "storage_options" else value)
 
 
+class DrSettings(_Model):
+    """Disaster recovery: where ``cdc dr snapshot`` copies the lake (another region, bucket)."""
+
+    location: str | None = None
+    """A local path or ``s3://bucket/prefix``; None: DR is not configured."""
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    """Object-store settings of the DR location (``AWS_REGION``, keys, ``AWS_ENDPOINT_URL``)."""
+
+    def resolved_storage_options(self) -> dict[str, str]:
+        """Storage options with secret references resolved."""
+        return {k: resolve_secret(v) for k, v in self.storage_options.items()}
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, ({k: "***" for k in value} if name == "storage_options" else value)
+
+
 class CheckpointSettings(_Model):
     """Spark checkpoints (the offsets store): a local or PVC path."""
 
@@ -411,6 +428,7 @@ class Settings(_Model):
     metrics: MetricsSettings = MetricsSettings()
     notify: NotifySettings = NotifySettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    dr: DrSettings = DrSettings()
     defaults: PipelineDefaults = PipelineDefaults()
     pipelines: dict[str, PipelineSettings]
 
@@ -424,6 +442,10 @@ class Settings(_Model):
                     " starting with a letter, at most 64 characters"
                 )
         return pipelines
+
+    def with_lake_root(self, root: str) -> Settings:
+        """The same settings with the lake at ``root`` (a DR restore's target)."""
+        return self.model_copy(update={"lake": self.lake.model_copy(update={"root": root})})
 
     def sla(self, name: str) -> SlaSettings:
         """The service levels of one pipeline: ``defaults.sla`` with the pipeline's own keys."""
@@ -463,6 +485,7 @@ _SECTIONS: dict[str, type[_Model]] = {
     "metrics": MetricsSettings,
     "notify": NotifySettings,
     "maintenance": MaintenanceSettings,
+    "dr": DrSettings,
     "defaults": PipelineDefaults,
 }
 
@@ -478,6 +501,7 @@ _FLAT_MAPS = (
     ("kafka", "client"),
     ("kafka", "java_client"),
     ("lake", "storage_options"),
+    ("dr", "storage_options"),
     ("spark", "conf"),
     ("defaults", "source_options"),
     ("pipelines", "*", "source_options"),
