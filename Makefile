@@ -5,6 +5,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+S3_STAMP := $(VENV)/.installed-s3
 
 .PHONY: install demo test test-unit lint typecheck bench bench-quick broker clean
 
@@ -20,13 +21,19 @@ $(STAMP): pyproject.toml jvm/pom.xml
 
 install: $(STAMP)
 
+## The S3A JARs (hadoop-aws, the AWS SDK bundle: ~700 MB) for a lake on S3 with delta-spark;
+## the tests need them (the lake on a local S3 server), `make demo` does not.
+$(S3_STAMP): $(STAMP)
+	$(PY) -m cdc.jvm install --profile s3
+	@touch $(S3_STAMP)
+
 ## Start an embedded broker, produce a realistic CRM + events data set, drain it through
 ## every pipeline and print a summary. Data goes to var/demo (wiped first).
 demo: $(STAMP)
 	$(VENV)/bin/cdc demo
 
 ## Lint, type-check, then every test tier (unit, integration, slow Spark suites).
-test: $(STAMP) lint typecheck
+test: $(STAMP) $(S3_STAMP) lint typecheck
 	@mkdir -p var
 	@$(PY) -m pytest -q; rc=$$?; echo $$rc > var/pytest-exit-code; exit $$rc
 

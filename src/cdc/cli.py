@@ -305,7 +305,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _check_broker(settings)
 
         spark = build_session(
-            app_name=f"cdc-{settings.env}", master=settings.spark.master, conf=settings.spark.conf
+            app_name=f"cdc-{settings.env}",
+            master=settings.spark.master,
+            conf=settings.spark.conf,
+            object_store=settings.lake.on_object_store,
         )
         mode = "available-now" if args.available_now else "continuous"
         print(f"running {', '.join(names)} ({mode}, env {settings.env})", file=sys.stderr)
@@ -558,6 +561,7 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
             app_name=f"cdc-{settings.env}-maintain",
             master=settings.spark.master,
             conf=settings.spark.conf,
+            object_store=settings.lake.on_object_store,
         )
     if args.maintain_command == "optimize":
         for outcome in maintenance.optimize(settings, refs, spark):

@@ -220,6 +220,11 @@ class LakeSettings(_Model):
     executors, deletion vectors; the production writer) or ``delta-rs`` (one process: the
     batch is collected to the driver; fastest on small batches)."""
 
+    @property
+    def on_object_store(self) -> bool:
+        """Whether the lake is on S3 (Spark then needs the S3A JARs)."""
+        return self.root.startswith(("s3://", "s3a://"))
+
     def path(self, *parts: str) -> str:
         """Join ``parts`` under the lake root (works for local paths and URIs)."""
         return "/".join([self.root.rstrip("/"), *parts])

@@ -642,5 +642,6 @@ def run_available_now(
         app_name=f"cdc-{settings.env}-replay",
         master=settings.spark.master,
         conf=settings.spark.conf,
+        object_store=settings.lake.on_object_store,
     )
     run_pipelines(spark, settings, [name], available_now=True, on_batch=on_batch)

@@ -49,6 +49,8 @@ def build_session(
     app_name: str = "cdc-service",
     master: str | None = "local[*]",
     conf: Mapping[str, str] | None = None,
+    *,
+    object_store: bool = False,
 ) -> SparkSession:
     """Return the process's SparkSession, with Delta and Spark's Kafka source loaded.
 
@@ -57,6 +59,9 @@ def build_session(
         master: Spark master URL; ``local[*]`` is the embedded default. None leaves the
             choice to ``spark-submit`` (the driver then runs under it).
         conf: extra Spark settings, applied over the defaults.
+        object_store: the lake is on S3: put the S3A JARs (the ``s3`` profile, when
+            installed) on the classpath. Off otherwise: the AWS SDK bundle is large, and a
+            cluster's executors would fetch it for nothing.
 
     Returns:
         The active (or newly created) SparkSession.
@@ -81,7 +86,7 @@ def build_session(
             " with spark-submit (which chooses the master) or set one, e.g."
             " --set spark.master=local[*]"
         )
-    for key, value in session_conf(conf).items():
+    for key, value in session_conf(conf, object_store=object_store).items():
         builder = builder.config(key, value)
     with _jvm_banner_filtered():
         session = builder.getOrCreate()
@@ -140,7 +145,9 @@ def _under_spark_submit(conf: Mapping[str, str] | None) -> bool:
     )
 
 
-def session_conf(conf: Mapping[str, str] | None = None) -> dict[str, str]:
+def session_conf(
+    conf: Mapping[str, str] | None = None, *, object_store: bool = False
+) -> dict[str, str]:
     """The Spark settings of a session: defaults, the pinned JARs, then ``conf``.
 
     Args:
@@ -152,7 +159,8 @@ def session_conf(conf: Mapping[str, str] | None = None) -> dict[str, str]:
     Raises:
         JarsMissingError: the Spark JARs are not installed.
     """
-    jars = ",".join(str(jar) for jar in [*classpath("spark"), *optional_classpath("s3")])
+    s3 = optional_classpath("s3") if object_store else []
+    jars = ",".join(str(jar) for jar in [*classpath("spark"), *s3])
     defaults = {
         **_DEFAULT_CONF,
         "spark.jars": jars,
