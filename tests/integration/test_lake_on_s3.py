@@ -1,6 +1,11 @@
 """The lake itself on S3 (moto's server on loopback), written by each writer: delta-rs through
 its storage options, delta-spark through S3A. Delta commits there without a rename (S3 has
-none): the tables must equal a local run's."""
+none): the tables must equal a local run's.
+
+Why moto and not s3proxy (Maven Central, tried: 2.6.0 with its filesystem backend): a Delta
+commit on S3 is a put-if-absent of the next log entry (``If-None-Match: *``). s3proxy answers
+that header with NotImplemented, so it cannot show that a commit race is refused; moto answers
+PreconditionFailed, as S3 does."""
 
 from __future__ import annotations
 

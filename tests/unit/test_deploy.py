@@ -184,7 +184,11 @@ def _cron_field_ok(field: str, low: int, high: int) -> bool:
 
 def _batch_jobs() -> dict[str, tuple[str, list[str]]]:
     """Each scheduled job: its schedule and the ``cdc`` arguments it runs."""
-    prefixes = {"maintain.py": ["maintain"], "sla_check.py": ["sla", "check"]}
+    prefixes = {
+        "maintain.py": ["maintain"],
+        "sla_check.py": ["sla", "check"],
+        "dr_snapshot.py": ["dr", "snapshot"],
+    }
     jobs = {}
     for path in sorted((REPO_ROOT / "deploy" / "k8s" / "batch").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
@@ -215,6 +219,7 @@ def test_batch_jobs_have_valid_schedules_and_run_real_commands() -> None:
         "cdc-maintain-vacuum": "0 4 * * 0",  # weekly
         "cdc-sla-check": "*/5 * * * *",
         "cdc-maintain-health": "30 5 * * *",
+        "cdc-dr-snapshot": "0 2 * * *",  # daily
     }
     for name, (schedule, argv) in jobs.items():
         fields = schedule.split()
