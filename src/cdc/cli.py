@@ -183,6 +183,13 @@ def _build_parser() -> _Parser:
     for command in (dr_verify, dr_restore):
         command.add_argument("--snapshot", help="snapshot id (default: the latest)")
     dr_restore.add_argument("--to", required=True, help="the lake root to rebuild the tables in")
+    dr_restore.add_argument("--table", help="only this table, e.g. silver/dim_contact")
+    dr_restore.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        help="with --table: its Delta version, from the newest snapshot that recorded it",
+    )
     dr_restore.add_argument(
         "--tables-only",
         action="store_true",
@@ -529,6 +536,8 @@ def _cmd_dr(args: argparse.Namespace) -> int:
         location=args.location,
         snapshot_id=args.snapshot,
         checkpoints=not args.tables_only,
+        table=args.table,
+        version=args.version,
     )
     for name, version in sorted(restored.tables.items()):
         print(f"{name}: restored at version {version}")

@@ -354,6 +354,8 @@ def restore(
     location: str | None = None,
     snapshot_id: str | None = None,
     checkpoints: bool = True,
+    table: str | None = None,
+    version: int | None = None,
 ) -> RestoreOutcome:
     """Rebuild the snapshot's tables under ``target`` (a lake root), then prepare each
     pipeline to resume after what the restored tables hold.
@@ -364,14 +366,28 @@ def restore(
         location: the DR location (default ``dr.location``).
         snapshot_id: which snapshot (default the latest).
         checkpoints: prepare the replays (needs the broker); False restores tables only.
+        table: restore only this table (``<layer>/<table>``).
+        version: with ``table``, restore it at this Delta version: from the newest snapshot
+            that recorded the table at exactly that version (a snapshot pins one version
+            per table; versions between snapshots were never copied whole).
 
     Raises:
-        DrError: the snapshot is missing, a file does not match its checksum, or a table
-            already exists at the target.
+        DrError: the snapshot is missing, no snapshot holds the version, a file does not
+            match its checksum, or a table already exists at the target.
     """
     started = time.monotonic()
     dr_fs, dr_root, _ = _dr_root(settings, location)
+    if version is not None and table is None:
+        raise ConfigError("--version needs --table: each table has versions of its own")
+    if version is not None:
+        assert table is not None
+        snapshot_id = _snapshot_with(dr_fs, dr_root, table, version)
     manifest = _manifest(dr_fs, dr_root, snapshot_id)
+    if table is not None:
+        if table not in manifest["tables"]:
+            known = ", ".join(sorted(manifest["tables"]))
+            raise DrError(f"snapshot {manifest['snapshot']} has no table {table}; it has: {known}")
+        manifest = {**manifest, "tables": {table: manifest["tables"][table]}}
     lake_fs, lake_root = filesystem(target, settings.lake.resolved_storage_options())
     for name in manifest["tables"]:
         if any(True for _ in _walk(lake_fs, f"{lake_root}/{name}/_delta_log")):
@@ -379,8 +395,8 @@ def restore(
                 f"{target}/{name} already holds a Delta table: restore into an empty lake root"
             )
     versions: dict[str, int] = {}
-    for name, table in sorted(manifest["tables"].items()):
-        files = sorted(table["files"], key=lambda f: f["path"].startswith("_delta_log/"))
+    for name, recorded in sorted(manifest["tables"].items()):
+        files = sorted(recorded["files"], key=lambda f: f["path"].startswith("_delta_log/"))
         for f in files:  # data first, the log last
             src = f"{dr_root}/tables/{name}/{f['path']}"
             dst = f"{lake_root}/{name}/{f['path']}"
@@ -390,13 +406,28 @@ def restore(
                 raise DrError(f"restore of {name}: copying {f['path']} failed: {exc}") from None
             if checksum != f["sha256"]:
                 raise DrError(f"restore of {name}: {f['path']} does not match its checksum")
-        versions[name] = int(table["version"])
+        versions[name] = int(recorded["version"])
     replays: dict[str, dict[str, int]] = {}
     if checkpoints:
         replays = _prepare_replays(settings.with_lake_root(target))
     return RestoreOutcome(
         str(manifest["snapshot"]), target, versions, replays, time.monotonic() - started
     )
+
+
+def _snapshot_with(fs: FileSystem, root: str, table: str, version: int) -> str:
+    """The newest snapshot that recorded ``table`` at ``version``."""
+    seen: set[int] = set()
+    for rel, _ in sorted(_walk(fs, f"{root}/manifests"), reverse=True):
+        manifest = _read_json(fs, f"{root}/manifests/{rel}")
+        recorded = manifest.get("tables", {}).get(table)
+        if recorded is None:
+            continue
+        if int(recorded["version"]) == version:
+            return str(manifest["snapshot"])
+        seen.add(int(recorded["version"]))
+    held = ", ".join(str(v) for v in sorted(seen)) or "none"
+    raise DrError(f"no snapshot holds {table} at version {version}; versions held: {held}")
 
 
 def _prepare_replays(settings: Settings) -> dict[str, dict[str, int]]:

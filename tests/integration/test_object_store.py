@@ -117,3 +117,20 @@ def test_dr_snapshot_verify_and_restore_through_s3(
         got = DeltaTable(str(restored / name)).to_pyarrow_table().sort_by("contact_id")
         want = DeltaTable(str(lake / name)).to_pyarrow_table().sort_by("contact_id")
         assert got.equals(want), name
+
+    # One table at a version an earlier snapshot recorded (a later one holds version 3).
+    write_deltalake(
+        str(lake / "bronze/crm_contacts"), pa.table({"contact_id": ["x"], "n": [9]}), mode="append"
+    )
+    assert main(["dr", "snapshot", *base, *dr_options]) == 0
+    assert "bronze/crm_contacts: version 3, 13 rows, " in capsys.readouterr().out
+    older = tmp_path / "older"
+    one = ["dr", "restore", "--to", str(older), "--tables-only", "--table", "bronze/crm_contacts"]
+    assert main([*one, "--version", "2", *base, *dr_options]) == 0
+    capsys.readouterr()
+    assert DeltaTable(str(older / "bronze/crm_contacts")).to_pyarrow_table().num_rows == 12
+    assert not (older / "silver").exists()
+    assert main([*one, "--version", "5", "--to", str(tmp_path / "x"), *base, *dr_options]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cdc: error: no snapshot holds bronze/crm_contacts at version 5; versions held: 2, 3"
+    )
