@@ -114,17 +114,27 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def configure_logging(verbose: bool, json_lines: bool) -> None:
-    """Set up the root logger once per process: level, format and the secret filter."""
+    """Set up the root logger: level, format and the secret filter.
+
+    Like :func:`logging.basicConfig`, it adds its stderr handler only when nobody else
+    handles the process's records (an application embedding ``cdc``, or pytest, keeps its
+    own handlers); their handlers get the secret filter all the same.
+    """
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_cdc", False)]:
+        root.removeHandler(old)
+    others = list(root.handlers)
+    for handler in others:
+        if _redactor not in handler.filters:
+            handler.addFilter(_redactor)
+    if others:
+        return
     handler = _StderrHandler()
     handler.addFilter(_redactor)
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        if getattr(old, "_cdc", False):
-            root.removeHandler(old)
     handler._cdc = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)

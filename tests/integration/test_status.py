@@ -22,7 +22,11 @@ SECRET = "s3cr3t-VALUE-42"
 
 
 def test_status_reports_offsets_lag_last_batch_and_tables_without_secrets(
-    spark: Any, fresh_kafka: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    spark: Any,
+    fresh_kafka: str,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     lines = [change(f"c{i}", "c", 1000 * (i + 1), email=f"c{i}@x.io") for i in range(6)]
     produce(fresh_kafka, "crm.contacts", lines, tmp_path)
@@ -65,3 +69,4 @@ def test_status_reports_offsets_lag_last_batch_and_tables_without_secrets(
     assert "  last batch  " in out
     assert SECRET not in out and SECRET not in err
     assert SECRET not in metrics.exposition().decode()
+    assert SECRET not in caplog.text  # the log records themselves are redacted

@@ -65,6 +65,10 @@ def test_configured_logging_redacts_every_line(
         ["kafka.client.sasl.password=env:TEST_KAFKA_PASSWORD"],
         config_dir=REPO_ROOT / "config",
     )
+    root = logging.getLogger()
+    # As in a `cdc` process: nobody else handles records (pytest's handlers set aside).
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
     configure_logging(verbose=True, json_lines=True)
     redact_secrets_of(settings)
     logging.getLogger("cdc.kafka.librdkafka").warning("auth with hunter2-long failed")
