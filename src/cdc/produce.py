@@ -33,7 +33,7 @@ from fastavro import schemaless_writer
 from fastavro.validation import validate
 
 from cdc.contracts import TopicContract
-from cdc.errors import BrokerUnavailableError, ConfigError, ProduceError
+from cdc.errors import BrokerUnavailableError, CdcError, ConfigError, ProduceError
 from cdc.kafka_admin import admin_client, ensure_topic, partition_count, topic_max_message_bytes
 from cdc.registry import AvroType, RegisteredSchema, SchemaRegistry, frame, type_label
 
@@ -498,10 +498,13 @@ def produce_records(
         }
     )
     failures: list[str] = []
+    last_offset: dict[int, int] = {}
 
     def on_delivery(err: Any, msg: Any) -> None:
         if err is not None:
             failures.append(f"partition {msg.partition()}: {err}")
+        else:
+            last_offset[msg.partition()] = max(last_offset.get(msg.partition(), -1), msg.offset())
 
     deadline = time.monotonic() + timeout_s
 
@@ -543,6 +546,7 @@ def produce_records(
             shown = "; ".join(failures[:_MAX_LISTED_ERRORS])
             raise ProduceError(f"{len(failures)} record(s) to {topic} failed: {shown}")
         _commit(producer, left)
+        _wait_visible(bootstrap, client_config, topic, last_offset, left)
     except ProduceError as exc:
         _abort(producer, left)
         raise ProduceError(
@@ -583,6 +587,51 @@ def _commit(producer: Any, left: Callable[[], float]) -> None:
                 f"the commit of the transaction failed ({_kafka_error(exc)}): Kafka may or may"
                 " not have committed it; check the topic before sending the file again"
             ) from None
+
+
+def _wait_visible(
+    bootstrap: str,
+    client_config: Mapping[str, Any] | None,
+    topic: str,
+    last_offset: Mapping[int, int],
+    left: Callable[[], float],
+) -> None:
+    """Return once ``read_committed`` readers see the committed records.
+
+    ``commit_transaction`` returns when the coordinator has logged the commit; the markers
+    that make the records readable reach the partitions a moment later. Until then a
+    pipeline started right after ``cdc produce`` (it reads ``read_committed``, up to each
+    partition's last stable offset) would see none of them.
+    """
+    from cdc.kafka_admin import KafkaMetadata
+
+    meta = KafkaMetadata(
+        {"bootstrap.servers": bootstrap, **(client_config or {})}, timeout_s=min(10.0, left())
+    )
+    try:
+        while True:
+            try:
+                marks = meta.watermarks([(topic, p) for p in last_offset])
+            except CdcError as exc:  # committed all the same: say so, do not fail the produce
+                log.warning("the transaction to %s is committed; %s", topic, exc)
+                return
+            waiting = [
+                p
+                for p, offset in last_offset.items()
+                if (topic, p) not in marks or marks[(topic, p)].high <= offset
+            ]
+            if not waiting:
+                return
+            if left() <= 0.1:
+                log.warning(
+                    "the transaction to %s is committed but partitions %s are not readable yet",
+                    topic,
+                    waiting,
+                )
+                return
+            time.sleep(0.05)
+    finally:
+        meta.close()
 
 
 def _abort(producer: Any, left: Callable[[], float]) -> None:
