@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cdc.config import Settings
 from cdc.lake import table_paths
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 __all__ = [
     "TOPIC_ID_COLUMN",
@@ -140,11 +137,10 @@ def landed_ranges(
     paths = table_paths(settings, settings.pipeline(name))
     spans: list[tuple[int, int, int]] = []
     for role in ("bronze", "quarantine"):
-        if not store.exists(paths[role]):
-            continue
-        where = _where(
-            store.query(paths[role], "SELECT * FROM t LIMIT 0"), topic, topic_id, legacy_rows
-        )
+        columns = store.columns(paths[role])
+        if not columns:
+            continue  # no table
+        where = _where(columns, topic, topic_id, legacy_rows)
         if where is None:
             continue
         rows = store.query(paths[role], _ISLANDS.format(where=where)).to_pylist()
@@ -152,10 +148,10 @@ def landed_ranges(
     return merge_ranges(spans)
 
 
-def _where(empty: pa.Table, topic: str, topic_id: str | None, legacy_rows: bool) -> str | None:
+def _where(columns: list[str], topic: str, topic_id: str | None, legacy_rows: bool) -> str | None:
     """The row filter of one table, or None when no row of it can count."""
     same_topic = f"topic = {_quote(topic)}"
-    if TOPIC_ID_COLUMN not in empty.column_names:
+    if TOPIC_ID_COLUMN not in columns:
         return same_topic if legacy_rows else None
     which = []
     if topic_id is not None:

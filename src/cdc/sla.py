@@ -84,26 +84,25 @@ def _age(now: datetime, then: datetime | None) -> str:
     return f"{seconds}s ago"
 
 
+def _older(now: datetime, then: datetime | None, seconds: float) -> bool:
+    """Whether ``then`` lies more than ``seconds`` before ``now`` (never: it does)."""
+    return then is None or (now - then).total_seconds() > seconds
+
+
 def evaluate(facts: Facts, sla: SlaSettings, now: datetime) -> list[Breach]:
     """The pipeline's breached SLAs at ``now``."""
     out: list[Breach] = []
-    if facts.lag is not None and facts.lag > 0:
-        late = facts.last_batch_at is None or (
-            (now - facts.last_batch_at).total_seconds() > sla.freshness_seconds
-        )
-        if late:
-            out.append(
-                Breach(
-                    facts.pipeline,
-                    "freshness",
-                    f"{facts.lag} records behind its topic; last batch committed"
-                    f" {_age(now, facts.last_batch_at)} (SLA {sla.freshness_seconds:g}s)",
-                )
+    behind = facts.lag is not None and facts.lag > 0
+    if behind and _older(now, facts.last_batch_at, sla.freshness_seconds):
+        out.append(
+            Breach(
+                facts.pipeline,
+                "freshness",
+                f"{facts.lag} records behind its topic; last batch committed"
+                f" {_age(now, facts.last_batch_at)} (SLA {sla.freshness_seconds:g}s)",
             )
-    quiet = facts.last_record_at is None or (
-        (now - facts.last_record_at).total_seconds() > sla.no_records_seconds
-    )
-    if quiet:
+        )
+    if _older(now, facts.last_record_at, sla.no_records_seconds):
         out.append(
             Breach(
                 facts.pipeline,

@@ -48,10 +48,8 @@ def _ids_in_tables(settings: Settings, name: str) -> set[str]:
     topic = pipeline.topic.replace("'", "''")
     ids: set[str] = set()
     for role, uri in table_paths(settings, pipeline).items():
-        if role == "silver" or not store.exists(uri):
-            continue
-        if TOPIC_ID_COLUMN not in store.query(uri, "SELECT * FROM t LIMIT 0").column_names:
-            continue
+        if role == "silver" or TOPIC_ID_COLUMN not in store.columns(uri):
+            continue  # no table, or rows written before they kept topic ids
         rows = store.query(
             uri,
             f"SELECT DISTINCT {TOPIC_ID_COLUMN} AS id FROM t"

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.cli import _serve_metrics
 from cdc.kafka_admin import ensure_topic
 from cdc.pipelines import start_query
-from tests.integration.test_cli import free_port
 from tests.integration.test_kafka_source import _delete_topic
 from tests.integration.test_pipeline_e2e import change, make_settings, produce
+from tests.support.endpoints import free_port, metric_samples
+from tests.support.endpoints import http_get as _get
 from tests.support.prometheus import prometheus_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,22 +32,10 @@ TOPIC = "crm.contacts"
 SELECT = f'{{pipeline="{PIPELINE}"}}'
 
 
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     status, text = _get(port, "/metrics")
     assert status == 200
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return metric_samples(text)
 
 
 def _until(condition: Callable[[], bool], what: str, timeout: float = 180.0) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -14,13 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.support.endpoints import free_port, serve
+
 __all__ = ["Prometheus", "prometheus_server"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Prometheus:
@@ -62,7 +56,7 @@ def prometheus_server(targets: list[str], root: Path) -> Iterator[Prometheus]:
     """Start ``prometheus`` scraping ``targets`` (``host:port``) every second."""
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed (.ci/run installs Debian's package)"
-    port = _free_port()
+    port = free_port()
     config = root / "prometheus.yml"
     config.write_text(
         json.dumps(  # JSON is YAML
@@ -72,35 +66,12 @@ def prometheus_server(targets: list[str], root: Path) -> Iterator[Prometheus]:
             }
         )
     )
-    log = (root / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={root / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    command = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={root / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (root / "prometheus.log").read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "prometheus did not become ready"
-            time.sleep(0.2)
+    with serve(command, root / "prometheus.log", f"{url}/-/ready", "prometheus"):
         yield Prometheus(url)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()

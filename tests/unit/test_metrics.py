@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cdc.batch import BatchStats
 from cdc.config import SlaSettings
 from cdc.metrics import METRIC_NAMES, MetricsServer, ServiceMetrics, consumer_lag
+from tests.support.endpoints import http_get as _get
+from tests.support.endpoints import metric_samples
 
 
 def samples(metrics: ServiceMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = metrics.exposition().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return metric_samples(metrics.exposition().decode())
 
 
 def test_batch_stats_move_the_counters() -> None:
@@ -85,14 +78,6 @@ def test_consumer_lag_per_partition() -> None:
         == 4
     )
     assert got[("cdc_input_records_per_second", (("pipeline", "p"),))] == 12.5
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_endpoints_report_liveness_readiness_and_metrics() -> None:

@@ -85,6 +85,11 @@ class TableStore(ABC):
         """Whether a Delta table exists at ``uri``."""
         return self._open(uri) is not None
 
+    def columns(self, uri: str) -> list[str]:
+        """The table's top-level column names, from its log (none when it does not exist)."""
+        table = self._open(uri)
+        return [] if table is None else [f.name for f in table.schema().fields]
+
     def txn_version(self, uri: str, app_id: str) -> int | None:
         """The last version committed for ``app_id`` in the table (None: none, or no table)."""
         table = self._open(uri)
