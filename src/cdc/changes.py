@@ -14,9 +14,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdc import sequence
 from cdc.errors import ConfigError
 from cdc.landed import TOPIC_ID_COLUMN, Ranges, landed_mask
 from cdc.scd2 import Scd2Spec, encode_sequence
+from cdc.sequence import Ordering, PositionField, SequenceBy, ordering_for, sequence_position
 
 __all__ = [
     "QUARANTINE_COLUMNS",
@@ -127,23 +129,6 @@ def business_columns(schema: pa.Schema, source_format: str) -> list[str]:
     return _struct_fields(value_type)
 
 
-def _path_expr(root: pl.Expr, path: str) -> pl.Expr:
-    expr = root
-    for part in path.split("."):
-        expr = expr.struct.field(part)
-    return expr
-
-
-def _epoch_ms(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    if isinstance(dtype, pl.Datetime):
-        return expr.dt.epoch("ms")
-    if isinstance(dtype, pl.Date):
-        return expr.cast(pl.Datetime("ms")).dt.epoch("ms")
-    if dtype.is_integer():
-        return expr.cast(pl.Int64)
-    raise ConfigError(f"sequence_by column has type {dtype}; expected a timestamp, date or integer")
-
-
 def _resolve_dtype(schema: pl.Schema, root: str, path: str) -> pl.DataType:
     dtype: pl.DataType = schema[root]
     for part in path.split("."):
@@ -159,50 +144,71 @@ def _resolve_dtype(schema: pl.Schema, root: str, path: str) -> pl.DataType:
     return dtype
 
 
+def _time_ms(df: pl.DataFrame, ordering: Ordering, source_format: str) -> pl.Expr:
+    """Each record's source time (epoch ms): the legacy path, ``source.ts_ms`` of an envelope,
+    or a flat record's first time field; the Kafka timestamp where that is null or absent."""
+    kafka_ms = pl.col("timestamp").dt.epoch("ms")
+    path: str | None = ordering.legacy_path
+    if path is None and source_format == "envelope":
+        path = "source.ts_ms"
+    elif path is None:
+        path = next((f.path for f in ordering.fields if _is_time(df.schema, f)), None)
+    if path is None:
+        return kafka_ms
+    dtype = _resolve_dtype(df.schema, "value", path)
+    field = pl.col("value")
+    for part in path.split("."):
+        field = field.struct.field(part)
+    return pl.coalesce(sequence.epoch_ms(field, dtype, path), kafka_ms)
+
+
+def _is_time(schema: pl.Schema, f: PositionField) -> bool:
+    if f.kind == "time":
+        return True
+    dtype = _resolve_dtype(schema, "value", f.path)
+    return f.kind == "auto" and isinstance(dtype, (pl.Datetime, pl.Date))
+
+
 def scd2_changes(
-    valid: pa.Table, spec: Scd2Spec, source_format: str, sequence_by: str | None
+    valid: pa.Table, spec: Scd2Spec, source_format: str, sequence_by: SequenceBy
 ) -> pl.DataFrame:
     """Normalise valid rows into SCD2 change events (see :func:`cdc.scd2.apply_scd2`).
 
     Envelope (Debezium): ``op`` c/u/r → upsert from ``after``; ``d`` or a tombstone
-    (null value) → delete. Keys come from the Kafka key. The sequence time is
-    ``sequence_by`` (a path inside the value, default ``source.ts_ms``), or the Kafka
-    timestamp for a tombstone; ties break on Kafka partition and offset.
+    (null value) → delete. Keys come from the Kafka key, never from ``before`` (a delete's
+    values are not read). The sequence (:mod:`cdc.sequence`) is the source position
+    (``sequence_by``, default the connector's), then the source time (``source.ts_ms``; the
+    Kafka timestamp for a tombstone), then Kafka partition and offset.
     Flat: every record is an upsert of its value's columns.
 
     Args:
         valid: bronze rows of one batch.
         spec: the dimension's spec.
         source_format: ``envelope`` or ``flat``.
-        sequence_by: path inside the value of the sequence time.
+        sequence_by: the pipeline's ``sequence_by`` (see :func:`cdc.sequence.ordering_for`).
     """
     df = pl.from_arrow(valid)
     assert isinstance(df, pl.DataFrame)
     value = pl.col("value")
-    kafka_ms = pl.col("timestamp").dt.epoch("ms")
     keys = [pl.col("key").struct.field(k).alias(k) for k in spec.keys]
+    ordering = ordering_for(sequence_by, source_format)
     if source_format == "envelope":
-        seq_path = sequence_by or "source.ts_ms"
-        seq_dtype = _resolve_dtype(df.schema, "value", seq_path)
         is_delete = value.is_null() | (value.struct.field("op") == "d")
         row = value.struct.field("after")
         columns = [
             pl.when(is_delete).then(None).otherwise(row.struct.field(c)).alias(c)
             for c in spec.columns
         ]
-        seq_ms = pl.coalesce(_epoch_ms(_path_expr(value, seq_path), seq_dtype), kafka_ms)
     else:
-        if not sequence_by:
-            raise ConfigError("a flat scd2 pipeline needs sequence_by")
-        seq_dtype = _resolve_dtype(df.schema, "value", sequence_by)
         is_delete = value.is_null()
         columns = [value.struct.field(c).alias(c) for c in spec.columns]
-        seq_ms = pl.coalesce(_epoch_ms(_path_expr(value, sequence_by), seq_dtype), kafka_ms)
+    seq_ms = _time_ms(df, ordering, source_format)
+    position = sequence_position(ordering, df.schema)
     return df.select(
         *keys,
         *columns,
         pl.when(is_delete).then(pl.lit("D")).otherwise(pl.lit("U")).alias("_op"),
-        encode_sequence(seq_ms, pl.col("partition"), pl.col("offset")).alias("_seq"),
+        encode_sequence(seq_ms, pl.col("partition"), pl.col("offset"), position).alias("_seq"),
         pl.col("topic").alias("_source_topic"),
         value.is_null().alias("_tombstone"),
     )

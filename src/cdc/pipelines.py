@@ -22,6 +22,7 @@ from cdc.config import Settings, parse_duration_seconds
 from cdc.errors import CdcError
 from cdc.faults import FaultHook
 from cdc.kafka_source import decoded_stream
+from cdc.sequence import check_table_layout
 from cdc.topic_identity import check_topic_identity
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def start_query(
     check_checkpoint_matches_tables(settings, name, checkpoint)
     check_topic_identity(settings, name, checkpoint)
     check_checkpoint_within_topic(settings, name, checkpoint)
+    check_table_layout(settings, name)
     batch_writer: type[BatchWriter]
     if settings.lake.writer == "delta-spark":
         from cdc.batch_spark import DistributedBatchWriter

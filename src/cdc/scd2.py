@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from cdc import sequence
+
 __all__ = [
     "DIM_SYSTEM_COLUMNS",
     "LINEAGE_COLUMNS",
@@ -62,8 +64,9 @@ DIM_SYSTEM_COLUMNS = (
     "_seq_close",
     "_seq_max",
 )
-_TS_WIDTH, _PART_WIDTH, _OFF_WIDTH = 15, 6, 19
 _TS_TYPE = pl.Datetime("us", "UTC")
+_KAFKA_SUFFIX = 27
+"""Characters of ``.partition.offset`` at the end of a sequence."""
 
 
 @dataclass(frozen=True)
@@ -144,40 +147,43 @@ class Scd2Result:
     greatest sequence seen: the table cannot hold it, so the caller keeps it (``seen``)."""
 
 
-def encode_sequence(ts_ms: pl.Expr, partition: pl.Expr, offset: pl.Expr) -> pl.Expr:
-    """Fixed-width string that sorts like ``(ts_ms, partition, offset)``.
+def encode_sequence(
+    ts_ms: pl.Expr, partition: pl.Expr, offset: pl.Expr, position: pl.Expr | None = None
+) -> pl.Expr:
+    """Fixed-width string that sorts like ``(position..., ts_ms, partition, offset)``.
+
+    See :mod:`cdc.sequence` for the layouts.
 
     Args:
         ts_ms: sequence time in epoch milliseconds (non-negative).
         partition: Kafka partition (tie-break).
         offset: Kafka offset (tie-break).
+        position: the source position, encoded (:func:`cdc.sequence.sequence_position`).
     """
-    return pl.concat_str(
-        ts_ms.cast(pl.Int64).cast(pl.String).str.zfill(_TS_WIDTH),
-        partition.cast(pl.Int64).cast(pl.String).str.zfill(_PART_WIDTH),
-        offset.cast(pl.Int64).cast(pl.String).str.zfill(_OFF_WIDTH),
-        separator=".",
-    )
+    return sequence.encode(ts_ms, partition, offset, position)
 
 
 def decode_sequence_ts(seq: pl.Expr) -> pl.Expr:
     """The timestamp part of a sequence string, as ``Datetime(us, UTC)``."""
-    return (seq.str.slice(0, _TS_WIDTH).cast(pl.Int64) * 1000).cast(_TS_TYPE)
+    return _ms_to_ts(sequence.decode_time_ms(seq))
 
 
-def _seq_partition(seq: pl.Expr) -> pl.Expr:
-    return seq.str.slice(_TS_WIDTH + 1, _PART_WIDTH).cast(pl.Int32)
-
-
-def _seq_offset(seq: pl.Expr) -> pl.Expr:
-    return seq.str.slice(_TS_WIDTH + _PART_WIDTH + 2, _OFF_WIDTH).cast(pl.Int64)
+def _ms_to_ts(ms: pl.Expr) -> pl.Expr:
+    return (ms * 1000).cast(_TS_TYPE)
 
 
 def _event_columns(spec: Scd2Spec) -> list[str]:
-    return [*spec.keys, *spec.columns, "_op", "_seq", "_source_topic", "_tombstone"]
+    return [*spec.keys, *spec.columns, "_op", "_seq", "_source_topic", "_tombstone", "_floor"]
 
 
 def _with_tombstone_flag(events: pl.DataFrame) -> pl.DataFrame:
+    """Events with the optional columns filled: ``_tombstone`` (false) and ``_floor`` (null).
+
+    ``_floor`` (epoch ms) is set only on events rebuilt from rows: the valid time the row
+    already holds, which the event's own sequence time may be below (see :func:`_fold`).
+    """
+    if "_floor" not in events.columns:
+        events = events.with_columns(pl.lit(None, dtype=pl.Int64).alias("_floor"))
     if "_tombstone" in events.columns:
         return events.with_columns(pl.col("_tombstone").fill_null(False))
     return events.with_columns(pl.lit(False).alias("_tombstone"))
@@ -191,22 +197,30 @@ def _place_tombstones(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     tombstone's place is just after its predecessor there: it takes the predecessor's sequence
     time (or its own Kafka time if later, when the predecessor is not a delete — a delete
     followed by a tombstone is the usual Debezium pair, and the tombstone is then a no-op),
-    tie-broken by its own position. With no known predecessor it keeps its Kafka time.
+    tie-broken by its own position; it takes the predecessor's source position too. With no
+    known predecessor it keeps its own sequence: its Kafka time and, in a positioned layout,
+    the zero position (before every change of the key: a delete of nothing).
     """
     if not events.get_column("_tombstone").any():
         return events
     keys = list(spec.keys)
     located = events.with_columns(
-        _p=_seq_partition(pl.col("_seq")),
-        _o=_seq_offset(pl.col("_seq")),
-        _t=pl.col("_seq").str.slice(0, _TS_WIDTH).cast(pl.Int64),
+        _p=sequence.decode_partition(pl.col("_seq")),
+        _o=sequence.decode_offset(pl.col("_seq")),
+        _t=sequence.decode_time_ms(pl.col("_seq")),
+        _pos=sequence.position_prefix(pl.col("_seq")),
     )
     tombs = located.filter(pl.col("_tombstone")).sort("_o")
     others = located.filter(~pl.col("_tombstone")).sort("_o")
     placed = (
         tombs.join_asof(
             others.select(
-                *keys, "_p", "_o", pl.col("_t").alias("_pred_t"), pl.col("_op").alias("_pred_op")
+                *keys,
+                "_p",
+                "_o",
+                pl.col("_t").alias("_pred_t"),
+                pl.col("_op").alias("_pred_op"),
+                pl.col("_pos").alias("_pred_pos"),
             ),
             on="_o",
             by=[*keys, "_p"],
@@ -221,7 +235,14 @@ def _place_tombstones(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
             .then(pl.col("_pred_t"))
             .otherwise(pl.max_horizontal("_pred_t", "_t"))
         )
-        .with_columns(_seq=encode_sequence(pl.col("_t"), pl.col("_p"), pl.col("_o")))
+        .with_columns(
+            _seq=encode_sequence(
+                pl.col("_t"),
+                pl.col("_p"),
+                pl.col("_o"),
+                pl.coalesce("_pred_pos", "_pos"),
+            )
+        )
     )
     return pl.concat([others.select(events.columns), placed.select(events.columns)], how="vertical")
 
@@ -254,12 +275,15 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     base = [*spec.keys, *spec.columns]
     flag = pl.lit(False).alias("_tombstone")
     pseudo, genuine = pl.lit(True).alias("_pseudo"), pl.lit(True).alias("_content_ok")
+    # The valid times the rows hold: an event's own sequence time may be below them.
+    floor = pl.col("valid_from").dt.epoch("ms").alias("_floor")
     opener = rows.select(
         *base,
         pl.lit("U").alias("_op"),
         pl.col("_seq_open").alias("_seq"),
         "_source_topic",
         flag,
+        floor,
         pseudo,
         (pl.col("_seq_last") == pl.col("_seq_open")).alias("_content_ok"),
     )
@@ -269,6 +293,7 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         pl.col("_seq_last").alias("_seq"),
         "_source_topic",
         flag,
+        floor,
         pseudo,
         genuine,
     )
@@ -276,7 +301,14 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     deleted = (
         rows.filter(pl.col("_seq_close").is_not_null())
         .join(opened, on=[*spec.keys, "_seq_close"], how="anti", nulls_equal=True)
-        .pipe(_rebuilt_deletes, spec, "_seq_close", rows.schema, pl.col("_source_topic"))
+        .pipe(
+            _rebuilt_deletes,
+            spec,
+            "_seq_close",
+            rows.schema,
+            pl.col("_source_topic"),
+            pl.col("valid_to").dt.epoch("ms"),
+        )
     )
     # Deletes that found no current version leave no row; the latest row remembers the last.
     noop_delete = rows.filter(
@@ -286,7 +318,12 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
 
 
 def _rebuilt_deletes(
-    rows: pl.DataFrame, spec: Scd2Spec, seq: str, dtypes: pl.Schema, source_topic: pl.Expr
+    rows: pl.DataFrame,
+    spec: Scd2Spec,
+    seq: str,
+    dtypes: pl.Schema,
+    source_topic: pl.Expr,
+    floor: pl.Expr | None = None,
 ) -> pl.DataFrame:
     """The delete event each of ``rows`` stands for: its keys at sequence ``seq``, no values.
 
@@ -296,6 +333,7 @@ def _rebuilt_deletes(
         seq: the column holding the delete's sequence.
         dtypes: dtypes of the business columns (null in a delete).
         source_topic: the events' ``_source_topic``.
+        floor: the delete's valid time as the rows hold it (epoch ms), if they do.
 
     Returns:
         Events in the layout of :func:`_event_columns`, marked rebuilt (``_pseudo``) with
@@ -308,6 +346,7 @@ def _rebuilt_deletes(
         pl.col(seq).alias("_seq"),
         source_topic,
         pl.lit(False).alias("_tombstone"),
+        (floor if floor is not None else pl.lit(None, dtype=pl.Int64)).alias("_floor"),
         pl.lit(True).alias("_pseudo"),
         pl.lit(True).alias("_content_ok"),
     )
@@ -317,8 +356,9 @@ def _dedupe(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     """Drop duplicate deliveries, keeping the first (known events come first).
 
     The same Kafka record twice has the same sequence. A producer that re-sends a change (an
-    at-least-once connector after a restart) writes a new record with the same source time,
-    operation and values at a later offset: it sorts right after the original, and is
+    at-least-once connector after a restart) writes a new record with the same source
+    position and time, operation and values at a later offset: it sorts right after the
+    original, and is
     dropped as a copy of the key's preceding event, so it moves neither lineage nor
     ``_seq_max``. (A change equal to its predecessor at the same source time changes
     nothing visible either way.) A rebuilt opener carries its row's final values, not the
@@ -330,7 +370,7 @@ def _dedupe(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         events = events.with_columns(_pseudo=pl.lit(False), _content_ok=pl.lit(True))
     exact = events.unique(subset=[*keys, "_seq"], keep="first", maintain_order=True)
     ordered = exact.sort([*keys, "_seq"], maintain_order=True).with_columns(
-        pl.col("_seq").str.slice(0, _TS_WIDTH).alias("_seq_ts")
+        pl.col("_seq").str.head(-_KAFKA_SUFFIX).alias("_seq_ts")  # position and time
     )
     is_delete = pl.col("_op") == "D"
 
@@ -411,7 +451,12 @@ def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         if spec.tracked
         else pl.lit(False)
     )
+    # Valid times never go back along the sequence: a source clock that steps back (or a
+    # position that orders differently from time) must not invert an interval. Rows rebuilt
+    # into events carry the valid time they already hold (``_floor``).
+    valid_ms = pl.max_horizontal(sequence.decode_time_ms(pl.col("_seq")), pl.col("_floor"))
     df = df.with_columns(
+        _vt=valid_ms.cum_max().over(keys),
         _new_key=new_key,
         _last_in_key=last_in_key,
         _prev_op=pl.col("_op").shift(1),
@@ -426,9 +471,12 @@ def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         .then(None)
         .otherwise(pl.col("_is_open").shift(-1)),
         _next_seq=pl.when(pl.col("_last_in_key")).then(None).otherwise(pl.col("_seq").shift(-1)),
+        _next_vt=pl.when(pl.col("_last_in_key")).then(None).otherwise(pl.col("_vt").shift(-1)),
     )
     upserts = df.filter(pl.col("_op") == "U")
-    openers = upserts.filter(pl.col("_is_open")).select(pl.col("_seq").alias("_seq_open"))
+    openers = upserts.filter(pl.col("_is_open")).select(
+        pl.col("_seq").alias("_seq_open"), pl.col("_vt").alias("_open_vt")
+    )
     lasts = upserts.filter(
         pl.col("_next_op").is_null() | (pl.col("_next_op") == "D") | pl.col("_next_is_open")
     )
@@ -437,12 +485,12 @@ def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     rows = pl.concat([lasts, openers], how="horizontal").select(
         *keys,
         *spec.columns,
-        decode_sequence_ts(pl.col("_seq_open")).alias("valid_from"),
-        decode_sequence_ts(pl.col("_next_seq")).alias("valid_to"),
+        _ms_to_ts(pl.col("_open_vt")).alias("valid_from"),
+        _ms_to_ts(pl.col("_next_vt")).alias("valid_to"),
         pl.col("_next_seq").is_null().alias("is_current"),
         pl.col("_source_topic"),
-        _seq_partition(pl.col("_seq")).alias("_source_partition"),
-        _seq_offset(pl.col("_seq")).alias("_source_offset"),
+        sequence.decode_partition(pl.col("_seq")).alias("_source_partition"),
+        sequence.decode_offset(pl.col("_seq")).alias("_source_offset"),
         pl.col("_seq_open"),
         pl.col("_seq").alias("_seq_last"),
         pl.col("_next_seq").alias("_seq_close"),

@@ -100,7 +100,7 @@ BUSINESS = (
     "marketing_opt_in",
     "job_title",
 )
-"""Non-key columns of ``after`` in the reader schema (crm.contacts-value v2)."""
+"""Non-key columns of ``after`` in the reader schema (crm.contacts-value latest)."""
 UNTRACKED = ("updated_at", "phone")  # config/local.yaml: track_history_except
 AUDIT = ("_ingested_at", "_quarantined_at", "_batch_id", "_topic_id")
 BRONZE_ORDER = ["partition", "offset"]

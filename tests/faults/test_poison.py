@@ -111,7 +111,7 @@ def test_poison_is_quarantined_with_its_reason_and_valid_records_equal_clean_run
     assert str(UNKNOWN_ID) in by_name["unknown_schema_id"]["error"]
     # The code is what matters; the text names the writer schema (fastavro reports a body
     # cut short as IndexError or EOFError depending on where the cut falls).
-    assert "writer schema 13 (crm.contacts-value v2)" in by_name["truncated"]["error"]
+    assert "writer schema 15 (crm.contacts-value v3)" in by_name["truncated"]["error"]
     oversize = by_name["oversize"]
     size = len(oversize["key_raw"]) + len(oversize["value_raw"])
     assert f"{size} bytes" in oversize["error"] and str(MAX_MESSAGE_BYTES) in oversize["error"]

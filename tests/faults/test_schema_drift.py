@@ -1,13 +1,13 @@
 """Schema drift: producers writing with schemas other than the consumer's reader schema.
 
-The decoder reads every record with the reader schema, ``crm.contacts-value`` latest (v2,
-id 13), whatever writer schema id the record carries; the writer id must be resolvable in the
+The decoder reads every record with the reader schema, ``crm.contacts-value`` latest (v3,
+id 15), whatever writer schema id the record carries; the writer id must be resolvable in the
 consumer's registry. The consumer's registry here is a copy of ``schemas/avro`` that also
 holds the producers' schemas:
 
 * (a) **extra field**: a producer ahead of the consumer adds ``Value.nickname`` (id 101). The
-  record lands in bronze decoded as v2, ``extra_fields`` naming the field; silver is as if
-  the producer had written v2.
+  record lands in bronze decoded as v3, ``extra_fields`` naming the field; silver is as if
+  the producer had written v3.
 * (b) **optional field removed**: a producer drops ``Value.phone`` (id 102), and an old
   producer still writes v1 (id 4, without v2's ``marketing_opt_in``/``job_title``). The reader
   fills the defaults; bronze and silver equal the clean run.
@@ -16,11 +16,11 @@ holds the producers' schemas:
 
 The producers' schemas are registered each as version 1 of a subject of their own: the file
 registry reads with the *latest* version of the contract's subject, so registering them as
-v3 of ``crm.contacts-value`` would make them the reader. That is the other case, tested last:
+v4 of ``crm.contacts-value`` would make them the reader. That is the other case, tested last:
 
-* (d) **the registry of record evolves**: ``crm.contacts-value`` gains v3 = v2 + an optional
+* (d) **the registry of record evolves**: ``crm.contacts-value`` gains v4 = v3 + an optional
   ``nickname`` (BACKWARD compatible, ``cdc schemas check`` accepts it) after silver already
-  holds v2 rows. v3 becomes the reader: bronze and silver gain the column, null for changes
+  holds v3 rows. v4 becomes the reader: bronze and silver gain the column, null for changes
   written before it, and silver equals the one-pass SCD2 model with the column tracked.
 """
 
@@ -225,10 +225,10 @@ def test_new_optional_field_as_the_subjects_next_version_reaches_bronze_and_silv
 
     evolved = tmp_path / "registry"
     shutil.copytree(REGISTRY_PATH, evolved)
-    v3 = RegisteredSchema(VALUE_SUBJECT, 3, 101, EXTRA.schema)
-    (evolved / VALUE_SUBJECT / "v3.avsc").write_text(json.dumps(v3.schema, indent=2))
+    v4 = RegisteredSchema(VALUE_SUBJECT, 4, 101, EXTRA.schema)
+    (evolved / VALUE_SUBJECT / "v4.avsc").write_text(json.dumps(v4.schema, indent=2))
     index = json.loads((evolved / "index.json").read_text())
-    index["subjects"][VALUE_SUBJECT].append({"version": 3, "id": v3.schema_id})
+    index["subjects"][VALUE_SUBJECT].append({"version": v4.version, "id": v4.schema_id})
     (evolved / "index.json").write_text(json.dumps(index, indent=2))
     assert check_path(evolved) == []  # what `cdc schemas check` runs in CI
 
@@ -236,7 +236,7 @@ def test_new_optional_field_as_the_subjects_next_version_reaches_bronze_and_silv
 
     def with_nickname(rec: Rec, nickname: str) -> Rec:
         assert rec.event is not None and rec.event.row is not None
-        new = reencode(rec, v3, lambda d: d["after"].update(nickname=nickname))
+        new = reencode(rec, v4, lambda d: d["after"].update(nickname=nickname))
         return replace(
             new, event=Event(rec.event.cid, "U", {**rec.event.row, "nickname": nickname})
         )
@@ -244,7 +244,7 @@ def test_new_optional_field_as_the_subjects_next_version_reaches_bronze_and_silv
     recs = [
         with_nickname(more.upsert("c03", email="user3.v3@acme.io"), "Tre"),  # tracked + new
         with_nickname(more.upsert("c12", "c", email="c12@acme.io"), "Twelve"),  # new contact
-        more.upsert("c07", phone="+44 7"),  # a producer still on v2 (untracked change)
+        more.upsert("c07", phone="+44 7"),  # a producer still on v3 (untracked change)
         with_nickname(more.upsert("c03"), "Trey"),  # only the new column changes: tracked
     ]
     new = produce(fresh_kafka, recs)

@@ -167,16 +167,16 @@ def test_schemas_check_fails_on_a_breaking_change(tmp_path: Path) -> None:
     registry = tmp_path / "avro"
     shutil.copytree(REPO_ROOT / "schemas" / "avro", registry)
     subject = registry / "crm.contacts-value"
-    schema = json.loads((subject / "v2.avsc").read_text())
+    schema = json.loads((subject / "v3.avsc").read_text())
     row = next(f for f in schema["fields"] if f["name"] == "before")["type"][1]
     row["fields"].append({"name": "loyalty_tier", "type": "string"})  # no default: breaks readers
-    (subject / "v3.avsc").write_text(json.dumps(schema))
+    (subject / "v4.avsc").write_text(json.dumps(schema))
     index = json.loads((registry / "index.json").read_text())
-    index["subjects"]["crm.contacts-value"].append({"version": 3, "id": 99})
+    index["subjects"]["crm.contacts-value"].append({"version": 4, "id": 99})
     (registry / "index.json").write_text(json.dumps(index))
 
     result = cdc("schemas", "check", "--set", f"registry.path={registry}")
     assert result.returncode == 2
-    assert "crm.contacts-value v3" in result.stderr and "loyalty_tier" in result.stderr
+    assert "crm.contacts-value v4" in result.stderr and "loyalty_tier" in result.stderr
     assert "Traceback" not in result.stderr
     assert cdc("schemas", "check").returncode == 0

@@ -126,7 +126,7 @@ def test_produce_file_round_trip(
         assert [m.offset() for m in got[p]] == list(range(len(expected[p])))
     values = [m.value() for ms in got.values() for m in ms]
     assert values.count(None) == 1
-    assert {unframe(v)[0] for v in values if v is not None} == {13}  # crm.contacts-value v2
+    assert {unframe(v)[0] for v in values if v is not None} == {15}  # crm.contacts-value v3
     assert {unframe(m.key())[0] for ms in got.values() for m in ms} == {3}
 
 

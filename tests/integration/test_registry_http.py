@@ -88,8 +88,8 @@ def assert_same_version(found: RegisteredSchema, known: RegisteredSchema, server
 def test_every_id_the_server_assigned_resolves_like_the_file_registry(
     http_registry: HttpRegistry, file_registry: FileRegistry, server_ids: dict[int, int]
 ) -> None:
-    assert len(set(server_ids.values())) == len(server_ids) == 13
-    assert server_ids[13] != 13  # crm.contacts-value v2 (see _versions)
+    assert len(set(server_ids.values())) == len(server_ids) == 16
+    assert server_ids[15] != 15  # crm.contacts-value v3 (see _versions)
     for file_id, server_id in server_ids.items():
         assert_same_version(http_registry.by_id(server_id), file_registry.by_id(file_id), server_id)
 
@@ -106,7 +106,7 @@ def test_latest_and_get_match_the_file_registry(
             found = http_registry.get(subject, version)
             assert_same_version(found, known, server_ids[known.schema_id])
     contacts = http_registry.latest("crm.contacts-value")
-    assert (contacts.version, contacts.schema_id) == (2, server_ids[13])
+    assert (contacts.version, contacts.schema_id) == (3, server_ids[15])
 
 
 def encode(schema: RegisteredSchema, schema_id: int, datum: Any) -> bytes:
@@ -117,7 +117,7 @@ def encode(schema: RegisteredSchema, schema_id: int, datum: Any) -> bytes:
 
 def contact(version: int) -> dict[str, Any]:
     """A contact row in the shape of ``crm.contacts-value`` version ``version``."""
-    if version == 2:
+    if version >= 2:
         return unit_contact(updated_at=1_767_600_000_000, marketing_opt_in=True, job_title="CTO")
     return unit_contact(updated_at=1_767_600_000_000)
 
@@ -125,7 +125,7 @@ def contact(version: int) -> dict[str, Any]:
 def contact_messages(
     registry: FileRegistry, ids: dict[int, int]
 ) -> list[tuple[str, int, int, int, bytes, bytes]]:
-    """Three crm.contacts records: values of v2 (the reader) and v1 (resolved), a bad id.
+    """Three crm.contacts records: values of v3 (the reader) and v1 (resolved), a bad id.
 
     Args:
         registry: the file registry whose schemas encode the records.
@@ -133,11 +133,11 @@ def contact_messages(
     """
     key_schema = registry.latest("crm.contacts-key")
     key = encode(key_schema, ids[key_schema.schema_id], {"contact_id": "c1"})
-    v1, v2 = registry.get("crm.contacts-value", 1), registry.get("crm.contacts-value", 2)
+    v1, v3 = registry.get("crm.contacts-value", 1), registry.get("crm.contacts-value", 3)
     values = [
-        encode(v2, ids[13], contact_envelope("c", 0, None, contact(2))),
+        encode(v3, ids[15], contact_envelope("c", 0, None, contact(3))),
         encode(v1, ids[4], contact_envelope("u", 1, None, contact(1))),
-        encode(v2, UNKNOWN_ID, contact_envelope("c", 2, None, contact(2))),
+        encode(v3, UNKNOWN_ID, contact_envelope("c", 2, None, contact(3))),
     ]
     return [("crm.contacts", 0, offset, 0, key, value) for offset, value in enumerate(values)]
 
@@ -165,7 +165,7 @@ def test_decoder_reads_records_framed_with_the_server_ids(
 
     rows = batch.to_pylist()
     assert [(row["key_schema_id"], row["value_schema_id"]) for row in rows] == [
-        (server_ids[3], server_ids[13]),
+        (server_ids[3], server_ids[15]),
         (server_ids[3], server_ids[4]),
         (server_ids[3], UNKNOWN_ID),
     ]
@@ -194,5 +194,5 @@ def test_unknown_id_and_subject_raise_schema_not_found(
         http_registry.latest("nope-value")
     assert str(latest.value) == f"subject 'nope-value' is not in the registry {registry_url}"
     with pytest.raises(SchemaNotFoundError) as get:
-        http_registry.get("crm.contacts-value", 3)
-    assert str(get.value) == f"crm.contacts-value v3 is not in the registry {registry_url}"
+        http_registry.get("crm.contacts-value", 4)
+    assert str(get.value) == f"crm.contacts-value v4 is not in the registry {registry_url}"

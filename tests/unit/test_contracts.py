@@ -305,7 +305,7 @@ def test_valid_envelope(decoder: TopicDecoder, registry: FileRegistry, key: byte
     assert row["timestamp"] == ts
     assert (row["topic"], row["partition"], row["offset"]) == ("crm.contacts", 1, 10)
     assert (row["key_raw"], row["value_raw"]) == (key, value)
-    assert (row["key_schema_id"], row["value_schema_id"]) == (3, 13)
+    assert (row["key_schema_id"], row["value_schema_id"]) == (3, 15)
     assert row["key"] == {"contact_id": "c1"}
     assert row["value"]["after"] == {
         **contact(),
@@ -406,7 +406,7 @@ def test_unresolvable_writer_is_a_schema_mismatch(
     assert quarantined(row) == (
         "schema_mismatch",
         "value writer schema 101 (test.writers-value v1) cannot be read as crm.contacts-value "
-        "v2: field 'value.before.email' was added without a default (and 1 more)",
+        "v3: field 'value.before.email' was added without a default (and 1 more)",
     )
     assert row["value_schema_id"] == 101
     assert row["key"] == {"contact_id": "c1"}
@@ -440,7 +440,7 @@ def test_unresolvable_writer_is_a_schema_mismatch(
         (
             lambda r: encode(r.latest("crm.contacts-value"), envelope("c", after=contact()))[:-4],
             "decode_error",
-            "value is truncated: the Avro body of writer schema 13 (crm.contacts-value v2) "
+            "value is truncated: the Avro body of writer schema 15 (crm.contacts-value v3) "
             "ends early",
         ),
         (
@@ -448,20 +448,20 @@ def test_unresolvable_writer_is_a_schema_mismatch(
                 encode(r.latest("crm.contacts-value"), envelope("c", after=contact())) + b"\x00\x00"
             ),
             "decode_error",
-            "value has 2 trailing byte(s) after the Avro body of writer schema 13 "
-            "(crm.contacts-value v2)",
+            "value has 2 trailing byte(s) after the Avro body of writer schema 15 "
+            "(crm.contacts-value v3)",
         ),
         (
-            lambda r: frame(13, b"\x04"),
+            lambda r: frame(15, b"\x04"),
             "decode_error",
-            "value could not be decoded with writer schema 13 (crm.contacts-value v2): "
+            "value could not be decoded with writer schema 15 (crm.contacts-value v3): "
             "IndexError: list index out of range",
         ),
         (
             lambda r: encode(r.latest("events.orders-value"), _order()),
             "schema_mismatch",
             "value writer schema 8 (events.orders-value v1) cannot be read as "
-            "crm.contacts-value v2: field 'value' changed type record com.acme.events.orders.Value"
+            "crm.contacts-value v3: field 'value' changed type record com.acme.events.orders.Value"
             " -> record com.acme.crm.contacts.Envelope",
         ),
         (

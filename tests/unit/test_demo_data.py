@@ -192,7 +192,7 @@ def test_invalid_payloads_are_what_they_claim(dataset: Dataset) -> None:
         if "value_b64" in item.line
     }
     assert raw[QuarantineReason.UNKNOWN_SCHEMA_ID][:5] == b"\x00\x00\x00\x27\x0f"
-    assert raw[QuarantineReason.DECODE_ERROR][:5] == b"\x00\x00\x00\x00\x0d"  # v2, id 13
+    assert raw[QuarantineReason.DECODE_ERROR][:5] == b"\x00\x00\x00\x00\x0f"  # v3, id 15
     assert raw[QuarantineReason.NOT_FRAMED][:1] == b"{"
 
 

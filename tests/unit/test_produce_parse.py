@@ -65,7 +65,7 @@ def test_lines_encode_with_the_latest_schema_and_decode_back(
     records, errors = parse_lines([contact_line(), "", tombstone], registry, contract)
     assert errors == []
     assert [(r.line, r.partition) for r in records] == [(1, None), (3, 2)]
-    assert unframe(records[0].value or b"")[0] == 13  # crm.contacts-value v2
+    assert unframe(records[0].value or b"")[0] == 15  # crm.contacts-value v3
     assert unframe(records[0].key or b"")[0] == 3
     assert records[1].value is None
 

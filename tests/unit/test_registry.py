@@ -74,7 +74,7 @@ def test_registry_of_record_loads_with_stable_ids(registry_path: Path) -> None:
     topics += ["events.behavior", "events.orders", "ref.fx_rates"]
     assert registry.subjects() == sorted(f"{t}-{s}" for t in topics for s in ("key", "value"))
     latest = registry.latest("crm.contacts-value")
-    assert (latest.subject, latest.version, latest.schema_id) == ("crm.contacts-value", 2, 13)
+    assert (latest.subject, latest.version, latest.schema_id) == ("crm.contacts-value", 3, 15)
     assert registry.get("crm.contacts-value", 1).schema_id == 4
     assert registry.by_id(4).label == "crm.contacts-value v1"
     assert latest.parsed["name"] == "com.acme.crm.contacts.Envelope"
@@ -93,8 +93,8 @@ def test_lookups_fail_with_clear_messages(registry_path: Path) -> None:
     with pytest.raises(SchemaNotFoundError, match=r"^subject 'nope-value' is not in the registry"):
         registry.latest("nope-value")
     with pytest.raises(SchemaNotFoundError) as exc:
-        registry.get("crm.contacts-value", 3)
-    assert str(exc.value) == "crm.contacts-value has no version 3 (versions: 1..2)"
+        registry.get("crm.contacts-value", 4)
+    assert str(exc.value) == "crm.contacts-value has no version 4 (versions: 1..3)"
 
 
 def test_registry_pickles_without_needing_its_folder(registry_path: Path, tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_registry_pickles_without_needing_its_folder(registry_path: Path, tmp_pa
     shutil.rmtree(root)
     rebuilt = pickle.loads(blob)
     assert len(blob) < 32_000
-    assert rebuilt.latest("crm.contacts-value").schema_id == 13
+    assert rebuilt.latest("crm.contacts-value").schema_id == 15
     assert rebuilt.by_id(4).parsed == registry.by_id(4).parsed
 
 
@@ -349,14 +349,14 @@ def test_nested_records_and_recursive_types() -> None:
 
 def test_envelope_break_names_the_path_and_the_version(registry_path: Path, tmp_path: Path) -> None:
     root = copy_registry(registry_path, tmp_path / "avro")
-    v3 = contacts_schema(registry_path, 2)
-    for f in row_fields(v3):
+    v4 = contacts_schema(registry_path, 3)
+    for f in row_fields(v4):
         if f["name"] == "email":
             f["type"] = "int"
-    add_version(root, "crm.contacts-value", v3, 14)
+    add_version(root, "crm.contacts-value", v4, 99)
     assert check_path(root) == [
-        "crm.contacts-value v3: field 'value.before.email' changed type string -> int",
-        "crm.contacts-value v3: field 'value.after.email' changed type string -> int",
+        "crm.contacts-value v4: field 'value.before.email' changed type string -> int",
+        "crm.contacts-value v4: field 'value.after.email' changed type string -> int",
     ]
 
 
