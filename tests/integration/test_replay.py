@@ -476,3 +476,65 @@ def test_replay_from_a_timestamp_mid_topic_uses_the_brokers_time_index(
     after = tables(settings)
     assert after["bronze"].equals(before["bronze"])
     assert after["silver"].equals(before["silver"])
+
+
+def test_replay_diff_reports_what_a_corrective_replay_changes(
+    spark: Any, broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = [
+        change("c1", "c", 1000, email="ann@acme.io", partition=0),  # 0
+        change("c2", "c", 1100, email="bob@acme.io", partition=0),  # 1
+        change("c1", "u", 2000, email="wrong@acme.io", partition=0),  # 2
+        change("c2", "u", 2100, email="bob@acme.io", last="Wrong", partition=0),  # 3
+        change("c1", "u", 2600, email="wrong@acme.io", phone="+44 1", partition=0),  # 4
+        change("c1", "u", 3000, email="ann.new@acme.io", phone="+44 1", partition=0),  # 5
+        change("c2", "u", 4000, email="bob@acme.io", last="Later", partition=0),  # 6
+    ]
+    produce(broker, original, tmp_path)
+    settings = make_settings(broker, tmp_path)
+    run_pipelines(spark, settings, [PIPELINE], available_now=True)
+    produce(
+        broker,
+        [
+            change("c1", "u", 2001, email="ann.fixed@acme.io", partition=0),
+            change("c2", "u", 2101, email="bob@acme.io", last="Right", partition=0),
+        ],
+        tmp_path,
+    )
+    before = tables(settings)
+    checkpoint = checkpoints_root(tmp_path) / PIPELINE
+    offsets_before = committed_offsets(str(checkpoint))
+    replay = ["replay", "--pipeline", PIPELINE, "--offsets", json.dumps({TOPIC: {"0": 2}})]
+
+    # c1: the version opened at 2000 now ends at the correction (2001), which opens a version
+    # closed by the change at 2600, whose tracked email now differs: 2 added, 1 rewritten.
+    # c2: the version at 2100 ends at 2101; the correction opens one: 1 added, 1 rewritten.
+    silver_row = re.compile(
+        r"^silver/dim_contact\s+6\s+9\s+0\s+3\s+0\s+2\s+0\s+4$", re.MULTILINE
+    )
+    assert main([*replay, "--dry-run", "--diff", *cli_args(broker, tmp_path)]) == 0
+    dry = capsys.readouterr().out
+    assert "dry run: replayed into a scratch copy" in dry
+    assert silver_row.search(dry), dry
+    assert re.search(r"^bronze/crm_contacts\s+7\s+9\s+\+2 rows$", dry, re.MULTILINE), dry
+    assert "rewritten contact_id=c2 version from 2026-01-05T08:00:02.100Z" in dry
+    assert "valid_to 2026-01-05T08:00:04Z -> 2026-01-05T08:00:02.101Z" in dry
+    # Nothing of the pipeline changed: tables, checkpoint.
+    after_dry = tables(settings)
+    for role in ("bronze", "silver"):
+        assert after_dry[role].equals(before[role])
+    assert committed_offsets(str(checkpoint)) == offsets_before
+    assert not list(checkpoints_root(tmp_path).glob(f"{PIPELINE}.replaced-*"))
+
+    assert main([*replay, "--diff", *cli_args(broker, tmp_path)]) == 0
+    real = capsys.readouterr().out
+    assert "dry run" not in real
+    assert silver_row.search(real), real
+    assert tables(settings)["silver"].height == 9
+
+    # A replay that changes nothing says so.
+    assert main([*replay, "--diff", *cli_args(broker, tmp_path)]) == 0
+    again = capsys.readouterr().out
+    assert re.search(r"^silver/dim_contact\s+9\s+9\s+0\s+0\s+0\s+0\s+0\s+9$", again, re.M), again
+    assert main([*replay, "--diff", "--no-run", *cli_args(broker, tmp_path)]) == 2
+    assert "--diff compares the tables after the replay ran" in capsys.readouterr().err
