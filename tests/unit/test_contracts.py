@@ -938,3 +938,23 @@ def test_decode_records_of_spark_kafka_batches_equals_decode_batch(
         assert got.equals(expected), topic
         sliced = _as_spark_kafka_batch(messages).slice(37, 101)
         assert decoder.decode_records(sliced).equals(expected.slice(37, 101)), topic
+
+
+@pytest.mark.parametrize("columnar", [True, False], ids=["columnar", "fastavro"])
+def test_source_positions_that_cannot_be_ordered_are_quarantined(
+    registry: FileRegistry, contracts: dict[str, TopicContract], key: bytes, columnar: bool
+) -> None:
+    decoder = TopicDecoder(registry, contracts["crm.contacts"], columnar=columnar)
+    schema = registry.latest("crm.contacts-value")
+
+    def with_source(**fields: Any) -> bytes:
+        value = envelope("c", after=contact())
+        value["source"] = {**SOURCE, **fields}
+        return encode(schema, value)
+
+    ok = decode_one(decoder, key, with_source(connector="mysql", file="mysql-bin.000010", pos=4))
+    assert ok["error_code"] is None
+    no_index = decode_one(decoder, key, with_source(connector="mysql", file="mysql-bin", pos=4))
+    assert quarantined(no_index)[1].startswith("source.file: 'mysql-bin' does not match pattern")
+    bad_lsn = decode_one(decoder, key, with_source(connector="sqlserver", commit_lsn="27:758:5"))
+    assert "source.commit_lsn: '27:758:5' does not match pattern" in quarantined(bad_lsn)[1]
