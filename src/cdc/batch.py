@@ -23,6 +23,7 @@ from cdc.changes import business_columns
 from cdc.checkpoint import read_start_file, read_txn_base
 from cdc.config import PipelineSettings, Settings
 from cdc.errors import CdcError, CommitConflictError
+from cdc.expectations import Counts, Expectations, expectations_for, record_counts
 from cdc.faults import FaultHook
 from cdc.lake import orphans_path, table_paths, txn_app_id
 from cdc.landed import Ranges, ranges_from_json
@@ -68,7 +69,14 @@ class BatchStats:
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds per step: ``read`` (the Spark job that fetches and decodes), ``bronze``
     (bronze and quarantine appends), ``state`` (reading the rows the fold needs), ``fold``
-    (SCD2), ``merge`` (silver and orphans commits)."""
+    (SCD2), ``merge`` (silver and orphans commits), ``check`` (the SCD2 invariants of the
+    keys the batch touched, after the commit)."""
+    invariant_violations: dict[str, int] | None = None
+    """SCD2 invariant violations per kind in the committed rows of the batch's keys (empty:
+    sound; None: not checked, e.g. a facts batch). See :mod:`cdc.verify`."""
+    expectation_failures: Counts = field(default_factory=dict)
+    """Records that failed each ``warn``/``drop`` expectation: ``{rule: {action: n}}`` (every
+    such rule, zeros included). See :mod:`cdc.expectations`."""
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -123,6 +131,8 @@ class BatchWriter(ABC):
         self._txn_base: int | None = None
         self._landed: Ranges = start_file_landed(read_start_file(checkpoint), pipeline.topic)
         """Offsets bronze or quarantine held when a replay prepared this checkpoint."""
+        self.expectations: Expectations | None = expectations_for(name, pipeline, settings)
+        """The pipeline's data-quality rules, checked against its record at start."""
 
     @abstractmethod
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
@@ -138,6 +148,12 @@ class BatchWriter(ABC):
         if self._txn_base is None:
             self._txn_base = read_txn_base(self.checkpoint)
         return self._txn_base
+
+    def _count_expectations(self, stats: BatchStats) -> None:
+        """Add the batch's expectation failures to the totals ``cdc status`` reads (call it
+        after the bronze and quarantine commits)."""
+        if self.expectations is not None:
+            record_counts(self.checkpoint, stats.batch_id, stats.expectation_failures)
 
     def _fault(self, stage: str, batch_id: int) -> None:
         if self.fault_hook is not None:

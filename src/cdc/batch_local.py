@@ -20,6 +20,7 @@ from cdc.changes import fact_rows, scd2_changes, split_batch
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
 from cdc.store.delta_rs import CURRENT_PARTITION, DeltaSink
 from cdc.topic_identity import BROKER_PATIENCE_S, check_topic_identity
+from cdc.verify import check_keys_local, record_batch_check
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -66,6 +67,11 @@ class LocalBatchWriter(BatchWriter):
         bronze and quarantine row (:data:`cdc.landed.TOPIC_ID_COLUMN`).
         """
         stats = BatchStats(batch_id=batch_id, input_rows=table.num_rows)
+        if self.expectations is not None:  # drop failures become quarantine rows; fail raises
+            with stats.timed("bronze"):
+                table, stats.expectation_failures = self.expectations.apply(
+                    table, batch_id, self._landed
+                )
         split = split_batch(table, batch_id, now, topic_id)
         if self._landed:
             split = split.without_landed(self._landed)
@@ -82,6 +88,7 @@ class LocalBatchWriter(BatchWriter):
                 )
             if skipped:
                 stats.skipped_tables.append(role)
+        self._count_expectations(stats)
         self._fault("mid-commit", batch_id)
         if split.valid.num_rows:
             if self.pipeline.kind == "scd2":
@@ -122,6 +129,10 @@ class LocalBatchWriter(BatchWriter):
             stats.late_keys = late.height
 
         self._with_retries(merge_once, batch_id, stats, log_attempt=True)
+        if self.settings.check_invariants(self.name):
+            with stats.timed("check"):  # the committed rows of the batch's keys
+                report = check_keys_local(sink, changes.select(keys).unique())
+            record_batch_check(self.name, stats, report, self.settings.lake.writer)
 
     def _history(self, late: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame | None:
         """Every change event ever received for ``late`` keys, from bronze (the raw log)."""

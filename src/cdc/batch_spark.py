@@ -28,12 +28,15 @@ import pyarrow as pa
 from cdc.batch import BatchStats, BatchWriter
 from cdc.changes import QUARANTINE_COLUMNS, scd2_changes
 from cdc.errors import ConfigError
+from cdc.expectations import FLAGS_COLUMN
 from cdc.jvm import optional_classpath
 from cdc.landed import TOPIC_ID_COLUMN, Ranges
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
+from cdc.sequence import SequenceBy
 from cdc.store.base import Txn
 from cdc.store.delta_spark import DeltaSparkStore
 from cdc.topic_identity import BROKER_PATIENCE_S, check_topic_identity
+from cdc.verify import check_rows_spark, record_batch_check
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -67,6 +70,12 @@ class DistributedBatchWriter(BatchWriter):
                 " s3` (the Docker image has them)"
             )
         self.store = DeltaSparkStore(self.settings.lake.resolved_storage_options())
+        if self.expectations is not None:
+            from pyspark.sql import SparkSession
+
+            session = SparkSession.getActiveSession()
+            if session is not None:  # start_query's session: Spark types the rules at start
+                self.expectations.check_spark(session)
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -84,7 +93,12 @@ class DistributedBatchWriter(BatchWriter):
 
         flagged = _flag_landed(batch, self._landed, self.pipeline.topic)
         landed = F.col(_LANDED)
-        valid_all = flagged.where(F.col("error_code").isNull()).drop("error_code", "error")
+        checks = self.expectations
+        if checks is not None:  # drop failures become quarantine rows; fail raises below
+            flagged = checks.flag_spark(flagged, landed)
+        valid_all = flagged.where(F.col("error_code").isNull()).drop(
+            "error_code", "error", FLAGS_COLUMN
+        )
         bronze = valid_all.where(~landed)
         quarantine = flagged.where(F.col("error_code").isNotNull() & ~landed).select(
             *QUARANTINE_COLUMNS
@@ -97,8 +111,11 @@ class DistributedBatchWriter(BatchWriter):
                 F.count_if(F.col("error_code").isNull() & ~landed).alias("b"),
                 F.count_if(F.col("error_code").isNotNull() & ~landed).alias("q"),
                 F.count_if(F.col("error_code").isNull()).alias("v"),
+                *(checks.count_columns() if checks is not None else []),
             ).first()
         assert counts is not None
+        if checks is not None:  # before any write: a fail rule stops the query here
+            stats.expectation_failures = checks.outcome_spark(flagged, counts, batch_id)
         # After the read, before any write (see LocalBatchWriter.__call__).
         topic_id = check_topic_identity(
             self.settings, self.name, self.checkpoint, patience_s=BROKER_PATIENCE_S
@@ -128,6 +145,7 @@ class DistributedBatchWriter(BatchWriter):
                 )
                 if self.store.append(data, self.uris[role], self.txn(role, batch_id)).skipped:
                     stats.skipped_tables.append(role)
+        self._count_expectations(stats)
         self._fault("mid-commit", batch_id)
         if valid_rows:
             if self.pipeline.kind == "scd2":
@@ -286,6 +304,12 @@ class DistributedBatchWriter(BatchWriter):
                         stats,
                         log_attempt=True,
                     )
+            if self.settings.check_invariants(self.name):
+                with stats.timed("check"):  # the committed rows of the batch's keys
+                    written = self.store.read_df(session, uri)
+                    if written is not None:
+                        report = check_rows_spark(_semi(written, affected, keys), keys)
+                        record_batch_check(self.name, stats, report, self.settings.lake.writer)
         finally:
             for df in cached:
                 _release(df)
@@ -408,13 +432,13 @@ def _arrow(frame: pl.DataFrame) -> pa.Table:
 
 
 def _changes_schema(
-    valid: pa.Schema, spec: Scd2Spec, source_format: str, sequence_by: str | None
+    valid: pa.Schema, spec: Scd2Spec, source_format: str, sequence_by: SequenceBy
 ) -> pa.Schema:
     return _arrow(scd2_changes(valid.empty_table(), spec, source_format, sequence_by)).schema
 
 
 def _changes_fn(
-    spec: Scd2Spec, source_format: str, sequence_by: str | None, schema: pa.Schema
+    spec: Scd2Spec, source_format: str, sequence_by: SequenceBy, schema: pa.Schema
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow``: bronze-shaped rows → SCD2 change events."""
 

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from cdc.config import ENVS, Settings, load_settings
+from cdc.config import ENVS, WAREHOUSE_TARGETS, Settings, load_settings
 from cdc.errors import CdcError, ConfigError
 from cdc.logs import configure_logging, redact_secrets_of
 
@@ -196,6 +196,30 @@ def _build_parser() -> _Parser:
         help="restore the tables but leave the checkpoints as they are (no broker needed)",
     )
 
+    publish = sub.add_parser(
+        "publish",
+        help="copy gold tables to the warehouse: what changed since the version it holds",
+        description=(
+            "Publish each gold table's current Delta version to the warehouse (warehouse.*):"
+            " the rows changed since the version its control table names, upserted and"
+            " deleted by key in one transaction with the control table's update. A table"
+            " already at its version is left alone (a re-run publishes nothing)."
+        ),
+    )
+    _common(publish)
+    publish.add_argument(
+        "--table",
+        dest="tables",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="T",
+        help="gold table(s) to publish (repeatable; default: every gold table)",
+    )
+    publish.add_argument(
+        "--target", choices=WAREHOUSE_TARGETS, help="the warehouse (default: warehouse.target)"
+    )
+
     sla = sub.add_parser("sla", help="service-level checks")
     sla_sub = sla.add_subparsers(dest="sla_command", required=True, parser_class=_Parser)
     sla_check = sla_sub.add_parser(
@@ -245,6 +269,66 @@ def _build_parser() -> _Parser:
         action="store_true",
         help="only prepare the checkpoint (the always-on app applies it when restarted)",
     )
+    replay.add_argument(
+        "--diff",
+        action="store_true",
+        help="report per table the keys and versions the replay added, closed, rewrote and"
+        " removed, with examples; with --dry-run it replays into a scratch copy of the tables",
+    )
+
+    verify = sub.add_parser(
+        "verify",
+        help="check the SCD2 invariants of silver tables (and repeated event ids of facts)",
+        description=(
+            "Check whole silver tables: per SCD2 key at most one current version, is_current"
+            " agreeing with valid_to, no inverted or overlapping intervals, no unexplained gap,"
+            " no repeated (keys, _seq_open); per facts table no repeated event id. Lists the"
+            " first violations of each kind with their keys and counts the rest. Exit code 1"
+            " when any table has a violation."
+        ),
+    )
+    _common(verify)
+    verify.add_argument(
+        "--table",
+        dest="tables",
+        action="append",
+        default=[],
+        metavar="T",
+        help="silver/<target> or <target>, e.g. silver/dim_contact (repeatable; default: all)",
+    )
+    verify.add_argument("--pipeline", help="only this pipeline's silver table")
+    verify.add_argument("--json", action="store_true", help="one JSON document (a list of tables)")
+
+    gold = sub.add_parser("gold", help="the gold tables, built from silver")
+    gold_sub = gold.add_subparsers(dest="gold_command", required=True, parser_class=_Parser)
+    gold_build = gold_sub.add_parser(
+        "build",
+        help="refresh the gold tables from silver's changes since the last build",
+        description=(
+            "Build gold/customer_360, gold/daily_revenue, gold/opportunity_pipeline and"
+            " gold/customer_features from silver. Incremental: only the grains silver's changes"
+            " since the last build touch are recomputed, and only rows that differ are written;"
+            " a build that changes nothing writes no Delta version. One line per table."
+        ),
+    )
+    _common(gold_build)
+    gold_build.add_argument(
+        "--table",
+        dest="tables",
+        action="extend",
+        nargs="+",
+        metavar="T",
+        help="only these gold tables (repeatable; default: all)",
+    )
+    gold_build.add_argument(
+        "--full", action="store_true", help="recompute every grain (the same result, slower)"
+    )
+    gold_build.add_argument(
+        "--as-of",
+        metavar="YYYY-MM-DD",
+        help="the reference day: features describe it, 90-day windows end on it (default: the"
+        " day of the newest order or behaviour event, at most today)",
+    )
     return parser
 
 
@@ -255,7 +339,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
-    """Fail before Spark starts, in one line, when a pipeline's topic has no contract."""
+    """Fail before Spark starts, in one line, when a pipeline's topic has no contract or an
+    expectation does not fit its record."""
     from cdc.contracts import load_contracts
 
     contracts = load_contracts(settings.registry.contracts)
@@ -269,6 +354,10 @@ def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
             f"no contract in {settings.registry.contracts} for pipeline {', '.join(missing)};"
             f" topics with a contract: {', '.join(sorted(contracts))}"
         )
+    from cdc.expectations import expectations_for
+
+    for name in names:  # expectations against the record's columns, before Spark starts too
+        expectations_for(name, settings.pipeline(name), settings)
 
 
 def _check_broker(settings: Settings) -> None:
@@ -413,20 +502,36 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         position = ReplayPosition.from_timestamp(args.timestamp)
     else:
         position = ReplayPosition.earliest()
+    if args.diff and args.no_run and not args.dry_run:
+        raise ConfigError(
+            "--diff compares the tables after the replay ran: drop --no-run, or use"
+            " --dry-run --diff to see it without changing anything"
+        )
     _check_contracts(settings, [args.pipeline])
     _check_broker(settings)
+
+    def runner(s: Settings, name: str, on_batch: BatchCallback) -> None:
+        extra = [print_progress] if _wants_progress(args) else []
+        run_available_now(s, name, _fan_out([on_batch, *extra]) or on_batch)
+
+    from cdc.replay_diff import diff_pipeline, format_diff, scratch_lake, table_versions
+
     if args.dry_run:
         print(dry_run_report(settings, args.pipeline, position))
+        if args.diff:
+            with scratch_lake(settings, args.pipeline) as (scratch, versions):
+                replay_pipeline(scratch, args.pipeline, position, runner=runner)
+                diffs = diff_pipeline(settings, args.pipeline, versions, scratch)
+            print(format_diff(args.pipeline, diffs, dry_run=True))
         return 0
-    runner = None
-    if not args.no_run:
-
-        def runner(s: Settings, name: str, on_batch: BatchCallback) -> None:
-            extra = [print_progress] if _wants_progress(args) else []
-            run_available_now(s, name, _fan_out([on_batch, *extra]) or on_batch)
-
-    outcome = replay_pipeline(settings, args.pipeline, position, runner=runner)
+    before = table_versions(settings, args.pipeline) if args.diff else None
+    outcome = replay_pipeline(
+        settings, args.pipeline, position, runner=None if args.no_run else runner
+    )
     print(outcome.summary())
+    if before is not None:
+        diffs = diff_pipeline(settings, args.pipeline, before)
+        print(format_diff(args.pipeline, diffs, dry_run=False))
     return 0
 
 
@@ -550,6 +655,25 @@ def _cmd_dr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    if args.target is not None:
+        args.overrides = [*args.overrides, f"warehouse.target={args.target}"]
+    settings = _settings(args)
+    from cdc.faults import FAULT_ENV, fault_hook_from_env
+    from cdc.publish import publish
+
+    fault_hook = fault_hook_from_env()
+    if fault_hook is not None and settings.env == "prod":
+        raise ConfigError(f"{FAULT_ENV} is for tests and refused in env prod")
+    publish(
+        settings,
+        args.tables or None,
+        fault_hook=fault_hook,
+        on_result=lambda result: print(result.line(), flush=True),
+    )
+    return 0
+
+
 def _cmd_maintain(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from cdc import maintenance
@@ -611,6 +735,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from cdc.verify import verify
+
+    checks = verify(settings, args.tables, args.pipeline)
+    if args.json:
+        print(json.dumps([c.to_json() for c in checks], indent=2))
+    else:
+        for check in checks:
+            print("\n".join(check.lines()))
+    return 0 if all(c.sound for c in checks) else 1
+
+
+def _cmd_gold(args: argparse.Namespace) -> int:
+    from cdc.gold import build_gold, parse_day
+
+    as_of = None if args.as_of is None else parse_day(args.as_of, "--as-of")
+    settings = _settings(args)
+    for result in build_gold(settings, args.tables, full=args.full, as_of=as_of):
+        print(result.line())
+    return 0
+
+
 _COMMANDS = {
     "demo": _cmd_demo,
     "run": _cmd_run,
@@ -618,6 +765,9 @@ _COMMANDS = {
     "broker": _cmd_broker,
     "status": _cmd_status,
     "replay": _cmd_replay,
+    "verify": _cmd_verify,
+    "gold": _cmd_gold,
+    "publish": _cmd_publish,
 }
 
 

@@ -12,18 +12,30 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cdc.errors import ConfigError, UnknownPipelineError
+from cdc.expectations import ExpectationSettings, unique_names
 
 __all__ = [
     "ENVS",
+    "WAREHOUSE_TARGETS",
     "CheckpointSettings",
+    "GoldSettings",
     "KafkaSettings",
     "LakeSettings",
     "MetricsSettings",
@@ -31,6 +43,7 @@ __all__ = [
     "RegistrySettings",
     "Settings",
     "SparkSettings",
+    "WarehouseSettings",
     "apply_overrides",
     "java_client_config",
     "load_settings",
@@ -255,6 +268,89 @@ class DrSettings(_Model):
             yield name, ({k: "***" for k in value} if name == "storage_options" else value)
 
 
+WAREHOUSE_TARGETS = ("duckdb", "postgres", "snowflake")
+_SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+
+# A field named ``schema`` shadows pydantic's deprecated ``BaseModel.schema()``; the setting's
+# name is the warehouse's own word, so the warning pydantic gives about it is silenced here.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
+
+    class WarehouseSettings(_Model):
+        """Where ``cdc publish`` copies the gold tables (:mod:`cdc.publish`).
+
+        ``duckdb`` (a file; the embedded default), ``postgres`` (PostgreSQL, and Redshift,
+        which speaks its dialect) or ``snowflake``. ``password``, and a ``dsn`` carrying one,
+        are secrets: give them as references (``env:WAREHOUSE_PASSWORD``).
+        """
+
+        target: Literal["duckdb", "postgres", "snowflake"] = "duckdb"
+        path: str | None = None
+        """The DuckDB file (default: ``warehouse.duckdb`` beside the lake root's folder)."""
+        schema: str = Field(default="gold", pattern=_SQL_NAME)  # type: ignore[assignment]
+        """The warehouse schema holding the tables and the control table."""
+        dsn: str | None = None
+        """PostgreSQL connection string (``postgresql://...`` or ``key=value`` pairs); the
+        fields below win over its parts."""
+        host: str | None = None
+        port: int | None = Field(default=None, ge=1, le=65535)
+        database: str | None = None
+        user: str | None = None
+        password: str | None = None
+        account: str | None = None
+        """Snowflake account identifier (``orgname-account``)."""
+        warehouse: str | None = None
+        """Snowflake virtual warehouse that runs the statements."""
+        role: str | None = None
+        """Snowflake role."""
+        connect_timeout_s: float = Field(default=10.0, gt=0)
+
+        def duckdb_path(self, lake: LakeSettings) -> str:
+            """The DuckDB file: ``path``, or ``warehouse.duckdb`` beside the lake root.
+
+            Raises:
+                ConfigError: no ``path`` and the lake is on an object store.
+            """
+            if self.path:
+                return self.path
+            if lake.on_object_store or "://" in lake.root:
+                raise ConfigError(
+                    "warehouse.path: the lake is on an object store; name the DuckDB file"
+                )
+            return str(Path(lake.root).parent / "warehouse.duckdb")
+
+        def resolved_password(self) -> str | None:
+            """``password`` with its secret reference resolved."""
+            return None if self.password is None else resolve_secret(self.password)
+
+        def resolved_dsn(self) -> str | None:
+            """``dsn`` with its secret reference resolved."""
+            return None if self.dsn is None else resolve_secret(self.dsn)
+
+        def resolved_secrets(self) -> dict[str, str]:
+            """Secret values (for the log filter): the password, and the DSN's own."""
+            found: dict[str, str] = {}
+            password = self.resolved_password()
+            if password:
+                found["password"] = password
+            dsn = self.resolved_dsn()
+            if dsn:
+                from psycopg.conninfo import conninfo_to_dict
+
+                try:
+                    dsn_password = conninfo_to_dict(dsn).get("password")
+                except Exception:  # an invalid DSN is reported when connecting, in one line
+                    dsn_password = None
+                if dsn_password:
+                    found["dsn.password"] = str(dsn_password)
+                    found["dsn.secret"] = dsn
+            return found
+
+        def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+            for name, value in super().__repr_args__():
+                yield name, ("***" if name in ("password", "dsn") and value else value)
+
+
 class CheckpointSettings(_Model):
     """Spark checkpoints (the offsets store): a local or PVC path."""
 
@@ -333,6 +429,26 @@ class NotifySettings(_Model):
             yield name, ("***" if name == "slack_webhook_url" and value else value)
 
 
+class GoldSettings(_Model):
+    """``cdc gold build``: the reporting currency and the country → region map (:mod:`cdc.gold`)."""
+
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    """Reporting currency (ISO-4217): amounts are converted into it through ``dim_fx_rate``."""
+    regions: dict[str, str] = Field(default_factory=dict)
+    """Country (ISO-3166 alpha-2) → region, over the built-in map (see
+    ``docs/guides/consumption-layer.md``), e.g. ``{BR: AMER}``."""
+
+    @field_validator("regions")
+    @classmethod
+    def _check_regions(cls, regions: dict[str, str]) -> dict[str, str]:
+        for country, region in regions.items():
+            if not re.fullmatch(r"[A-Z]{2}", country):
+                raise ValueError(f"{country!r} is not an ISO-3166 alpha-2 country code")
+            if not region.strip():
+                raise ValueError(f"country {country}: the region is empty")
+        return regions
+
+
 class MetricsSettings(_Model):
     """Prometheus endpoint on the driver."""
 
@@ -349,6 +465,13 @@ TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 leave a folder."""
 
 
+class SequenceField(_Model):
+    """One field of a composite ``sequence_by``: a path in the value and how it compares."""
+
+    path: str = Field(min_length=1)
+    kind: Literal["auto", "number", "time", "binlog_file", "sqlserver_lsn"] = "auto"
+
+
 class PipelineSettings(_Model):
     """One streaming query: a topic and the silver table it maintains."""
 
@@ -358,8 +481,13 @@ class PipelineSettings(_Model):
     """Silver table name, e.g. ``dim_contact`` or ``fact_orders``."""
     source_format: Literal["envelope", "flat"] = "envelope"
     keys: tuple[str, ...] = ()
-    sequence_by: str | None = None
-    """Path in the value of the change's time: default ``source.ts_ms``; required when flat."""
+    sequence_by: str | list[str | SequenceField] | None = None
+    """What orders a key's changes (see :mod:`cdc.sequence`). Default (envelope): the
+    connector's source position (PostgreSQL ``lsn``/``txId``, MySQL ``file``/``pos``/``row``,
+    SQL Server ``commit_lsn``/``change_lsn``/``event_serial_no``), then ``source.ts_ms``. One
+    path: that value alone orders and times changes (``source.ts_ms`` keeps tables written
+    before positions existed). A list: a composite position, compared field by field as
+    numbers. Required when flat."""
     track_history: tuple[str, ...] | None = None
     """Columns whose change opens a new version; default all non-key business columns."""
     track_history_except: tuple[str, ...] = ()
@@ -373,7 +501,11 @@ class PipelineSettings(_Model):
     ``minPartitions``); they win over ``defaults.source_options`` and the keys above."""
     sla: SlaSettings | None = None
     """This pipeline's service levels (keys it does not set come from ``defaults.sla``)."""
+    check_invariants: bool | None = None
+    """After-batch SCD2 invariant checks for this pipeline (None: ``defaults.check_invariants``)."""
     zorder: ZOrderSettings = ZOrderSettings()
+    expectations: Annotated[tuple[ExpectationSettings, ...], AfterValidator(unique_names)] = ()
+    """Data-quality rules on the records, each with its action (:mod:`cdc.expectations`)."""
     enabled: bool = True
 
     @field_validator("topic")
@@ -389,6 +521,8 @@ class PipelineSettings(_Model):
             raise ValueError("an scd2 pipeline needs 'keys'")
         if self.kind == "scd2" and self.source_format == "flat" and not self.sequence_by:
             raise ValueError("a flat scd2 pipeline needs 'sequence_by'")
+        if isinstance(self.sequence_by, list) and not self.sequence_by:
+            raise ValueError("'sequence_by' is an empty list")
         if self.kind == "facts" and not self.event_id:
             raise ValueError("a facts pipeline needs 'event_id'")
         if self.track_history is not None and self.track_history_except:
@@ -419,6 +553,9 @@ class PipelineDefaults(_Model):
     source_options: dict[str, str] = Field(default_factory=dict)
     """Options of Spark's Kafka source for every pipeline (see ``PipelineSettings``)."""
     sla: SlaSettings = SlaSettings()
+    check_invariants: bool = True
+    """Check the SCD2 invariants of the keys each batch touched, after its MERGE
+    (docs/guides/verify.md); ``cdc verify`` checks whole tables on demand either way."""
 
 
 class Settings(_Model):
@@ -434,6 +571,8 @@ class Settings(_Model):
     notify: NotifySettings = NotifySettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     dr: DrSettings = DrSettings()
+    gold: GoldSettings = GoldSettings()
+    warehouse: WarehouseSettings = WarehouseSettings()
     defaults: PipelineDefaults = PipelineDefaults()
     pipelines: dict[str, PipelineSettings]
 
@@ -451,6 +590,11 @@ class Settings(_Model):
     def with_lake_root(self, root: str) -> Settings:
         """The same settings with the lake at ``root`` (a DR restore's target)."""
         return self.model_copy(update={"lake": self.lake.model_copy(update={"root": root})})
+
+    def check_invariants(self, name: str) -> bool:
+        """Whether pipeline ``name`` checks the SCD2 invariants after each batch."""
+        own = self.pipeline(name).check_invariants
+        return self.defaults.check_invariants if own is None else own
 
     def sla(self, name: str) -> SlaSettings:
         """The service levels of one pipeline: ``defaults.sla`` with the pipeline's own keys."""
@@ -491,6 +635,8 @@ _SECTIONS: dict[str, type[_Model]] = {
     "notify": NotifySettings,
     "maintenance": MaintenanceSettings,
     "dr": DrSettings,
+    "gold": GoldSettings,
+    "warehouse": WarehouseSettings,
     "defaults": PipelineDefaults,
 }
 
@@ -580,9 +726,14 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
             continue
         field = model.model_fields.get(part)
         annotation = field.annotation if field else None
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
+        # A model, or one inside ``X | None`` or a list of them (whose item index follows).
+        for candidate in (annotation, *get_args(annotation)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
         index += 1
+        if index < len(loc) and isinstance(loc[index], int):
+            index += 1
     return model
 
 
@@ -613,6 +764,7 @@ def _resolve_relative(settings_data: dict[str, Any], base: Path) -> None:
     fix("registry", "contracts")
     fix("lake", "root")
     fix("checkpoints", "root")
+    fix("warehouse", "path")
 
 
 def load_settings(

@@ -9,6 +9,7 @@ __all__ = [
     "CompatibilityError",
     "ConfigError",
     "DataLossError",
+    "ExpectationFailedError",
     "FramingError",
     "JarsMissingError",
     "PipelineRunningError",
@@ -54,6 +55,10 @@ class ProduceError(CdcError):
 
 class DataLossError(CdcError):
     """Offsets the query expected to read no longer exist (failOnDataLoss=true)."""
+
+
+class ExpectationFailedError(CdcError):
+    """A ``fail`` expectation found records that break it; nothing of the batch was committed."""
 
 
 class TableReadError(CdcError):

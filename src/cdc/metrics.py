@@ -1,11 +1,13 @@
 """Prometheus metrics, liveness and readiness of a running ``cdc run`` (on the driver).
 
 :class:`ServiceMetrics` owns one registry of the service's metrics (labels of bounded
-cardinality: pipeline, phase, reason, change, topic and partition). Two feeds update it:
+cardinality: pipeline, phase, reason, change, kind, topic and partition). Two feeds update it:
 
 * the batch writers' :class:`~cdc.batch.BatchStats` (through ``on_batch``): rows read,
   appended and quarantined by reason, SCD2 rows inserted/updated/closed, duplicates, commit
-  retries, batch time by phase, the time of the last successful batch (freshness);
+  retries, batch time by phase, the time of the last successful batch (freshness), SCD2
+  invariant violations by kind (:mod:`cdc.verify`), expectation failures by rule and action
+  (:mod:`cdc.expectations`; rules are the config's, so their labels stay bounded);
 * Spark's :class:`StreamingQueryListener` events (:class:`QueryListener`): queries started,
   active and failed, rows per second, and the consumer lag of every topic-partition (the
   source's latest offsets against the batch's end offsets).
@@ -37,6 +39,7 @@ from prometheus_client import (
 
 from cdc.batch import BatchStats
 from cdc.config import SlaSettings
+from cdc.invariants import SCD2_KINDS
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -49,7 +52,7 @@ log = logging.getLogger(__name__)
 # dashboard or alert of the service reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-PHASES = ("read", "bronze", "state", "fold", "merge")
+PHASES = ("read", "bronze", "state", "fold", "merge", "check")
 """The steps of a batch (see :attr:`cdc.batch.BatchStats.phases`)."""
 
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -76,6 +79,9 @@ METRIC_NAMES = (
     "cdc_sla_freshness_seconds",
     "cdc_sla_no_records_seconds",
     "cdc_sla_quarantine_ratio",
+    "cdc_scd2_invariant_violations_total",
+    "cdc_scd2_invariant_last_check_violations",
+    "cdc_expectation_failures_total",
 )
 """Every metric the service exports (histograms add ``_bucket``, ``_sum`` and ``_count``;
 counters are exposed with their ``_total`` name)."""
@@ -138,7 +144,7 @@ class ServiceMetrics:
         )
         self.phase_seconds = Histogram(
             "cdc_batch_phase_seconds",
-            "Wall time of a micro-batch's phases (read, bronze, state, fold, merge).",
+            "Wall time of a micro-batch's phases (read, bronze, state, fold, merge, check).",
             [*p, "phase"],
             buckets=_DURATION_BUCKETS,
             registry=r,
@@ -203,6 +209,26 @@ class ServiceMetrics:
         self.broker_up = Gauge(
             "cdc_broker_up", "1 when the last readiness probe reached the broker.", registry=r
         )
+        self.invariant_violations = Counter(
+            "cdc_scd2_invariant_violations",
+            "SCD2 invariant violations found in the keys a batch touched, by kind (a violation"
+            " is counted again by each later batch that touches its key).",
+            [*p, "kind"],
+            registry=r,
+        )
+        self.invariant_last_check = Gauge(
+            "cdc_scd2_invariant_last_check_violations",
+            "SCD2 invariant violations the pipeline's last after-batch check found (0: sound).",
+            p,
+            registry=r,
+        )
+        self.expectation_failures = Counter(
+            "cdc_expectation_failures",
+            "Records that failed a data-quality expectation, by rule and action (warn: counted,"
+            " drop: quarantined); a fail rule stops the query instead.",
+            [*p, "rule", "action"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._errors: dict[str, str] = {}
         for name in pipelines:
@@ -212,6 +238,8 @@ class ServiceMetrics:
                 counter.labels(name)
             for change in ("inserted", "updated", "closed"):
                 self.scd2_rows.labels(name, change)
+            for kind in SCD2_KINDS:
+                self.invariant_violations.labels(name, kind)
             self.active.labels(name).set(0)
             levels = (sla or {}).get(name) or SlaSettings()
             for key, gauge in sla_gauges.items():
@@ -237,6 +265,13 @@ class ServiceMetrics:
         self.last_batch.labels(name).set(time.time())
         if stats.input_rows:
             self.last_record.labels(name).set(time.time())
+        if stats.invariant_violations is not None:
+            for kind, count in stats.invariant_violations.items():
+                self.invariant_violations.labels(name, kind).inc(count)
+            self.invariant_last_check.labels(name).set(sum(stats.invariant_violations.values()))
+        for rule, per_action in stats.expectation_failures.items():
+            for action, count in per_action.items():
+                self.expectation_failures.labels(name, rule, action).inc(count)
 
     def query_started(self, name: str) -> None:
         """A pipeline's query started (its freshness is counted from now)."""

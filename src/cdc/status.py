@@ -1,10 +1,11 @@
 """``cdc status``: per pipeline, committed offsets against the topic's end, the lag, the last
-batch (when it finished, how long it took) and each table's version, rows and files.
+batch (when it finished, how long it took), each table's version, rows and files, and the
+records that failed each data-quality expectation (:mod:`cdc.expectations`).
 
 :func:`pipeline_status` gathers it (the checkpoint, the broker, the tables);
 :func:`format_status` prints it for people and :meth:`PipelineStatus.to_json` for scripts.
-Nothing here prints a setting's value: only names, offsets, counts and the tables' paths
-(storage credentials are options, never part of a path).
+Nothing here prints a secret setting's value: only names, offsets, counts, the tables' paths
+(storage credentials are options, never part of a path) and the expectations' checks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from cdc.checkpoint import committed_offsets
 from cdc.config import Settings
+from cdc.expectations import RuleTotal, read_counts, rule_totals
 from cdc.lake import orphans_path, table_paths
 from cdc.store import TableStore, store_for
 
@@ -59,6 +61,8 @@ class PipelineStatus:
     """The topic's end offset per partition (None: the broker did not answer)."""
     last_batch: BatchTiming | None
     tables: list[TableStatus] = field(default_factory=list)
+    expectations: list[RuleTotal] = field(default_factory=list)
+    """Records that failed each data-quality rule, over every batch that landed."""
 
     @property
     def lag(self) -> dict[str, int] | None:
@@ -133,12 +137,15 @@ def pipeline_status(settings: Settings, name: str, broker: bool = True) -> Pipel
     if pipeline.kind == "scd2":
         paths["orphans"] = orphans_path(settings, pipeline)
     tables = [_table(role, uri, store) for role, uri in paths.items()]
-    return PipelineStatus(name, pipeline.topic, pipeline.target, committed, latest, last, tables)
+    totals = rule_totals(pipeline.expectations, read_counts(checkpoint))
+    return PipelineStatus(
+        name, pipeline.topic, pipeline.target, committed, latest, last, tables, totals
+    )
 
 
 def format_status(status: PipelineStatus) -> str:
     """A pipeline's status for people: a header line, offsets and lag, the last batch, then
-    one line per table."""
+    one line per table and one per expectation (records that failed it)."""
     lines = [f"{status.pipeline}: topic {status.topic} -> {status.target}"]
     if status.committed is None:
         lines.append("  offsets     no batch committed yet")
@@ -164,4 +171,10 @@ def format_status(status: PipelineStatus) -> str:
             lines.append(
                 f"  {t.role:<11} {t.uri}: version {t.version}, {t.rows} rows, {t.files} files"
             )
+    for e in status.expectations:
+        if e.failed is None:
+            lines.append(f"  expectation {e.rule} (fail: {e.check}): stops the query")
+        else:
+            check = e.check or "no longer configured"
+            lines.append(f"  expectation {e.rule} ({e.action}: {check}): {e.failed} failed")
     return "\n".join(lines)

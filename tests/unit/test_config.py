@@ -229,3 +229,39 @@ def test_set_reaches_dotted_keys_of_client_spark_and_storage_maps() -> None:
     assert settings.spark.conf["spark.sql.shuffle.partitions"] == "4"
     assert settings.pipeline("orders").source_options["kafka.fetch.max.bytes"] == "1048576"
     assert settings.lake.storage_options == {"AWS_REGION": "eu-west-1"}
+
+
+def test_after_batch_invariant_checks_default_on_and_can_be_turned_off_per_pipeline() -> None:
+    settings = load_settings("local", config_dir=REPO_ROOT / "config")
+    assert settings.check_invariants("crm_contacts") is True
+    off = load_settings(
+        "local",
+        overrides=[
+            "defaults.check_invariants=false",
+            "pipelines.crm_accounts.check_invariants=true",
+        ],
+        config_dir=REPO_ROOT / "config",
+    )
+    assert (off.check_invariants("crm_contacts"), off.check_invariants("crm_accounts")) == (
+        False,
+        True,
+    )
+
+
+def test_composite_sequence_by_is_parsed_and_checked() -> None:
+    settings = load_settings(
+        "local",
+        overrides=[
+            "pipelines.crm_contacts.sequence_by=[source.file, {path: source.pos, kind: number}]"
+        ],
+        config_dir=REPO_ROOT / "config",
+    )
+    fields = settings.pipeline("crm_contacts").sequence_by
+    assert isinstance(fields, list)
+    assert [getattr(f, "path", f) for f in fields] == ["source.file", "source.pos"]
+    with pytest.raises(ConfigError, match="sequence_by"):
+        load_settings(
+            "local",
+            overrides=["pipelines.crm_contacts.sequence_by=[{path: source.pos, kind: text}]"],
+            config_dir=REPO_ROOT / "config",
+        )

@@ -75,6 +75,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
         "CdcQuarantineSpike",
         "CdcQueryDown",
         "CdcDriverDown",
+        "CdcScd2InvariantViolated",
     }
     assert {name: cases.get(name) for name in alerts} == {name: {True, False} for name in alerts}
 

@@ -1,0 +1,319 @@
+"""The invariants of :mod:`cdc.invariants` on committed tables: after each batch, and on demand.
+
+* After each batch, a writer checks the committed rows of the keys the batch touched
+  (:func:`check_keys_local` on delta-rs, :func:`check_rows_spark` on delta-spark, where the
+  check runs on the executors per key group and only counts and a few examples come back) and
+  hands the result to :func:`record_batch_check`: one warning line naming the kinds and
+  example keys, counted in the batch's stats (and so in the metrics). The data is committed
+  either way; the query goes on.
+* ``cdc verify`` (:func:`verify`) checks whole silver tables: every SCD2 dimension of the
+  selected pipelines, and facts tables for repeated event ids. Tables are read through
+  :class:`cdc.store.DeltaRsStore` (deletion vectors honoured, whichever writer wrote them),
+  only the columns the checks need.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+
+from cdc.config import PipelineSettings, Settings
+from cdc.errors import CdcError, ConfigError
+from cdc.invariants import (
+    FACT_KINDS,
+    SCD2_KINDS,
+    CheckReport,
+    Violation,
+    check_facts,
+    check_scd2,
+    summarize,
+)
+from cdc.lake import table_paths
+from cdc.store import DeltaRsStore
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from cdc.batch import BatchStats
+    from cdc.store.delta_rs import DeltaSink
+
+__all__ = [
+    "BATCH_EXAMPLES",
+    "MAX_LISTED",
+    "InvariantCheckError",
+    "TableCheck",
+    "check_keys_local",
+    "check_rows_spark",
+    "record_batch_check",
+    "verify",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED = 10
+"""Violations ``cdc verify`` lists per kind and table (the rest are counted)."""
+
+BATCH_EXAMPLES = 3
+"""Keys the warning of a batch names per kind."""
+
+_SCD2_READ = ("valid_from", "valid_to", "is_current", "_seq_open", "_seq_close", "_seq_max")
+
+
+class InvariantCheckError(CdcError):
+    """A table cannot be checked (it lacks the columns its kind of table has)."""
+
+
+# ----------------------------------------------------------------------------- after a batch
+
+
+def check_keys_local(sink: DeltaSink, keys: pl.DataFrame) -> CheckReport:
+    """Check every committed row of ``keys`` in a dimension written by delta-rs.
+
+    Args:
+        sink: the dimension.
+        keys: the keys to check (key columns, unique).
+
+    Returns:
+        The violations, with :data:`BATCH_EXAMPLES` examples per kind.
+    """
+    rows = sink.read_keys(keys)
+    if rows is None or rows.height == 0:
+        return CheckReport(rows=0, keys=0)
+    found = check_scd2(rows, keys.columns)
+    return summarize(found, BATCH_EXAMPLES, rows=rows.height)
+
+
+def check_rows_spark(rows: DataFrame, keys: Sequence[str]) -> CheckReport:
+    """Check dimension rows (every row of each key in ``rows``) on the executors.
+
+    The rows are shuffled by key and each shuffle partition is checked by one call of
+    :func:`cdc.invariants.check_scd2`; only the number of violations per kind and
+    :data:`BATCH_EXAMPLES` examples of each come back to the driver.
+
+    Args:
+        rows: the rows of the keys to check (a filtered read of the dimension).
+        keys: the key columns.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    keys = list(keys)
+    needed = [c for c in (*keys, *_SCD2_READ) if c in rows.columns]
+    out = StructType(
+        [
+            StructField("kind", StringType()),
+            StructField("key", StructType([rows.schema[k] for k in keys])),
+            StructField("seq_open", StringType()),
+            StructField("detail", StringType()),
+        ]
+    )
+    out_arrow = to_arrow_schema(out, timezone="UTC")
+
+    def check(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
+        if not tables:
+            return
+        frame = pl.from_arrow(pa.concat_tables(tables))
+        assert isinstance(frame, pl.DataFrame)
+        found = check_scd2(frame, keys)
+        if found.height:
+            table = found.to_arrow(compat_level=pl.CompatLevel.oldest())
+            yield from table.cast(out_arrow).to_batches()
+
+    found = rows.select(*needed).repartition(*keys).mapInArrow(check, from_arrow_schema(out_arrow))
+    per_kind = Window.partitionBy("kind")
+    listed = (
+        found.withColumn("_n", F.count(F.lit(1)).over(per_kind))
+        .withColumn("_i", F.row_number().over(per_kind.orderBy("key", "seq_open")))
+        .where(F.col("_i") <= BATCH_EXAMPLES)
+        .collect()
+    )
+    counts = {str(r["kind"]): int(r["_n"]) for r in listed}
+    examples: dict[str, list[Violation]] = {}
+    for r in sorted(listed, key=lambda r: int(r["_i"])):
+        violation = Violation(r["kind"], r["key"].asDict(), r["seq_open"], r["detail"])
+        examples.setdefault(violation.kind, []).append(violation)
+    return CheckReport(counts=_in_kind_order(counts), examples=examples)
+
+
+def _in_kind_order(counts: dict[str, int]) -> dict[str, int]:
+    order = (*SCD2_KINDS, *FACT_KINDS)
+    return {kind: counts[kind] for kind in order if kind in counts}
+
+
+def record_batch_check(pipeline: str, stats: BatchStats, report: CheckReport, writer: str) -> None:
+    """Count a batch's check in its stats; warn in one line when it found violations."""
+    stats.invariant_violations = dict(report.counts)
+    if not report.total:
+        return
+    log.warning(
+        "pipeline %s batch %d: %d SCD2 invariant violation(s) in the keys it touched: %s"
+        " (the batch is committed; list them with `cdc verify --pipeline %s`)",
+        pipeline,
+        stats.batch_id,
+        report.total,
+        report.summary(),
+        pipeline,
+        extra={
+            "pipeline": pipeline,
+            "batch_id": stats.batch_id,
+            "writer": writer,
+            "counts": dict(report.counts),
+        },
+    )
+
+
+# -------------------------------------------------------------------------------- cdc verify
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """``cdc verify``'s finding on one silver table.
+
+    Attributes:
+        table: ``silver/<target>``.
+        pipeline: the pipeline that writes it.
+        kind: ``scd2`` or ``facts``.
+        report: violations per kind with up to :data:`MAX_LISTED` of each; None when the
+            table does not exist yet.
+        seconds: time to read and check it.
+    """
+
+    table: str
+    pipeline: str
+    kind: str
+    report: CheckReport | None
+    seconds: float
+
+    @property
+    def sound(self) -> bool:
+        """No violation (a table not created yet is sound)."""
+        return self.report is None or self.report.total == 0
+
+    def lines(self) -> list[str]:
+        """The table's line, then one line per listed violation and per unlisted rest."""
+        report = self.report
+        if report is None:
+            return [f"{self.table}: no table yet"]
+        unit = "keys" if self.kind == "scd2" else "event ids"
+        plural = "" if report.total == 1 else "s"
+        head = (
+            f"{self.table}: {report.rows:,} rows, {report.keys:,} {unit},"
+            f" {report.total:,} violation{plural}"
+        )
+        if not report.total:
+            return [f"{head}: sound ({self.seconds:.2f}s)"]
+        counts = ", ".join(f"{kind} {n:,}" for kind, n in report.counts.items())
+        out = [f"{head}: {counts} ({self.seconds:.2f}s)"]
+        for kind, count in report.counts.items():
+            listed = report.examples.get(kind, [])
+            out += [f"  {v.line()}" for v in listed]
+            if count > len(listed):
+                out.append(f"  ... and {count - len(listed):,} more {kind}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The finding as JSON-ready data (``cdc verify --json``)."""
+        report = self.report
+        return {
+            "table": self.table,
+            "pipeline": self.pipeline,
+            "kind": self.kind,
+            "exists": report is not None,
+            "rows": None if report is None else report.rows,
+            "keys": None if report is None else report.keys,
+            "violations": 0 if report is None else report.total,
+            "counts": {} if report is None else dict(report.counts),
+            "listed": []
+            if report is None
+            else [v.to_json() for kind in report.counts for v in report.examples.get(kind, [])],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _selection(
+    settings: Settings, tables: Sequence[str], pipeline: str | None
+) -> list[tuple[str, PipelineSettings]]:
+    """The pipelines whose silver table to check, in config order."""
+    chosen = settings.selected(pipeline)
+    if not tables:
+        return list(chosen.items())
+    names = {f"silver/{p.target}": name for name, p in chosen.items()}
+    picked: list[str] = []
+    for table in tables:
+        name = names.get(table) or names.get(f"silver/{table}")
+        if name is None:
+            scope = f" of pipeline {pipeline}" if pipeline else ""
+            valid = ", ".join(sorted(names)) or "(none)"
+            raise ConfigError(f"--table {table!r} names no silver table{scope}; tables: {valid}")
+        if name not in picked:
+            picked.append(name)
+    return [(name, p) for name, p in chosen.items() if name in picked]
+
+
+def verify(
+    settings: Settings, tables: Sequence[str] = (), pipeline: str | None = None
+) -> list[TableCheck]:
+    """Check whole silver tables: SCD2 invariants, and repeated event ids in facts.
+
+    Args:
+        settings: service settings (the lake and its storage options).
+        tables: ``silver/<target>`` (or ``<target>``) names; none: every selected table.
+        pipeline: only this pipeline's table (None: every enabled pipeline's).
+
+    Returns:
+        One finding per table, in config order.
+
+    Raises:
+        ConfigError: a table or pipeline name is unknown (the message lists the valid ones).
+        TableReadError: a table's log cannot be read.
+        InvariantCheckError: a table lacks the columns its pipeline's kind of table has.
+    """
+    store = DeltaRsStore(settings.lake.resolved_storage_options())
+    return [
+        _verify_table(store, settings, name, p)
+        for name, p in _selection(settings, tables, pipeline)
+    ]
+
+
+def _verify_table(
+    store: DeltaRsStore, settings: Settings, name: str, pipeline: PipelineSettings
+) -> TableCheck:
+    started = time.perf_counter()
+    uri = table_paths(settings, pipeline)["silver"]
+    table = f"silver/{pipeline.target}"
+    present = store.columns(uri)
+    if not present:
+        return TableCheck(table, name, pipeline.kind, None, time.perf_counter() - started)
+    if pipeline.kind == "scd2":
+        wanted = [*pipeline.keys, *_SCD2_READ]
+    else:
+        assert pipeline.event_id is not None
+        wanted = [pipeline.event_id]
+    selected = ", ".join(_quoted(c) for c in wanted if c in present)
+    frame = pl.from_arrow(store.query(uri, f"SELECT {selected} FROM t"))
+    assert isinstance(frame, pl.DataFrame)
+    try:
+        if pipeline.kind == "scd2":
+            found = check_scd2(frame, pipeline.keys)
+            keys = frame.select(list(pipeline.keys)).n_unique() if frame.height else 0
+        else:
+            assert pipeline.event_id is not None
+            found = check_facts(frame, pipeline.event_id)
+            keys = frame.get_column(pipeline.event_id).n_unique()
+    except ValueError as exc:
+        raise InvariantCheckError(f"{table} ({uri}): {exc}") from None
+    report = summarize(found, MAX_LISTED, rows=frame.height, keys=keys)
+    return TableCheck(table, name, pipeline.kind, report, time.perf_counter() - started)
+
+
+def _quoted(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
