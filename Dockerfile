@@ -24,7 +24,8 @@ ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
 WORKDIR /opt/cdc
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir .
+# The snowflake extra: prod publishes the gold tables to Snowflake (config/prod.yaml).
+RUN pip install --no-cache-dir '.[snowflake]'
 COPY --from=jars /opt/cdc/jars /opt/cdc/jars
 COPY config ./config
 COPY schemas ./schemas

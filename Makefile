@@ -28,7 +28,8 @@ $(S3_STAMP): $(STAMP)
 	@touch $(S3_STAMP)
 
 ## Start an embedded broker, produce a realistic CRM + events data set, drain it through
-## every pipeline and print a summary. Data goes to var/demo (wiped first).
+## every pipeline and print a summary; then build gold, publish it to the embedded warehouse
+## (DuckDB) and print one example query's answer. Data goes to var/demo (wiped first).
 demo: $(STAMP)
 	$(VENV)/bin/cdc demo
 

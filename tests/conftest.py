@@ -89,3 +89,13 @@ def spark() -> Iterator[Any]:
     session = build_session(app_name="cdc-tests", master="local[2]")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A throwaway database on a real PostgreSQL server for the session (the local cluster,
+    started if down; ``CDC_TEST_POSTGRES_DSN`` for another): see ``tests/support/postgres.py``."""
+    from tests.support.postgres import postgres_database
+
+    with postgres_database() as database:
+        yield database

@@ -3,7 +3,9 @@
 Starts an embedded broker, produces a generated CRM + events data set (with updates,
 deletes, tombstones, duplicates and a few invalid records) through the same path as
 ``cdc produce``, drains every pipeline with ``--available-now`` semantics and prints a
-summary read back from the Delta tables.
+summary read back from the Delta tables. Then it builds the gold tables, publishes them to the
+embedded warehouse (a DuckDB file beside the lake) and prints the answer of one example query
+run there: the top five accounts by revenue over the last 90 days.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ import polars as pl
 from cdc.config import Settings, load_settings
 from cdc.lake import table_paths
 
-__all__ = ["run_demo", "summarize"]
+__all__ = ["DEMO_QUERY", "publish_gold", "run_demo", "summarize"]
+
+DEMO_QUERY = """\
+SELECT name, region, revenue_90d, reporting_currency
+FROM {schema}.customer_360
+ORDER BY revenue_90d DESC NULLS LAST, account_id
+LIMIT 5"""
+"""The example query the demo answers from the warehouse (``{schema}``: ``warehouse.schema``)."""
 
 
 def _read(uri: str) -> pl.DataFrame | None:
@@ -101,6 +110,48 @@ def summarize(settings: Settings, out: TextIO) -> dict[str, int]:
     return counts
 
 
+def publish_gold(settings: Settings, out: TextIO) -> dict[str, int]:
+    """Build the gold tables, publish them to the DuckDB warehouse, answer :data:`DEMO_QUERY`.
+
+    Returns:
+        Rows per gold table (``gold/<table>``) and per published warehouse table
+        (``warehouse/<table>``, counted there).
+    """
+    import duckdb
+
+    from cdc.gold import build_gold
+    from cdc.publish import publish
+    from cdc.warehouse import open_warehouse
+
+    counts: dict[str, int] = {}
+    print("\nGold tables", file=out)
+    for built in build_gold(settings):
+        print(f"  {built.line()}", file=out)
+        counts[f"gold/{built.table}"] = built.rows
+    warehouse = open_warehouse(settings)
+    print(f"\nPublished to {warehouse.describe()}", file=out)
+    published = publish(settings, on_result=lambda r: print(f"  {r.line()}", file=out))
+    schema = settings.warehouse.schema
+    path = settings.warehouse.duckdb_path(settings.lake)
+    with duckdb.connect(path, read_only=True) as con:
+        for result in published:
+            row = con.execute(f'SELECT count(*) FROM "{schema}"."{result.table}"').fetchone()
+            counts[f"warehouse/{result.table}"] = int(row[0]) if row else 0
+        cursor = con.execute(DEMO_QUERY.format(schema=schema))
+        names = [d[0] for d in cursor.description or ()]
+        answer = pl.DataFrame(cursor.fetchall(), schema=names, orient="row")
+    print("\nTop 5 accounts by revenue over the last 90 days (from the warehouse):", file=out)
+    print("  " + DEMO_QUERY.format(schema=schema).replace("\n", "\n  "), file=out)
+    with pl.Config(
+        tbl_rows=10,
+        fmt_str_lengths=40,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+    ):
+        print(answer, file=out)
+    return counts
+
+
 def run_demo(
     workdir: Path, seed: int = 7, overrides: list[str] | None = None, out: TextIO = sys.stdout
 ) -> dict[str, int]:
@@ -145,6 +196,11 @@ def run_demo(
         print(f"running {len(names)} pipelines until drained ...", file=out)
         run_pipelines(spark, settings, names, available_now=True)
         counts = summarize(settings, out)
-    print(f"\ndone in {time.monotonic() - started:.0f}s; tables under {workdir / 'lake'}", file=out)
+    counts |= publish_gold(settings, out)
+    print(
+        f"\ndone in {time.monotonic() - started:.0f}s; tables under {workdir / 'lake'}, warehouse"
+        f" {settings.warehouse.duckdb_path(settings.lake)}",
+        file=out,
+    )
     (workdir / "summary.json").write_text(json.dumps(counts, indent=2, sort_keys=True))
     return counts

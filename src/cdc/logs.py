@@ -87,6 +87,7 @@ def secret_values(settings: Settings) -> set[str]:
         settings.kafka.client_config,
         settings.kafka.java_config,
         settings.lake.resolved_storage_options,
+        settings.warehouse.resolved_secrets,
     ]
     for getter in getters:
         try:

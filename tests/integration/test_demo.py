@@ -6,13 +6,15 @@ import io
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pytest
 from deltalake import DeltaTable
 
 from cdc.config import load_settings
-from cdc.demo import run_demo
+from cdc.demo import DEMO_QUERY, run_demo
 from cdc.demo_data import generate
+from cdc.gold import GOLD_TABLES, gold_path
 from cdc.lake import table_paths
 from tests.conftest import REPO_ROOT
 
@@ -61,3 +63,32 @@ def test_demo_matches_the_data_set(spark: Any, tmp_path: Path) -> None:
     text = out.getvalue()
     assert "Rows per table" in text and "SCD2 history of contact" in text
     assert f"Quarantined: {sum(s.invalid for s in expected.values())} records" in text
+
+    # It ends with gold built and published, in full, to the DuckDB file beside the lake.
+    path = tmp_path / "demo" / "warehouse.duckdb"
+    assert f"Published to duckdb {path} (schema gold)" in text
+    with duckdb.connect(str(path), read_only=True) as con:
+        control = dict(
+            con.execute("SELECT table_name, delta_version FROM gold._cdc_publish_state").fetchall()
+        )
+        answer = con.execute(DEMO_QUERY.format(schema="gold")).fetchall()
+    for name in GOLD_TABLES:
+        version = DeltaTable(gold_path(settings, name)).version()
+        assert control[name] == version, name
+        assert counts[f"warehouse/{name}"] == counts[f"gold/{name}"] > 0, name
+        assert (
+            f"  {name}: published version {version} in full (nothing published yet):"
+            f" {counts[f'gold/{name}']} rows upserted, 0 deleted in "
+        ) in text
+    # The example query's answer, computed again from the gold Delta table, is printed.
+    c360 = pl.from_arrow(DeltaTable(gold_path(settings, "customer_360")).to_pyarrow_table())
+    top = c360.sort(["revenue_90d", "account_id"], descending=[True, False], nulls_last=True)
+    expected_top = top.head(5).select("name", "region", "revenue_90d").rows()
+    assert [row[:3] for row in answer] == expected_top
+    printed = text.split("Top 5 accounts by revenue over the last 90 days", 1)[1]
+    cells = [
+        [cell.strip(" │") for cell in line.split("┆")]
+        for line in printed.splitlines()
+        if line.startswith("│")
+    ]
+    assert [(name, region) for name, region, *_ in cells[1:]] == [r[:2] for r in expected_top]

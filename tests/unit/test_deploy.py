@@ -188,6 +188,8 @@ def _batch_jobs() -> dict[str, tuple[str, list[str]]]:
         "maintain.py": ["maintain"],
         "sla_check.py": ["sla", "check"],
         "dr_snapshot.py": ["dr", "snapshot"],
+        "publish.py": ["publish"],
+        "gold_build.py": ["gold", "build"],
     }
     jobs = {}
     for path in sorted((REPO_ROOT / "deploy" / "k8s" / "batch").glob("*.yaml")):
@@ -220,6 +222,8 @@ def test_batch_jobs_have_valid_schedules_and_run_real_commands() -> None:
         "cdc-sla-check": "*/5 * * * *",
         "cdc-maintain-health": "30 5 * * *",
         "cdc-dr-snapshot": "0 2 * * *",  # daily
+        "cdc-publish": "45 * * * *",  # hourly
+        "cdc-gold-build": "30 * * * *",  # hourly, before the publish
     }
     for name, (schedule, argv) in jobs.items():
         fields = schedule.split()
