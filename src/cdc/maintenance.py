@@ -83,8 +83,8 @@ def maintenance_tables(settings: Settings, table: str | None = None) -> list[Tab
 
     Args:
         settings: service settings.
-        table: a pipeline name (its tables), ``<layer>/<table>`` (e.g. ``silver/dim_contact``),
-            or None for all.
+        table: a pipeline name (its tables), ``gold`` (the gold tables), ``<layer>/<table>``
+            (e.g. ``silver/dim_contact``, ``gold/daily_revenue``), or None for all.
 
     Raises:
         ConfigError: ``table`` names no table (the message lists the valid names).
@@ -96,6 +96,10 @@ def maintenance_tables(settings: Settings, table: str | None = None) -> list[Tab
         if pipeline.kind == "scd2":
             paths["orphans"] = orphans_path(settings, pipeline)
         refs += [TableRef(name, role, uri, _zorder(pipeline, role)) for role, uri in paths.items()]
+    from cdc.gold import GOLD_KEYS, GOLD_TABLES, gold_path
+
+    # Gold tables (``cdc gold build``): clustered on their grain; ``--table gold`` names them all.
+    refs += [TableRef("gold", "gold", gold_path(settings, g), GOLD_KEYS[g]) for g in GOLD_TABLES]
     if table is None:
         return refs
     chosen = [r for r in refs if table in (r.pipeline, r.name)]

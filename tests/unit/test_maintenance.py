@@ -51,6 +51,14 @@ def test_tables_and_their_zorder_columns() -> None:
         "silver/dim_contact",
         "silver/_orphans_dim_contact",
     ]
+    # Gold tables are maintained (and snapshotted for DR) too, clustered on their grain.
+    assert [t.name for t in maintenance_tables(settings, "gold")] == [
+        "gold/customer_360",
+        "gold/daily_revenue",
+        "gold/opportunity_pipeline",
+        "gold/customer_features",
+    ]
+    assert by_name["gold/daily_revenue"].zorder == ("order_date", "region", "currency")
 
 
 def test_health_optimize_vacuum(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
