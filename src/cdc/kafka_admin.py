@@ -36,6 +36,21 @@ __all__ = [
 
 _librdkafka_log = logging.getLogger("cdc.kafka.librdkafka")
 
+_TRANSIENT = ("Coordinator load in progress",)
+"""librdkafka warnings about states it retries by itself (a transaction coordinator that is
+still loading right after a broker starts): debug, not something an operator acts on."""
+
+
+class _TransientFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and any(t in record.getMessage() for t in _TRANSIENT):
+            _librdkafka_log.debug("%s", record.getMessage())
+            return False
+        return True
+
+
+_librdkafka_log.addFilter(_TransientFilter())
+
 REQUEST_TIMEOUT_S = 30.0
 """Deadline of one metadata or offsets request."""
 

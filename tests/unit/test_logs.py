@@ -75,3 +75,18 @@ def test_configured_logging_redacts_every_line(
     err = capsys.readouterr().err
     assert "hunter2-long" not in err
     assert json.loads(err.strip().splitlines()[-1])["message"] == "auth with *** failed"
+
+
+def test_librdkafka_retries_it_handles_itself_are_debug_not_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import cdc.kafka_admin  # noqa: F401  (installs the filter)
+
+    log = logging.getLogger("cdc.kafka.librdkafka")
+    with caplog.at_level(logging.DEBUG, logger="cdc.kafka.librdkafka"):
+        log.warning("GETPID [rdkafka#producer-8]: Broker: Coordinator load in progress: retrying")
+        log.warning("FAIL [rdkafka#producer-8]: Connection refused")
+    assert [(r.levelname, r.getMessage().split(": ", 1)[-1]) for r in caplog.records] == [
+        ("DEBUG", "Broker: Coordinator load in progress: retrying"),
+        ("WARNING", "Connection refused"),
+    ]
