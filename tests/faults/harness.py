@@ -693,8 +693,20 @@ def remap_rows(frame: pl.DataFrame, mapping: dict[Coords, Coords]) -> pl.DataFra
     ).select(frame.columns)
 
 
-def _seq(t: int, coords: Coords) -> str:
-    return f"{t:015d}.{coords[0]:06d}.{coords[1]:019d}"
+Position = tuple[int | None, int | None, int | None]
+"""A PostgreSQL change's source position as the pipelines order it: ``(lsn, txId, -)``."""
+NO_POSITION: Position = (None, None, None)
+
+
+def _seq(t: int, coords: Coords, position: Position = NO_POSITION) -> str:
+    """The sequence string of docs/scd2.md: position fields (numbers with the sign bit
+    flipped, 20 digits; null as zeros), then time, partition and offset."""
+    fields = "".join(("0" * 20 if v is None else f"{v + 2**63:020d}") + "." for v in position)
+    return f"{fields}{t:015d}.{coords[0]:06d}.{coords[1]:019d}"
+
+
+def _sort_position(position: Position) -> tuple[float, ...]:
+    return tuple(float("-inf") if v is None else v for v in position)
 
 
 def remap_silver(frame: pl.DataFrame, mapping: dict[Coords, Coords]) -> pl.DataFrame:
@@ -715,8 +727,8 @@ def remap_silver(frame: pl.DataFrame, mapping: dict[Coords, Coords]) -> pl.DataF
         moved = {}
         for col in sequences:
             if row[col] is not None:
-                t, p, o = row[col].split(".")
-                moved[col] = _seq(int(t), where(row, (int(p), int(o))))
+                *fields, t, p, o = row[col].split(".")
+                moved[col] = ".".join([*fields, _seq(int(t), where(row, (int(p), int(o))))])
         p, o = where(row, (row["_source_partition"], row["_source_offset"]))
         row.update(moved, _source_partition=p, _source_offset=o)
     return pl.DataFrame(rows, schema=frame.schema)
@@ -732,9 +744,11 @@ def _ts(ms: int) -> datetime:
 def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The dimension an uninterrupted, one-pass SCD2 over the valid records gives.
 
-    Independent of the product's code: events of a key in (source time, partition, offset)
-    order; a tombstone takes its predecessor's time in the log (a delete's, or the later of
-    the predecessor's and its own); a copy (the same time, op and row as the key's preceding
+    Independent of the product's code: events of a key in (source position, source time,
+    partition, offset) order, the position a PostgreSQL change's ``(lsn, txId)``; a tombstone
+    takes its predecessor's position and time in the log (a delete's time, or the later of
+    the predecessor's and its own); valid times never go back (each is the greatest time up
+    to it); a copy (the same position, time, op and row as the key's preceding
     change; any two deletes at one time are alike) is a no-op; an upsert opens a version
     after nothing or a delete or when a tracked column changes, else updates the version in
     place; a delete closes it. ``_seq_max`` of a version is the greatest sequence of the
@@ -743,8 +757,8 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
     ``added``: tracked columns a newer reader schema adds (null where a change lacks them).
     """
     business = (*BUSINESS, *added)
-    per_key: dict[str, list[tuple[int, int, int, str, dict[str, Any] | None]]] = {}
-    previous: dict[tuple[str, int], tuple[int, str]] = {}
+    per_key: dict[str, list[tuple[Position, int, int, int, str, dict[str, Any] | None]]] = {}
+    previous: dict[tuple[str, int], tuple[int, str, Position]] = {}
     for x in sent:  # log order
         event = x.rec.event
         if x.rec.reason is not None or event is None:
@@ -752,26 +766,32 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
         p, o = x.coords
         t = x.rec.ts
         op: str = event.op
+        position: Position = (t - T0, None, None)  # envelope(): lsn = ts - T0, no txId
         if op == "T":
+            position = NO_POSITION
             before = previous.get((event.cid, p))
             if before is not None:
                 t = before[0] if before[1] == "D" else max(before[0], t)
+                position = before[2]
             op = "D"
         else:
-            previous[(event.cid, p)] = (t, op)
-        per_key.setdefault(event.cid, []).append((t, p, o, op, event.row))
+            previous[(event.cid, p)] = (t, op, position)
+        per_key.setdefault(event.cid, []).append((position, t, p, o, op, event.row))
     tracked = [c for c in business if c not in UNTRACKED]
     rows: list[dict[str, Any]] = []
     for cid, events in sorted(per_key.items()):
         preceding: tuple[Any, ...] | None = None
         versions: list[dict[str, Any]] = []
         current: dict[str, Any] | None = None
-        for t, p, o, op, row in sorted(events, key=lambda e: e[:3]):
-            signature = (t, op, None if op == "D" else json.dumps(row, sort_keys=True))
+        clock: int | None = None
+        ordered = sorted(events, key=lambda e: (_sort_position(e[0]), *e[1:4]))
+        for position, t, p, o, op, row in ordered:
+            signature = (position, t, op, None if op == "D" else json.dumps(row, sort_keys=True))
             if signature == preceding:
                 continue
             preceding = signature
-            seq = (t, p, o)
+            clock = t if clock is None else max(clock, t)
+            seq = (t, p, o, position, clock)
             if op == "U":
                 assert row is not None
                 changed = current is None or any(
@@ -797,16 +817,18 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
                     "contact_id": cid,
                     **{c: v["row"].get(c) for c in business},
                     "updated_at": _ts(v["row"]["updated_at"]),
-                    "valid_from": _ts(opened[0]),
-                    "valid_to": None if closed is None else _ts(closed[0]),
+                    "valid_from": _ts(opened[4]),
+                    "valid_to": None if closed is None else _ts(closed[4]),
                     "is_current": closed is None,
                     "_source_topic": TOPIC,
                     "_source_partition": last[1],
                     "_source_offset": last[2],
-                    "_seq_open": _seq(opened[0], opened[1:]),
-                    "_seq_last": _seq(last[0], last[1:]),
-                    "_seq_close": None if closed is None else _seq(closed[0], closed[1:]),
-                    "_seq_max": _seq(seq_max[0], seq_max[1:]),
+                    "_seq_open": _seq(opened[0], opened[1:3], opened[3]),
+                    "_seq_last": _seq(last[0], last[1:3], last[3]),
+                    "_seq_close": None
+                    if closed is None
+                    else _seq(closed[0], closed[1:3], closed[3]),
+                    "_seq_max": _seq(seq_max[0], seq_max[1:3], seq_max[3]),
                 }
             )
     return rows
