@@ -56,14 +56,14 @@ NAMES = {"A1": ("Acme", "DE"), "A2": ("Borealis", "US"), "A3": ("Cobalt", "JP")}
 
 def _orders() -> list[dict[str, Any]]:
     rows = []
-    # order, account, amount, currency, placed, later statuses (status, hours after placing)
-    for order_id, account, amount, currency, placed, later in [
-        ("ORD1", "A1", "120.00", "USD", at(3, 1, 10), [("paid", 1)]),
-        ("ORD2", "A1", "30.00", "USD", at(3, 5, 10), [("paid", 2)]),
-        ("ORD3", "A2", "200.00", "USD", at(3, 2, 9), [("paid", 1), ("shipped", 20)]),
-        ("ORD4", "A2", "50.00", "USD", at(3, 3, 9), [("cancelled", 1)]),
-        ("ORD5", "A3", "75.00", "USD", at(3, 4, 9), []),
-        ("ORD6", "A3", "40.00", "EUR", at(3, 6, 9), [("paid", 3)]),
+    # order, account, contact, amount, currency, placed, later statuses (status, hours after)
+    for order_id, account, contact, amount, currency, placed, later in [
+        ("ORD1", "A1", "C1", "120.00", "USD", at(3, 1, 10), [("paid", 1)]),
+        ("ORD2", "A1", "C1", "30.00", "USD", at(3, 5, 10), [("paid", 2)]),
+        ("ORD3", "A2", "C2", "200.00", "USD", at(3, 2, 9), [("paid", 1), ("shipped", 20)]),
+        ("ORD4", "A2", "C2", "50.00", "USD", at(3, 3, 9), [("cancelled", 1)]),
+        ("ORD5", "A3", "C3", "75.00", "USD", at(3, 4, 9), []),
+        ("ORD6", "A3", "C1", "40.00", "EUR", at(3, 6, 9), [("paid", 3)]),  # A1's contact
     ]:
         for status, hours in [("created", 0), *later]:
             rows.append(
@@ -71,6 +71,7 @@ def _orders() -> list[dict[str, Any]]:
                     "event_id": f"{order_id}-{status}",
                     "order_id": order_id,
                     "account_id": account,
+                    "contact_id": contact,
                     "status": status,
                     "amount": D(amount),
                     "currency": currency,
@@ -146,6 +147,13 @@ TOP_ACCOUNTS = [
     ("Borealis", "AMER", D("200.00"), "USD"),
     ("Acme", "EMEA", D("150.00"), "USD"),
     ("Cobalt", "APAC", D("44.00"), "USD"),
+]
+# Buying contacts: ORD1/ORD2 by C1 (A1's), ORD3 by C2 (A2's); Cobalt's only paid order, ORD6,
+# was placed by A1's contact C1, so it has none.
+FEW_BUYERS = [
+    ("Cobalt", D("44.00"), 0, 1),
+    ("Borealis", D("200.00"), 1, 1),
+    ("Acme", D("150.00"), 1, 1),
 ]
 
 
@@ -228,6 +236,15 @@ def test_every_example_query_answers_the_same_rows_in_postgres_and_duckdb(
             in_postgres = _rows(pg.execute(sql))
             assert in_duckdb, f"no rows in DuckDB:\n{sql}"
             assert _comparable(in_postgres) == _comparable(in_duckdb), sql
+
+
+def test_the_buying_contacts_query_answers_what_the_silver_rows_imply(
+    published: Settings, postgres: PostgresDatabase, duck: Any
+) -> None:
+    (sql,) = [q for q in example_queries(GUIDE.read_text()) if "buying_contacts_90d" in q]
+    assert _rows(duck.execute(sql)) == FEW_BUYERS
+    with postgres.connect() as pg:
+        assert _rows(pg.execute(sql)) == FEW_BUYERS
 
 
 def test_the_demo_query_answers_what_the_silver_rows_imply(

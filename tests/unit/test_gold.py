@@ -61,9 +61,10 @@ def frame(name: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
 
 
 # --------------------------------------------------------------------------- the scenario
-# Three accounts (A2 moves from the US to Japan on Mar 10, A3 is deleted on Mar 5), three
-# contacts (C2 moves from A2 to A1 on Mar 8), three opportunities, EUR/USD and USD/JPY rates,
-# ten orders and five behaviour events. Reporting currency USD; as of 2026-03-17.
+# Three accounts (A2 moves from the US to Japan on Mar 10, A3 is deleted on Mar 5), four
+# contacts (C2 moves from A2 to A1 on Mar 8, C4 is deleted on Mar 10), three opportunities,
+# EUR/USD and USD/JPY rates, ten orders and five behaviour events. Reporting currency USD; as
+# of 2026-03-17.
 
 
 def _account(
@@ -95,6 +96,7 @@ CONTACTS = [
     {"contact_id": "C2", "account_id": "A2", "valid_from": OCT1, "valid_to": at(3, 8)},
     {"contact_id": "C2", "account_id": "A1", "valid_from": at(3, 8), "valid_to": None},
     {"contact_id": "C3", "account_id": "A2", "valid_from": at(3, 2), "valid_to": None},
+    {"contact_id": "C4", "account_id": "A2", "valid_from": OCT1, "valid_to": at(3, 10)},
 ]
 
 
@@ -149,11 +151,17 @@ FX_RATES = [
 
 
 def _order(
-    order_id: str, account_id: str, amount: str, currency: str, placed: datetime
+    order_id: str,
+    account_id: str,
+    amount: str,
+    currency: str,
+    placed: datetime,
+    contact_id: str | None = None,
 ) -> dict[str, Any]:
     return {
         "order_id": order_id,
         "account_id": account_id,
+        "contact_id": contact_id,
         "amount": D(amount),
         "currency": currency,
         "ordered_at": placed,
@@ -175,15 +183,20 @@ def _placed(order: dict[str, Any], *later: tuple[str, int]) -> list[dict[str, An
 
 
 ORDERS = [
-    *_placed(_order("ORD00", "A1", "5.00", "USD", at(11, 1, 10, year=2025)), ("paid", 1)),
-    *_placed(_order("ORD0", "A1", "80.00", "EUR", at(1, 20, 10)), ("paid", 1)),
-    *_placed(_order("ORD1", "A1", "100.00", "EUR", at(3, 5, 10)), ("paid", 1)),
-    *_placed(_order("ORD2", "A2", "50.00", "USD", at(3, 9, 12)), ("paid", 1)),
-    *_placed(_order("ORD3", "A2", "3000.00", "JPY", at(3, 11, 9)), ("paid", 1), ("shipped", 24)),
-    *_placed(_order("ORD4", "A1", "40.00", "EUR", at(3, 16, 8)), ("cancelled", 1)),
-    *_placed(_order("ORD5", "A1", "60.00", "EUR", at(3, 16, 10))),
+    *_placed(_order("ORD00", "A1", "5.00", "USD", at(11, 1, 10, year=2025), "C1"), ("paid", 1)),
+    # C2 was A2's on Jan 20: not a buying contact of A1 through this order.
+    *_placed(_order("ORD0", "A1", "80.00", "EUR", at(1, 20, 10), "C2"), ("paid", 1)),
+    *_placed(_order("ORD1", "A1", "100.00", "EUR", at(3, 5, 10), "C1"), ("paid", 1)),
+    *_placed(_order("ORD2", "A2", "50.00", "USD", at(3, 9, 12), "C3"), ("paid", 1)),
+    *_placed(  # C4 was deleted on Mar 10: nobody's buying contact
+        _order("ORD3", "A2", "3000.00", "JPY", at(3, 11, 9), "C4"), ("paid", 1), ("shipped", 24)
+    ),
+    *_placed(_order("ORD4", "A1", "40.00", "EUR", at(3, 16, 8), "C1"), ("cancelled", 1)),
+    *_placed(_order("ORD5", "A1", "60.00", "EUR", at(3, 16, 10), "C2")),
     *_placed(_order("ORD6", "A3", "70.00", "USD", at(3, 6, 10)), ("paid", 1)),
-    *_events(_order("ORD7", "A1", "10.00", "GBP", at(3, 17, 10)), ("paid", at(3, 17, 10))),
+    *_events(  # C2 is A1's since Mar 8
+        _order("ORD7", "A1", "10.00", "GBP", at(3, 17, 10), "C2"), ("paid", at(3, 17, 10))
+    ),
 ]
 
 
@@ -291,13 +304,15 @@ DAILY_REVENUE = daily(
 )
 
 
-def _a1_360(country: str = "DE", region: str = "EMEA") -> tuple[Any, ...]:
+def _a1_360(country: str = "DE", region: str = "EMEA", buyers: int = 2) -> tuple[Any, ...]:
     return (
         "A1", "Acme", "Retail", country, region, "smb", D("1000000.00"),
         "owner.a1@crm.example", OCT1,
         2, "C1,C2",  # current contacts: C2 moved in on Mar 8
         2, D("1200.00"), D("900.00"), 1,  # O1 1000 EUR at today's 1.2, 75 %; O3 in GBP
-        4, D("195.00"), 3, D("190.00"), 1,  # ORD00 (Nov) is outside the 90 days; ORD7 in GBP
+        4, D("195.00"), 3, D("190.00"),  # ORD00 (Nov) is outside the 90 days
+        buyers,  # C1 (ORD1), C2 (ORD7; ORD0 was placed while C2 was A2's)
+        1,  # ORD7 in GBP
         at(3, 17, 10),  # ORD7
         at(3, 16, 12), "email_open", "C1",
         "USD",
@@ -309,7 +324,9 @@ A2_360 = (
     "owner.a2@crm.example", OCT1,
     1, "C3",
     0, D("0.00"), D("0.00"), 0,  # O2 is closed_won
-    2, D("70.00"), 2, D("70.00"), 0,  # ORD2 50 USD, ORD3 3000 JPY / 150
+    2, D("70.00"), 2, D("70.00"),  # ORD2 50 USD, ORD3 3000 JPY / 150
+    1,  # C3 (ORD2); ORD3's C4 was deleted before it
+    0,
     at(3, 11, 9),
     at(3, 11, 12), "download", "C3",  # E1 (C2, while A2's) is older
     "USD",
@@ -348,6 +365,7 @@ FEATURES_MAR_17 = [
         revenue_90d=D("190.00"),
         revenue_365d=D("195.00"),
         unconverted_orders_365d=1,
+        buying_contacts_90d=2,  # C1 (ORD1), C2 (ORD7)
         days_since_last_event=1,  # E3
         events_7d=1,
         events_30d=2,  # E2 (C2, A1's since Mar 8), E3
@@ -367,6 +385,7 @@ FEATURES_MAR_17 = [
         revenue_30d=D("70.00"),
         revenue_90d=D("70.00"),
         revenue_365d=D("70.00"),
+        buying_contacts_90d=1,  # C3 (ORD2); C4 (ORD3) was deleted by then
         days_since_last_event=6,  # E4
         events_7d=1,
         events_30d=2,  # E1 (C2, A2's until Mar 8), E4
@@ -389,6 +408,7 @@ FEATURES_MAR_9 = [
         revenue_30d=D("110.00"),
         revenue_90d=D("190.00"),
         revenue_365d=D("195.00"),
+        buying_contacts_90d=1,  # C1 (ORD1); ORD0's C2 was A2's
         days_since_last_event=0,
         events_7d=1,  # E2
         events_30d=1,
@@ -407,6 +427,7 @@ FEATURES_MAR_9 = [
         revenue_30d=D("50.00"),
         revenue_90d=D("50.00"),
         revenue_365d=D("50.00"),
+        buying_contacts_90d=1,  # C3 (ORD2)
         days_since_last_event=2,  # E1
         events_7d=1,
         events_30d=1,
@@ -532,6 +553,59 @@ def test_a_late_dimension_version_moves_orders_incrementally_as_a_full_rebuild_d
     )
     # A full rebuild finds the incremental result already right: nothing to write.
     assert not any(r.changed for r in lake.build(as_of=AS_OF, full=True).values())
+
+
+def test_a_late_contact_version_moves_an_orders_buyer_incrementally_as_a_full_rebuild_does(
+    lake: Lake,
+) -> None:
+    lake.build(as_of=date(2026, 3, 9))
+    lake.build(as_of=AS_OF)  # features of Mar 9 and of Mar 17
+    before = {n: lake.gold(n) for n in GOLD_TABLES}
+    # After gold was built, CRM changes sequenced in the past arrive: C1 moved to A2 on Mar 3
+    # and back to A1 on Mar 6. Silver splits C1's one version in three; ORD1 (A1's, placed by
+    # C1 on Mar 5) was placed by a contact of another account. C1 has no behaviour event then.
+    late: list[dict[str, Any]] = [
+        {"contact_id": "C1", "account_id": "A1", "valid_from": OCT1, "valid_to": at(3, 3)},
+        {"contact_id": "C1", "account_id": "A2", "valid_from": at(3, 3), "valid_to": at(3, 6)},
+        {"contact_id": "C1", "account_id": "A1", "valid_from": at(3, 6), "valid_to": None},
+        *CONTACTS[1:],
+    ]
+    lake.write("dim_contact", late)
+
+    results = lake.build(as_of=AS_OF)
+
+    assert {n: (r.changed, r.mode, r.upserted, r.deleted) for n, r in results.items()} == {
+        "customer_360": (True, "incremental", 1, 0),  # A1
+        "daily_revenue": (False, "incremental", 0, 0),  # reads no contact
+        "opportunity_pipeline": (False, "incremental", 0, 0),
+        "customer_features": (True, "incremental", 2, 0),  # A1 on Mar 9 and on Mar 17
+    }
+    assert_frame_equal(
+        lake.gold("customer_360"), expected("customer_360", [_a1_360(buyers=1), A2_360])
+    )  # C2 (ORD7) only
+    assert_frame_equal(
+        lake.gold("customer_features"),
+        feature_frame(
+            [
+                {**FEATURES_MAR_9[0], "buying_contacts_90d": 0},  # ORD0: C2, ORD1: C1, A2's
+                FEATURES_MAR_9[1],
+                {**FEATURES_MAR_17[0], "buying_contacts_90d": 1},  # C2 (ORD7)
+                FEATURES_MAR_17[1],
+            ]
+        ),
+    )
+    for name in ("daily_revenue", "opportunity_pipeline"):
+        assert_frame_equal(lake.gold(name), before[name])
+    # A full rebuild finds the incremental result already right: nothing to write.
+    assert not any(r.changed for r in lake.build(as_of=AS_OF, full=True).values())
+
+    # The move's both accounts are recomputed: A1 lost a buyer; A2 might have gained one.
+    silver = {n: frame(n, rows) for n, rows in SCENARIO.items()}
+    moved = {**silver, "dim_contact": frame("dim_contact", late)}
+    previous = Previous.between(silver, moved, AS_OF)
+    for name in ("customer_360", "customer_features"):
+        refreshed = refresh(name, moved, GoldRules(), AS_OF, previous, [date(2026, 3, 9), AS_OF])
+        assert sorted(set(refreshed.rows.get_column("account_id"))) == ["A1", "A2"], name
 
 
 def test_a_corrected_order_moves_to_its_new_account_and_currency(lake: Lake) -> None:
@@ -881,13 +955,15 @@ def _dimension(
     step: st.SearchStrategy[int],
     key: dict[str, str],
     values: st.SearchStrategy[dict[str, Any]],
+    days: list[datetime] = _DAYS[1:],
 ) -> list[tuple[int, dict[str, Any]]]:
-    """A key's change points: a first version on Jan 1, then up to three changes or deletes."""
+    """A key's change points: a first version on Jan 1, then up to three changes or deletes,
+    on ``days``. A point arriving at the time of an earlier one replaces it (a correction)."""
     first = {"key": key, "at": _DAYS[0], "values": draw(values)}
     later = st.fixed_dictionaries(
         {
             "key": st.just(key),
-            "at": st.sampled_from(_DAYS[1:]),
+            "at": st.sampled_from(days),
             "values": st.one_of(values, values, values, st.none()),
         }
     )
@@ -901,6 +977,7 @@ def histories(draw: st.DrawFn) -> History:
     currencies = st.sampled_from(["USD", "EUR", "JPY"])
     accounts = st.sampled_from(["A1", "A2", "A3"])
     contacts = ["C1", "C2", "C3"]
+    buyers = st.sampled_from([*contacts, *contacts, "C9", None])
     step = st.sampled_from(draw(_SPREADS))
     items: dict[str, list[tuple[int, dict[str, Any]]]] = {n: [] for n in SILVER_TABLES}
     for account in ("A1", "A2", "A3"):
@@ -908,7 +985,11 @@ def histories(draw: st.DrawFn) -> History:
         items["dim_account"] += _dimension(draw, step, {"account_id": account}, country)
     for contact in contacts:
         employer = st.fixed_dictionaries({"account_id": accounts})
-        items["dim_contact"] += _dimension(draw, step, {"contact_id": contact}, employer)
+        # Few change days: a late point often replaces a version outright, so a contact's
+        # earlier account can vanish from silver (only the change still names it).
+        items["dim_contact"] += _dimension(
+            draw, step, {"contact_id": contact}, employer, _DAYS[1::10]
+        )
     deal = st.fixed_dictionaries(
         {
             "account_id": accounts,
@@ -926,14 +1007,16 @@ def histories(draw: st.DrawFn) -> History:
         items["dim_fx_rate"] += _dimension(draw, step, pair, rate)
     for number in range(draw(st.integers(0, 6))):
         placed = draw(st.sampled_from(_DAYS))
-        order = _order(f"ORD{number}", draw(accounts), "0", "USD", placed)
+        order = _order(f"ORD{number}", draw(accounts), "0", "USD", placed, draw(buyers))
         order.update(amount=draw(money), currency=draw(currencies))
         statuses = st.sampled_from(["created", "paid", "shipped", "cancelled"])
         for i, status in enumerate(draw(st.lists(statuses, min_size=1, max_size=3))):
             later = timedelta(hours=36 * draw(st.integers(0, 3)))
             event = {**order, "event_id": f"ORD{number}-{i}", "status": status}
             if draw(st.integers(0, 5)) == 0:  # a corrected order: another account, currency
-                event.update(account_id=draw(accounts), currency=draw(currencies))
+                event.update(
+                    account_id=draw(accounts), currency=draw(currencies), contact_id=draw(buyers)
+                )
             items["fact_orders"].append((draw(step), {**event, "event_ts": placed + later}))
     for number in range(draw(st.integers(0, 8))):
         event = _behaviour(

@@ -11,18 +11,20 @@ Point in time
 -------------
 A dimension version is *valid at* instant ``t`` when ``valid_from <= t < valid_to`` (a null
 ``valid_to`` is open-ended). A fact joins the version of its key valid at the fact's own time
-(:func:`versions_at`): an order the account version valid at ``ordered_at``, a behaviour event
-the contact version valid at ``occurred_at``, an amount the FX version valid at the order's
-time. Versions of zero length (two changes in the same millisecond) are valid nowhere.
+(:func:`versions_at`): an order the account version and the contact version valid at
+``ordered_at``, a behaviour event the contact version valid at ``occurred_at``, an amount the
+FX version valid at the order's time. Versions of zero length (two changes in the same
+millisecond) are valid nowhere.
 
 Orders
 ------
 ``fact_orders`` holds one row per order *event* (``created``, then ``paid``/``cancelled``,
 ``shipped``, ``delivered``: ``cdc.demo_data``); every event repeats the order's account,
-amount, currency and ``ordered_at``. An order's state is its latest event by ``event_ts``
-(:func:`order_states`; ties broken by the status order, then ``event_id``). Revenue is the
-orders whose state is in :data:`REVENUE_STATUSES`; ``cancelled`` orders are never revenue;
-anything else (``created``: placed, not paid) is pending.
+contact (who placed it; null when unknown), amount, currency and ``ordered_at``. An order's
+state is its latest event by ``event_ts`` (:func:`order_states`; ties broken by the status
+order, then ``event_id``). Revenue is the orders whose state is in
+:data:`REVENUE_STATUSES`; ``cancelled`` orders are never revenue; anything else (``created``:
+placed, not paid) is pending.
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ SILVER_COLUMNS: dict[str, dict[str, pl.DataType]] = {
         "event_id": pl.String(),
         "order_id": pl.String(),
         "account_id": pl.String(),
+        "contact_id": pl.String(),
         "status": pl.String(),
         "amount": pl.Decimal(18, 2),
         "currency": pl.String(),

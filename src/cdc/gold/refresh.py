@@ -6,8 +6,10 @@ columns gold reads, so a change gold does not read touches nothing). The ``_touc
 functions map those rows to the grains whose value may differ, over-approximating where exact
 tracking would cost more than recomputing:
 
-* an account's rows: its own versions changed; a contact that points (or pointed) to it
-  changed, or has new behaviour events; an order of it changed; an FX rate it converts at
+* an account's rows: its own versions changed; a contact version naming it appeared or
+  went (either side of a change: a contact moving from A to B touches A and B), or a contact
+  that points (or pointed) to it changed or has new behaviour events; an order of it changed
+  (its contact included); an FX rate it converts at
   changed (orders at or after the change, and for ``customer_360`` its open opportunities);
   for ``customer_360``, an opportunity of it changed, or the 90-day window moved past one of
   its orders;
@@ -154,6 +156,10 @@ def _touched_accounts(
     fx = _fx_touched(changes["dim_fx_rate"], rules.currency)
     found = [
         changes["dim_account"].get_column("account_id"),
+        # Behaviour events and orders count for an account through the contact version valid
+        # at their time naming it (buying contacts: naming the order's account), so a contact
+        # change can alter only the accounts its removed and added versions name: the old and
+        # the new account of a move, however late the version arrives.
         changes["dim_contact"].get_column("account_id"),
         contacts.filter(_in("contact_id", moved)).get_column("account_id"),
         changed_orders.get_column("account_id"),

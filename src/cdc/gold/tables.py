@@ -58,6 +58,8 @@ GOLD_KEYS: dict[str, tuple[str, ...]] = {
 _I = pl.Int64()
 FEATURE_WINDOWS = {"orders": (30, 90, 365), "events": (7, 30)}
 """Window lengths in days of the order features and the engagement features."""
+_BUYING_WINDOW = 90
+"""Window length in days of the feature ``buying_contacts_90d``."""
 
 GOLD_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "customer_360": {
@@ -80,6 +82,7 @@ GOLD_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "lifetime_revenue": MONEY,
         "paid_orders_90d": _I,
         "revenue_90d": MONEY,
+        "buying_contacts_90d": _I,
         "unconverted_orders": _I,
         "last_order_at": TS,
         "last_engagement_at": TS,
@@ -117,6 +120,7 @@ GOLD_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         **{f"orders_{n}d": _I for n in FEATURE_WINDOWS["orders"]},
         **{f"revenue_{n}d": MONEY for n in FEATURE_WINDOWS["orders"]},
         "unconverted_orders_365d": _I,
+        "buying_contacts_90d": _I,
         "days_since_last_event": _I,
         **{f"events_{n}d": _I for n in FEATURE_WINDOWS["events"]},
         **{f"{t}_{n}d": _I for t in EVENT_TYPES for n in FEATURE_WINDOWS["events"]},
@@ -208,6 +212,26 @@ def _engagement_events(
     return attributed.filter(_in("account_id", accounts))
 
 
+def _placed_by_own_contacts(
+    silver: Mapping[str, pl.DataFrame], states: pl.DataFrame
+) -> pl.DataFrame:
+    """The order ``states`` placed by a contact of the order's own account: the contact's
+    ``dim_contact`` version valid at the order's ``ordered_at`` names that account. An order
+    without a contact, of a contact with no version then (not created yet, or deleted), or of
+    a contact then another account's, is left out."""
+    who = states.get_column("contact_id").drop_nulls().unique()
+    placed = versions_at(
+        states,
+        "ordered_at",
+        silver["dim_contact"].filter(_in("contact_id", who)),
+        "contact_id",
+        {"account_id": "_contact_account"},
+    )
+    return placed.filter(pl.col("_contact_account") == pl.col("account_id")).drop(
+        "_contact_account"
+    )
+
+
 def customer_360(
     silver: Mapping[str, pl.DataFrame],
     rules: GoldRules,
@@ -265,6 +289,11 @@ def customer_360(
         revenue_90d=pl.col("amount_reporting").filter(in_window).sum(),
         unconverted_orders=pl.col("amount_reporting").is_null().sum(),
     )
+    buyers = (
+        _placed_by_own_contacts(silver, states.filter(pl.col("is_revenue") & in_window))
+        .group_by("account_id")
+        .agg(buying_contacts_90d=pl.col("contact_id").n_unique())
+    )
     last_order = (
         states.filter(~pl.col("is_cancelled"))
         .group_by("account_id")
@@ -285,7 +314,7 @@ def customer_360(
     rows = current.with_columns(
         region=rules.region(pl.col("country")), reporting_currency=pl.lit(currency)
     )
-    for part in (contacts, pipeline, revenue, last_order, engagement):
+    for part in (contacts, pipeline, revenue, buyers, last_order, engagement):
         rows = rows.join(part, on="account_id", how="left")
     return _shape("customer_360", _zero(rows, "customer_360"))
 
@@ -425,7 +454,8 @@ def customer_features(
     The accounts are those with a version valid at the day's last instant. Every input is
     restricted to what was true before the day ended: order states from events with
     ``event_ts`` before it, behaviour events that occurred before it (attributed through the
-    contact version valid when they occurred), FX versions valid at each order's time.
+    contact version valid when they occurred), the contact version valid at each order's time
+    (a buying contact), FX versions valid at each order's time.
     Definitions: ``docs/guides/ml-features.md``.
 
     Args:
@@ -445,7 +475,7 @@ def customer_features(
 
     starts = {
         n: pl.lit(end - timedelta(days=n), dtype=TS)
-        for n in {*FEATURE_WINDOWS["orders"], *FEATURE_WINDOWS["events"]}
+        for n in {*FEATURE_WINDOWS["orders"], *FEATURE_WINDOWS["events"], _BUYING_WINDOW}
     }
 
     def within(column: str, days: int) -> pl.Expr:
@@ -474,6 +504,13 @@ def customer_features(
             for n in windows
         },
     )
+    buyers = (
+        _placed_by_own_contacts(
+            silver, states.filter(pl.col("is_revenue") & within("ordered_at", _BUYING_WINDOW))
+        )
+        .group_by("account_id")
+        .agg(buying_contacts_90d=pl.col("contact_id").n_unique())
+    )
 
     spans = FEATURE_WINDOWS["events"]
     month = max(spans)
@@ -499,7 +536,7 @@ def customer_features(
         return (pl.lit(as_of) - pl.col(column).dt.date()).dt.total_days()
 
     rows = population
-    for part in (orders, revenue, engagement):
+    for part in (orders, revenue, buyers, engagement):
         rows = rows.join(part, on="account_id", how="left")
     rows = rows.with_columns(
         as_of_date=pl.lit(as_of),
