@@ -728,7 +728,8 @@ def remap_silver(frame: pl.DataFrame, mapping: dict[Coords, Coords]) -> pl.DataF
         for col in sequences:
             if row[col] is not None:
                 *fields, t, p, o = row[col].split(".")
-                moved[col] = ".".join([*fields, _seq(int(t), where(row, (int(p), int(o))))])
+                to = where(row, (int(p), int(o)))
+                moved[col] = ".".join([*fields, f"{int(t):015d}", f"{to[0]:06d}", f"{to[1]:019d}"])
         p, o = where(row, (row["_source_partition"], row["_source_offset"]))
         row.update(moved, _source_partition=p, _source_offset=o)
     return pl.DataFrame(rows, schema=frame.schema)
