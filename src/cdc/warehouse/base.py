@@ -316,6 +316,8 @@ class Warehouse(ABC):
             schema: the warehouse schema of the tables and the control table.
         """
         self.schema = schema
+        self._conn: Any = None
+        """The driver's open connection (None until ``connect``, after ``close``)."""
 
     # ------------------------------------------------------------- driver primitives
 
@@ -331,9 +333,22 @@ class Warehouse(ABC):
             WarehouseUnavailableError: the warehouse cannot be reached or refused the login.
         """
 
-    @abstractmethod
     def close(self) -> None:
         """Close the session (its temporary tables go with it)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def connection(self) -> Any:
+        """The open driver connection (for queries over the published tables).
+
+        Raises:
+            WarehouseError: the session is not open.
+        """
+        if self._conn is None:
+            raise WarehouseError(f"the {self.dialect.name} warehouse is not open")
+        return self._conn
 
     @abstractmethod
     def execute(self, statement: Statement) -> int:

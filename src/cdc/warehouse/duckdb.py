@@ -106,7 +106,6 @@ class DuckDbWarehouse(Warehouse):
         """
         super().__init__(schema)
         self.path = Path(path)
-        self._con: Any = None
 
     def describe(self) -> str:
         """The file and the schema."""
@@ -118,24 +117,11 @@ class DuckDbWarehouse(Warehouse):
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = duckdb.connect(str(self.path))
+            self._conn = duckdb.connect(str(self.path))
         except duckdb.Error as exc:
             raise WarehouseUnavailableError(
                 f"cannot open the DuckDB warehouse {self.path}: {first_line(exc)}"
             ) from None
-
-    def close(self) -> None:
-        """Close the file."""
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-
-    @property
-    def connection(self) -> Any:
-        """The open ``duckdb`` connection (for queries over the published tables)."""
-        if self._con is None:
-            raise WarehouseError("the DuckDB warehouse is not open")
-        return self._con
 
     def execute(self, statement: Statement) -> int:
         """Run a statement; DML answers one row with its count."""

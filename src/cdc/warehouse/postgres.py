@@ -180,7 +180,6 @@ class PostgresWarehouse(Warehouse):
             if v is not None
         }
         self.connect_timeout_s = connect_timeout_s
-        self._conn: Any = None
 
     def _where(self) -> str:
         from psycopg.conninfo import conninfo_to_dict
@@ -214,19 +213,6 @@ class PostgresWarehouse(Warehouse):
             raise WarehouseUnavailableError(
                 f"cannot reach the postgres warehouse at {self._where()}: {first_line(exc)}"
             ) from None
-
-    def close(self) -> None:
-        """Close the session (its temporary tables go with it)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    @property
-    def connection(self) -> Any:
-        """The open psycopg connection."""
-        if self._conn is None:
-            raise WarehouseError("the postgres warehouse is not open")
-        return self._conn
 
     def execute(self, statement: Statement) -> int:
         """Run a statement; return its row count."""

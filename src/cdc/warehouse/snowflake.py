@@ -207,7 +207,6 @@ class SnowflakeWarehouse(Warehouse):
         self.account, self.user, self.password = account, user, password
         self.database, self.warehouse, self.role = database, warehouse, role
         self.connect_timeout_s = connect_timeout_s
-        self._conn: Any = None
 
     def describe(self) -> str:
         """Account, database and schema (never the credentials)."""
@@ -233,17 +232,9 @@ class SnowflakeWarehouse(Warehouse):
                 f"cannot reach the snowflake warehouse {self.account}: {first_line(exc)}"
             ) from None
 
-    def close(self) -> None:
-        """Log out (the temporary staging tables go with the session)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
     def _cursor(self, statement: Statement) -> Any:
-        if self._conn is None:
-            raise WarehouseError("the snowflake warehouse is not open")
         connector = snowflake_connector()
-        cursor = self._conn.cursor()
+        cursor = self.connection.cursor()
         try:
             cursor.execute(statement.sql, statement.params or None)
         except connector.Error as exc:
@@ -283,14 +274,13 @@ class SnowflakeWarehouse(Warehouse):
 
     def load_staging(self, table: str, rows: pa.Table) -> None:
         """Multi-row ``INSERT``s of bound values (nested values as JSON text)."""
-        if self._conn is None:
-            raise WarehouseError("the snowflake warehouse is not open")
+        connection = self.connection
         connector = snowflake_connector()
         rows = python_ready(rows)
         nested = [i for i, f in enumerate(rows.schema) if _is_nested(f.type)]
         maps = {i for i in nested if pa.types.is_map(rows.schema.field(i).type)}
         sql = self.dialect.insert_staging(table, rows.schema.names)
-        cursor = self._conn.cursor()
+        cursor = connection.cursor()
         try:
             for batch in arrow_rows(rows, batch_rows=16_384):
                 if nested:
