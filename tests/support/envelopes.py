@@ -4,10 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["T0", "contact_envelope"]
+import pyarrow as pa
+
+__all__ = ["SOURCE_TYPE", "T0", "contact_envelope"]
 
 T0 = 1_767_600_000_000  # 2026-01-05T08:00:00Z
 """Source time (epoch ms) of LSN 0: the tests' clock starts here."""
+
+SOURCE_TYPE = pa.struct(
+    [
+        ("connector", pa.string()),
+        ("ts_ms", pa.int64()),
+        ("lsn", pa.int64()),
+        ("txId", pa.int64()),
+        ("file", pa.string()),
+        ("pos", pa.int64()),
+        ("row", pa.int32()),
+        ("commit_lsn", pa.string()),
+        ("change_lsn", pa.string()),
+        ("event_serial_no", pa.int64()),
+    ]
+)
+"""The ordering fields of the registry's Debezium ``source`` block, as bronze holds them."""
 
 
 def contact_envelope(

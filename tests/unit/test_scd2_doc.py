@@ -21,6 +21,7 @@ import yaml
 from cdc.changes import scd2_changes
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension
 from tests.conftest import REPO_ROOT
+from tests.support.envelopes import SOURCE_TYPE
 
 DOC = REPO_ROOT / "docs" / "scd2.md"
 SPEC = Scd2Spec.build(["id"], ["id", "email", "phone"], track_history_except=["phone"])
@@ -29,20 +30,8 @@ IDENTITY = ["id", "_seq_open"]
 T0 = 1_767_600_000_000  # 08:00:00 on the examples' clock
 
 _ROW = pa.struct([("id", pa.string()), ("email", pa.string()), ("phone", pa.string())])
-_SOURCE_FIELDS = [
-    ("connector", pa.string()),
-    ("ts_ms", pa.int64()),
-    ("lsn", pa.int64()),
-    ("txId", pa.int64()),
-    ("file", pa.string()),
-    ("pos", pa.int64()),
-    ("row", pa.int32()),
-    ("commit_lsn", pa.string()),
-    ("change_lsn", pa.string()),
-    ("event_serial_no", pa.int64()),
-]
 _VALUE = pa.struct(
-    [("before", _ROW), ("after", _ROW), ("op", pa.string()), ("source", pa.struct(_SOURCE_FIELDS))]
+    [("before", _ROW), ("after", _ROW), ("op", pa.string()), ("source", SOURCE_TYPE)]
 )
 _BRONZE = pa.schema(
     [
@@ -72,7 +61,7 @@ def bronze(records: list[dict[str, Any]], offsets: list[int]) -> pa.Table:
     for r, offset in zip(records, offsets, strict=True):
         value = None
         if not r.get("tombstone"):
-            source: dict[str, Any] = {name: r.get(name) for name, _ in _SOURCE_FIELDS}
+            source: dict[str, Any] = {f.name: r.get(f.name) for f in SOURCE_TYPE}
             source["connector"] = r.get("connector", "postgresql")
             source["ts_ms"] = T0 + r["ts"]
             image = {"id": r["id"], "email": r.get("email"), "phone": r.get("phone")}

@@ -15,29 +15,16 @@ from cdc.config import SequenceField, load_settings
 from cdc.errors import ConfigError
 from cdc.scd2 import Scd2Spec, scd2_from_events
 from cdc.sequence import PositionField, check_table_layout, ordering_for
+from tests.support.envelopes import SOURCE_TYPE
 
 SPEC = Scd2Spec.build(["id"], ["id", "name"])
 T = 1_767_600_000_000
 
-_SOURCE = pa.struct(
-    [
-        ("connector", pa.string()),
-        ("ts_ms", pa.int64()),
-        ("lsn", pa.int64()),
-        ("txId", pa.int64()),
-        ("file", pa.string()),
-        ("pos", pa.int64()),
-        ("row", pa.int32()),
-        ("commit_lsn", pa.string()),
-        ("change_lsn", pa.string()),
-        ("event_serial_no", pa.int64()),
-    ]
-)
 _VALUE = pa.struct(
     [
         ("op", pa.string()),
         ("after", pa.struct([("id", pa.string()), ("name", pa.string())])),
-        ("source", _SOURCE),
+        ("source", SOURCE_TYPE),
     ]
 )
 
@@ -46,7 +33,7 @@ def batch(records: list[dict[str, Any]]) -> pa.Table:
     """Decoded bronze rows of key ``k``: each record names its name, source fields, offset."""
     rows = []
     for i, r in enumerate(records):
-        source = {f.name: r.get(f.name) for f in _SOURCE}
+        source = {f.name: r.get(f.name) for f in SOURCE_TYPE}
         source["ts_ms"] = r.get("ts_ms", T)
         value = (
             None
