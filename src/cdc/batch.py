@@ -25,7 +25,7 @@ from cdc.config import PipelineSettings, Settings
 from cdc.errors import CdcError, CommitConflictError
 from cdc.expectations import Counts, Expectations, expectations_for, record_counts
 from cdc.faults import FaultHook
-from cdc.lake import orphans_path, table_paths, txn_app_id
+from cdc.lake import pipeline_tables, txn_app_id
 from cdc.landed import Ranges, ranges_from_json
 from cdc.scd2 import Scd2Spec
 from cdc.store.base import Txn
@@ -121,10 +121,8 @@ class BatchWriter(ABC):
         self.pipeline = pipeline
         self.settings = settings
         self.checkpoint = checkpoint
-        self.uris = dict(table_paths(settings, pipeline))
+        self.uris = pipeline_tables(settings, pipeline)
         """The pipeline's tables by role: bronze, quarantine, silver (and orphans)."""
-        if pipeline.kind == "scd2":
-            self.uris["orphans"] = orphans_path(settings, pipeline)
         self.fault_hook = fault_hook
         self.on_batch = on_batch
         self._spec: Scd2Spec | None = None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cdc.config import PipelineSettings, Settings
 
-__all__ = ["orphans_path", "table_paths", "txn_app_id"]
+__all__ = ["orphans_path", "pipeline_tables", "table_paths", "txn_app_id"]
 
 
 def txn_app_id(pipeline: str, role: str, table_uri: str) -> str:
@@ -27,3 +27,11 @@ def table_paths(settings: Settings, pipeline: PipelineSettings) -> dict[str, str
 def orphans_path(settings: Settings, pipeline: PipelineSettings) -> str:
     """Side table of an SCD2 pipeline: keys with no row yet whose deletes were seen."""
     return settings.lake.path("silver", f"_orphans_{pipeline.target}")
+
+
+def pipeline_tables(settings: Settings, pipeline: PipelineSettings) -> dict[str, str]:
+    """Every table a pipeline writes, by role: bronze, quarantine, silver and (SCD2) orphans."""
+    tables = table_paths(settings, pipeline)
+    if pipeline.kind == "scd2":
+        tables["orphans"] = orphans_path(settings, pipeline)
+    return tables

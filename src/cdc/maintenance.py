@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cdc.config import PipelineSettings, Settings
 from cdc.errors import CdcError, ConfigError
-from cdc.lake import orphans_path, table_paths
+from cdc.lake import pipeline_tables
 from cdc.store import TableStore, store_for
 
 if TYPE_CHECKING:
@@ -92,9 +92,7 @@ def maintenance_tables(settings: Settings, table: str | None = None) -> list[Tab
     refs: list[TableRef] = []
     for name in settings.selected(None):
         pipeline = settings.pipeline(name)
-        paths = dict(table_paths(settings, pipeline))
-        if pipeline.kind == "scd2":
-            paths["orphans"] = orphans_path(settings, pipeline)
+        paths = pipeline_tables(settings, pipeline)
         refs += [TableRef(name, role, uri, _zorder(pipeline, role)) for role, uri in paths.items()]
     from cdc.gold import GOLD_KEYS, GOLD_TABLES, gold_path
 

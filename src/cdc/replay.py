@@ -42,7 +42,7 @@ from cdc.checkpoint import (
 )
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError
-from cdc.lake import orphans_path, table_paths, txn_app_id
+from cdc.lake import pipeline_tables, txn_app_id
 from cdc.landed import Ranges, count_in, first_gap, landed_ranges, ranges_to_json
 from cdc.locks import PipelineLock
 from cdc.offsets import (
@@ -407,9 +407,7 @@ def committed_txn_versions(settings: Settings, name: str) -> dict[str, int | Non
 
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
     pipeline = settings.pipeline(name)
-    tables = table_paths(settings, pipeline)
-    if pipeline.kind == "scd2":
-        tables["orphans"] = orphans_path(settings, pipeline)
+    tables = pipeline_tables(settings, pipeline)
     return {
         role: store.txn_version(uri, txn_app_id(name, role, uri)) for role, uri in tables.items()
     }

@@ -33,7 +33,7 @@ import polars as pl
 
 from cdc.checkpoint import TOPIC_FILE
 from cdc.config import Settings
-from cdc.lake import orphans_path, table_paths
+from cdc.lake import pipeline_tables
 
 __all__ = [
     "TableDiff",
@@ -94,11 +94,7 @@ def table_versions(settings: Settings, name: str) -> dict[str, int | None]:
 
 
 def _tables(settings: Settings, name: str) -> dict[str, str]:
-    pipeline = settings.pipeline(name)
-    uris = dict(table_paths(settings, pipeline))
-    if pipeline.kind == "scd2":
-        uris["orphans"] = orphans_path(settings, pipeline)
-    return uris
+    return pipeline_tables(settings, settings.pipeline(name))
 
 
 def _read(uri: str, version: int | None, options: Mapping[str, str]) -> pl.DataFrame | None:

@@ -19,7 +19,7 @@ from typing import Any
 from cdc.checkpoint import committed_offsets
 from cdc.config import Settings
 from cdc.expectations import RuleTotal, read_counts, rule_totals
-from cdc.lake import orphans_path, table_paths
+from cdc.lake import pipeline_tables
 from cdc.store import TableStore, store_for
 
 __all__ = ["BatchTiming", "PipelineStatus", "TableStatus", "format_status", "pipeline_status"]
@@ -133,9 +133,7 @@ def pipeline_status(settings: Settings, name: str, broker: bool = True) -> Pipel
         last = _last_batch(checkpoint, batch)
     latest = _high_watermarks(settings, pipeline.topic) if broker else None
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
-    paths = dict(table_paths(settings, pipeline))
-    if pipeline.kind == "scd2":
-        paths["orphans"] = orphans_path(settings, pipeline)
+    paths = pipeline_tables(settings, pipeline)
     tables = [_table(role, uri, store) for role, uri in paths.items()]
     totals = rule_totals(pipeline.expectations, read_counts(checkpoint))
     return PipelineStatus(
