@@ -5,18 +5,20 @@ per key, shaped like the silver dimension of ``crm_contacts`` (its columns and t
 the pipeline's own decoder and :func:`cdc.scd2.empty_dimension`), and created the way each
 writer creates it:
 
-* ``delta-spark``: by :meth:`cdc.batch_spark.DistributedBatchWriter._merge_dimension` on a
-  table that does not exist yet, i.e. an append partitioned by ``is_current`` with
-  ``delta.enableDeletionVectors=true`` (:data:`cdc.batch_spark.DIMENSION_PROPERTIES`);
-* ``delta-rs``: by :class:`cdc.store.delta_rs.DeltaSink` partitioned by ``is_current`` (the
-  same Spark rows, collected in chunks).
+* ``delta-spark``: by :meth:`cdc.store.delta_spark.DeltaSparkStore.merge` of the SCD2 plan
+  (:func:`cdc.store.plan.scd2_merge_plan`) on a table that does not exist yet, i.e. an append
+  with :data:`cdc.store.plan.DIMENSION_LAYOUT` (partitioned by ``is_current``, deletion
+  vectors on);
+* ``delta-rs``: by :class:`cdc.store.delta_rs.DeltaSink` with the same layout (it writes no
+  deletion vectors; the same Spark rows, collected in chunks).
 
 A round updates ``batch`` keys spread evenly over the key range (key ``i * K // batch + r``
 in round ``r``): each update changes the e-mail (a tracked column), so the pure fold
 :func:`cdc.scd2.apply_scd2` closes the key's current version and opens a new one (2 x batch
-MERGE rows). The MERGE is the one each writer issues for that result:
-``DistributedBatchWriter._merge_dimension`` (ON keys, ``_seq_open`` and the rewritten row's
-partition; delete / update / insert clauses) and ``DeltaSink.merge_scd2``. One untimed round
+MERGE rows). The MERGE is the one each writer issues for that result: the plan rendered by
+each store (ON keys, ``_seq_open`` and the rewritten row's partition, the current partition
+as a literal; delete / update / insert clauses); the delta-spark source is checkpointed, as
+the writer's fold results are. One untimed round
 first (JIT, caches), then ``repeats`` timed rounds; the figure is their median. Growth =
 median(large) / median(small).
 """
@@ -32,6 +34,7 @@ import polars as pl
 import pyarrow as pa
 
 from benchmarks.events import BASE_MS
+from cdc.scd2 import ACTION_COLUMN, WAS_CURRENT_COLUMN
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -41,8 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MergeRun", "dimension_layout", "measure_merge"]
 
-_ACTION = "_cdc_action"
-_WAS_CURRENT = "_cdc_was_current"
 _CHUNK = 250_000
 """Rows per Spark → Arrow collect when the delta-rs dimension is written."""
 
@@ -233,8 +234,10 @@ def measure_merge(
     """
     from pyspark.sql import functions as F
 
-    from cdc.scd2 import apply_scd2
+    from cdc.scd2 import apply_scd2, merge_source, touches_history
     from cdc.store.delta_rs import DeltaSink, Txn
+    from cdc.store.delta_spark import DeltaSparkStore
+    from cdc.store.plan import DIMENSION_LAYOUT, scd2_merge_plan
 
     spec, row_schema = dimension_layout(settings, name)
     key_cols = list(spec.keys)
@@ -251,24 +254,24 @@ def measure_merge(
     dtypes = empty.schema
     state = state.cast(dtypes)  # the fold's types (Spark collects timestamps in us)
 
-    distributed: Any = None
+    store: DeltaSparkStore | None = None
     sink: DeltaSink | None = None
     started = time.perf_counter()
     if writer == "delta-spark":
-        from cdc.batch_spark import DistributedBatchWriter
-
-        distributed = DistributedBatchWriter(
-            name, settings.pipeline(name), settings, settings.checkpoint_path(name)
-        )
+        store = DeltaSparkStore()
         rows = dimension_rows(spark.range(keys), row_schema).withColumns(
-            {_ACTION: F.lit("U"), _WAS_CURRENT: F.lit(True)}
+            {ACTION_COLUMN: F.lit("U"), WAS_CURRENT_COLUMN: F.lit(True)}
         )
-        distributed._merge_dimension(rows, uri, key_cols, names, Txn(app_id, 0))
+        store.merge(rows, uri, scd2_merge_plan(key_cols, current_only=True), Txn(app_id, 0))
     else:
-        sink = DeltaSink(uri, partition_by=["is_current"])
+        sink = DeltaSink(uri)
         for number, start in enumerate(range(0, keys, _CHUNK)):
             chunk = dimension_rows(spark.range(start, min(keys, start + _CHUNK)), row_schema)
-            sink.append(chunk.toArrow().cast(row_schema), Txn(f"{app_id}/build", number))
+            sink.append(
+                chunk.toArrow().cast(row_schema),
+                Txn(f"{app_id}/build", number),
+                layout=DIMENSION_LAYOUT,
+            )
     run.build_seconds = time.perf_counter() - started
     run.files_before = _files(uri)
     metadata = _metadata(uri)
@@ -281,26 +284,20 @@ def measure_merge(
         changes = _changes(existing.drop("_id"), spec, round_)
         result = apply_scd2(existing.drop("_id"), changes, spec)
         txn = Txn(app_id, 1 + round_)
+        frame = merge_source(result).select(*names, ACTION_COLUMN, WAS_CURRENT_COLUMN)
+        plan = scd2_merge_plan(key_cols, current_only=not touches_history(frame))
         if writer == "delta-spark":
-            upserts = result.upserts.with_columns(
-                pl.lit("U").alias(_ACTION), result.was_current.fill_null(True).alias(_WAS_CURRENT)
-            )
-            deletes = result.deletes.with_columns(
-                pl.lit("D").alias(_ACTION), pl.col("is_current").alias(_WAS_CURRENT)
-            )
-            frame = pl.concat([upserts, deletes], how="diagonal_relaxed").select(
-                *names, _ACTION, _WAS_CURRENT
-            )
+            assert store is not None
             source = _to_spark(spark, frame, row_schema).localCheckpoint(eager=True)
             mark = time.perf_counter()
-            distributed._merge_dimension(source, uri, key_cols, names, txn)
+            store.merge(source, uri, plan, txn, materialized=True)
             elapsed = time.perf_counter() - mark
             source.unpersist()
             copied = _metric(uri, ("numTargetRowsCopied",))
         else:
             assert sink is not None
             mark = time.perf_counter()
-            sink.merge_scd2(result, key_cols, txn)
+            sink.merge(frame.to_arrow(compat_level=pl.CompatLevel.oldest()), plan, txn)
             elapsed = time.perf_counter() - mark
             copied = _metric(uri, ("num_target_rows_copied",))
         if round_ == 0:
@@ -329,6 +326,6 @@ def _to_spark(spark: SparkSession, frame: pl.DataFrame, row_schema: pa.Schema) -
     types = {f.name: f.dataType for f in from_arrow_schema(row_schema).fields}
     return df.select(
         *[F.col(c).cast(types[c]).alias(c) for c in row_schema.names],
-        F.col(_ACTION).cast("string"),
-        F.col(_WAS_CURRENT).cast("boolean"),
+        F.col(ACTION_COLUMN).cast("string"),
+        F.col(WAS_CURRENT_COLUMN).cast("boolean"),
     )

@@ -18,16 +18,17 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 from fastavro import schemaless_reader
 
-from cdc.batch_local import read_fold_state
 from cdc.changes import business_columns, scd2_changes
 from cdc.config import PipelineSettings
 from cdc.contracts import TopicContract, TopicDecoder, avro_to_arrow_type
 from cdc.registry import SchemaRegistry
-from cdc.scd2 import Scd2Spec, apply_scd2
+from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, merge_source, touches_history
 from cdc.store.delta_rs import DeltaSink, Txn
+from cdc.store.plan import scd2_merge_plan
 
 __all__ = ["LiveReference", "ReferenceResult", "run_reference"]
 
@@ -132,7 +133,7 @@ class _Merger:
             if decoder == "columnar"
             else _Decoder(registry, key_subject, value_subject)
         )
-        self.sink = DeltaSink(silver_uri, partition_by=["is_current"])  # as the pipeline
+        self.sink = DeltaSink(silver_uri)
         self.spec: Scd2Spec | None = None
         self.result = result
 
@@ -151,12 +152,15 @@ class _Merger:
         spec = self.spec
         changes = scd2_changes(table, spec, pipeline.source_format, pipeline.sequence_by)
         t2 = time.perf_counter()
-        existing, late = read_fold_state(self.sink, changes, spec, None)
+        existing = _fold_rows(self.sink, changes, spec)
         t3 = time.perf_counter()
-        scd2 = apply_scd2(existing, changes, spec, late=late)
+        scd2 = apply_scd2(existing, changes, spec)
         t4 = time.perf_counter()
-        self.sink.merge_scd2(
-            scd2, list(spec.keys), Txn("cdc-bench/reference/silver", result.batches)
+        source = merge_source(scd2)
+        self.sink.merge(
+            source.to_arrow(compat_level=pl.CompatLevel.oldest()),
+            scd2_merge_plan(spec.keys, current_only=not touches_history(source)),
+            Txn("cdc-bench/reference/silver", result.batches),
         )
         t5 = time.perf_counter()
         result.phases["decode"] += t1 - t0
@@ -169,6 +173,20 @@ class _Merger:
         for partition, offset, *_ in records:
             ends[partition] = max(ends.get(partition, 0), offset + 1)
         result.visible.append((ends, time.time()))
+
+
+def _fold_rows(sink: DeltaSink, changes: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
+    """The rows the fold needs, read as the pipeline's first passes read them: the current
+    rows of the batch's keys (their partition only), and every row of the keys that have no
+    current row (deleted before, or new)."""
+    keys = list(spec.keys)
+    wanted = changes.select(keys).unique()
+    current = sink.read_keys(wanted, current=True)
+    if current is None:
+        return empty_dimension(spec, dict(changes.schema))
+    missing = wanted.join(current.select(keys), on=keys, how="anti", nulls_equal=True)
+    past = sink.read_keys(missing, current=False) if missing.height else None
+    return current if past is None else pl.concat([current, past], how="diagonal_relaxed")
 
 
 def _consumer(bootstrap: str, topic: str) -> Any:

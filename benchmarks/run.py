@@ -790,7 +790,7 @@ class Bench:
         timings: dict[str, float] = {}
         for role, method, name in (
             ("silver", "read_keys", "read_keys"),
-            ("silver", "merge_scd2", "merge"),
+            ("silver", "merge", "merge"),
             ("bronze", "append", "bronze"),
         ):
             sink = writer.sinks[role]

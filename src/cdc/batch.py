@@ -1,11 +1,12 @@
-"""What every pipeline's ``foreachBatch`` function shares, whichever writer it uses.
+"""The path of every pipeline's micro-batch, whichever writer runs it.
 
-A micro-batch goes one way through a writer (:class:`cdc.batch_local.LocalBatchWriter` on
-delta-rs, :class:`cdc.batch_spark.DistributedBatchWriter` on delta-spark): split → bronze and
-quarantine appends → state read → SCD2 fold (or fact rows) → MERGE. This module holds what
-they share: the batch's stats, its app transactions (``(cdc/<pipeline>/<table>, txn_base +
-batch_id)``: a batch re-run after a crash is skipped table by table where it already
-committed), the crash-injection stages, the SCD2 spec and the retry of a lost commit race.
+:class:`BatchWriter` owns the path (read → topic identity → expectations → bronze and
+quarantine appends → SCD2 fold and MERGE, or facts → counts → report) and its rules: the
+batch's stats, its app transactions (``(cdc/<pipeline>/<table>, txn_base + batch_id)``: a
+batch re-run after a crash is skipped table by table where it already committed), the
+crash-injection stages, the SCD2 spec and the retry of a lost commit race. A writer supplies
+its engine's steps: :class:`cdc.batch_local.LocalBatchWriter` (delta-rs, one process) and
+:class:`cdc.batch_spark.DistributedBatchWriter` (delta-spark, on the executors).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cdc.changes import business_columns
 from cdc.checkpoint import read_start_file, read_txn_base
@@ -28,7 +30,8 @@ from cdc.faults import FaultHook
 from cdc.lake import pipeline_tables, txn_app_id
 from cdc.landed import Ranges, ranges_from_json
 from cdc.scd2 import Scd2Spec
-from cdc.store.base import Txn
+from cdc.store.base import Txn, WriteOutcome
+from cdc.topic_identity import BROKER_PATIENCE_S, check_topic_identity
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -38,6 +41,7 @@ __all__ = ["MAX_COMMIT_ATTEMPTS", "BatchStats", "BatchWriter", "start_file_lande
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_Batch = TypeVar("_Batch")
 
 MAX_COMMIT_ATTEMPTS = 5
 """MERGE attempts per batch when another writer commits to the table in between."""
@@ -58,6 +62,9 @@ class BatchStats:
     quarantined: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     """Of :attr:`quarantined`, how many per error code (``decode_error``, ...)."""
+    valid_rows: int = 0
+    """Rows that passed the contract and the expectations, landed before or not: silver's
+    input."""
     inserted: int = 0
     updated: int = 0
     closed: int = 0
@@ -67,12 +74,13 @@ class BatchStats:
     skipped_tables: list[str] = field(default_factory=list)
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
-    """Seconds per step: ``read`` (the Spark job that fetches and decodes), ``bronze``
-    (bronze and quarantine appends), ``state`` (reading the rows the fold needs), ``fold``
-    (SCD2), ``merge`` (silver and orphans commits), ``check`` (the SCD2 invariants of the
-    keys the batch touched, after the commit)."""
+    """Seconds per step: ``read`` (fetch and decode), ``bronze`` (expectations, bronze and
+    quarantine appends), ``state`` (reading the rows the fold needs: delta-rs; on
+    delta-spark the reads run inside the fold's jobs), ``fold`` (SCD2), ``merge`` (silver and
+    orphans commits), ``check`` (the SCD2 invariants of the keys the batch touched, from
+    the fold's rows: delta-rs; on delta-spark they are checked inside the fold)."""
     invariant_violations: dict[str, int] | None = None
-    """SCD2 invariant violations per kind in the committed rows of the batch's keys (empty:
+    """SCD2 invariant violations per kind in the rows of the batch's keys once merged (empty:
     sound; None: not checked, e.g. a facts batch). See :mod:`cdc.verify`."""
     expectation_failures: Counts = field(default_factory=dict)
     """Records that failed each ``warn``/``drop`` expectation: ``{rule: {action: n}}`` (every
@@ -105,8 +113,15 @@ def start_file_landed(start: dict[str, Any] | None, topic: str) -> Ranges:
     return ranges_from_json({p: [[0, o]] for p, o in marks.items()})
 
 
-class BatchWriter(ABC):
-    """The ``foreachBatch`` function of one pipeline (called on the driver)."""
+class BatchWriter(ABC, Generic[_Batch]):
+    """The ``foreachBatch`` function of one pipeline (called on the driver).
+
+    This class owns a micro-batch's path, the same on both writers (:meth:`_run`): read the
+    batch → check the topic's identity → judge the expectations (a ``fail`` rule stops here)
+    → append bronze and quarantine → fold the changes and MERGE them (SCD2) or insert the
+    facts → record the counts → report. A writer supplies only its engine's steps (the
+    abstract methods), on its own representation of the batch (``_Batch``).
+    """
 
     def __init__(
         self,
@@ -132,9 +147,102 @@ class BatchWriter(ABC):
         self.expectations: Expectations | None = expectations_for(name, pipeline, settings)
         """The pipeline's data-quality rules, checked against its record at start."""
 
-    @abstractmethod
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         """Write one micro-batch to the pipeline's tables (exactly once per table)."""
+        started = time.monotonic()
+        stats = BatchStats(batch_id=batch_id)
+        batch = self._hold(batch_df, stats)
+        try:
+            self._run(batch, batch_id, datetime.now(UTC), stats, None, check_topic=True)
+        finally:
+            self._release(batch)
+        stats.seconds = time.monotonic() - started
+        self._report(stats)
+
+    def _run(
+        self,
+        batch: _Batch,
+        batch_id: int,
+        now: datetime,
+        stats: BatchStats,
+        topic_id: str | None,
+        *,
+        check_topic: bool,
+    ) -> None:
+        """The path of one batch (see the class docstring)."""
+        with stats.timed("read"):
+            self._count(batch, stats)
+        if check_topic:
+            # After the read: a topic recreated while the batch was fetched is caught here,
+            # before anything is written. A broker that is briefly away is waited for, as
+            # Spark's source waits for it.
+            topic_id = check_topic_identity(
+                self.settings, self.name, self.checkpoint, patience_s=BROKER_PATIENCE_S
+            )
+        with stats.timed("bronze"):
+            if self.expectations is not None:  # a fail rule raises: nothing may be written
+                stats.expectation_failures = self._judge(batch, batch_id)
+            self._split(batch, batch_id, now, topic_id, stats)
+        self._fault("before-commit", batch_id)
+        for role in ("bronze", "quarantine"):
+            rows = stats.bronze_rows if role == "bronze" else stats.quarantined
+            if not rows:
+                continue
+            with stats.timed("bronze"):
+                if self._append(role, batch, batch_id, now, topic_id).skipped:
+                    stats.skipped_tables.append(role)
+        self._count_expectations(stats)
+        self._fault("mid-commit", batch_id)
+        if stats.valid_rows:
+            if self.pipeline.kind == "scd2":
+                self._scd2(batch, batch_id, stats)
+            else:
+                self._facts(batch, batch_id, stats)
+        self._fault("after-commit", batch_id)
+
+    # ------------------------------------------------------------------ the engine's steps
+
+    @abstractmethod
+    def _hold(self, batch_df: DataFrame, stats: BatchStats) -> _Batch:
+        """Take the micro-batch in the engine's form (kept until :meth:`_release`)."""
+
+    def _release(self, batch: _Batch) -> None:
+        """Let go of what :meth:`_hold` kept."""
+
+    @abstractmethod
+    def _count(self, batch: _Batch, stats: BatchStats) -> None:
+        """Read the batch (fetch and decode, where the engine is lazy); at least
+        ``stats.input_rows``."""
+
+    @abstractmethod
+    def _judge(self, batch: _Batch, batch_id: int) -> Counts:
+        """Apply the expectations: ``drop`` failures are marked for quarantine, ``fail``
+        raises ``ExpectationFailedError``."""
+
+    @abstractmethod
+    def _split(
+        self, batch: _Batch, batch_id: int, now: datetime, topic_id: str | None, stats: BatchStats
+    ) -> None:
+        """Split the judged batch into bronze, quarantine and valid rows (rows bronze or
+        quarantine already hold are not appended again); count them into ``stats``: bronze
+        and quarantine rows, quarantine reasons, valid rows."""
+
+    @abstractmethod
+    def _append(
+        self, role: str, batch: _Batch, batch_id: int, now: datetime, topic_id: str | None
+    ) -> WriteOutcome:
+        """Append the batch's rows of ``role`` (``bronze``, ``quarantine``) not landed before,
+        with the audit columns (batch id, time, topic id)."""
+
+    @abstractmethod
+    def _scd2(self, batch: _Batch, batch_id: int, stats: BatchStats) -> None:
+        """Fold the batch's valid changes (:func:`cdc.scd2.fold_pass`, as many passes as keys
+        need) and MERGE the result into the dimension; check the keys' rows after it."""
+
+    @abstractmethod
+    def _facts(self, batch: _Batch, batch_id: int, stats: BatchStats) -> None:
+        """Insert the batch's facts (:func:`cdc.changes.fact_rows`) whose event id the table
+        does not hold."""
 
     def txn(self, role: str, batch_id: int) -> Txn:
         """The app transaction of this batch's write to the table ``role``."""

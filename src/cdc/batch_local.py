@@ -1,160 +1,198 @@
 """One micro-batch on delta-rs, in one process: the batch is collected to the driver as Arrow.
 
-The batch goes one way: split (pure, :mod:`cdc.changes`) → bronze and quarantine appends →
-state read (:func:`read_fold_state`) → SCD2 fold (pure, :func:`cdc.scd2.apply_scd2`) → one
-MERGE; facts are an insert-only MERGE on the event id. The sinks only read and write; every
-decision (which keys are late, which history to read) is made here.
+The engine's steps of :class:`cdc.batch.BatchWriter`'s path: the batch is collected once;
+expectations, the split and the fact projection are the pure functions of
+:mod:`cdc.expectations` and :mod:`cdc.changes`; the SCD2 fold runs the passes of
+:func:`cdc.scd2.fold_pass` (current rows of the batch's keys; then every row of keys with no
+current row or late; then the event history of late keys, from bronze), and the result is one
+MERGE rendered from :func:`cdc.store.plan.scd2_merge_plan` by
+:class:`~cdc.store.delta_rs.DeltaSink`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
+import pyarrow as pa
 
 from cdc.batch import BatchStats, BatchWriter
-from cdc.changes import fact_rows, scd2_changes, split_batch
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
-from cdc.store.delta_rs import CURRENT_PARTITION, DeltaSink
-from cdc.topic_identity import BROKER_PATIENCE_S, check_topic_identity
-from cdc.verify import check_keys_local, record_batch_check
+from cdc.changes import SplitBatch, fact_rows, scd2_changes, split_batch
+from cdc.expectations import Counts
+from cdc.invariants import check_scd2, summarize
+from cdc.scd2 import (
+    FoldPass,
+    Scd2Spec,
+    empty_dimension,
+    fold_pass,
+    merge_source,
+    post_merge_rows,
+    touches_history,
+)
+from cdc.store.base import WriteOutcome
+from cdc.store.delta_rs import DeltaSink
+from cdc.store.plan import CURRENT_PARTITION, facts_merge_plan, scd2_merge_plan
+from cdc.verify import BATCH_EXAMPLES, record_batch_check
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-__all__ = ["LocalBatchWriter", "read_fold_state"]
+__all__ = ["LocalBatch", "LocalBatchWriter", "fold_passes"]
 
 log = logging.getLogger(__name__)
 
+MAX_FOLD_PASSES = 3
+"""Current rows; every row of the keys without one or late; the history of late keys."""
 
-class LocalBatchWriter(BatchWriter):
+
+@dataclass
+class LocalBatch:
+    """A micro-batch collected as Arrow, and its split once judged."""
+
+    table: pa.Table
+    split: SplitBatch | None = None
+
+
+class LocalBatchWriter(BatchWriter[LocalBatch]):
     """The ``foreachBatch`` function of one pipeline on delta-rs."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Same arguments as :class:`cdc.batch.BatchWriter`."""
         super().__init__(*args, **kwargs)
         storage = self.settings.lake.resolved_storage_options()
-        # SCD2 history is append-only in its own partition; a MERGE rewrites current rows only.
-        partitions = {"silver": [CURRENT_PARTITION]} if self.pipeline.kind == "scd2" else {}
-        self.sinks = {
-            role: DeltaSink(uri, storage, partitions.get(role)) for role, uri in self.uris.items()
-        }
-
-    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
-        started = time.monotonic()
-        table = batch_df.toArrow()
-        read = time.monotonic() - started
-        # After the read: a topic recreated while the batch was fetched is caught here, before
-        # anything is written. A broker that is briefly away is waited for, as Spark's source
-        # waits for it.
-        topic_id = check_topic_identity(
-            self.settings, self.name, self.checkpoint, patience_s=BROKER_PATIENCE_S
-        )
-        stats = self.process(table, batch_id, datetime.now(UTC), topic_id)
-        stats.phases["read"] = read
-        stats.seconds = time.monotonic() - started
-        self._report(stats)
+        self.sinks = {role: DeltaSink(uri, storage) for role, uri in self.uris.items()}
 
     def process(
-        self, table: Any, batch_id: int, now: datetime, topic_id: str | None = None
+        self, table: pa.Table, batch_id: int, now: datetime, topic_id: str | None = None
     ) -> BatchStats:
-        """Write one decoded batch (Arrow) to bronze, quarantine and silver.
+        """Write one decoded batch (Arrow) to bronze, quarantine and silver, as
+        ``foreachBatch`` does but without asking the broker for the topic's id.
 
         ``topic_id`` is the Kafka id of the topic the batch was read from, kept on every
         bronze and quarantine row (:data:`cdc.landed.TOPIC_ID_COLUMN`).
         """
-        stats = BatchStats(batch_id=batch_id, input_rows=table.num_rows)
-        if self.expectations is not None:  # drop failures become quarantine rows; fail raises
-            with stats.timed("bronze"):
-                table, stats.expectation_failures = self.expectations.apply(
-                    table, batch_id, self._landed
-                )
-        split = split_batch(table, batch_id, now, topic_id)
-        if self._landed:
-            split = split.without_landed(self._landed)
+        started = time.monotonic()
+        stats = BatchStats(batch_id=batch_id)
+        self._run(LocalBatch(table), batch_id, now, stats, topic_id, check_topic=False)
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    # ------------------------------------------------------------------ the engine's steps
+
+    def _hold(self, batch_df: DataFrame, stats: BatchStats) -> LocalBatch:
+        started = time.monotonic()
+        table = batch_df.toArrow()
+        stats.phases["read"] = time.monotonic() - started
+        return LocalBatch(table)
+
+    def _count(self, batch: LocalBatch, stats: BatchStats) -> None:
+        stats.input_rows = batch.table.num_rows
+
+    def _judge(self, batch: LocalBatch, batch_id: int) -> Counts:
+        assert self.expectations is not None
+        batch.table, counts = self.expectations.apply(batch.table, batch_id, self._landed)
+        return counts
+
+    def _split(
+        self,
+        batch: LocalBatch,
+        batch_id: int,
+        now: datetime,
+        topic_id: str | None,
+        stats: BatchStats,
+    ) -> None:
+        split = split_batch(batch.table, batch_id, now, topic_id)
+        batch.split = split = split.without_landed(self._landed) if self._landed else split
         stats.bronze_rows, stats.quarantined = split.bronze.num_rows, split.quarantine.num_rows
+        stats.valid_rows = split.valid.num_rows
         if split.quarantine.num_rows:
             codes = split.quarantine.column("error_code").value_counts().to_pylist()
             stats.quarantine_reasons = {str(c["values"]): int(c["counts"]) for c in codes}
-        self._fault("before-commit", batch_id)
-        for role, data in (("bronze", split.bronze), ("quarantine", split.quarantine)):
-            with stats.timed("bronze"):
-                skipped = (
-                    data.num_rows
-                    and self.sinks[role].append(data, self.txn(role, batch_id)).skipped
-                )
-            if skipped:
-                stats.skipped_tables.append(role)
-        self._count_expectations(stats)
-        self._fault("mid-commit", batch_id)
-        if split.valid.num_rows:
-            if self.pipeline.kind == "scd2":
-                self._merge_scd2(split.valid, batch_id, stats)
-            else:
-                self._merge_facts(split.valid, batch_id, stats)
-        self._fault("after-commit", batch_id)
-        return stats
 
-    def _merge_scd2(self, valid: Any, batch_id: int, stats: BatchStats) -> None:
+    def _append(
+        self, role: str, batch: LocalBatch, batch_id: int, now: datetime, topic_id: str | None
+    ) -> WriteOutcome:
+        assert batch.split is not None
+        data = batch.split.bronze if role == "bronze" else batch.split.quarantine
+        return self.sinks[role].append(data, self.txn(role, batch_id))
+
+    def _scd2(self, batch: LocalBatch, batch_id: int, stats: BatchStats) -> None:
+        assert batch.split is not None
+        valid = batch.split.valid
         spec = self._scd2_spec(valid.schema)
         p = self.pipeline
         changes = scd2_changes(valid, spec, p.source_format, p.sequence_by)
-        keys = list(spec.keys)
         sink, orphans = self.sinks["silver"], self.sinks["orphans"]
         txn = self.txn("silver", batch_id)
+        check = self.settings.check_invariants(self.name)
 
-        def merge_once() -> None:
+        def merge_once() -> list[FoldPass]:
             if sink.committed(txn):
                 stats.skipped_tables.append("silver")
-                return
-            with stats.timed("state"):
-                seen = orphans.read_keys(changes.select(keys).unique())
-                existing, late = read_fold_state(sink, changes, spec, seen)
-                history = self._history(late, spec) if late.height else None
-            with stats.timed("fold"):
-                result = apply_scd2(existing, changes, spec, history=history, seen=seen, late=late)
+                return []
+            passes = fold_passes(
+                changes,
+                spec,
+                sink,
+                orphans,
+                lambda keys: self._history(keys, spec),
+                stats,
+            )
             with stats.timed("merge"):
+                orphan_rows = [fp.result.orphans for fp in passes if fp.result.orphans is not None]
+                found = pl.concat(orphan_rows) if orphan_rows else None
                 # Orphans first: if we die before the MERGE, the re-run still sees them.
-                if result.orphans is not None and result.orphans.height:
-                    orphans.append(
-                        result.orphans.to_arrow(compat_level=pl.CompatLevel.oldest()),
-                        self.txn("orphans", batch_id),
-                    )
-                sink.merge_scd2(result, keys, txn)
-            stats.inserted, stats.updated = result.inserted, result.updated
-            stats.closed, stats.duplicates = result.closed, result.duplicate_events
-            stats.late_keys = late.height
+                if found is not None and found.height:
+                    orphans.append(_arrow(found), self.txn("orphans", batch_id))
+                source = pl.concat(
+                    [merge_source(fp.result) for fp in passes], how="vertical_relaxed"
+                )
+                if source.height:
+                    plan = scd2_merge_plan(spec.keys, current_only=not touches_history(source))
+                    sink.merge(_arrow(source), plan, txn)
+            return passes
 
-        self._with_retries(merge_once, batch_id, stats, log_attempt=True)
-        if self.settings.check_invariants(self.name):
-            with stats.timed("check"):  # the committed rows of the batch's keys
-                report = check_keys_local(sink, changes.select(keys).unique())
+        passes = self._with_retries(merge_once, batch_id, stats, log_attempt=True)
+        for fp in passes:
+            stats.inserted += fp.result.inserted
+            stats.updated += fp.result.updated
+            stats.closed += fp.result.closed
+            stats.duplicates += fp.result.duplicate_events
+            stats.late_keys += fp.late
+        if passes and check:
+            with stats.timed("check"):  # the keys' rows once merged: the fold has them
+                merged = pl.concat(
+                    [post_merge_rows(fp.existing, fp.result, spec) for fp in passes],
+                    how="vertical_relaxed",
+                )
+                found_violations = check_scd2(merged, list(spec.keys))
+                report = summarize(found_violations, BATCH_EXAMPLES, rows=merged.height)
             record_batch_check(self.name, stats, report, self.settings.lake.writer)
 
-    def _history(self, late: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame | None:
-        """Every change event ever received for ``late`` keys, from bronze (the raw log)."""
+    def _history(self, keys: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame | None:
+        """Every change event ever received for ``keys``, from bronze (the raw log)."""
         p = self.pipeline
         first = spec.keys[0]
-        rows = self.sinks["bronze"].read_where(f"key.{first}", late.get_column(first))
+        rows = self.sinks["bronze"].read_where(f"key.{first}", keys.get_column(first))
         if rows is None or rows.height == 0:
             return None
-        events = scd2_changes(
-            rows.to_arrow(compat_level=pl.CompatLevel.oldest()),
-            spec,
-            p.source_format,
-            p.sequence_by,
-        )
-        return events.join(late, on=list(spec.keys), how="semi", nulls_equal=True)
+        events = scd2_changes(_arrow(rows), spec, p.source_format, p.sequence_by)
+        return events.join(keys, on=list(spec.keys), how="semi", nulls_equal=True)
 
-    def _merge_facts(self, valid: Any, batch_id: int, stats: BatchStats) -> None:
+    def _facts(self, batch: LocalBatch, batch_id: int, stats: BatchStats) -> None:
+        assert batch.split is not None
+        valid = batch.split.valid
         event_id = self.pipeline.event_id
         assert event_id is not None
         rows = fact_rows(valid, event_id)
+        plan = facts_merge_plan(event_id)
         outcome = self._with_retries(
-            lambda: self.sinks["silver"].insert_new(rows, event_id, self.txn("silver", batch_id)),
+            lambda: self.sinks["silver"].merge(_arrow(rows), plan, self.txn("silver", batch_id)),
             batch_id,
             stats,
         )
@@ -164,58 +202,65 @@ class LocalBatchWriter(BatchWriter):
         stats.duplicates = int(valid.num_rows) - rows.height
 
 
-def read_fold_state(
-    sink: DeltaSink, changes: pl.DataFrame, spec: Scd2Spec, seen: pl.DataFrame | None
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The dimension rows an SCD2 fold of ``changes`` needs, and the batch's late keys.
+def fold_passes(
+    changes: pl.DataFrame,
+    spec: Scd2Spec,
+    silver: DeltaSink,
+    orphans: DeltaSink | None,
+    history: Callable[[pl.DataFrame], pl.DataFrame | None],
+    stats: BatchStats | None = None,
+) -> list[FoldPass]:
+    """Fold a batch's changes in the passes of :func:`cdc.scd2.fold_pass`, each reading what
+    its keys need: their current rows; every row of the keys without one or late; for late
+    keys, their event history too.
 
-    The rows are each affected key's latest row, plus every row of the late keys (see
-    :func:`cdc.scd2.late_keys`, computed once per key here). With the dimension partitioned
-    by ``is_current``, a key's current row *is* its latest row: its lateness is known from
-    that row alone, and history is read only for late keys and keys without a current row
-    (deleted, or new). The read follows the batch's keys, not the length of the history.
-    Unpartitioned (an older table): every row of the keys.
+    Args:
+        changes: the batch's change events.
+        spec: the dimension's spec.
+        silver: the dimension.
+        orphans: the dimension's orphan markers (None: none kept).
+        history: every event received for some keys (from bronze), or None.
+        stats: the batch's stats (time of the reads and of the folds).
 
     Returns:
-        ``(existing, late)``: rows in :attr:`Scd2Spec.row_columns` layout (empty when there
-        is no table yet), and the late keys (key columns).
+        The passes, each with its result (their MERGE sources are disjoint by key).
     """
     keys = list(spec.keys)
-    affected = changes.select(keys).unique()
-    if CURRENT_PARTITION not in sink.partition_columns():
-        rows = sink.read_keys(affected)
-        existing = (
-            _with_columns_of(rows, changes, spec)
-            if rows is not None
-            else empty_dimension(spec, dict(changes.schema))
-        )
-        return existing, late_keys(existing, changes, spec, seen)
-    current = sink.read_keys(affected, current=True)
-    if current is None:  # no table yet
-        existing = empty_dimension(spec, dict(changes.schema))
-        return existing, late_keys(existing, changes, spec, seen)
-    current = _with_columns_of(current, changes, spec)
-    with_current = current.select(keys).unique()
-    late = late_keys(current, _semi(changes, with_current, keys), spec, seen)
-    no_current = affected.join(with_current, on=keys, how="anti", nulls_equal=True)
-    history_keys = pl.concat([no_current, late])
-    if history_keys.height == 0:
-        return current, late
-    past = sink.read_keys(history_keys, current=False)
-    assert past is not None
-    past = _with_columns_of(past, changes, spec)
-    existing = pl.concat([current, past], how="diagonal_relaxed")
-    if no_current.height:
-        # Keys without a current row: their latest row is in the history just read.
-        late_past = late_keys(
-            _semi(past, no_current, keys), _semi(changes, no_current, keys), spec, seen
-        )
-        late = pl.concat([late, late_past])
-    return existing, late
+    stats = stats or BatchStats(batch_id=-1)
+    partitioned = CURRENT_PARTITION in silver.partition_columns()
+    passes: list[FoldPass] = []
+    pending = changes
+    history_keys = changes.clear().select(keys)
+    events: pl.DataFrame | None = None
+    for number in range(1, MAX_FOLD_PASSES + 1):
+        with stats.timed("state"):
+            wanted = pending.select(keys).unique()
+            seen = orphans.read_keys(wanted) if orphans is not None else None
+            # First pass: current rows only (their partition, when the table has it).
+            current = True if number == 1 and partitioned else None
+            rows = silver.read_keys(wanted, current=current)
+            complete = rows is None or current is None
+            existing = (
+                _with_columns_of(rows, changes, spec)
+                if rows is not None
+                else empty_dimension(spec, dict(changes.schema))
+            )
+            if history_keys.height:
+                events = history(history_keys)
+        with stats.timed("fold"):
+            fp = fold_pass(existing, pending, spec, complete=complete, seen=seen, history=events)
+        passes.append(fp)
+        more = fp.pending
+        if more.height == 0:
+            return passes
+        pending = pending.join(more, on=keys, how="semi", nulls_equal=True)
+        history_keys = pl.concat([history_keys, fp.need_history]).unique()
+    raise AssertionError(f"scd2 fold: keys left after {MAX_FOLD_PASSES} passes")
 
 
-def _semi(frame: pl.DataFrame, keys_frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    return frame.join(keys_frame, on=keys, how="semi", nulls_equal=True)
+def _arrow(frame: pl.DataFrame) -> pa.Table:
+    # Classic Arrow types (large_string, not string_view) for delta-rs and pyarrow kernels.
+    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
 def _with_columns_of(rows: pl.DataFrame, changes: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:

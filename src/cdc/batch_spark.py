@@ -1,61 +1,134 @@
 """One micro-batch on delta-spark: everything runs on the executors, nothing is collected.
 
-The batch goes one way: split → bronze and quarantine appends → state read → SCD2 fold → MERGE
-(or, for facts, an insert-only MERGE on the event id). Each step is a DataFrame; only counts
-come back to the driver.
+The engine's steps of :class:`cdc.batch.BatchWriter`'s path, each a DataFrame; only counts
+come back to the driver. The batch is read once (kept in the executors' memory): one
+aggregation counts it (input, bronze, quarantine per reason, valid, expectation failures) and
+fills that cache; bronze and quarantine are appends of it.
 
-The SCD2 fold is the pure :func:`cdc.scd2.apply_scd2`, run on key groups: the batch's change
-events, the dimension rows of their keys, the keys' orphan markers and (for late keys) their
-full event history from bronze are brought together by a shuffle on the key columns, and each
-shuffle partition is folded by one call (many keys at once, so the per-call cost of Polars is
-paid per partition, not per key). The result rows are MERGEd on ``(keys, _seq_open)`` and the
-partition of the row they rewrite (the dimension is partitioned by ``is_current``: a MERGE
-reads and rewrites the current rows of the batch's keys, history only for late keys), with
-deletion vectors on.
+The SCD2 fold is the pure :func:`cdc.scd2.fold_pass`, run on key groups in passes, each a
+shuffle of what its keys need by the key columns, each shuffle partition folded by one call
+(many keys at once): first the batch's change events with the *current* rows of their keys
+(the current partition only) and their orphan markers; keys with no current row (deleted
+before, or new) and late keys come out of that pass as their events, and a second pass folds
+them with every row they have (and, for late keys, their event history from bronze); a key
+found late only then gets a third. An in-order batch of keys that all have a current row is
+one pass. The fold also checks the rows each key will hold once merged
+(:func:`cdc.scd2.post_merge_rows`), so the after-batch invariant check needs no second read.
+The results are MERGEd as :func:`cdc.store.plan.scd2_merge_plan` says (deletion vectors on;
+the current partition alone when no history row is rewritten).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 
 from cdc.batch import BatchStats, BatchWriter
-from cdc.changes import QUARANTINE_COLUMNS, scd2_changes
+from cdc.changes import QUARANTINE_COLUMNS, fact_rows_spark, scd2_changes
+from cdc.contracts import QuarantineReason
 from cdc.errors import ConfigError
-from cdc.expectations import FLAGS_COLUMN
+from cdc.expectations import ERROR_CODE, FLAGS_COLUMN, Counts
+from cdc.invariants import CheckReport, Violation, check_scd2
 from cdc.jvm import optional_classpath
 from cdc.landed import TOPIC_ID_COLUMN, Ranges
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
+from cdc.scd2 import (
+    ACTION_COLUMN,
+    WAS_CURRENT_COLUMN,
+    Scd2Spec,
+    empty_dimension,
+    fold_pass,
+    merge_source,
+    post_merge_rows,
+)
 from cdc.sequence import SequenceBy
-from cdc.store.base import Txn
+from cdc.store.base import WriteOutcome
 from cdc.store.delta_spark import DeltaSparkStore
-from cdc.topic_identity import BROKER_PATIENCE_S, check_topic_identity
-from cdc.verify import check_rows_spark, record_batch_check
+from cdc.store.plan import CURRENT_PARTITION, facts_merge_plan, scd2_merge_plan
+from cdc.verify import BATCH_EXAMPLES, in_kind_order, record_batch_check
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, Row
 
-__all__ = ["DIMENSION_PROPERTIES", "DistributedBatchWriter", "late_keys_df"]
+__all__ = ["DistributedBatchWriter", "SparkBatch"]
 
 log = logging.getLogger(__name__)
 
-DIMENSION_PROPERTIES = {"delta.enableDeletionVectors": "true"}
-"""Table properties of a dimension created by delta-spark."""
+MAX_FOLD_PASSES = 3
+"""Current rows; every row of the keys without one or late; the history of late keys."""
 
 _ROLE = "_cdc_role"
-_ACTION = "_cdc_action"
-_WAS_CURRENT = "_cdc_was_current"
-_STATS = ("_n_inserted", "_n_updated", "_n_closed", "_n_duplicates", "_n_late")
 _EVENT, _HISTORY, _ROW, _SEEN = "E", "H", "R", "S"
+"""Fold inputs: the batch's events, events from bronze, dimension rows, orphan markers."""
+_UPSERT, _DELETE, _ORPHAN, _TOTALS = "U", "D", "O", "T"
+_NEED_ROWS, _NEED_HISTORY = "N", "L"
+"""Fold outputs that carry a key's events to the next pass."""
+_VIOLATIONS, _EXAMPLE = "C", "V"
+_KIND, _DETAIL = "_cdc_kind", "_cdc_detail"
+_EVENT_ONLY = ("_op", "_seq", "_tombstone")
+"""Columns of a change event that a dimension row does not have."""
+_TOTAL_COLUMNS = (
+    "_n_inserted",
+    "_n_updated",
+    "_n_closed",
+    "_n_duplicates",
+    "_n_late",
+    "_n_upserts",
+    "_n_deletes",
+    "_n_orphans",
+    "_n_history",
+    "_n_pending",
+    "_n_violations",
+)
+_LANDED = "_cdc_landed"
+"""Batch column: bronze or quarantine already hold the row (a replay re-reads it)."""
 
 
-class DistributedBatchWriter(BatchWriter):
+@dataclass
+class SparkBatch:
+    """A micro-batch as Spark holds it: the kept batch, and its judged frames."""
+
+    kept: DataFrame
+    flagged: DataFrame | None = None
+    counts: Row | None = None
+    valid: DataFrame | None = None
+    frames: dict[str, DataFrame] = field(default_factory=dict)
+
+
+@dataclass
+class _Totals:
+    """What the passes of one batch's fold did (summed over partitions)."""
+
+    values: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOTAL_COLUMNS, 0))
+    violations: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[Violation]] = field(default_factory=dict)
+
+    def add(self, rows: list[Row], keys: list[str]) -> None:
+        for row in rows:
+            action = row[ACTION_COLUMN]
+            if action == _TOTALS:
+                for name in _TOTAL_COLUMNS:
+                    self.values[name] += int(row[name] or 0)
+            elif action == _VIOLATIONS:
+                kind = str(row[_KIND])
+                self.violations[kind] = self.violations.get(kind, 0) + int(row["_n_violations"])
+            elif action == _EXAMPLE:
+                kind = str(row[_KIND])
+                found = self.examples.setdefault(kind, [])
+                if len(found) < BATCH_EXAMPLES:
+                    key = {k: row[k] for k in keys}
+                    found.append(Violation(kind, key, row["_seq_open"], str(row[_DETAIL])))
+
+    def report(self) -> CheckReport:
+        return CheckReport(counts=in_kind_order(self.violations), examples=self.examples)
+
+
+class DistributedBatchWriter(BatchWriter[SparkBatch]):
     """The ``foreachBatch`` function of one pipeline on delta-spark."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -77,301 +150,264 @@ class DistributedBatchWriter(BatchWriter):
             if session is not None:  # start_query's session: Spark types the rules at start
                 self.expectations.check_spark(session)
 
-    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
-        started = time.monotonic()
-        batch = batch_df.persist()
-        try:
-            stats = BatchStats(batch_id=batch_id)
-            self._process(batch, batch_id, datetime.now(UTC), stats)
-        finally:
-            batch.unpersist()
-        stats.seconds = time.monotonic() - started
-        self._report(stats)
+    # ------------------------------------------------------------------ the engine's steps
 
-    def _process(self, batch: DataFrame, batch_id: int, now: datetime, stats: BatchStats) -> None:
+    def _hold(self, batch_df: DataFrame, stats: BatchStats) -> SparkBatch:
+        return SparkBatch(batch_df.persist())
+
+    def _release(self, batch: SparkBatch) -> None:
+        batch.kept.unpersist()
+
+    def _count(self, batch: SparkBatch, stats: BatchStats) -> None:
+        """One aggregation reads the batch (fetch and decode on the executors, into the kept
+        cache) and counts everything the path needs: no other job sees Kafka."""
         from pyspark.sql import functions as F
 
-        flagged = _flag_landed(batch, self._landed, self.pipeline.topic)
+        flagged = _flag_landed(batch.kept, self._landed, self.pipeline.topic)
         landed = F.col(_LANDED)
         checks = self.expectations
-        if checks is not None:  # drop failures become quarantine rows; fail raises below
+        if checks is not None:  # drop failures become quarantine rows
             flagged = checks.flag_spark(flagged, landed)
-        valid_all = flagged.where(F.col("error_code").isNull()).drop(
+        code = F.col("error_code")
+        new_quarantine = code.isNotNull() & ~landed
+        reasons = [*(r.value for r in QuarantineReason), ERROR_CODE]
+        counts = flagged.agg(
+            F.count(F.lit(1)).alias("n"),
+            F.count_if(code.isNull() & ~landed).alias("b"),
+            F.count_if(new_quarantine).alias("q"),
+            F.count_if(code.isNull()).alias("v"),
+            *(F.count_if(new_quarantine & (code == r)).alias(f"q_{r}") for r in reasons),
+            *(checks.count_columns() if checks is not None else []),
+        ).first()
+        assert counts is not None
+        batch.flagged, batch.counts = flagged, counts
+        stats.input_rows = int(counts["n"])
+
+    def _judge(self, batch: SparkBatch, batch_id: int) -> Counts:
+        assert self.expectations is not None
+        assert batch.flagged is not None and batch.counts is not None
+        return self.expectations.outcome_spark(batch.flagged, batch.counts, batch_id)
+
+    def _split(
+        self,
+        batch: SparkBatch,
+        batch_id: int,
+        now: datetime,
+        topic_id: str | None,
+        stats: BatchStats,
+    ) -> None:
+        from pyspark.sql import functions as F
+
+        flagged, counts = batch.flagged, batch.counts
+        assert flagged is not None and counts is not None
+        landed = F.col(_LANDED)
+        valid = flagged.where(F.col("error_code").isNull()).drop(
             "error_code", "error", FLAGS_COLUMN
         )
-        bronze = valid_all.where(~landed)
-        quarantine = flagged.where(F.col("error_code").isNotNull() & ~landed).select(
-            *QUARANTINE_COLUMNS
+        batch_col = F.lit(batch_id).cast("long")
+        now_col, topic_col = F.lit(now).cast("timestamp"), F.lit(topic_id).cast("string")
+        batch.frames["bronze"] = (
+            valid.where(~landed)
+            .drop(_LANDED)
+            .withColumns(
+                {"_batch_id": batch_col, "_ingested_at": now_col, TOPIC_ID_COLUMN: topic_col}
+            )
         )
-        valid_all = valid_all.drop(_LANDED)
-        bronze = bronze.drop(_LANDED)
-        with stats.timed("read"):  # fetches and decodes on the executors; counts come back
-            counts = flagged.agg(
-                F.count(F.lit(1)).alias("n"),
-                F.count_if(F.col("error_code").isNull() & ~landed).alias("b"),
-                F.count_if(F.col("error_code").isNotNull() & ~landed).alias("q"),
-                F.count_if(F.col("error_code").isNull()).alias("v"),
-                *(checks.count_columns() if checks is not None else []),
-            ).first()
-        assert counts is not None
-        if checks is not None:  # before any write: a fail rule stops the query here
-            stats.expectation_failures = checks.outcome_spark(flagged, counts, batch_id)
-        # After the read, before any write (see LocalBatchWriter.__call__).
-        topic_id = check_topic_identity(
-            self.settings, self.name, self.checkpoint, patience_s=BROKER_PATIENCE_S
+        batch.frames["quarantine"] = (
+            flagged.where(F.col("error_code").isNotNull() & ~landed)
+            .select(*QUARANTINE_COLUMNS)
+            .withColumns(
+                {"_batch_id": batch_col, "_quarantined_at": now_col, TOPIC_ID_COLUMN: topic_col}
+            )
         )
-        stats.input_rows = int(counts["n"])
+        batch.valid = valid.drop(_LANDED)
         stats.bronze_rows, stats.quarantined = int(counts["b"]), int(counts["q"])
-        valid_rows = int(counts["v"])
-        if stats.quarantined:
-            reasons = quarantine.groupBy("error_code").count().collect()
-            stats.quarantine_reasons = {str(r["error_code"]): int(r["count"]) for r in reasons}
-        self._fault("before-commit", batch_id)
-        with stats.timed("bronze"):
-            batch_col = F.lit(batch_id).cast("long")
-            topic_col = F.lit(topic_id).cast("string")
-            for role, df, time_col, rows in (
-                ("bronze", bronze, "_ingested_at", stats.bronze_rows),
-                ("quarantine", quarantine, "_quarantined_at", stats.quarantined),
-            ):
-                if not rows:
-                    continue
-                data = df.withColumns(
-                    {
-                        "_batch_id": batch_col,
-                        time_col: F.lit(now).cast("timestamp"),
-                        TOPIC_ID_COLUMN: topic_col,
-                    }
-                )
-                if self.store.append(data, self.uris[role], self.txn(role, batch_id)).skipped:
-                    stats.skipped_tables.append(role)
-        self._count_expectations(stats)
-        self._fault("mid-commit", batch_id)
-        if valid_rows:
-            if self.pipeline.kind == "scd2":
-                self._scd2(valid_all, batch_id, stats)
-            else:
-                self._facts(valid_all, valid_rows, batch_id, stats)
-        self._fault("after-commit", batch_id)
+        stats.valid_rows = int(counts["v"])
+        reasons = [*(r.value for r in QuarantineReason), ERROR_CODE]
+        stats.quarantine_reasons = {r: int(counts[f"q_{r}"]) for r in reasons if counts[f"q_{r}"]}
+
+    def _append(
+        self, role: str, batch: SparkBatch, batch_id: int, now: datetime, topic_id: str | None
+    ) -> WriteOutcome:
+        return self.store.append(batch.frames[role], self.uris[role], self.txn(role, batch_id))
 
     # ------------------------------------------------------------------------------ facts
 
-    def _facts(self, valid: DataFrame, valid_rows: int, batch_id: int, stats: BatchStats) -> None:
-        from pyspark.sql import Window
-        from pyspark.sql import functions as F
-
+    def _facts(self, batch: SparkBatch, batch_id: int, stats: BatchStats) -> None:
+        assert batch.valid is not None
         event_id = self.pipeline.event_id
         assert event_id is not None
-        flat = valid.where(F.col("value").isNotNull()).select(
-            "value.*",
-            F.col("topic").alias("_source_topic"),
-            F.col("partition").alias("_source_partition"),
-            F.col("offset").alias("_source_offset"),
-            F.col("timestamp").alias("_kafka_timestamp"),
-        )
-        if event_id not in flat.columns:
-            raise ConfigError(
-                f"event_id {event_id!r} is not a field of the value;"
-                f" valid: {', '.join(flat.columns)}"
-            )
-        first = Window.partitionBy(event_id).orderBy("_source_partition", "_source_offset")
-        rows = flat.withColumn("_rn", F.row_number().over(first)).where("_rn = 1").drop("_rn")
-        uri = self.uris["silver"]
-        txn = self.txn("silver", batch_id)
-
+        rows = fact_rows_spark(batch.valid, event_id)
+        uri, txn = self.uris["silver"], self.txn("silver", batch_id)
         created = not self.store.exists(uri)
-
-        def write() -> Any:
-            if created:
-                return self.store.append(rows, uri, txn)
-            return self.store.merge(
-                rows,
-                uri,
-                f"t.`{event_id}` = s.`{event_id}`",
-                lambda m: m.whenNotMatchedInsertAll(),
-                txn,
-            )
-
+        plan = facts_merge_plan(event_id)
         with stats.timed("merge"):
-            outcome = self._with_retries(write, batch_id, stats)
+            outcome = self._with_retries(
+                lambda: self.store.merge(rows, uri, plan, txn), batch_id, stats
+            )
         if outcome.skipped:
             stats.skipped_tables.append("silver")
         unique = rows.count()
         if not outcome.skipped:
             stats.inserted = unique if created else outcome.rows
-        stats.duplicates = valid_rows - unique
+        stats.duplicates = stats.valid_rows - unique
 
     # ------------------------------------------------------------------------------- SCD2
 
-    def _scd2(self, valid: DataFrame, batch_id: int, stats: BatchStats) -> None:
+    def _scd2(self, batch: SparkBatch, batch_id: int, stats: BatchStats) -> None:
         from pyspark.sql import functions as F
         from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
+        assert batch.valid is not None
+        valid = batch.valid
         p = self.pipeline
         session = valid.sparkSession
-        valid_arrow = to_arrow_schema(valid.schema, timezone="UTC")
-        spec = self._scd2_spec(valid_arrow)
+        spec = self._scd2_spec(to_arrow_schema(valid.schema, timezone="UTC"))
         keys = list(spec.keys)
-        event_arrow = _changes_schema(valid_arrow, spec, p.source_format, p.sequence_by)
-        event_schema = from_arrow_schema(event_arrow)
-        row_arrow = _arrow(
-            empty_dimension(spec, dict(pl.from_arrow(event_arrow.empty_table()).schema))  # type: ignore[union-attr]
-        ).schema
-        to_events = _changes_fn(spec, p.source_format, p.sequence_by, event_arrow)
-        uri, orphans_uri = self.uris["silver"], self.uris["orphans"]
-        txn = self.txn("silver", batch_id)
+        layout = _FoldLayout.build(
+            to_arrow_schema(valid.schema, timezone="UTC"), spec, p.sequence_by, p.source_format
+        )
+        uri, txn = self.uris["silver"], self.txn("silver", batch_id)
         if self.store.committed(uri, txn):
             stats.skipped_tables.append("silver")
             return
-        cached: list[DataFrame] = []
-
-        def materialize(df: DataFrame) -> DataFrame:
-            # Computed once on the executors and kept there (only the count comes back), with
-            # the lineage cut: later plans of the batch scan these rows instead of re-planning
-            # the Delta scans behind them, and the MERGE's commit does not make Spark's cache
-            # manager recompute them (it re-caches every cached plan that reads the table).
-            df = df.localCheckpoint(eager=True)
-            cached.append(df)
-            return df
-
+        check = self.settings.check_invariants(self.name)
+        to_events = layout.to_events()
+        events = valid.mapInArrow(to_events, from_arrow_schema(layout.events))
+        silver = self.store.read_df(session, uri)
+        orphans = self.store.read_df(session, self.uris["orphans"])
+        bronze = self.store.read_df(session, self.uris["bronze"])
+        out_schema = from_arrow_schema(layout.output)
+        totals = _Totals()
+        results: list[DataFrame] = []
         try:
-            with stats.timed("state"):
-                changes = materialize(valid.mapInArrow(to_events, event_schema))
-                affected = changes.select(*keys).distinct()
-                silver = self.store.read_df(session, uri)
-                if silver is None:
-                    silver = session.createDataFrame([], from_arrow_schema(row_arrow))
-                # Every version of the batch's keys, read once (one scan of the dimension).
-                state = materialize(_semi(silver, affected, keys))
-                current = state.where(F.col("is_current"))
-                history = state.where(~F.col("is_current"))
-                no_current = _anti(affected, current.select(*keys), keys)
-                rows = current.unionByName(
-                    _semi(history, no_current, keys), allowMissingColumns=True
-                )
-                orphans = self.store.read_df(session, orphans_uri)
-                seen = materialize(_semi(orphans, affected, keys)) if orphans is not None else None
-                late = materialize(late_keys_df(rows, changes, seen, keys))
-                late_with_current = _semi(late, current.select(*keys), keys)
-                rows = rows.unionByName(
-                    _semi(history, late_with_current, keys), allowMissingColumns=True
-                )
-                bronze = self.store.read_df(session, self.uris["bronze"])
-                parts = [
-                    changes.withColumn(_ROLE, F.lit(_EVENT)),
-                    rows.withColumn(_ROLE, F.lit(_ROW)),
-                ]
-                if seen is not None:
-                    parts.append(seen.withColumn(_ROLE, F.lit(_SEEN)))
-                if bronze is not None:
-                    condition = [bronze["key"][k].eqNullSafe(late[k]) for k in keys]
-                    past = bronze.join(late, condition, "left_semi").mapInArrow(
-                        to_events, event_schema
-                    )
-                    parts.append(past.withColumn(_ROLE, F.lit(_HISTORY)))
-                out_arrow = _result_schema(row_arrow)
-                results = _shuffle(parts, keys).mapInArrow(
-                    _fold_fn(spec, out_arrow), from_arrow_schema(out_arrow)
-                )
-            with stats.timed("fold"):  # the fold runs here; only counts come back
-                results = materialize(results)
-                counts = (
-                    results.groupBy(_ACTION)
-                    .agg(
-                        F.count(F.lit(1)).alias("rows"),
-                        F.count_if(F.col(_WAS_CURRENT) == F.lit(False)).alias("history"),
-                        *[F.sum(c).alias(c) for c in _STATS],
-                    )
-                    .collect()
-                )
-            per_action = {row[_ACTION]: int(row["rows"]) for row in counts}
-            # In-order batches rewrite current rows only: the MERGE may then skip history.
-            current_only = not any(row["history"] for row in counts)
-            totals = next((row for row in counts if row[_ACTION] == "S"), None)
+            with stats.timed("fold"):  # reads, shuffles and folds on the executors
+                pending: DataFrame | None = None
+                for number in range(1, MAX_FOLD_PASSES + 1):
+                    first = number == 1
+                    if first:
+                        changes = events
+                    else:
+                        assert pending is not None
+                        changes = pending.select(*layout.events.names)
+                    wanted = changes.select(*keys).distinct()
+                    parts = [changes.withColumn(_ROLE, F.lit(_EVENT))]
+                    if silver is not None:
+                        rows = silver.where(F.col(CURRENT_PARTITION)) if first else silver
+                        parts.append(_semi(rows, wanted, keys).withColumn(_ROLE, F.lit(_ROW)))
+                    else:  # no table yet: no rows, but the fold's input has their columns
+                        rows = session.createDataFrame([], from_arrow_schema(layout.rows))
+                        parts.append(rows.withColumn(_ROLE, F.lit(_ROW)))
+                    if orphans is not None:
+                        marks = _semi(orphans, wanted, keys).select(*keys, "_seq_max")
+                        parts.append(marks.withColumn(_ROLE, F.lit(_SEEN)))
+                    if not first and bronze is not None:
+                        assert pending is not None
+                        late = pending.where(F.col(ACTION_COLUMN) == _NEED_HISTORY)
+                        late = late.select(*keys).distinct()
+                        condition = [bronze["key"][k].eqNullSafe(late[k]) for k in keys]
+                        past = bronze.join(late, condition, "left_semi")
+                        history = past.mapInArrow(to_events, from_arrow_schema(layout.events))
+                        parts.append(history.withColumn(_ROLE, F.lit(_HISTORY)))
+                    complete = not first or silver is None
+                    fold = _fold_fn(spec, layout, complete=complete, check=check)
+                    out = _shuffle(parts, keys).mapInArrow(fold, out_schema)
+                    out = out.localCheckpoint(eager=True)
+                    results.append(out)
+                    found = out.where(
+                        F.col(ACTION_COLUMN).isin(_TOTALS, _VIOLATIONS, _EXAMPLE)
+                    ).collect()
+                    before = totals.values["_n_pending"]
+                    totals.add(found, keys)
+                    if totals.values["_n_pending"] == before:
+                        break
+                    pending = out.where(F.col(ACTION_COLUMN).isin(_NEED_ROWS, _NEED_HISTORY))
+                else:
+                    raise AssertionError(f"scd2 fold: keys left after {MAX_FOLD_PASSES} passes")
+            values = totals.values
             with stats.timed("merge"):
-                if per_action.get("O"):
-                    orphan_rows = results.where(F.col(_ACTION) == "O").select(*keys, "_seq_max")
-                    self.store.append(orphan_rows, orphans_uri, self.txn("orphans", batch_id))
-                if per_action.get("U") or per_action.get("D"):
-                    source = results.where(F.col(_ACTION).isin("U", "D")).select(
-                        *row_arrow.names, _ACTION, _WAS_CURRENT
+                if values["_n_orphans"]:
+                    orphan_rows = _union(
+                        [r.where(F.col(ACTION_COLUMN) == _ORPHAN) for r in results]
+                    ).select(*keys, "_seq_max")
+                    self.store.append(
+                        orphan_rows, self.uris["orphans"], self.txn("orphans", batch_id)
                     )
+                if values["_n_upserts"] or values["_n_deletes"]:
+                    source = _union(
+                        [r.where(F.col(ACTION_COLUMN).isin(_UPSERT, _DELETE)) for r in results]
+                    ).select(*layout.rows.names, ACTION_COLUMN, WAS_CURRENT_COLUMN)
+                    plan = scd2_merge_plan(keys, current_only=not values["_n_history"])
                     self._with_retries(
-                        lambda: self._merge_dimension(
-                            source, uri, keys, row_arrow.names, txn, current_only=current_only
-                        ),
+                        lambda: self.store.merge(source, uri, plan, txn, materialized=True),
                         batch_id,
                         stats,
                         log_attempt=True,
                     )
-            if self.settings.check_invariants(self.name):
-                with stats.timed("check"):  # the committed rows of the batch's keys
-                    written = self.store.read_df(session, uri)
-                    if written is not None:
-                        report = check_rows_spark(_semi(written, affected, keys), keys)
-                        record_batch_check(self.name, stats, report, self.settings.lake.writer)
         finally:
-            for df in cached:
+            for df in results:
                 _release(df)
-        if totals is not None and totals[_STATS[0]] is not None:
-            stats.inserted, stats.updated, stats.closed, stats.duplicates, stats.late_keys = (
-                int(totals[c]) for c in _STATS
-            )
-
-    def _merge_dimension(
-        self,
-        source: DataFrame,
-        uri: str,
-        keys: list[str],
-        columns: list[str],
-        txn: Txn,
-        *,
-        current_only: bool | None = None,
-    ) -> Any:
-        """MERGE fold results (``_cdc_action`` U/D) into the dimension, or create it.
-
-        ``current_only``: no source row rewrites a history row (None: found out here). The
-        match then also says ``t.is_current = true``, a literal Delta prunes the history
-        partition with, so an in-order batch reads current rows only, however long the
-        history.
-        """
-        from pyspark.sql import functions as F
-
-        if not self.store.exists(uri):
-            rows = source.where(F.col(_ACTION) == "U").drop(_ACTION, _WAS_CURRENT)
-            return self.store.append(
-                rows, uri, txn, partition_by=["is_current"], properties=DIMENSION_PROPERTIES
-            )
-        matches = [f"t.`{k}` <=> s.`{k}`" for k in keys]
-        if current_only is None:
-            current_only = source.where(F.col(_WAS_CURRENT) == F.lit(False)).isEmpty()
-        on = " AND ".join(
-            [
-                *matches,
-                "t._seq_open = s._seq_open",
-                f"t.is_current = s.{_WAS_CURRENT}",
-                *(["t.is_current = true"] if current_only else []),
-            ]
-        )
-        assign = {f"`{c}`": f"s.`{c}`" for c in columns}
-        return self.store.merge(
-            source,
-            uri,
-            on,
-            lambda m: (
-                m.whenMatchedDelete(condition=f"s.{_ACTION} = 'D'")
-                .whenMatchedUpdate(condition=f"s.{_ACTION} = 'U'", set=assign)
-                .whenNotMatchedInsert(condition=f"s.{_ACTION} = 'U'", values=assign)
-            ),
-            txn,
-        )
+        stats.inserted, stats.updated = values["_n_inserted"], values["_n_updated"]
+        stats.closed, stats.duplicates = values["_n_closed"], values["_n_duplicates"]
+        stats.late_keys = values["_n_late"]
+        if check:
+            record_batch_check(self.name, stats, totals.report(), self.settings.lake.writer)
 
 
 # ---------------------------------------------------------------------------------- helpers
 
 
-_LANDED = "_cdc_landed"
-"""Batch column: bronze or quarantine already hold the row (a replay re-reads it)."""
+@dataclass(frozen=True)
+class _FoldLayout:
+    """Arrow schemas of the fold's frames: change events, dimension rows, fold output."""
+
+    spec: Scd2Spec
+    valid: pa.Schema
+    events: pa.Schema
+    rows: pa.Schema
+    output: pa.Schema
+    source_format: str
+    sequence_by: SequenceBy
+
+    @classmethod
+    def build(
+        cls, valid: pa.Schema, spec: Scd2Spec, sequence_by: SequenceBy, source_format: str
+    ) -> _FoldLayout:
+        events = _arrow(scd2_changes(valid.empty_table(), spec, source_format, sequence_by))
+        frame = pl.from_arrow(events)
+        assert isinstance(frame, pl.DataFrame)
+        rows = _arrow(empty_dimension(spec, dict(frame.schema))).schema
+        extra = [
+            *(events.schema.field(c) for c in _EVENT_ONLY),
+            pa.field(ACTION_COLUMN, pa.string()),
+            pa.field(WAS_CURRENT_COLUMN, pa.bool_()),
+            *(pa.field(c, pa.int64()) for c in _TOTAL_COLUMNS),
+            pa.field(_KIND, pa.string()),
+            pa.field(_DETAIL, pa.string()),
+        ]
+        output = pa.schema([*rows, *extra])
+        return cls(spec, valid, events.schema, rows, output, source_format, sequence_by)
+
+    def to_events(self) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+        """``mapInArrow``: bronze-shaped rows → SCD2 change events."""
+        spec, source_format, sequence_by, schema = (
+            self.spec,
+            self.source_format,
+            self.sequence_by,
+            self.events,
+        )
+
+        def to_events(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                if batch.num_rows:
+                    events = _arrow(
+                        scd2_changes(
+                            pa.Table.from_batches([batch]), spec, source_format, sequence_by
+                        )
+                    )
+                    yield from events.cast(schema).to_batches()
+
+        return to_events
 
 
 def _flag_landed(batch: DataFrame, landed: Ranges, topic: str) -> DataFrame:
@@ -414,9 +450,11 @@ def _semi(df: DataFrame, keys_df: DataFrame, keys: list[str]) -> DataFrame:
     return df.join(keys_df, condition, "left_semi")
 
 
-def _anti(df: DataFrame, keys_df: DataFrame, keys: list[str]) -> DataFrame:
-    condition = [df[k].eqNullSafe(keys_df[k]) for k in keys]
-    return df.join(keys_df, condition, "left_anti")
+def _union(frames: list[DataFrame]) -> DataFrame:
+    combined = frames[0]
+    for frame in frames[1:]:
+        combined = combined.unionByName(frame)
+    return combined
 
 
 def _shuffle(parts: list[DataFrame], keys: list[str]) -> DataFrame:
@@ -431,28 +469,6 @@ def _arrow(frame: pl.DataFrame) -> pa.Table:
     return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
-def _changes_schema(
-    valid: pa.Schema, spec: Scd2Spec, source_format: str, sequence_by: SequenceBy
-) -> pa.Schema:
-    return _arrow(scd2_changes(valid.empty_table(), spec, source_format, sequence_by)).schema
-
-
-def _changes_fn(
-    spec: Scd2Spec, source_format: str, sequence_by: SequenceBy, schema: pa.Schema
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """``mapInArrow``: bronze-shaped rows → SCD2 change events."""
-
-    def to_events(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            if batch.num_rows:
-                events = _arrow(
-                    scd2_changes(pa.Table.from_batches([batch]), spec, source_format, sequence_by)
-                )
-                yield from events.cast(schema).to_batches()
-
-    return to_events
-
-
 def _by_role(batches: Iterator[pa.RecordBatch]) -> dict[str, pl.DataFrame] | None:
     tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
     if not tables:
@@ -465,85 +481,84 @@ def _by_role(batches: Iterator[pa.RecordBatch]) -> dict[str, pl.DataFrame] | Non
     }
 
 
-def late_keys_df(
-    rows: DataFrame, changes: DataFrame, seen: DataFrame | None, keys: list[str]
-) -> DataFrame:
-    """:func:`cdc.scd2.late_keys` as a Spark plan (no Python worker, no extra shuffle stage).
-
-    A key is late when one of its changes is a tombstone or is sequenced before the greatest
-    sequence the table has seen for it: its latest row's ``_seq_max`` (else the greater of
-    ``_seq_last`` and ``_seq_close``), or its orphan marker's ``_seq_max``.
-    """
-    from pyspark.sql import functions as F
-
-    seen_col = F.coalesce(F.col("_seq_max"), F.greatest("_seq_last", "_seq_close"))
-    known = rows.groupBy(*keys).agg(F.max_by(seen_col, F.col("_seq_open")).alias("_seen"))
-    if seen is not None:
-        markers = seen.select(*keys, F.col("_seq_max").alias("_seen"))
-        known = known.unionByName(markers).groupBy(*keys).agg(F.max("_seen").alias("_seen"))
-    condition = [changes[k].eqNullSafe(known[k]) for k in keys]
-    flagged = changes.join(known, condition, "left").select(
-        *[changes[k] for k in keys], changes["_seq"], changes["_tombstone"], known["_seen"]
-    )
-    late = flagged.where(F.col("_tombstone") | (F.col("_seq") < F.col("_seen")))
-    return late.select(*keys).distinct()
-
-
-def _events(frame: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
-    return frame.select(*spec.keys, *spec.columns, "_op", "_seq", "_source_topic", "_tombstone")
-
-
-def _result_schema(row: pa.Schema) -> pa.Schema:
-    return pa.schema(
-        [
-            *row,
-            pa.field(_ACTION, pa.string()),
-            pa.field(_WAS_CURRENT, pa.bool_()),
-            *(pa.field(c, pa.int64()) for c in _STATS),
-        ]
-    )
-
-
 def _fold_fn(
-    spec: Scd2Spec, schema: pa.Schema
+    spec: Scd2Spec, layout: _FoldLayout, *, complete: bool, check: bool
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """``mapInArrow``: one shuffle partition of every input a key needs → the rows to write.
+    """``mapInArrow``: one shuffle partition of a pass's inputs → what the pass yields.
 
-    Output rows carry ``_cdc_action``: ``U`` (upsert a version), ``D`` (delete a version),
-    ``O`` (an orphan marker: keys + ``_seq_max``) or ``S`` (the partition's counts).
+    Output rows carry ``_cdc_action``: ``U``/``D`` (the MERGE source), ``O`` (an orphan
+    marker: keys + ``_seq_max``), ``N``/``L`` (the events of a key the next pass folds, with
+    every row; ``L``: and its history), ``T`` (the partition's totals), ``C`` (violations of
+    one kind in the keys' merged rows) and ``V`` (examples of them).
     """
     keys = list(spec.keys)
+    event_columns = layout.events.names
+    schema = layout.output
 
     def fold(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         roles = _by_role(batches)
         if roles is None or roles[_EVENT].height == 0:
             return
-        changes = _events(roles[_EVENT], spec)
-        history = _events(roles[_HISTORY], spec) if roles[_HISTORY].height else None
+        changes = roles[_EVENT].select(event_columns)
+        history = roles[_HISTORY].select(event_columns) if roles[_HISTORY].height else None
         seen = roles[_SEEN].select(*keys, "_seq_max") if roles[_SEEN].height else None
         existing = roles[_ROW].select(spec.row_columns)
-        late = late_keys(existing, changes, spec, seen)
-        result = apply_scd2(existing, changes, spec, history=history, seen=seen, late=late)
-        upserts = result.upserts.with_columns(
-            pl.lit("U").alias(_ACTION), result.was_current.fill_null(True).alias(_WAS_CURRENT)
-        )
-        deletes = result.deletes.with_columns(
-            pl.lit("D").alias(_ACTION), pl.col("is_current").alias(_WAS_CURRENT)
-        )
-        parts = [upserts, deletes]
+        fp = fold_pass(existing, changes, spec, complete=complete, seen=seen, history=history)
+        result = fp.result
+        source = merge_source(result)
+        parts = [source]
         if result.orphans is not None and result.orphans.height:
-            parts.append(result.orphans.with_columns(pl.lit("O").alias(_ACTION)))
-        counts = (
+            parts.append(result.orphans.with_columns(pl.lit(_ORPHAN).alias(ACTION_COLUMN)))
+        for action, wanted in ((_NEED_ROWS, fp.need_rows), (_NEED_HISTORY, fp.need_history)):
+            if wanted.height:
+                carried = changes.join(wanted, on=keys, how="semi", nulls_equal=True)
+                parts.append(carried.with_columns(pl.lit(action).alias(ACTION_COLUMN)))
+        violations = 0
+        if check:
+            found = check_scd2(post_merge_rows(fp.existing, result, spec), keys)
+            violations = found.height
+            for (kind,), group in found.group_by("kind", maintain_order=True):
+                parts.append(
+                    pl.DataFrame(
+                        {
+                            ACTION_COLUMN: [_VIOLATIONS],
+                            _KIND: [kind],
+                            "_n_violations": [group.height],
+                        }
+                    )
+                )
+                examples = group.head(BATCH_EXAMPLES).unnest("key")
+                parts.append(
+                    examples.select(
+                        *keys,
+                        pl.col("seq_open").alias("_seq_open"),
+                        pl.col("kind").alias(_KIND),
+                        pl.col("detail").alias(_DETAIL),
+                        pl.lit(_EXAMPLE).alias(ACTION_COLUMN),
+                    )
+                )
+        history_rows = int(source.filter(~pl.col(WAS_CURRENT_COLUMN)).height)
+        pending = fp.pending.height
+        totals = (
             result.inserted,
             result.updated,
             result.closed,
             result.duplicate_events,
-            late.height,
+            fp.late,
+            result.upserts.height,
+            result.deletes.height,
+            0 if result.orphans is None else result.orphans.height,
+            history_rows,
+            pending,
+            violations,
         )
         parts.append(
             pl.DataFrame(
-                {_ACTION: ["S"], **{c: [n] for c, n in zip(_STATS, counts, strict=True)}},
-                schema={_ACTION: pl.String, **dict.fromkeys(_STATS, pl.Int64)},
+                {
+                    ACTION_COLUMN: [_TOTALS],
+                    **{c: [n] for c, n in zip(_TOTAL_COLUMNS, totals, strict=True)},
+                },
+                schema={ACTION_COLUMN: pl.String, **dict.fromkeys(_TOTAL_COLUMNS, pl.Int64)},
             )
         )
         out = pl.concat(parts, how="diagonal_relaxed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import polars as pl
 import pyarrow as pa
@@ -20,11 +21,17 @@ from cdc.landed import TOPIC_ID_COLUMN, Ranges, landed_mask
 from cdc.scd2 import Scd2Spec, encode_sequence
 from cdc.sequence import Ordering, PositionField, SequenceBy, ordering_for, sequence_position
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
 __all__ = [
+    "FACT_FIRST",
+    "FACT_LINEAGE",
     "QUARANTINE_COLUMNS",
     "SplitBatch",
     "business_columns",
     "fact_rows",
+    "fact_rows_spark",
     "scd2_changes",
     "split_batch",
 ]
@@ -214,25 +221,47 @@ def scd2_changes(
     )
 
 
-def fact_rows(valid: pa.Table, event_id: str) -> pl.DataFrame:
-    """Flatten fact events and drop repeats of an event id within the batch (first offset wins).
+FACT_LINEAGE = (
+    ("_source_topic", "topic"),
+    ("_source_partition", "partition"),
+    ("_source_offset", "offset"),
+    ("_kafka_timestamp", "timestamp"),
+)
+"""A fact row is its value's fields plus these lineage columns (name, batch column)."""
 
-    Tombstones carry no fact and are skipped (they stay in bronze).
-    """
+FACT_FIRST = ("_source_partition", "_source_offset")
+"""Of the batch's records with one event id, the first by this order is the fact (a repeat
+later in the log is a re-delivery); tombstones carry no fact (they stay in bronze)."""
+
+
+def _check_event_id(event_id: str, columns: list[str]) -> None:
+    if event_id not in columns:
+        raise ConfigError(
+            f"event_id {event_id!r} is not a field of the value; valid: {', '.join(columns)}"
+        )
+
+
+def fact_rows(valid: pa.Table, event_id: str) -> pl.DataFrame:
+    """The batch's facts (:data:`FACT_LINEAGE`, :data:`FACT_FIRST`), in Polars (delta-rs)."""
     df = pl.from_arrow(valid)
     assert isinstance(df, pl.DataFrame)
     df = df.filter(pl.col("value").is_not_null())
     flat = df.select(
         pl.col("value").struct.unnest(),
-        pl.col("topic").alias("_source_topic"),
-        pl.col("partition").alias("_source_partition"),
-        pl.col("offset").alias("_source_offset"),
-        pl.col("timestamp").alias("_kafka_timestamp"),
+        *(pl.col(column).alias(name) for name, column in FACT_LINEAGE),
     )
-    if event_id not in flat.columns:
-        raise ConfigError(
-            f"event_id {event_id!r} is not a field of the value; valid: {', '.join(flat.columns)}"
-        )
-    return flat.sort(["_source_partition", "_source_offset"]).unique(
-        subset=[event_id], keep="first", maintain_order=True
+    _check_event_id(event_id, flat.columns)
+    return flat.sort(list(FACT_FIRST)).unique(subset=[event_id], keep="first", maintain_order=True)
+
+
+def fact_rows_spark(valid: DataFrame, event_id: str) -> DataFrame:
+    """The batch's facts (:data:`FACT_LINEAGE`, :data:`FACT_FIRST`), in Spark (delta-spark)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    flat = valid.where(F.col("value").isNotNull()).select(
+        "value.*", *(F.col(column).alias(name) for name, column in FACT_LINEAGE)
     )
+    _check_event_id(event_id, flat.columns)
+    first = Window.partitionBy(event_id).orderBy(*FACT_FIRST)
+    return flat.withColumn("_rn", F.row_number().over(first)).where("_rn = 1").drop("_rn")

@@ -130,7 +130,7 @@ def _size(n: int) -> str:
 
 
 def _open(store: TableStore, uri: str) -> Any:
-    return store._open(uri)
+    return store.handle(uri)
 
 
 def file_stats(store: TableStore, uri: str, small_bytes: int) -> FileStats | None:

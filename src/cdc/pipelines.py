@@ -23,6 +23,7 @@ from cdc.errors import CdcError
 from cdc.faults import FaultHook
 from cdc.kafka_source import decoded_stream
 from cdc.sequence import check_table_layout
+from cdc.spark_errors import spark_condition
 from cdc.topic_identity import check_topic_identity
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def start_query(
     check_topic_identity(settings, name, checkpoint)
     check_checkpoint_within_topic(settings, name, checkpoint)
     check_table_layout(settings, name)
-    batch_writer: type[BatchWriter]
+    batch_writer: type[BatchWriter[Any]]
     if settings.lake.writer == "delta-spark":
         from cdc.batch_spark import DistributedBatchWriter
 
@@ -99,7 +100,11 @@ def _query_error(query: StreamingQuery) -> str | None:
     if exc is None:
         return None
     text = str(getattr(exc, "desc", None) or exc)
-    return error_line(text) or repr(exc)
+    line = error_line(text)
+    if line is None or "Cannot find main error class" in line:
+        # A Delta error Delta 4.4 could not build on Spark 4.2 (see cdc.spark_errors).
+        line = spark_condition(exc) or line
+    return line or repr(exc)
 
 
 _EXCEPTION_LINE = re.compile(r"^[\s:]*(Caused by: )?(?:[\w$]+\.)*(\w+(?:Error|Exception)): (.+)$")

@@ -41,16 +41,23 @@ import polars as pl
 from cdc import sequence
 
 __all__ = [
+    "ACTION_COLUMN",
     "DIM_SYSTEM_COLUMNS",
     "LINEAGE_COLUMNS",
+    "WAS_CURRENT_COLUMN",
+    "FoldPass",
     "Scd2Result",
     "Scd2Spec",
     "apply_scd2",
     "decode_sequence_ts",
     "empty_dimension",
     "encode_sequence",
+    "fold_pass",
     "late_keys",
+    "merge_source",
+    "post_merge_rows",
     "scd2_from_events",
+    "touches_history",
 ]
 
 LINEAGE_COLUMNS = ("_source_topic", "_source_partition", "_source_offset")
@@ -64,6 +71,12 @@ DIM_SYSTEM_COLUMNS = (
     "_seq_close",
     "_seq_max",
 )
+ACTION_COLUMN = "_cdc_action"
+"""Column of a MERGE source (:func:`merge_source`): ``U`` upserts the version, ``D`` deletes it."""
+WAS_CURRENT_COLUMN = "_cdc_was_current"
+"""Column of a MERGE source: ``is_current`` of the row a source row rewrites (the partition it
+lives in); a new row says ``true``: it matches nothing, and keeps the MERGE to the current
+partition when no history row is rewritten."""
 _TS_TYPE = pl.Datetime("us", "UTC")
 _KAFKA_SUFFIX = 27
 """Characters of ``.partition.offset`` at the end of a sequence."""
@@ -660,3 +673,132 @@ def scd2_from_events(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     events = _place_tombstones(_with_tombstone_flag(events).select(_event_columns(spec)), spec)
     deduped = _dedupe(events, spec)
     return _fold(deduped, spec).sort([*keys, "_seq_open"])
+
+
+@dataclass(frozen=True)
+class FoldPass:
+    """One pass of a batch's fold: what could be folded with the rows given, and what not.
+
+    A writer folds a batch in up to three passes, each reading more for fewer keys (see
+    :func:`fold_pass`): the current rows of every key of the batch; then every row of the keys
+    that had no current row or were late; then, for late keys, their event history too.
+
+    Attributes:
+        result: the rows to write for the keys folded in this pass.
+        existing: the rows of those keys the pass was given (the MERGE's targets and their
+            neighbours: with :attr:`result`, what the keys hold after the MERGE).
+        need_rows: keys to fold again with every row they have (no current row was given:
+            deleted before, or new).
+        need_history: keys to fold again with every row and every event received for them
+            (late: see :func:`late_keys`).
+        late: late keys folded in this pass.
+    """
+
+    result: Scd2Result
+    existing: pl.DataFrame
+    need_rows: pl.DataFrame
+    need_history: pl.DataFrame
+    late: int
+
+    @property
+    def pending(self) -> pl.DataFrame:
+        """Keys another pass must fold (:attr:`need_rows` and :attr:`need_history`)."""
+        return pl.concat([self.need_rows, self.need_history]).unique()
+
+
+def fold_pass(
+    existing: pl.DataFrame,
+    changes: pl.DataFrame,
+    spec: Scd2Spec,
+    *,
+    complete: bool,
+    seen: pl.DataFrame | None = None,
+    history: pl.DataFrame | None = None,
+) -> FoldPass:
+    """Fold the keys of ``changes`` that the rows given are enough for; name the others.
+
+    The rule both writers follow, so that each reads only what a key needs: a key whose
+    changes all follow its current row folds onto that row alone (the common case); a key
+    given no row may have been deleted before (its latest row is history) and needs all its
+    rows; a late key (:func:`late_keys`) needs all its rows and its full event history.
+
+    Args:
+        existing: dimension rows of (some of) the keys of ``changes``: only current rows
+            (``complete=False``), or every row of each key.
+        changes: the batch's change events of the keys to fold.
+        spec: the dimension's spec.
+        complete: ``existing`` holds every row of its keys, and a key without rows has none.
+        seen: ``(keys, _seq_max)`` orphan markers of the keys.
+        history: every event received for some keys (from bronze): a late key among them
+            is folded with it; other late keys are named in :attr:`FoldPass.need_history`.
+
+    Returns:
+        The pass's result and the keys left for another pass.
+    """
+    keys = list(spec.keys)
+    changes = _with_tombstone_flag(changes)
+    affected = changes.select(keys).unique()
+    existing = existing.select(spec.row_columns).join(
+        affected, on=keys, how="semi", nulls_equal=True
+    )
+    with_rows = existing.select(keys).unique()
+    need_rows = (
+        affected.clear()
+        if complete
+        else affected.join(with_rows, on=keys, how="anti", nulls_equal=True)
+    )
+    ready = affected.join(need_rows, on=keys, how="anti", nulls_equal=True)
+    ready_changes = changes.join(ready, on=keys, how="semi", nulls_equal=True)
+    late = late_keys(existing, ready_changes, spec, seen)
+    covered = history.select(keys).unique() if history is not None else affected.clear()
+    need_history = late.join(covered, on=keys, how="anti", nulls_equal=True)
+    fold = ready.join(need_history, on=keys, how="anti", nulls_equal=True)
+    folded = existing.join(fold, on=keys, how="semi", nulls_equal=True)
+    result = apply_scd2(
+        folded,
+        changes.join(fold, on=keys, how="semi", nulls_equal=True),
+        spec,
+        history=history,
+        seen=seen,
+        late=late.join(fold, on=keys, how="semi", nulls_equal=True),
+    )
+    return FoldPass(
+        result=result,
+        existing=folded,
+        need_rows=need_rows,
+        need_history=need_history,
+        late=late.height - need_history.height,
+    )
+
+
+def post_merge_rows(existing: pl.DataFrame, result: Scd2Result, spec: Scd2Spec) -> pl.DataFrame:
+    """What the keys of ``existing`` hold once ``result`` is merged (the rows a fold was given,
+    with its upserts in place and its deletes gone): what the after-batch check reads, with
+    no second read of the table."""
+    identity = [*spec.keys, "_seq_open"]
+    touched = pl.concat(
+        [result.upserts.select(identity), result.deletes.select(identity)], how="vertical_relaxed"
+    )
+    kept = existing.select(spec.row_columns).join(
+        touched, on=identity, how="anti", nulls_equal=True
+    )
+    return pl.concat([kept, result.upserts.select(spec.row_columns)], how="vertical_relaxed")
+
+
+def merge_source(result: Scd2Result) -> pl.DataFrame:
+    """The MERGE source of a result: its upserts (``U``) and deletes (``D``), each with the
+    partition of the row it rewrites (:data:`WAS_CURRENT_COLUMN`)."""
+    upserts = result.upserts.with_columns(
+        pl.lit("U").alias(ACTION_COLUMN),
+        result.was_current.fill_null(True).alias(WAS_CURRENT_COLUMN),
+    )
+    deletes = result.deletes.with_columns(
+        pl.lit("D").alias(ACTION_COLUMN), pl.col("is_current").alias(WAS_CURRENT_COLUMN)
+    )
+    return pl.concat([upserts, deletes], how="diagonal_relaxed").select(upserts.columns)
+
+
+def touches_history(source: pl.DataFrame) -> bool:
+    """Whether a :func:`merge_source` rewrites a history row (else the MERGE may read the
+    current partition alone)."""
+    return bool(source.height) and not source.get_column(WAS_CURRENT_COLUMN).all()

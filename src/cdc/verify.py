@@ -50,6 +50,7 @@ __all__ = [
     "TableCheck",
     "check_keys_local",
     "check_rows_spark",
+    "in_kind_order",
     "record_batch_check",
     "verify",
 ]
@@ -141,10 +142,11 @@ def check_rows_spark(rows: DataFrame, keys: Sequence[str]) -> CheckReport:
     for r in sorted(listed, key=lambda r: int(r["_i"])):
         violation = Violation(r["kind"], r["key"].asDict(), r["seq_open"], r["detail"])
         examples.setdefault(violation.kind, []).append(violation)
-    return CheckReport(counts=_in_kind_order(counts), examples=examples)
+    return CheckReport(counts=in_kind_order(counts), examples=examples)
 
 
-def _in_kind_order(counts: dict[str, int]) -> dict[str, int]:
+def in_kind_order(counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` with the kinds in the order :mod:`cdc.invariants` lists them."""
     order = (*SCD2_KINDS, *FACT_KINDS)
     return {kind: counts[kind] for kind in order if kind in counts}
 

@@ -11,11 +11,14 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from cdc.batch_local import read_fold_state
-from cdc.scd2 import apply_scd2, empty_dimension, scd2_from_events
+from cdc.batch_local import fold_passes
+from cdc.scd2 import apply_scd2, empty_dimension, merge_source, scd2_from_events, touches_history
 from cdc.store.delta_rs import DeltaSink, Txn
+from cdc.store.plan import DIMENSION_LAYOUT, TableLayout, facts_merge_plan, scd2_merge_plan
 from tests.unit.test_scd2 import SCHEMA, SPEC, apply_all, changes, ev
 from tests.unit.test_scd2_order import IDENTITY, frame, to_log
+
+pytestmark = pytest.mark.integration
 
 
 def _apply(sink: DeltaSink, batch: pl.DataFrame, version: int) -> None:
@@ -23,7 +26,13 @@ def _apply(sink: DeltaSink, batch: pl.DataFrame, version: int) -> None:
     existing = sink.read_keys(keys)
     if existing is None:
         existing = empty_dimension(SPEC, SCHEMA)
-    sink.merge_scd2(apply_scd2(existing, batch, SPEC), ["contact_id"], Txn("t:dim", version))
+    _merge(sink, [apply_scd2(existing, batch, SPEC)], version)
+
+
+def _merge(sink: DeltaSink, results: list, version: int) -> None:  # type: ignore[type-arg]
+    source = pl.concat([merge_source(r) for r in results], how="vertical_relaxed")
+    plan = scd2_merge_plan(["contact_id"], current_only=not touches_history(source))
+    sink.merge(source.to_arrow(), plan, Txn("t:dim", version))
 
 
 def _read(path: Path) -> pl.DataFrame:
@@ -68,8 +77,9 @@ def test_append_is_idempotent_per_version(tmp_path: Path) -> None:
 
 def test_facts_insert_only_new_event_ids(tmp_path: Path) -> None:
     sink = DeltaSink(str(tmp_path / "fact"))
-    sink.insert_new(pl.DataFrame({"event_id": ["a", "b"], "v": [1, 2]}), "event_id", Txn("f", 0))
-    sink.insert_new(pl.DataFrame({"event_id": ["b", "c"], "v": [20, 3]}), "event_id", Txn("f", 1))
+    plan = facts_merge_plan("event_id")
+    sink.merge(pa.table({"event_id": ["a", "b"], "v": [1, 2]}), plan, Txn("f", 0))
+    sink.merge(pa.table({"event_id": ["b", "c"], "v": [20, 3]}), plan, Txn("f", 1))
     rows = DeltaTable(str(tmp_path / "fact")).to_pyarrow_table().sort_by("event_id").to_pylist()
     assert rows == [{"event_id": "a", "v": 1}, {"event_id": "b", "v": 2}, {"event_id": "c", "v": 3}]
 
@@ -77,14 +87,17 @@ def test_facts_insert_only_new_event_ids(tmp_path: Path) -> None:
 def _apply_with_state(
     sink: DeltaSink, orphans: DeltaSink, batch: pl.DataFrame, received: pl.DataFrame, version: int
 ) -> None:
-    """What ``LocalBatchWriter`` does for one batch: state read, fold with history, MERGE."""
-    keys = batch.select("contact_id").unique()
-    seen = orphans.read_keys(keys)
-    existing, late = read_fold_state(sink, batch, SPEC, seen)
-    result = apply_scd2(existing, batch, SPEC, history=received, seen=seen, late=late)
-    if result.orphans is not None and result.orphans.height:
-        orphans.append(result.orphans.to_arrow(), Txn("t:orphans", version))
-    sink.merge_scd2(result, ["contact_id"], Txn("t:dim", version))
+    """What ``LocalBatchWriter`` does for one batch: the fold's passes (state reads, history
+    for late keys), orphans, one MERGE."""
+
+    def history(keys: pl.DataFrame) -> pl.DataFrame:
+        return received.join(keys, on="contact_id", how="semi")
+
+    passes = fold_passes(batch, SPEC, sink, orphans, history)
+    found = [p.result.orphans for p in passes if p.result.orphans is not None]
+    if found and pl.concat(found).height:
+        orphans.append(pl.concat(found).to_arrow(), Txn("t:orphans", version))
+    _merge(sink, [p.result for p in passes], version)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -107,12 +120,13 @@ def test_current_partitioned_dimension_equals_one_pass(tmp_path: Path, seed: int
     )
     bounds = sorted({0, len(log), *rng.sample(range(1, len(log)), 7)})
     tables = {}
-    for layout, parts in (("current", ["is_current"]), ("flat", None)):
-        sink = DeltaSink(str(tmp_path / layout), partition_by=parts)
-        orphans = DeltaSink(str(tmp_path / f"{layout}_orphans"))
+    for name, layout in (("current", DIMENSION_LAYOUT), ("flat", TableLayout())):
+        sink = DeltaSink(str(tmp_path / name))
+        sink.append(empty_dimension(SPEC, SCHEMA).to_arrow(), Txn("t:create", 0), layout=layout)
+        orphans = DeltaSink(str(tmp_path / f"{name}_orphans"))
         for version, (a, b) in enumerate(itertools.pairwise(bounds)):
             _apply_with_state(sink, orphans, frame(log[a:b]), frame(log[:b]), version)
-        tables[layout] = _read(tmp_path / layout)
+        tables[name] = _read(tmp_path / name)
     assert DeltaTable(str(tmp_path / "current")).metadata().partition_columns == ["is_current"]
     expected = scd2_from_events(frame(log), SPEC).sort(IDENTITY)
     for table in tables.values():
@@ -125,7 +139,7 @@ def _history_files(path: Path) -> set[str]:
 
 
 def test_in_order_batches_append_history_and_rewrite_only_current_rows(tmp_path: Path) -> None:
-    sink = DeltaSink(str(tmp_path / "dim"), partition_by=["is_current"])
+    sink = DeltaSink(str(tmp_path / "dim"))  # created by the first MERGE: DIMENSION_LAYOUT
     orphans = DeltaSink(str(tmp_path / "orphans"))
     history_files: list[set[str]] = []
     received: list[pl.DataFrame] = []

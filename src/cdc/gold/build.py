@@ -182,7 +182,7 @@ class _Silver:
 
     def _handle(self, name: str, table: str) -> Any:
         if name not in self._handles:
-            self._handles[name] = self._store._open(self.uri(name, table))
+            self._handles[name] = self._store.handle(self.uri(name, table))
         return self._handles[name]
 
     def pin(self, name: str, table: str) -> _Pin | None:
@@ -318,7 +318,7 @@ class _GoldTable:
         self.name = name
         self.uri = gold_path(settings, name)
         self.storage_options = store.storage_options
-        self.table = store._open(self.uri)
+        self.table: Any = store.handle(self.uri)
 
     @property
     def columns(self) -> list[str]:

@@ -23,6 +23,7 @@ from cdc.errors import TableReadError
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from deltalake import DeltaTable
 
 __all__ = ["TableInfo", "TableStore", "Txn", "WriteOutcome"]
 
@@ -67,32 +68,61 @@ class TableStore(ABC):
             storage_options: object-store settings (credentials resolved), for every table.
         """
         self.storage_options = dict(storage_options or {})
+        self._handles: dict[str, DeltaTable] = {}
 
-    def _open(self, uri: str):  # type: ignore[no-untyped-def]
-        """The delta-rs handle of a table's log, or None (the log is the same whoever wrote it)."""
+    def handle(self, uri: str, version: int | None = None) -> DeltaTable | None:
+        """The delta-rs handle of a table's log, or None when there is no table (the log is
+        the same whoever wrote it). The only way the service opens a table.
+
+        Without ``version``: the latest version, through a handle the store keeps and brings
+        up to date with the log's new commits (no re-read of the whole log; a writer's store
+        serves every batch of its query this way). Do not move a kept handle to another
+        version: ask for one instead.
+
+        Args:
+            uri: the table.
+            version: a version to open (a handle of its own, not kept).
+
+        Raises:
+            TableReadError: the log cannot be read (corrupt, or the storage refused).
+        """
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
+        table = self._handles.get(uri) if version is None else None
         try:
-            return DeltaTable(uri, storage_options=self.storage_options)
+            if table is not None:
+                table.update_incremental()
+                return table
+            table = DeltaTable(uri, version=version, storage_options=self.storage_options)
+            if version is not None:
+                return table
         except TableNotFoundError:
+            self._handles.pop(uri, None)
             return None
         except Exception as exc:  # DeltaError, OSError: a corrupt log, storage refused
+            self._handles.pop(uri, None)
             first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
             raise TableReadError(f"cannot read the Delta table at {uri}: {first.strip()}") from None
+        self._handles[uri] = table
+        return table
+
+    def forget(self, uri: str) -> None:
+        """Drop the kept handle of ``uri`` (the table was deleted or replaced behind it)."""
+        self._handles.pop(uri, None)
 
     def exists(self, uri: str) -> bool:
         """Whether a Delta table exists at ``uri``."""
-        return self._open(uri) is not None
+        return self.handle(uri) is not None
 
     def columns(self, uri: str) -> list[str]:
         """The table's top-level column names, from its log (none when it does not exist)."""
-        table = self._open(uri)
+        table = self.handle(uri)
         return [] if table is None else [f.name for f in table.schema().fields]
 
     def txn_version(self, uri: str, app_id: str) -> int | None:
         """The last version committed for ``app_id`` in the table (None: none, or no table)."""
-        table = self._open(uri)
+        table = self.handle(uri)
         if table is None:
             return None
         version = table.transaction_version(app_id)
@@ -108,7 +138,7 @@ class TableStore(ABC):
 
         Rows are counted by a query, so rows hidden by deletion vectors are not counted.
         """
-        table = self._open(uri)
+        table = self.handle(uri)
         if table is None:
             return None
         files = len(table.file_uris())
@@ -130,7 +160,7 @@ class TableStore(ABC):
         import pyarrow as pa
         from deltalake import QueryBuilder
 
-        table = self._open(uri)
+        table = self.handle(uri)
         if table is None:
             from deltalake.exceptions import TableNotFoundError
 

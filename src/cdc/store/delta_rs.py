@@ -10,6 +10,8 @@ same guarantees is :mod:`cdc.store.delta_spark`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import replace
 
 import polars as pl
 import pyarrow as pa
@@ -18,39 +20,29 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from cdc.errors import CommitConflictError, TableWriteError
 from cdc.rust_output import rust_panics_logged
-from cdc.scd2 import Scd2Result
+from cdc.scd2 import ACTION_COLUMN
 from cdc.store.base import TableStore, Txn, WriteOutcome
+from cdc.store.plan import CURRENT_PARTITION, CommitInfo, MergePlan, TableLayout
 
-__all__ = ["DeltaRsStore", "DeltaSink", "Txn", "WriteOutcome"]
+__all__ = ["WRITER", "DeltaRsStore", "DeltaSink", "Txn", "WriteOutcome"]
 
 log = logging.getLogger(__name__)
-_ACTION = "_cdc_action"
-_WAS_CURRENT = "_cdc_was_current"
-CURRENT_PARTITION = "is_current"
 
-
-def _arrow(frame: pl.DataFrame) -> pa.Table:
-    # Classic Arrow types (large_string, not string_view) for delta-rs and pyarrow kernels.
-    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+WRITER = "delta-rs"
 
 
 class DeltaSink:
     """One Delta table (local path or object-store URI) written idempotently.
 
-    ``partition_by`` applies when the sink creates the table; an existing table keeps the
-    layout it was created with (a dimension created unpartitioned still works, but every
-    MERGE then rewrites its history too).
+    A table the sink creates takes the layout of the write that creates it (a
+    :class:`~cdc.store.plan.TableLayout`); an existing table keeps the layout it was created
+    with (a dimension created unpartitioned still works, but every MERGE then rewrites its
+    history too).
     """
 
-    def __init__(
-        self,
-        uri: str,
-        storage_options: dict[str, str] | None = None,
-        partition_by: list[str] | None = None,
-    ) -> None:
+    def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
         self.uri = uri
         self.storage_options = storage_options or {}
-        self.partition_by = partition_by
         self._table: DeltaTable | None = None
         self._partition_columns: list[str] | None = None
 
@@ -86,28 +78,40 @@ class DeltaSink:
         return done is not None and done >= txn.version
 
     def _props(self, txn: Txn, operation: str) -> CommitProperties:
+        info = CommitInfo(operation, WRITER, txn.app_id, txn.version)
         return CommitProperties(
             app_transactions=[Transaction(app_id=txn.app_id, version=txn.version)],
-            custom_metadata={
-                "cdc.operation": operation,
-                "cdc.app_id": txn.app_id,
-                "cdc.batch": txn.version,
-            },
+            custom_metadata={"userMetadata": info.user_metadata()},
             max_commit_retries=20,
         )
 
-    def append(self, data: pa.Table, txn: Txn, operation: str = "append") -> WriteOutcome:
-        """Append rows (schema may gain fields) in one commit tagged with ``txn``."""
+    def append(
+        self,
+        data: pa.Table,
+        txn: Txn,
+        operation: str = "append",
+        layout: TableLayout | None = None,
+    ) -> WriteOutcome:
+        """Append rows (schema may gain fields) in one commit tagged with ``txn``.
+
+        Args:
+            data: the rows.
+            txn: the app transaction; an already committed version is skipped.
+            operation: the commit's operation (:class:`~cdc.store.plan.CommitInfo`).
+            layout: the table's layout if this append creates it.
+        """
         if self.committed(txn):
             return WriteOutcome(skipped=True)
         creating = self.table() is None
+        layout = layout or TableLayout()
         try:
             with rust_panics_logged():
                 write_deltalake(
                     self.uri,
                     data,
                     mode="append",
-                    partition_by=self.partition_by if creating else None,
+                    partition_by=list(layout.partition_by) or None if creating else None,
+                    configuration=_writable(layout.properties) if creating else None,
                     schema_mode="merge",
                     storage_options=self.storage_options,
                     commit_properties=self._props(txn, operation),
@@ -158,78 +162,53 @@ class DeltaSink:
             found = found.join(keys.unique(), on=key_cols, how="semi", nulls_equal=True)
         return found
 
-    def merge_scd2(self, result: Scd2Result, keys: list[str], txn: Txn) -> WriteOutcome:
-        """Apply an SCD2 result in one MERGE on ``(keys, _seq_open)``.
+    def merge(self, source: pa.Table, plan: MergePlan, txn: Txn) -> WriteOutcome:
+        """One MERGE of ``source`` into the table as ``plan`` describes, tagged with ``txn``.
 
-        When the table is partitioned by ``is_current``, each source row also names the
-        partition of the row it rewrites, so the MERGE reads and rewrites only the partitions
-        it touches: the current rows, plus history only for late keys. Closed versions move to
-        the history partition, which otherwise only grows by appends.
+        A table that does not exist yet is created, with the plan's layout, by appending the
+        source rows its insert clause takes (there is nothing to match).
+
+        Raises:
+            CommitConflictError: another writer committed a conflicting change meanwhile.
+            TableWriteError: the MERGE failed otherwise.
         """
-        if result.upserts.height == 0 and result.deletes.height == 0:
+        if source.num_rows == 0:
             return WriteOutcome(skipped=False)
         if self.committed(txn):
             return WriteOutcome(skipped=True)
-        if self.table() is None:
-            # First batch: nothing to match; the MERGE's inserts are the whole result.
-            return self.append(_arrow(result.upserts), txn, operation="scd2-create")
-        by_partition = CURRENT_PARTITION in self.partition_columns()
-        upserts = result.upserts.with_columns(pl.lit("U").alias(_ACTION))
-        deletes = result.deletes.with_columns(pl.lit("D").alias(_ACTION))
-        extra = [_ACTION]
-        if by_partition:
-            # A new row matches nothing whatever this says; saying "current" keeps the
-            # MERGE's partition filter to {true} when no history row is rewritten.
-            upserts = upserts.with_columns(result.was_current.fill_null(True).alias(_WAS_CURRENT))
-            deletes = deletes.with_columns(pl.col(CURRENT_PARTITION).alias(_WAS_CURRENT))
-            extra.append(_WAS_CURRENT)
-        source = pl.concat([upserts, deletes], how="diagonal_relaxed").select(upserts.columns)
-        on = " AND ".join(f"t.{c} = s.{c}" for c in [*keys, "_seq_open"])
-        if by_partition:
-            on += f" AND t.{CURRENT_PARTITION} = s.{_WAS_CURRENT}"
-        return self._merge(
-            _arrow(source),
-            on,
-            txn,
-            lambda m: (
-                m.when_matched_delete(predicate=f"s.{_ACTION} = 'D'")
-                .when_matched_update_all(predicate=f"s.{_ACTION} = 'U'", except_cols=extra)
-                .when_not_matched_insert_all(predicate=f"s.{_ACTION} = 'U'", except_cols=extra)
-            ),
-            "scd2-merge",
-        )
-
-    def insert_new(self, rows: pl.DataFrame, id_column: str, txn: Txn) -> WriteOutcome:
-        """Insert rows whose ``id_column`` is not in the table yet (fact dedup)."""
-        if rows.height == 0:
-            return WriteOutcome(skipped=False)
-        if self.committed(txn):
-            return WriteOutcome(skipped=True)
-        if self.table() is None:
-            return self.append(_arrow(rows), txn, operation="facts-create")
-        return self._merge(
-            _arrow(rows),
-            f"t.{id_column} = s.{id_column}",
-            txn,
-            lambda m: m.when_not_matched_insert_all(),
-            "facts-merge",
-        )
-
-    def _merge(self, source: pa.Table, on: str, txn: Txn, clauses, operation: str) -> WriteOutcome:  # type: ignore[no-untyped-def]
         table = self.table()
-        assert table is not None
+        if table is None:
+            return self.append(
+                _inserted(source, plan),
+                txn,
+                operation=f"{plan.operation}-create",
+                layout=plan.layout,
+            )
+        if CURRENT_PARTITION not in self.partition_columns():
+            plan = replace(plan, match_source={}, prune={})  # an unpartitioned dimension
+        except_cols = list(plan.source_only)
         try:
             merger = table.merge(
                 source,
-                predicate=on,
+                predicate=plan.condition("IS NOT DISTINCT FROM"),
                 source_alias="s",
                 target_alias="t",
                 merge_schema=True,  # a contract version may add (nullable) columns
-                commit_properties=self._props(txn, operation),
+                commit_properties=self._props(txn, f"{plan.operation}-merge"),
                 streamed_exec=False,
             )
+            for clause in plan.clauses:
+                when = plan.when(clause)
+                if clause.kind == "delete":
+                    merger = merger.when_matched_delete(predicate=when)
+                elif clause.kind == "update":
+                    merger = merger.when_matched_update_all(predicate=when, except_cols=except_cols)
+                else:
+                    merger = merger.when_not_matched_insert_all(
+                        predicate=when, except_cols=except_cols
+                    )
             with rust_panics_logged():
-                metrics = clauses(merger).execute()
+                metrics = merger.execute()
         except CommitFailedError as exc:
             raise CommitConflictError(f"merge into {self.uri} conflicted: {exc}") from exc
         except (DeltaError, OSError) as exc:
@@ -242,15 +221,35 @@ class DeltaSink:
         return WriteOutcome(skipped=False, rows=rows, table_version=self._version())
 
 
+def _inserted(source: pa.Table, plan: MergePlan) -> pa.Table:
+    """The source rows a plan's insert clause takes, without the source-only columns."""
+    import pyarrow.compute as pc
+
+    action = plan.inserted()
+    if action is not None:
+        source = source.filter(pc.equal(source.column(ACTION_COLUMN), action))
+    return source.drop_columns([c for c in plan.source_only if c in source.column_names])
+
+
+def _writable(properties: Mapping[str, str]) -> dict[str, str] | None:
+    """Table properties delta-rs can honour when it creates a table: it writes no deletion
+    vectors, so a table it writes does not enable them."""
+    kept = {k: v for k, v in properties.items() if k not in _DELTA_RS_UNSUPPORTED}
+    return kept or None
+
+
+_DELTA_RS_UNSUPPORTED = frozenset({"delta.enableDeletionVectors"})
+
+
 class DeltaRsStore(TableStore):
     """Delta tables written by delta-rs in this process (the one-process writer)."""
 
-    writer = "delta-rs"
+    writer = WRITER
 
     def describe(self) -> str:
         """One line naming the writer."""
         return "delta-rs (one process: the batch is collected to the driver)"
 
-    def sink(self, uri: str, partition_by: list[str] | None = None) -> DeltaSink:
+    def sink(self, uri: str) -> DeltaSink:
         """The writer of one table."""
-        return DeltaSink(uri, self.storage_options, partition_by)
+        return DeltaSink(uri, self.storage_options)

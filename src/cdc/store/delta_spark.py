@@ -17,20 +17,25 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from cdc.errors import CommitConflictError, TableWriteError
+from cdc.scd2 import ACTION_COLUMN
+from cdc.spark_errors import spark_condition
 from cdc.store.base import TableStore, Txn, WriteOutcome
+from cdc.store.plan import CURRENT_PARTITION, CommitInfo, MergePlan, TableLayout
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 __all__ = [
     "S3A_OPTIONS",
     "TXN_APP_ID_CONF",
     "TXN_VERSION_CONF",
+    "WRITER",
     "DeltaSparkStore",
     "hadoop_options",
     "spark_path",
@@ -40,15 +45,15 @@ log = logging.getLogger(__name__)
 
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+MATERIALIZE_SOURCE_CONF = "spark.databricks.delta.merge.materializeSource"
 
-MergeClauses = Callable[[Any], Any]
-"""Adds the WHEN clauses to a ``DeltaMergeBuilder`` and returns it."""
-
+WRITER = "delta-spark"
 
 class DeltaSparkStore(TableStore):
     """Delta tables written by Spark (the distributed writer)."""
 
-    writer = "delta-spark"
+    writer = WRITER
 
     def describe(self) -> str:
         """One line naming the writer."""
@@ -64,8 +69,8 @@ class DeltaSparkStore(TableStore):
         uri: str,
         txn: Txn,
         *,
-        partition_by: Sequence[str] = (),
-        properties: dict[str, str] | None = None,
+        operation: str = "append",
+        layout: TableLayout | None = None,
     ) -> WriteOutcome:
         """Append ``df`` in one commit tagged with ``txn`` (the schema may gain columns).
 
@@ -73,8 +78,8 @@ class DeltaSparkStore(TableStore):
             df: the rows (not collected: the executors write them).
             uri: the table.
             txn: its app transaction; an already committed version is skipped.
-            partition_by: partition columns when the append creates the table.
-            properties: table properties when the append creates the table.
+            operation: the commit's operation (:class:`~cdc.store.plan.CommitInfo`).
+            layout: partition columns and table properties if the append creates the table.
 
         Returns:
             Whether it was skipped, and the table version.
@@ -82,46 +87,54 @@ class DeltaSparkStore(TableStore):
         Raises:
             TableWriteError: the write failed.
         """
-        if self.committed(uri, txn):
+        handle = self.handle(uri)
+        if handle is not None and _committed(handle, txn):
             return WriteOutcome(skipped=True)
-        creating = not self.exists(uri)
+        info = CommitInfo(operation, WRITER, txn.app_id, txn.version)
         writer = (
             df.write.format("delta")
             .mode("append")
             .option("txnAppId", txn.app_id)
             .option("txnVersion", str(txn.version))
             .option("mergeSchema", "true")
-            .option("userMetadata", f"cdc {txn.app_id} {txn.version}")
+            .option("userMetadata", info.user_metadata())
         )
         for key, value in self._session_options().items():
             writer = writer.option(key, value)
-        if creating:
-            if partition_by:
-                writer = writer.partitionBy(*partition_by)
-            for key, value in (properties or {}).items():
+        if handle is None and layout is not None:
+            if layout.partition_by:
+                writer = writer.partitionBy(*layout.partition_by)
+            for key, value in layout.properties.items():
                 writer = writer.option(key, value)
         try:
             writer.save(spark_path(uri))
         except Exception as exc:  # py4j surfaces JVM errors as several types
             raise _write_error("append to", uri, exc) from exc
-        return WriteOutcome(skipped=False, table_version=self._version(uri))
+        return WriteOutcome(skipped=False, table_version=_last_version(df.sparkSession))
 
     def merge(
         self,
         source: DataFrame,
         uri: str,
-        on: str,
-        clauses: MergeClauses,
+        plan: MergePlan,
         txn: Txn,
+        *,
+        materialized: bool = False,
     ) -> WriteOutcome:
-        """One Delta MERGE of ``source`` (alias ``s``) into the table (alias ``t``).
+        """One Delta MERGE of ``source`` into the table as ``plan`` describes.
+
+        A table that does not exist yet is created, with the plan's layout, by appending the
+        source rows its insert clause takes.
 
         Args:
-            source: the rows to merge (their session is the micro-batch's).
-            uri: an existing table.
-            on: the match condition.
-            clauses: adds the WHEN clauses to the merge builder.
+            source: the rows to merge (their session is the micro-batch's); every column but
+                the plan's source-only ones is a table column.
+            uri: the table.
+            plan: match, pruning and clauses (:mod:`cdc.store.plan`).
             txn: the app transaction; an already committed version is skipped.
+            materialized: ``source`` is already computed and kept (a ``localCheckpoint``):
+                Delta need not persist it again (``merge.materializeSource=none``; by default
+                it copies any source that is not a plain Delta scan, in a job of its own).
 
         Returns:
             Whether it was skipped, rows written, and the table version.
@@ -130,12 +143,28 @@ class DeltaSparkStore(TableStore):
             CommitConflictError: another writer committed a conflicting change meanwhile.
             TableWriteError: the MERGE failed otherwise.
         """
-        if self.committed(uri, txn):
+        handle = self.handle(uri)
+        if handle is not None and _committed(handle, txn):
             return WriteOutcome(skipped=True)
+        from pyspark.sql import functions as F
+
+        if handle is None:
+            action = plan.inserted()
+            new = source if action is None else source.where(F.col(ACTION_COLUMN) == action)
+            new = new.drop(*[c for c in plan.source_only if c in source.columns])
+            return self.append(
+                new, uri, txn, operation=f"{plan.operation}-create", layout=plan.layout
+            )
         from delta.tables import DeltaTable
 
+        if CURRENT_PARTITION not in handle.metadata().partition_columns:
+            plan = replace(plan, match_source={}, prune={})  # an unpartitioned dimension
+        columns = [c for c in source.columns if c not in plan.source_only]
+        assign: dict[str, str | Column] = {f"`{c}`": f"s.`{c}`" for c in columns}
         session = source.sparkSession
-        with _txn_confs(session, txn):
+        info = CommitInfo(f"{plan.operation}-merge", WRITER, txn.app_id, txn.version)
+        confs = {MATERIALIZE_SOURCE_CONF: "none"} if materialized else {}
+        with _txn_confs(session, txn, info, confs):
             try:
                 options = self._session_options()
                 target = (
@@ -143,32 +172,30 @@ class DeltaSparkStore(TableStore):
                     if options
                     else DeltaTable.forPath(session, spark_path(uri))
                 )
-                builder = target.alias("t").merge(source.alias("s"), on).withSchemaEvolution()
-                clauses(builder).execute()
+                builder = (
+                    target.alias("t")
+                    .merge(source.alias("s"), plan.condition("<=>"))
+                    .withSchemaEvolution()
+                )
+                for clause in plan.clauses:
+                    when: Any = plan.when(clause)  # None: unconditional (the builder takes it)
+                    if clause.kind == "delete":
+                        builder = builder.whenMatchedDelete(condition=when)
+                    elif clause.kind == "update":
+                        builder = builder.whenMatchedUpdate(condition=when, set=assign)
+                    else:
+                        builder = builder.whenNotMatchedInsert(condition=when, values=assign)
+                metrics = builder.execute().first()
             except Exception as exc:
                 raise _write_error("merge into", uri, exc) from exc
-        metrics = self._last_metrics(session, uri)
-        rows = sum(
-            int(metrics.get(name, 0))
-            for name in (
-                "numTargetRowsInserted",
-                "numTargetRowsUpdated",
-                "numTargetRowsDeleted",
+        rows = 0
+        if metrics is not None:
+            found = metrics.asDict()
+            rows = sum(
+                int(found.get(name) or 0)
+                for name in ("num_inserted_rows", "num_updated_rows", "num_deleted_rows")
             )
-        )
-        return WriteOutcome(skipped=False, rows=rows, table_version=self._version(uri))
-
-    def _version(self, uri: str) -> int | None:
-        table = self._open(uri)
-        return None if table is None else int(table.version())
-
-    def _last_metrics(self, session: SparkSession, uri: str) -> dict[str, str]:
-        table = self._open(uri)
-        if table is None:
-            return {}
-        history = table.history(1)
-        metrics = history[0].get("operationMetrics", {}) if history else {}
-        return {str(k): str(v) for k, v in dict(metrics).items()}
+        return WriteOutcome(skipped=False, rows=rows, table_version=_last_version(session))
 
     def read_df(self, session: SparkSession, uri: str) -> DataFrame | None:
         """The table as a Spark DataFrame (None when it does not exist)."""
@@ -178,6 +205,20 @@ class DeltaSparkStore(TableStore):
         for key, value in self._session_options().items():
             reader = reader.option(key, value)
         return reader.load(spark_path(uri))
+
+
+def _committed(handle: Any, txn: Txn) -> bool:
+    done = handle.transaction_version(txn.app_id)
+    return done is not None and int(done) >= txn.version
+
+
+LAST_VERSION_CONF = "spark.databricks.delta.lastCommitVersionInSession"
+"""Set by Delta on the session after each commit it makes: the table version written."""
+
+
+def _last_version(session: SparkSession) -> int | None:
+    value = session.conf.get(LAST_VERSION_CONF, None)
+    return None if value in (None, "") else int(value)
 
 
 S3A_OPTIONS = {
@@ -211,30 +252,52 @@ def hadoop_options(storage_options: dict[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def _txn_confs(session: SparkSession, txn: Txn) -> Iterator[None]:
-    """Set the Delta txn confs on ``session`` for one write, and always remove them."""
+def _txn_confs(
+    session: SparkSession, txn: Txn, info: CommitInfo, extra: dict[str, str]
+) -> Iterator[None]:
+    """Set the Delta txn and commit-metadata confs (and ``extra``) on ``session`` for one
+    write, and always put them back as they were."""
     conf = session.conf
-    conf.set(TXN_APP_ID_CONF, txn.app_id)
-    conf.set(TXN_VERSION_CONF, str(txn.version))
+    wanted = {
+        TXN_APP_ID_CONF: txn.app_id,
+        TXN_VERSION_CONF: str(txn.version),
+        USER_METADATA_CONF: info.user_metadata(),
+        **extra,
+    }
+    before: dict[str, str | None] = {key: conf.get(key, None) for key in wanted}
+    for key, value in wanted.items():
+        conf.set(key, value)
     try:
         yield
     finally:
-        conf.unset(TXN_APP_ID_CONF)
-        conf.unset(TXN_VERSION_CONF)
+        for key, old in before.items():
+            if old is None:
+                conf.unset(key)
+            else:
+                conf.set(key, old)
 
 
 _JVM_ERROR = re.compile(r"^[\s:]*((?:[\w$]+\.)*[\w$]+(?:Exception|Error)): (.+)$")
 
 
 def _write_error(what: str, uri: str, exc: Exception) -> TableWriteError:
-    text = str(getattr(exc, "desc", None) or exc)
-    lines = text.strip().splitlines()
-    # py4j's text starts "An error occurred while calling oN.execute."; the JVM's reason is
-    # the first "pkg.SomeException: message" line after it.
-    reasons = [
-        m.group(1).rsplit(".", 1)[-1] + ": " + m.group(2) for m in map(_JVM_ERROR.match, lines) if m
-    ]
-    first = reasons[0] if reasons else (lines[0] if lines else type(exc).__name__)
+    condition = spark_condition(exc)
+    text = str(exc)
+    if condition is not None:
+        # Delta 4.4 on Spark 4.2 cannot render its own messages (its text reads "Cannot find
+        # main error class"): the condition and its parameters say what failed.
+        first = condition
+        text = f"{condition}\n{text}"
+    else:
+        lines = text.strip().splitlines()
+        # py4j's text starts "An error occurred while calling oN.execute."; the JVM's reason
+        # is the first "pkg.SomeException: message" line after it.
+        reasons = [
+            m.group(1).rsplit(".", 1)[-1] + ": " + m.group(2)
+            for m in map(_JVM_ERROR.match, lines)
+            if m
+        ]
+        first = reasons[0] if reasons else (lines[0] if lines else type(exc).__name__)
     conflicts = (
         "ConcurrentAppendException",
         "ConcurrentDeleteReadException",

@@ -1,0 +1,208 @@
+"""What a write asks of a Delta table, described once as data and rendered by each store.
+
+Both writers apply the same table rules: the SCD2 MERGE (which columns match and with which
+equality, which partition a MERGE may prune to, its clauses, how the table is created), the
+insert-only MERGE of facts, and the metadata every commit carries. They are written here once;
+:mod:`cdc.store.delta_rs` renders them for delta-rs and :mod:`cdc.store.delta_spark` for
+delta-spark, so the two writers cannot drift apart. Pure: no engine is imported. (The MERGE
+source of an SCD2 result, :func:`cdc.scd2.merge_source`, is built by the pure fold.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cdc.scd2 import ACTION_COLUMN, WAS_CURRENT_COLUMN
+
+__all__ = [
+    "COMMIT_METADATA_KEY",
+    "CURRENT_PARTITION",
+    "DIMENSION_LAYOUT",
+    "Clause",
+    "CommitInfo",
+    "MergePlan",
+    "TableLayout",
+    "facts_merge_plan",
+    "read_commit_info",
+    "scd2_merge_plan",
+]
+
+CURRENT_PARTITION = "is_current"
+"""The dimension's partition column: a MERGE of in-order changes reads current rows only."""
+
+COMMIT_METADATA_KEY = "cdc"
+"""``commitInfo.userMetadata`` of every commit the service makes is ``{"cdc": {...}}``."""
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """How a table is created by its first write (an existing table keeps its own layout).
+
+    Attributes:
+        partition_by: partition columns.
+        properties: Delta table properties (``delta.*``).
+    """
+
+    partition_by: tuple[str, ...] = ()
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+DIMENSION_LAYOUT = TableLayout(
+    partition_by=(CURRENT_PARTITION,),
+    properties={"delta.enableDeletionVectors": "true"},
+)
+"""An SCD2 dimension: partitioned by ``is_current`` (history only grows by appends; a MERGE
+of in-order changes reads and rewrites the current partition), with deletion vectors (a MERGE
+that closes a version marks the old row deleted instead of copying its file). Only the
+dimension has deletion vectors: bronze, quarantine, facts and orphans are appended or
+inserted into, and a table whose protocol has the feature costs every scan a file listing."""
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One WHEN clause of a MERGE.
+
+    Attributes:
+        kind: ``delete`` (matched), ``update`` (matched: every target column from the source)
+            or ``insert`` (not matched: every target column from the source).
+        action: only source rows whose :data:`ACTION_COLUMN` holds this value (None: all).
+    """
+
+    kind: Literal["delete", "update", "insert"]
+    action: str | None = None
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """A MERGE of a source (alias ``s``) into a table (alias ``t``), engine-free.
+
+    Attributes:
+        operation: what the MERGE writes (``scd2``, ``facts``): its commits are
+            ``<operation>-merge``, or ``<operation>-create`` when it creates the table.
+        match: columns matched with null-safe equality (``t.c <=> s.c``).
+        match_source: extra ``t.<target> = s.<source>`` equalities (the row's partition).
+        prune: target literals ANDed to the match (``t.is_current = true``): the partitions
+            the MERGE reads and rewrites.
+        clauses: WHEN clauses, in order.
+        source_only: source columns that are not table columns (never written).
+        layout: how the table is created when it does not exist (the source rows that an
+            ``insert`` clause would take are appended instead).
+    """
+
+    operation: str
+    match: tuple[str, ...]
+    clauses: tuple[Clause, ...]
+    match_source: Mapping[str, str] = field(default_factory=dict)
+    prune: Mapping[str, bool | int | str] = field(default_factory=dict)
+    source_only: tuple[str, ...] = ()
+    layout: TableLayout = field(default_factory=TableLayout)
+
+    def condition(self, null_safe: str) -> str:
+        """The ON condition in SQL, with the engine's null-safe equality operator.
+
+        Args:
+            null_safe: ``<=>`` (Spark) or ``IS NOT DISTINCT FROM`` (DataFusion).
+        """
+        parts = [f"t.`{c}` {null_safe} s.`{c}`" for c in self.match]
+        parts += [f"t.`{t}` = s.`{s}`" for t, s in self.match_source.items()]
+        parts += [f"t.`{c}` = {_literal(v)}" for c, v in self.prune.items()]
+        # Parenthesised: DataFusion binds IS NOT DISTINCT FROM looser than AND.
+        return " AND ".join(f"({part})" for part in parts)
+
+    def when(self, clause: Clause) -> str | None:
+        """The SQL condition of ``clause`` (None: unconditional)."""
+        return None if clause.action is None else f"s.`{ACTION_COLUMN}` = '{clause.action}'"
+
+    def inserted(self) -> str | None:
+        """The action of the ``insert`` clause's rows (a table created by the plan's first
+        write appends those), or None when every source row is inserted."""
+        return next((c.action for c in self.clauses if c.kind == "insert"), None)
+
+
+def _literal(value: bool | int | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + value.replace("'", "''") + "'"
+
+
+def scd2_merge_plan(keys: tuple[str, ...] | list[str], *, current_only: bool) -> MergePlan:
+    """The SCD2 MERGE of fold results (``_cdc_action`` ``U``/``D``) into a dimension.
+
+    A source row matches the version it rewrites by ``(keys, _seq_open)`` and that row's
+    partition (:data:`WAS_CURRENT_COLUMN`): ``D`` deletes it, ``U`` updates it or inserts a
+    new version.
+
+    Args:
+        keys: the dimension's key columns.
+        current_only: no source row rewrites a history row (an in-order batch): the MERGE
+            then names the current partition as a literal, and reads no history at all.
+    """
+    return MergePlan(
+        operation="scd2",
+        match=(*keys, "_seq_open"),
+        match_source={CURRENT_PARTITION: WAS_CURRENT_COLUMN},
+        prune={CURRENT_PARTITION: True} if current_only else {},
+        clauses=(Clause("delete", "D"), Clause("update", "U"), Clause("insert", "U")),
+        source_only=(ACTION_COLUMN, WAS_CURRENT_COLUMN),
+        layout=DIMENSION_LAYOUT,
+    )
+
+
+def facts_merge_plan(event_id: str) -> MergePlan:
+    """Insert the facts whose event id the table does not hold yet (an event lands once)."""
+    return MergePlan(operation="facts", match=(event_id,), clauses=(Clause("insert"),))
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """What every commit of the service records, whoever writes it (one shape in the log).
+
+    Written as ``commitInfo.userMetadata = {"cdc": {...}}`` (compact JSON) by both stores and
+    the gold build.
+
+    Attributes:
+        operation: what the commit does (``append``, ``scd2-merge``, ``facts-merge``,
+            ``gold-build``, ...).
+        writer: ``delta-rs`` or ``delta-spark``.
+        app_id: the app transaction's id (None for commits without one).
+        version: the app transaction's version.
+        extra: further facts of the commit (the gold build's input versions).
+    """
+
+    operation: str
+    writer: str
+    app_id: str | None = None
+    version: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def user_metadata(self) -> str:
+        """The ``userMetadata`` string of the commit."""
+        body: dict[str, Any] = {"operation": self.operation, "writer": self.writer}
+        if self.app_id is not None:
+            body["app_id"] = self.app_id
+            body["version"] = self.version
+        body.update(self.extra)
+        return json.dumps({COMMIT_METADATA_KEY: body}, separators=(",", ":"), sort_keys=True)
+
+
+def read_commit_info(commit: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The service's metadata of one ``commitInfo`` (a Delta history entry), or None.
+
+    Args:
+        commit: a history entry (delta-rs ``DeltaTable.history()`` or the log's
+            ``commitInfo``).
+    """
+    raw = commit.get("userMetadata")
+    if not isinstance(raw, str):
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    body = parsed.get(COMMIT_METADATA_KEY) if isinstance(parsed, dict) else None
+    return dict(body) if isinstance(body, dict) else None
