@@ -194,6 +194,12 @@ def test_frame_layout() -> None:
         (b"\x00\x00\x00\x01", "too short for the Confluent wire format: 4 bytes, need at least 5"),
         (b'{"a": 1}', "bad magic byte 123 (expected 0)"),
         (b"\x01\x00\x00\x00\x01", "bad magic byte 1 (expected 0)"),
+        # The id is signed, as Confluent's Java clients read it: the top bit makes it negative.
+        (b"\x00\xff\xff\xff\xff", "negative schema id -1 (a registry assigns 0..2147483647)"),
+        (
+            b"\x00\x80\x00\x00\x0fxyz",
+            "negative schema id -2147483633 (a registry assigns 0..2147483647)",
+        ),
     ],
 )
 def test_unframe_rejects_non_confluent_bytes(data: bytes, message: str) -> None:
