@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cdc.config import ENVS, WAREHOUSE_TARGETS, Settings, load_settings
-from cdc.errors import CdcError, ConfigError
+from cdc.errors import CdcError, ConfigError, first_line
 from cdc.logs import configure_logging, redact, redact_secrets_of
 
 if TYPE_CHECKING:
@@ -612,6 +612,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_dr(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    from cdc import dr
+
+    try:
+        return _dr_command(args, settings)
+    except OSError as exc:  # pyarrow.fs: the DR location or the lake refused or is unreachable
+        raise dr.DrError(f"dr {args.dr_command}: storage failed: {first_line(exc)}") from None
+
+
+def _dr_command(args: argparse.Namespace, settings: Settings) -> int:
     from cdc import dr
 
     if args.dr_command == "snapshot":

@@ -69,8 +69,8 @@ class Secret:
 
     Its values may be secret references (resolved only when a client is built), ``repr``
     shows ``***`` in their place, and :mod:`cdc.logs` removes their resolved values from
-    every output. A new secret setting needs nothing else (``tests/unit/test_secret_sweep.py``
-    then asks for a case that exercises it).
+    every output. A new secret setting needs nothing else (the sweep of
+    ``tests/integration/test_secret_sweep.py`` then asks for a case that exercises it).
     """
 
     carries: Literal["value", "credentials", "entries"]
@@ -206,9 +206,14 @@ def resolve_secret(value: str) -> str:
         if not key:
             return str(raw)
         try:
-            return str(json.loads(raw)[key])
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(f"secret reference {value!r}: key not found in secret") from exc
+            document = json.loads(raw)
+        except ValueError:  # its text quotes the secret: not chained
+            raise ConfigError(
+                f"secret reference {value!r}: the secret is not JSON (a #key needs an object)"
+            ) from None
+        if not isinstance(document, dict) or key not in document:
+            raise ConfigError(f"secret reference {value!r}: key not found in secret")
+        return str(document[key])
     return value
 
 

@@ -113,12 +113,17 @@ class SecretRedactor(logging.Filter):
         return value
 
 
+_USER_INFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:([^/@]*)@")
+"""A URL's ``user:password@``, read even when the rest of the URL cannot be parsed."""
+
+
 def _url_password(value: str) -> Iterator[str]:
     """A URL's password as written (percent-encoded) and decoded."""
     try:
         password = urlsplit(value).password
     except ValueError:
-        return
+        found = _USER_INFO.match(value)
+        password = found.group(1) if found else None
     if password:
         yield password
         yield unquote(password)
@@ -176,7 +181,7 @@ def _secrets_of(marker: Secret, key: str, raw: str) -> Iterator[str]:
             return  # a URL or DSN without a password holds no secret
         if password:
             yield password
-            yield from _url_password(value)
+        yield from _url_password(value)
     else:
         yield from _path_and_query(value)
     yield value

@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from cdc.config import Settings, SlaSettings, resolve_secret
-from cdc.errors import BrokerUnavailableError, CdcError, ConfigError, TableReadError
+from cdc.errors import (
+    BrokerUnavailableError,
+    CdcError,
+    ConfigError,
+    TableReadError,
+    first_line,
+)
 from cdc.lake import table_paths
 from cdc.logs import redact
 
@@ -315,8 +321,7 @@ def gather_facts(settings: Settings, name: str, broker: bool = True) -> Facts:
                 stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
                 newest = stamp if newest is None else max(newest, stamp)
     except (TableReadError, DeltaError, OSError) as exc:  # storage down, refused, corrupt
-        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        return Facts(name, lag, last_batch, None, lake_error=redact(first.strip()))
+        return Facts(name, lag, last_batch, None, lake_error=redact(first_line(exc)))
     return Facts(name, lag, last_batch, newest)
 
 

@@ -494,3 +494,23 @@ def test_http_registry_adapts_the_confluent_client() -> None:
         "schema registry http://registry:8081 failed to return the subject list: HTTP 503"
     )
     assert "u:p" not in repr(registry)
+
+
+def test_http_registry_never_shows_a_credential() -> None:
+    from cdc.errors import ConfigError
+
+    fake = FakeSchemaRegistryClient({})
+    registry = HttpRegistry("https://cdc:S3NT1NEL@registry:8081/sr", client=fake)
+    with pytest.raises(SchemaNotFoundError) as missing:
+        registry.by_id(99)
+    assert str(missing.value) == "schema id 99 is not in the registry https://registry:8081/sr"
+    assert "S3NT1NEL" not in repr(registry)
+    assert repr(HttpRegistry("http://cdc:S3NT1NEL@[::1:8081")) == "HttpRegistry('<invalid URL>')"
+    # The client refuses a malformed setting in words that quote it: not repeated.
+    refused = HttpRegistry("http://registry:8081", {"basic.auth.user.info": "S3NT1NEL"})
+    with pytest.raises(ConfigError) as bad:
+        refused.subjects()
+    assert str(bad.value) == (
+        "registry: the HTTP client refuses registry.url http://registry:8081 or a"
+        " registry.client setting (ValueError; values not shown)"
+    )

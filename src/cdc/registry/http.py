@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cdc.errors import CdcError, ConfigError, SchemaNotFoundError
+from cdc.errors import CdcError, ConfigError, SchemaNotFoundError, first_line
 from cdc.registry.base import RegisteredSchema
 
 __all__ = ["HttpRegistry"]
@@ -65,10 +65,8 @@ class HttpRegistry:
                 raise SchemaNotFoundError(f"{what} is not in the registry {self._shown}") from exc
             # Its first line only (a transport error may go on with the request); a URL's
             # credentials in it are redacted from any output (cdc.logs).
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
             raise CdcError(
-                f"schema registry {self._shown} failed to return {what}:"
-                f" {first or type(exc).__name__}"
+                f"schema registry {self._shown} failed to return {what}: {first_line(exc)}"
             ) from exc
 
     def by_id(self, schema_id: int) -> RegisteredSchema:
