@@ -771,7 +771,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+                # The key only: the value may be a secret.
+                raise ConfigError(f"--set {key.strip()!r}: {part!r} is not a section")
             node = child
         # An entry of a map of dotted names takes its value as written (they are strings).
         node[parts[-1]] = raw if flat else _parse_scalar(raw)

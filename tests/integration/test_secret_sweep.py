@@ -299,37 +299,37 @@ CASES = [
         needs=frozenset({"moto", "gold"}),
     ),
     # notify.slack_webhook_url: cdc sla check, with a breach open (the broker is down).
-    Case(
-        "notify.slack_webhook_url",
-        "sla-check-webhook-without-scheme",
-        ("sla", "check", "--pipeline", "orders"),
-        ("notify.slack_webhook_url=env:SWEEP_HOOK",),
-        {"SWEEP_HOOK": "hooks.slack.com/services/T0/B0/{S}"},
-        expect="cdc: error: notify.slack_webhook_url: not an http(s) URL",
-    ),
-    Case(
-        "notify.slack_webhook_url",
-        "sla-check-webhook-with-a-space",
-        ("sla", "check", "--pipeline", "orders"),
-        ("notify.slack_webhook_url=env:SWEEP_HOOK",),
-        {"SWEEP_HOOK": "https://hooks.slack.com/services/T0/B0/{S} x"},
-        expect="cdc: error: notify.slack_webhook_url: not an http(s) URL",
-    ),
-    Case(
-        "notify.slack_webhook_url",
-        "sla-check-webhook-unreachable",
-        ("sla", "check", "--pipeline", "orders"),
-        ("notify.slack_webhook_url=env:SWEEP_HOOK",),
-        {"SWEEP_HOOK": "http://127.0.0.1:{CLOSED}/services/T0/B0/{S}"},
-        expect="cdc: error: Slack webhook unreachable: ",
-    ),
-    Case(
-        "notify.slack_webhook_url",
-        "sla-check-webhook-refuses",
-        ("sla", "check", "--pipeline", "orders"),
-        ("notify.slack_webhook_url=env:SWEEP_HOOK",),
-        {"SWEEP_HOOK": "{HOOK}/services/T0/B0/{S}"},
-        expect="cdc: error: Slack webhook refused the notification: HTTP 403",
+    *(
+        Case(
+            "notify.slack_webhook_url",
+            f"sla-check-webhook-{name}",
+            ("sla", "check", "--pipeline", "orders"),
+            ("notify.slack_webhook_url=env:SWEEP_HOOK",),
+            {"SWEEP_HOOK": hook},
+            expect=f"cdc: error: {expect}",
+        )
+        for name, hook, expect in (
+            (
+                "without-scheme",
+                "hooks.slack.com/services/T0/B0/{S}",
+                "notify.slack_webhook_url: not an http(s) URL",
+            ),
+            (
+                "with-a-space",
+                "https://hooks.slack.com/services/T0/B0/{S} x",
+                "notify.slack_webhook_url: not an http(s) URL",
+            ),
+            (
+                "unreachable",
+                "http://127.0.0.1:{CLOSED}/services/T0/B0/{S}",
+                "Slack webhook unreachable: ",
+            ),
+            (
+                "refuses",
+                "{HOOK}/services/T0/B0/{S}",
+                "Slack webhook refused the notification: HTTP 403",
+            ),
+        )
     ),
 ]
 
@@ -345,6 +345,38 @@ def test_every_secret_setting_has_a_case() -> None:
         assert any(o.startswith(case.setting) for o in case.overrides), case.name
         held = " ".join([*case.env.values(), *case.overrides])
         assert "{S}" in held or "file:{SECRETS}" in held or "moto" in case.needs, case.name
+
+
+def test_every_secret_setting_is_hidden_and_known_to_the_redactor() -> None:
+    """Each setting the model marks secret, holding a sentinel: not in the settings' repr nor
+    in the metrics, and every output cleaned of it (what the redactor is given)."""
+    from prometheus_client import generate_latest
+
+    from cdc.config import load_settings
+    from cdc.logs import SecretRedactor, secret_values
+    from cdc.metrics import ServiceMetrics
+
+    values: dict[str, str] = {}
+    overrides = []
+    for i, (path, marker) in enumerate(secret_fields().items()):
+        sentinel = f"{SENTINEL}x{i}"
+        path = path.replace("*", "crm_contacts")  # a map of models: one of its entries
+        if marker.carries == "entries":  # an entry whose name says it is secret
+            overrides.append(f"{path}.password={sentinel}")
+        elif marker.carries == "credentials":  # a URL or DSN with a password
+            overrides.append(f"{path}=postgresql://cdc:{sentinel}@db:5432/a")
+        else:
+            overrides.append(f"{path}={sentinel}")
+        values[path] = sentinel
+    settings = load_settings("local", overrides, config_dir=REPO_ROOT / "config", environ={})
+    assert SENTINEL not in repr(settings)
+    metrics = ServiceMetrics(
+        settings.pipelines, sla={n: settings.sla(n) for n in settings.pipelines}
+    )
+    assert SENTINEL.encode() not in generate_latest(metrics.registry)
+    redactor = SecretRedactor(secret_values(settings))
+    for path, sentinel in values.items():
+        assert sentinel not in redactor.redact(f"refused {sentinel}!"), path
 
 
 @pytest.fixture(scope="module")

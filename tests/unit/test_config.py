@@ -76,6 +76,12 @@ def test_set_values_are_typed() -> None:
         ),
         (["spark.trigger_interval=often"], {}, "is not a duration like '1 second' or '500 ms'"),
         (["nodots"], {}, "--set 'nodots': expected dotted.key=value"),
+        # The value may be a secret: the error names the key only.
+        (
+            ["kafka.bootstrap_servers.x=S3NT1NEL"],
+            {},
+            "--set 'kafka.bootstrap_servers.x': 'bootstrap_servers' is not a section",
+        ),
         ([], {"CDC_KAFKA_NOPE": "x"}, "unknown setting CDC_KAFKA_NOPE; valid for kafka:"),
         (["pipelines.orders.event_id=null"], {}, "a facts pipeline needs 'event_id'"),
         # Names become folders: none may leave the lake, checkpoint or lock root.
@@ -95,7 +101,7 @@ def test_bad_settings_get_one_clear_line(
     with pytest.raises(ConfigError) as info:
         load_settings("local", overrides, config_dir=CONFIG, environ=environ)
     assert message in str(info.value)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "S3NT1NEL" not in str(info.value)
 
 
 def test_unknown_env_and_missing_file(tmp_path: Path) -> None:
