@@ -141,6 +141,10 @@ def _path_and_query(value: str) -> Iterator[str]:
             yield rest
 
 
+_JAAS_SECRET = re.compile(r'(?:password|secret|token)\s*=\s*"((?:[^"\\]|\\.)*)"', re.I)
+"""A JAAS option holding a secret (``password="..."``): a log line may quote it alone."""
+
+
 def _words(value: str) -> Iterator[str]:
     """The words of a value holding white space: a library that stops at a space quotes one."""
     words = value.split()
@@ -182,10 +186,12 @@ def _secrets_of(marker: Secret, key: str, raw: str) -> Iterator[str]:
         if password:
             yield password
         yield from _url_password(value)
-    else:
+    elif marker.carries == "value":  # the value is the credential: so are its pieces
         yield from _path_and_query(value)
+        yield from _words(value)
+    else:  # a client setting: a JAAS config's password
+        yield from (m.group(1) for m in _JAAS_SECRET.finditer(value))
     yield value
-    yield from _words(value)
 
 
 def secret_values(settings: Settings) -> set[str]:
