@@ -514,3 +514,27 @@ def test_http_registry_never_shows_a_credential() -> None:
         "registry: the HTTP client refuses registry.url http://registry:8081 or a"
         " registry.client setting (ValueError; values not shown)"
     )
+
+
+def test_the_decoder_spec_carries_the_registry_credentials_resolved_and_hidden(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cdc.config import load_settings
+    from cdc.kafka_source import DecoderSpec
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.setenv("TEST_REGISTRY_URL", "https://cdc:url-S3NT1NEL@registry:8081")
+    monkeypatch.setenv("TEST_REGISTRY_AUTH", "cdc:auth-S3NT1NEL")
+    settings = load_settings(
+        "local",
+        [
+            "registry.url=env:TEST_REGISTRY_URL",
+            "registry.client.basic.auth.user.info=env:TEST_REGISTRY_AUTH",
+        ],
+        config_dir=REPO_ROOT / "config",
+    )
+    spec = DecoderSpec.from_settings(settings)
+    assert spec.registry_url == "https://cdc:url-S3NT1NEL@registry:8081"
+    assert spec.registry_client == (("basic.auth.user.info", "cdc:auth-S3NT1NEL"),)
+    assert spec.registry_path is None
+    assert "S3NT1NEL" not in repr(spec) and "S3NT1NEL" not in repr(settings)
