@@ -1,7 +1,8 @@
 """The ``cdc`` command line. Every command takes ``--env`` and ``--set dotted.key=value``.
 
 A :class:`~cdc.errors.CdcError` becomes one line on stderr and exit code 2; only a bug
-shows a traceback.
+shows a traceback (exit code 1). Both are cleaned of every configured secret first
+(:func:`cdc.logs.redact`), like every log line.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cdc.config import ENVS, WAREHOUSE_TARGETS, Settings, load_settings
-from cdc.errors import CdcError, ConfigError
-from cdc.logs import configure_logging, redact_secrets_of
+from cdc.errors import CdcError, ConfigError, first_line
+from cdc.logs import configure_logging, redact, redact_secrets_of
 
 if TYPE_CHECKING:
     from cdc.batch import BatchStats
@@ -228,7 +230,8 @@ def _build_parser() -> _Parser:
         description=(
             "Judge each pipeline's freshness and no-records SLAs (defaults.sla,"
             " pipelines.<name>.sla) and send a breach to the configured notify targets when"
-            " it opens and when it closes. Exit code 1 while any breach is open."
+            " it opens and when it closes. An unreachable broker or lake is a breach of its"
+            " own (broker_unreachable, lake_unreachable). Exit code 1 while any breach is open."
         ),
     )
     _common(sla_check)
@@ -362,19 +365,9 @@ def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
 
 def _check_broker(settings: Settings) -> None:
     """Fail fast, in one line, when the configured Kafka cluster cannot be reached."""
-    from cdc.errors import BrokerUnavailableError
-    from cdc.kafka_admin import admin_client
+    from cdc.kafka_admin import require_broker
 
-    bootstrap = settings.kafka.bootstrap_servers
-    timeout = settings.kafka.connect_timeout_s
-    admin = admin_client(bootstrap, settings.kafka.client_config())
-    try:
-        admin.list_topics(timeout=timeout)
-    except Exception:
-        hint = " (start the embedded one with 'cdc broker')" if settings.kafka.embedded else ""
-        raise BrokerUnavailableError(
-            f"cannot reach Kafka at {bootstrap} within {timeout:g}s{hint}"
-        ) from None
+    require_broker(settings.kafka)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -621,6 +614,15 @@ def _cmd_dr(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from cdc import dr
 
+    try:
+        return _dr_command(args, settings)
+    except OSError as exc:  # pyarrow.fs: the DR location or the lake refused or is unreachable
+        raise dr.DrError(f"dr {args.dr_command}: storage failed: {first_line(exc)}") from None
+
+
+def _dr_command(args: argparse.Namespace, settings: Settings) -> int:
+    from cdc import dr
+
     if args.dr_command == "snapshot":
         taken = dr.snapshot(settings, args.location)
         for table in taken.tables:
@@ -720,7 +722,7 @@ def _cmd_sla_check(args: argparse.Namespace) -> int:
         raise ConfigError("no enabled pipelines to check")
     from cdc.sla import check_slas
 
-    _check_broker(settings)
+    # An unreachable broker or lake is a breach of its own (notified), not an error.
     result = check_slas(settings, names)
     print("\n".join(result.lines(names)))
     return 1 if result.breaches else 0
@@ -792,10 +794,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_dr(args)
         return _COMMANDS[args.command](args)
     except CdcError as exc:
-        print(f"cdc: error: {exc}", file=sys.stderr)
+        print(redact(f"cdc: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # A bug: its traceback, for debugging, but cleaned like every other output (a
+        # library's exception text may quote a secret setting's value).
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

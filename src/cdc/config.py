@@ -4,7 +4,10 @@ Precedence, lowest first: the YAML file, environment variables, ``--set dotted.k
 Every model is frozen and rejects unknown keys; the error lists the valid ones.
 Secret values are written as references (``env:NAME``, ``file:/path``,
 ``aws-sm:secret-id#key``) and resolved only when a client is built; neither the
-reference's value nor a resolved secret ever appears in ``repr``, logs or errors.
+reference's value nor a resolved secret ever appears in ``repr``, logs or errors. A setting
+that carries a secret says so in its type (:class:`Secret`): :func:`secret_fields` lists them
+all, ``repr`` hides them and the log redactor (:mod:`cdc.logs`) cleans their values out of
+every output.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -41,13 +45,17 @@ __all__ = [
     "MetricsSettings",
     "PipelineSettings",
     "RegistrySettings",
+    "Secret",
     "Settings",
     "SparkSettings",
     "WarehouseSettings",
     "apply_overrides",
+    "is_secret_ref",
     "java_client_config",
     "load_settings",
     "resolve_secret",
+    "secret_fields",
+    "secret_settings",
 ]
 
 ENVS = ("local", "dev", "prod")
@@ -55,8 +63,104 @@ _SECRET_PREFIXES = ("env:", "file:", "aws-sm:")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|seconds?|m|minutes?)\s*$")
 
 
+@dataclass(frozen=True)
+class Secret:
+    """Marks a setting that carries a secret: ``Annotated[str | None, Secret("value")]``.
+
+    Its values may be secret references (resolved only when a client is built), ``repr``
+    shows ``***`` in their place, and :mod:`cdc.logs` removes their resolved values from
+    every output. A new secret setting needs nothing else (the sweep of
+    ``tests/integration/test_secret_sweep.py`` then asks for a case that exercises it).
+    """
+
+    carries: Literal["value", "credentials", "entries"]
+    """``value``: the whole value is the secret (a password; a webhook URL, whose path is the
+    credential). ``credentials``: a URL or connection string whose password is the secret (the
+    whole value is, when it holds one or cannot be parsed). ``entries``: a map of client
+    settings, of which an entry is a secret when its name says so (password, secret, token,
+    key, JAAS, credential) or its value is given as a secret reference."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        secret = _secret_markers(type(self))
+        for name, value in super().__repr_args__():
+            marker = secret.get(name or "")
+            if marker is None or not value:
+                yield name, value
+            elif isinstance(value, Mapping):
+                yield name, {k: "***" for k in value}
+            else:
+                yield name, "***"
+
+
+def _secret_markers(model: type[BaseModel]) -> dict[str, Secret]:
+    """The fields of ``model`` (not of its sub-models) marked :class:`Secret`."""
+    return {
+        name: marker
+        for name, field in model.model_fields.items()
+        for marker in field.metadata
+        if isinstance(marker, Secret)
+    }
+
+
+def _sub_models(annotation: Any) -> Iterator[tuple[str, type[BaseModel]]]:
+    """The models inside a field's type: ``("", M)`` for ``M`` or ``M | None``, ``("*", M)``
+    for a map or a list of them (any key, any index)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield "", annotation
+        return
+    origin = getattr(annotation, "__origin__", None)
+    for i, arg in enumerate(get_args(annotation)):
+        if origin is dict and i == 0:
+            continue
+        for step, model in _sub_models(arg):
+            yield ("*" if origin in (dict, list, tuple) else step), model
+
+
+def secret_fields(model: type[BaseModel] | None = None, prefix: str = "") -> dict[str, Secret]:
+    """Every setting marked :class:`Secret`, by dotted path (``*`` for any map key).
+
+    Args:
+        model: where to start (default :class:`Settings`).
+        prefix: the dotted path of ``model``.
+    """
+    model = Settings if model is None else model
+    found = {f"{prefix}{name}": marker for name, marker in _secret_markers(model).items()}
+    for name, field in model.model_fields.items():
+        for step, sub in _sub_models(field.annotation):
+            path = f"{prefix}{name}." + (f"{step}." if step else "")
+            found.update(secret_fields(sub, path))
+    return found
+
+
+def secret_settings(settings: BaseModel) -> Iterator[tuple[str, Secret, Any]]:
+    """The secret settings that hold a value: ``(dotted path, marker, value as written)``.
+
+    Values are as configured: references are not resolved here.
+    """
+    for path, marker in secret_fields(type(settings)).items():
+        yield from _values_at(settings, path.split("."), marker, [])
+
+
+def _values_at(
+    node: Any, parts: list[str], marker: Secret, seen: list[str]
+) -> Iterator[tuple[str, Secret, Any]]:
+    if node is None:
+        return
+    if not parts:
+        if node:
+            yield ".".join(seen), marker, node
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        items = node.items() if isinstance(node, Mapping) else enumerate(node)
+        for key, child in items:
+            yield from _values_at(child, rest, marker, [*seen, str(key)])
+        return
+    yield from _values_at(getattr(node, head, None), rest, marker, [*seen, head])
 
 
 def is_secret_ref(value: str) -> bool:
@@ -102,9 +206,14 @@ def resolve_secret(value: str) -> str:
         if not key:
             return str(raw)
         try:
-            return str(json.loads(raw)[key])
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(f"secret reference {value!r}: key not found in secret") from exc
+            document = json.loads(raw)
+        except ValueError:  # its text quotes the secret: not chained
+            raise ConfigError(
+                f"secret reference {value!r}: the secret is not JSON (a #key needs an object)"
+            ) from None
+        if not isinstance(document, dict) or key not in document:
+            raise ConfigError(f"secret reference {value!r}: key not found in secret")
+        return str(document[key])
     return value
 
 
@@ -191,10 +300,10 @@ class KafkaSettings(_Model):
     embedded: bool = False
     """True when ``cdc broker`` (the embedded Kafka broker) is expected to serve
     ``bootstrap_servers``."""
-    client: dict[str, str] = Field(default_factory=dict)
+    client: Annotated[dict[str, str], Secret("entries")] = Field(default_factory=dict)
     """Extra librdkafka settings (e.g. ``security.protocol``); values may be secret references.
     Spark's Kafka source gets their Java equivalents (:func:`java_client_config`)."""
-    java_client: dict[str, str] = Field(default_factory=dict)
+    java_client: Annotated[dict[str, str], Secret("entries")] = Field(default_factory=dict)
     """Java client settings for Spark's Kafka source only (passed as ``kafka.<name>``); they win
     over the ones translated from ``client``. Values may be secret references."""
     connect_timeout_s: float = Field(default=10.0, gt=0)
@@ -208,26 +317,33 @@ class KafkaSettings(_Model):
         translated = java_client_config(self.client_config())
         return {**translated, **{k: resolve_secret(v) for k, v in self.java_client.items()}}
 
-    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-        for name, value in super().__repr_args__():
-            hidden = name in ("client", "java_client")
-            yield name, ({k: "***" for k in value} if hidden else value)
-
 
 class RegistrySettings(_Model):
     """The Avro registry of record and the topic contracts."""
 
     path: Path = Path("schemas/avro")
     contracts: Path = Path("schemas/contracts.yaml")
-    url: str | None = None
-    """A Confluent-compatible HTTP registry to resolve writer schema ids (optional)."""
+    url: Annotated[str | None, Secret("credentials")] = None
+    """A Confluent-compatible HTTP registry to resolve writer schema ids (optional); it may
+    carry a user and password (``https://user:pass@host``), so it may be a secret reference."""
+    client: Annotated[dict[str, str], Secret("entries")] = Field(default_factory=dict)
+    """Extra ``SchemaRegistryClient`` settings of the HTTP registry (e.g.
+    ``basic.auth.user.info``, ``ssl.ca.location``); values may be secret references."""
+
+    def resolved_url(self) -> str | None:
+        """``url`` with its secret reference resolved."""
+        return None if self.url is None else resolve_secret(self.url)
+
+    def client_config(self) -> dict[str, str]:
+        """The HTTP registry's client settings with secret references resolved."""
+        return {k: resolve_secret(v) for k, v in self.client.items()}
 
 
 class LakeSettings(_Model):
     """Where Delta tables live: a local path or ``s3://bucket/prefix``."""
 
     root: str = Field(min_length=1, pattern=r"\S")
-    storage_options: dict[str, str] = Field(default_factory=dict)
+    storage_options: Annotated[dict[str, str], Secret("entries")] = Field(default_factory=dict)
     writer: Literal["delta-rs", "delta-spark"] = "delta-rs"
     """Who writes the tables: ``delta-spark`` (distributed: appends and MERGEs on the
     executors, deletion vectors; the production writer) or ``delta-rs`` (one process: the
@@ -246,26 +362,18 @@ class LakeSettings(_Model):
         """Storage options with secret references resolved."""
         return {k: resolve_secret(v) for k, v in self.storage_options.items()}
 
-    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-        for name, value in super().__repr_args__():
-            yield name, ({k: "***" for k in value} if name == "storage_options" else value)
-
 
 class DrSettings(_Model):
     """Disaster recovery: where ``cdc dr snapshot`` copies the lake (another region, bucket)."""
 
     location: str | None = None
     """A local path or ``s3://bucket/prefix``; None: DR is not configured."""
-    storage_options: dict[str, str] = Field(default_factory=dict)
+    storage_options: Annotated[dict[str, str], Secret("entries")] = Field(default_factory=dict)
     """Object-store settings of the DR location (``AWS_REGION``, keys, ``AWS_ENDPOINT_URL``)."""
 
     def resolved_storage_options(self) -> dict[str, str]:
         """Storage options with secret references resolved."""
         return {k: resolve_secret(v) for k, v in self.storage_options.items()}
-
-    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-        for name, value in super().__repr_args__():
-            yield name, ({k: "***" for k in value} if name == "storage_options" else value)
 
 
 WAREHOUSE_TARGETS = ("duckdb", "postgres", "snowflake")
@@ -289,14 +397,14 @@ with warnings.catch_warnings():
         """The DuckDB file (default: ``warehouse.duckdb`` beside the lake root's folder)."""
         schema: str = Field(default="gold", pattern=_SQL_NAME)  # type: ignore[assignment]
         """The warehouse schema holding the tables and the control table."""
-        dsn: str | None = None
+        dsn: Annotated[str | None, Secret("credentials")] = None
         """PostgreSQL connection string (``postgresql://...`` or ``key=value`` pairs); the
         fields below win over its parts."""
         host: str | None = None
         port: int | None = Field(default=None, ge=1, le=65535)
         database: str | None = None
         user: str | None = None
-        password: str | None = None
+        password: Annotated[str | None, Secret("value")] = None
         account: str | None = None
         """Snowflake account identifier (``orgname-account``)."""
         warehouse: str | None = None
@@ -327,28 +435,6 @@ with warnings.catch_warnings():
             """``dsn`` with its secret reference resolved."""
             return None if self.dsn is None else resolve_secret(self.dsn)
 
-        def resolved_secrets(self) -> dict[str, str]:
-            """Secret values (for the log filter): the password, and the DSN's own."""
-            found: dict[str, str] = {}
-            password = self.resolved_password()
-            if password:
-                found["password"] = password
-            dsn = self.resolved_dsn()
-            if dsn:
-                from psycopg.conninfo import conninfo_to_dict
-
-                try:
-                    dsn_password = conninfo_to_dict(dsn).get("password")
-                except Exception:  # an invalid DSN is reported when connecting, in one line
-                    dsn_password = None
-                if dsn_password:
-                    found["dsn.password"] = str(dsn_password)
-                    found["dsn.secret"] = dsn
-            return found
-
-        def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-            for name, value in super().__repr_args__():
-                yield name, ("***" if name in ("password", "dsn") and value else value)
 
 
 class CheckpointSettings(_Model):
@@ -414,7 +500,7 @@ class NotifySettings(_Model):
     ``env:SLACK_WEBHOOK_URL``.
     """
 
-    slack_webhook_url: str | None = None
+    slack_webhook_url: Annotated[str | None, Secret("value")] = None
     sns_topic_arn: str | None = None
     sns_region: str | None = None
     sns_endpoint_url: str | None = None
@@ -423,10 +509,6 @@ class NotifySettings(_Model):
     """Where open breaches are remembered between runs (default:
     ``<checkpoints.root>/_sla/open-breaches.json``), so an open breach is sent once."""
     timeout_s: float = Field(default=10.0, gt=0)
-
-    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-        for name, value in super().__repr_args__():
-            yield name, ("***" if name == "slack_webhook_url" and value else value)
 
 
 class GoldSettings(_Model):
@@ -651,6 +733,7 @@ def _parse_scalar(text: str) -> Any:
 _FLAT_MAPS = (
     ("kafka", "client"),
     ("kafka", "java_client"),
+    ("registry", "client"),
     ("lake", "storage_options"),
     ("dr", "storage_options"),
     ("spark", "conf"),
@@ -688,7 +771,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+                # The key only: the value may be a secret.
+                raise ConfigError(f"--set {key.strip()!r}: {part!r} is not a section")
             node = child
         # An entry of a map of dotted names takes its value as written (they are strings).
         node[parts[-1]] = raw if flat else _parse_scalar(raw)

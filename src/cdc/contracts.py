@@ -859,7 +859,7 @@ class TopicDecoder:
 
     def _decode(self, side: str, data: bytes) -> _Decoded:
         """Decode one key or value: (record, plan, error code, error text)."""
-        if len(data) < 5 or data[0] != 0:
+        if len(data) < 5 or data[0] != 0 or data[1] & 0x80:  # 0x80: a negative schema id
             try:
                 unframe(data)
             except FramingError as exc:
@@ -931,9 +931,8 @@ class TopicDecoder:
 
 
 def _schema_id(data: bytes) -> int | None:
-    return (
-        int.from_bytes(data[1:5], "big", signed=True) if len(data) >= 5 and data[0] == 0 else None
-    )
+    framed = len(data) >= 5 and data[0] == 0 and not data[1] & 0x80  # a negative id: not framed
+    return int.from_bytes(data[1:5], "big", signed=True) if framed else None
 
 
 class KafkaRecords:
@@ -1026,7 +1025,9 @@ class _Side:
             big_endian = header[:, 1:].astype(np.uint32)
             ids = (big_endian[:, 0] << 24) | (big_endian[:, 1] << 16)
             ids |= (big_endian[:, 2] << 8) | big_endian[:, 3]
-            self.schema_id = np.where(self.framed, ids.view(np.int32), 0)
+            signed = ids.view(np.int32)
+            self.framed &= signed >= 0  # a negative id is not framed (the row path says why)
+            self.schema_id = np.where(self.framed, signed, 0)
         else:
             self.schema_id = np.zeros(n, dtype=np.int32)
 

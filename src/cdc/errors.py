@@ -18,6 +18,7 @@ __all__ = [
     "TableReadError",
     "TableWriteError",
     "UnknownPipelineError",
+    "first_line",
 ]
 
 
@@ -79,3 +80,9 @@ class PipelineRunningError(CdcError):
 
 class JarsMissingError(CdcError):
     """The pinned JVM JARs are not installed (``make install`` fetches them)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's text (drivers and libraries add context
+    lines), or its type's name when it has no text."""
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)

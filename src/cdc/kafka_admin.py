@@ -8,6 +8,7 @@ made here ever joins a group or commits: Spark's checkpoint is the only record o
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ __all__ = [
     "create_partitions",
     "ensure_topic",
     "partition_count",
+    "require_broker",
     "topic_id",
     "topic_max_message_bytes",
 ]
@@ -121,7 +123,7 @@ class KafkaMetadata:
         if self._consumer is None:
             from confluent_kafka import Consumer
 
-            self._consumer = Consumer(consumer_config(self._config))
+            self._consumer = _client(Consumer, consumer_config(self._config))
         else:
             # Serve queued librdkafka log events (the consumer is never assigned, so this
             # returns at once); otherwise they pile up during a long broker outage.
@@ -267,7 +269,48 @@ def admin_client(bootstrap: str, client_config: Mapping[str, Any] | None = None)
     """
     config = {**(client_config or {}), "bootstrap.servers": bootstrap}
     config.setdefault("logger", _librdkafka_log)
-    return AdminClient(config)
+    admin: AdminClient = _client(AdminClient, config)
+    return admin
+
+
+_PROPERTY = re.compile(r'property:? "([^"]+)"')
+
+
+def _client(factory: Any, config: dict[str, Any]) -> Any:
+    """``factory(config)``; settings librdkafka refuses become one line naming the setting.
+
+    librdkafka's own text quotes the refused value, which may be a password or a secret
+    reference's value: only the setting's name is repeated.
+
+    Raises:
+        ConfigError: librdkafka refuses a setting's name or value.
+    """
+    try:
+        return factory(config)
+    except KafkaException as exc:
+        found = _PROPERTY.search(str(exc))
+        name = f"kafka.client.{found.group(1)}" if found else "kafka.client"
+        raise ConfigError(
+            f"{name}: librdkafka refuses this setting (its name or its value, not shown here)"
+        ) from None
+
+
+def require_broker(kafka: KafkaSettings) -> None:
+    """Fail in one line when the configured Kafka cluster cannot be reached.
+
+    Raises:
+        BrokerUnavailableError: no answer within ``kafka.connect_timeout_s``.
+        ConfigError: librdkafka refuses a ``kafka.client`` setting.
+    """
+    bootstrap, timeout = kafka.bootstrap_servers, kafka.connect_timeout_s
+    admin = admin_client(bootstrap, kafka.client_config())
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception:
+        hint = " (start the embedded one with 'cdc broker')" if kafka.embedded else ""
+        raise BrokerUnavailableError(
+            f"cannot reach Kafka at {bootstrap} within {timeout:g}s{hint}"
+        ) from None
 
 
 def topic_max_message_bytes(

@@ -17,7 +17,7 @@ import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cdc.config import PipelineSettings, Settings
@@ -75,8 +75,9 @@ class DecoderSpec:
     """What an executor needs to build a topic's decoder (small and picklable)."""
 
     registry_path: str | None
-    registry_url: str | None
-    registry_client: tuple[tuple[str, str], ...]
+    # Both may hold credentials (resolved): never in a repr.
+    registry_url: str | None = field(repr=False)
+    registry_client: tuple[tuple[str, str], ...] = field(repr=False)
     contracts_path: str
     max_message_bytes: int
 
@@ -84,10 +85,11 @@ class DecoderSpec:
     def from_settings(cls, settings: Settings) -> DecoderSpec:
         """The decoder settings of the service."""
         registry = settings.registry
+        url = registry.resolved_url()
         return cls(
-            registry_path=None if registry.url else str(registry.path),
-            registry_url=registry.url,
-            registry_client=(),
+            registry_path=None if url else str(registry.path),
+            registry_url=url,
+            registry_client=tuple(sorted(registry.client_config().items())),
             contracts_path=str(registry.contracts),
             max_message_bytes=settings.defaults.max_message_bytes,
         )

@@ -414,6 +414,7 @@ def publish(
         raise ConfigError(
             f"unknown gold table(s) {', '.join(unknown)}; valid: {', '.join(GOLD_TABLES)}"
         )
+    target = open_warehouse(settings)  # its settings checked before the lake is read
     storage = settings.lake.resolved_storage_options()
     store = DeltaRsStore(storage)
     unbuilt = [n for n in names if not store.exists(gold_path(settings, n))]
@@ -423,7 +424,7 @@ def publish(
             f" {settings.lake.path('gold')} (run 'cdc gold build')"
         )
     results = []
-    with open_warehouse(settings) as warehouse:
+    with target as warehouse:
         log.info("publishing %s to %s", ", ".join(names), warehouse.describe())
         warehouse.ensure_control()
         for name in names:

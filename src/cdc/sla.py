@@ -10,6 +10,11 @@ the newest row of bronze and quarantine. Per pipeline (``defaults.sla`` /
 * **no records**: the newest bronze or quarantine row landed less than
   ``no_records_seconds`` ago.
 
+A check that cannot judge is a breach too, for the people on call: an unreachable broker
+(``broker_unreachable``: the lag, so freshness, is unknown) or lake (``lake_unreachable``:
+the newest rows, so no-records, are unknown) opens one breach of its own for the whole
+service; an SLA that was not judged keeps whatever state it had.
+
 A breach is sent (Slack incoming webhook and/or SNS) when it opens, and once more when it
 closes; the open breaches are kept in a small state file, so a breach that stays open is not
 sent again by every run. A notification that fails is retried by the next run (the state
@@ -31,19 +36,35 @@ from pathlib import Path
 from typing import Any
 
 from cdc.config import Settings, SlaSettings, resolve_secret
-from cdc.errors import CdcError
+from cdc.errors import (
+    BrokerUnavailableError,
+    CdcError,
+    ConfigError,
+    TableReadError,
+    first_line,
+)
 from cdc.lake import table_paths
+from cdc.logs import redact
 
 __all__ = [
+    "PIPELINE_KINDS",
+    "SERVICE_KINDS",
     "Breach",
     "Facts",
     "Notifier",
     "SlaCheck",
     "SlaError",
+    "broker_problem",
     "check_slas",
     "evaluate",
+    "judged",
     "transitions",
 ]
+
+PIPELINE_KINDS = ("freshness", "no_records")
+"""A pipeline's SLAs."""
+SERVICE_KINDS = ("broker_unreachable", "lake_unreachable")
+"""What stops the check from judging: one breach each, for the whole service."""
 
 
 class SlaError(CdcError):
@@ -61,20 +82,23 @@ class Facts:
     """When the last committed batch finished (None: none committed)."""
     last_record_at: datetime | None
     """When the newest bronze or quarantine row landed (None: none ever)."""
+    lake_error: str | None = None
+    """Why the tables could not be read (None: they could); no-records is then not judged."""
 
 
 @dataclass(frozen=True)
 class Breach:
-    """One SLA of one pipeline, not met."""
+    """One SLA of one pipeline not met, or (``pipeline`` None) a check that cannot judge."""
 
-    pipeline: str
+    pipeline: str | None
     kind: str
-    """``freshness`` or ``no_records``."""
+    """One of :data:`PIPELINE_KINDS`, or of :data:`SERVICE_KINDS` when ``pipeline`` is None."""
     detail: str
 
     @property
     def key(self) -> str:
-        return f"{self.pipeline}/{self.kind}"
+        """``<pipeline>/<kind>``, or the kind alone for the service's own breaches."""
+        return self.kind if self.pipeline is None else f"{self.pipeline}/{self.kind}"
 
 
 def _age(now: datetime, then: datetime | None) -> str:
@@ -89,8 +113,19 @@ def _older(now: datetime, then: datetime | None, seconds: float) -> bool:
     return then is None or (now - then).total_seconds() > seconds
 
 
+def judged(facts: Facts) -> list[str]:
+    """The keys of the pipeline's SLAs that ``facts`` can judge: freshness needs the lag (the
+    broker), no-records the newest rows (the lake)."""
+    out = []
+    if facts.lag is not None:
+        out.append(f"{facts.pipeline}/freshness")
+    if facts.lake_error is None:
+        out.append(f"{facts.pipeline}/no_records")
+    return out
+
+
 def evaluate(facts: Facts, sla: SlaSettings, now: datetime) -> list[Breach]:
-    """The pipeline's breached SLAs at ``now``."""
+    """The pipeline's breached SLAs at ``now`` (only those :func:`judged` can judge)."""
     out: list[Breach] = []
     behind = facts.lag is not None and facts.lag > 0
     if behind and _older(now, facts.last_batch_at, sla.freshness_seconds):
@@ -102,7 +137,7 @@ def evaluate(facts: Facts, sla: SlaSettings, now: datetime) -> list[Breach]:
                 f" {_age(now, facts.last_batch_at)} (SLA {sla.freshness_seconds:g}s)",
             )
         )
-    if _older(now, facts.last_record_at, sla.no_records_seconds):
+    if facts.lake_error is None and _older(now, facts.last_record_at, sla.no_records_seconds):
         out.append(
             Breach(
                 facts.pipeline,
@@ -122,15 +157,16 @@ def transitions(
     Args:
         open_before: the state file's open breaches, by :attr:`Breach.key`.
         breaches: the breaches now.
-        checked: the pipelines this run judged (others' open breaches stay as they are).
+        checked: the keys this run judged (other open breaches stay as they are: another
+            pipeline's, or an SLA the run could not judge).
 
     Returns:
         ``(opened, closed)``: new breaches, and the keys of breaches no longer open.
     """
     now = {b.key: b for b in breaches}
-    judged = set(checked)
+    judged_now = set(checked)
     opened = [b for key, b in now.items() if key not in open_before]
-    closed = [key for key in open_before if key.split("/", 1)[0] in judged and key not in now]
+    closed = [key for key in open_before if key in judged_now and key not in now]
     return opened, sorted(closed)
 
 
@@ -139,7 +175,16 @@ Notifier = Callable[[str, str], None]
 
 
 def slack_notifier(url: str, timeout_s: float) -> Notifier:
-    """Posts to a Slack incoming webhook (the URL is never printed: it is the credential)."""
+    """Posts to a Slack incoming webhook (the URL is never printed: it is the credential).
+
+    Raises:
+        ConfigError: ``url`` is not an http(s) URL (the message does not show it).
+    """
+    if not _http_url(url):
+        raise ConfigError(
+            "notify.slack_webhook_url: not an http(s) URL with a host and no spaces (the"
+            " value is a secret and is not shown)"
+        )
 
     def send(subject: str, text: str) -> None:
         body = json.dumps({"text": f"*{subject}*\n{text}"}).encode()
@@ -153,9 +198,25 @@ def slack_notifier(url: str, timeout_s: float) -> Notifier:
             raise SlaError(f"Slack webhook refused the notification: HTTP {exc.code}") from None
         except OSError as exc:
             reason = getattr(exc, "reason", exc)
-            raise SlaError(f"Slack webhook unreachable: {reason}") from None
+            raise SlaError(f"Slack webhook unreachable: {redact(str(reason))}") from None
+        except ValueError:  # urllib's own text quotes the URL, the credential itself
+            raise SlaError("Slack webhook URL refused by urllib (not shown: a secret)") from None
 
     return send
+
+
+def _http_url(url: str) -> bool:
+    """Whether ``url`` is an http(s) URL with a host and nothing urllib would refuse."""
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def sns_notifier(
@@ -220,12 +281,29 @@ def _write_state(path: Path, open_now: Mapping[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def gather_facts(settings: Settings, name: str) -> Facts:
-    """Lag (broker and checkpoint), last batch (checkpoint) and newest row (tables)."""
+def broker_problem(settings: Settings) -> str | None:
+    """Why the Kafka cluster cannot be asked for the topics' end offsets (None: it can)."""
+    from cdc.kafka_admin import require_broker
+
+    try:
+        require_broker(settings.kafka)
+    except BrokerUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def gather_facts(settings: Settings, name: str, broker: bool = True) -> Facts:
+    """Lag (broker and checkpoint), last batch (checkpoint) and newest row (tables).
+
+    Args:
+        broker: whether the cluster answers (False: the lag is unknown).
+    """
+    from deltalake.exceptions import DeltaError
+
     from cdc.status import pipeline_status
     from cdc.store import store_for
 
-    status = pipeline_status(settings, name)
+    status = pipeline_status(settings, name, broker=broker, tables=False)
     lag = None if status.lag is None else sum(status.lag.values())
     last_batch = (
         None if status.last_batch is None else datetime.fromisoformat(status.last_batch.finished_at)
@@ -233,14 +311,17 @@ def gather_facts(settings: Settings, name: str) -> Facts:
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
     paths = table_paths(settings, settings.pipeline(name))
     newest: datetime | None = None
-    for role, column in (("bronze", "_ingested_at"), ("quarantine", "_quarantined_at")):
-        if not store.exists(paths[role]):
-            continue
-        value = store.query(paths[role], f"SELECT max({column}) AS t FROM t").column("t")[0]
-        stamp = value.as_py()
-        if stamp is not None:
-            stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
-            newest = stamp if newest is None else max(newest, stamp)
+    try:
+        for role, column in (("bronze", "_ingested_at"), ("quarantine", "_quarantined_at")):
+            if not store.exists(paths[role]):
+                continue
+            value = store.query(paths[role], f"SELECT max({column}) AS t FROM t").column("t")[0]
+            stamp = value.as_py()
+            if stamp is not None:
+                stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+                newest = stamp if newest is None else max(newest, stamp)
+    except (TableReadError, DeltaError, OSError) as exc:  # storage down, refused, corrupt
+        return Facts(name, lag, last_batch, None, lake_error=redact(first_line(exc)))
     return Facts(name, lag, last_batch, newest)
 
 
@@ -252,21 +333,28 @@ class SlaCheck:
     opened: list[Breach]
     closed: list[str]
     sent: int
+    judged: frozenset[str] = frozenset()
+    """The keys the check judged (a pipeline SLA not among them was not judged)."""
 
     def lines(self, names: Iterable[str]) -> list[str]:
-        """One line per pipeline and SLA."""
+        """One line per breach of the service, then per pipeline and SLA."""
         by_key = {b.key: b for b in self.breaches}
-        out = []
+        out = [self._line(b.key, b) for b in self.breaches if b.pipeline is None]
         for name in names:
-            for kind in ("freshness", "no_records"):
-                breach = by_key.get(f"{name}/{kind}")
-                if breach is None:
-                    out.append(f"{name} {kind}: ok")
+            for kind in PIPELINE_KINDS:
+                key = f"{name}/{kind}"
+                if key not in self.judged and key not in by_key:
+                    out.append(f"{name} {kind}: not judged")
                 else:
-                    new = " (new: notified)" if breach in self.opened and self.sent else ""
-                    out.append(f"{name} {kind}: BREACH {breach.detail}{new}")
+                    out.append(self._line(f"{name} {kind}", by_key.get(key)))
         out.extend(f"{key}: resolved" for key in self.closed)
         return out
+
+    def _line(self, what: str, breach: Breach | None) -> str:
+        if breach is None:
+            return f"{what}: ok"
+        new = " (new: notified)" if breach in self.opened and self.sent else ""
+        return f"{what}: BREACH {breach.detail}{new}"
 
 
 def check_slas(
@@ -274,33 +362,58 @@ def check_slas(
     names: list[str],
     *,
     now: datetime | None = None,
-    facts: Callable[[Settings, str], Facts] = gather_facts,
+    facts: Callable[[Settings, str, bool], Facts] = gather_facts,
+    broker: Callable[[Settings], str | None] = broker_problem,
     send: list[tuple[str, Notifier]] | None = None,
 ) -> SlaCheck:
     """Judge the pipelines' SLAs; notify breaches that opened or closed since the last run.
+
+    Args:
+        facts: what is known of a pipeline (``settings``, name, whether the broker answers).
+        broker: why the broker cannot be reached (None: it can).
 
     Raises:
         SlaError: a notifier failed (nothing of this run is marked as sent), or the state
             file cannot be read.
     """
     moment = now or datetime.now(UTC)
-    breaches = [
-        b for name in names for b in evaluate(facts(settings, name), settings.sla(name), moment)
-    ]
+    targets = notifiers(settings) if send is None else send  # a bad target: before any work
+    unreachable = broker(settings)
+    found = [facts(settings, name, unreachable is None) for name in names]
+    breaches = [b for f in found for b in evaluate(f, settings.sla(f.pipeline), moment)]
+    checked = {key for f in found for key in judged(f)} | set(SERVICE_KINDS)
+    if unreachable is not None:
+        detail = f"{unreachable}; freshness not judged"
+        breaches.insert(0, Breach(None, "broker_unreachable", detail))
+    lake = [f for f in found if f.lake_error is not None]
+    if lake:
+        unjudged = ", ".join(f.pipeline for f in lake)
+        detail = f"{lake[0].lake_error}; no-records not judged for {unjudged}"
+        breaches.insert(0 if unreachable is None else 1, Breach(None, "lake_unreachable", detail))
     path = state_path(settings)
     before = _read_state(path)
-    opened, closed = transitions(before, breaches, names)
-    targets = notifiers(settings) if send is None else send
-    messages = [(f"SLA breach: {b.pipeline} {b.kind}", b.detail) for b in opened] + [
-        (f"SLA resolved: {key.replace('/', ' ')}", f"{key} meets its SLA again") for key in closed
+    opened, closed = transitions(before, breaches, checked)
+    messages = [(f"SLA breach: {b.key.replace('/', ' ')}", b.detail) for b in opened] + [
+        (f"SLA resolved: {key.replace('/', ' ')}", _resolved_text(key)) for key in closed
     ]
     for subject, text in messages:
         for _name, notify in targets:
-            notify(subject, text)
+            notify(subject, redact(text))
     after = {k: v for k, v in before.items() if k not in closed}
     stamp = moment.isoformat(timespec="seconds")
     for b in opened:
-        after[b.key] = {"since": stamp, "detail": b.detail}
+        after[b.key] = {"since": stamp, "detail": redact(b.detail)}
     if after != before:
         _write_state(path, after)
-    return SlaCheck(breaches, opened, closed, len(messages) * len(targets))
+    sent = len(messages) * len(targets)
+    return SlaCheck(breaches, opened, closed, sent, frozenset(checked))
+
+
+_RESOLVED = {
+    "broker_unreachable": "Kafka answers again: freshness is judged again",
+    "lake_unreachable": "the lake's tables can be read again: no-records is judged again",
+}
+
+
+def _resolved_text(key: str) -> str:
+    return _RESOLVED.get(key, f"{key} meets its SLA again")

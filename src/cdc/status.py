@@ -113,7 +113,9 @@ def _table(role: str, uri: str, store: TableStore) -> TableStatus:
     return TableStatus(role, uri, True, info.version, info.rows, info.files)
 
 
-def pipeline_status(settings: Settings, name: str, broker: bool = True) -> PipelineStatus:
+def pipeline_status(
+    settings: Settings, name: str, broker: bool = True, tables: bool = True
+) -> PipelineStatus:
     """Gather one pipeline's status.
 
     Args:
@@ -121,6 +123,8 @@ def pipeline_status(settings: Settings, name: str, broker: bool = True) -> Pipel
         name: the pipeline.
         broker: ask the cluster for the topic's end offsets (False: it is known to be
             unreachable; the lag is then unknown).
+        tables: read each table's version, rows and files (False: the status lists none;
+            ``cdc sla check`` reads what it needs of them itself).
     """
     pipeline = settings.pipeline(name)
     checkpoint = settings.checkpoint_path(name)
@@ -132,12 +136,14 @@ def pipeline_status(settings: Settings, name: str, broker: bool = True) -> Pipel
         committed = {str(p): int(o) for p, o in (offsets.get(pipeline.topic) or {}).items()}
         last = _last_batch(checkpoint, batch)
     latest = _high_watermarks(settings, pipeline.topic) if broker else None
-    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
-    paths = pipeline_tables(settings, pipeline)
-    tables = [_table(role, uri, store) for role, uri in paths.items()]
+    found_tables: list[TableStatus] = []
+    if tables:
+        store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+        paths = pipeline_tables(settings, pipeline)
+        found_tables = [_table(role, uri, store) for role, uri in paths.items()]
     totals = rule_totals(pipeline.expectations, read_counts(checkpoint))
     return PipelineStatus(
-        name, pipeline.topic, pipeline.target, committed, latest, last, tables, totals
+        name, pipeline.topic, pipeline.target, committed, latest, last, found_tables, totals
     )
 
 

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from cdc.config import load_settings, parse_duration_seconds, resolve_secret
+from cdc.config import (
+    Secret,
+    load_settings,
+    parse_duration_seconds,
+    resolve_secret,
+    secret_fields,
+    secret_settings,
+)
 from cdc.errors import ConfigError, UnknownPipelineError
 from tests.conftest import REPO_ROOT
 
@@ -69,6 +76,12 @@ def test_set_values_are_typed() -> None:
         ),
         (["spark.trigger_interval=often"], {}, "is not a duration like '1 second' or '500 ms'"),
         (["nodots"], {}, "--set 'nodots': expected dotted.key=value"),
+        # The value may be a secret: the error names the key only.
+        (
+            ["kafka.bootstrap_servers.x=S3NT1NEL"],
+            {},
+            "--set 'kafka.bootstrap_servers.x': 'bootstrap_servers' is not a section",
+        ),
         ([], {"CDC_KAFKA_NOPE": "x"}, "unknown setting CDC_KAFKA_NOPE; valid for kafka:"),
         (["pipelines.orders.event_id=null"], {}, "a facts pipeline needs 'event_id'"),
         # Names become folders: none may leave the lake, checkpoint or lock root.
@@ -88,7 +101,7 @@ def test_bad_settings_get_one_clear_line(
     with pytest.raises(ConfigError) as info:
         load_settings("local", overrides, config_dir=CONFIG, environ=environ)
     assert message in str(info.value)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "S3NT1NEL" not in str(info.value)
 
 
 def test_unknown_env_and_missing_file(tmp_path: Path) -> None:
@@ -265,3 +278,107 @@ def test_composite_sequence_by_is_parsed_and_checked() -> None:
             overrides=["pipelines.crm_contacts.sequence_by=[{path: source.pos, kind: text}]"],
             config_dir=REPO_ROOT / "config",
         )
+
+
+def test_secret_settings_are_found_from_the_model() -> None:
+    """The settings typed :class:`Secret` (the sweep in tests/integration/test_secret_sweep.py
+    asks for a case for each)."""
+    assert {path: marker.carries for path, marker in secret_fields().items()} == {
+        "kafka.client": "entries",
+        "kafka.java_client": "entries",
+        "registry.url": "credentials",
+        "registry.client": "entries",
+        "lake.storage_options": "entries",
+        "notify.slack_webhook_url": "value",
+        "dr.storage_options": "entries",
+        "warehouse.dsn": "credentials",
+        "warehouse.password": "value",
+    }
+    settings = load_settings(
+        "local",
+        ["warehouse.password=env:WH", "registry.client.basic.auth.user.info=env:AUTH"],
+        config_dir=CONFIG,
+        environ={},
+    )
+    assert list(secret_settings(settings)) == [
+        ("registry.client", Secret("entries"), {"basic.auth.user.info": "env:AUTH"}),
+        ("warehouse.password", Secret("value"), "env:WH"),
+    ]
+
+
+def test_a_new_secret_setting_is_found_and_hidden_without_more_code() -> None:
+    from typing import Annotated
+
+    from pydantic import BaseModel
+
+    from cdc.config import _Model
+
+    class Vault(_Model):
+        token: Annotated[str | None, Secret("value")] = None
+        address: str = "https://vault:8200"
+
+    class Outer(BaseModel):
+        vaults: dict[str, Vault] = {}
+        main: Vault | None = None
+
+    assert secret_fields(Outer) == {
+        "vaults.*.token": Secret("value"),
+        "main.token": Secret("value"),
+    }
+    outer = Outer(vaults={"a": Vault(token="t-1234")}, main=Vault())
+    assert list(secret_settings(outer)) == [("vaults.a.token", Secret("value"), "t-1234")]
+    assert repr(Vault(token="t-1234")) == "Vault(token='***', address='https://vault:8200')"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ('{"password": "S3NT1NEL', "the secret is not JSON (a #key needs an object)"),
+        ('["S3NT1NEL"]', "key not found in secret"),
+        ('"S3NT1NEL"', "key not found in secret"),
+    ],
+)
+def test_an_aws_secret_that_is_not_a_json_object_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, raw: str, reason: str
+) -> None:
+    import sys
+    import types
+
+    class Client:
+        def get_secret_value(self, SecretId: str) -> dict[str, str]:
+            return {"SecretString": raw}
+
+    fake = types.SimpleNamespace(client=lambda service: Client())
+    monkeypatch.setitem(sys.modules, "boto3", fake)
+    with pytest.raises(ConfigError) as refused:
+        resolve_secret("aws-sm:cdc/wh#password")
+    assert str(refused.value) == f"secret reference 'aws-sm:cdc/wh#password': {reason}"
+    assert refused.value.__cause__ is None  # json's text would quote the secret
+
+
+@pytest.mark.parametrize(
+    ("setting", "name"),
+    [
+        ({"sasl.mechanism": "S3NT1NEL PLAIN"}, "kafka.client.sasl.mechanisms"),
+        ({"security.protocol": "S3NT1NEL"}, "kafka.client.security.protocol"),
+        ({"S3NT1NEL.unknown": "x"}, "kafka.client.S3NT1NEL.unknown"),
+    ],
+)
+def test_a_setting_librdkafka_refuses_is_named_not_quoted(
+    setting: dict[str, str], name: str
+) -> None:
+    """librdkafka quotes the refused value (a password, a reference's value): only the
+    setting's name is repeated (a name is not a secret)."""
+    from cdc.kafka_admin import KafkaMetadata, admin_client
+
+    for make in (
+        lambda: admin_client("127.0.0.1:9", setting),
+        lambda: KafkaMetadata({"bootstrap.servers": "127.0.0.1:9", **setting})._get(),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            make()
+        assert str(refused.value) == (
+            f"{name}: librdkafka refuses this setting (its name or its value, not shown here)"
+        )
+        if "S3NT1NEL" in next(iter(setting.values())):
+            assert "S3NT1NEL" not in str(refused.value)

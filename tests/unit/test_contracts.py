@@ -578,6 +578,37 @@ def test_missing_key(
     assert row["key"] is None
 
 
+@pytest.mark.parametrize("columnar", [True, False], ids=["columnar", "fastavro"])
+def test_a_negative_schema_id_is_not_framed(
+    registry: FileRegistry, contracts: dict[str, TopicContract], key: bytes, columnar: bool
+) -> None:
+    """Confluent's clients read the id signed: a header with its top bit set holds a negative
+    id, which no registry assigns; both paths quarantine it as not framed, saying why."""
+    decoder = TopicDecoder(registry, contracts["crm.contacts"], columnar=columnar)
+    good = encode(registry.latest("crm.contacts-value"), envelope("c", after=contact()))
+    negative = b"\x00\x80\x00\x00\x0f" + good[5:]  # id 15 with the top bit set
+    messages = [
+        ("crm.contacts", 0, 1, T0, key, good),
+        ("crm.contacts", 0, 2, T0, key, negative),
+        ("crm.contacts", 0, 3, T0, b"\x00\xff\xff\xff\xfd\x04c1", good),
+    ]
+    rows = decoder.decode_batch(messages).to_pylist()
+    assert [(r["error_code"], r["error"]) for r in rows] == [
+        (None, None),
+        (
+            "not_framed",
+            "value is not framed: negative schema id -2147483633 (a registry assigns"
+            " 0..2147483647)",
+        ),
+        (
+            "missing_key",
+            "key is not framed: negative schema id -3 (a registry assigns 0..2147483647)",
+        ),
+    ]
+    assert [r["value_schema_id"] for r in rows] == [15, None, None]
+    assert rows[2]["key_schema_id"] is None
+
+
 def test_key_optional_when_the_contract_says_so(
     registry: FileRegistry, contracts: dict[str, TopicContract]
 ) -> None:

@@ -194,6 +194,12 @@ def test_frame_layout() -> None:
         (b"\x00\x00\x00\x01", "too short for the Confluent wire format: 4 bytes, need at least 5"),
         (b'{"a": 1}', "bad magic byte 123 (expected 0)"),
         (b"\x01\x00\x00\x00\x01", "bad magic byte 1 (expected 0)"),
+        # The id is signed, as Confluent's Java clients read it: the top bit makes it negative.
+        (b"\x00\xff\xff\xff\xff", "negative schema id -1 (a registry assigns 0..2147483647)"),
+        (
+            b"\x00\x80\x00\x00\x0fxyz",
+            "negative schema id -2147483633 (a registry assigns 0..2147483647)",
+        ),
     ],
 )
 def test_unframe_rejects_non_confluent_bytes(data: bytes, message: str) -> None:
@@ -488,3 +494,47 @@ def test_http_registry_adapts_the_confluent_client() -> None:
         "schema registry http://registry:8081 failed to return the subject list: HTTP 503"
     )
     assert "u:p" not in repr(registry)
+
+
+def test_http_registry_never_shows_a_credential() -> None:
+    from cdc.errors import ConfigError
+
+    fake = FakeSchemaRegistryClient({})
+    registry = HttpRegistry("https://cdc:S3NT1NEL@registry:8081/sr", client=fake)
+    with pytest.raises(SchemaNotFoundError) as missing:
+        registry.by_id(99)
+    assert str(missing.value) == "schema id 99 is not in the registry https://registry:8081/sr"
+    assert "S3NT1NEL" not in repr(registry)
+    assert repr(HttpRegistry("http://cdc:S3NT1NEL@[::1:8081")) == "HttpRegistry('<invalid URL>')"
+    # The client refuses a malformed setting in words that quote it: not repeated.
+    refused = HttpRegistry("http://registry:8081", {"basic.auth.user.info": "S3NT1NEL"})
+    with pytest.raises(ConfigError) as bad:
+        refused.subjects()
+    assert str(bad.value) == (
+        "registry: the HTTP client refuses registry.url http://registry:8081 or a"
+        " registry.client setting (ValueError; values not shown)"
+    )
+
+
+def test_the_decoder_spec_carries_the_registry_credentials_resolved_and_hidden(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cdc.config import load_settings
+    from cdc.kafka_source import DecoderSpec
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.setenv("TEST_REGISTRY_URL", "https://cdc:url-S3NT1NEL@registry:8081")
+    monkeypatch.setenv("TEST_REGISTRY_AUTH", "cdc:auth-S3NT1NEL")
+    settings = load_settings(
+        "local",
+        [
+            "registry.url=env:TEST_REGISTRY_URL",
+            "registry.client.basic.auth.user.info=env:TEST_REGISTRY_AUTH",
+        ],
+        config_dir=REPO_ROOT / "config",
+    )
+    spec = DecoderSpec.from_settings(settings)
+    assert spec.registry_url == "https://cdc:url-S3NT1NEL@registry:8081"
+    assert spec.registry_client == (("basic.auth.user.info", "cdc:auth-S3NT1NEL"),)
+    assert spec.registry_path is None
+    assert "S3NT1NEL" not in repr(spec) and "S3NT1NEL" not in repr(settings)

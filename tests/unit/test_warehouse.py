@@ -496,3 +496,31 @@ def test_the_warehouse_password_never_reaches_a_log_line(
     assert redactor.filter(record) and redactor.filter(record2)
     assert record.getMessage() == "login *** / x"
     assert "dsn-pass" not in record2.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("dsn", "problem"),
+    [
+        (
+            "postgresql://cdc:S3NT1NEL@[::1:5432/db",
+            'end of string reached when looking for matching "]" in IPv6 host address',
+        ),
+        ("host=db S3NT1NEL", 'missing "=" after "..." in connection info string'),
+        ("host=db S3NT1NEL=x", 'invalid connection option "..."'),
+        ("postgresql://cdc:S3NT1NEL@db/a?x=S3NT1NEL", 'invalid URI query parameter: "..."'),
+    ],
+)
+def test_a_malformed_dsn_names_its_problem_not_its_value(dsn: str, problem: str) -> None:
+    """libpq's message quotes the DSN (its password): the error keeps what is wrong only,
+    and names no host it made up (it used to say localhost:5432/postgres)."""
+    with pytest.raises(ConfigError) as refused:
+        PostgresWarehouse("gold", dsn)
+    assert str(refused.value) == (
+        f"warehouse.dsn is not a PostgreSQL connection string: {problem} (the value is not"
+        " shown: it may hold a password)"
+    )
+
+
+def test_a_dsn_names_its_host_without_its_password() -> None:
+    warehouse = PostgresWarehouse("gold", "postgresql://cdc:S3NT1NEL@db.internal:6543/analytics")
+    assert warehouse.describe() == "postgres db.internal:6543/analytics (schema gold)"

@@ -1,4 +1,9 @@
-"""Confluent wire format: magic byte 0, a 4-byte big-endian schema id, then the Avro body."""
+"""Confluent wire format: magic byte 0, a 4-byte big-endian schema id, then the Avro body.
+
+The id is a signed 32-bit integer, as Confluent's Java clients read it (``ByteBuffer.getInt``):
+a header whose top bit is set carries a negative id, which no registry assigns, so such bytes
+are not a Confluent frame.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +45,8 @@ def unframe(data: bytes | bytearray | memoryview) -> tuple[int, bytes | memoryvi
         ``(schema_id, body)``; the body is a zero-copy view of ``data``.
 
     Raises:
-        FramingError: The message is shorter than the header or the magic byte is not 0.
+        FramingError: The message is shorter than the header, the magic byte is not 0, or
+            the schema id is negative.
     """
     size = len(data)
     if size < HEADER_SIZE:
@@ -50,4 +56,9 @@ def unframe(data: bytes | bytearray | memoryview) -> tuple[int, bytes | memoryvi
         )
     if data[0] != MAGIC_BYTE:
         raise FramingError(f"bad magic byte {data[0]} (expected {MAGIC_BYTE})")
-    return int.from_bytes(data[1:HEADER_SIZE], "big"), memoryview(data)[HEADER_SIZE:]
+    schema_id = int.from_bytes(data[1:HEADER_SIZE], "big", signed=True)
+    if schema_id < 0:
+        raise FramingError(
+            f"negative schema id {schema_id} (a registry assigns 0..{MAX_SCHEMA_ID})"
+        )
+    return schema_id, memoryview(data)[HEADER_SIZE:]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cdc.errors import CdcError, ConfigError, SchemaNotFoundError
+from cdc.errors import CdcError, ConfigError, SchemaNotFoundError, first_line
 from cdc.registry.base import RegisteredSchema
 
 __all__ = ["HttpRegistry"]
@@ -33,6 +33,7 @@ class HttpRegistry:
             client: A ready client with the same methods (tests); not pickled.
         """
         self._url = url
+        self._shown = _without_credentials(url)
         self._config = dict(client_config or {})
         self._client: Any = client
         self._cache: dict[int, RegisteredSchema] = {}
@@ -43,10 +44,16 @@ class HttpRegistry:
                 from confluent_kafka.schema_registry import SchemaRegistryClient
             except ImportError as exc:
                 raise ConfigError(
-                    f"registry url {self._url} needs the HTTP client's extras: "
+                    f"registry url {self._shown} needs the HTTP client's extras: "
                     f"pip install 'confluent-kafka[schemaregistry]' ({exc})"
                 ) from exc
-            self._client = SchemaRegistryClient({**self._config, "url": self._url})
+            try:
+                self._client = SchemaRegistryClient({**self._config, "url": self._url})
+            except Exception as exc:  # its text may quote a setting's value: a credential
+                raise ConfigError(
+                    f"registry: the HTTP client refuses registry.url {self._shown} or a"
+                    f" registry.client setting ({type(exc).__name__}; values not shown)"
+                ) from None
         return self._client
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
@@ -55,8 +62,12 @@ class HttpRegistry:
         except Exception as exc:  # SchemaRegistryError, or transport errors (httpx)
             # Duck-typed: importing SchemaRegistryError needs the optional extras.
             if getattr(exc, "http_status_code", None) == 404:
-                raise SchemaNotFoundError(f"{what} is not in the registry {self._url}") from exc
-            raise CdcError(f"schema registry {self._url} failed to return {what}: {exc}") from exc
+                raise SchemaNotFoundError(f"{what} is not in the registry {self._shown}") from exc
+            # Its first line only (a transport error may go on with the request); a URL's
+            # credentials in it are redacted from any output (cdc.logs).
+            raise CdcError(
+                f"schema registry {self._shown} failed to return {what}: {first_line(exc)}"
+            ) from exc
 
     def by_id(self, schema_id: int) -> RegisteredSchema:
         """The schema registered under ``schema_id`` (its first subject-version, if any)."""
@@ -95,5 +106,23 @@ class HttpRegistry:
         return (HttpRegistry, (self._url, self._config))
 
     def __repr__(self) -> str:
-        # The client config may hold credentials: never shown.
-        return f"HttpRegistry({self._url!r})"
+        # The URL's user info and the client config may hold credentials: never shown.
+        return f"HttpRegistry({self._shown!r})"
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without its user info (``https://host:8081``); ``<invalid URL>`` when it cannot
+    be parsed (it is not repeated: it may hold a password)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return "<invalid URL>"
+    if not parts.scheme or not host:
+        return "<invalid URL>"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
+

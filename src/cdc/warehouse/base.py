@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from cdc.errors import CdcError
+from cdc.errors import CdcError, first_line
 
 __all__ = [
     "CONTROL_TABLE",
@@ -73,11 +73,6 @@ class PublishConflictError(WarehouseError):
 
 class SchemaMismatchError(WarehouseError):
     """The Delta table's schema changed in a way the warehouse table cannot follow."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-blank line of an exception's text (drivers add context lines)."""
-    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
 
 
 @dataclass(frozen=True)

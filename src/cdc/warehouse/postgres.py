@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdc.errors import ConfigError
 from cdc.warehouse.base import (
     Dialect,
     Statement,
@@ -29,7 +31,7 @@ from cdc.warehouse.base import (
     first_line,
 )
 
-__all__ = ["PostgresDialect", "PostgresWarehouse", "csv_ready", "python_ready"]
+__all__ = ["PostgresDialect", "PostgresWarehouse", "csv_ready", "dsn_parts", "python_ready"]
 
 _COPY_ROWS = 50_000
 """Rows per CSV chunk sent to ``COPY`` (bounds the memory of one chunk)."""
@@ -101,6 +103,38 @@ class PostgresDialect(Dialect):
         return "TEMP"
 
 
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+def dsn_parts(dsn: str) -> dict[str, Any]:
+    """The parts of a libpq connection string or URI (``{}`` for an empty one).
+
+    Raises:
+        ConfigError: libpq cannot parse it. libpq's own message quotes the string (or a piece
+            of it), which may hold the password: the message keeps what is wrong and drops
+            every quoted piece of the DSN.
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return dict(conninfo_to_dict(dsn))
+    except psycopg.Error as exc:
+        problem = first_line(exc)
+        problem = re.sub(r'\s*in URI:\s*".*"\s*$', "", problem)
+
+        def hide(match: re.Match[str]) -> str:  # a piece of the DSN, not a "=" or a "]"
+            piece = match.group(1)
+            secret = piece in dsn and any(c.isalnum() for c in piece)
+            return '"..."' if secret else match.group(0)
+
+        problem = _QUOTED.sub(hide, problem).rstrip(" :")
+        raise ConfigError(
+            f"warehouse.dsn is not a PostgreSQL connection string: {problem} (the value is"
+            " not shown: it may hold a password)"
+        ) from None
+
+
 def csv_ready(rows: pa.Table) -> pa.Table:
     """``rows`` as PostgreSQL's CSV ``COPY`` reads them: nested values as JSON text, binary
     values as ``bytea`` hex, and :func:`python_ready`'s conversions. (Arrow's CSV writes an
@@ -165,9 +199,14 @@ class PostgresWarehouse(Warehouse):
             dsn: a libpq connection string or URI (credentials resolved).
             host, port, database, user, password: win over the DSN's parts.
             connect_timeout_s: how long to wait for the server.
+
+        Raises:
+            ConfigError: ``dsn`` is not a connection string (the message says what is wrong
+                with it without repeating it: it may hold a password).
         """
         super().__init__(schema)
         self.dsn = dsn or ""
+        self._dsn_parts = dsn_parts(self.dsn)
         self.params: dict[str, Any] = {
             k: v
             for k, v in {
@@ -182,12 +221,7 @@ class PostgresWarehouse(Warehouse):
         self.connect_timeout_s = connect_timeout_s
 
     def _where(self) -> str:
-        from psycopg.conninfo import conninfo_to_dict
-
-        try:
-            parts: dict[str, Any] = {**conninfo_to_dict(self.dsn), **self.params}
-        except Exception:
-            parts = dict(self.params)
+        parts: dict[str, Any] = {**self._dsn_parts, **self.params}
         host = parts.get("host") or "localhost"
         port = parts.get("port") or 5432
         database = parts.get("dbname") or parts.get("user") or "postgres"
