@@ -188,6 +188,12 @@ def _build_parser() -> _Parser:
     dr_repoint = dr_sub.add_parser(
         "repoint",
         help="move the pipelines' checkpoints aside to resume on a restored lake at --to",
+        description=(
+            "For each pipeline whose bronze or quarantine is at --to: move its checkpoint"
+            " aside (kept as <pipeline>.replaced-<UTC time>) and prepare a replay from the"
+            " first offset those tables do not hold. Then start the pipelines with lake.root"
+            " set to --to. Refused while a pipeline runs; needs the broker."
+        ),
     )
     for command in (dr_snapshot, dr_verify, dr_restore, dr_repoint):
         _common(command)

@@ -186,9 +186,11 @@ class _Trust:
     warnings: list[str] = field(default_factory=list)
 
     def open(self, fs: FileSystem, path: str, what: str, kind: Kind) -> dict[str, Any]:
-        doc, warning = open_signed(
-            _read(fs, path), what, kind, self.key, allow_unsigned=self.allow_unsigned
-        )
+        try:
+            raw = _read(fs, path)
+        except OSError as exc:
+            raise DrError(f"{what} cannot be read: {exc}") from None
+        doc, warning = open_signed(raw, what, kind, self.key, allow_unsigned=self.allow_unsigned)
         if warning:
             self.warnings.append(warning)
         return doc

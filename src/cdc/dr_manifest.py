@@ -159,6 +159,10 @@ def path_problem(path: str) -> str | None:
         return "holds a colon (a drive or a URI scheme)"
     if any(ord(c) < 32 or ord(c) == 127 for c in path):
         return "holds a control character"
+    try:
+        path.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: no file has that name
+        return "is not valid Unicode"
     for segment in path.split("/"):
         if not segment:
             return "has an empty segment"

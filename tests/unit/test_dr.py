@@ -305,30 +305,31 @@ def test_an_altered_manifest_or_latest_json_is_refused(lake: Lake) -> None:
 
 
 @pytest.mark.parametrize(
-    ("damage", "problem"),
+    ("damage", "manifest_problem", "latest_problem"),
     [
-        (b"{not json", "not JSON (Expecting property name enclosed in double quotes: line 1"),
-        (b'{"snapshot": 1}', "'snapshot' is missing or not a string"),
-        (b"[]", "not a JSON object"),
+        (b"{not json", *["not JSON (Expecting property name enclosed in double quotes"] * 2),
+        (b"[]", *["not a JSON object"] * 2),
+        # Valid JSON of the wrong shape, signed: only the shape check stops it.
+        (
+            {"snapshot": 1},
+            "'snapshot' is missing or not a string",
+            "'snapshot' is missing or not a snapshot id",
+        ),
     ],
 )
 def test_a_damaged_manifest_or_latest_json_is_one_line_exit_1(
-    lake: Lake, damage: bytes, problem: str
+    lake: Lake, damage: bytes | dict[str, Any], manifest_problem: str, latest_problem: str
 ) -> None:
     snapshot = lake.snapshot()
-    for target, what, kind in (
-        (lake.manifest_path(snapshot), f"manifest {snapshot}", "manifest"),
-        (lake.dr / "latest.json", "latest.json", "latest"),
+    for path, what, kind, problem in (
+        (lake.manifest_path(snapshot), f"manifest {snapshot}", "manifest", manifest_problem),
+        (lake.dr / "latest.json", "latest.json", "latest", latest_problem),
     ):
-        original = target.read_bytes()
-        if damage.startswith(b"{") and not damage.startswith(b"{not"):
-            # Valid JSON of the wrong shape, signed so that only the shape check stops it.
-            doc = sign(json.loads(damage), KEY.encode(), kind)
-            target.write_text(json.dumps(doc))
-            expect = "'snapshot' is missing or not a snapshot id" if kind == "latest" else problem
+        original = path.read_bytes()
+        if isinstance(damage, dict):
+            path.write_text(json.dumps(sign(damage, KEY.encode(), kind)))  # type: ignore[arg-type]
         else:
-            target.write_bytes(damage)
-            expect = problem
+            path.write_bytes(damage)
         for argv in (
             ["dr", "verify"],
             ["dr", "restore", "--to", str(lake.root / "r"), "--tables-only"],
@@ -336,8 +337,8 @@ def test_a_damaged_manifest_or_latest_json_is_one_line_exit_1(
             code, out, err = lake.cdc(*argv)
             assert (code, out) == (1, ""), err
             assert len(err.splitlines()) == 1
-            assert err.startswith(f"cdc: not sound: {what}: {expect}"), err
-        target.write_bytes(original)
+            assert err.startswith(f"cdc: not sound: {what}: {problem}"), err
+        path.write_bytes(original)
     assert not (lake.root / "r").exists()
 
 

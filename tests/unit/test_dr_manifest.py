@@ -75,6 +75,7 @@ def _unsound(doc: dict[str, Any]) -> str:
         ("s3://other-bucket/x", "holds a colon (a drive or a URI scheme)"),
         ("a\x00b", "holds a control character"),
         ("a\nb", "holds a control character"),
+        ("a\ud800b", "is not valid Unicode"),
         ("x" * 4097, "is longer than 4096 characters"),
     ],
 )
