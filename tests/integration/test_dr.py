@@ -135,9 +135,9 @@ def test_restore_elsewhere_leaves_the_live_checkpoint_until_asked(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A restore beside the live lake never moves a live checkpoint by default; with
-    --repoint-checkpoints the output names each pipeline re-pointed, and the pipeline then
-    resumes on the restored lake with nothing lost."""
+    """A restore beside the live lake never moves a live checkpoint by default; cdc dr
+    repoint (or --repoint-checkpoints) does, names each pipeline re-pointed, and the
+    pipeline then resumes on the restored lake with nothing lost."""
     dr = tmp_path / "dr"
     args = cli_args(fresh_kafka, tmp_path, manifest_key(monkeypatch), f"dr.location={dr}")
     settings = make_settings(fresh_kafka, tmp_path)
@@ -159,17 +159,24 @@ def test_restore_elsewhere_leaves_the_live_checkpoint_until_asked(
     assert PIPELINE in untouched.split(": ", 1)[1].split(", ")
     assert f"stop them, run cdc dr repoint --to {beside}, then start them" in out
 
-    repointed = tmp_path / "repointed"
-    assert main(["dr", "restore", "--to", str(repointed), "--repoint-checkpoints", *args]) == 0
+    # Asked later: the pipeline moves to the lake beside, and resumes there, nothing lost.
+    assert main(["dr", "repoint", "--to", str(beside), *args]) == 0
     out = capsys.readouterr().out
-    assert f"{PIPELINE}: re-pointed at {repointed}: replay prepared from " in out
     (aside,) = checkpoint.parent.glob(f"{PIPELINE}.replaced-*")
+    assert f"{PIPELINE}: re-pointed at {beside}: replay prepared from " in out
     assert f"previous checkpoint kept as {aside}" in out
-    assert f"{PIPELINE} now resume from what {repointed} holds: start them with" in out
     run = ["run", "--pipeline", PIPELINE, "--available-now", *args]
-    assert main([*run, "--set", f"lake.root={repointed}"]) == 0
-    got = _tables(repointed)
+    assert main([*run, "--set", f"lake.root={beside}"]) == 0
+    got = _tables(beside)
     want = _tables(Path(settings.lake.root))
     assert got["bronze"].height == 10
     assert got["bronze"].equals(want["bronze"])
     assert got["silver"].equals(want["silver"])
+
+    # Or in the restore itself: the output names the pipeline re-pointed and what comes next.
+    repointed = tmp_path / "repointed"
+    assert main(["dr", "restore", "--to", str(repointed), "--repoint-checkpoints", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"{PIPELINE}: re-pointed at {repointed}: replay prepared from " in out
+    assert len(list(checkpoint.parent.glob(f"{PIPELINE}.replaced-*"))) == 2
+    assert f"{PIPELINE} now resume from what {repointed} holds: start them with" in out
