@@ -160,9 +160,12 @@ def _dr_root(settings: Settings, location: str | None) -> tuple[FileSystem, str,
     return fs, root, uri
 
 
-def _read(fs: FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as reader:
-        return bytes(reader.read())
+def _read(fs: FileSystem, path: str, what: str) -> bytes:
+    try:
+        with fs.open_input_stream(path) as reader:
+            return bytes(reader.read())
+    except OSError as exc:
+        raise DrError(f"{what} cannot be read: {exc}") from None
 
 
 def _write_json(fs: FileSystem, path: str, value: Any) -> None:
@@ -186,10 +189,7 @@ class _Trust:
     warnings: list[str] = field(default_factory=list)
 
     def open(self, fs: FileSystem, path: str, what: str, kind: Kind) -> dict[str, Any]:
-        try:
-            raw = _read(fs, path)
-        except OSError as exc:
-            raise DrError(f"{what} cannot be read: {exc}") from None
+        raw = _read(fs, path, what)
         doc, warning = open_signed(raw, what, kind, self.key, allow_unsigned=self.allow_unsigned)
         if warning:
             self.warnings.append(warning)
@@ -357,12 +357,12 @@ def _checksums(fs: FileSystem, root: str, key: bytes | None) -> tuple[dict[str, 
     for snapshot_id in _snapshot_ids(fs, root):
         what = f"manifest {snapshot_id}"
         try:
-            doc = parse_document(_read(fs, f"{root}/manifests/{snapshot_id}.json"), what)
+            doc = parse_document(_read(fs, f"{root}/manifests/{snapshot_id}.json", what), what)
             problem = None if key is None else signature_problem(doc, key, "manifest")
             if problem:
                 raise UnsoundSnapshotError(f"{what}: {problem}")
             manifest = manifest_from(doc, what, snapshot_id)
-        except UnsoundSnapshotError as exc:
+        except DrError as exc:  # unreadable, damaged or not signed by the key
             skipped.append(f"{exc}: its files are copied again, not trusted")
             continue
         for name, table in manifest.tables.items():

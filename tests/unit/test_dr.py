@@ -342,6 +342,18 @@ def test_a_damaged_manifest_or_latest_json_is_one_line_exit_1(
     assert not (lake.root / "r").exists()
 
 
+def test_a_damaged_earlier_manifest_does_not_stop_the_next_snapshot(lake: Lake) -> None:
+    first = lake.snapshot()
+    lake.manifest_path(first).write_bytes(b"\x00garbage")
+    code, out, err = lake.cdc("dr", "snapshot")
+    assert code == 0
+    assert err.startswith(f"cdc: warning: manifest {first}: not JSON (")
+    assert err.endswith(": its files are copied again, not trusted\n")
+    line = out.splitlines()[0]  # every file copied again, none reused
+    assert line.endswith("; 0 already there)") and "(0 copied" not in line, line
+    assert lake.cdc("dr", "verify")[0] == 0
+
+
 def test_restore_flags_conflict_and_bad_snapshot_ids_are_refused(lake: Lake) -> None:
     lake.snapshot()
     target = str(lake.root / "r")
