@@ -1,7 +1,8 @@
 """Entry point of the daily DR snapshot (a CronJob, no Spark): ``cdc dr snapshot``.
 
 Usage: python batch/dr_snapshot.py --env prod
-Copies what changed since the last snapshot to ``dr.location`` and writes its manifest.
+Copies what changed since the last snapshot to ``dr.location`` and writes its manifest,
+signed with ``dr.manifest_key``.
 """
 
 from __future__ import annotations

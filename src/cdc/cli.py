@@ -173,18 +173,44 @@ def _build_parser() -> _Parser:
         "snapshot", help="copy a consistent version of every table to the DR location"
     )
     dr_verify = dr_sub.add_parser(
-        "verify", help="check a snapshot's files (size, SHA-256) and tables (version, rows)"
+        "verify",
+        help="check a snapshot's signature, files (size, SHA-256) and tables (version, rows)",
     )
     dr_restore = dr_sub.add_parser(
         "restore",
-        help="rebuild a snapshot's tables under --to, then prepare each pipeline's replay",
+        help="rebuild a snapshot's tables under --to; into the lake root, re-point the pipelines",
+        description=(
+            "Refuses /, a place inside or around the live lake, the checkpoints or the DR"
+            " location, and a manifest that is damaged, unsigned or names a path outside its"
+            " table. Into the configured lake root, the checkpoints of the restored pipelines"
+            " are moved aside and their replays prepared; anywhere else, they are left alone"
+            " unless --repoint-checkpoints."
+        ),
     )
-    for command in (dr_snapshot, dr_verify, dr_restore):
+    dr_repoint = dr_sub.add_parser(
+        "repoint",
+        help="move the pipelines' checkpoints aside to resume on a restored lake at --to",
+        description=(
+            "For each pipeline whose bronze or quarantine is at --to: move its checkpoint"
+            " aside (kept as <pipeline>.replaced-<UTC time>) and prepare a replay from the"
+            " first offset those tables do not hold. Then start the pipelines with lake.root"
+            " set to --to. Refused while a pipeline runs; needs the broker."
+        ),
+    )
+    for command in (dr_snapshot, dr_verify, dr_restore, dr_repoint):
         _common(command)
+    for command in (dr_snapshot, dr_verify, dr_restore):
         command.add_argument("--location", help="the DR location (default: dr.location)")
     for command in (dr_verify, dr_restore):
         command.add_argument("--snapshot", help="snapshot id (default: the latest)")
+        command.add_argument(
+            "--allow-unsigned",
+            action="store_true",
+            help="trust a manifest and latest.json without a valid signature (dr.manifest_key);"
+            " their shape and paths are still checked",
+        )
     dr_restore.add_argument("--to", required=True, help="the lake root to rebuild the tables in")
+    dr_repoint.add_argument("--to", required=True, help="the restored lake root")
     dr_restore.add_argument("--table", help="only this table, e.g. silver/dim_contact")
     dr_restore.add_argument(
         "--version",
@@ -192,10 +218,17 @@ def _build_parser() -> _Parser:
         default=None,
         help="with --table: its Delta version, from the newest snapshot that recorded it",
     )
-    dr_restore.add_argument(
+    checkpoints = dr_restore.add_mutually_exclusive_group()
+    checkpoints.add_argument(
         "--tables-only",
         action="store_true",
         help="restore the tables but leave the checkpoints as they are (no broker needed)",
+    )
+    checkpoints.add_argument(
+        "--repoint-checkpoints",
+        action="store_true",
+        help="re-point the restored pipelines at --to even when it is not the configured lake"
+        " root (their checkpoints are moved aside; start them with lake.root set to --to)",
     )
 
     publish = sub.add_parser(
@@ -612,6 +645,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_dr(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    from cdc.dr import UnsoundSnapshotError
+
+    try:
+        return _dr_on_storage(args, settings)
+    except UnsoundSnapshotError as exc:  # what verify reports as "NOT sound": exit code 1
+        print(f"cdc: not sound: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dr_warn(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"cdc: warning: {warning}", file=sys.stderr)
+
+
+def _dr_on_storage(args: argparse.Namespace, settings: Settings) -> int:
     from cdc import dr
 
     try:
@@ -625,35 +673,44 @@ def _dr_command(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.dr_command == "snapshot":
         taken = dr.snapshot(settings, args.location)
+        _dr_warn(taken.warnings)
         for table in taken.tables:
             print(table.line())
         print(f"snapshot {taken.snapshot} at {taken.location} in {taken.seconds:.1f}s")
         return 0
     if args.dr_command == "verify":
-        snapshot_id, problems = dr.verify(settings, args.location, args.snapshot)
-        for problem in problems:
+        checked = dr.verify(
+            settings, args.location, args.snapshot, allow_unsigned=args.allow_unsigned
+        )
+        _dr_warn(checked.warnings)
+        for problem in checked.problems:
             print(f"problem: {problem}")
-        print(f"snapshot {snapshot_id}: {'sound' if not problems else 'NOT sound'}")
-        return 1 if problems else 0
-    if not args.tables_only:
+        print(f"snapshot {checked.snapshot}: {'NOT sound' if checked.problems else 'sound'}")
+        return 1 if checked.problems else 0
+    if args.dr_command == "repoint":
         _check_broker(settings)
+        for done in dr.repoint(settings, args.to):
+            print(done.line(args.to))
+        print(f"start the pipelines with lake.root={args.to}")
+        return 0
+    repoint = False if args.tables_only else True if args.repoint_checkpoints else None
+    if repoint or (repoint is None and dr.is_lake_root(settings, args.to)):
+        _check_broker(settings)  # before anything is copied
     restored = dr.restore(
         settings,
         args.to,
         location=args.location,
         snapshot_id=args.snapshot,
-        checkpoints=not args.tables_only,
+        repoint=repoint,
         table=args.table,
         version=args.version,
+        allow_unsigned=args.allow_unsigned,
     )
+    _dr_warn(restored.warnings)
     for name, version in sorted(restored.tables.items()):
         print(f"{name}: restored at version {version}")
-    for name, offsets in sorted(restored.replays.items()):
-        print(f"{name}: replay prepared from {json.dumps(offsets, sort_keys=True)}")
-    print(
-        f"restored snapshot {restored.snapshot} into {restored.target} in"
-        f" {restored.seconds:.1f}s; start the pipelines with lake.root={restored.target}"
-    )
+    print(f"restored snapshot {restored.snapshot} into {args.to} in {restored.seconds:.1f}s")
+    print("\n".join(restored.checkpoint_lines(settings.lake.root)))
     return 0
 
 

@@ -370,10 +370,42 @@ class DrSettings(_Model):
     """A local path or ``s3://bucket/prefix``; None: DR is not configured."""
     storage_options: Annotated[dict[str, str], Secret("entries")] = Field(default_factory=dict)
     """Object-store settings of the DR location (``AWS_REGION``, keys, ``AWS_ENDPOINT_URL``)."""
+    manifest_key: Annotated[str | None, Secret("value")] = None
+    """Secret reference (``env:NAME``, ``file:/path``, ``aws-sm:id#key``) to the key (at least
+    32 bytes) whose HMAC-SHA256 signs each snapshot's manifest and ``latest.json``; verify and
+    restore refuse a snapshot it did not sign. None: snapshots are written unsigned, and
+    verify and restore refuse them unless ``--allow-unsigned``."""
+
+    @field_validator("manifest_key")
+    @classmethod
+    def _check_manifest_key(cls, value: str | None) -> str | None:
+        # The value itself is never echoed: it may be the key pasted by mistake.
+        if value is not None and not is_secret_ref(value):
+            raise ValueError(
+                "give the key as a secret reference (env:NAME, file:/path or"
+                " aws-sm:secret-id#key), never the key itself"
+            )
+        return value
 
     def resolved_storage_options(self) -> dict[str, str]:
         """Storage options with secret references resolved."""
         return {k: resolve_secret(v) for k, v in self.storage_options.items()}
+
+    def resolved_manifest_key(self) -> bytes | None:
+        """The manifest key, its reference resolved (None: not configured).
+
+        Raises:
+            ConfigError: the reference cannot be resolved, or the key is shorter than 32 bytes.
+        """
+        if self.manifest_key is None:
+            return None
+        key = resolve_secret(self.manifest_key).encode()
+        if len(key) < 32:
+            raise ConfigError(
+                f"secret reference {self.manifest_key!r} (dr.manifest_key): the key is shorter"
+                " than 32 bytes (generate one with: openssl rand -hex 32)"
+            )
+        return key
 
 
 WAREHOUSE_TARGETS = ("duckdb", "postgres", "snowflake")

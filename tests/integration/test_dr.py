@@ -17,6 +17,7 @@ from cdc.cli import main
 from cdc.pipelines import run_pipelines
 from tests.integration.test_pipeline_e2e import change, make_settings, produce
 from tests.integration.test_replay import cli_args
+from tests.support.dr import manifest_key
 from tests.support.tables import read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,12 +42,17 @@ def _tables(root: Path) -> dict[str, pl.DataFrame]:
 
 @pytest.mark.parametrize("writer", ["delta-rs", "delta-spark"])
 def test_snapshot_wipe_restore_and_resume_loses_nothing(
-    spark: Any, fresh_kafka: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], writer: str
+    spark: Any,
+    fresh_kafka: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    writer: str,
 ) -> None:
     """On delta-spark the updates leave deletion vectors: their files travel too."""
     dr = tmp_path / "dr"
     extra = f"lake.writer={writer}"
-    args = [*cli_args(fresh_kafka, tmp_path, extra), "--set", f"dr.location={dr}"]
+    args = cli_args(fresh_kafka, tmp_path, extra, manifest_key(monkeypatch), f"dr.location={dr}")
     settings = make_settings(fresh_kafka, tmp_path, extra)
     lake = Path(settings.lake.root)
     produce(fresh_kafka, "crm.contacts", _contacts(0, 6), tmp_path)
@@ -96,7 +102,9 @@ def test_snapshot_wipe_restore_and_resume_loses_nothing(
     assert main(["dr", "restore", "--to", str(lake), *args]) == 0
     out = capsys.readouterr().out
     assert "bronze/crm_contacts: restored at version 1" in out
-    assert f"{PIPELINE}: replay prepared from " in out
+    # Into the configured lake root: the restored pipeline is re-pointed, and says so.
+    assert f"{PIPELINE}: re-pointed at {lake}: replay prepared from " in out
+    assert f"previous checkpoint kept as {settings.checkpoints.root}/{PIPELINE}.replaced-" in out
     assert main(["run", "--pipeline", PIPELINE, "--available-now", *args]) == 0
     recovery_seconds = time.monotonic() - started
     capsys.readouterr()
@@ -118,3 +126,57 @@ def test_snapshot_wipe_restore_and_resume_loses_nothing(
             }
         )
     )
+
+
+def test_restore_elsewhere_leaves_the_live_checkpoint_until_asked(
+    spark: Any,
+    fresh_kafka: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restore beside the live lake never moves a live checkpoint by default; cdc dr
+    repoint (or --repoint-checkpoints) does, names each pipeline re-pointed, and the
+    pipeline then resumes on the restored lake with nothing lost."""
+    dr = tmp_path / "dr"
+    args = cli_args(fresh_kafka, tmp_path, manifest_key(monkeypatch), f"dr.location={dr}")
+    settings = make_settings(fresh_kafka, tmp_path)
+    produce(fresh_kafka, "crm.contacts", _contacts(0, 6), tmp_path)
+    run_pipelines(spark, settings, [PIPELINE], available_now=True)
+    assert main(["dr", "snapshot", *args]) == 0
+    produce(fresh_kafka, "crm.contacts", _contacts(6, 10, "u"), tmp_path)
+    run_pipelines(spark, settings, [PIPELINE], available_now=True)  # the live lake is ahead
+    checkpoint = Path(settings.checkpoint_path(PIPELINE))
+    live = {p: p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    beside = tmp_path / "beside"
+    assert main(["dr", "restore", "--to", str(beside), *args]) == 0
+    out = capsys.readouterr().out
+    assert {p: p.read_bytes() for p in checkpoint.rglob("*") if p.is_file()} == live
+    assert not list(checkpoint.parent.glob(f"{PIPELINE}.replaced-*"))
+    (untouched,) = [line for line in out.splitlines() if line.startswith("checkpoints untouched")]
+    assert PIPELINE in untouched.split(": ", 1)[1].split(", ")
+    assert f"stop them, run cdc dr repoint --to {beside}, then start them" in out
+
+    # Asked later: the pipeline moves to the lake beside, and resumes there, nothing lost.
+    assert main(["dr", "repoint", "--to", str(beside), *args]) == 0
+    out = capsys.readouterr().out
+    (aside,) = checkpoint.parent.glob(f"{PIPELINE}.replaced-*")
+    assert f"{PIPELINE}: re-pointed at {beside}: replay prepared from " in out
+    assert f"previous checkpoint kept as {aside}" in out
+    run = ["run", "--pipeline", PIPELINE, "--available-now", *args]
+    assert main([*run, "--set", f"lake.root={beside}"]) == 0
+    got = _tables(beside)
+    want = _tables(Path(settings.lake.root))
+    assert got["bronze"].height == 10
+    assert got["bronze"].equals(want["bronze"])
+    assert got["silver"].equals(want["silver"])
+
+    # Or in the restore itself: the output names the pipeline re-pointed and what comes next.
+    repointed = tmp_path / "repointed"
+    assert main(["dr", "restore", "--to", str(repointed), "--repoint-checkpoints", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"{PIPELINE}: re-pointed at {repointed}: replay prepared from " in out
+    assert len(list(checkpoint.parent.glob(f"{PIPELINE}.replaced-*"))) == 2
+    assert f"{PIPELINE} now resume from what {repointed} holds: start them with" in out

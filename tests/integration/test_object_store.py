@@ -15,6 +15,7 @@ from cdc.cli import main
 from cdc.config import load_settings
 from cdc.errors import ConfigError
 from tests.conftest import REPO_ROOT
+from tests.support.dr import manifest_key
 from tests.support.moto_server import moto_server
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ def test_aws_secrets_manager_references_resolve_and_failures_name_the_reference(
 
 
 def test_dr_snapshot_verify_and_restore_through_s3(
-    aws: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import boto3
 
@@ -96,6 +97,8 @@ def test_dr_snapshot_verify_and_restore_through_s3(
         "dr.storage_options.AWS_SECRET_ACCESS_KEY=testing",
         "--set",
         "dr.storage_options.AWS_ALLOW_HTTP=true",
+        "--set",
+        manifest_key(monkeypatch),
     ]
     base = ["--set", f"lake.root={lake}", "--set", f"checkpoints.root={tmp_path / 'cp'}"]
     assert main(["dr", "snapshot", *base, *dr_options]) == 0

@@ -222,6 +222,15 @@ CASES = [
         {"SWEEP_ENDPOINT": "http://{S}:notaport"},
         expect="cdc: error: dr snapshot: storage failed: ",
     ),
+    # dr.manifest_key: the HMAC key of DR manifests (too short to sign with).
+    Case(
+        "dr.manifest_key",
+        "dr-verify-short-manifest-key",
+        ("dr", "verify"),
+        ("dr.location=/nonexistent/dr-sweep", "dr.manifest_key=env:SWEEP_MANIFEST_KEY"),
+        {"SWEEP_MANIFEST_KEY": "{S}"},
+        expect="(dr.manifest_key): the key is shorter than 32 bytes",
+    ),
     # warehouse: cdc publish.
     Case(
         "warehouse.dsn",
@@ -334,6 +343,10 @@ CASES = [
 ]
 
 
+REFERENCE_ONLY = ("dr.manifest_key",)
+"""Secret settings the model accepts only as a reference (never a literal key)."""
+
+
 def test_every_secret_setting_has_a_case() -> None:
     """A secret setting nobody exercises here fails: add a case for it."""
     secret = set(secret_fields())
@@ -347,7 +360,7 @@ def test_every_secret_setting_has_a_case() -> None:
         assert "{S}" in held or "file:{SECRETS}" in held or "moto" in case.needs, case.name
 
 
-def test_every_secret_setting_is_hidden_and_known_to_the_redactor() -> None:
+def test_every_secret_setting_is_hidden_and_known_to_the_redactor(tmp_path: Path) -> None:
     """Each setting the model marks secret, holding a sentinel: not in the settings' repr nor
     in the metrics, and every output cleaned of it (what the redactor is given)."""
     from prometheus_client import generate_latest
@@ -365,6 +378,11 @@ def test_every_secret_setting_is_hidden_and_known_to_the_redactor() -> None:
             overrides.append(f"{path}.password={sentinel}")
         elif marker.carries == "credentials":  # a URL or DSN with a password
             overrides.append(f"{path}=postgresql://cdc:{sentinel}@db:5432/a")
+        elif path in REFERENCE_ONLY:  # refused as a literal: a reference to a file holding it
+            sentinel = sentinel.ljust(40, "x")
+            held = tmp_path / path
+            held.write_text(sentinel)
+            overrides.append(f"{path}=file:{held}")
         else:
             overrides.append(f"{path}={sentinel}")
         values[path] = sentinel
