@@ -291,6 +291,7 @@ def test_secret_settings_are_found_from_the_model() -> None:
         "lake.storage_options": "entries",
         "notify.slack_webhook_url": "value",
         "dr.storage_options": "entries",
+        "dr.manifest_key": "value",
         "warehouse.dsn": "credentials",
         "warehouse.password": "value",
     }
