@@ -20,7 +20,7 @@ from cdc.changes import fact_rows, scd2_changes, split_batch
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, late_keys
 from cdc.store.delta_rs import CURRENT_PARTITION, DeltaSink
 from cdc.topic_identity import BROKER_PATIENCE_S, check_topic_identity
-from cdc.verify import check_keys_local, record_batch_check
+from cdc.verify import check_keys_local, record_batch_check, valid_time_bounds
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -131,7 +131,8 @@ class LocalBatchWriter(BatchWriter):
         self._with_retries(merge_once, batch_id, stats, log_attempt=True)
         if self.settings.check_invariants(self.name):
             with stats.timed("check"):  # the committed rows of the batch's keys
-                report = check_keys_local(sink, changes.select(keys).unique())
+                bounds = valid_time_bounds(self.settings, p)
+                report = check_keys_local(sink, changes.select(keys).unique(), bounds)
             record_batch_check(self.name, stats, report, self.settings.lake.writer)
 
     def _history(self, late: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame | None:

@@ -36,7 +36,7 @@ from cdc.sequence import SequenceBy
 from cdc.store.base import Txn
 from cdc.store.delta_spark import DeltaSparkStore
 from cdc.topic_identity import BROKER_PATIENCE_S, check_topic_identity
-from cdc.verify import check_rows_spark, record_batch_check
+from cdc.verify import check_rows_spark, record_batch_check, valid_time_bounds
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -308,7 +308,8 @@ class DistributedBatchWriter(BatchWriter):
                 with stats.timed("check"):  # the committed rows of the batch's keys
                     written = self.store.read_df(session, uri)
                     if written is not None:
-                        report = check_rows_spark(_semi(written, affected, keys), keys)
+                        bounds = valid_time_bounds(self.settings, p)
+                        report = check_rows_spark(_semi(written, affected, keys), keys, bounds)
                         record_batch_check(self.name, stats, report, self.settings.lake.writer)
         finally:
             for df in cached:
