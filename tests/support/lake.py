@@ -13,17 +13,31 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
+import yaml
 
 from cdc.config import Settings
 from cdc.demo_data import Line, generate, merged_lines
 from cdc.kafka_source import DecoderSpec, topic_decoder
+from cdc.maintenance import TableRef, maintenance_tables
 from cdc.produce import default_partition, parse_lines
 from cdc.registry import FileRegistry
+from tests.support.tables import read_table
 
-__all__ = ["ORPHAN_DELETE", "decoded_lines", "write_small_lake"]
+_REPO = Path(__file__).resolve().parents[2]
+
+__all__ = [
+    "ORPHAN_DELETE",
+    "decoded_lines",
+    "existing_tables",
+    "scheduled_arguments",
+    "table_contents",
+    "write_small_lake",
+]
 
 ORPHAN_DELETE: Line = {
     "key": {"contact_id": "never-seen"},
@@ -82,23 +96,60 @@ def decoded_lines(
     return pa.Table.from_batches([decoder.decode_batch(messages)])
 
 
-def write_small_lake(settings: Settings, seed: int = 7) -> dict[str, Any]:
-    """Write every enabled pipeline's tables from a small demo data set (delta-rs writer).
+def write_small_lake(settings: Settings, spark: Any = None, seed: int = 7) -> None:
+    """Write every enabled pipeline's tables from a small demo data set, in one batch each.
 
-    Returns:
-        Each pipeline's batch stats.
+    Args:
+        settings: the lake (``lake.writer`` picks the writer).
+        spark: the session, for the delta-spark writer (which also asks the broker of
+            ``kafka.bootstrap_servers`` for the topic's id, as every batch does).
+        seed: the data set's seed.
     """
     from cdc.batch_local import LocalBatchWriter
+    from cdc.batch_spark import DistributedBatchWriter
 
     dataset = generate(
         seed, accounts=6, contacts=24, opportunities=10, orders=40, behavior=60, fx_days=6
     )
-    stats = {}
     now = datetime.now(UTC)
     for name, pipeline in settings.selected(None).items():
         lines = merged_lines(dataset, pipeline.topic)
         if pipeline.topic == "crm.contacts":
             lines = [*lines, ORPHAN_DELETE]
-        writer = LocalBatchWriter(name, pipeline, settings, settings.checkpoint_path(name))
-        stats[name] = writer.process(decoded_lines(settings, name, lines), 0, now)
-    return stats
+        batch = decoded_lines(settings, name, lines)
+        checkpoint = settings.checkpoint_path(name)
+        if settings.lake.writer == "delta-spark":
+            DistributedBatchWriter(name, pipeline, settings, checkpoint)(
+                spark.createDataFrame(batch), 0
+            )
+        else:
+            LocalBatchWriter(name, pipeline, settings, checkpoint).process(batch, 0, now)
+
+
+def existing_tables(settings: Settings) -> list[TableRef]:
+    """The lake's tables (as ``cdc maintain`` lists them) that have been written."""
+    return [r for r in maintenance_tables(settings) if Path(r.uri, "_delta_log").is_dir()]
+
+
+def table_contents(settings: Settings) -> dict[str, pl.DataFrame]:
+    """Every written table's rows (deletion vectors honoured), in one order whatever the files."""
+    out = {}
+    for ref in existing_tables(settings):
+        frame = read_table(ref.uri)
+        flat = [c for c, dtype in frame.schema.items() if not dtype.is_nested()]
+        out[ref.name] = frame.sort(flat, nulls_last=True)
+    return out
+
+
+def scheduled_arguments(job: str, env: str = "local") -> list[str]:
+    """The arguments the schedule (``deploy/k8s/batch``) gives ``batch/maintain.py`` for
+    ``job``, with ``--env`` set to ``env``."""
+    path = _REPO / "deploy" / "k8s" / "batch" / "scheduledsparkapplication-maintain.yaml"
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc["metadata"]["name"] == f"cdc-maintain-{job}":
+            template = doc["spec"]["template"]
+            assert template["mainApplicationFile"].endswith("/batch/maintain.py")
+            arguments = list(template["arguments"])
+            at = arguments.index("--env")
+            return [*arguments[: at + 1], env, *arguments[at + 2 :]]
+    raise AssertionError(f"no scheduled job cdc-maintain-{job}")

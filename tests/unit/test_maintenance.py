@@ -9,18 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
 import pytest
-import yaml
 from deltalake import DeltaTable, write_deltalake
 
 from cdc.cli import main
 from cdc.config import Settings, load_settings
 from cdc.maintenance import TableRef, maintenance_tables, zorder_columns
 from tests.conftest import REPO_ROOT
-from tests.support.lake import write_small_lake
-from tests.support.tables import read_table
+from tests.support.lake import (
+    existing_tables,
+    scheduled_arguments,
+    table_contents,
+    write_small_lake,
+)
 
 
 def _args(tmp_path: Path, *extra: str) -> list[str]:
@@ -123,23 +125,12 @@ def test_an_unknown_table_is_one_line(capsys: pytest.CaptureFixture[str], tmp_pa
 # ------------------------------------------------- the scheduled job on every kind of table
 
 
-def _scheduled_arguments(job: str) -> list[str]:
-    """The arguments the schedule (deploy/k8s/batch) gives ``batch/maintain.py`` for ``job``."""
-    path = REPO_ROOT / "deploy" / "k8s" / "batch" / "scheduledsparkapplication-maintain.yaml"
-    for doc in yaml.safe_load_all(path.read_text()):
-        if doc["metadata"]["name"] == f"cdc-maintain-{job}":
-            assert doc["spec"]["template"]["mainApplicationFile"].endswith("/batch/maintain.py")
-            return list(doc["spec"]["template"]["arguments"])
-    raise AssertionError(f"no scheduled job cdc-maintain-{job}")
-
-
 def _batch_job(
     script: str, arguments: list[str], tmp_path: Path
 ) -> subprocess.CompletedProcess[str]:
     """A ``batch/`` entry point in its own process, on the local config and the test's lake."""
-    local = ["local" if a == "prod" else a for a in arguments]  # --env prod -> local
     return subprocess.run(
-        [sys.executable, f"batch/{script}", *local, *_args(tmp_path)],
+        [sys.executable, f"batch/{script}", *arguments, *_args(tmp_path)],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -168,17 +159,6 @@ def _settings(root: Path) -> Settings:
     )
 
 
-def _contents(settings: Settings) -> dict[str, pl.DataFrame]:
-    out = {}
-    for ref in maintenance_tables(settings):
-        if not Path(ref.uri, "_delta_log").is_dir():
-            continue
-        frame = read_table(ref.uri)
-        flat = [c for c, dtype in frame.schema.items() if not dtype.is_nested()]
-        out[ref.name] = frame.sort(flat, nulls_last=True)
-    return out
-
-
 def test_the_scheduled_optimize_runs_on_every_kind_of_table(
     small_lake: Path, tmp_path: Path
 ) -> None:
@@ -187,7 +167,7 @@ def test_the_scheduled_optimize_runs_on_every_kind_of_table(
     root = tmp_path / "run"
     shutil.copytree(small_lake, root)
     settings = _settings(root)
-    refs = [r for r in maintenance_tables(settings) if Path(r.uri, "_delta_log").is_dir()]
+    refs = existing_tables(settings)
     assert {r.role for r in refs} == {"bronze", "quarantine", "silver", "orphans", "gold"}
     assert {r.name for r in refs} >= {
         "silver/dim_contact",  # a dimension, partitioned by is_current
@@ -196,10 +176,10 @@ def test_the_scheduled_optimize_runs_on_every_kind_of_table(
         "gold/customer_features",  # partitioned by as_of_date, one of its grain columns
     }
     assert len([r for r in refs if r.role == "gold"]) == 4
-    before = _contents(settings)
+    before = table_contents(settings)
 
-    arguments = _scheduled_arguments("optimize")
-    assert "--table" not in arguments  # the scheduled job optimizes every table
+    arguments = scheduled_arguments("optimize")
+    assert arguments == ["optimize", "--env", "local"]  # every table: no --table
     done = _batch_job("maintain.py", arguments, root)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -216,7 +196,7 @@ def test_the_scheduled_optimize_runs_on_every_kind_of_table(
     for ref in refs:  # compacting one file is nothing to commit; a Z-ORDER rewrites
         if "ZORDER" in by_table[ref.name]:
             assert DeltaTable(ref.uri).history(1)[0]["operation"] == "OPTIMIZE", ref.name
-    after = _contents(settings)
+    after = table_contents(settings)
     for name, rows in before.items():
         assert after[name].equals(rows), name  # compaction moves rows, never changes them
 
@@ -230,7 +210,7 @@ def test_one_tables_failure_is_reported_and_the_others_still_run(
     daily = next(r for r in maintenance_tables(settings) if r.name == "gold/daily_revenue")
     for data in Path(daily.uri).rglob("*.parquet"):
         data.write_bytes(b"not parquet")  # a file the OPTIMIZE cannot read
-    total = len([r for r in maintenance_tables(settings) if Path(r.uri, "_delta_log").is_dir()])
+    total = len(existing_tables(settings))
 
     assert main(["maintain", "optimize", *_args(root)]) == 2
     captured = capsys.readouterr()
