@@ -20,12 +20,13 @@ import polars as pl
 import pyarrow as pa
 import yaml
 
-from cdc.config import Settings
+from cdc.config import Settings, load_settings
 from cdc.demo_data import Line, generate, merged_lines
 from cdc.kafka_source import DecoderSpec, topic_decoder
 from cdc.maintenance import TableRef, maintenance_tables
 from cdc.produce import default_partition, parse_lines
 from cdc.registry import FileRegistry
+from tests.support.envelopes import contact_envelope, contact_row
 from tests.support.tables import read_table
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +35,8 @@ __all__ = [
     "ORPHAN_DELETE",
     "decoded_lines",
     "existing_tables",
+    "lake_settings",
+    "optimized_tables",
     "scheduled_arguments",
     "table_contents",
     "write_small_lake",
@@ -41,31 +44,7 @@ __all__ = [
 
 ORPHAN_DELETE: Line = {
     "key": {"contact_id": "never-seen"},
-    "value": {
-        "before": {
-            "contact_id": "never-seen",
-            "account_id": "a-gone",
-            "email": "gone@example.com",
-            "first_name": "No",
-            "last_name": "Body",
-            "phone": None,
-            "updated_at": 1_767_600_000_000,
-        },
-        "after": None,
-        "op": "d",
-        "ts_ms": 1_767_600_000_005,
-        "source": {
-            "version": "2.7.0",
-            "connector": "postgresql",
-            "name": "crm",
-            "db": "crm",
-            "table": "contacts",
-            "ts_ms": 1_767_600_000_000,
-            "lsn": 1,
-            "txId": None,
-            "snapshot": False,
-        },
-    },
+    "value": contact_envelope("d", 0, contact_row("never-seen"), None),
 }
 """A delete of a contact the dimension never had: it leaves a marker in the orphans table."""
 
@@ -153,3 +132,22 @@ def scheduled_arguments(job: str, env: str = "local") -> list[str]:
             at = arguments.index("--env")
             return [*arguments[: at + 1], env, *arguments[at + 2 :]]
     raise AssertionError(f"no scheduled job cdc-maintain-{job}")
+
+
+def lake_settings(root: Path, *overrides: str) -> Settings:
+    """The local config with its lake and checkpoints under ``root``."""
+    return load_settings(
+        "local",
+        [f"lake.root={root / 'lake'}", f"checkpoints.root={root / 'cp'}", *overrides],
+        config_dir=_REPO / "config",
+        environ={},
+    )
+
+
+def optimized_tables(output: str, refs: list[TableRef]) -> dict[str, str]:
+    """``cdc maintain optimize``'s lines by table, once each has been checked: one line per
+    table of ``refs``, in their order, each saying files before ``->`` after."""
+    lines = output.splitlines()
+    assert [line.split(":")[0] for line in lines] == [r.name for r in refs]
+    assert all(" -> " in line for line in lines), lines
+    return {line.split(":")[0]: line for line in lines}

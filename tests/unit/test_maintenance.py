@@ -14,11 +14,13 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from cdc.cli import main
-from cdc.config import Settings, load_settings
+from cdc.config import load_settings
 from cdc.maintenance import TableRef, maintenance_tables, zorder_columns
 from tests.conftest import REPO_ROOT
 from tests.support.lake import (
     existing_tables,
+    lake_settings,
+    optimized_tables,
     scheduled_arguments,
     table_contents,
     write_small_lake,
@@ -144,19 +146,10 @@ def small_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every table the service writes (bronze, quarantine, dimensions and their orphans, facts)
     from the writers, and gold from ``cdc gold build`` as its scheduled job runs it."""
     root = tmp_path_factory.mktemp("lake")
-    write_small_lake(_settings(root))
+    write_small_lake(lake_settings(root))
     built = _batch_job("gold_build.py", [], root)
     assert built.returncode == 0, built.stderr
     return root
-
-
-def _settings(root: Path) -> Settings:
-    return load_settings(
-        "local",
-        [f"lake.root={root / 'lake'}", f"checkpoints.root={root / 'cp'}"],
-        config_dir=REPO_ROOT / "config",
-        environ={},
-    )
 
 
 def test_the_scheduled_optimize_runs_on_every_kind_of_table(
@@ -166,7 +159,7 @@ def test_the_scheduled_optimize_runs_on_every_kind_of_table(
     partition columns. Found: ["as_of_date"]", exit 2 on every run)."""
     root = tmp_path / "run"
     shutil.copytree(small_lake, root)
-    settings = _settings(root)
+    settings = lake_settings(root)
     refs = existing_tables(settings)
     assert {r.role for r in refs} == {"bronze", "quarantine", "silver", "orphans", "gold"}
     assert {r.name for r in refs} >= {
@@ -182,10 +175,7 @@ def test_the_scheduled_optimize_runs_on_every_kind_of_table(
     assert arguments == ["optimize", "--env", "local"]  # every table: no --table
     done = _batch_job("maintain.py", arguments, root)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == [r.name for r in refs]
-    assert all(" -> " in line for line in lines), lines
-    by_table = {line.split(":")[0]: line for line in lines}
+    by_table = optimized_tables(done.stdout, refs)
     # Z-ORDER columns per table, never a partition column; gold on its grain.
     assert "ZORDER BY (account_id) in " in by_table["gold/customer_features"]
     assert "ZORDER BY (order_date, region, currency)" in by_table["gold/daily_revenue"]
@@ -206,7 +196,7 @@ def test_one_tables_failure_is_reported_and_the_others_still_run(
 ) -> None:
     root = tmp_path / "run"
     shutil.copytree(small_lake, root)
-    settings = _settings(root)
+    settings = lake_settings(root)
     daily = next(r for r in maintenance_tables(settings) if r.name == "gold/daily_revenue")
     for data in Path(daily.uri).rglob("*.parquet"):
         data.write_bytes(b"not parquet")  # a file the OPTIMIZE cannot read

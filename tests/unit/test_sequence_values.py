@@ -10,13 +10,11 @@ decoder on Avro bytes (the columnar and the fastavro paths).
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -24,11 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdc.changes import scd2_changes
-from cdc.config import SequenceField, load_settings
+from cdc.config import SequenceField
 from cdc.contracts import QuarantineReason, TopicContract, TopicDecoder
 from cdc.errors import ConfigError
 from cdc.kafka_source import DecoderSpec, topic_decoder
-from cdc.registry import FileRegistry, frame
+from cdc.produce import encode_datum
+from cdc.registry import FileRegistry
 from cdc.scd2 import Scd2Spec, scd2_from_events
 from cdc.sequence import (
     MAX_PARTITION,
@@ -43,7 +42,14 @@ from cdc.sequence import (
     ordering_for,
 )
 from tests.conftest import REPO_ROOT
-from tests.support.envelopes import SOURCE_TYPE, T0
+from tests.support.envelopes import (
+    SOURCE_TYPE,
+    T0,
+    bronze_schema,
+    contact_envelope,
+    contact_row,
+)
+from tests.support.lake import lake_settings
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -126,16 +132,7 @@ def bronze(records: list[dict[str, Any]]) -> pa.Table:
         }
         for r in records
     ]
-    schema = pa.schema(
-        [
-            ("topic", pa.string()),
-            ("partition", pa.int32()),
-            ("offset", pa.int64()),
-            ("timestamp", pa.timestamp("us", "UTC")),
-            ("key", pa.struct([("id", pa.string())])),
-            ("value", value_type),
-        ]
-    )
+    schema = bronze_schema(pa.struct([("id", pa.string())]), value_type)
     return pa.Table.from_pylist(rows, schema)
 
 
@@ -339,34 +336,13 @@ def test_a_bronze_row_from_before_the_check_is_clamped_not_overflowed() -> None:
 
 
 def _encode(registry: FileRegistry, subject: str, datum: Any) -> bytes:
-    schema = registry.latest(subject)
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, schema.parsed, datum)
-    return frame(schema.schema_id, out.getvalue())
+    return encode_datum(registry.latest(subject), datum)
 
 
 def contact_value(registry: FileRegistry, r: dict[str, Any]) -> bytes:
     """A contract-valid contact envelope with ``r``'s source fields."""
-    source = {
-        "version": "2.7.0",
-        "name": "crm",
-        "db": "crm",
-        "table": "contacts",
-        "snapshot": False,
-        **{f.name: r.get(f.name) for f in SOURCE_TYPE},
-    }
-    if source["file"] is not None and not source["file"][-1].isdigit():
-        source["file"] += "0"
-    after = {
-        "contact_id": "c1",
-        "account_id": "a1",
-        "email": "jo@example.com",
-        "first_name": "Jo",
-        "last_name": "Doe",
-        "phone": None,
-        "updated_at": T0,
-    }
-    datum = {"before": None, "after": after, "op": "c", "ts_ms": T0, "source": source}
+    datum = contact_envelope("c", 0, None, contact_row())
+    datum["source"].update({f.name: r.get(f.name) for f in SOURCE_TYPE})
     return _encode(registry, "crm.contacts-value", datum)
 
 
@@ -459,17 +435,8 @@ def test_a_time_too_far_ahead_of_the_clock_is_quarantined(
 # ----------------------------------------------------------------------------- configuration
 
 
-def _settings(tmp_path: Path, *overrides: str) -> Any:
-    return load_settings(
-        "local",
-        [f"lake.root={tmp_path / 'lake'}", f"checkpoints.root={tmp_path / 'cp'}", *overrides],
-        config_dir=REPO_ROOT / "config",
-        environ={},
-    )
-
-
 def test_the_window_comes_from_the_config(tmp_path: Path) -> None:
-    settings = _settings(
+    settings = lake_settings(
         tmp_path,
         "defaults.source_time_window.not_before=2000-01-01",
         "pipelines.fx_rates.source_time_window.max_ahead_seconds=null",
@@ -491,18 +458,18 @@ def test_the_window_comes_from_the_config(tmp_path: Path) -> None:
 
 def test_a_window_before_1970_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as refused:
-        _settings(tmp_path, "defaults.source_time_window.not_before=1969-12-31T23:59:59Z")
+        lake_settings(tmp_path, "defaults.source_time_window.not_before=1969-12-31T23:59:59Z")
     assert str(refused.value).endswith(
         "defaults.source_time_window.not_before: Value error, 1969-12-31T23:59:59+00:00 is"
         " before 1970-01-01T00:00:00Z, which no sequence holds"
     )
     with pytest.raises(ConfigError, match="max_ahead_seconds: Input should be greater than"):
-        _settings(tmp_path, "pipelines.crm_contacts.source_time_window.max_ahead_seconds=-1")
+        lake_settings(tmp_path, "pipelines.crm_contacts.source_time_window.max_ahead_seconds=-1")
 
 
 def test_a_flat_pipelines_effective_time_before_the_window_is_quarantined(tmp_path: Path) -> None:
     """fx_rates is sequenced by ``effective_at`` (a timestamp): its value is the time."""
-    settings = _settings(tmp_path, "defaults.source_time_window.not_before=2000-01-01")
+    settings = lake_settings(tmp_path, "defaults.source_time_window.not_before=2000-01-01")
     spec = DecoderSpec.from_settings(settings, settings.pipeline("fx_rates"))
     decoder = topic_decoder(spec, "ref.fx_rates")
     registry = FileRegistry.load(REPO_ROOT / "schemas" / "avro")
@@ -516,7 +483,7 @@ def test_a_flat_pipelines_effective_time_before_the_window_is_quarantined(tmp_pa
                 "base_currency": "EUR",
                 "quote_currency": "USD",
                 "rate": Decimal("1.10000000"),
-                "effective_at": effective,
+                "effective_at": effective.isoformat(),
                 "provider": "ecb",
             },
         )
