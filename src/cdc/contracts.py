@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
@@ -674,8 +675,6 @@ class TopicDecoder:
         check = self._sequence
         if check is None or batch.num_rows == 0:
             return batch
-        import polars as pl
-
         s = self._schema
         names = ("partition", "offset", "timestamp", "value")
         columns = {n: batch.column(s.get_field_index(n)) for n in names}
