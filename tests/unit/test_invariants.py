@@ -333,6 +333,9 @@ def test_a_batch_check_is_logged_counted_and_exported(caplog: pytest.LogCaptureF
     before = metric_samples(metrics.exposition().decode())
     label = (("kind", "multiple_current"), ("pipeline", "crm_contacts"))
     assert before[("cdc_scd2_invariant_violations_total", label)] == 0  # exported from the start
+    for kind in SCD2_KINDS:  # every kind, valid_time_out_of_range included
+        series = (("kind", kind), ("pipeline", "crm_contacts"))
+        assert before[("cdc_scd2_invariant_violations_total", series)] == 0
     metrics.on_batch("crm_contacts", stats)
     metrics.on_batch("crm_contacts", stats)
     got = metric_samples(metrics.exposition().decode())
