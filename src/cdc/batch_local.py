@@ -37,7 +37,7 @@ from cdc.scd2 import (
 from cdc.store.base import WriteOutcome
 from cdc.store.delta_rs import DeltaSink
 from cdc.store.plan import CURRENT_PARTITION, facts_merge_plan, scd2_merge_plan
-from cdc.verify import BATCH_EXAMPLES, record_batch_check
+from cdc.verify import BATCH_EXAMPLES, record_batch_check, valid_time_bounds
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -170,7 +170,8 @@ class LocalBatchWriter(BatchWriter[LocalBatch]):
                     [post_merge_rows(fp.existing, fp.result, spec) for fp in passes],
                     how="vertical_relaxed",
                 )
-                found_violations = check_scd2(merged, list(spec.keys))
+                bounds = valid_time_bounds(self.settings, self.pipeline)
+                found_violations = check_scd2(merged, list(spec.keys), bounds)
                 report = summarize(found_violations, BATCH_EXAMPLES, rows=merged.height)
             record_batch_check(self.name, stats, report, self.settings.lake.writer)
 

@@ -50,7 +50,7 @@ from cdc.sequence import SequenceBy
 from cdc.store.base import WriteOutcome
 from cdc.store.delta_spark import DeltaSparkStore
 from cdc.store.plan import CURRENT_PARTITION, facts_merge_plan, scd2_merge_plan
-from cdc.verify import BATCH_EXAMPLES, in_kind_order, record_batch_check
+from cdc.verify import BATCH_EXAMPLES, in_kind_order, record_batch_check, valid_time_bounds
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row
@@ -272,6 +272,8 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
             stats.skipped_tables.append("silver")
             return
         check = self.settings.check_invariants(self.name)
+        # The valid times the check accepts (judged now, on the driver: one clock per batch).
+        bounds = valid_time_bounds(self.settings, p) if check else None
         to_events = layout.to_events()
         events = valid.mapInArrow(to_events, from_arrow_schema(layout.events))
         silver = self.store.read_df(session, uri)
@@ -310,7 +312,7 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
                         history = past.mapInArrow(to_events, from_arrow_schema(layout.events))
                         parts.append(history.withColumn(_ROLE, F.lit(_HISTORY)))
                     complete = not first or silver is None
-                    fold = _fold_fn(spec, layout, complete=complete, check=check)
+                    fold = _fold_fn(spec, layout, complete=complete, check=check, bounds=bounds)
                     out = _shuffle(parts, keys).mapInArrow(fold, out_schema)
                     out = out.localCheckpoint(eager=True)
                     results.append(out)
@@ -482,14 +484,21 @@ def _by_role(batches: Iterator[pa.RecordBatch]) -> dict[str, pl.DataFrame] | Non
 
 
 def _fold_fn(
-    spec: Scd2Spec, layout: _FoldLayout, *, complete: bool, check: bool
+    spec: Scd2Spec,
+    layout: _FoldLayout,
+    *,
+    complete: bool,
+    check: bool,
+    bounds: tuple[int, int] | None = None,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """``mapInArrow``: one shuffle partition of a pass's inputs → what the pass yields.
 
     Output rows carry ``_cdc_action``: ``U``/``D`` (the MERGE source), ``O`` (an orphan
     marker: keys + ``_seq_max``), ``N``/``L`` (the events of a key the next pass folds, with
     every row; ``L``: and its history), ``T`` (the partition's totals), ``C`` (violations of
-    one kind in the keys' merged rows) and ``V`` (examples of them).
+    one kind in the keys' merged rows) and ``V`` (examples of them). ``check``: check the
+    keys' merged rows; ``bounds``: valid times outside ``(earliest, latest)`` (epoch ms) are
+    violations too.
     """
     keys = list(spec.keys)
     event_columns = layout.events.names
@@ -515,7 +524,7 @@ def _fold_fn(
                 parts.append(carried.with_columns(pl.lit(action).alias(ACTION_COLUMN)))
         violations = 0
         if check:
-            found = check_scd2(post_merge_rows(fp.existing, result, spec), keys)
+            found = check_scd2(post_merge_rows(fp.existing, result, spec), keys, bounds)
             violations = found.height
             for (kind,), group in found.group_by("kind", maintain_order=True):
                 parts.append(

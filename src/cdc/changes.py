@@ -19,7 +19,7 @@ from cdc import sequence
 from cdc.errors import ConfigError
 from cdc.landed import TOPIC_ID_COLUMN, Ranges, landed_mask
 from cdc.scd2 import Scd2Spec, encode_sequence
-from cdc.sequence import Ordering, PositionField, SequenceBy, ordering_for, sequence_position
+from cdc.sequence import Ordering, SequenceBy, ordering_for, sequence_position
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -155,11 +155,7 @@ def _time_ms(df: pl.DataFrame, ordering: Ordering, source_format: str) -> pl.Exp
     """Each record's source time (epoch ms): the legacy path, ``source.ts_ms`` of an envelope,
     or a flat record's first time field; the Kafka timestamp where that is null or absent."""
     kafka_ms = pl.col("timestamp").dt.epoch("ms")
-    path: str | None = ordering.legacy_path
-    if path is None and source_format == "envelope":
-        path = "source.ts_ms"
-    elif path is None:
-        path = next((f.path for f in ordering.fields if _is_time(df.schema, f)), None)
+    path = sequence.time_path(ordering, source_format, df.schema)
     if path is None:
         return kafka_ms
     dtype = _resolve_dtype(df.schema, "value", path)
@@ -167,13 +163,6 @@ def _time_ms(df: pl.DataFrame, ordering: Ordering, source_format: str) -> pl.Exp
     for part in path.split("."):
         field = field.struct.field(part)
     return pl.coalesce(sequence.epoch_ms(field, dtype, path), kafka_ms)
-
-
-def _is_time(schema: pl.Schema, f: PositionField) -> bool:
-    if f.kind == "time":
-        return True
-    dtype = _resolve_dtype(schema, "value", f.path)
-    return f.kind == "auto" and isinstance(dtype, (pl.Datetime, pl.Date))
 
 
 def scd2_changes(

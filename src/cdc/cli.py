@@ -756,19 +756,26 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
             object_store=settings.lake.on_object_store,
         )
     if args.maintain_command == "optimize":
-        for outcome in maintenance.optimize(settings, refs, spark):
-            print(outcome.line())
-        return 0
-    vacuumed = maintenance.vacuum(
-        settings,
-        refs,
-        args.retention_hours,
-        dry_run=args.dry_run,
-        force=args.force,
-        spark=spark,
-    )
-    for result in vacuumed:
+        done: Sequence[maintenance.OptimizeOutcome | maintenance.VacuumOutcome] = (
+            maintenance.optimize(settings, refs, spark)
+        )
+    else:
+        done = maintenance.vacuum(
+            settings,
+            refs,
+            args.retention_hours,
+            dry_run=args.dry_run,
+            force=args.force,
+            spark=spark,
+        )
+    for result in done:  # every table's line, failures too: one did not stop the others
         print(result.line())
+    failed = [d for d in done if d.error is not None]
+    if failed:
+        raise maintenance.MaintenanceError(
+            f"{args.maintain_command.upper()} failed on {len(failed)} of {len(done)} tables"
+            f" ({', '.join(d.table.name for d in failed)}); the others were done"
+        )
     return 0
 
 

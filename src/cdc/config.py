@@ -18,6 +18,7 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -47,6 +48,7 @@ __all__ = [
     "RegistrySettings",
     "Secret",
     "Settings",
+    "SourceTimeWindow",
     "SparkSettings",
     "WarehouseSettings",
     "apply_overrides",
@@ -586,6 +588,31 @@ class SequenceField(_Model):
     kind: Literal["auto", "number", "time", "binlog_file", "sqlserver_lsn"] = "auto"
 
 
+class SourceTimeWindow(_Model):
+    """The source times an SCD2 pipeline accepts: a record whose sequence time (or a time in
+    its position) lies outside is quarantined as ``source_time_out_of_range``
+    (:class:`cdc.sequence.SequenceCheck`)."""
+
+    not_before: datetime = datetime(1970, 1, 1, tzinfo=UTC)
+    """The earliest (ISO-8601, UTC unless it says otherwise); never before 1970-01-01, the
+    floor of the sequence encoding."""
+    max_ahead_seconds: float | None = Field(default=86_400.0, ge=0)
+    """How far past the decoder's clock a time may lie (null: up to 9999-12-31, the last
+    day a Delta timestamp holds). Widen it for a business time that may be in the future
+    (a flat pipeline sequenced by an ``effective_at``)."""
+
+    @field_validator("not_before")
+    @classmethod
+    def _check_not_before(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if value < datetime(1970, 1, 1, tzinfo=UTC):
+            raise ValueError(
+                f"{value.isoformat()} is before 1970-01-01T00:00:00Z, which no sequence holds"
+            )
+        return value
+
+
 class PipelineSettings(_Model):
     """One streaming query: a topic and the silver table it maintains."""
 
@@ -617,6 +644,9 @@ class PipelineSettings(_Model):
     """This pipeline's service levels (keys it does not set come from ``defaults.sla``)."""
     check_invariants: bool | None = None
     """After-batch SCD2 invariant checks for this pipeline (None: ``defaults.check_invariants``)."""
+    source_time_window: SourceTimeWindow | None = None
+    """The source times this pipeline accepts (keys it does not set come from
+    ``defaults.source_time_window``)."""
     zorder: ZOrderSettings = ZOrderSettings()
     expectations: Annotated[tuple[ExpectationSettings, ...], AfterValidator(unique_names)] = ()
     """Data-quality rules on the records, each with its action (:mod:`cdc.expectations`)."""
@@ -670,6 +700,8 @@ class PipelineDefaults(_Model):
     check_invariants: bool = True
     """Check the SCD2 invariants of the keys each batch touched, after its MERGE
     (docs/guides/verify.md); ``cdc verify`` checks whole tables on demand either way."""
+    source_time_window: SourceTimeWindow = SourceTimeWindow()
+    """The source times SCD2 pipelines accept (docs/scd2.md, "What a sequence holds")."""
 
 
 class Settings(_Model):

@@ -5,13 +5,16 @@ bronze, an invalid one (``error_code`` set, ``value`` null, raw bytes kept) to q
 Bad data never raises; only a bad configuration does.
 
 Checks run in this order and the first failure decides the reason: size, key, value
-(framing, schema id, body, schema resolution), then the contract's rules.
+(framing, schema id, body, schema resolution), the contract's rules, then (for an SCD2
+pipeline's decoder) whether the record's sequence can be encoded
+(:class:`cdc.sequence.SequenceCheck`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -21,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
@@ -41,6 +45,12 @@ from cdc.registry import (
     unframe,
 )
 from cdc.registry.framing import HEADER_SIZE, MAGIC_BYTE
+from cdc.sequence import (
+    MAX_TIME_MS,
+    POSITION_OUT_OF_RANGE,
+    SOURCE_TIME_OUT_OF_RANGE,
+    SequenceCheck,
+)
 
 __all__ = [
     "ENVELOPE_OPS",
@@ -80,6 +90,12 @@ class QuarantineReason(StrEnum):
     OVERSIZE = "oversize"
     RULE_VIOLATION = "rule_violation"
     MISSING_KEY = "missing_key"
+    SOURCE_TIME_OUT_OF_RANGE = SOURCE_TIME_OUT_OF_RANGE
+    """The sequence time, or a time in the position, is outside the pipeline's window or what
+    a sequence and a Delta timestamp hold."""
+    POSITION_OUT_OF_RANGE = POSITION_OUT_OF_RANGE
+    """A position value (a binlog index, the Kafka partition or offset) does not fit a
+    sequence."""
 
 
 @dataclass(frozen=True)
@@ -565,6 +581,8 @@ class TopicDecoder:
         max_message_bytes: int = 1_048_576,
         *,
         columnar: bool = True,
+        sequence: SequenceCheck | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Build the decoder.
 
@@ -575,6 +593,10 @@ class TopicDecoder:
             columnar: Decode clean records of supported schemas with the vectorised reader
                 (:mod:`cdc.registry.columnar`); False decodes every record with fastavro.
                 The output is the same either way.
+            sequence: The SCD2 pipeline's sequence check: a record whose sequence cannot be
+                encoded is quarantined (``source_time_out_of_range``,
+                ``position_out_of_range``). None: not checked (facts, tools).
+            clock: Seconds since the epoch, for the check's future bound (tests inject it).
 
         Raises:
             SchemaNotFoundError: A contract subject is not in the registry.
@@ -596,6 +618,8 @@ class TopicDecoder:
         )
         self._plans: dict[tuple[str, int], _Plan] = {}
         self._columnar = columnar
+        self._sequence = sequence
+        self._clock = clock
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -623,8 +647,9 @@ class TopicDecoder:
             A batch with :attr:`arrow_schema`.
         """
         if not self._columnar or not messages:
-            return self._decode_rows(messages)
-        return self._decode_columns(KafkaRecords.from_messages(messages, self._schema))
+            return self._check_sequences(self._decode_rows(messages))
+        records = KafkaRecords.from_messages(messages, self._schema)
+        return self._check_sequences(self._decode_columns(records))
 
     def decode_records(self, records: pa.RecordBatch) -> pa.RecordBatch:
         """Decode Kafka records in the shape of Spark's Kafka source, like :meth:`decode_batch`.
@@ -638,8 +663,39 @@ class TopicDecoder:
         """
         columns = KafkaRecords.from_arrow(records, self._schema)
         if not self._columnar or len(columns) == 0:
-            return self._decode_rows(columns.messages(range(len(columns))))
-        return self._decode_columns(columns)
+            return self._check_sequences(self._decode_rows(columns.messages(range(len(columns)))))
+        return self._check_sequences(self._decode_columns(columns))
+
+    def _check_sequences(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Quarantine the valid records whose sequence cannot be encoded (see ``sequence``).
+
+        One check on the decoded batch, whichever path decoded each record: the columnar and
+        the fastavro paths, and so both writers, give every record the same verdict.
+        """
+        check = self._sequence
+        if check is None or batch.num_rows == 0:
+            return batch
+        s = self._schema
+        names = ("partition", "offset", "timestamp", "value")
+        columns = {n: batch.column(s.get_field_index(n)) for n in names}
+        columns["value"] = _project(columns["value"], [p.split(".") for p in check.paths])
+        frame = pl.from_arrow(pa.table(columns))
+        assert isinstance(frame, pl.DataFrame)
+        found = check.violations(frame, int(self._clock() * 1000))
+        code, error = (
+            found.get_column(c).to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.string())
+            for c in ("code", "error")
+        )
+        valid = pc.is_null(batch.column(s.get_field_index("error_code")))
+        bad = pc.and_(valid, pc.is_valid(code))
+        if not pc.any(bad).as_py():
+            return batch
+        arrays = dict(zip(s.names, batch.columns, strict=True))
+        arrays["error_code"] = pc.if_else(bad, code, arrays["error_code"])
+        arrays["error"] = pc.if_else(bad, error, arrays["error"])
+        none = pa.nulls(batch.num_rows, s.field("value").type)
+        arrays["value"] = pc.if_else(bad, none, arrays["value"])
+        return pa.RecordBatch.from_arrays(list(arrays.values()), schema=s)
 
     def _decode_columns(self, records: KafkaRecords) -> pa.RecordBatch:
         """The columnar path: clean rows vectorised, the others by :meth:`_decode_rows`."""
@@ -762,7 +818,7 @@ class TopicDecoder:
         key_required = self._contract.key_required
         for i, (topic, partition, offset, ts_ms, key, value) in enumerate(messages):
             topics[i], partitions[i], offsets[i] = topic, partition, offset
-            stamps[i] = ts_ms * 1000 if ts_ms is not None and ts_ms >= 0 else None
+            stamps[i] = _micros(ts_ms)
             key_raw[i], value_raw[i] = key, value
             size = (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
             if size > self._max_bytes:
@@ -974,7 +1030,9 @@ class KafkaRecords:
         def column(name: str, typ: pa.DataType) -> pa.Array:
             array = batch.column(batch.schema.get_field_index(name))
             if pa.types.is_integer(array.type) and pa.types.is_timestamp(typ):
-                array = pc.multiply(array.cast(pa.int64()), 1000)
+                ms = array.cast(pa.int64())
+                none = pc.or_(pc.less(ms, 0), pc.greater(ms, MAX_TIME_MS))
+                array = pc.if_else(none, None, pc.multiply(ms, 1000))
             return array if array.type == typ else array.cast(typ)
 
         return cls(
@@ -1032,13 +1090,43 @@ class _Side:
             self.schema_id = np.zeros(n, dtype=np.int32)
 
 
+def _project(values: pa.Array, paths: Sequence[Sequence[str]]) -> pa.Array:
+    """A struct column with only the fields on ``paths`` (missing ones left out), nulls kept.
+
+    The sequence check reads a few fields: projecting them first spares converting every
+    other field of the record.
+    """
+    if not pa.types.is_struct(values.type):
+        return values
+    wanted = dict.fromkeys(p[0] for p in paths if p)
+    names = [n for n in wanted if values.type.get_field_index(n) >= 0]
+    if not names:
+        return pa.nulls(len(values))
+    children = []
+    for name in names:
+        child = pc.struct_field(values, [values.type.get_field_index(name)])
+        rest = [p[1:] for p in paths if p and p[0] == name and len(p) > 1]
+        children.append(_project(child, rest) if rest else child)
+    return pa.StructArray.from_arrays(
+        children,
+        fields=[pa.field(n, c.type) for n, c in zip(names, children, strict=True)],
+        mask=pc.is_null(values),
+    )
+
+
 def _timestamps(stamps: Sequence[int | None], typ: pa.DataType) -> pa.Array:
-    """Kafka timestamps (ms; negative or None means none) as microseconds."""
+    """Kafka timestamps (ms; negative, None or past 9999-12-31 means none) as microseconds."""
     try:
         ms = np.asarray(stamps, dtype=np.int64)
-    except (TypeError, ValueError):
-        return pa.array([t * 1000 if t is not None and t >= 0 else None for t in stamps], typ)
-    return pa.array(ms * 1000, typ, mask=ms < 0)
+    except (TypeError, ValueError, OverflowError):
+        return pa.array([_micros(t) for t in stamps], typ)
+    none = (ms < 0) | (ms > MAX_TIME_MS)
+    return pa.array(np.where(none, 0, ms) * 1000, typ, mask=none)
+
+
+def _micros(ms: int | None) -> int | None:
+    """One Kafka timestamp (ms) as microseconds; None when it means none."""
+    return ms * 1000 if ms is not None and 0 <= ms <= MAX_TIME_MS else None
 
 
 def _rule_suspects(

@@ -14,7 +14,10 @@ in sequence order, each key's versions must form one history:
   (its ``_seq_close`` is no version's opener) may leave a gap before a re-insert, but a
   version whose events all precede its ``_seq_close`` (``_seq_max < _seq_close``) was closed
   by a version, and that version must exist;
-* ``duplicate_identity``: no two rows share ``(keys, _seq_open)``.
+* ``duplicate_identity``: no two rows share ``(keys, _seq_open)``;
+* ``valid_time_out_of_range`` (when the check is given the accepted source times): a
+  version's ``valid_from`` and ``valid_to`` lie within them (a time the decoder would now
+  quarantine, written before it did, or by another writer).
 
 Facts tables: ``duplicate_event_id``, no two rows share the event id (facts are inserted once
 per event).
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -52,6 +56,7 @@ SCD2_KINDS = (
     "overlap",
     "gap",
     "duplicate_identity",
+    "valid_time_out_of_range",
 )
 """The invariants of an SCD2 dimension, as the ``kind`` of a violation."""
 
@@ -101,7 +106,9 @@ def _violations(
     )
 
 
-def check_scd2(rows: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+def check_scd2(
+    rows: pl.DataFrame, keys: Sequence[str], valid_times: tuple[int, int] | None = None
+) -> pl.DataFrame:
     """Every invariant violation in ``rows`` (all rows of the keys checked).
 
     Args:
@@ -110,6 +117,9 @@ def check_scd2(rows: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
             columns are ignored. A key's rows must all be there (a key's history is judged
             whole).
         keys: the key columns.
+        valid_times: the accepted source times, ``(earliest, latest)`` in epoch ms (see
+            :meth:`cdc.sequence.TimeWindow.bounds`); None: ``valid_time_out_of_range`` is
+            not checked.
 
     Returns:
         One row per violation (see :func:`violation_schema`), ordered by kind (in
@@ -273,12 +283,44 @@ def check_scd2(rows: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
         "overlap": overlap,
         "gap": gap,
         "duplicate_identity": duplicate,
+        "valid_time_out_of_range": _out_of_range(versions, keys, valid_times),
     }
     schema = violation_schema(rows.select(keys).schema)
     return pl.concat(
         [by_kind[kind].cast(schema) for kind in SCD2_KINDS],  # type: ignore[arg-type]
         how="vertical",
     )
+
+
+def _out_of_range(
+    versions: pl.DataFrame, keys: Sequence[str], valid_times: tuple[int, int] | None
+) -> pl.DataFrame:
+    """Versions whose ``valid_from`` (else ``valid_to``) lies outside ``valid_times``."""
+    if valid_times is None:
+        return versions.clear().pipe(
+            _violations, keys, "valid_time_out_of_range", pl.col("_seq_open"), pl.lit("")
+        )
+    lo, hi = valid_times
+
+    def outside(column: str) -> pl.Expr:
+        ms = pl.col(column).dt.epoch("ms")
+        return ((ms < lo) | (ms > hi)).fill_null(False)
+
+    accepted = f"the accepted source times (source_time_window), {_iso(lo)} to {_iso(hi)}"
+    return _violations(
+        versions.filter(outside("valid_from") | outside("valid_to")),
+        keys,
+        "valid_time_out_of_range",
+        pl.col("_seq_open"),
+        pl.when(outside("valid_from"))
+        .then(pl.format(f"valid_from {{}} is outside {accepted}", _text(pl.col("valid_from"))))
+        .otherwise(pl.format(f"valid_to {{}} is outside {accepted}", _text(pl.col("valid_to")))),
+    )
+
+
+def _iso(ms: int) -> str:
+    """An epoch-ms bound as ``2026-01-05 08:00:00+00:00`` (how details show valid times)."""
+    return str(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms))
 
 
 def check_facts(rows: pl.DataFrame, event_id: str) -> pl.DataFrame:

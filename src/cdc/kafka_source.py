@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from cdc.contracts import TopicContract, TopicDecoder
     from cdc.registry import SchemaRegistry
+    from cdc.sequence import SequenceCheck
 
 __all__ = [
     "KAFKA_COLUMNS",
@@ -80,10 +81,17 @@ class DecoderSpec:
     registry_client: tuple[tuple[str, str], ...] = field(repr=False)
     contracts_path: str
     max_message_bytes: int
+    sequence: SequenceCheck | None = None
+    """The pipeline's sequence check (an SCD2 pipeline's decoder quarantines the records
+    whose sequence cannot be encoded); None: no check."""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DecoderSpec:
-        """The decoder settings of the service."""
+    def from_settings(
+        cls, settings: Settings, pipeline: PipelineSettings | None = None
+    ) -> DecoderSpec:
+        """The decoder settings of the service, with ``pipeline``'s sequence check if given."""
+        from cdc.sequence import SequenceCheck
+
         registry = settings.registry
         url = registry.resolved_url()
         return cls(
@@ -92,6 +100,7 @@ class DecoderSpec:
             registry_client=tuple(sorted(registry.client_config().items())),
             contracts_path=str(registry.contracts),
             max_message_bytes=settings.defaults.max_message_bytes,
+            sequence=None if pipeline is None else SequenceCheck.of(settings, pipeline),
         )
 
 
@@ -141,7 +150,9 @@ def _cached_decoder(
     registry = _cached_registry(
         spec.registry_path, spec.registry_url, spec.registry_client, registry_stamp
     )
-    return TopicDecoder(registry, contract, max_message_bytes=spec.max_message_bytes)
+    return TopicDecoder(
+        registry, contract, max_message_bytes=spec.max_message_bytes, sequence=spec.sequence
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -271,7 +282,7 @@ def decoded_stream(
     """
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
-    spec = DecoderSpec.from_settings(settings)
+    spec = DecoderSpec.from_settings(settings, pipeline)
     schema = from_arrow_schema(topic_decoder(spec, pipeline.topic).arrow_schema)
     reader = spark.readStream.format("kafka")
     for key, value in source_options(settings, pipeline, checkpoint).items():

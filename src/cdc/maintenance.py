@@ -9,6 +9,11 @@ vectors are left); on the delta-rs lake, through delta-rs. Both commit as ordina
 transactions: a stream writing at the same time loses nothing (a conflicting commit is retried
 by whichever side lost the race).
 
+Z-ORDER columns are chosen per table from its layout (:func:`zorder_columns`): the configured
+columns the table has, less its partition columns (Delta refuses to Z-ORDER on one: gold's
+``customer_features`` is partitioned by ``as_of_date``, a grain column); with none left the
+table is compacted only. A table that fails is reported and the others still run.
+
 VACUUM refuses a retention below ``maintenance.min_retention_hours`` unless forced. Health
 compares file counts, the small-file ratio and versions since the last OPTIMIZE with
 thresholds.
@@ -17,6 +22,7 @@ thresholds.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -33,6 +39,7 @@ __all__ = [
     "FileStats",
     "HealthReport",
     "MaintenanceError",
+    "OptimizeOutcome",
     "TableRef",
     "VacuumOutcome",
     "file_stats",
@@ -41,11 +48,12 @@ __all__ = [
     "optimize",
     "retention",
     "vacuum",
+    "zorder_columns",
 ]
 
 
 class MaintenanceError(CdcError):
-    """A maintenance operation failed on a table."""
+    """A maintenance operation failed on some tables (each one is reported on its own)."""
 
 
 @dataclass(frozen=True)
@@ -155,25 +163,65 @@ def _last(history: list[dict[str, Any]], *operations: str) -> dict[str, Any] | N
     return next((h for h in history if h.get("operation") in operations), None)
 
 
+def _failure(operation: str, ref: TableRef, exc: Exception) -> str:
+    """``OPTIMIZE <table> failed: <the error's first line>``."""
+    first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return f"{operation} {ref.name} failed: {first.strip()}"
+
+
 @dataclass(frozen=True)
 class OptimizeOutcome:
+    """What OPTIMIZE did to one table, or why it failed.
+
+    Attributes:
+        table: the table.
+        before: its files before (None when they could not be read).
+        after: its files after (None when it failed).
+        seconds: time spent on it.
+        zorder: the columns it was Z-ORDERed by (empty: compacted only).
+        error: ``OPTIMIZE <table> failed: ...`` (None when it succeeded).
+    """
+
     table: TableRef
-    before: FileStats
-    after: FileStats
+    before: FileStats | None
+    after: FileStats | None
     seconds: float
+    zorder: tuple[str, ...] = ()
+    error: str | None = None
 
     def line(self) -> str:
-        on = f" ZORDER BY ({', '.join(self.table.zorder)})" if self.table.zorder else ""
+        """The table's line: files before and after, or the failure."""
+        if self.error is not None or self.before is None or self.after is None:
+            return str(self.error)
+        on = f" ZORDER BY ({', '.join(self.zorder)})" if self.zorder else ""
         return (
             f"{self.table.name}: {self.before.describe()} -> {self.after.describe()}{on}"
             f" in {self.seconds:.1f}s"
         )
 
 
+def zorder_columns(ref: TableRef, schema: Any, partitions: Sequence[str]) -> tuple[str, ...]:
+    """The columns to Z-ORDER a table by: its configured ones that it has, less partitions.
+
+    Delta (both engines) refuses to Z-ORDER on a partition column, and a column the table
+    lacks cannot cluster anything; with nothing left the table is compacted only.
+
+    Args:
+        ref: the table and its configured columns.
+        schema: the table's Arrow schema.
+        partitions: the table's partition columns.
+    """
+    return tuple(
+        c for c in ref.zorder if c.split(".")[0] not in partitions and _has_column(schema, c)
+    )
+
+
 def optimize(
     settings: Settings, refs: list[TableRef], spark: SparkSession | None = None
 ) -> list[OptimizeOutcome]:
     """Compact (and Z-ORDER) each existing table; purge deletion vectors on delta-spark.
+
+    A table that fails does not stop the others: its outcome carries the error.
 
     Args:
         settings: service settings (``lake.writer`` picks the engine).
@@ -182,37 +230,41 @@ def optimize(
     """
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
     small = settings.maintenance.small_file_bytes
+    on_spark = settings.lake.writer == "delta-spark"
+    assert spark is not None or not on_spark, "the delta-spark lake is maintained through Spark"
     out: list[OptimizeOutcome] = []
     for ref in refs:
-        before = file_stats(store, ref.uri, small)
-        if before is None:
-            continue
         started = time.monotonic()
+        before: FileStats | None = None
         try:
-            if settings.lake.writer == "delta-spark":
-                assert spark is not None, "the delta-spark lake is maintained through Spark"
-                _optimize_spark(spark, ref, settings, purge=before.deletion_vectors > 0)
+            before = file_stats(store, ref.uri, small)
+            if before is None:
+                continue
+            schema, partitions = _layout(settings, ref.uri)
+            columns = zorder_columns(ref, schema, partitions)
+            if spark is not None and on_spark:
+                _optimize_spark(spark, ref, columns, purge=before.deletion_vectors > 0)
             else:
-                _optimize_rs(store, ref, settings)
-        except CdcError:
-            raise
+                _optimize_rs(store, ref, settings, columns)
+            after = file_stats(store, ref.uri, small)
         except Exception as exc:
-            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-            raise MaintenanceError(f"OPTIMIZE {ref.name} failed: {first.strip()}") from None
-        after = file_stats(store, ref.uri, small)
+            failed = _failure("OPTIMIZE", ref, exc)
+            out.append(OptimizeOutcome(ref, before, None, time.monotonic() - started, (), failed))
+            continue
         assert after is not None
-        out.append(OptimizeOutcome(ref, before, after, time.monotonic() - started))
+        out.append(OptimizeOutcome(ref, before, after, time.monotonic() - started, columns))
     return out
 
 
-def _optimize_rs(store: TableStore, ref: TableRef, settings: Settings) -> None:
+def _optimize_rs(
+    store: TableStore, ref: TableRef, settings: Settings, columns: tuple[str, ...]
+) -> None:
     from deltalake import DeltaTable
 
     table = DeltaTable(ref.uri, storage_options=store.storage_options)
     target = settings.maintenance.target_file_bytes
-    columns = [c for c in ref.zorder if _has_column(_schema(settings, ref.uri), c)]
     if columns:
-        table.optimize.z_order(columns, target_size=target, max_concurrent_tasks=2)
+        table.optimize.z_order(list(columns), target_size=target, max_concurrent_tasks=2)
     else:
         table.optimize.compact(target_size=target, max_concurrent_tasks=2)
 
@@ -231,35 +283,42 @@ def _has_column(schema: Any, dotted: str) -> bool:
     return True
 
 
-def _optimize_spark(spark: SparkSession, ref: TableRef, settings: Settings, purge: bool) -> None:
+def _optimize_spark(
+    spark: SparkSession, ref: TableRef, columns: tuple[str, ...], purge: bool
+) -> None:
     from cdc.store.delta_spark import spark_path
 
     path = spark_path(ref.uri).replace("`", "``")
     table = f"delta.`{path}`"
-    columns = [c for c in ref.zorder if _has_column(_schema(settings, ref.uri), c)]
     zorder = f" ZORDER BY ({', '.join(f'`{c}`' if '.' not in c else c for c in columns)})"
     spark.sql(f"OPTIMIZE {table}{zorder if columns else ''}").collect()
     if purge:
         spark.sql(f"REORG TABLE {table} APPLY (PURGE)").collect()
 
 
-def _schema(settings: Settings, uri: str) -> Any:
-    """The table's Arrow schema, from its log (whoever wrote it)."""
+def _layout(settings: Settings, uri: str) -> tuple[Any, list[str]]:
+    """The table's Arrow schema and partition columns, from its log (whoever wrote it)."""
     import pyarrow as pa
     from deltalake import DeltaTable
 
     table = DeltaTable(uri, storage_options=settings.lake.resolved_storage_options())
-    return pa.schema(table.schema().to_arrow())
+    return pa.schema(table.schema().to_arrow()), list(table.metadata().partition_columns)
 
 
 @dataclass(frozen=True)
 class VacuumOutcome:
+    """What VACUUM did to one table (``error``: why it failed, the others still ran)."""
+
     table: TableRef
     files: int
     dry_run: bool
     retention_hours: float
+    error: str | None = None
 
     def line(self) -> str:
+        """The table's line: files deleted (or that would be), or the failure."""
+        if self.error is not None:
+            return self.error
         verb = "would delete" if self.dry_run else "deleted"
         return (
             f"{self.table.name}: {verb} {self.files} files no version of the last"
@@ -297,18 +356,21 @@ def vacuum(
 ) -> list[VacuumOutcome]:
     """Delete files no table version within the retention needs.
 
+    A table that fails does not stop the others: its outcome carries the error.
+
     Raises:
         ConfigError: the retention is below ``maintenance.min_retention_hours`` and not forced.
     """
     hours = retention(settings, retention_hours, force)
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+    on_spark = settings.lake.writer == "delta-spark"
+    assert spark is not None or not on_spark, "the delta-spark lake is maintained through Spark"
     out: list[VacuumOutcome] = []
     for ref in refs:
-        if _open(store, ref.uri) is None:
-            continue
         try:
-            if settings.lake.writer == "delta-spark":
-                assert spark is not None, "the delta-spark lake is maintained through Spark"
+            if _open(store, ref.uri) is None:
+                continue
+            if spark is not None and on_spark:
                 files = _vacuum_spark(spark, ref, hours, dry_run)
                 if not dry_run:  # Spark reports the table, not the files: its log has them
                     history, _ = _history(store, ref.uri)
@@ -325,11 +387,10 @@ def vacuum(
                         enforce_retention_duration=False,
                     )
                 )
-        except CdcError:
-            raise
         except Exception as exc:
-            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-            raise MaintenanceError(f"VACUUM {ref.name} failed: {first.strip()}") from None
+            failed = _failure("VACUUM", ref, exc)
+            out.append(VacuumOutcome(ref, 0, dry_run, hours, failed))
+            continue
         out.append(VacuumOutcome(ref, files, dry_run, hours))
     return out
 

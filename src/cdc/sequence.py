@@ -32,12 +32,20 @@ Layouts:
 Time, partition and offset are always the last 42 characters, so they are decoded from the
 end whatever the layout (:func:`decode_time_ms`, :func:`decode_partition`,
 :func:`decode_offset`).
+
+What a sequence can hold: any signed 64-bit position number, SQL Server LSN and binlog index
+up to 18 digits; a time from 1970-01-01 (epoch 0) to 9999-12-31 (:data:`MAX_TIME_MS`, the last
+millisecond a Delta timestamp holds: valid times are made of it); a Kafka partition up to
+:data:`MAX_PARTITION` and any offset from 0. A record with a value outside that, or a source
+time outside its pipeline's window (:class:`TimeWindow`), is quarantined where it is decoded
+(:class:`SequenceCheck`, run by :class:`cdc.contracts.TopicDecoder`): never encoded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import polars as pl
@@ -45,15 +53,22 @@ import polars as pl
 from cdc.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cdc.config import Settings
+    from cdc.config import PipelineSettings, Settings
 
 __all__ = [
     "CONNECTOR_POSITIONS",
     "FIELD_WIDTH",
+    "MAX_BINLOG_DIGITS",
+    "MAX_PARTITION",
+    "MAX_TIME_MS",
+    "POSITION_OUT_OF_RANGE",
+    "SOURCE_TIME_OUT_OF_RANGE",
     "SUFFIX_WIDTH",
     "FieldKind",
     "Ordering",
     "PositionField",
+    "SequenceCheck",
+    "TimeWindow",
     "check_table_layout",
     "decode_offset",
     "decode_partition",
@@ -62,6 +77,7 @@ __all__ = [
     "ordering_for",
     "position_prefix",
     "sequence_position",
+    "time_path",
 ]
 
 FieldKind = Literal["auto", "number", "time", "binlog_file", "sqlserver_lsn"]
@@ -78,6 +94,19 @@ SUFFIX_WIDTH = _TS_WIDTH + _PART_WIDTH + _OFF_WIDTH + 2
 """Characters of ``time.partition.offset`` at the end of every sequence."""
 _ZERO = "0" * FIELD_WIDTH
 _SIGN = 1 << 63
+MAX_TIME_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the last millisecond a Delta timestamp (and Spark's, and
+Python's) holds; the sequence's 15 time digits would hold more, valid times could not."""
+MAX_PARTITION = 10**_PART_WIDTH - 1
+"""The greatest Kafka partition the sequence's partition digits hold."""
+MAX_BINLOG_DIGITS = 18
+"""Significant digits of a binlog file index the sequence holds (a signed 64-bit number)."""
+SOURCE_TIME_OUT_OF_RANGE = "source_time_out_of_range"
+"""Quarantine reason: a record's source time (or a time in its position) lies outside what
+its pipeline accepts (:class:`TimeWindow`) or what a sequence can hold."""
+POSITION_OUT_OF_RANGE = "position_out_of_range"
+"""Quarantine reason: a record's position (a binlog index, its Kafka partition or offset)
+does not fit the sequence."""
 
 
 @dataclass(frozen=True)
@@ -218,9 +247,13 @@ def _number(expr: pl.Expr) -> pl.Expr:
     return flipped.cast(pl.String).str.zfill(FIELD_WIDTH)
 
 
+_BINLOG_INDEX = rf"\.0*(\d{{1,{MAX_BINLOG_DIGITS}}})$"
+_BINLOG_TOO_LONG = rf"\.0*[1-9]\d{{{MAX_BINLOG_DIGITS},}}$"
+
+
 def _binlog_file(expr: pl.Expr) -> pl.Expr:
     """``mysql-bin.000010`` → its index 10, as a number (null when the name has no index)."""
-    return _number(expr.str.extract(r"\.(\d{1,18})$", 1).cast(pl.Int64, strict=False))
+    return _number(expr.str.extract(_BINLOG_INDEX, 1).cast(pl.Int64, strict=False))
 
 
 def _sqlserver_lsn(expr: pl.Expr) -> pl.Expr:
@@ -228,6 +261,38 @@ def _sqlserver_lsn(expr: pl.Expr) -> pl.Expr:
     hexed = expr.str.to_lowercase()
     ok = hexed.str.contains(r"^[0-9a-f]{8}:[0-9a-f]{8}:[0-9a-f]{4}$")
     return pl.when(ok).then(hexed.str.replace_all(":", "")).otherwise(None)
+
+
+def _resolved_kind(f: PositionField, dtype: pl.DataType) -> FieldKind:
+    """The field's kind, ``auto`` resolved from its type (still ``auto`` for text)."""
+    if f.kind != "auto":
+        return f.kind
+    if isinstance(dtype, (pl.Datetime, pl.Date)):
+        return "time"
+    return "number" if dtype.is_integer() else "auto"
+
+
+def time_path(ordering: Ordering, source_format: str, schema: pl.Schema) -> str | None:
+    """The path in the value whose value is each record's sequence time.
+
+    The legacy path; ``source.ts_ms`` of an envelope; else a flat record's first position
+    field of kind time. None: the Kafka timestamp is the time. Where the path's value is null
+    the Kafka timestamp stands in too.
+
+    Args:
+        ordering: the pipeline's ordering.
+        source_format: ``envelope`` or ``flat``.
+        schema: the batch's schema (a ``value`` struct column).
+    """
+    if ordering.legacy_path is not None:
+        return ordering.legacy_path
+    if source_format == "envelope":
+        return "source.ts_ms"
+    for f in ordering.fields:
+        dtype = _dtype_at(schema, "value", f.path)
+        if f.kind == "time" or (dtype is not None and _resolved_kind(f, dtype) == "time"):
+            return f.path
+    return None
 
 
 def _field(value: pl.Expr, schema: pl.Schema, f: PositionField, required: bool) -> pl.Expr:
@@ -238,17 +303,12 @@ def _field(value: pl.Expr, schema: pl.Schema, f: PositionField, required: bool) 
     if dtype is None:
         return pl.lit(None, dtype=pl.String)
     expr = _path(value, f.path)
-    kind = f.kind
+    kind = _resolved_kind(f, dtype)
     if kind == "auto":
-        if isinstance(dtype, (pl.Datetime, pl.Date)):
-            kind = "time"
-        elif dtype.is_integer():
-            kind = "number"
-        else:
-            raise ConfigError(
-                f"sequence_by {f.path!r} has type {dtype}: text is never compared as text; "
-                "give it a kind (binlog_file, sqlserver_lsn) or name a number or time field"
-            )
+        raise ConfigError(
+            f"sequence_by {f.path!r} has type {dtype}: text is never compared as text; "
+            "give it a kind (binlog_file, sqlserver_lsn) or name a number or time field"
+        )
     if kind == "time":
         return _number(epoch_ms(expr, dtype, f.path))
     if kind == "number":
@@ -296,16 +356,26 @@ def encode(
 ) -> pl.Expr:
     """The sequence string of ``(position..., time, partition, offset)``.
 
+    Values outside what the layout holds (see the module's docstring) never reach here: the
+    decoder quarantines their records. Should one come from a table written before that check
+    (a bronze row read back as history), it is clamped into the layout's range, which keeps
+    every sequence its width and every valid time a timestamp.
+
     Args:
-        time_ms: source time in epoch milliseconds (non-negative).
-        partition: Kafka partition.
-        offset: Kafka offset.
+        time_ms: source time in epoch milliseconds (0 to :data:`MAX_TIME_MS`).
+        partition: Kafka partition (0 to :data:`MAX_PARTITION`).
+        offset: Kafka offset (non-negative).
         position: the encoded position with its dots (:func:`sequence_position`), or None.
     """
+
+    def digits(expr: pl.Expr, high: int | None, width: int) -> pl.Expr:
+        clamped = expr.cast(pl.Int64).clip(0, high)
+        return clamped.cast(pl.String).str.zfill(width)
+
     suffix = pl.concat_str(
-        time_ms.cast(pl.Int64).cast(pl.String).str.zfill(_TS_WIDTH),
-        partition.cast(pl.Int64).cast(pl.String).str.zfill(_PART_WIDTH),
-        offset.cast(pl.Int64).cast(pl.String).str.zfill(_OFF_WIDTH),
+        digits(time_ms, MAX_TIME_MS, _TS_WIDTH),
+        digits(partition, MAX_PARTITION, _PART_WIDTH),
+        digits(offset, None, _OFF_WIDTH),
         separator=".",
     )
     return suffix if position is None else pl.concat_str(position, suffix)
@@ -329,6 +399,234 @@ def decode_partition(seq: pl.Expr) -> pl.Expr:
 def decode_offset(seq: pl.Expr) -> pl.Expr:
     """The Kafka offset of a sequence."""
     return seq.str.tail(_OFF_WIDTH).cast(pl.Int64)
+
+
+# --------------------------------------------------------------------------- what fits
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """The source times a pipeline accepts, in epoch milliseconds.
+
+    Attributes:
+        not_before_ms: the earliest (never below 0, 1970-01-01: the sequence's floor).
+        max_ahead_ms: how far past the checking clock a time may lie (None: up to
+            :data:`MAX_TIME_MS`).
+    """
+
+    not_before_ms: int = 0
+    max_ahead_ms: int | None = 86_400_000
+
+    def bounds(self, now_ms: int) -> tuple[int, int]:
+        """``(earliest, latest)`` accepted at ``now_ms``, within what a sequence holds."""
+        latest = MAX_TIME_MS if self.max_ahead_ms is None else now_ms + self.max_ahead_ms
+        return max(0, self.not_before_ms), max(0, min(MAX_TIME_MS, latest))
+
+
+_OK = pl.lit(None, dtype=pl.String)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class SequenceCheck:
+    """Which records of a pipeline have a sequence that can be encoded, and why others do not.
+
+    Run by the decoder (:class:`cdc.contracts.TopicDecoder`) on every decoded record, so both
+    writers get the same verdict: a record whose sequence time (or a time in its position)
+    lies outside the window, whose binlog index has more than :data:`MAX_BINLOG_DIGITS`
+    digits, or whose Kafka partition or offset the layout cannot hold is quarantined with
+    :data:`SOURCE_TIME_OUT_OF_RANGE` or :data:`POSITION_OUT_OF_RANGE`. Number fields need no
+    check: every signed 64-bit number has its encoding.
+
+    Attributes:
+        ordering: the pipeline's ordering.
+        source_format: ``envelope`` or ``flat``.
+        window: the source times it accepts.
+    """
+
+    ordering: Ordering
+    source_format: str
+    window: TimeWindow = TimeWindow()
+
+    @classmethod
+    def of(cls, settings: Settings, pipeline: PipelineSettings) -> SequenceCheck | None:
+        """The check of an SCD2 pipeline (None for facts, which have no sequence).
+
+        Its window is ``defaults.source_time_window`` with the keys the pipeline's own
+        ``source_time_window`` sets.
+        """
+        if pipeline.kind != "scd2":
+            return None
+        window = settings.defaults.source_time_window
+        if pipeline.source_time_window is not None:
+            own = pipeline.source_time_window.model_dump(exclude_unset=True)
+            window = window.model_copy(update=own)
+        ahead = window.max_ahead_seconds
+        return cls(
+            ordering_for(pipeline.sequence_by, pipeline.source_format),
+            pipeline.source_format,
+            TimeWindow(
+                not_before_ms=int(window.not_before.timestamp() * 1000),
+                max_ahead_ms=None if ahead is None else int(ahead * 1000),
+            ),
+        )
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every path in the value the check may read."""
+        fields = self.ordering.fields
+        if self.ordering.by_connector:
+            fields = (PositionField("source.connector"), *CONNECTOR_POSITIONS["mysql"])
+        legacy = (self.ordering.legacy_path,) if self.ordering.legacy_path else ()
+        envelope = ("source.ts_ms",) if self.source_format == "envelope" else ()
+        return tuple(dict.fromkeys((*legacy, *envelope, *(f.path for f in fields))))
+
+    def violations(self, records: pl.DataFrame, now_ms: int) -> pl.DataFrame:
+        """Per record, why its sequence cannot be encoded (null where it can).
+
+        Args:
+            records: decoded records: ``partition``, ``offset``, ``timestamp`` (the Kafka
+                timestamp) and ``value`` (a struct; null for a tombstone). The value needs
+                only the fields of :attr:`paths`; a missing one is taken as null (a bad
+                ``sequence_by`` is the writer's error to report).
+            now_ms: the checking clock (epoch ms), for the window's future bound.
+
+        Returns:
+            Columns ``code`` (:data:`SOURCE_TIME_OUT_OF_RANGE` or
+            :data:`POSITION_OUT_OF_RANGE`) and ``error`` (one line), one row per record.
+        """
+        schema = records.schema
+        lo, hi = self.window.bounds(now_ms)
+        accepted = f"the accepted source times (source_time_window), {_iso(lo)} to {_iso(hi)}"
+        value = pl.col("value")
+        kafka_ms = pl.col("timestamp").dt.epoch("ms")
+        checks: list[tuple[pl.Expr, str, pl.Expr]] = []
+
+        def outside(ms: pl.Expr) -> pl.Expr:
+            return (ms < lo) | (ms > hi)
+
+        kafka_bad = kafka_ms.is_null() | outside(kafka_ms)
+        tombstone = value.is_null()
+        checks.append(
+            (
+                tombstone & kafka_bad,
+                SOURCE_TIME_OUT_OF_RANGE,
+                _time_text("the tombstone's Kafka timestamp", kafka_ms, accepted),
+            )
+        )
+        path = time_path(self.ordering, self.source_format, schema)
+        own = None if path is None else _time_ms_or_null(value, schema, path)
+        if path is None or own is None:
+            text = _time_text("the Kafka timestamp", kafka_ms, accepted)
+            checks.append((kafka_bad, SOURCE_TIME_OUT_OF_RANGE, text))
+        else:
+            text = _time_text(f"{path} is null and the Kafka timestamp", kafka_ms, accepted)
+            checks += [
+                (outside(own), SOURCE_TIME_OUT_OF_RANGE, _time_text(path, own, accepted)),
+                (own.is_null() & kafka_bad, SOURCE_TIME_OUT_OF_RANGE, text),
+            ]
+        for f in self.ordering.fields:
+            dtype = _dtype_at(schema, "value", f.path)
+            if f.path == path or dtype is None or _resolved_kind(f, dtype) != "time":
+                continue
+            ms = _time_ms_or_null(value, schema, f.path)
+            if ms is not None:
+                text = _time_text(f.path, ms, accepted)
+                checks.append((outside(ms), SOURCE_TIME_OUT_OF_RANGE, text))
+        checks += self._binlog_checks(schema)
+        partition, offset = pl.col("partition"), pl.col("offset")
+        checks += [
+            (
+                (partition < 0) | (partition > MAX_PARTITION),
+                POSITION_OUT_OF_RANGE,
+                pl.format(
+                    "Kafka partition {} is outside 0 to {}, what a sequence holds",
+                    partition,
+                    pl.lit(MAX_PARTITION),
+                ),
+            ),
+            (
+                offset < 0,
+                POSITION_OUT_OF_RANGE,
+                pl.format("Kafka offset {} is negative", offset),
+            ),
+        ]
+        code, error = _OK, _OK
+        for bad, reason, text in reversed(checks):  # the first failing check decides
+            code = pl.when(bad.fill_null(False)).then(pl.lit(reason)).otherwise(code)
+            error = pl.when(bad.fill_null(False)).then(text).otherwise(error)
+        return records.select(code.alias("code"), error.alias("error"))
+
+    def _binlog_checks(self, schema: pl.Schema) -> list[tuple[pl.Expr, str, pl.Expr]]:
+        """Binlog file names whose index has more digits than a sequence holds."""
+        value = pl.col("value")
+        if self.ordering.by_connector:
+            connector = (
+                _path(value, "source.connector")
+                if _dtype_at(schema, "value", "source.connector") == pl.String
+                else pl.lit(None, dtype=pl.String)
+            )
+            applies = connector.is_in(["mysql", "mariadb"])
+            fields = [f for f in CONNECTOR_POSITIONS["mysql"] if f.kind == "binlog_file"]
+        else:
+            applies = pl.lit(True)
+            fields = [f for f in self.ordering.fields if f.kind == "binlog_file"]
+        out = []
+        for f in fields:
+            if _dtype_at(schema, "value", f.path) != pl.String:
+                continue
+            name = _path(value, f.path)
+            out.append(
+                (
+                    applies & name.str.contains(_BINLOG_TOO_LONG),
+                    POSITION_OUT_OF_RANGE,
+                    pl.format(
+                        "{} {} has a binlog index of more than {} digits, which a sequence"
+                        " cannot hold",
+                        pl.lit(f.path),
+                        name,
+                        pl.lit(MAX_BINLOG_DIGITS),
+                    ),
+                )
+            )
+        return out
+
+
+def _time_ms_or_null(value: pl.Expr, schema: pl.Schema, path: str) -> pl.Expr | None:
+    """A time field as epoch ms, as the sequence reads it (None: no such time field)."""
+    dtype = _dtype_at(schema, "value", path)
+    if dtype is None:
+        return None
+    try:
+        return epoch_ms(_path(value, path), dtype, path)
+    except ConfigError:
+        return None
+
+
+def _iso(ms: int) -> str:
+    """``2026-01-05T08:00:00.000Z``."""
+    when = _EPOCH + timedelta(milliseconds=ms)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+_MIN_SHOWN_MS = -62_135_596_800_000
+"""0001-01-01T00:00:00Z: times from here to :data:`MAX_TIME_MS` are shown as dates."""
+
+
+def _time_text(what: str, ms: pl.Expr, accepted: str) -> pl.Expr:
+    """``<what> <ms> (<as a time>) is outside <accepted>``; a null time is "absent"."""
+    shown = (
+        pl.from_epoch(ms.clip(_MIN_SHOWN_MS, MAX_TIME_MS), "ms")
+        .dt.replace_time_zone("UTC")
+        .dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ")
+    )
+    readable = (ms >= _MIN_SHOWN_MS) & (ms <= MAX_TIME_MS)
+    shown = pl.when(readable).then(shown).otherwise(pl.lit("not a date of the years 1 to 9999"))
+    return (
+        pl.when(ms.is_null())
+        .then(pl.lit(f"{what} is absent: nothing gives the record a time"))
+        .otherwise(pl.format(f"{what} {{}} ({{}}) is outside {accepted}", ms, shown))
+    )
 
 
 def check_table_layout(settings: Settings, name: str) -> None:

@@ -7,7 +7,8 @@
   example keys, counted in the batch's stats (and so in the metrics). The data is committed
   either way; the query goes on.
 * ``cdc verify`` (:func:`verify`) checks whole silver tables: every SCD2 dimension of the
-  selected pipelines, and facts tables for repeated event ids. Tables are read through
+  selected pipelines (valid times against the pipeline's accepted source times too), and
+  facts tables for repeated event ids. Tables are read through
   :class:`cdc.store.DeltaRsStore` (deletion vectors honoured, whichever writer wrote them),
   only the columns the checks need.
 """
@@ -35,6 +36,7 @@ from cdc.invariants import (
     summarize,
 )
 from cdc.lake import table_paths
+from cdc.sequence import SequenceCheck
 from cdc.store import DeltaRsStore
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ __all__ = [
     "check_rows_spark",
     "in_kind_order",
     "record_batch_check",
+    "valid_time_bounds",
     "verify",
 ]
 
@@ -73,12 +76,34 @@ class InvariantCheckError(CdcError):
 # ----------------------------------------------------------------------------- after a batch
 
 
-def check_keys_local(sink: DeltaSink, keys: pl.DataFrame) -> CheckReport:
+def valid_time_bounds(
+    settings: Settings, pipeline: PipelineSettings, now_ms: int | None = None
+) -> tuple[int, int] | None:
+    """The valid times a pipeline's dimension may hold now: its accepted source times.
+
+    Args:
+        settings: service settings (``defaults.source_time_window``).
+        pipeline: the pipeline (its own ``source_time_window``).
+        now_ms: the clock (epoch ms; None: now).
+
+    Returns:
+        ``(earliest, latest)`` in epoch ms, or None for a pipeline without a sequence.
+    """
+    check = SequenceCheck.of(settings, pipeline)
+    if check is None:
+        return None
+    return check.window.bounds(int(time.time() * 1000) if now_ms is None else now_ms)
+
+
+def check_keys_local(
+    sink: DeltaSink, keys: pl.DataFrame, valid_times: tuple[int, int] | None = None
+) -> CheckReport:
     """Check every committed row of ``keys`` in a dimension written by delta-rs.
 
     Args:
         sink: the dimension.
         keys: the keys to check (key columns, unique).
+        valid_times: the accepted source times (:func:`valid_time_bounds`), if checked.
 
     Returns:
         The violations, with :data:`BATCH_EXAMPLES` examples per kind.
@@ -86,11 +111,13 @@ def check_keys_local(sink: DeltaSink, keys: pl.DataFrame) -> CheckReport:
     rows = sink.read_keys(keys)
     if rows is None or rows.height == 0:
         return CheckReport(rows=0, keys=0)
-    found = check_scd2(rows, keys.columns)
+    found = check_scd2(rows, keys.columns, valid_times)
     return summarize(found, BATCH_EXAMPLES, rows=rows.height)
 
 
-def check_rows_spark(rows: DataFrame, keys: Sequence[str]) -> CheckReport:
+def check_rows_spark(
+    rows: DataFrame, keys: Sequence[str], valid_times: tuple[int, int] | None = None
+) -> CheckReport:
     """Check dimension rows (every row of each key in ``rows``) on the executors.
 
     The rows are shuffled by key and each shuffle partition is checked by one call of
@@ -100,6 +127,7 @@ def check_rows_spark(rows: DataFrame, keys: Sequence[str]) -> CheckReport:
     Args:
         rows: the rows of the keys to check (a filtered read of the dimension).
         keys: the key columns.
+        valid_times: the accepted source times (:func:`valid_time_bounds`), if checked.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -124,7 +152,7 @@ def check_rows_spark(rows: DataFrame, keys: Sequence[str]) -> CheckReport:
             return
         frame = pl.from_arrow(pa.concat_tables(tables))
         assert isinstance(frame, pl.DataFrame)
-        found = check_scd2(frame, keys)
+        found = check_scd2(frame, keys, valid_times)
         if found.height:
             table = found.to_arrow(compat_level=pl.CompatLevel.oldest())
             yield from table.cast(out_arrow).to_batches()
@@ -262,7 +290,10 @@ def _selection(
 
 
 def verify(
-    settings: Settings, tables: Sequence[str] = (), pipeline: str | None = None
+    settings: Settings,
+    tables: Sequence[str] = (),
+    pipeline: str | None = None,
+    now_ms: int | None = None,
 ) -> list[TableCheck]:
     """Check whole silver tables: SCD2 invariants, and repeated event ids in facts.
 
@@ -270,6 +301,7 @@ def verify(
         settings: service settings (the lake and its storage options).
         tables: ``silver/<target>`` (or ``<target>``) names; none: every selected table.
         pipeline: only this pipeline's table (None: every enabled pipeline's).
+        now_ms: the clock for the accepted source times (epoch ms; None: now).
 
     Returns:
         One finding per table, in config order.
@@ -281,13 +313,17 @@ def verify(
     """
     store = DeltaRsStore(settings.lake.resolved_storage_options())
     return [
-        _verify_table(store, settings, name, p)
+        _verify_table(store, settings, name, p, now_ms)
         for name, p in _selection(settings, tables, pipeline)
     ]
 
 
 def _verify_table(
-    store: DeltaRsStore, settings: Settings, name: str, pipeline: PipelineSettings
+    store: DeltaRsStore,
+    settings: Settings,
+    name: str,
+    pipeline: PipelineSettings,
+    now_ms: int | None,
 ) -> TableCheck:
     started = time.perf_counter()
     uri = table_paths(settings, pipeline)["silver"]
@@ -305,7 +341,8 @@ def _verify_table(
     assert isinstance(frame, pl.DataFrame)
     try:
         if pipeline.kind == "scd2":
-            found = check_scd2(frame, pipeline.keys)
+            bounds = valid_time_bounds(settings, pipeline, now_ms)
+            found = check_scd2(frame, pipeline.keys, bounds)
             keys = frame.select(list(pipeline.keys)).n_unique() if frame.height else 0
         else:
             assert pipeline.event_id is not None

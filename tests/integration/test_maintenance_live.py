@@ -1,11 +1,15 @@
 """``cdc maintain optimize`` while a pipeline streams into the same tables loses nothing; on
-the delta-spark lake it also purges the deletion vectors the MERGEs leave."""
+the delta-spark lake it also purges the deletion vectors the MERGEs leave, and the scheduled
+all-tables job works on every kind of table, gold included."""
 
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,13 @@ from cdc.store import store_for
 from tests.conftest import REPO_ROOT
 from tests.integration.test_pipeline_e2e import change, make_settings, produce
 from tests.integration.test_replay import overrides
+from tests.support.lake import (
+    existing_tables,
+    optimized_tables,
+    scheduled_arguments,
+    table_contents,
+    write_small_lake,
+)
 from tests.support.tables import read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -113,3 +124,62 @@ def test_optimize_on_delta_spark_purges_deletion_vectors(
     assert after.files < before.files
     assert _tables(settings)["silver"].equals(rows["silver"])
     assert _tables(settings)["bronze"].equals(rows["bronze"])
+
+
+def test_the_scheduled_optimize_on_a_delta_spark_lake_with_every_kind_of_table(
+    spark: Any, fresh_kafka: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The nightly job (``batch/maintain.py`` with the schedule's arguments, no ``--table``) on
+    the delta-spark lake: bronze, quarantine, dimensions and their orphans, facts written by
+    the delta-spark writer, gold by ``cdc gold build``. It used to fail on every run once gold
+    existed (Z-ORDER on the partition column ``as_of_date`` of ``gold/customer_features``)."""
+    extra = ("lake.writer=delta-spark",)
+    settings = make_settings(fresh_kafka, tmp_path, *extra)
+    write_small_lake(settings, spark)
+    sets = [
+        item for setting in overrides(fresh_kafka, tmp_path, *extra) for item in ("--set", setting)
+    ]
+    built = subprocess.run(
+        [sys.executable, "batch/gold_build.py", *sets],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    refs = existing_tables(settings)
+    assert {r.role for r in refs} == {"bronze", "quarantine", "silver", "orphans", "gold"}
+    assert len([r for r in refs if r.role == "gold"]) == 4
+    store = store_for("delta-spark")
+    small = settings.maintenance.small_file_bytes
+    dimension = next(r for r in refs if r.name == "silver/dim_contact")
+    before_files = file_stats(store, dimension.uri, small)
+    assert before_files is not None
+    before = table_contents(settings)
+
+    # The entry point as the ScheduledSparkApplication runs it (in this process: its
+    # session is the one spark-submit would give it).
+    argv = ["batch/maintain.py", *scheduled_arguments("optimize"), *sets]
+    with pytest.raises(SystemExit) as done, _argv(argv):
+        runpy.run_path(str(REPO_ROOT / "batch" / "maintain.py"), run_name="__main__")
+    captured = capsys.readouterr()
+    assert done.value.code == 0, captured.err
+    by_table = optimized_tables(captured.out, refs)
+    assert "ZORDER BY (account_id) in " in by_table["gold/customer_features"]
+    assert "ZORDER BY (contact_id) in " in by_table["silver/dim_contact"]
+    assert "ZORDER" not in by_table["silver/_orphans_dim_contact"]
+    after = table_contents(settings)
+    for name, rows in before.items():
+        assert after[name].equals(rows), name
+    after_files = file_stats(store, dimension.uri, small)
+    assert after_files is not None and after_files.deletion_vectors == 0
+
+
+@contextmanager
+def _argv(argv: list[str]) -> Iterator[None]:
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved

@@ -155,6 +155,49 @@ def test_contacts_bronze_quarantine_and_scd2(
     assert history(settings, "c3") == [("cy@acme.io", "Doe", None, at(500), None, True)]
 
 
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_source_time_no_timestamp_holds_is_quarantined_not_folded(
+    spark: Any, broker: str, tmp_path: Path, writer: str
+) -> None:
+    """Issue: a contract-valid envelope with ``source.ts_ms = 2**63-1`` (or ``-2**63``) landed
+    in bronze and silver with valid_from +13759-05-19; the key's next change got the same
+    valid_from, the version before it a zero-length interval, and ``cdc verify`` said sound."""
+
+    def hostile(cid: str, ts: int, ts_ms: int) -> dict[str, Any]:
+        line = change(cid, "u", ts, email=f"{cid}.{ts}@acme.io")
+        line["value"]["source"]["ts_ms"] = ts_ms  # the LSN still says where it belongs
+        return line
+
+    lines = [
+        change("c1", "c", 1000, email="ann@acme.io"),
+        hostile("c1", 2000, 2**63 - 1),
+        change("c1", "u", 3000, email="ann.new@acme.io"),
+        hostile("c2", 500, -(2**63)),
+    ]
+    assert produce(broker, "crm.contacts", lines, tmp_path) == 4
+    settings = make_settings(broker, tmp_path, f"lake.writer={writer}")
+    run_pipelines(spark, settings, ["crm_contacts"], available_now=True)
+
+    paths = table_paths(settings, settings.pipeline("crm_contacts"))
+    bronze, quarantine = read(paths["bronze"]), read(paths["quarantine"])
+    assert bronze.height == 2 and quarantine.height == 2
+    assert quarantine["error_code"].to_list() == ["source_time_out_of_range"] * 2
+    errors = sorted(quarantine["error"].to_list())
+    assert errors[0].startswith("source.ts_ms -9223372036854775808 (not a date of the years")
+    assert errors[1].startswith(
+        "source.ts_ms 9223372036854775807 (not a date of the years 1 to 9999) is outside the"
+        " accepted source times (source_time_window), 1970-01-01T00:00:00.000Z to "
+    )
+    assert history(settings, "c1") == [
+        ("ann@acme.io", "Doe", None, at(1000), at(3000), False),
+        ("ann.new@acme.io", "Doe", None, at(3000), None, True),
+    ]
+    assert history(settings, "c2") == []
+    from cdc.verify import verify
+
+    assert all(check.sound for check in verify(settings, pipeline="crm_contacts"))
+
+
 def test_restart_reads_only_new_records_and_redelivery_is_a_no_op(
     spark: Any, broker: str, tmp_path: Path
 ) -> None:

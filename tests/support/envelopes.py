@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["SOURCE_TYPE", "T0", "contact_envelope"]
+__all__ = ["SOURCE_TYPE", "T0", "bronze_schema", "contact_envelope", "contact_row"]
 
 T0 = 1_767_600_000_000  # 2026-01-05T08:00:00Z
 """Source time (epoch ms) of LSN 0: the tests' clock starts here."""
@@ -26,6 +26,34 @@ SOURCE_TYPE = pa.struct(
     ]
 )
 """The ordering fields of the registry's Debezium ``source`` block, as bronze holds them."""
+
+
+def bronze_schema(key: pa.DataType, value: pa.DataType) -> pa.Schema:
+    """The columns of decoded rows the writers read (bronze's, less audit and raw bytes)."""
+    return pa.schema(
+        [
+            ("topic", pa.string()),
+            ("partition", pa.int32()),
+            ("offset", pa.int64()),
+            ("timestamp", pa.timestamp("us", "UTC")),
+            ("key", key),
+            ("value", value),
+        ]
+    )
+
+
+def contact_row(contact_id: str = "c1", ts: int = 0, **overrides: Any) -> dict[str, Any]:
+    """A ``crm.contacts`` row (the envelope's ``after``) updated ``ts`` ms after :data:`T0`."""
+    return {
+        "contact_id": contact_id,
+        "account_id": "a1",
+        "email": "jo@example.com",
+        "first_name": "Jo",
+        "last_name": "Doe",
+        "phone": None,
+        "updated_at": T0 + ts,
+        **overrides,
+    }
 
 
 def contact_envelope(

@@ -33,6 +33,10 @@ from tests.unit.test_scd2_order import Dimension, frame, to_log
 
 KEYS = ["contact_id"]
 IDENTITY = ["contact_id", "_seq_open"]
+ACCEPTED = (0, 1_893_456_000_000)
+"""The accepted source times of the pure checks: 1970-01-01 to 2030-01-01 (epoch ms)."""
+HOSTILE_MS = 372_036_854_775_807
+"""+13759-05-19: the valid time a source.ts_ms of 2**63-1 became before it was quarantined."""
 
 
 def generated_history(keys: int, seed: int) -> list[dict[str, Any]]:
@@ -92,13 +96,15 @@ class Targets:
             "by_next": rows.filter(
                 by_next & (pl.col("_next_from") - pl.col("valid_from") >= timedelta(milliseconds=2))
             ),
-            # closed by a delete (its closer opens nothing)
-            "by_delete": rows.filter(pl.col("_seq_close").is_not_null()).join(
-                opens.rename({"_seq_open": "_seq_close"}), on="_seq_close", how="anti"
-            ),
+            # closed by a delete (its closer opens nothing), after the epoch's first ms
+            "by_delete": rows.filter(
+                pl.col("_seq_close").is_not_null() & (pl.col("valid_from").dt.epoch("ms") > 0)
+            ).join(opens.rename({"_seq_open": "_seq_close"}), on="_seq_close", how="anti"),
             # closed by the next version and closing the previous one: its loss leaves a hole
             "middle": rows.filter(by_next & (pl.col("_prev_close") == pl.col("_seq_open"))),
             "closed": rows.filter(~pl.col("is_current")),
+            # a key's only version
+            "alone": rows.filter(pl.col("is_current") & (pl.len().over(KEYS) == 1)),
         }
 
     def take(self, what: str) -> dict[str, Any]:
@@ -128,7 +134,8 @@ def corrupt(table: pl.DataFrame, kind: str, targets: Targets) -> tuple[pl.DataFr
         return _set(table, row, is_current=pl.lit(False)), row["contact_id"], row["_seq_open"]
     if kind == "inverted":
         row = targets.take("by_delete")
-        broken = _set(table, row, valid_to=pl.col("valid_from") - timedelta(days=1))
+        # Still a time a sequence holds: only the interval is wrong.
+        broken = _set(table, row, valid_to=pl.col("valid_from") - timedelta(milliseconds=1))
         return broken, row["contact_id"], row["_seq_open"]
     if kind == "overlap":
         row = targets.take("by_next")
@@ -147,6 +154,10 @@ def corrupt(table: pl.DataFrame, kind: str, targets: Targets) -> tuple[pl.DataFr
     if kind == "duplicate_identity":
         row = targets.take("closed")
         return pl.concat([table, table.filter(_is(row))]), row["contact_id"], row["_seq_open"]
+    if kind == "valid_time_out_of_range":
+        row = targets.take("alone")
+        hostile = pl.lit(HOSTILE_MS * 1000).cast(pl.Datetime("us", "UTC"))
+        return _set(table, row, valid_from=hostile), row["contact_id"], row["_seq_open"]
     raise AssertionError(kind)
 
 
@@ -201,7 +212,8 @@ def test_any_history_in_any_batches_gives_a_sound_table(
 def test_each_corruption_is_reported_as_its_kind_on_its_key(corruption: str) -> None:
     table = sound_table()
     broken, key, seq_open = corrupt(table, corruption, Targets(table))
-    found = check_scd2(broken.sample(fraction=1.0, shuffle=True, seed=3), KEYS)  # any row order
+    shuffled = broken.sample(fraction=1.0, shuffle=True, seed=3)  # any row order
+    found = check_scd2(shuffled, KEYS, ACCEPTED)
     assert found.select("kind", "key", "seq_open").to_dicts() == [
         {
             "kind": reported_kind(corruption),
@@ -218,7 +230,7 @@ def test_details_say_what_is_wrong() -> None:
     for corruption in CORRUPTIONS:
         table, key, _ = corrupt(table, corruption, targets)
         details[corruption] = key
-    found = check_scd2(table, KEYS)
+    found = check_scd2(table, KEYS, ACCEPTED)
     by_key = {r["key"]["contact_id"]: (r["kind"], r["detail"]) for r in found.to_dicts()}
     assert {c: by_key[k][0] for c, k in details.items()} == {
         c: reported_kind(c) for c in CORRUPTIONS
@@ -232,6 +244,10 @@ def test_details_say_what_is_wrong() -> None:
     assert "that the table does not hold" in by_key[details["lost_version"]][1]
     assert (
         by_key[details["duplicate_identity"]][1] == "2 rows share this identity (keys, _seq_open)"
+    )
+    assert by_key[details["valid_time_out_of_range"]][1] == (
+        "valid_from +13759-05-19 02:46:15.807000+00:00 is outside the accepted source times"
+        " (source_time_window), 1970-01-01 00:00:00+00:00 to 2030-01-01 00:00:00+00:00"
     )
     # Kinds come in a fixed order; the whole table's violations once each.
     assert found["kind"].to_list() == sorted(
@@ -317,6 +333,9 @@ def test_a_batch_check_is_logged_counted_and_exported(caplog: pytest.LogCaptureF
     before = metric_samples(metrics.exposition().decode())
     label = (("kind", "multiple_current"), ("pipeline", "crm_contacts"))
     assert before[("cdc_scd2_invariant_violations_total", label)] == 0  # exported from the start
+    for kind in SCD2_KINDS:  # every kind, valid_time_out_of_range included
+        series = (("kind", kind), ("pipeline", "crm_contacts"))
+        assert before[("cdc_scd2_invariant_violations_total", series)] == 0
     metrics.on_batch("crm_contacts", stats)
     metrics.on_batch("crm_contacts", stats)
     got = metric_samples(metrics.exposition().decode())
@@ -376,11 +395,11 @@ def test_cdc_verify_lists_each_corruption_with_its_key(
     out = capsys.readouterr().out.splitlines()
     dim = out.index(next(line for line in out if line.startswith("silver/dim_contact: ")))
     assert out[dim].startswith(
-        f"silver/dim_contact: {broken.height:,} rows, {keys:,} keys, 7 violations:"
+        f"silver/dim_contact: {broken.height:,} rows, {keys:,} keys, 8 violations:"
         " multiple_current 1, current_flag 1, inverted 1, overlap 1, gap 2,"
-        " duplicate_identity 1 ("
+        " duplicate_identity 1, valid_time_out_of_range 1 ("
     )
-    listed = out[dim + 1 : dim + 8]
+    listed = out[dim + 1 : dim + 9]
     for corruption, (key, seq_open) in expected.items():
         version = f" (version {seq_open})" if seq_open else ""
         head = f"  {reported_kind(corruption)} contact_id={key}{version}: "
@@ -393,7 +412,7 @@ def test_cdc_verify_lists_each_corruption_with_its_key(
 
     assert main(["verify", "--pipeline", "crm_contacts", "--json", *_args(tmp_path)]) == 1
     [doc] = json.loads(capsys.readouterr().out)
-    assert doc["table"] == "silver/dim_contact" and doc["violations"] == 7
+    assert doc["table"] == "silver/dim_contact" and doc["violations"] == 8
     assert doc["counts"]["gap"] == 2
     gap_keys = {v["key"]["contact_id"] for v in doc["listed"] if v["kind"] == "gap"}
     assert gap_keys == {expected["gap"][0], expected["lost_version"][0]}

@@ -15,7 +15,7 @@ from cdc.config import SequenceField, load_settings
 from cdc.errors import ConfigError
 from cdc.scd2 import Scd2Spec, scd2_from_events
 from cdc.sequence import PositionField, check_table_layout, ordering_for
-from tests.support.envelopes import SOURCE_TYPE
+from tests.support.envelopes import SOURCE_TYPE, bronze_schema
 
 SPEC = Scd2Spec.build(["id"], ["id", "name"])
 T = 1_767_600_000_000
@@ -54,17 +54,7 @@ def batch(records: list[dict[str, Any]]) -> pa.Table:
                 "value": value,
             }
         )
-    schema = pa.schema(
-        [
-            ("topic", pa.string()),
-            ("partition", pa.int32()),
-            ("offset", pa.int64()),
-            ("timestamp", pa.timestamp("us", "UTC")),
-            ("key", pa.struct([("id", pa.string())])),
-            ("value", _VALUE),
-        ]
-    )
-    return pa.Table.from_pylist(rows, schema)
+    return pa.Table.from_pylist(rows, bronze_schema(pa.struct([("id", pa.string())]), _VALUE))
 
 
 def final(records: list[dict[str, Any]], sequence_by: Any = None) -> pl.DataFrame:
