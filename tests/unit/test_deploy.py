@@ -250,8 +250,12 @@ def test_a_misspelled_field_or_a_wrong_type_fails_validation(tmp_path: Path) -> 
     job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["comand"] = ["x"]
     rule = copy.deepcopy(next(d for d in docs if d["kind"] == "PrometheusRule"))
     rule["spec"]["groups"][0]["rules"][0]["for"] = 60
-    unknown = {"apiVersion": "sparkoperator.k8s.io/v1", "kind": "SparkApplication",
-               "metadata": {"name": "no-such-version"}, "spec": {}}  # fmt: skip
+    unknown = {
+        "apiVersion": "sparkoperator.k8s.io/v1",
+        "kind": "SparkApplication",
+        "metadata": {"name": "no-such-version"},
+        "spec": {},
+    }
 
     failures = kubeconform([app, job, rule, unknown], tmp_path).failures
 
