@@ -50,6 +50,8 @@ _SECTIONS_READ = {
     "dr snapshot": ("lake", "dr"),
     "gold build": ("lake",),
     "publish": ("lake", "warehouse"),
+    # The ops pod (a shell for the runbook's one-off commands) reads whatever they read.
+    "ops": ("kafka", "registry", "lake", "notify", "dr", "warehouse"),
 }
 _SCRIPT_COMMANDS = {
     "streaming/cdc_stream.py": ["run"],
@@ -186,9 +188,13 @@ def _workloads(docs: list[dict[str, Any]]) -> Iterator[Workload]:
         elif doc["kind"] == "CronJob":
             pod = doc["spec"]["jobTemplate"]["spec"]["template"]
             (container,) = pod["spec"]["containers"]
-            assert container["command"][0] == "python", name
-            script = container["command"][1].removeprefix(home)
-            argv = _SCRIPT_COMMANDS[script] + container["args"]
+            if doc["spec"].get("suspend"):  # the ops pod: it waits for `kubectl exec`
+                assert container["command"][0] == "sleep", name
+                script, argv = "", []
+            else:
+                assert container["command"][0] == "python", name
+                script = container["command"][1].removeprefix(home)
+                argv = _SCRIPT_COMMANDS[script] + container["args"]
             volumes = pod["spec"].get("volumes", [])
             yield Workload(
                 doc["kind"], name, script, argv, container, pod["metadata"]["labels"], volumes
@@ -196,7 +202,9 @@ def _workloads(docs: list[dict[str, Any]]) -> Iterator[Workload]:
 
 
 def _command(argv: list[str]) -> str:
-    """``sla check`` of ``["sla", "check", "--env", "prod"]``."""
+    """``sla check`` of ``["sla", "check", "--env", "prod"]``; ``ops`` of the ops pod's."""
+    if not argv:
+        return "ops"
     return next(c for c in _SECTIONS_READ if argv[: len(c.split())] == c.split())
 
 
@@ -341,6 +349,8 @@ def test_workloads_run_shipped_code_with_the_baked_jars(env: str) -> None:
     docker = _dockerfile()
     jars = docker.env["CDC_JARS_DIR"]
     for workload in _workloads(render(env)):
+        if not workload.script:
+            continue  # the ops pod runs what the runbook types
         assert (REPO_ROOT / workload.script).is_file(), workload.name
         assert workload.script.split("/")[0] in docker.copied, workload.name
         if workload.spark is None:
@@ -435,13 +445,26 @@ def test_the_config_file_is_mounted_where_the_image_reads_it(env: str) -> None:
         assert workload.mounts["config"] == config_dir, workload.name
         (volume,) = [v for v in workload.volumes if v["name"] == "config"]
         assert volume["configMap"]["name"] == config_map["metadata"]["name"]
-        assert workload.argv[workload.argv.index("--env") + 1] == env
+        if workload.argv:
+            assert workload.argv[workload.argv.index("--env") + 1] == env
     # Without a config file the image's own is used: no ConfigMap, no mount.
     baked = render(env, config=False)
     assert not [
         d for d in baked if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")
     ]
     assert all("config" not in w.mounts for w in _workloads(baked))
+
+
+def test_the_ops_pod_never_runs_by_itself_and_has_what_the_commands_need(env: str) -> None:
+    docs = render(env)
+    (ops,) = [d for d in docs if d["metadata"]["name"] == "cdc-ops"]
+    assert ops["kind"] == "CronJob" and ops["spec"]["suspend"] is True
+    job = ops["spec"]["jobTemplate"]["spec"]
+    (container,) = job["template"]["spec"]["containers"]
+    # It waits for `kubectl exec` as long as the job may live, then ends.
+    assert container["command"] == ["sleep", str(job["activeDeadlineSeconds"])]
+    (workload,) = [w for w in _workloads(docs) if w.name == "cdc-ops"]
+    assert set(workload.mounts) == {"config", "checkpoints"}
 
 
 def test_checkpoints_are_mounted_at_the_configured_root(env: str) -> None:
@@ -454,8 +477,9 @@ def test_checkpoints_are_mounted_at_the_configured_root(env: str) -> None:
             (volume,) = [v for v in workload.volumes if v["name"] == "checkpoints"]
             assert volume["persistentVolumeClaim"] == {"claimName": claim}
             readers.add(_command(workload.argv))
-    # The streams keep their offsets there; the SLA check reads them and its breach state.
-    assert readers == {"run", "sla check"}
+    # The streams keep their offsets there; the SLA check reads them and its breach state;
+    # the ops pod runs `cdc status` and `cdc replay` on them.
+    assert readers == {"run", "sla check", "ops"}
 
 
 def _secret_refs(raw: dict[str, Any], sections: tuple[str, ...]) -> set[str]:
@@ -547,10 +571,12 @@ def test_batch_jobs_have_valid_schedules_and_run_real_commands(env: str) -> None
     from cdc.cli import _build_parser
 
     docs = render(env)
+    scheduled = [d for d in docs if d["kind"] in ("CronJob", "ScheduledSparkApplication")]
+    assert all(d["spec"]["timeZone"] == "Etc/UTC" for d in scheduled)
     schedules = {
         d["metadata"]["labels"]["cdc/job"]: d["spec"]["schedule"]
-        for d in docs
-        if d["kind"] in ("CronJob", "ScheduledSparkApplication")
+        for d in scheduled
+        if not d["spec"].get("suspend")
     }
     assert schedules == {
         "maintain-optimize": "0 3 * * *",  # daily
@@ -567,6 +593,8 @@ def test_batch_jobs_have_valid_schedules_and_run_real_commands(env: str) -> None
         assert all(_cron_field_ok(f, *r) for f, r in zip(fields, _CRON_RANGES, strict=True)), name
     commands = {}
     for workload in _workloads(docs):
+        if not workload.argv:
+            continue  # the ops pod
         parsed = _build_parser().parse_args(workload.argv)  # _Parser raises on what it refuses
         assert parsed.env == env, workload.name
         if "cdc/job" in workload.labels:

@@ -106,7 +106,7 @@ mainApplicationFile: local://{{ $root.Values.image.home }}/{{ .file }}
 arguments: {{ toJson .arguments }}
 sparkVersion: {{ $root.Values.sparkVersion | quote }}
 sparkConf:
-  {{- include "cdc.sparkConf" (dict "root" $root "extra" .sparkConf) | nindent 2 }}
+  {{- include "cdc.sparkConf" (dict "root" $root "extra" .sparkConf) | trim | nindent 2 }}
 driver:
   cores: {{ .driver.cores }}
   memory: {{ .driver.memory }}
@@ -118,7 +118,7 @@ driver:
     {{- end }}
   {{- with include "cdc.configChecksum" $root }}
   annotations:
-    {{- . | nindent 4 }}
+    {{- . | trim | nindent 4 }}
   {{- end }}
   podSecurityContext:
     {{- include "cdc.podSecurityContext" $root | nindent 4 }}
@@ -128,11 +128,11 @@ driver:
   {{- end }}
   {{- with include "cdc.secretEnv" (dict "root" $root "groups" .secrets) }}
   env:
-    {{- . | nindent 4 }}
+    {{- . | trim | nindent 4 }}
   {{- end }}
   {{- with include "cdc.volumeMounts" (dict "root" $root "checkpoints" .checkpoints) }}
   volumeMounts:
-    {{- . | nindent 4 }}
+    {{- . | trim | nindent 4 }}
   {{- end }}
 executor:
   instances: {{ .executor.instances }}
@@ -143,6 +143,6 @@ executor:
     {{- include "cdc.podSecurityContext" $root | nindent 4 }}
 {{- with include "cdc.volumes" (dict "root" $root "checkpoints" .checkpoints) }}
 volumes:
-  {{- . | nindent 2 }}
+  {{- . | trim | nindent 2 }}
 {{- end }}
 {{- end }}
