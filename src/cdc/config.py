@@ -602,7 +602,8 @@ class PipelineSettings(_Model):
 
 class SlaSettings(_Model):
     """The service levels a pipeline is held to: exported as ``cdc_sla_*`` gauges, which the
-    alert rules in ``deploy/k8s/monitoring`` and ``cdc sla check`` compare against."""
+    Helm chart's alert rules (``deploy/helm/cdc-service``) and ``cdc sla check`` compare
+    against."""
 
     freshness_seconds: float = Field(default=900.0, gt=0)
     """Longest time the pipeline may go without being caught up with its topic."""

@@ -10,6 +10,7 @@ the Dockerfile, jvm/pom.xml, pyproject.toml and the settings of config/<env>.yam
 
 from __future__ import annotations
 
+import argparse
 import copy
 import re
 import shlex
@@ -669,3 +670,33 @@ def test_s3_lake_paths_and_options_reach_spark_as_s3a() -> None:
         "fs.s3a.secret.key": "s",
         "fs.s3a.connection.maximum": "64",
     }
+
+
+def _runbook_commands(text: str, names: set[str]) -> list[str]:
+    """The ``cdc <name> ...`` commands of a Markdown document's code (blocks and spans)."""
+    text = text.replace("\\\n", " ")
+    blocks = re.findall(r"```\w*\n(.*?)```", text, re.S)
+    prose = re.sub(r"```\w*\n.*?```", "", text, flags=re.S).replace("\n", " ")
+    snippets = [line for block in blocks for line in block.splitlines()]
+    snippets += re.findall(r"`([^`]+)`", prose)
+    commands = []
+    for snippet in snippets:
+        for match in re.finditer(rf"(?:^|\s)cdc ((?:{'|'.join(names)})\b.*)", snippet):
+            command = re.split(r"\s+#", match.group(1))[0].strip()
+            # A command with options, written in full (not `cdc <command> --help`).
+            if "--" in command and "<" not in command and "|" not in command.split()[0]:
+                commands.append(command)
+    return commands
+
+
+def test_the_operations_runbook_types_commands_the_cli_accepts() -> None:
+    from cdc.cli import _build_parser
+
+    parser = _build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    runbook = (REPO_ROOT / "docs/runbooks/operations.md").read_text()
+    commands = _runbook_commands(runbook, set(sub.choices))
+    assert len(commands) >= 8
+    for command in commands:
+        parsed = parser.parse_args(shlex.split(command))  # raises on what it refuses
+        assert parsed.env == "prod", command
