@@ -36,6 +36,7 @@ from tests.support.deploy_tools import (
     render,
     tool,
 )
+from tests.support.shared_specs import specs_dir
 
 POM = REPO_ROOT / "jvm" / "pom.xml"
 _NS = {"m": "http://maven.apache.org/POM/4.0.0"}
@@ -303,12 +304,19 @@ def test_a_misspelled_or_mistyped_value_stops_the_render() -> None:
     assert "env is not set: install with -f values-dev.yaml or -f values-prod.yaml" in unset.stderr
 
 
-def test_a_missing_tool_fails_with_how_to_install_it(
+def test_a_missing_tool_or_spec_folder_fails_with_what_to_do(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("CDC_TOOLS_DIR", str(tmp_path))
     with pytest.raises(pytest.fail.Exception, match=r"helm v4\.\d+\.\d+ is missing .*make tools"):
         tool("helm")
+    monkeypatch.setenv("CDC_SPECS_DIR", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception) as failed:
+        specs_dir("k8s-crds")
+    assert str(failed.value) == (
+        f"specification folder {tmp_path}/k8s-crds is missing"
+        " (or set CDC_SPECS_DIR to the folder holding k8s-crds/)"
+    )
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -370,7 +378,7 @@ def test_workloads_run_shipped_code_with_the_baked_jars(env: str) -> None:
         assert workload.pod["podSecurityContext"]["runAsUser"] == int(docker.uid)
 
 
-def test_the_openlineage_agent_value_wires_the_listener_and_its_transport() -> None:
+def test_the_openlineage_agent_value_wires_the_listener_and_its_transport(tmp_path: Path) -> None:
     agent = f"{_values()['image']['jarsDir']}/lineage/openlineage-spark.jar"
     docs = render(
         "prod",
@@ -386,6 +394,7 @@ def test_the_openlineage_agent_value_wires_the_listener_and_its_transport() -> N
         assert conf["spark.driver.extraClassPath"].split(":")[-1] == agent
         assert conf["spark.extraListeners"] == "io.openlineage.spark.agent.OpenLineageSparkListener"
         assert conf["spark.openlineage.transport.type"] == "http"
+    assert kubeconform(docs, tmp_path).failures == {}
 
 
 def test_cluster_configs_leave_the_master_to_spark_submit() -> None:
