@@ -62,6 +62,8 @@ __all__ = [
 
 ENVS = ("local", "dev", "prod")
 _SECRET_PREFIXES = ("env:", "file:", "aws-sm:")
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|seconds?|m|minutes?)\s*$")
 
 
@@ -71,7 +73,8 @@ class Secret:
 
     Its values may be secret references (resolved only when a client is built), ``repr``
     shows ``***`` in their place, and :mod:`cdc.logs` removes their resolved values from
-    every output. A new secret setting needs nothing else (the sweep of
+    every output; the configuration reference (:mod:`cdc.config_reference`) says so for each
+    such key. A new secret setting needs nothing else (the sweep of
     ``tests/integration/test_secret_sweep.py`` then asks for a case that exercises it).
     """
 
@@ -84,7 +87,7 @@ class Secret:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         secret = _secret_markers(type(self))
@@ -299,6 +302,7 @@ class KafkaSettings(_Model):
     """Where the Kafka cluster is and how to talk to it."""
 
     bootstrap_servers: str
+    """Kafka's bootstrap servers, ``host:port[,host:port...]``."""
     embedded: bool = False
     """True when ``cdc broker`` (the embedded Kafka broker) is expected to serve
     ``bootstrap_servers``."""
@@ -309,6 +313,8 @@ class KafkaSettings(_Model):
     """Java client settings for Spark's Kafka source only (passed as ``kafka.<name>``); they win
     over the ones translated from ``client``. Values may be secret references."""
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    """Seconds a command waits for the cluster's metadata before it stops with "broker
+    unavailable"."""
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings with secret references resolved."""
@@ -324,7 +330,11 @@ class RegistrySettings(_Model):
     """The Avro registry of record and the topic contracts."""
 
     path: Path = Path("schemas/avro")
+    """The file registry: one folder per subject of versioned ``.avsc`` files and
+    ``index.json`` (the stable schema ids). Relative paths, here and below, are taken from the
+    config folder's parent."""
     contracts: Path = Path("schemas/contracts.yaml")
+    """The topic contracts: each topic's reader schema and rules."""
     url: Annotated[str | None, Secret("credentials")] = None
     """A Confluent-compatible HTTP registry to resolve writer schema ids (optional); it may
     carry a user and password (``https://user:pass@host``), so it may be a secret reference."""
@@ -345,7 +355,11 @@ class LakeSettings(_Model):
     """Where Delta tables live: a local path or ``s3://bucket/prefix``."""
 
     root: str = Field(min_length=1, pattern=r"\S")
+    """The lake: a local folder or ``s3://bucket/prefix`` holding ``bronze/``,
+    ``quarantine/``, ``silver/`` and ``gold/``."""
     storage_options: Annotated[dict[str, str], Secret("entries")] = Field(default_factory=dict)
+    """Object-store settings (``AWS_REGION``, ``AWS_ENDPOINT_URL``, keys): delta-rs takes them
+    as they are, Spark as the matching ``fs.s3a.*`` options."""
     writer: Literal["delta-rs", "delta-spark"] = "delta-rs"
     """Who writes the tables: ``delta-spark`` (distributed: appends and MERGEs on the
     executors, deletion vectors; the production writer) or ``delta-rs`` (one process: the
@@ -427,6 +441,7 @@ with warnings.catch_warnings():
         """
 
         target: Literal["duckdb", "postgres", "snowflake"] = "duckdb"
+        """The warehouse ``cdc publish`` writes to."""
         path: str | None = None
         """The DuckDB file (default: ``warehouse.duckdb`` beside the lake root's folder)."""
         schema: str = Field(default="gold", pattern=_SQL_NAME)  # type: ignore[assignment]
@@ -435,10 +450,15 @@ with warnings.catch_warnings():
         """PostgreSQL connection string (``postgresql://...`` or ``key=value`` pairs); the
         fields below win over its parts."""
         host: str | None = None
+        """PostgreSQL host."""
         port: int | None = Field(default=None, ge=1, le=65535)
+        """PostgreSQL port (default: the driver's, 5432)."""
         database: str | None = None
+        """The database (PostgreSQL, Snowflake)."""
         user: str | None = None
+        """The user (PostgreSQL, Snowflake)."""
         password: Annotated[str | None, Secret("value")] = None
+        """The user's password (PostgreSQL, Snowflake)."""
         account: str | None = None
         """Snowflake account identifier (``orgname-account``)."""
         warehouse: str | None = None
@@ -446,6 +466,7 @@ with warnings.catch_warnings():
         role: str | None = None
         """Snowflake role."""
         connect_timeout_s: float = Field(default=10.0, gt=0)
+        """Seconds a connection (PostgreSQL) or a login (Snowflake) may take."""
 
         def duckdb_path(self, lake: LakeSettings) -> str:
             """The DuckDB file: ``path``, or ``warehouse.duckdb`` beside the lake root.
@@ -475,6 +496,8 @@ class CheckpointSettings(_Model):
     """Spark checkpoints (the offsets store): a local or PVC path."""
 
     root: str = Field(min_length=1, pattern=r"\S")
+    """Folder of the checkpoints, one per pipeline (``<root>/<pipeline>``), with the
+    pipelines' locks and the SLA check's state."""
 
     def path(self, pipeline: str) -> str:
         return f"{self.root.rstrip('/')}/{pipeline}"
@@ -488,7 +511,10 @@ class SparkSettings(_Model):
     unset where ``spark-submit`` runs the driver: spark-submit chooses the master, and a value
     here would override it (a Kubernetes driver with ``local[*]`` leaves every executor idle)."""
     trigger_interval: str = "1 second"
+    """How often a continuous query starts a micro-batch: a duration such as ``1 second``,
+    ``500 ms`` or ``2 minutes``."""
     conf: dict[str, str] = Field(default_factory=dict)
+    """Spark properties set on the session the driver builds."""
 
     @field_validator("trigger_interval")
     @classmethod
@@ -511,8 +537,11 @@ class MaintenanceSettings(_Model):
     """Health fails when more of a table's files than this are small (and there are more
     than ``min_files_judged`` files)."""
     min_files_judged: int = Field(default=20, ge=0)
+    """Health judges the small-file ratio of a table with more files than this."""
     max_files: int = Field(default=10_000, gt=0)
+    """Health fails when a table has more data files than this."""
     max_versions_since_optimize: int = Field(default=2_000, gt=0)
+    """Health fails when a table has more versions than this since its last OPTIMIZE."""
     min_retention_hours: float = Field(default=168.0, ge=0)
     """VACUUM refuses a shorter retention unless forced: files younger than this may still be
     read by a running query, a replay's reader or a DR snapshot in progress."""
@@ -535,14 +564,18 @@ class NotifySettings(_Model):
     """
 
     slack_webhook_url: Annotated[str | None, Secret("value")] = None
+    """A Slack incoming webhook that receives each breach and its resolution."""
     sns_topic_arn: str | None = None
+    """An SNS topic that receives each breach and its resolution."""
     sns_region: str | None = None
+    """The SNS topic's region (default: the AWS SDK's)."""
     sns_endpoint_url: str | None = None
     """An SNS-compatible endpoint instead of AWS's (tests, LocalStack)."""
     state_path: str | None = None
     """Where open breaches are remembered between runs (default:
     ``<checkpoints.root>/_sla/open-breaches.json``), so an open breach is sent once."""
     timeout_s: float = Field(default=10.0, gt=0)
+    """Seconds a notification may take."""
 
 
 class GoldSettings(_Model):
@@ -569,8 +602,11 @@ class MetricsSettings(_Model):
     """Prometheus endpoint on the driver."""
 
     enabled: bool = True
+    """Whether ``cdc run`` serves ``/metrics``, ``/healthz`` and ``/readyz``."""
     host: str = "127.0.0.1"
+    """The address the endpoint listens on (``0.0.0.0`` in a pod, for the scrape)."""
     port: int = 9108
+    """The endpoint's port (the chart's ``metrics.port``, which Prometheus scrapes)."""
 
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
@@ -585,7 +621,11 @@ class SequenceField(_Model):
     """One field of a composite ``sequence_by``: a path in the value and how it compares."""
 
     path: str = Field(min_length=1)
+    """A dotted path in the record's value, e.g. ``source.lsn``."""
     kind: Literal["auto", "number", "time", "binlog_file", "sqlserver_lsn"] = "auto"
+    """How it compares: ``number`` (integers), ``time`` (timestamps and dates),
+    ``binlog_file`` (a MySQL binlog file name, by its index), ``sqlserver_lsn`` (hex LSN);
+    ``auto`` takes ``number`` or ``time`` from the field's type."""
 
 
 class SourceTimeWindow(_Model):
@@ -617,11 +657,17 @@ class PipelineSettings(_Model):
     """One streaming query: a topic and the silver table it maintains."""
 
     topic: str = Field(pattern=TOPIC_PATTERN)
+    """The Kafka topic the pipeline reads."""
     kind: Literal["scd2", "facts"]
+    """``scd2``: changes of keyed rows kept as an SCD Type 2 dimension (docs/scd2.md);
+    ``facts``: events appended once each, deduplicated by ``event_id``."""
     target: str = Field(pattern=NAME_PATTERN)
     """Silver table name, e.g. ``dim_contact`` or ``fact_orders``."""
     source_format: Literal["envelope", "flat"] = "envelope"
+    """``envelope``: Debezium-style ``before``/``after``/``op``/``source``; ``flat``: the
+    value's fields are the row."""
     keys: tuple[str, ...] = ()
+    """The business key columns of an scd2 dimension (required for ``scd2``)."""
     sequence_by: str | list[str | SequenceField] | None = None
     """What orders a key's changes (see :mod:`cdc.sequence`). Default (envelope): the
     connector's source position (PostgreSQL ``lsn``/``txId``, MySQL ``file``/``pos``/``row``,
@@ -632,11 +678,19 @@ class PipelineSettings(_Model):
     track_history: tuple[str, ...] | None = None
     """Columns whose change opens a new version; default all non-key business columns."""
     track_history_except: tuple[str, ...] = ()
+    """Columns whose change updates the current version in place instead (set this or
+    ``track_history``, not both)."""
     event_id: str | None = None
     """Dedup column of a fact table."""
     starting_offsets: str | None = None
+    """Where a new checkpoint starts: ``earliest``, ``latest`` or Spark's JSON of offsets
+    (None: ``defaults.starting_offsets``)."""
     max_records_per_trigger: int | None = Field(default=None, gt=0)
+    """Most records a micro-batch reads (Spark's ``maxOffsetsPerTrigger``; None:
+    ``defaults.max_records_per_trigger``)."""
     fail_on_data_loss: bool | None = None
+    """Stop when offsets the query expected are gone (Spark's ``failOnDataLoss``; None:
+    ``defaults.fail_on_data_loss``)."""
     source_options: dict[str, str] = Field(default_factory=dict)
     """Options of Spark's Kafka source for this pipeline (e.g. ``startingOffsetsByTimestamp``,
     ``minPartitions``); they win over ``defaults.source_options`` and the keys above."""
@@ -648,9 +702,11 @@ class PipelineSettings(_Model):
     """The source times this pipeline accepts (keys it does not set come from
     ``defaults.source_time_window``)."""
     zorder: ZOrderSettings = ZOrderSettings()
+    """The columns ``cdc maintain optimize`` Z-ORDERs the pipeline's tables on."""
     expectations: Annotated[tuple[ExpectationSettings, ...], AfterValidator(unique_names)] = ()
     """Data-quality rules on the records, each with its action (:mod:`cdc.expectations`)."""
     enabled: bool = True
+    """Whether ``cdc run`` without ``--pipeline`` runs it (and the chart deploys it)."""
 
     @field_validator("topic")
     @classmethod
@@ -676,7 +732,8 @@ class PipelineSettings(_Model):
 
 class SlaSettings(_Model):
     """The service levels a pipeline is held to: exported as ``cdc_sla_*`` gauges, which the
-    alert rules in ``deploy/k8s/monitoring`` and ``cdc sla check`` compare against."""
+    Helm chart's alert rules (``deploy/helm/cdc-service``) and ``cdc sla check`` compare
+    against."""
 
     freshness_seconds: float = Field(default=900.0, gt=0)
     """Longest time the pipeline may go without being caught up with its topic."""
@@ -690,13 +747,20 @@ class PipelineDefaults(_Model):
     """Source options applied to every pipeline unless it sets its own."""
 
     starting_offsets: str = "earliest"
+    """Where a new checkpoint starts: ``earliest``, ``latest`` or Spark's JSON of offsets."""
     max_records_per_trigger: int | None = Field(default=50_000, gt=0)
+    """Most records a micro-batch reads (Spark's ``maxOffsetsPerTrigger``; None: no cap)."""
     max_records_per_partition: int = Field(default=200_000, gt=0)
+    """Most records one task reads (Spark's ``maxRecordsPerPartition``): a larger offset range
+    is split across tasks."""
     fail_on_data_loss: bool = True
+    """Stop when offsets the query expected are gone (Spark's ``failOnDataLoss``)."""
     max_message_bytes: int = Field(default=1_048_576, gt=0)
+    """A larger record (key + value) is quarantined as ``oversize``."""
     source_options: dict[str, str] = Field(default_factory=dict)
     """Options of Spark's Kafka source for every pipeline (see ``PipelineSettings``)."""
     sla: SlaSettings = SlaSettings()
+    """The service levels of every pipeline that does not set its own."""
     check_invariants: bool = True
     """Check the SCD2 invariants of the keys each batch touched, after its MERGE
     (docs/guides/verify.md); ``cdc verify`` checks whole tables on demand either way."""

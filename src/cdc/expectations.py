@@ -89,15 +89,18 @@ _RESERVED = "_cdc_"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class RangeCheck(_Model):
     """Inclusive bounds for a numeric column; either may be left out."""
 
     column: str = Field(min_length=1)
+    """A numeric column."""
     min: Decimal | None = None
+    """Smallest allowed value (inclusive)."""
     max: Decimal | None = None
+    """Largest allowed value (inclusive)."""
 
     @field_validator("min", "max", mode="before")
     @classmethod
@@ -127,14 +130,18 @@ class RegexCheck(_Model):
     """A string column whose whole value must match ``pattern``."""
 
     column: str = Field(min_length=1)
+    """A string column."""
     pattern: str = Field(min_length=1)
+    """A regular expression the whole value must match (the syntax Polars and Spark share)."""
 
 
 class AllowedCheck(_Model):
     """A column whose value must be one of ``values``."""
 
     column: str = Field(min_length=1)
+    """The column checked."""
     values: tuple[str | int | float | bool, ...] = Field(min_length=1)
+    """The values allowed."""
 
 
 class ExpectationSettings(_Model):
@@ -148,12 +155,17 @@ class ExpectationSettings(_Model):
     not_null: str | None = None
     """A column that must not be null."""
     range: RangeCheck | None = None
+    """A numeric column within bounds."""
     regex: RegexCheck | None = None
+    """A string column matching a pattern."""
     allowed: AllowedCheck | None = None
+    """A column holding one of a set of values."""
     expr: str | None = None
     """A SQL boolean expression over the record's columns; the record fails when it is
     false."""
     action: Literal["warn", "drop", "fail"] = "warn"
+    """``warn``: land the record, count the failure; ``drop``: quarantine it; ``fail``: stop
+    the query before anything of the batch is written."""
 
     @field_validator("name")
     @classmethod

@@ -1,7 +1,9 @@
-"""The alert rules and the Grafana dashboard in deploy/k8s/monitoring, checked with promtool.
+"""The alert rules and the Grafana dashboard the Helm chart deploys, checked with promtool.
 
-promtool (Debian's ``prometheus`` package, installed by .ci/run) parses every expression and
-runs the rules' unit tests; its absence fails the suite, it never skips it.
+Both are read from the chart as helm renders it (the PrometheusRule and the dashboard's
+ConfigMap), so what is tested is what a cluster receives. promtool (Debian's ``prometheus``
+package, installed by .ci/run) parses every expression and runs the rules' unit tests
+(deploy/helm/tests/alert-rules.test.yml); its absence fails the suite, it never skips it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import yaml
 
 from cdc.metrics import METRIC_NAMES
 from tests.conftest import REPO_ROOT
+from tests.support.deploy_tools import render
 
-MONITORING = REPO_ROOT / "deploy" / "k8s" / "monitoring"
+RULE_TESTS = REPO_ROOT / "deploy" / "helm" / "tests" / "alert-rules.test.yml"
 _SERIES = re.compile(r"\b(cdc_[a-z0-9_]+|up)\b")
 _SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -31,10 +34,26 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _rule_groups() -> list[dict[str, Any]]:
+    (rule,) = [d for d in render("prod") if d["kind"] == "PrometheusRule"]
+    groups: list[dict[str, Any]] = rule["spec"]["groups"]
+    return groups
+
+
+def _dashboard() -> dict[str, Any]:
+    """The dashboard of the ConfigMap Grafana's sidecar picks up (by its label)."""
+    (config_map,) = [
+        d
+        for d in render("prod")
+        if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"]["labels"]
+    ]
+    (text,) = config_map["data"].values()
+    dashboard: dict[str, Any] = json.loads(text)
+    return dashboard
+
+
 def _rules() -> list[dict[str, Any]]:
-    doc = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())
-    assert doc["kind"] == "PrometheusRule"
-    return [rule for group in doc["spec"]["groups"] for rule in group["rules"]]
+    return [rule for group in _rule_groups() for rule in group["rules"]]
 
 
 def _exported(expr: str) -> set[str]:
@@ -51,18 +70,17 @@ def _exported(expr: str) -> set[str]:
 
 
 def test_alert_rules_pass_their_promtool_tests(tmp_path: Path) -> None:
-    doc = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": doc["spec"]["groups"]}))
-    shutil.copy(MONITORING / "tests" / "cdc-alerts.test.yml", tmp_path)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": _rule_groups()}))
+    shutil.copy(RULE_TESTS, tmp_path)
     checked = promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    tested = promtool("test", "rules", "cdc-alerts.test.yml", cwd=tmp_path)
+    tested = promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
 
 
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
-    tests = yaml.safe_load((MONITORING / "tests" / "cdc-alerts.test.yml").read_text())
+    tests = yaml.safe_load(RULE_TESTS.read_text())
     cases: dict[str, set[bool]] = {}
     for group in tests["tests"]:
         for case in group.get("alert_rule_test", []):
@@ -86,7 +104,7 @@ def test_rules_name_only_metrics_the_service_exports() -> None:
 
 
 def _dashboard_exprs() -> list[tuple[str, str]]:
-    dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    dash = _dashboard()
     return [
         (panel["title"], target["expr"])
         for panel in dash["panels"]
