@@ -206,12 +206,13 @@ def _tagging(kind: str, key: str, resource: Mapping[str, Any], tags: Mapping[str
 def _grant(
     audience: str, principal: str, resource: Mapping[str, Any], permissions: Sequence[str]
 ) -> Item:
-    resource = normalize_resource(resource)
     perms = sorted(set(permissions))
+    # The key is the resource's canonical form; the calls send it as written (revokes: as
+    # Lake Formation reported it).
     request = {"Principal": {"DataLakePrincipalIdentifier": principal}, "Resource": resource}
     return Item(
         "grant",
-        f"{audience} on {_label(resource)}",
+        f"{audience} on {_label(normalize_resource(resource))}",
         ", ".join(perms),
         _Calls(
             create=(Call("grant_permissions", {**request, "Permissions": perms}),),
@@ -499,19 +500,13 @@ class LakeFormationGovernance(Target):
                     _Calls((), (Call("delete_data_cells_filter", ident),)),
                 )
             )
+        # Lake Formation filters by principal only together with a resource: list them all.
         audiences = {arn: audience for audience, arn in self.config.principals.items()}
-        for arn, audience in audiences.items():
-            principal = {"DataLakePrincipalIdentifier": arn}
-            for grant in self._pages(
-                "list_permissions", "PrincipalResourcePermissions", Principal=principal
-            ):
-                if grant["Principal"] != principal or not self._governed(
-                    grant["Resource"], databases
-                ):
-                    continue
-                permissions = grant.get("Permissions", [])
-                if permissions:
-                    items.append(_grant(audience, arn, grant["Resource"], permissions))
+        for grant in self._pages("list_permissions", "PrincipalResourcePermissions"):
+            arn = grant["Principal"].get("DataLakePrincipalIdentifier")
+            permissions = grant.get("Permissions", [])
+            if arn in audiences and permissions and self._governed(grant["Resource"], databases):
+                items.append(_grant(audiences[arn], arn, grant["Resource"], permissions))
         return items
 
     def _governed(self, resource: Mapping[str, Any], databases: set[str]) -> bool:
