@@ -100,7 +100,9 @@ def test_moto_holds_what_the_policy_asks_and_check_catches_a_grant_changed_behin
     planned = cdc(moto, "plan")
     assert planned.returncode == 0, planned.stderr
     assert "+ lf-tag cdc_pii" in planned.stdout
-    assert "cannot mask values: the masked columns are excluded for data_scientist" in planned.stdout
+    assert (
+        "cannot mask values: the masked columns are excluded for data_scientist" in planned.stdout
+    )
     applied = cdc(moto, "apply")
     assert applied.returncode == 0, applied.stderr
     in_sync = cdc(moto, "check")

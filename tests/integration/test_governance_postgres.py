@@ -36,7 +36,11 @@ pytestmark = pytest.mark.integration
 
 PASSWORD_ENV = "CDC_TEST_GOVERNANCE_PASSWORD"
 USER_PASSWORD = "reader-secret"
-EMAILS = {"C1": "jane.doe@acme.example", "C2": "li.wei@borealis.example", "C3": "ana@cobalt.example"}
+EMAILS = {
+    "C1": "jane.doe@acme.example",
+    "C2": "li.wei@borealis.example",
+    "C3": "ana@cobalt.example",
+}
 OWNERS = {"A1": "owner.a1@crm.example", "A2": "owner.a2@crm.example", "A3": "owner.a3@crm.example"}
 REGIONS = {"A1": "EMEA", "A2": "AMER", "A3": "APAC"}
 
@@ -55,7 +59,9 @@ def _create(conn: Any, schema: str, table: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def warehouse(governed_postgres: PostgresDatabase, tmp_path_factory: Any) -> Iterator[dict[str, Any]]:
+def warehouse(
+    governed_postgres: PostgresDatabase, tmp_path_factory: Any
+) -> Iterator[dict[str, Any]]:
     """The warehouse with rows, the policy applied, and one login per audience."""
     db = governed_postgres
     folder = tmp_path_factory.mktemp("governance")
@@ -110,7 +116,7 @@ def warehouse(governed_postgres: PostgresDatabase, tmp_path_factory: Any) -> Ite
     with db.connect() as conn:
         for user, audience in users.items():
             conn.execute(
-                f'CREATE ROLE "{db.user}_{user}" LOGIN PASSWORD \'{USER_PASSWORD}\''
+                f"CREATE ROLE \"{db.user}_{user}\" LOGIN PASSWORD '{USER_PASSWORD}'"
                 f' IN ROLE "{db.user}_{audience}"'
             )
     yield state

@@ -196,19 +196,14 @@ _ACCOUNT = ("dim_account.account_id", "dim_account.valid_from", "dim_account.val
 GOLD_LINEAGE: dict[str, dict[str, tuple[str, ...]]] = {
     "customer_360": {
         "account_id": _ACCOUNT,
-        **{
-            c: (*_ACCOUNT, f"dim_account.{c}")
-            for c in (
-                "name",
-                "industry",
-                "country",
-                "tier",
-                "annual_revenue",
-                "owner_email",
-                "created_at",
-            )
-        },
+        "name": (*_ACCOUNT, "dim_account.name"),
+        "industry": (*_ACCOUNT, "dim_account.industry"),
+        "country": (*_ACCOUNT, "dim_account.country"),
         "region": (*_ACCOUNT, "dim_account.country"),
+        "tier": (*_ACCOUNT, "dim_account.tier"),
+        "annual_revenue": (*_ACCOUNT, "dim_account.annual_revenue"),
+        "owner_email": (*_ACCOUNT, "dim_account.owner_email"),
+        "created_at": (*_ACCOUNT, "dim_account.created_at"),
         "current_contacts": ("dim_contact.contact_id", "dim_contact.account_id"),
         "contact_ids": ("dim_contact.contact_id", "dim_contact.account_id"),
         "open_opportunities": _OPPORTUNITIES,

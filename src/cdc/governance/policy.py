@@ -265,4 +265,8 @@ def load_policy(path: str | Path) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
+        first = exc.errors()[0]
+        if not first["loc"]:  # a rule across sections (roles, tags, principals)
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise ConfigError(f"invalid policy ({p}): {message}") from None
         raise ConfigError(_format_validation_error(exc, str(p), Policy)) from None

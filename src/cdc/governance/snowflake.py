@@ -35,8 +35,11 @@ from cdc.governance.base import Change, GovernanceError, Item, Plan, Target
 from cdc.governance.policy import SnowflakeTarget
 from cdc.warehouse.base import Statement, Warehouse, WarehouseError
 
-__all__ = ["SnowflakeGovernance", "SnowflakeNames", "snowflake_items"]
+__all__ = ["MARKER", "SnowflakeGovernance", "SnowflakeNames", "snowflake_items"]
 
+MARKER = "cdc-governance"
+"""The comment of every role the policy creates: a role with the prefix but not this comment
+(the publisher's, an administrator's) is not the policy's to drop."""
 _ORDER = (
     "role",
     "grant",
@@ -154,7 +157,8 @@ def _role_items(access: Access, names: SnowflakeNames) -> list[Item]:
         base = names.role(role.name)
         roles = [base, *(names.role(a) for a in role.audiences if a != role.name)]
         for name in roles:
-            create, drop = f"CREATE ROLE IF NOT EXISTS {name}", f"DROP ROLE IF EXISTS {name}"
+            create = f"CREATE ROLE IF NOT EXISTS {name} COMMENT = {_literal(MARKER)}"
+            drop = f"DROP ROLE IF EXISTS {name}"
             items.append(_item("role", name, "", [create], [drop]))
             if name != base:
                 items.append(_grant(name, "USAGE", "ROLE", base))
@@ -349,8 +353,14 @@ class SnowflakeGovernance(Target):
         names = self.names
         desired = self.desired()
         items: list[Item] = []
+        wanted = {i.key for i in desired if i.kind == "role"}
         shown = self._rows(f"SHOW ROLES LIKE '{names.prefix}%'")
-        roles = {str(r[1]).upper() for r in shown if str(r[1]).upper().startswith(names.prefix)}
+        # The policy's roles, and roles it created once (their comment) that it no longer has.
+        roles = {
+            str(r[1]).upper()
+            for r in shown
+            if str(r[1]).upper() in wanted or str(r[9] or "").startswith(MARKER)
+        }
         for role in sorted(roles):
             items.append(_item("role", role, "", [], [f"DROP ROLE IF EXISTS {role}"]))
             for row in self._rows(f"SHOW GRANTS TO ROLE {role}"):
