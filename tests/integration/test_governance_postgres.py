@@ -266,3 +266,29 @@ def test_check_reports_a_change_made_behind_its_back_and_apply_restores(
     assert cdc(warehouse, "check").returncode == 0
     assert read(warehouse, "alice", "SELECT account_id FROM gold.customer_360") == [("A1",)]
     refused(warehouse, "alice", "SELECT contact_id FROM silver.dim_contact")
+
+
+@pytest.mark.parametrize("value", ["jane.doe@acme.example", "+44 20 7946 0000", "ÿ@ü.example"])
+def test_postgres_masks_a_value_as_duckdb_does(
+    governed_postgres: PostgresDatabase, value: str
+) -> None:
+    """The same masked value in every target: a hash joins across them."""
+    import duckdb
+
+    from cdc.governance.masks import DUCKDB, POSTGRES
+
+    literal = "'" + value + "'"
+    masks = ("hash", "partial")
+    with governed_postgres.connect() as conn:
+        row = conn.execute(
+            "SELECT " + ", ".join(str(POSTGRES.expression(literal, m, "text")) for m in masks)
+        ).fetchone()
+    expected = (
+        duckdb.connect()
+        .execute(
+            "SELECT " + ", ".join(str(DUCKDB.expression(literal, m, "VARCHAR")) for m in masks)
+        )
+        .fetchall()
+    )
+    assert [tuple(row or ())] == expected
+    assert expected[0][0] == _sha(value)

@@ -4,6 +4,7 @@ botocore's model, Snowflake SQL), the generated runbook, and the CLI's errors.""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -23,8 +24,9 @@ from cdc.governance.access import Access, resolve_access
 from cdc.governance.base import Change, Item, diff
 from cdc.governance.catalog import Catalog
 from cdc.governance.lakeformation import lakeformation_items, normalize_resource
+from cdc.governance.masks import DUCKDB, POSTGRES, SNOWFLAKE
 from cdc.governance.policy import Policy, load_policy
-from cdc.governance.postgres import PgColumn, PgRelation, mask_sql, postgres_items
+from cdc.governance.postgres import PgColumn, PgRelation, postgres_items
 from cdc.governance.run import load_catalog
 from cdc.governance.runbook import render_runbook, runbook_accesses
 from cdc.governance.snowflake import SnowflakeGovernance, SnowflakeNames, snowflake_items
@@ -314,18 +316,42 @@ def _present(catalog: Catalog, *refs: str) -> dict[str, PgRelation]:
     }
 
 
-def test_postgres_masks_render_the_same_values_as_the_other_targets() -> None:
-    assert mask_sql("email", "hash", "text") == (
+def test_masks_are_one_definition_rendered_per_dialect() -> None:
+    assert POSTGRES.column('"email"', "hash", "text") == (
         """encode(sha256(convert_to("email"::text, 'UTF8')), 'hex') AS "email\""""
     )
-    assert mask_sql("email", "partial", "text") == (
+    assert POSTGRES.column('"email"', "partial", "text") == (
         """regexp_replace("email"::text, '^(.)[^@]*', '\\1***') AS "email\""""
     )
-    assert mask_sql("email", "null", "character varying(65535)") == (
+    assert POSTGRES.column('"email"', "null", "character varying(65535)") == (
         'NULL::character varying(65535) AS "email"'
     )
-    assert mask_sql("email", "deny", "text") is None
-    assert mask_sql("email", "clear", "text") == '"email"'
+    assert POSTGRES.column('"email"', "deny", "text") is None
+    assert POSTGRES.column('"email"', "clear", "text") == '"email"'
+    assert SNOWFLAKE.expression("VAL", "partial", "VARCHAR") == (
+        "regexp_replace(VAL, '^(.)[^@]*', '\\\\1***')"
+    )
+    assert SNOWFLAKE.expression("VAL", "hash", "VARCHAR") == "SHA2(VAL, 256)"
+
+
+@pytest.mark.parametrize(
+    ("value", "partial"),
+    [("jane.doe@acme.example", "j***@acme.example"), ("+44 20 7946 0000", "+***"), ("x", "x***")],
+)
+def test_duckdb_computes_the_masks_as_documented(value: str, partial: str) -> None:
+    import duckdb
+
+    literal = "'" + value + "'"
+    ((hashed, masked, nulled),) = (
+        duckdb.connect()
+        .execute(
+            f"SELECT {DUCKDB.expression(literal, 'hash', 'VARCHAR')},"
+            f" {DUCKDB.expression(literal, 'partial', 'VARCHAR')},"
+            f" {DUCKDB.expression(literal, 'null', 'VARCHAR')}"
+        )
+        .fetchall()
+    )
+    assert (hashed, masked, nulled) == (hashlib.sha256(value.encode()).hexdigest(), partial, None)
 
 
 def test_postgres_state_for_the_local_policy(
@@ -333,9 +359,7 @@ def test_postgres_state_for_the_local_policy(
 ) -> None:
     assert policy.targets.postgres is not None
     present = _present(catalog, "gold.customer_360", "gold.daily_revenue", "silver.dim_contact")
-    items = postgres_items(
-        access, policy.targets.postgres, {"gold": "gold", "silver": "silver"}, present, "wh"
-    )
+    items = postgres_items(access, policy.targets.postgres, present, "wh")
     by_key = {(i.kind, i.key): i for i in items}
     assert by_key["role", "cdc_analyst_emea"].payload.create == (
         'CREATE ROLE "cdc_analyst_emea" NOLOGIN',

@@ -30,7 +30,8 @@ import pyarrow as pa
 from cdc.config import Settings
 from cdc.governance.access import Access, TableAccess
 from cdc.governance.base import Change, GovernanceError, Item, Plan, Target
-from cdc.governance.policy import DuckDbTarget, Treatment
+from cdc.governance.masks import DUCKDB
+from cdc.governance.policy import DuckDbTarget
 from cdc.warehouse.duckdb import DuckDbDialect
 
 __all__ = [
@@ -38,27 +39,12 @@ __all__ = [
     "DuckDbGovernance",
     "TableCopy",
     "audience_files",
-    "duckdb_mask",
     "open_audience",
 ]
 
 _META = "_cdc_governance"
 _SOURCE = "_cdc_source"
 _DIALECT = DuckDbDialect()
-
-
-def duckdb_mask(column: str, treatment: Treatment, type_sql: str) -> str | None:
-    """The select-list expression of one column in an audience file (None: left out)."""
-    c = _DIALECT.quote(column)
-    if treatment == "clear":
-        return c
-    if treatment == "hash":
-        return f"sha256(CAST({c} AS VARCHAR)) AS {c}"
-    if treatment == "partial":
-        return f"regexp_replace(CAST({c} AS VARCHAR), '^(.)[^@]*', '\\1***') AS {c}"
-    if treatment == "null":
-        return f"CAST(NULL AS {type_sql}) AS {c}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -74,7 +60,9 @@ class TableCopy:
     def select(self, columns: pa.Schema) -> str:
         """The ``CREATE TABLE ... AS SELECT`` over the lake rows (registered as the source)."""
         exprs = [
-            duckdb_mask(f.name, self.access.treatment(f.name), _DIALECT.column_type(f))
+            DUCKDB.column(
+                _DIALECT.quote(f.name), self.access.treatment(f.name), _DIALECT.column_type(f)
+            )
             for f in columns
         ]
         where = ""

@@ -421,70 +421,60 @@ class LakeFormationGovernance(Target):
                 f"lakeformation get_resource_lf_tags: {_client_error(exc)}: {exc}"
             ) from None
 
+    def _managed(self, tags: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """The LF-tags of the policy's keys, as ``key -> values``."""
+        prefix = self.config.tag_prefix
+        return {
+            t["TagKey"]: ",".join(sorted(t["TagValues"]))
+            for t in tags
+            if t["TagKey"].startswith(prefix)
+        }
+
+    def _assigned(self, kind: str, key: str, resource: Mapping[str, Any], field: str) -> Any:
+        """The managed tags of one database or table as an item (None: none), or False when
+        Lake Formation does not know the resource (noted)."""
+        found = self._tags_of(resource, field)
+        if found is None:
+            self._notes.append(f"{kind.split()[0]} {key} is not in the Glue catalog")
+            return False
+        tags = self._managed(found)
+        return _tagging(kind, key, resource, tags) if tags else None
+
+    def _actual_tags(self) -> list[Item]:
+        """The managed LF-tags and their assignments to databases, tables and columns."""
+        items: list[Item] = []
+        for tag in self._pages("list_lf_tags", "LFTags"):
+            if tag["TagKey"].startswith(self.config.tag_prefix):
+                drop = _Calls((), (Call("delete_lf_tag", {"TagKey": tag["TagKey"]}),))
+                spec = ", ".join(sorted(tag["TagValues"]))
+                items.append(Item("lf-tag", tag["TagKey"], spec, drop))
+        for layer, database in self.config.databases.items():
+            named: dict[str, Any] = {"Database": {"Name": database}}
+            found = self._assigned("database tags", database, named, "LFTagOnDatabase")
+            if found is False:
+                continue
+            items += [found] if found else []
+            for table in self.access.catalog.layer(layer):
+                where: dict[str, Any] = {"DatabaseName": database, "Name": table.name}
+                key = f"{database}.{table.name}"
+                found = self._assigned("table tags", key, {"Table": where}, "LFTagsOnTable")
+                if found is False:
+                    continue
+                items += [found] if found else []
+                names = [c.name for c in table.columns]
+                resource = {"TableWithColumns": {**where, "ColumnNames": names}}
+                for column in self._tags_of(resource, "LFTagsOnColumns") or []:
+                    tags = self._managed(column.get("LFTags", []))
+                    one = {"TableWithColumns": {**where, "ColumnNames": [column["Name"]]}}
+                    if tags:
+                        items.append(_tagging("column tags", f"{key}.{column['Name']}", one, tags))
+        return items
+
     def actual(self) -> list[Item]:
         """The managed LF-tags, their assignments, the filters and the audiences' grants."""
         prefix = self.config.tag_prefix
         self._notes = []
-        items: list[Item] = []
-        for tag in self._pages("list_lf_tags", "LFTags"):
-            if tag["TagKey"].startswith(prefix):
-                values = sorted(tag["TagValues"])
-                items.append(
-                    Item(
-                        "lf-tag",
-                        tag["TagKey"],
-                        ", ".join(values),
-                        _Calls((), (Call("delete_lf_tag", {"TagKey": tag["TagKey"]}),)),
-                    )
-                )
-
-        def managed(tags: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-            return {
-                t["TagKey"]: ",".join(sorted(t["TagValues"]))
-                for t in tags
-                if t["TagKey"].startswith(prefix)
-            }
-
-        for layer, database in self.config.databases.items():
-            found = self._tags_of({"Database": {"Name": database}}, "LFTagOnDatabase")
-            if found is None:
-                self._notes.append(f"database {database} is not in the Glue catalog")
-                continue
-            if managed(found):
-                items.append(
-                    _tagging(
-                        "database tags", database, {"Database": {"Name": database}}, managed(found)
-                    )
-                )
-            for table in self.access.catalog.layer(layer):
-                where = {"DatabaseName": database, "Name": table.name}
-                found = self._tags_of({"Table": where}, "LFTagsOnTable")
-                if found is None:
-                    self._notes.append(f"table {database}.{table.name} is not in the Glue catalog")
-                    continue
-                if managed(found):
-                    items.append(
-                        _tagging(
-                            "table tags",
-                            f"{database}.{table.name}",
-                            {"Table": where},
-                            managed(found),
-                        )
-                    )
-                names = [c.name for c in table.columns]
-                resource = {"TableWithColumns": {**where, "ColumnNames": names}}
-                for column in self._tags_of(resource, "LFTagsOnColumns") or []:
-                    tags = managed(column.get("LFTags", []))
-                    if tags:
-                        one = {"TableWithColumns": {**where, "ColumnNames": [column["Name"]]}}
-                        items.append(
-                            _tagging(
-                                "column tags",
-                                f"{database}.{table.name}.{column['Name']}",
-                                one,
-                                tags,
-                            )
-                        )
+        items = self._actual_tags()
         databases = set(self.config.databases.values())
         for found in self._pages("list_data_cells_filter", "DataCellsFilters"):
             if found["DatabaseName"] not in databases or not found["Name"].startswith(prefix):

@@ -54,6 +54,16 @@ _NAME = r"^[a-z][a-z0-9_]{0,39}$"
 """Role, scope and tag names: they become parts of role, file and LF-tag names."""
 
 
+def _by_layer(field: str, names: dict[str, str], pattern: str, what: str) -> dict[str, str]:
+    """Check a ``layer -> name`` map: known layers, names of the target's syntax."""
+    for layer, name in names.items():
+        if layer not in LAYERS:
+            raise ValueError(f"{field}: {layer!r} is not a layer ({', '.join(LAYERS)})")
+        if not re.fullmatch(pattern, name):
+            raise ValueError(f"{field}.{layer}: {name!r} is not a {what}")
+    return names
+
+
 def strictest(treatments: list[Treatment]) -> Treatment:
     """The strictest of several treatments (a column with two tags gets the stricter rule)."""
     return min(treatments, key=TREATMENTS.index) if treatments else "clear"
@@ -126,12 +136,7 @@ class PostgresTarget(_Model):
     @field_validator("schemas")
     @classmethod
     def _check_schemas(cls, schemas: dict[str, str]) -> dict[str, str]:
-        for layer, schema in schemas.items():
-            if layer not in LAYERS:
-                raise ValueError(f"schemas: {layer!r} is not a layer ({', '.join(LAYERS)})")
-            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", schema):
-                raise ValueError(f"schemas.{layer}: {schema!r} is not a schema name")
-        return schemas
+        return _by_layer("schemas", schemas, r"[a-z_][a-z0-9_]{0,40}", "schema name")
 
 
 class LakeFormationTarget(_Model):
@@ -148,12 +153,7 @@ class LakeFormationTarget(_Model):
     @field_validator("databases")
     @classmethod
     def _check_databases(cls, databases: dict[str, str]) -> dict[str, str]:
-        for layer, name in databases.items():
-            if layer not in LAYERS:
-                raise ValueError(f"databases: {layer!r} is not a layer ({', '.join(LAYERS)})")
-            if not re.fullmatch(r"[a-z0-9_]{1,255}", name):
-                raise ValueError(f"databases.{layer}: {name!r} is not a Glue database name")
-        return databases
+        return _by_layer("databases", databases, r"[a-z0-9_]{1,255}", "Glue database name")
 
 
 class DuckDbTarget(_Model):
@@ -171,6 +171,11 @@ class SnowflakeTarget(_Model):
     role_prefix: str = Field(default="CDC_", pattern=r"^[A-Z][A-Z0-9_]{0,20}$")
     schemas: dict[str, str] = Field(default_factory=dict)
     """Layer -> schema; ``gold`` defaults to ``warehouse.schema``."""
+
+    @field_validator("schemas")
+    @classmethod
+    def _check_schemas(cls, schemas: dict[str, str]) -> dict[str, str]:
+        return _by_layer("schemas", schemas, r"[A-Za-z_][A-Za-z0-9_]{0,40}", "schema name")
 
 
 class Targets(_Model):

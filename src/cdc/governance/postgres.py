@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from cdc.config import Settings
 from cdc.governance.access import Access, RoleAccess, TableAccess
 from cdc.governance.base import Change, GovernanceError, Item, Target
-from cdc.governance.policy import PostgresTarget, Treatment
+from cdc.governance.masks import POSTGRES
+from cdc.governance.policy import PostgresTarget
 from cdc.warehouse.base import Statement, Warehouse, WarehouseError
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "PgColumn",
     "PgRelation",
     "PostgresGovernance",
-    "mask_sql",
     "postgres_items",
     "quote_ident",
     "quote_literal",
@@ -82,31 +82,6 @@ def quote_literal(value: str) -> str:
 
 def _fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def mask_sql(column: str, treatment: Treatment, type_sql: str) -> str | None:
-    """The select-list expression of one column as a masked view shows it.
-
-    Args:
-        column: the column's name.
-        treatment: what the role sees of it.
-        type_sql: its type (``format_type``), for ``null``.
-
-    Returns:
-        The expression with its alias, or None when the column is left out (``deny``).
-        ``hash`` is the SHA-256 of the value's text, hex (the same value DuckDB's and
-        Snowflake's masks give); ``partial`` keeps the first character and an e-mail's domain.
-    """
-    c = quote_ident(column)
-    if treatment == "clear":
-        return c
-    if treatment == "hash":
-        return f"encode(sha256(convert_to({c}::text, 'UTF8')), 'hex') AS {c}"
-    if treatment == "partial":
-        return f"regexp_replace({c}::text, '^(.)[^@]*', '\\1***') AS {c}"
-    if treatment == "null":
-        return f"NULL::{type_sql} AS {c}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -150,7 +125,6 @@ class _Sql:
 @dataclass
 class _Names:
     prefix: str
-    layer_schemas: Mapping[str, str]
     auditor: str
 
     def role(self, name: str) -> str:
@@ -240,7 +214,10 @@ def _view_sql(
     """(qualified view name, its CREATE VIEW statement)."""
     schema = names.view_schema(relation.schema, role.name)
     view = f"{quote_ident(schema)}.{quote_ident(relation.name)}"
-    select = [mask_sql(c.name, table.treatment(c.name), c.type) for c in relation.columns]
+    select = [
+        POSTGRES.column(quote_ident(c.name), table.treatment(c.name), c.type)
+        for c in relation.columns
+    ]
     columns = ", ".join(s for s in select if s is not None)
     where = ""
     if table.rows is not None:
@@ -258,10 +235,98 @@ def _view_sql(
     return view, sql
 
 
+def _table_items(
+    role: RoleAccess, table: TableAccess, relation: PgRelation, names: _Names
+) -> tuple[list[Item], set[tuple[str, str]]]:
+    """How one role reads one warehouse table: a table grant when it reads every column in
+    the clear, else grants on its clear columns and a masked view; and the schemas it uses."""
+    grantee = names.role(role.name)
+    usage = {(grantee, relation.schema)}
+    if table.all_clear:
+        return [_privilege(grantee, "SELECT", "table", relation.sql)], usage
+    items = []
+    known = {c.name for c in relation.columns}
+    clear = [c for c in table.clear if c in known]
+    if clear:
+        items.append(_column_privilege(grantee, relation.sql, clear))
+    view, sql = _view_sql(role, table, relation, names)
+    view_schema = names.view_schema(relation.schema, role.name)
+    usage |= {(grantee, view_schema), (names.auditor, view_schema)}
+    grants = [_privilege(who, "SELECT", "table", view) for who in (grantee, names.auditor)]
+    spec = _fingerprint(sql)
+    payload = _Sql(
+        create=(sql,),
+        drop=(f"DROP VIEW IF EXISTS {view}",),
+        seal=("view", view, ""),
+        spec=spec,
+        after=tuple(s for g in grants for s in g.payload.create),  # a re-created view's grants
+    )
+    items += [*grants, Item("view", view.replace('"', ""), spec, payload, readable=False)]
+    return items, usage
+
+
+def _row_security_items(
+    access: Access, ref: str, relation: PgRelation, names: _Names
+) -> list[Item]:
+    """Row-level security on a table a scoped role reads: a policy per audience, and one
+    reading every row per role that reads it whole."""
+    items = [
+        Item(
+            "row security",
+            relation.sql.replace('"', ""),
+            "enabled",
+            _Sql(
+                create=(f"ALTER TABLE {relation.sql} ENABLE ROW LEVEL SECURITY",),
+                drop=(f"ALTER TABLE {relation.sql} DISABLE ROW LEVEL SECURITY",),
+            ),
+        )
+    ]
+    for role, table in access.readers(ref):
+        if table.rows is None:
+            rules = [(names.role(role.name), "true")]
+        else:
+            column = quote_ident(table.rows.column)
+            rules = [
+                (names.role(a), f"{column} = {quote_literal(v)}")
+                for a, v in table.rows.values.items()
+            ]
+        for policy_role, using in rules:
+            sql = (
+                f"CREATE POLICY {quote_ident(policy_role)} ON {relation.sql} AS PERMISSIVE"
+                f" FOR SELECT TO {quote_ident(policy_role)} USING ({using})"
+            )
+            spec = _fingerprint(sql)
+            payload = _Sql(
+                create=(sql,),
+                drop=(_drop_policy(policy_role, relation.sql),),
+                seal=("policy", relation.sql, policy_role),
+                spec=spec,
+            )
+            key = f"{relation.sql.replace(chr(34), '')} {policy_role}"
+            items.append(Item("row policy", key, spec, payload, readable=False))
+    return items
+
+
+def _view_schema_item(schema: str) -> Item:
+    comment = quote_literal(f"{MARKER} schema: masked views of one role")
+    return Item(
+        "schema",
+        schema,
+        "governed",
+        _Sql(
+            create=(
+                f"CREATE SCHEMA {quote_ident(schema)}",
+                f"COMMENT ON SCHEMA {quote_ident(schema)} IS {comment}",
+            ),
+            drop=(f"DROP SCHEMA {quote_ident(schema)} CASCADE",),
+            alter=(f"COMMENT ON SCHEMA {quote_ident(schema)} IS {comment}",),
+        ),
+    )
+
+
 def postgres_items(
     access: Access,
     config: PostgresTarget,
-    layer_schemas: Mapping[str, str],
     present: Mapping[str, PgRelation],
     database: str,
 ) -> list[Item]:
@@ -270,134 +335,44 @@ def postgres_items(
     Args:
         access: the resolved policy.
         config: ``targets.postgres``.
-        layer_schemas: layer -> warehouse schema (``gold`` included).
-        present: catalog table (``layer.name``) -> the warehouse table holding it.
+        present: catalog table (``layer.name``) -> the warehouse table holding it (tables
+            not there yet are governed once they are).
         database: the database's name (``pgaudit.role`` is set for it).
 
     Returns:
-        Roles, memberships, view schemas, views, row security and policies, privileges, and
-        the audit setting.
+        Roles, memberships, the audit setting, view schemas, views, row security and row
+        policies, privileges.
     """
-    names = _Names(config.role_prefix, layer_schemas, config.role_prefix + config.audit_role)
+    names = _Names(config.role_prefix, config.role_prefix + config.audit_role)
     items = _role_items(access, names)
-    items.append(
-        Item(
-            "audit",
-            f"pgaudit.role of database {database}",
-            names.auditor,
-            _Sql(
-                create=(
-                    f"ALTER DATABASE {quote_ident(database)} SET pgaudit.role ="
-                    f" {quote_literal(names.auditor)}",
-                ),
-                drop=(f"ALTER DATABASE {quote_ident(database)} RESET pgaudit.role",),
-            ),
-        )
+    audit = _Sql(
+        create=(
+            f"ALTER DATABASE {quote_ident(database)} SET pgaudit.role ="
+            f" {quote_literal(names.auditor)}",
+        ),
+        drop=(f"ALTER DATABASE {quote_ident(database)} RESET pgaudit.role",),
     )
+    items.append(Item("audit", f"pgaudit.role of database {database}", names.auditor, audit))
     items.append(Item("audit", "pgaudit in shared_preload_libraries", _loaded(True)))
     usage: set[tuple[str, str]] = set()
-    view_schemas: set[str] = set()
     filtered: dict[str, PgRelation] = {}
     for role in access.roles:
-        grantee = names.role(role.name)
         for table in role.tables:
             relation = present.get(table.table.ref)
             if relation is None:
                 continue
-            usage.add((grantee, relation.schema))
             if table.rows is not None:
                 filtered[table.table.ref] = relation
-            if table.all_clear:
-                items.append(_privilege(grantee, "SELECT", "table", relation.sql))
-                continue
-            known = {c.name for c in relation.columns}
-            clear = [c for c in table.clear if c in known]
-            if clear:
-                items.append(_column_privilege(grantee, relation.sql, clear))
-            view, sql = _view_sql(role, table, relation, names)
-            view_schema = names.view_schema(relation.schema, role.name)
-            view_schemas.add(view_schema)
-            usage.add((grantee, view_schema))
-            usage.add((names.auditor, view_schema))
-            grants = [_privilege(who, "SELECT", "table", view) for who in (grantee, names.auditor)]
-            items += grants
-            spec = _fingerprint(sql)
-            items.append(
-                Item(
-                    "view",
-                    view.replace('"', ""),
-                    spec,
-                    readable=False,
-                    payload=_Sql(
-                        create=(sql,),
-                        drop=(f"DROP VIEW IF EXISTS {view}",),
-                        seal=("view", view, ""),
-                        spec=spec,
-                        after=tuple(s for g in grants for s in g.payload.create),
-                    ),
-                )
-            )
+            found, used = _table_items(role, table, relation, names)
+            items += found
+            usage |= used
     for relation in {r.sql: r for r in present.values()}.values():
         items.append(_privilege(names.auditor, "SELECT", "table", relation.sql))
         usage.add((names.auditor, relation.schema))
     for ref, relation in filtered.items():
-        items.append(
-            Item(
-                "row security",
-                relation.sql.replace('"', ""),
-                "enabled",
-                _Sql(
-                    create=(f"ALTER TABLE {relation.sql} ENABLE ROW LEVEL SECURITY",),
-                    drop=(f"ALTER TABLE {relation.sql} DISABLE ROW LEVEL SECURITY",),
-                ),
-            )
-        )
-        for role, table in access.readers(ref):
-            if table.rows is None:
-                rules = [(names.role(role.name), "true")]
-            else:
-                column = quote_ident(table.rows.column)
-                rules = [
-                    (names.role(a), f"{column} = {quote_literal(v)}")
-                    for a, v in table.rows.values.items()
-                ]
-            for policy_role, using in rules:
-                sql = (
-                    f"CREATE POLICY {quote_ident(policy_role)} ON {relation.sql} AS PERMISSIVE"
-                    f" FOR SELECT TO {quote_ident(policy_role)} USING ({using})"
-                )
-                spec = _fingerprint(sql)
-                items.append(
-                    Item(
-                        "row policy",
-                        f"{relation.sql.replace(chr(34), '')} {policy_role}",
-                        spec,
-                        readable=False,
-                        payload=_Sql(
-                            create=(sql,),
-                            drop=(_drop_policy(policy_role, relation.sql),),
-                            seal=("policy", relation.sql, policy_role),
-                            spec=spec,
-                        ),
-                    )
-                )
-    for schema in sorted(view_schemas):
-        comment = quote_literal(f"{MARKER} schema: masked views of one role")
-        items.append(
-            Item(
-                "schema",
-                schema,
-                "governed",
-                _Sql(
-                    create=(
-                        f"CREATE SCHEMA {quote_ident(schema)}",
-                        f"COMMENT ON SCHEMA {quote_ident(schema)} IS {comment}",
-                    ),
-                    drop=(f"DROP SCHEMA {quote_ident(schema)} CASCADE",),
-                    alter=(f"COMMENT ON SCHEMA {quote_ident(schema)} IS {comment}",),
-                ),
-            )
-        )
+        items += _row_security_items(access, ref, relation, names)
+    layer_schemas = {r.schema for r in present.values()}
+    items += [_view_schema_item(s) for s in sorted({s for _, s in usage} - layer_schemas)]
     items += [_privilege(who, "USAGE", "schema", schema) for who, schema in sorted(usage)]
     return items
 
@@ -666,9 +641,7 @@ class PostgresGovernance(Target):
             )
 
     def _desired(self, state: _Warehouse) -> list[Item]:
-        return postgres_items(
-            self.access, self.config, self.layer_schemas, state.present, state.database
-        )
+        return postgres_items(self.access, self.config, state.present, state.database)
 
     def desired(self) -> list[Item]:
         """The items the policy asks for, given the tables the warehouse holds."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -61,6 +62,15 @@ def target_names(policy: Policy, chosen: str | None) -> list[str]:
     return [chosen]
 
 
+_ADAPTERS = {
+    "postgres": ("cdc.governance.postgres", "PostgresGovernance"),
+    "lakeformation": ("cdc.governance.lakeformation", "LakeFormationGovernance"),
+    "duckdb": ("cdc.governance.duckdb", "DuckDbGovernance"),
+    "snowflake": ("cdc.governance.snowflake", "SnowflakeGovernance"),
+}
+"""Target -> (module, class): imported on use, so each target's driver loads only for it."""
+
+
 def open_target(name: str, access: Access, settings: Settings) -> Target:
     """The target ``name``, connected where it needs a connection.
 
@@ -68,25 +78,12 @@ def open_target(name: str, access: Access, settings: Settings) -> Target:
         ConfigError: the settings it needs are missing (one line naming them).
         WarehouseUnavailableError: the warehouse cannot be reached.
     """
-    targets = access.policy.targets
-    if name == "postgres":
-        from cdc.governance.postgres import PostgresGovernance
-
-        assert targets.postgres is not None
-        return PostgresGovernance.from_settings(access, targets.postgres, settings)
-    if name == "lakeformation":
-        from cdc.governance.lakeformation import LakeFormationGovernance
-
-        assert targets.lakeformation is not None
-        return LakeFormationGovernance.from_settings(access, targets.lakeformation, settings)
-    if name == "duckdb":
-        from cdc.governance.duckdb import DuckDbGovernance
-
-        assert targets.duckdb is not None
-        return DuckDbGovernance.from_settings(access, targets.duckdb, settings)
-    if name == "snowflake":
-        from cdc.governance.snowflake import SnowflakeGovernance
-
-        assert targets.snowflake is not None
-        return SnowflakeGovernance.from_settings(access, targets.snowflake, settings)
-    raise ConfigError(f"unknown governance target {name!r}; valid: {', '.join(TARGETS)}")
+    if name not in _ADAPTERS:
+        raise ConfigError(f"unknown governance target {name!r}; valid: {', '.join(TARGETS)}")
+    module, cls = _ADAPTERS[name]
+    config = getattr(access.policy.targets, name)
+    if config is None:
+        raise ConfigError(f"the policy has no targets.{name} section")
+    adapter = getattr(importlib.import_module(module), cls)
+    target: Target = adapter.from_settings(access, config, settings)
+    return target

@@ -32,6 +32,7 @@ from cdc.config import Settings
 from cdc.errors import ConfigError
 from cdc.governance.access import Access
 from cdc.governance.base import Change, GovernanceError, Item, Plan, Target
+from cdc.governance.masks import SNOWFLAKE
 from cdc.governance.policy import SnowflakeTarget
 from cdc.warehouse.base import Statement, Warehouse, WarehouseError
 
@@ -52,8 +53,7 @@ _ORDER = (
 )
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+_literal = SNOWFLAKE.literal
 
 
 def _body(text: str) -> str:
@@ -117,19 +117,17 @@ def _grant(role: str, privilege: str, on: str, name: str) -> Item:
 
 
 def _mask_body(access: Access, tag: str, names: SnowflakeNames) -> str:
+    """The masking policy of a tag: the clearest treatment first (a person in two roles sees
+    what the clearer one sees), everyone else ``NULL``."""
     whens = []
     if names.publisher:
         whens.append(f"WHEN IS_ROLE_IN_SESSION({_literal(names.publisher)}) THEN VAL")
-    for treatment, result in (
-        ("clear", "VAL"),
-        ("partial", "REGEXP_REPLACE(VAL, '^(.)[^@]*', '\\\\1***')"),
-        ("hash", "SHA2(VAL, 256)"),
-    ):
+    for treatment in ("clear", "partial", "hash"):
+        result = SNOWFLAKE.expression("VAL", treatment, "VARCHAR")
         for role in access.roles:
             if role.treatments[tag] == treatment:
-                whens.append(
-                    f"WHEN IS_ROLE_IN_SESSION({_literal(names.role(role.name))}) THEN {result}"
-                )
+                role_name = _literal(names.role(role.name))
+                whens.append(f"WHEN IS_ROLE_IN_SESSION({role_name}) THEN {result}")
     return _body(f"CASE {' '.join(whens)} ELSE NULL END")
 
 
