@@ -250,6 +250,9 @@ def test_check_reports_a_change_made_behind_its_back_and_apply_restores(
 ) -> None:
     db: PostgresDatabase = warehouse["db"]
     prefix = warehouse["prefix"]
+    with db.connect() as conn:  # another team's table in the schema is not the policy's
+        conn.execute("CREATE TABLE gold.other_team (x int)")
+        conn.execute("GRANT SELECT ON gold.other_team TO PUBLIC")
     assert cdc(warehouse, "check").returncode == 0
     with db.connect() as conn:
         conn.execute(f'GRANT SELECT ON silver.dim_contact TO "{prefix}analyst"')
@@ -265,6 +268,7 @@ def test_check_reports_a_change_made_behind_its_back_and_apply_restores(
     assert cdc(warehouse, "apply").returncode == 0
     assert cdc(warehouse, "check").returncode == 0
     assert read(warehouse, "alice", "SELECT account_id FROM gold.customer_360") == [("A1",)]
+    assert read(warehouse, "alice", "SELECT x FROM gold.other_team") == []
     refused(warehouse, "alice", "SELECT contact_id FROM silver.dim_contact")
 
 

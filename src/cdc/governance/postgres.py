@@ -21,10 +21,13 @@ What the policy becomes (``<p>`` is ``targets.postgres.role_prefix``):
   ``GRANT SET ON PARAMETER pgaudit.role`` to the applying user.
 
 What counts as governed (and is revoked or dropped when the policy does not ask for it):
-every privilege a role other than the owner holds on a relation or schema of the governed
-schemas, every row-level policy on their tables, roles and view schemas carrying the
-``cdc-governance`` comment. Views and row policies carry a comment with the fingerprint of
-their definition and of the server's rendering of it, so one altered by hand is drift.
+every privilege of a role other than the owner on the catalog's tables the warehouse holds
+and on the relations of the view schemas, their row policies and row-level security, the
+privileges of the policy's roles and PUBLIC on the layer schemas, and the roles and view
+schemas carrying the ``cdc-governance`` comment. Other relations of a layer schema (another
+team's tables, the publish control table) are left alone. Views and row policies carry a
+comment with the fingerprint of their definition and of the server's rendering of it, so
+one altered by hand is drift.
 
 Silver is not published to the warehouse by ``cdc publish``; a layer is governed here when
 ``targets.postgres.schemas`` names its schema (``gold``: ``warehouse.schema``), and each of
@@ -34,7 +37,7 @@ its tables once it exists there.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cdc.config import Settings
@@ -545,8 +548,17 @@ class PostgresGovernance(Target):
             for r in self._query(_RELATIONS, governed)
         ]
         self._read_tables(state, relations)
-        self._read_privileges(state, schema_rows, view_schemas, governed)
-        self._read_row_security(state, relations, governed)
+        # Governed: the catalog's tables the warehouse holds and the policy's view schemas.
+        # Other relations of a layer schema (another team's tables, the publish control
+        # table) are left alone; on a layer schema only the policy's roles' and PUBLIC's
+        # privileges are governed.
+        tables = {(r.schema, r.name) for r in state.present.values()}
+
+        def governed_relation(schema: str, name: str) -> bool:
+            return (schema, name) in tables or schema in view_schemas
+
+        self._read_privileges(state, schema_rows, view_schemas, governed, governed_relation)
+        self._read_row_security(state, relations, governed, tables)
         for schema, name, kind, _, _ in relations:
             if kind == "v" and schema in view_schemas:
                 view = f"{quote_ident(schema)}.{quote_ident(name)}"
@@ -580,22 +592,33 @@ class PostgresGovernance(Target):
         schema_rows: list[tuple[object, ...]],
         view_schemas: list[str],
         governed: list[str],
+        governed_relation: Callable[[str, str], bool],
     ) -> None:
-        """Every privilege a role other than the owner holds on the governed schemas and
-        their relations (columns included), and the view schemas the policy created."""
+        """Every privilege a role other than the owner holds on the governed relations
+        (columns included) and schemas, and the view schemas the policy created."""
         items = state.items
-        for schema, grantee, privilege, comment in schema_rows:
-            if str(schema) in view_schemas and str(comment).startswith(MARKER):
-                drop = f"DROP SCHEMA {quote_ident(str(schema))} CASCADE"
-                items.append(Item("schema", str(schema), "governed", _Sql((), (drop,))))
-            if grantee is not None:
+        policy_roles = {i.key for i in self._desired(state) if i.kind == "role"}
+
+        def governed_grantee(schema: str, grantee: str) -> bool:
+            if schema in view_schemas or grantee == "PUBLIC" or grantee in policy_roles:
+                return True
+            return grantee.startswith(self.config.role_prefix)
+
+        for view_schema in view_schemas:
+            drop = f"DROP SCHEMA {quote_ident(view_schema)} CASCADE"
+            items.append(Item("schema", view_schema, "governed", _Sql((), (drop,))))
+        for schema, grantee, privilege, _ in schema_rows:
+            if grantee is not None and governed_grantee(str(schema), str(grantee)):
                 items.append(_privilege(str(grantee), str(privilege), "schema", str(schema)))
         for schema, name, grantee, privilege in self._query(_RELATION_ACL, governed):
-            relation = f"{quote_ident(str(schema))}.{quote_ident(str(name))}"
-            items.append(_privilege(str(grantee), str(privilege), "table", relation))
+            if governed_relation(str(schema), str(name)):
+                relation = f"{quote_ident(str(schema))}.{quote_ident(str(name))}"
+                items.append(_privilege(str(grantee), str(privilege), "table", relation))
         granted: dict[tuple[str, str, str], list[str]] = {}
         for schema, name, grantee, column in self._query(_COLUMN_ACL, governed):
-            granted.setdefault((str(schema), str(name), str(grantee)), []).append(str(column))
+            if governed_relation(str(schema), str(name)):
+                key = (str(schema), str(name), str(grantee))
+                granted.setdefault(key, []).append(str(column))
         for (schema_name, table_name, who), names in granted.items():
             relation = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
             items.append(_column_privilege(who, relation, names))
@@ -605,16 +628,18 @@ class PostgresGovernance(Target):
         state: _Warehouse,
         relations: list[tuple[str, str, str, int, bool]],
         governed: list[str],
+        tables: set[tuple[str, str]],
     ) -> None:
         """Row-level security switches and every row policy of the governed tables."""
-        for schema, name, kind, _, enabled in relations:
-            if kind in "rp" and enabled:
+        for schema, name, _, _, enabled in relations:
+            if (schema, name) in tables and enabled:
                 relation = f"{quote_ident(schema)}.{quote_ident(name)}"
                 drop = f"ALTER TABLE {relation} DISABLE ROW LEVEL SECURITY"
-                state.items.append(
-                    Item("row security", f"{schema}.{name}", "enabled", _Sql((), (drop,)))
-                )
+                item = Item("row security", f"{schema}.{name}", "enabled", _Sql((), (drop,)))
+                state.items.append(item)
         for row in self._query(_POLICIES, governed):
+            if (str(row[0]), str(row[1])) not in tables:
+                continue
             table, policy, comment, live = f"{row[0]}.{row[1]}", *map(str, row[2:])
             relation = f"{quote_ident(str(row[0]))}.{quote_ident(str(row[1]))}"
             drop = _drop_policy(policy, relation)

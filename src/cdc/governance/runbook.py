@@ -52,8 +52,9 @@ hand shows up there, and `apply` puts it back.
   the clear, column privileges on the clear columns otherwise (the others are refused), and a
   masked view `<schema>_<role>.<table>` (`security_barrier`) with every column the role may
   see, masked, and only its scopes' rows; row-level security on tables a scoped role reads.
-  Everything else on the governed schemas (privileges of other roles, row policies, views in
-  the role schemas) is drift, and `apply` revokes or drops it.
+  Anything else on the governed tables and the role schemas (another role's privilege, a row
+  policy, a view) is drift, and `apply` revokes or drops it; other tables of the schemas are
+  left alone.
 - **Audit (pgaudit)**: the role `<prefix><audit_role>` holds `SELECT` on every governed table
   and view and `pgaudit.role` names it for the database, so every read of them is logged as
   `AUDIT: OBJECT,...,READ,SELECT,TABLE,<schema>.<table>,<statement>` in the server log.
