@@ -287,6 +287,7 @@ class SnowflakeGovernance(Target):
         self.names = names
         self._connect = connect
         self.warehouse: Warehouse | None = None
+        self._absent: list[str] | None = None
 
     @classmethod
     def from_settings(
@@ -323,13 +324,46 @@ class SnowflakeGovernance(Target):
             self.warehouse.close()
             self.warehouse = None
 
+    def _absent_tables(self) -> list[str]:
+        """The policy's tables Snowflake does not hold (not published yet)."""
+        if self._absent is None:
+            wanted = {
+                self.names.table(t.layer, t.name)
+                for t in self.access.catalog
+                if t.layer in self.names.schemas
+            }
+            held = set()
+            for schema in sorted(set(self.names.schemas.values())):
+                rows = self._rows(f"SHOW TABLES IN SCHEMA {self.names.database}.{schema}")
+                held |= {f"{self.names.database}.{schema}.{str(r[1]).upper()}" for r in rows}
+            self._absent = sorted(wanted - held)
+        return self._absent
+
     def desired(self) -> list[Item]:
-        """The objects the policy asks for."""
-        return snowflake_items(self.access, self.names)
+        """The objects the policy asks for, on the tables Snowflake holds."""
+        absent = set(self._absent_tables())
+
+        def on_absent(item: Item) -> bool:
+            if item.kind == "grant" and " TABLE " in item.key:
+                return item.key.rsplit(" ", 1)[1] in absent
+            if item.kind in ("column tag", "row access"):
+                return item.key.split(" ")[0].rsplit(".", 1)[0] in absent or (
+                    item.key.split(" ")[0] in absent
+                )
+            return False
+
+        return [i for i in snowflake_items(self.access, self.names) if not on_absent(i)]
+
+    def notes(self) -> list[str]:
+        """The policy's tables not in Snowflake yet (governed once published)."""
+        absent = self._absent_tables()
+        return (
+            [f"not in Snowflake yet, governed once they are: {', '.join(absent)}"] if absent else []
+        )
 
     def script(self) -> list[str]:
         """Every statement, in order: the whole policy as SQL (what ``plan`` prints)."""
-        items = sorted(self.desired(), key=lambda i: _ORDER.index(i.kind))
+        items = sorted(snowflake_items(self.access, self.names), key=lambda i: _ORDER.index(i.kind))
         return [f"{sql};" for item in items for sql in item.payload[0]]
 
     def plan(self) -> Plan:
@@ -349,7 +383,7 @@ class SnowflakeGovernance(Target):
     def actual(self) -> list[Item]:
         """What Snowflake holds of the policy's objects (grants, tags, policies, attachments)."""
         names = self.names
-        desired = self.desired()
+        desired = snowflake_items(self.access, names)
         items: list[Item] = []
         wanted = {i.key for i in desired if i.kind == "role"}
         shown = self._rows(f"SHOW ROLES LIKE '{names.prefix}%'")
