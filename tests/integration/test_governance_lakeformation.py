@@ -3,8 +3,8 @@
 moto keeps Lake Formation's grants, LF-tags (on databases, tables and columns) and column
 grants; its data cells filters come from the tests' moto extension
 (``tests/support/moto_lakeformation.py``), and every request is validated by botocore. The
-shipped local policy is applied; then a grant is changed behind its back and ``check`` must
-say so.
+shipped local policy, with a Lake Formation target in moto's account, is applied; then a
+grant is changed behind its back and ``check`` must say so.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 
 from tests.conftest import REPO_ROOT
 from tests.support.moto_server import moto_server
@@ -34,10 +35,36 @@ AWS_ENV = {
 }
 
 
+LAKE_FORMATION = {
+    "databases": {
+        layer: f"cdc_local_{layer}" for layer in ("bronze", "quarantine", "silver", "gold")
+    },
+    "principals": {
+        audience: ROLE + audience.replace("_", "-")
+        for audience in (
+            "engineer",
+            "data_scientist",
+            "analyst_emea",
+            "analyst_amer",
+            "analyst_apac",
+        )
+    },
+}
+
+
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with moto_server(tmp_path_factory.mktemp("moto"), lakeformation=True) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    policy = yaml.safe_load((REPO_ROOT / "config/governance/local.yaml").read_text())
+    policy["targets"]["lakeformation"] = LAKE_FORMATION
+    path = tmp_path_factory.mktemp("policy") / "local.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
 
 
 @pytest.fixture()
@@ -47,7 +74,7 @@ def lf(moto: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     return boto3.client("lakeformation", region_name=REGION, endpoint_url=moto)
 
 
-def cdc(moto: str, command: str) -> subprocess.CompletedProcess[str]:
+def cdc(moto: str, command: str, policy: Path) -> subprocess.CompletedProcess[str]:
     """``cdc governance <command> --target lakeformation`` against moto."""
     env = {
         **os.environ,
@@ -67,6 +94,8 @@ def cdc(moto: str, command: str) -> subprocess.CompletedProcess[str]:
             f"governance.aws_endpoint_url={moto}",
             "--set",
             f"governance.aws_region={REGION}",
+            "--set",
+            f"governance.policy={policy}",
         ],
         capture_output=True,
         text=True,
@@ -95,17 +124,17 @@ def values(found: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def test_moto_holds_what_the_policy_asks_and_check_catches_a_grant_changed_behind_its_back(
-    moto: str, lf: Any
+    moto: str, lf: Any, policy_file: Path
 ) -> None:
-    planned = cdc(moto, "plan")
+    planned = cdc(moto, "plan", policy_file)
     assert planned.returncode == 0, planned.stderr
     assert "+ lf-tag cdc_pii" in planned.stdout
     assert (
         "cannot mask values: the masked columns are excluded for data_scientist" in planned.stdout
     )
-    applied = cdc(moto, "apply")
+    applied = cdc(moto, "apply", policy_file)
     assert applied.returncode == 0, applied.stderr
-    in_sync = cdc(moto, "check")
+    in_sync = cdc(moto, "check", policy_file)
     assert in_sync.returncode == 0, in_sync.stdout + in_sync.stderr
     assert "lakeformation: in sync with the policy" in in_sync.stdout
 
@@ -193,7 +222,7 @@ def test_moto_holds_what_the_policy_asks_and_check_catches_a_grant_changed_behin
     lf.remove_lf_tags_from_resource(
         Resource=email, LFTags=[{"CatalogId": ACCOUNT, "TagKey": "cdc_pii", "TagValues": ["yes"]}]
     )
-    drift = cdc(moto, "check")
+    drift = cdc(moto, "check", policy_file)
     assert drift.returncode == 1, drift.stdout + drift.stderr
     assert "- grant analyst_emea on table cdc_local_silver.dim_contact (SELECT)" in drift.stdout
     assert (
@@ -201,15 +230,15 @@ def test_moto_holds_what_the_policy_asks_and_check_catches_a_grant_changed_behin
         in drift.stdout
     )
     assert "+ column tags cdc_local_silver.dim_contact.email" in drift.stdout
-    restored = cdc(moto, "apply")
+    restored = cdc(moto, "apply", policy_file)
     assert restored.returncode == 0, restored.stderr
-    assert cdc(moto, "check").returncode == 0
+    assert cdc(moto, "check", policy_file).returncode == 0
     assert {"Resource": customer_360, "Permissions": ["SELECT"]} in grants(lf, "data_scientist")
     assert not [g for g in grants(lf, "analyst_emea") if g["Resource"].get("Table") == contact]
 
 
-def test_an_unreachable_endpoint_is_one_line(tmp_path: Path) -> None:
-    done = cdc("http://127.0.0.1:9", "check")
+def test_an_unreachable_endpoint_is_one_line(policy_file: Path) -> None:
+    done = cdc("http://127.0.0.1:9", "check", policy_file)
     assert done.returncode == 2
     assert done.stderr.startswith("cdc: error: ")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr

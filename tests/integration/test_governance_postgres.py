@@ -2,8 +2,9 @@
 
 The warehouse holds the gold tables as ``cdc publish`` creates them (the same DDL, from the
 catalog's columns) and a silver schema created here (``cdc publish`` copies gold only). The
-shipped local policy is applied with ``cdc governance apply`` (its role prefix is the test
-owner's name, so the roles are the test's own); then people log in as their own users,
+shipped local policy, with a PostgreSQL target whose role prefix is the test owner's name
+(the roles are the test's own), is applied with ``cdc governance apply``; then people log in
+as their own users,
 each granted one audience, and the server decides what they read. Every read leaves an
 audit line in the server log.
 """
@@ -66,7 +67,9 @@ def warehouse(
     db = governed_postgres
     folder = tmp_path_factory.mktemp("governance")
     policy = yaml.safe_load((REPO_ROOT / "config/governance/local.yaml").read_text())
-    policy["targets"]["postgres"]["role_prefix"] = f"{db.user}_"
+    # The local policy, enforced by this PostgreSQL: the roles are the test's own (prefix),
+    # and the silver schema created below is governed too.
+    policy["targets"]["postgres"] = {"role_prefix": f"{db.user}_", "schemas": {"silver": "silver"}}
     policy_file = folder / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(policy))
     catalog = load_catalog(load_settings("local", config_dir=REPO_ROOT / "config"))

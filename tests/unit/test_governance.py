@@ -44,7 +44,9 @@ def catalog() -> Catalog:
 
 @pytest.fixture(scope="module")
 def policy() -> Policy:
-    return load_policy(CONFIG / "governance" / "local.yaml")
+    """The dev policy: the same roles as local's, with the PostgreSQL and Lake Formation
+    targets."""
+    return load_policy(CONFIG / "governance" / "dev.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def access(policy: Policy, catalog: Catalog) -> Access:
 
 
 def _policy(**changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((CONFIG / "governance" / "local.yaml").read_text())
+    data: dict[str, Any] = yaml.safe_load((CONFIG / "governance" / "dev.yaml").read_text())
     for dotted, value in changes.items():
         node = data
         *parents, leaf = dotted.split("__")
@@ -445,32 +447,32 @@ def test_lake_formation_grants_for_the_local_policy(access: Access, policy: Poli
     items = lakeformation_items(access, policy.targets.lakeformation, "123456789012")
     grants = sorted(f"{i.key}: {i.spec}" for i in items if i.kind == "grant")
     assert [g for g in grants if g.startswith("data_scientist")] == [
-        "data_scientist on database cdc_local_gold: DESCRIBE",
+        "data_scientist on database cdc_dev_gold: DESCRIBE",
         "data_scientist on databases tagged cdc_layer in (silver): DESCRIBE",
-        "data_scientist on table cdc_local_gold.customer_360 except owner_email: SELECT",
-        "data_scientist on table cdc_local_gold.customer_360: DESCRIBE",
-        "data_scientist on table cdc_local_gold.customer_features: DESCRIBE, SELECT",
+        "data_scientist on table cdc_dev_gold.customer_360 except owner_email: SELECT",
+        "data_scientist on table cdc_dev_gold.customer_360: DESCRIBE",
+        "data_scientist on table cdc_dev_gold.customer_features: DESCRIBE, SELECT",
         "data_scientist on tables tagged cdc_layer in (silver) and cdc_pii in (no): DESCRIBE,"
         " SELECT",
     ]
     assert [g for g in grants if g.startswith("analyst_emea")] == [
-        "analyst_emea on cells filter cdc_analyst_emea of cdc_local_gold.customer_360: SELECT",
-        "analyst_emea on cells filter cdc_analyst_emea of cdc_local_gold.daily_revenue: SELECT",
-        "analyst_emea on database cdc_local_gold: DESCRIBE",
-        "analyst_emea on table cdc_local_gold.customer_360: DESCRIBE",
-        "analyst_emea on table cdc_local_gold.daily_revenue: DESCRIBE",
-        "analyst_emea on table cdc_local_gold.opportunity_pipeline: DESCRIBE, SELECT",
+        "analyst_emea on cells filter cdc_analyst_emea of cdc_dev_gold.customer_360: SELECT",
+        "analyst_emea on cells filter cdc_analyst_emea of cdc_dev_gold.daily_revenue: SELECT",
+        "analyst_emea on database cdc_dev_gold: DESCRIBE",
+        "analyst_emea on table cdc_dev_gold.customer_360: DESCRIBE",
+        "analyst_emea on table cdc_dev_gold.daily_revenue: DESCRIBE",
+        "analyst_emea on table cdc_dev_gold.opportunity_pipeline: DESCRIBE, SELECT",
     ]
     filters = {i.key: i.spec for i in items if i.kind == "cells filter"}
-    assert filters["cdc_local_gold.customer_360 cdc_analyst_emea"] == (
+    assert filters["cdc_dev_gold.customer_360 cdc_analyst_emea"] == (
         "rows where region = 'EMEA'; without owner_email"
     )
-    assert filters["cdc_local_gold.daily_revenue cdc_analyst_apac"] == "rows where region = 'APAC'"
+    assert filters["cdc_dev_gold.daily_revenue cdc_analyst_apac"] == "rows where region = 'APAC'"
     tags = {i.key: i.spec for i in items if i.kind.endswith("tags")}
-    assert tags["cdc_local_silver"] == "cdc_layer=silver"
-    assert tags["cdc_local_silver.dim_contact"] == "cdc_pii=no"
-    assert tags["cdc_local_silver.dim_contact.email"] == "cdc_pii=yes"
-    assert "cdc_local_silver.dim_contact.contact_id" not in tags
+    assert tags["cdc_dev_silver"] == "cdc_layer=silver"
+    assert tags["cdc_dev_silver.dim_contact"] == "cdc_pii=no"
+    assert tags["cdc_dev_silver.dim_contact.email"] == "cdc_pii=yes"
+    assert "cdc_dev_silver.dim_contact.contact_id" not in tags
 
 
 def test_a_resource_as_lake_formation_reports_it_compares_equal_to_the_one_granted() -> None:
@@ -666,6 +668,8 @@ def test_snowflake_check_reads_grants_policies_and_attachments(access: Access) -
     ]
     edited.insert(0, (r"^DESCRIBE MASKING POLICY", [("N", "(VAL VARCHAR)", "X", "VAL")]))
     engineer = next(rows for p, rows in answers if p == "^SHOW GRANTS TO ROLE CDC_ENGINEER$")
+    # A compute warehouse's USAGE is not the policy's: left alone.
+    engineer.append(("2026-01-01", "USAGE", "WAREHOUSE", "REPORTING_WH", "ROLE", "CDC_ENGINEER"))
     engineer.append(
         ("2026-01-01", "INSERT", "TABLE", "ANALYTICS.GOLD.CUSTOMER_360", "ROLE", "CDC_ENGINEER")
     )
@@ -756,6 +760,11 @@ def test_snowflake_plan_renders_sql_and_apply_needs_the_connector(
         ),
         (
             ["governance", "check", "--target", "postgres"],
+            "cdc: error: the policy has no targets.postgres section (configured: duckdb)\n",
+        ),
+        (
+            ["governance", "check", "--env", "dev", "--target", "postgres"]
+            + ["--set", "warehouse.host=null"],
             "cdc: error: warehouse.target postgres needs warehouse.dsn or warehouse.host\n",
         ),
     ],

@@ -396,10 +396,13 @@ class SnowflakeGovernance(Target):
         for role in sorted(roles):
             items.append(_item("role", role, "", [], [f"DROP ROLE IF EXISTS {role}"]))
             for row in self._rows(f"SHOW GRANTS TO ROLE {role}"):
-                privilege, on, name = str(row[1]).upper(), str(row[2]).upper(), str(row[3]).upper()
-                if privilege == "OWNERSHIP":
-                    continue
-                items.append(_grant(role, privilege, on, name.replace('"', "")))
+                privilege, on = str(row[1]).upper(), str(row[2]).upper()
+                name = str(row[3]).upper().replace('"', "")
+                # Governed: grants on the database and its objects, and the policy's roles.
+                # A compute warehouse's USAGE, another database's grants are not its business.
+                ours = name == names.database or name.startswith(f"{names.database}.")
+                if privilege != "OWNERSHIP" and (ours or (on == "ROLE" and name in roles)):
+                    items.append(_grant(role, privilege, on, name))
         for item in desired:
             if item.kind == "tag":
                 found = self._rows(
