@@ -763,8 +763,10 @@ def test_snowflake_plan_renders_sql_and_apply_needs_the_connector(
             "cdc: error: the policy has no targets.postgres section (configured: duckdb)\n",
         ),
         (
-            ["governance", "check", "--env", "dev", "--target", "postgres"]
-            + ["--set", "warehouse.host=null"],
+            [
+                *("governance", "check", "--env", "dev", "--target", "postgres"),
+                *("--set", "warehouse.host=null"),
+            ],
             "cdc: error: warehouse.target postgres needs warehouse.dsn or warehouse.host\n",
         ),
     ],
