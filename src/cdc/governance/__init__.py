@@ -13,3 +13,5 @@ Snowflake), plus the generated runbook. It may import :mod:`cdc.config`, :mod:`c
 """
 
 from __future__ import annotations
+
+__all__: list[str] = []

@@ -120,14 +120,10 @@ def _cell(table: TableAccess | None, role_rows: str | None) -> str:
     return f"{columns}; {rows}"
 
 
-def _env_section(env: str, access: Access) -> list[str]:
+def _access_tables(access: Access) -> list[str]:
+    """Roles, then tables x roles: what each reads of each table's columns and rows."""
     policy = access.policy
-    lines = [
-        f"## Access in `{env}`",
-        "",
-        "| role | audiences | reads | description |",
-        "|---|---|---|---|",
-    ]
+    lines = ["| role | audiences | reads | description |", "|---|---|---|---|"]
     for role in access.roles:
         scopes = ""
         if role.row_values:
@@ -144,8 +140,13 @@ def _env_section(env: str, access: Access) -> list[str]:
             if all(c == "-" for c in cells):
                 continue
             lines.append(f"| {table.ref} | " + " | ".join(cells) + " |")
-    targets = policy.targets
-    lines.append("")
+    return lines
+
+
+def _targets(access: Access) -> list[str]:
+    """Where the environment's policy is enforced, with its object names."""
+    targets = access.policy.targets
+    lines = []
     if targets.postgres is not None:
         pg = targets.postgres
         schemas = {"gold": "warehouse.schema", **pg.schemas}
@@ -166,7 +167,7 @@ def _env_section(env: str, access: Access) -> list[str]:
         lines.append(f"- DuckDB audience files: layers {', '.join(targets.duckdb.layers)}")
     if targets.snowflake is not None:
         lines.append(f"- Snowflake: roles `{targets.snowflake.role_prefix}<ROLE>`")
-    return [*lines, ""]
+    return lines
 
 
 def render_runbook(accesses: Mapping[str, Access]) -> str:
@@ -195,8 +196,16 @@ def render_runbook(accesses: Mapping[str, Access]) -> str:
                 origin = ", ".join(column.origin) or "the topic's tagged fields"
                 lines.append(f"| {table.ref}.{column.name} | {tags} | {origin} |")
     lines.append("")
+    shown: dict[tuple[str, ...], str] = {}
     for env, access in accesses.items():
-        lines += _env_section(env, access)
+        tables = _access_tables(access)
+        same = shown.setdefault(tuple(tables), env)
+        lines += [f"## Access in `{env}`", ""]
+        if same == env:
+            lines += [*tables, ""]
+        else:
+            lines += [f"Roles and tables as in `{same}`.", ""]
+        lines += [*_targets(access), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
