@@ -299,3 +299,29 @@ def test_postgres_masks_a_value_as_duckdb_does(
     )
     assert [tuple(row or ())] == expected
     assert expected[0][0] == _sha(value)
+
+
+def test_a_table_rebuilt_under_the_policy_is_drift_until_apply(warehouse: dict[str, Any]) -> None:
+    """A publish that rebuilds a table (a column dropped and added again) drops the masked
+    views on it and its column grants: check reports them, apply brings them back. A column
+    the catalog does not know is denied to every role without a whole-table grant."""
+    db: PostgresDatabase = warehouse["db"]
+    with db.connect() as conn:
+        conn.execute("ALTER TABLE gold.customer_360 DROP COLUMN tier CASCADE")
+        conn.execute("ALTER TABLE gold.customer_360 ADD COLUMN tier VARCHAR(65535)")
+        conn.execute("ALTER TABLE gold.customer_360 ADD COLUMN segment VARCHAR(65535)")
+    drift = cdc(warehouse, "check")
+    assert drift.returncode == 1, drift.stdout + drift.stderr
+    assert "+ view gold_analyst.customer_360" in drift.stdout
+    assert "+ view gold_data_scientist.customer_360" in drift.stdout
+    assert f"~ column privilege {warehouse['prefix']}analyst SELECT gold.customer_360" in (
+        drift.stdout
+    )
+    assert cdc(warehouse, "apply").returncode == 0
+    assert cdc(warehouse, "check").returncode == 0
+    assert read(warehouse, "alice", "SELECT account_id, tier FROM gold_analyst.customer_360") == [
+        ("A1", None)
+    ]
+    assert read(warehouse, "alice", "SELECT tier FROM gold.customer_360") == [(None,)]
+    refused(warehouse, "alice", "SELECT segment FROM gold.customer_360")
+    assert read(warehouse, "eve", "SELECT count(segment) FROM gold.customer_360") == [(0,)]

@@ -298,7 +298,7 @@ def test_diff_orders_removals_before_additions_in_dependency_order() -> None:
     fingerprint = Change(
         "change", Item("view", "v", "a", readable=False), Item("view", "v", "b", readable=False)
     )
-    assert fingerprint.line() == "~ view v (created from an earlier policy)"
+    assert fingerprint.line() == "~ view v (defined otherwise by the policy now)"
 
 
 # ------------------------------------------------------------------------ PostgreSQL

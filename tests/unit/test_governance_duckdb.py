@@ -250,7 +250,7 @@ def test_a_policy_change_makes_the_files_drift(
     )
     drift = target.check()
     assert [c.line() for c in drift.changes] == [
-        "~ audience file data_scientist (created from an earlier policy)"
+        "~ audience file data_scientist (defined otherwise by the policy now)"
     ]
     target.apply()
     scientist = Path(str(lake.governance.audiences_dir)) / "data_scientist.duckdb"

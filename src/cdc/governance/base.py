@@ -85,7 +85,7 @@ class Change:
             elif self.was.readable:
                 text += f" ({self.was.spec})"
             else:
-                text += " (created from an earlier policy)"
+                text += " (defined otherwise by the policy now)"
         elif self.action == "remove" and self.item.spec:
             text += f" ({self.item.spec})"
         return text

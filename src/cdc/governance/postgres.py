@@ -405,6 +405,7 @@ SELECT n.nspname, c.relname, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
 FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(t.attacl) a
 WHERE n.nspname = ANY(%s) AND a.grantee <> c.relowner AND a.privilege_type = 'SELECT'
+  AND NOT t.attisdropped
 """
 _SCHEMA_ACL = """
 SELECT n.nspname, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
