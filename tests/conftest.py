@@ -99,3 +99,14 @@ def postgres() -> Iterator[Any]:
 
     with postgres_database() as database:
         yield database
+
+
+@pytest.fixture(scope="session")
+def governed_postgres() -> Iterator[Any]:
+    """A throwaway database for the governance tests: pgaudit loaded (the test fails, saying
+    how to install it, when it is not), the owner may create roles and set ``pgaudit.role``,
+    and the server log is known: see ``tests/support/postgres.py``."""
+    from tests.support.postgres import postgres_database
+
+    with postgres_database(governed=True) as database:
+        yield database

@@ -365,6 +365,44 @@ def _build_parser() -> _Parser:
         help="the reference day: features describe it, 90-day windows end on it (default: the"
         " day of the newest order or behaviour event, at most today)",
     )
+
+    governance = sub.add_parser(
+        "governance",
+        help="who may read what: plan, apply and check the access policy per target",
+        description=(
+            "The access policy of the environment (config/governance/<env>.yaml:"
+            " roles, the tables each reads, column masks, row scopes), enforced by each"
+            " target: postgres (roles, column privileges, masked security_barrier views,"
+            " row-level security, pgaudit), lakeformation (LF-tags and grants), duckdb (one"
+            " read-only file per audience), snowflake (masking and row access policies)."
+            " plan prints what apply would change; check exits 1 when a target has drifted."
+        ),
+    )
+    governance_sub = governance.add_subparsers(
+        dest="governance_command", required=True, parser_class=_Parser
+    )
+    for name, text in (
+        ("plan", "print what apply would change"),
+        ("apply", "make the targets match the policy"),
+        ("check", "report drift between the policy and the targets (exit 1 when any)"),
+    ):
+        command = governance_sub.add_parser(name, help=text)
+        _common(command)
+        command.add_argument(
+            "--target",
+            choices=("postgres", "lakeformation", "duckdb", "snowflake"),
+            help="one target (default: every target the policy configures)",
+        )
+    docs = governance_sub.add_parser(
+        "docs", help="write the runbook's access tables from the policy files of every env"
+    )
+    _common(docs)
+    docs.add_argument(
+        "--output",
+        type=Path,
+        default=Path("docs/runbooks/data-access-governance.md"),
+        help="the runbook (default docs/runbooks/data-access-governance.md)",
+    )
     return parser
 
 
@@ -824,6 +862,36 @@ def _cmd_gold(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_governance(args: argparse.Namespace) -> int:
+    from cdc.governance import run
+
+    if args.governance_command == "docs":
+        from cdc.governance.runbook import write_runbook
+
+        written = write_runbook(args.output, args.config_dir, args.overrides)
+        print(f"wrote {written}")
+        return 0
+    settings = _settings(args)
+    access = run.load_access(settings, args.config_dir)
+    drifted = False
+    for name in run.target_names(access.policy, args.target):
+        with run.open_target(name, access, settings) as target:
+            if args.governance_command == "plan":
+                outcome = target.plan()
+            elif args.governance_command == "apply":
+                outcome = target.apply()
+            else:
+                outcome = target.check()
+                drifted = drifted or bool(outcome.changes)
+        lines = outcome.lines()
+        if args.governance_command == "apply" and outcome.changes:
+            lines[0] = f"{name}: applied {len(outcome.changes)} change(s)"
+        elif args.governance_command == "check" and outcome.changes:
+            lines[0] = f"{name}: DRIFT: {len(outcome.changes)} difference(s) from the policy"
+        print("\n".join(lines), flush=True)
+    return 1 if drifted else 0
+
+
 _COMMANDS = {
     "demo": _cmd_demo,
     "run": _cmd_run,
@@ -856,6 +924,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_maintain(args)
         if args.command == "dr":
             return _cmd_dr(args)
+        if args.command == "governance":
+            return _cmd_governance(args)
         return _COMMANDS[args.command](args)
     except CdcError as exc:
         print(redact(f"cdc: error: {exc}"), file=sys.stderr)

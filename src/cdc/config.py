@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -41,6 +41,7 @@ __all__ = [
     "WAREHOUSE_TARGETS",
     "CheckpointSettings",
     "GoldSettings",
+    "GovernanceSettings",
     "KafkaSettings",
     "LakeSettings",
     "MetricsSettings",
@@ -598,6 +599,42 @@ class GoldSettings(_Model):
         return regions
 
 
+class GovernanceSettings(_Model):
+    """``cdc governance``: the access policy and where its targets are (:mod:`cdc.governance`).
+
+    The PostgreSQL and Snowflake targets connect with ``warehouse.*``; Lake Formation with
+    the usual AWS credential chain (no keys here).
+    """
+
+    policy: str | None = None
+    """The policy file (default: ``governance/<env>.yaml`` in the config folder)."""
+    aws_region: str | None = None
+    """Lake Formation's region (default: ``lake.storage_options.AWS_REGION``, else the AWS
+    configuration's)."""
+    aws_endpoint_url: str | None = None
+    """A Lake Formation (and Glue) compatible endpoint instead of AWS's (tests: moto)."""
+    catalog_id: str | None = Field(default=None, pattern=r"^[0-9]{12}$")
+    """The Data Catalog's AWS account (default: the caller's)."""
+    audiences_dir: str | None = None
+    """The folder of the DuckDB audience files (default: ``audiences`` beside the lake
+    root's folder)."""
+
+    def audiences_path(self, lake: LakeSettings) -> Path:
+        """The folder of the DuckDB audience files.
+
+        Raises:
+            ConfigError: no ``audiences_dir`` and the lake is on an object store.
+        """
+        if self.audiences_dir:
+            return Path(self.audiences_dir)
+        if lake.on_object_store or "://" in lake.root:
+            raise ConfigError(
+                "governance.audiences_dir: the lake is on an object store; name a local folder"
+                " for the DuckDB audience files"
+            )
+        return Path(lake.root).parent / "audiences"
+
+
 class MetricsSettings(_Model):
     """Prometheus endpoint on the driver."""
 
@@ -783,6 +820,7 @@ class Settings(_Model):
     dr: DrSettings = DrSettings()
     gold: GoldSettings = GoldSettings()
     warehouse: WarehouseSettings = WarehouseSettings()
+    governance: GovernanceSettings = GovernanceSettings()
     defaults: PipelineDefaults = PipelineDefaults()
     pipelines: dict[str, PipelineSettings]
 
@@ -847,6 +885,7 @@ _SECTIONS: dict[str, type[_Model]] = {
     "dr": DrSettings,
     "gold": GoldSettings,
     "warehouse": WarehouseSettings,
+    "governance": GovernanceSettings,
     "defaults": PipelineDefaults,
 }
 
@@ -927,17 +966,19 @@ def _env_overrides(environ: Mapping[str, str]) -> list[str]:
     return result
 
 
-def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
-    """The settings model that owns the mapping at ``loc``."""
-    model: type[BaseModel] = Settings
+def _model_at(loc: tuple[int | str, ...], root: type[BaseModel] = Settings) -> type[BaseModel]:
+    """The model (under ``root``) that owns the mapping at ``loc``."""
+    model: type[BaseModel] = root
     index = 0
     while index < len(loc):
         part = str(loc[index])
-        if model is Settings and part == "pipelines":
-            model, index = PipelineSettings, index + 2  # skip the pipeline's name
-            continue
         field = model.model_fields.get(part)
         annotation = field.annotation if field else None
+        if get_origin(annotation) is dict:  # name -> model (pipelines): skip the name
+            value = get_args(annotation)[1]
+            if isinstance(value, type) and issubclass(value, BaseModel):
+                model, index = value, index + 2
+                continue
         # A model, or one inside ``X | None`` or a list of them (whose item index follows).
         for candidate in (annotation, *get_args(annotation)):
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
@@ -949,11 +990,14 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
     return model
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
+def _format_validation_error(
+    exc: ValidationError, source: str, root: type[BaseModel] = Settings
+) -> str:
+    """One line for a validation error; an unknown key's lists the valid keys there."""
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
-        valid = ", ".join(_model_at(tuple(first["loc"][:-1])).model_fields)
+        valid = ", ".join(_model_at(tuple(first["loc"][:-1]), root).model_fields)
         msg = f"unknown key {loc!r}; valid keys: {valid}"
     else:
         msg = f"{loc}: {first['msg']}"
@@ -977,6 +1021,8 @@ def _resolve_relative(settings_data: dict[str, Any], base: Path) -> None:
     fix("lake", "root")
     fix("checkpoints", "root")
     fix("warehouse", "path")
+    fix("governance", "policy")
+    fix("governance", "audiences_dir")
 
 
 def load_settings(

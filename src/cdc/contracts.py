@@ -74,10 +74,13 @@ ENVELOPE_OPS = ("c", "u", "d", "r")
 _OPS_WITH_AFTER = frozenset({"c", "u", "r"})
 _NUMERIC = frozenset({"int", "long", "float", "double"})
 
-_TOPIC_KEYS = ("key_required", "key_subject", "kind", "rules", "value_subject")
+_TOPIC_KEYS = ("key_required", "key_subject", "kind", "rules", "tags", "value_subject")
 _RULE_KEYS = ("allowed", "patterns", "ranges", "required")
 _RANGE_KEYS = ("max", "min")
 _KINDS = ("envelope", "flat")
+_TAG = re.compile(r"[a-z][a-z0-9_]{0,62}")
+"""A column tag (``pii``): it names LF-tags, PostgreSQL and Snowflake objects, so it is an
+identifier in every one of them."""
 
 
 class QuarantineReason(StrEnum):
@@ -132,6 +135,9 @@ class TopicContract:
         kind: ``envelope`` (Debezium before/after/op) or ``flat``.
         rules: Path rules on the value.
         key_required: When true, a record without a key is quarantined as ``missing_key``.
+        tags: Classification tags of value fields by dotted path (``after.email: [pii]``);
+            the tag travels with the field into bronze, silver, gold and the warehouse
+            (:mod:`cdc.governance`).
     """
 
     topic: str
@@ -140,6 +146,7 @@ class TopicContract:
     kind: Literal["envelope", "flat"]
     rules: ContractRules = field(default_factory=ContractRules)
     key_required: bool = True
+    tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def load_contracts(path: str | Path) -> dict[str, TopicContract]:
@@ -213,7 +220,26 @@ def _parse_topic(topic: str, spec: Any, source: str) -> TopicContract:
         kind=kind,
         rules=_parse_rules(f"{where} rules", spec.get("rules") or {}),
         key_required=key_required,
+        tags=_parse_tags(f"{where} tags", spec.get("tags") or {}),
     )
+
+
+def _parse_tags(where: str, spec: Any) -> dict[str, tuple[str, ...]]:
+    """``{path: [tag, ...]}``: each tag an identifier (:data:`_TAG`), each list non-empty."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping of path -> list of tags")
+    tags: dict[str, tuple[str, ...]] = {}
+    for path, names in spec.items():
+        if not isinstance(names, list) or not names:
+            raise ConfigError(f"{where}: {path!r} must map to a non-empty list of tags")
+        for name in names:
+            if not isinstance(name, str) or not _TAG.fullmatch(name):
+                raise ConfigError(
+                    f"{where}: tag {name!r} of {path!r} is not a tag name (lower-case letters,"
+                    " digits and _, starting with a letter)"
+                )
+        tags[str(path)] = tuple(dict.fromkeys(names))
+    return tags
 
 
 def _parse_rules(where: str, spec: Any) -> ContractRules:
@@ -470,6 +496,8 @@ def _compile_rules(contract: TopicContract, value_type: AvroType) -> tuple[_Rule
     if contract.kind == "envelope":
         for name in ("before", "after", "op"):
             split(name)
+    for path in contract.tags:  # a tag on a field the schema lacks would tag nothing
+        split(path)
     return tuple(rules)
 
 

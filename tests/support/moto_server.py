@@ -1,4 +1,5 @@
-"""A local AWS-compatible endpoint (moto's server) for SNS, SQS and Secrets Manager tests."""
+"""A local AWS-compatible endpoint (moto's server) for SNS, SQS, Secrets Manager and Lake
+Formation tests."""
 
 from __future__ import annotations
 
@@ -13,10 +14,21 @@ __all__ = ["moto_server"]
 
 
 @contextmanager
-def moto_server(log_dir: Path) -> Iterator[str]:
-    """Start ``moto.server`` on a free loopback port; yield its URL."""
+def moto_server(log_dir: Path, lakeformation: bool = False) -> Iterator[str]:
+    """Start ``moto.server`` on a free loopback port; yield its URL.
+
+    Args:
+        log_dir: where the server's output goes.
+        lakeformation: with the Lake Formation behaviours moto lacks
+            (``tests/support/moto_lakeformation.py``).
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    server = (
+        [str(Path(__file__).with_name("moto_lakeformation.py"))]
+        if lakeformation
+        else ["-m", "moto.server"]
+    )
+    command = [sys.executable, *server, "-H", "127.0.0.1", "-p", str(port)]
     with serve(command, log_dir / "moto.log", f"{url}/moto-api/", "moto server"):
         yield url

@@ -31,7 +31,9 @@ from cdc.gold.frames import (
 
 __all__ = [
     "FEATURE_WINDOWS",
+    "GOLD_DECLASSIFIED",
     "GOLD_KEYS",
+    "GOLD_LINEAGE",
     "GOLD_SCHEMAS",
     "GOLD_SOURCES",
     "GOLD_TABLES",
@@ -144,6 +146,153 @@ GOLD_SOURCES: dict[str, tuple[str, ...]] = {
     ),
 }
 """The silver tables each gold table is built from."""
+
+# Column lineage: which silver columns (``table.column``) each gold column's values are
+# computed from. Classification tags travel along it (:mod:`cdc.governance`): a gold column
+# carries every tag of its sources unless :data:`GOLD_DECLASSIFIED` says why not. A test
+# perturbs each silver attribute and checks every gold column it moves declares it, and a
+# new gold column without an entry fails the tests, so the map cannot drift silently.
+_ORDER_STATE = ("fact_orders.order_id", "fact_orders.status", "fact_orders.event_ts")
+"""An order's state: its latest event (:func:`cdc.gold.frames.order_states`)."""
+_ORDER_ACCOUNT = ("fact_orders.account_id",)
+_TO_REPORTING = ("dim_fx_rate.base_currency", "dim_fx_rate.quote_currency", "dim_fx_rate.rate")
+"""FX conversion into the reporting currency: the rate of the pair valid at the time."""
+_ORDERS_AT = (*_ORDER_STATE, *_ORDER_ACCOUNT, "fact_orders.ordered_at")
+_PAID_REPORTING = (*_ORDERS_AT, "fact_orders.amount", "fact_orders.currency", *_TO_REPORTING)
+_BUYERS = (
+    *_ORDERS_AT,
+    "fact_orders.contact_id",
+    "dim_contact.contact_id",
+    "dim_contact.account_id",
+    "dim_contact.valid_from",
+    "dim_contact.valid_to",
+)
+"""Contacts of the account (the version valid at the order's time) who placed paid orders."""
+_ENGAGEMENT = (
+    "fact_behavior.contact_id",
+    "fact_behavior.occurred_at",
+    "dim_contact.contact_id",
+    "dim_contact.account_id",
+    "dim_contact.valid_from",
+    "dim_contact.valid_to",
+)
+"""Behaviour events attributed to an account through the contact version valid then."""
+_OPPORTUNITIES = (
+    "dim_opportunity.opportunity_id",
+    "dim_opportunity.account_id",
+    "dim_opportunity.stage",
+    "dim_opportunity.valid_to",
+)
+_OPEN_PIPELINE = (*_OPPORTUNITIES, "dim_opportunity.amount", "dim_opportunity.currency")
+_MONTH_SNAPSHOT = (
+    "dim_opportunity.opportunity_id",
+    "dim_opportunity.stage",
+    "dim_opportunity.valid_from",
+    "dim_opportunity.valid_to",
+)
+_DAILY_ORDERS = (*_ORDERS_AT, "fact_orders.currency", "dim_account.country")
+_ACCOUNT = ("dim_account.account_id", "dim_account.valid_from", "dim_account.valid_to")
+
+GOLD_LINEAGE: dict[str, dict[str, tuple[str, ...]]] = {
+    "customer_360": {
+        "account_id": _ACCOUNT,
+        "name": (*_ACCOUNT, "dim_account.name"),
+        "industry": (*_ACCOUNT, "dim_account.industry"),
+        "country": (*_ACCOUNT, "dim_account.country"),
+        "region": (*_ACCOUNT, "dim_account.country"),
+        "tier": (*_ACCOUNT, "dim_account.tier"),
+        "annual_revenue": (*_ACCOUNT, "dim_account.annual_revenue"),
+        "owner_email": (*_ACCOUNT, "dim_account.owner_email"),
+        "created_at": (*_ACCOUNT, "dim_account.created_at"),
+        "current_contacts": ("dim_contact.contact_id", "dim_contact.account_id"),
+        "contact_ids": ("dim_contact.contact_id", "dim_contact.account_id"),
+        "open_opportunities": _OPPORTUNITIES,
+        "open_pipeline_amount": (*_OPEN_PIPELINE, *_TO_REPORTING),
+        "open_pipeline_weighted": (
+            *_OPEN_PIPELINE,
+            "dim_opportunity.probability",
+            *_TO_REPORTING,
+        ),
+        "unconverted_open_opportunities": (*_OPEN_PIPELINE, *_TO_REPORTING),
+        "paid_orders": _ORDERS_AT,
+        "lifetime_revenue": _PAID_REPORTING,
+        "paid_orders_90d": _ORDERS_AT,
+        "revenue_90d": _PAID_REPORTING,
+        "buying_contacts_90d": _BUYERS,
+        "unconverted_orders": _PAID_REPORTING,
+        "last_order_at": _ORDERS_AT,
+        "last_engagement_at": _ENGAGEMENT,
+        "last_engagement_type": (
+            *_ENGAGEMENT,
+            "fact_behavior.event_id",
+            "fact_behavior.event_type",
+        ),
+        "last_engaged_contact_id": (*_ENGAGEMENT, "fact_behavior.event_id"),
+        "reporting_currency": (),
+    },
+    "daily_revenue": {
+        "order_date": ("fact_orders.ordered_at",),
+        "region": (*_ORDERS_AT, "dim_account.country"),
+        "currency": ("fact_orders.currency",),
+        "orders": _DAILY_ORDERS,
+        "paid_orders": _DAILY_ORDERS,
+        "pending_orders": _DAILY_ORDERS,
+        "cancelled_orders": _DAILY_ORDERS,
+        "revenue": (*_DAILY_ORDERS, "fact_orders.amount"),
+        "revenue_reporting": (*_DAILY_ORDERS, "fact_orders.amount", *_TO_REPORTING),
+        "unconverted_orders": (*_DAILY_ORDERS, *_TO_REPORTING),
+        "reporting_currency": (),
+    },
+    "opportunity_pipeline": {
+        "month": ("dim_opportunity.valid_from", "dim_opportunity.valid_to"),
+        "stage": ("dim_opportunity.stage",),
+        "opportunities": _MONTH_SNAPSHOT,
+        "amount_reporting": (
+            *_MONTH_SNAPSHOT,
+            "dim_opportunity.amount",
+            "dim_opportunity.currency",
+            *_TO_REPORTING,
+        ),
+        "weighted_amount_reporting": (
+            *_MONTH_SNAPSHOT,
+            "dim_opportunity.amount",
+            "dim_opportunity.currency",
+            "dim_opportunity.probability",
+            *_TO_REPORTING,
+        ),
+        "unconverted_opportunities": (
+            *_MONTH_SNAPSHOT,
+            "dim_opportunity.currency",
+            *_TO_REPORTING,
+        ),
+        "entered": _MONTH_SNAPSHOT,
+        "reporting_currency": (),
+    },
+    "customer_features": {
+        "account_id": _ACCOUNT,
+        "as_of_date": (),
+        "days_since_last_order": _ORDERS_AT,
+        **{f"orders_{n}d": _ORDERS_AT for n in FEATURE_WINDOWS["orders"]},
+        **{f"revenue_{n}d": _PAID_REPORTING for n in FEATURE_WINDOWS["orders"]},
+        "unconverted_orders_365d": _PAID_REPORTING,
+        "buying_contacts_90d": _BUYERS,
+        "days_since_last_event": _ENGAGEMENT,
+        **{f"events_{n}d": _ENGAGEMENT for n in FEATURE_WINDOWS["events"]},
+        **{
+            f"{t}_{n}d": (*_ENGAGEMENT, "fact_behavior.event_type")
+            for t in EVENT_TYPES
+            for n in FEATURE_WINDOWS["events"]
+        },
+        "sessions_30d": (*_ENGAGEMENT, "fact_behavior.session_id"),
+        "active_contacts_30d": _ENGAGEMENT,
+        "reporting_currency": (),
+    },
+}
+"""Per gold table and column: the silver columns (``table.column``) its values come from."""
+
+GOLD_DECLASSIFIED: dict[str, dict[str, dict[str, str]]] = {}
+"""Per gold table and column: tags of its sources it does not carry, each with the reason
+(an aggregate that no longer identifies anyone, say). Empty: no gold column drops a tag."""
 
 _MICROSECOND = timedelta(microseconds=1)
 _NEVER = frozenset({"days_since_last_order", "days_since_last_event"})
