@@ -47,6 +47,7 @@ from tests.support.contact_stream import (
     model_silver,
     partition_of,
     registry,
+    send,
     silver_model_differences,
     value_bytes,
 )
@@ -167,22 +168,7 @@ def produce(bootstrap: str, recs: Sequence[Rec]) -> list[Sent]:
 
     create_topic(bootstrap)
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    reports: list[dict[str, Any]] = []
-    for rec in recs:
-        report: dict[str, Any] = {}
-
-        def delivered(err: Any, msg: Any, report: dict[str, Any] = report) -> None:
-            report["error"], report["offset"] = err, msg.offset()
-
-        producer.produce(
-            TOPIC,
-            key=rec.key,
-            value=rec.value,
-            partition=rec.partition,
-            timestamp=rec.ts,
-            on_delivery=delivered,
-        )
-        reports.append(report)
+    reports = [send(producer, TOPIC, rec) for rec in recs]
     assert producer.flush(30) == 0, "records not delivered within 30 s"
     sent: list[Sent] = []
     for rec, report in zip(recs, reports, strict=True):

@@ -49,6 +49,7 @@ __all__ = [
     "model_silver",
     "partition_of",
     "registry",
+    "send",
     "silver_model_differences",
     "value_bytes",
 ]
@@ -268,6 +269,29 @@ def create_topic(bootstrap: str, topic: str = TOPIC, partitions: int = PARTITION
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
+
+
+def send(producer: Any, topic: str, rec: Rec) -> dict[str, Any]:
+    """Produce ``rec`` with its partition and timestamp (waiting while the local queue is
+    full); the dictionary returned gets ``error`` and ``offset`` from its delivery report."""
+    report: dict[str, Any] = {}
+
+    def delivered(err: Any, msg: Any) -> None:
+        report["error"], report["offset"] = err, msg.offset()
+
+    while True:
+        try:
+            producer.produce(
+                topic,
+                key=rec.key,
+                value=rec.value,
+                partition=rec.partition,
+                timestamp=rec.ts,
+                on_delivery=delivered,
+            )
+            return report
+        except BufferError:
+            producer.poll(0.05)
 
 
 # --------------------------------------------------------------------------- the SCD2 model
