@@ -118,7 +118,7 @@ def base_stream() -> list[Rec]:
 
 
 def base_builder() -> StreamBuilder:
-    """The builder after the clean CRM contact stream (37 records over 3 partitions).
+    """The builder after the clean CRM contact stream (35 records over 3 partitions).
 
     Inserts and snapshot reads of 12 contacts, untracked updates (phone), tracked updates
     (email, last name), deletes each followed by its tombstone, re-inserts after a delete, a
