@@ -258,14 +258,30 @@ class SoakProducer:
         self._thread = threading.Thread(target=self._run, name="soak-producer", daemon=True)
         self._transactional_id = f"cdc-soak-{uuid.uuid4().hex}"
         self._producer: Any = None
+        self.failure: str | None = None
+        """Why the producer thread died (None: it did not)."""
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop after the transaction in progress (its commit may wait for the broker)."""
+        """Stop after the transaction in progress (its commit may wait for the broker).
+
+        Raises:
+            RuntimeError: the producer thread died before (a soak that stopped producing
+                proves nothing).
+        """
         self._stop.set()
         self._thread.join()
+        if self.failure is not None:
+            raise RuntimeError(f"the soak producer died: {self.failure}")
+
+    def _run(self) -> None:
+        try:
+            self._produce()
+        except Exception as exc:
+            log.exception("the soak producer died")
+            self.failure = f"{type(exc).__name__}: {exc}"
 
     def _new_producer(self) -> Any:
         from confluent_kafka import KafkaException, Producer
@@ -288,7 +304,7 @@ class SoakProducer:
                 self._stop.wait(1.0)
         return None
 
-    def _run(self) -> None:
+    def _produce(self) -> None:
         started = time.monotonic()
         drawn = 0
         carry: list[tuple[str, Rec]] = []
@@ -620,7 +636,7 @@ class Soak:
             self._say(f"broker {self.bootstrap}; {args.rate:g}/s to {topics}, {args.minutes:g} min")
             producer.start()
             sampler.start()
-            self._chaos(broker, args.minutes * 60)
+            self._chaos(broker, args.minutes * 60, producer)
             producer.stop()
             acked = sum(map(len, producer.ledgers.acked.values()))
             self._say(f"producer stopped: {acked} records acknowledged; catching up")
@@ -645,13 +661,13 @@ class Soak:
         report["ok"] = self._ok(report)
         return report
 
-    def _chaos(self, broker: Any, seconds: float) -> None:
+    def _chaos(self, broker: Any, seconds: float, producer: SoakProducer) -> None:
         args = self.args
         end = self._t0 + seconds
         next_kill = time.monotonic() + self.rng.uniform(*args.kill_every)
         next_broker = time.monotonic() + self.rng.uniform(*args.broker_restart_every)
         segment = self._start_segment()
-        while time.monotonic() < end:
+        while time.monotonic() < end and producer.failure is None:
             now = time.monotonic()
             if segment.process.poll() is not None:
                 segment = self._restart_exited(segment)
