@@ -42,7 +42,9 @@ What is counted (``soak: <writer>_<name> <value>`` lines, and a JSON report):
   from one kill to the next, so growth is measured per segment: the median of the last
   ``--rss-window-s`` of the segment minus the median of its first window after
   ``--rss-warmup-s`` (JVM start, first batches); the figure is the longest segment's (the
-  JSON lists every segment long enough, and the peak).
+  JSON lists every segment long enough, and the peak). ``driver_rss_restart_drift_mib``
+  compares runs at the same age: the first window of the last run that reached it minus
+  that of the first (memory that grows with the tables, not with a process's age).
 * ``p50/p99/max_freshness_s``: per acknowledged valid record, its acknowledgement (the
   commit of its producer transaction) → the commit of its micro-batch: the batch id is
   bronze's ``_batch_id``, the time the latest Delta commit of that batch's app transaction
@@ -97,7 +99,9 @@ __all__ = [
     "freshness",
     "main",
     "parse_range",
+    "rss_figures",
     "rss_growth",
+    "window_median",
 ]
 
 log = logging.getLogger("benchmarks.soak")
@@ -198,6 +202,25 @@ def freshness(
     return out, unmeasured
 
 
+def window_median(
+    samples: Sequence[tuple[float, float]], start_s: float, window_s: float
+) -> float | None:
+    """Median RSS (MiB) of a segment's samples in ``[start_s, start_s + window_s)``.
+
+    Args:
+        samples: ``(seconds since the segment started, MiB)``, in time order.
+        start_s: where the window starts.
+        window_s: its length.
+
+    Returns:
+        The median, or None when the segment ended before the window did.
+    """
+    if not samples or samples[-1][0] < start_s + window_s:
+        return None
+    inside = [mib for t, mib in samples if start_s <= t < start_s + window_s]
+    return statistics.median(inside) if inside else None
+
+
 def rss_growth(
     samples: Sequence[tuple[float, float]], warmup_s: float, window_s: float
 ) -> tuple[float, float] | None:
@@ -215,11 +238,36 @@ def rss_growth(
     if not samples or samples[-1][0] < warmup_s + 2 * window_s:
         return None
     end = samples[-1][0]
-    first = [mib for t, mib in samples if warmup_s <= t < warmup_s + window_s]
+    first = window_median(samples, warmup_s, window_s)
     last = [mib for t, mib in samples if t > end - window_s]
-    if not first or not last:
+    if first is None or not last:
         return None
-    return statistics.median(first), statistics.median(last)
+    return first, statistics.median(last)
+
+
+def rss_figures(segments: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The soak's RSS figures from its segments' summaries (:meth:`RssSegment.summary`):
+    growth within the longest measured run, the peak, and the drift between runs at the same
+    age (the last run's first window after the warm-up minus the first run's)."""
+    measured = [s for s in segments if "driver_growth_mib" in s]
+    out: dict[str, Any] = {
+        "measured_segments": len(measured),
+        "driver_peak_mib": max((s["driver_peak_mib"] for s in segments), default=0.0),
+    }
+    if measured:
+        longest = max(measured, key=lambda s: s["seconds"])
+        out.update(
+            longest_segment=longest["index"],
+            longest_segment_s=longest["seconds"],
+            growth_mib=longest["driver_growth_mib"],
+            growth_pct=longest["driver_growth_pct"],
+            max_growth_mib=max(s["driver_growth_mib"] for s in measured),
+        )
+    # The same age in every run: does a restart start higher late in the soak than early?
+    at_age = [s["driver_first_window_mib"] for s in segments if "driver_first_window_mib" in s]
+    if len(at_age) >= 2:
+        out["restart_drift_mib"] = round(at_age[-1] - at_age[0], 1)
+    return out
 
 
 # --------------------------------------------------------------------------- producing
@@ -471,11 +519,14 @@ class RssSegment:
         }
         if self.last_error:
             out["last_error"] = self.last_error
-        growth = rss_growth([(t, d) for t, d, _ in self.samples], warmup_s, window_s)
+        driver = [(t, d) for t, d, _ in self.samples]
+        first_window = window_median(driver, warmup_s, window_s)
+        if first_window is not None:
+            out["driver_first_window_mib"] = round(first_window, 1)
+        growth = rss_growth(driver, warmup_s, window_s)
         if growth is not None:
             first, last = growth
             out.update(
-                driver_first_window_mib=round(first, 1),
                 driver_last_window_mib=round(last, 1),
                 driver_growth_mib=round(last - first, 1),
                 driver_growth_pct=round(100 * (last - first) / first, 2),
@@ -656,7 +707,7 @@ class Soak:
         report["events"] = self.events
         window = (args.rss_warmup_s, args.rss_window_s)
         report["segments"] = [s.summary(*window) for s in self.segments]
-        report["rss"] = self._rss_figures(report["segments"])
+        report["rss"] = rss_figures(report["segments"])
         report["figures"] = self._figures(report)
         report["ok"] = self._ok(report)
         return report
@@ -849,23 +900,6 @@ class Soak:
             },
         }
 
-    def _rss_figures(self, segments: list[dict[str, Any]]) -> dict[str, Any]:
-        measured = [s for s in segments if "driver_growth_mib" in s]
-        out: dict[str, Any] = {
-            "measured_segments": len(measured),
-            "driver_peak_mib": max((s["driver_peak_mib"] for s in segments), default=0.0),
-        }
-        if measured:
-            longest = max(measured, key=lambda s: s["seconds"])
-            out.update(
-                longest_segment=longest["index"],
-                longest_segment_s=longest["seconds"],
-                growth_mib=longest["driver_growth_mib"],
-                growth_pct=longest["driver_growth_pct"],
-                max_growth_mib=max(s["driver_growth_mib"] for s in measured),
-            )
-        return out
-
     def _figures(self, report: dict[str, Any]) -> dict[str, float]:
         pipelines = report.get("pipelines", {})
         nan = float("nan")
@@ -883,6 +917,7 @@ class Soak:
             "driver_rss_growth_mib": rss.get("growth_mib", nan),
             "driver_rss_growth_pct": rss.get("growth_pct", nan),
             "driver_rss_peak_mib": rss["driver_peak_mib"],
+            "driver_rss_restart_drift_mib": rss.get("restart_drift_mib", nan),
             "p50_freshness_s": fresh.get("p50_s", nan),
             "p99_freshness_s": fresh.get("p99_s", nan),
             "max_freshness_s": fresh.get("max_s", nan),
@@ -1001,7 +1036,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for writer, run in report["runs"].items():
         prefix = writer.replace("-", "_")
         for name, value in run["figures"].items():
-            print(f"soak: {prefix}_{name} {value:.4g}")
+            shown = f"{value:.0f}" if float(value).is_integer() else f"{value:.4g}"
+            print(f"soak: {prefix}_{name} {shown}")
     sys.stdout.flush()
     return 0 if all(run["ok"] for run in report["runs"].values()) else 1
 

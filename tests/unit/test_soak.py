@@ -17,7 +17,14 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pytest
-from benchmarks.soak import batch_commit_times, freshness, parse_range, rss_growth
+from benchmarks.soak import (
+    batch_commit_times,
+    freshness,
+    parse_range,
+    rss_figures,
+    rss_growth,
+    window_median,
+)
 from benchmarks.soak_workload import (
     ORDERS_TOPIC,
     ContactWorkload,
@@ -230,6 +237,30 @@ def test_rss_growth_compares_the_first_window_after_the_warmup_with_the_last() -
     assert rss_growth(samples, warmup_s=60, window_s=30) == (574.5, 684.5)
     assert rss_growth(samples[:119], warmup_s=60, window_s=30) is None  # too short
     assert rss_growth([], warmup_s=60, window_s=30) is None
+    assert window_median(samples, 60, 30) == 574.5
+    assert window_median(samples[:89], 60, 30) is None  # the run ended inside the window
+
+
+def test_rss_figures_take_the_longest_measured_run_and_compare_runs_at_the_same_age() -> None:
+    segments = [
+        {"index": 0, "seconds": 200.0, "driver_peak_mib": 900.0, "driver_first_window_mib": 800.0,
+         "driver_growth_mib": 50.0, "driver_growth_pct": 6.25},
+        {"index": 1, "seconds": 70.0, "driver_peak_mib": 950.0},  # too short for either
+        {"index": 2, "seconds": 100.0, "driver_peak_mib": 990.0, "driver_first_window_mib": 850.0},
+        {"index": 3, "seconds": 300.0, "driver_peak_mib": 980.0, "driver_first_window_mib": 860.0,
+         "driver_growth_mib": 20.0, "driver_growth_pct": 2.33},
+    ]
+    assert rss_figures(segments) == {
+        "measured_segments": 2,
+        "driver_peak_mib": 990.0,
+        "longest_segment": 3,
+        "longest_segment_s": 300.0,
+        "growth_mib": 20.0,
+        "growth_pct": 2.33,
+        "max_growth_mib": 50.0,
+        "restart_drift_mib": 60.0,
+    }
+    assert rss_figures(segments[1:2]) == {"measured_segments": 0, "driver_peak_mib": 950.0}
 
 
 def test_freshness_is_acknowledgement_to_the_batch_commit() -> None:
