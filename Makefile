@@ -18,7 +18,7 @@ GO_INSTALL = @command -v go >/dev/null 2>&1 || { echo "make: go not found: insta
 	echo "make: building $(1) $(2) into $(@D) (once per version)"; \
 	GOBIN=$(@D) CGO_ENABLED=0 go install -trimpath -ldflags=-s $(1)@$(2)
 
-.PHONY: install tools demo test test-unit lint typecheck docs bench bench-quick broker clean
+.PHONY: install tools demo test test-unit lint typecheck docs bench bench-quick soak broker clean
 
 $(STAMP): pyproject.toml jvm/pom.xml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -79,6 +79,13 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.run --quick
+
+## Not part of `make test`: 30 minutes per writer of steady produce while the pipeline is
+## SIGKILLed and the broker restarted at random; prints `soak:` lines (lost, duplicated,
+## silver mismatches, driver RSS growth, freshness) and fails on any record lost or doubled.
+## More options: SOAK_ARGS='--minutes 5 --writer delta-rs' (python -m benchmarks.soak --help).
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 broker: $(STAMP)
 	$(VENV)/bin/cdc broker

@@ -18,10 +18,9 @@ import pytest
 
 from cdc.contracts import TopicContract, load_contracts
 from cdc.registry import FileRegistry
+from tests.support.paths import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REGISTRY_PATH = REPO_ROOT / "schemas" / "avro"
-CONTRACTS_PATH = REPO_ROOT / "schemas" / "contracts.yaml"
+__all__ = ["CONTRACTS_PATH", "REGISTRY_PATH", "REPO_ROOT", "delete_all_topics"]
 
 
 @pytest.fixture(scope="session")
