@@ -55,7 +55,7 @@ from cdc.verify import BATCH_EXAMPLES, in_kind_order, record_batch_check, valid_
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row
 
-__all__ = ["DistributedBatchWriter", "SparkBatch"]
+__all__ = ["BATCH_CONF", "DistributedBatchWriter", "SparkBatch"]
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,19 @@ _TOTAL_COLUMNS = (
     "_n_deletes",
     "_n_orphans",
     "_n_history",
-    "_n_pending",
+    "_n_need_rows",
+    "_n_need_history",
     "_n_violations",
 )
+BATCH_CONF: dict[str, str] = {
+    # A micro-batch's plans are small and their sizes known (a checkpointed fold, a kept
+    # batch): adaptive execution only splits each plan into a job per stage and re-plans it
+    # (Spark 4.1 turned it on for stateless streaming queries, SPARK-53941).
+    "spark.sql.adaptive.enabled": "false",
+}
+"""Spark SQL properties of the streaming query's session for the delta-spark writer's batches
+(``spark.batch_conf`` overrides them); each measured on its own in docs/performance.md."""
+
 _LANDED = "_cdc_landed"
 """Batch column: bronze or quarantine already hold the row (a replay re-reads it)."""
 
@@ -124,6 +134,15 @@ class _Totals:
                     key = {k: row[k] for k in keys}
                     found.append(Violation(kind, key, row["_seq_open"], str(row[_DETAIL])))
 
+    def merge(self, other: _Totals) -> None:
+        for name, value in other.values.items():
+            self.values[name] += value
+        for kind, count in other.violations.items():
+            self.violations[kind] = self.violations.get(kind, 0) + count
+        for kind, found in other.examples.items():
+            kept = self.examples.setdefault(kind, [])
+            kept.extend(found[: BATCH_EXAMPLES - len(kept)])
+
     def report(self) -> CheckReport:
         return CheckReport(counts=in_kind_order(self.violations), examples=self.examples)
 
@@ -153,6 +172,10 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
     # ------------------------------------------------------------------ the engine's steps
 
     def _hold(self, batch_df: DataFrame, stats: BatchStats) -> SparkBatch:
+        conf = batch_df.sparkSession.conf  # the query's own session: no other query sees it
+        for key, value in {**BATCH_CONF, **self.settings.spark.batch_conf}.items():
+            if conf.get(key, None) != value:
+                conf.set(key, value)
         return SparkBatch(batch_df.persist())
 
     def _release(self, batch: SparkBatch) -> None:
@@ -276,15 +299,18 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
         bounds = valid_time_bounds(self.settings, p) if check else None
         to_events = layout.to_events()
         events = valid.mapInArrow(to_events, from_arrow_schema(layout.events))
+        # Each Delta table is planned once, and bronze (the raw log, the largest) only when a
+        # late key needs its history: planning a scan reads the table's snapshot.
         silver = self.store.read_df(session, uri)
         orphans = self.store.read_df(session, self.uris["orphans"])
-        bronze = self.store.read_df(session, self.uris["bronze"])
+        bronze: DataFrame | None = None
         out_schema = from_arrow_schema(layout.output)
         totals = _Totals()
         results: list[DataFrame] = []
         try:
             with stats.timed("fold"):  # reads, shuffles and folds on the executors
                 pending: DataFrame | None = None
+                need_history = 0  # keys the last pass left for their history
                 for number in range(1, MAX_FOLD_PASSES + 1):
                     first = number == 1
                     if first:
@@ -303,8 +329,11 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
                     if orphans is not None:
                         marks = _semi(orphans, wanted, keys).select(*keys, "_seq_max")
                         parts.append(marks.withColumn(_ROLE, F.lit(_SEEN)))
-                    if not first and bronze is not None:
+                    if need_history:
                         assert pending is not None
+                        if bronze is None:
+                            bronze = self.store.read_df(session, self.uris["bronze"])
+                            assert bronze is not None  # the batch's rows were appended to it
                         late = pending.where(F.col(ACTION_COLUMN) == _NEED_HISTORY)
                         late = late.select(*keys).distinct()
                         condition = [bronze["key"][k].eqNullSafe(late[k]) for k in keys]
@@ -319,9 +348,11 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
                     found = out.where(
                         F.col(ACTION_COLUMN).isin(_TOTALS, _VIOLATIONS, _EXAMPLE)
                     ).collect()
-                    before = totals.values["_n_pending"]
-                    totals.add(found, keys)
-                    if totals.values["_n_pending"] == before:
+                    this = _Totals()
+                    this.add(found, keys)
+                    totals.merge(this)
+                    need_history = this.values["_n_need_history"]
+                    if not (this.values["_n_need_rows"] or need_history):
                         break
                     pending = out.where(F.col(ACTION_COLUMN).isin(_NEED_ROWS, _NEED_HISTORY))
                 else:
@@ -547,7 +578,6 @@ def _fold_fn(
                     )
                 )
         history_rows = int(source.filter(~pl.col(WAS_CURRENT_COLUMN)).height)
-        pending = fp.pending.height
         totals = (
             result.inserted,
             result.updated,
@@ -558,7 +588,8 @@ def _fold_fn(
             result.deletes.height,
             0 if result.orphans is None else result.orphans.height,
             history_rows,
-            pending,
+            fp.need_rows.height,
+            fp.need_history.height,
             violations,
         )
         parts.append(

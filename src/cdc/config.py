@@ -516,6 +516,10 @@ class SparkSettings(_Model):
     ``500 ms`` or ``2 minutes``."""
     conf: dict[str, str] = Field(default_factory=dict)
     """Spark properties set on the session the driver builds."""
+    batch_conf: dict[str, str] = Field(default_factory=dict)
+    """Spark SQL properties of each streaming query's own session, in which the delta-spark
+    writer runs its micro-batches; they override the writer's defaults
+    (``cdc.batch_spark.BATCH_CONF``, chosen by measurement: docs/performance.md)."""
 
     @field_validator("trigger_interval")
     @classmethod
