@@ -11,15 +11,17 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from deltalake import CommitProperties, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from cdc.batch import BatchStats
 from cdc.checkpoint import (
+    IDENTITY_FILE,
     START_FILE,
     TOPIC_FILE,
     TXN_BASE_FILE,
     CheckpointState,
     read_checkpoint_state,
+    read_identity,
     read_topic_id,
     write_topic_id,
 )
@@ -466,7 +468,24 @@ def test_prepare_moves_the_checkpoint_aside_and_writes_the_start(tmp_path: Path)
         "crm_contacts.replaced-20260105T093000Z",
     ]
     assert (replaced / "offsets" / "1").exists()  # kept as it was, for audit
-    assert sorted(p.name for p in checkpoint.iterdir()) == [START_FILE, TOPIC_FILE, TXN_BASE_FILE]
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        IDENTITY_FILE,
+        START_FILE,
+        TOPIC_FILE,
+        TXN_BASE_FILE,
+    ]
+    # The new checkpoint belongs to the pipeline and to its tables as they are.
+    identity = read_identity(checkpoint)
+    assert identity is not None
+    assert (identity.pipeline, identity.topic) == (name, T)
+    paths = table_paths(settings, settings.pipeline(name))
+    assert {r: (m.uri, m.txn_version) for r, m in identity.tables.items()} == {
+        "bronze": (paths["bronze"], 4),
+        "quarantine": (paths["quarantine"], None),
+    }
+    assert identity.tables["bronze"].table_id == str(
+        DeltaTable(paths["bronze"]).metadata().id
+    )
     assert json.loads((checkpoint / START_FILE).read_text()) == {
         "startingOffsets": {T: {"0": 0, "1": 2, "2": 0}},
         "landed_ranges": {"0": [[0, 7]], "1": [[0, 3]]},
