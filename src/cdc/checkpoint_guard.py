@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from cdc.checkpoint import (
     CheckpointIdentity,
     TableMark,
+    has_offsets,
     read_checkpoint_state,
     read_identity,
     read_topic_id,
@@ -89,9 +90,10 @@ def check_checkpoint(settings: Settings, name: str, checkpoint: str) -> None:
     check_checkpoint_belongs(settings, name, checkpoint, states)
     check_checkpoint_matches_tables(settings, name, checkpoint, states)
     topic_id = check_topic_identity(settings, name, checkpoint)
-    watermarks = _watermarks(settings, settings.pipeline(name).topic)
-    check_checkpoint_within_topic(settings, name, checkpoint, watermarks)
-    check_log_not_refilled(settings, name, checkpoint, topic_id, watermarks)
+    if has_offsets(checkpoint):  # the topic checks compare the checkpoint's offsets
+        watermarks = _watermarks(settings, settings.pipeline(name).topic)
+        check_checkpoint_within_topic(settings, name, checkpoint, watermarks)
+        check_log_not_refilled(settings, name, checkpoint, topic_id, watermarks)
     record_identity(settings, name, checkpoint, states)
 
 
@@ -113,7 +115,7 @@ def checkpoint_problem(settings: Settings, name: str, *, broker: bool = True) ->
         states = table_log_states(settings, name)
         check_checkpoint_belongs(settings, name, checkpoint, states, broker=broker)
         check_checkpoint_matches_tables(settings, name, checkpoint, states, broker=broker)
-        if broker:
+        if broker and has_offsets(checkpoint):
             topic_id = check_topic_identity(settings, name, checkpoint, record=False)
             watermarks = _watermarks(settings, settings.pipeline(name).topic)
             check_checkpoint_within_topic(settings, name, checkpoint, watermarks)
@@ -219,20 +221,22 @@ def check_checkpoint_belongs(
     """
     identity = read_identity(checkpoint)
     topic = settings.pipeline(name).topic
-    if identity is None:
-        # Made before the identity file: its offsets and topic file must name our topic.
-        state = read_checkpoint_state(checkpoint)
-        entries = [state.committed] + ([state.unfinished[1]] if state.unfinished else [])
-        named = {t for entry in entries for t in (entry or {})}
-        named.add(recorded_topic(checkpoint) or topic)
-        others = sorted(named - {topic})
-        if not others:
-            return
-        whose = f"holds offsets of topic {', '.join(others)}"
-    elif identity.pipeline != name or identity.topic != topic:
-        whose = f"belongs to pipeline {identity.pipeline} (topic {identity.topic})"
+    # Whatever the identity says, the offsets and the topic file must name our topic (all a
+    # checkpoint made before the identity file can be checked by).
+    state = read_checkpoint_state(checkpoint)
+    entries = [state.committed] + ([state.unfinished[1]] if state.unfinished else [])
+    named = {t for entry in entries for t in (entry or {})}
+    named.add(recorded_topic(checkpoint) or topic)
+    others = sorted(named - {topic})
+    if identity is not None and (identity.pipeline != name or identity.topic != topic):
+        whose = (
+            f"belongs to pipeline {identity.pipeline} (topic {identity.topic}), not to"
+            f" pipeline {name} (topic {topic})"
+        )
+    elif others:
+        whose = f"holds offsets of topic {', '.join(others)}, not of the pipeline's topic {topic}"
     else:
-        problems = _table_problems(settings, name, identity, states)
+        problems = [] if identity is None else _table_problems(settings, name, identity, states)
         if not problems:
             return
         raise DataLossError(
@@ -243,10 +247,10 @@ def check_checkpoint_belongs(
             f" {_repair(settings, name, broker=broker)}"
         )
     raise DataLossError(
-        f"pipeline {name}: checkpoint {checkpoint} {whose}, not to pipeline {name} (topic"
-        f" {topic}): a run would go on from another pipeline's position and skip or lose this"
-        " one's records. Put the pipeline's own checkpoint back, or land exactly what the"
-        f" tables miss: {_repair(settings, name, broker=broker)}"
+        f"pipeline {name}: checkpoint {checkpoint} {whose}: a run would go on from another"
+        " pipeline's position and skip or lose this one's records. Put the pipeline's own"
+        f" checkpoint back, or land exactly what the tables miss:"
+        f" {_repair(settings, name, broker=broker)}"
     )
 
 

@@ -12,7 +12,14 @@ audit, never deleted) and creates a fresh checkpoint holding two files that
   appended twice;
 * :data:`~cdc.checkpoint.TXN_BASE_FILE`: the app-transaction version of the new batch 0, one
   above every version the pipeline committed to its tables, so the new batches (whose ids
-  restart at 0) are not skipped as already committed.
+  restart at 0) are not skipped as already committed;
+* :data:`~cdc.checkpoint.IDENTITY_FILE` and :data:`~cdc.checkpoint.TOPIC_FILE`: whose
+  checkpoint it is (the pipeline, its tables as planned, the topic's id), checked at the
+  run's start (:mod:`cdc.checkpoint_guard`).
+
+Landed offsets whose records the topic no longer holds (a log truncated and refilled under
+the same topic id, :mod:`cdc.refill`) are not counted as landed: the replay lands the new
+records at those offsets.
 
 Silver re-applies everything re-read: events it already holds are no-ops (SCD2 and facts are
 idempotent), and corrected events appended to the topic since are placed in history.

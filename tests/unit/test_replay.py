@@ -25,7 +25,7 @@ from cdc.checkpoint import (
     read_topic_id,
     write_topic_id,
 )
-from cdc.config import Settings, load_settings
+from cdc.config import Settings
 from cdc.errors import ConfigError, PipelineRunningError
 from cdc.lake import table_paths, txn_app_id
 from cdc.locks import LockHolder, PipelineLock, lock_path
@@ -44,7 +44,7 @@ from cdc.replay import (
     plan_replay,
     replay_pipeline,
 )
-from tests.conftest import REPO_ROOT
+from tests.support.settings import local_settings
 
 T = "crm.contacts"
 MARKS = {(T, 0): Watermarks(0, 10), (T, 1): Watermarks(2, 7), (T, 2): Watermarks(0, 0)}
@@ -267,12 +267,7 @@ def test_next_txn_base() -> None:
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return load_settings(
-        "local",
-        [f"lake.root={tmp_path / 'lake'}", f"checkpoints.root={tmp_path / 'cp'}"],
-        config_dir=REPO_ROOT / "config",
-        environ={},
-    )
+    return local_settings(tmp_path)
 
 
 def test_committed_txn_versions_per_table(tmp_path: Path) -> None:
