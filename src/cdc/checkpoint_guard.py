@@ -84,16 +84,7 @@ def check_checkpoint(settings: Settings, name: str, checkpoint: str) -> None:
             names the repair).
         BrokerUnavailableError: the broker did not answer.
     """
-    from cdc.replay import table_log_states
-
-    states = table_log_states(settings, name)
-    check_checkpoint_belongs(settings, name, checkpoint, states)
-    check_checkpoint_matches_tables(settings, name, checkpoint, states)
-    topic_id = check_topic_identity(settings, name, checkpoint)
-    if has_offsets(checkpoint):  # the topic checks compare the checkpoint's offsets
-        watermarks = _watermarks(settings, settings.pipeline(name).topic)
-        check_checkpoint_within_topic(settings, name, checkpoint, watermarks)
-        check_log_not_refilled(settings, name, checkpoint, topic_id, watermarks)
+    states = _run_checks(settings, name, checkpoint, starting=True)
     record_identity(settings, name, checkpoint, states)
 
 
@@ -106,25 +97,43 @@ def checkpoint_problem(settings: Settings, name: str, *, broker: bool = True) ->
         broker: the broker is reachable (False: only the checks against the tables run).
 
     Returns:
-        The refusal's message, or None when the checkpoint is sound.
+        The refusal's message; None when the checkpoint is sound (or the broker stopped
+        answering midway: a start would fail on that first).
+    """
+    checkpoint = settings.checkpoint_path(name)
+    try:
+        _run_checks(settings, name, checkpoint, starting=False, broker=broker)
+    except DataLossError as exc:
+        return str(exc)
+    except BrokerUnavailableError:
+        return None
+    return None
+
+
+def _run_checks(
+    settings: Settings, name: str, checkpoint: str, *, starting: bool, broker: bool = True
+) -> TableStates:
+    """The checks in order; returns the tables' states they compared with.
+
+    ``starting``: a query start (the topic id is recorded when first seen); otherwise
+    nothing is written.
     """
     from cdc.replay import table_log_states
 
-    checkpoint = settings.checkpoint_path(name)
-    try:
-        states = table_log_states(settings, name)
-        check_checkpoint_belongs(settings, name, checkpoint, states, broker=broker)
-        check_checkpoint_matches_tables(settings, name, checkpoint, states, broker=broker)
-        if broker and has_offsets(checkpoint):
-            topic_id = check_topic_identity(settings, name, checkpoint, record=False)
-            watermarks = _watermarks(settings, settings.pipeline(name).topic)
-            check_checkpoint_within_topic(settings, name, checkpoint, watermarks)
-            check_log_not_refilled(settings, name, checkpoint, topic_id, watermarks)
-    except DataLossError as exc:
-        return str(exc)
-    except BrokerUnavailableError as exc:
-        return f"not checked against the topic: {exc}"
-    return None
+    states = table_log_states(settings, name)
+    check_checkpoint_belongs(settings, name, checkpoint, states, broker=broker)
+    check_checkpoint_matches_tables(settings, name, checkpoint, states, broker=broker)
+    offsets = has_offsets(checkpoint)
+    # A start records the topic's id when first seen; the other topic checks compare the
+    # checkpoint's offsets.
+    if not starting and not (broker and offsets):
+        return states
+    topic_id = check_topic_identity(settings, name, checkpoint, record=starting)
+    if offsets:
+        watermarks = _watermarks(settings, settings.pipeline(name).topic)
+        check_checkpoint_within_topic(settings, name, checkpoint, watermarks)
+        check_log_not_refilled(settings, name, checkpoint, topic_id, watermarks)
+    return states
 
 
 def resume_offsets(
@@ -424,11 +433,10 @@ def check_checkpoint_within_topic(
     ]
     if not ahead:
         return
-    resume = _replay_command(name, topic, resume_offsets(settings, name, watermarks))
     raise DataLossError(
         f"pipeline {name}: checkpoint {checkpoint} is ahead of its topic ({'; '.join(ahead)}):"
         " the broker lost records it had acknowledged, and new records would reuse their"
-        f" offsets unseen. Land exactly what the tables miss: {resume}"
+        f" offsets unseen. Land exactly what the tables miss: {_repair(settings, name, watermarks)}"
     )
 
 
