@@ -22,7 +22,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cdc.changes import business_columns
-from cdc.checkpoint import read_start_file, read_txn_base
+from cdc.checkpoint import (
+    CheckpointIdentity,
+    TableMark,
+    read_identity,
+    read_start_file,
+    read_txn_base,
+    write_identity,
+)
 from cdc.config import PipelineSettings, Settings
 from cdc.errors import CdcError, CommitConflictError
 from cdc.expectations import Counts, Expectations, expectations_for, record_counts
@@ -146,6 +153,7 @@ class BatchWriter(ABC, Generic[_Batch]):
         """Offsets bronze or quarantine held when a replay prepared this checkpoint."""
         self.expectations: Expectations | None = expectations_for(name, pipeline, settings)
         """The pipeline's data-quality rules, checked against its record at start."""
+        self._identity: CheckpointIdentity | None = None
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         """Write one micro-batch to the pipeline's tables (exactly once per table)."""
@@ -265,7 +273,50 @@ class BatchWriter(ABC, Generic[_Batch]):
         if self.fault_hook is not None:
             self.fault_hook(stage, batch_id)
 
+    def _note_commits(self, stats: BatchStats) -> None:
+        """Record in the checkpoint's identity that the tables hold this batch's commits.
+
+        Bronze and quarantine take the batch's txn version (it committed there, or had
+        already: a skipped write). A table the identity has no mark of yet (created during
+        this run) is read once for its Delta id. A later start checks the tables still hold
+        all of it (:mod:`cdc.checkpoint_guard`).
+        """
+        written = {
+            "bronze": stats.bronze_rows > 0,
+            "quarantine": stats.quarantined > 0,
+            "silver": stats.inserted + stats.updated + stats.closed > 0,
+        }
+        roles = [r for r, w in written.items() if w or r in stats.skipped_tables]
+        if not roles:
+            return
+        before = self._identity or read_identity(self.checkpoint)
+        if before is None:
+            before = CheckpointIdentity(self.name, self.pipeline.topic, {})
+        version = self.txn_base() + stats.batch_id
+        marks = dict(before.tables)
+        for role in roles:
+            uri, mark = self.uris[role], marks.get(role)
+            if mark is None or mark.uri != uri:
+                from cdc.store import store_for
+
+                options = self.settings.lake.resolved_storage_options()
+                state = store_for(self.settings.lake.writer, options).log_state(
+                    uri, txn_app_id(self.name, role, uri)
+                )
+                if state is None:
+                    continue
+                mark = TableMark(uri, state.table_id, state.txn_version)
+            landed = role in ("bronze", "quarantine")
+            if landed and (mark.txn_version is None or mark.txn_version < version):
+                mark = TableMark(mark.uri, mark.table_id, version)
+            marks[role] = mark
+        after = CheckpointIdentity(before.pipeline, before.topic, marks)
+        if after != before:
+            write_identity(self.checkpoint, after)
+        self._identity = after
+
     def _report(self, stats: BatchStats) -> None:
+        self._note_commits(stats)
         counts = {
             "input": stats.input_rows,
             "bronze": stats.bronze_rows,

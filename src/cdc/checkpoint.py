@@ -12,7 +12,10 @@ Beside them, the service keeps:
   ids at 0 and moves the base above every version already committed);
 * :data:`START_FILE`: where a replayed query starts and what earlier checkpoints landed;
 * :data:`TOPIC_FILE`: the Kafka topic id the offsets belong to (a topic deleted and created
-  again gets a new id, and its offsets mean other records).
+  again gets a new id, and its offsets mean other records);
+* :data:`IDENTITY_FILE`: the pipeline, topic and tables the checkpoint belongs to, with each
+  table's Delta id and the app-transaction version the checkpoint knows it to hold
+  (:class:`CheckpointIdentity`).
 """
 
 from __future__ import annotations
@@ -24,16 +27,22 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "IDENTITY_FILE",
     "START_FILE",
     "TOPIC_FILE",
     "TXN_BASE_FILE",
+    "CheckpointIdentity",
     "CheckpointState",
+    "TableMark",
     "committed_offsets",
     "has_offsets",
     "read_checkpoint_state",
+    "read_identity",
     "read_start_file",
     "read_topic_id",
     "read_txn_base",
+    "recorded_topic",
+    "write_identity",
     "write_json",
     "write_topic_id",
 ]
@@ -54,6 +63,69 @@ does not append them again.
 
 TOPIC_FILE = "cdc-topic.json"
 """``{"topic": name, "topic_id": id}``: the topic whose offsets this checkpoint holds."""
+
+
+IDENTITY_FILE = "cdc-identity.json"
+"""``{"pipeline": name, "topic": name, "tables": {role: {"uri", "table_id", "txn_version"}}}``:
+whose checkpoint this is (see :class:`CheckpointIdentity`). Checkpoints made before the file
+existed get it at their next start."""
+
+
+@dataclass(frozen=True)
+class TableMark:
+    """What a checkpoint knows of one of its pipeline's tables."""
+
+    uri: str
+    table_id: str
+    """The Delta table id (``metaData.id``): new whenever a table is created, so a table
+    deleted and created again, or another table copied in its place, has another one."""
+    txn_version: int | None
+    """The highest app-transaction version of the pipeline the table is known to hold (seen
+    at a query start, or committed by one of the checkpoint's batches); None: none yet."""
+
+
+@dataclass(frozen=True)
+class CheckpointIdentity:
+    """Whose checkpoint this is: the pipeline, its topic and its tables (by role)."""
+
+    pipeline: str
+    topic: str
+    tables: dict[str, TableMark]
+
+    def to_json(self) -> dict[str, Any]:
+        """The :data:`IDENTITY_FILE` content."""
+        return {
+            "pipeline": self.pipeline,
+            "topic": self.topic,
+            "tables": {
+                role: {"uri": m.uri, "table_id": m.table_id, "txn_version": m.txn_version}
+                for role, m in sorted(self.tables.items())
+            },
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> CheckpointIdentity:
+        """Inverse of :meth:`to_json`."""
+        tables = {
+            str(role): TableMark(
+                str(m["uri"]),
+                str(m["table_id"]),
+                None if m.get("txn_version") is None else int(m["txn_version"]),
+            )
+            for role, m in (value.get("tables") or {}).items()
+        }
+        return cls(str(value["pipeline"]), str(value["topic"]), tables)
+
+
+def read_identity(checkpoint: str | Path) -> CheckpointIdentity | None:
+    """The checkpoint's :data:`IDENTITY_FILE` (None: a checkpoint made before it existed)."""
+    path = Path(checkpoint) / IDENTITY_FILE
+    return CheckpointIdentity.from_json(json.loads(path.read_text())) if path.exists() else None
+
+
+def write_identity(checkpoint: str | Path, identity: CheckpointIdentity) -> None:
+    """Write the checkpoint's :data:`IDENTITY_FILE` (atomically)."""
+    write_json(Path(checkpoint) / IDENTITY_FILE, identity.to_json())
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -83,11 +155,20 @@ def has_offsets(checkpoint: str | Path) -> bool:
 
 def read_topic_id(checkpoint: str | Path, topic: str) -> str | None:
     """The topic id recorded for ``topic`` in the checkpoint, or None."""
-    path = Path(checkpoint) / TOPIC_FILE
-    if not path.exists():
-        return None
-    recorded = json.loads(path.read_text())
+    recorded = _topic_file(checkpoint)
     return str(recorded["topic_id"]) if recorded.get("topic") == topic else None
+
+
+def recorded_topic(checkpoint: str | Path) -> str | None:
+    """The topic the checkpoint's :data:`TOPIC_FILE` names (None: no file)."""
+    topic = _topic_file(checkpoint).get("topic")
+    return None if topic is None else str(topic)
+
+
+def _topic_file(checkpoint: str | Path) -> dict[str, Any]:
+    path = Path(checkpoint) / TOPIC_FILE
+    recorded: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    return recorded
 
 
 def write_topic_id(checkpoint: str | Path, topic: str, topic_id: str) -> None:

@@ -1,4 +1,5 @@
-"""The one Kafka metadata client: partitions, watermarks, timestamps, topic ids, topic admin.
+"""The one Kafka metadata client: partitions, watermarks, timestamps, topic ids, topic admin,
+and the few records a check reads back (:meth:`KafkaMetadata.records`).
 
 Everything outside Spark that asks the cluster about topics goes through here (``cdc produce``,
 ``cdc replay``, ``cdc status``, the pipeline's topic-identity check, the tests). No consumer
@@ -12,6 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from cdc.config import KafkaSettings
 
 __all__ = [
+    "FetchedRecord",
     "KafkaMetadata",
     "admin_client",
     "consumer_config",
@@ -56,6 +59,13 @@ _librdkafka_log.addFilter(_TransientFilter())
 REQUEST_TIMEOUT_S = 30.0
 """Deadline of one metadata or offsets request."""
 
+_RECORD_READER: dict[str, Any] = {
+    "isolation.level": "read_uncommitted",  # the record at an offset, whatever its transaction
+    "enable.partition.eof": True,
+    "auto.offset.reset": "error",  # never jump elsewhere than asked
+}
+"""Settings of the consumer :meth:`KafkaMetadata.records` reads with."""
+
 _MISSING_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
 
 
@@ -83,6 +93,17 @@ def consumer_config(
     config["logger"] = _librdkafka_log
     config.update(overrides)
     return config
+
+
+@dataclass(frozen=True)
+class FetchedRecord:
+    """One record as the broker holds it now (what a check compares with a landed row)."""
+
+    offset: int
+    timestamp_ms: int | None
+    """The record's Kafka timestamp (None: the producer set none)."""
+    key: bytes | None
+    value: bytes | None
 
 
 class KafkaMetadata:
@@ -254,6 +275,78 @@ class KafkaMetadata:
                 )
             result[(tp.topic, tp.partition)] = int(tp.offset)
         return result
+
+    def records(
+        self, spans: Mapping[TopicPartitionId, tuple[int, int]]
+    ) -> dict[TopicPartitionId, dict[int, FetchedRecord]]:
+        """The records the broker holds now in ``[start, stop)`` of each partition.
+
+        Reads uncommitted records too (a record of a transaction still open or aborted is
+        still the record at its offset); transaction markers hold no record, and offsets
+        compacted away hold none either: both are absent from the answer.
+
+        Args:
+            spans: ``(start, stop)`` per partition (an empty span reads nothing).
+
+        Returns:
+            Per partition, record by offset.
+
+        Raises:
+            BrokerUnavailableError: the cluster did not answer, or not within the timeout.
+        """
+        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
+
+        wanted = {tp: span for tp, span in spans.items() if span[1] > span[0]}
+        found: dict[TopicPartitionId, dict[int, FetchedRecord]] = {tp: {} for tp in spans}
+        if not wanted:
+            return found
+        consumer = Consumer(
+            consumer_config(self._config, None, **_RECORD_READER)
+        )
+        pending = set(wanted)
+        try:
+            consumer.assign([TopicPartition(t, p, wanted[(t, p)][0]) for t, p in sorted(wanted)])
+            deadline = time.monotonic() + self._timeout_s
+            while pending:
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailableError(
+                        f"Kafka at {self.bootstrap} did not return the records of"
+                        f" {', '.join(f'{t}/{p}' for t, p in sorted(pending))}"
+                        f" within {self._timeout_s:g}s"
+                    )
+                for message in consumer.consume(num_messages=500, timeout=0.2):
+                    tp = (message.topic(), message.partition())
+                    if tp not in pending:
+                        continue
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF or error.code() in (
+                            KafkaError.OFFSET_OUT_OF_RANGE,
+                            KafkaError._AUTO_OFFSET_RESET,
+                        ):
+                            pending.discard(tp)  # the end, or nothing left at the start
+                            continue
+                        raise BrokerUnavailableError(
+                            f"Kafka at {self.bootstrap}: cannot read {tp[0]}/{tp[1]}:"
+                            f" {error.str()}"
+                        )
+                    offset, stop = int(message.offset() or 0), wanted[tp][1]
+                    if offset < stop:
+                        kind, stamp = message.timestamp()
+                        found[tp][offset] = FetchedRecord(
+                            offset,
+                            int(stamp) if kind != TIMESTAMP_NOT_AVAILABLE and stamp >= 0 else None,
+                            message.key(),
+                            message.value(),
+                        )
+                    if offset >= stop - 1:
+                        pending.discard(tp)
+                        consumer.pause([TopicPartition(tp[0], tp[1])])
+        except KafkaException as exc:
+            raise self._unavailable("records", exc) from exc
+        finally:
+            consumer.close()
+        return found
 
     def _unavailable(self, what: str, exc: Exception) -> BrokerUnavailableError:
         return BrokerUnavailableError(

@@ -10,18 +10,21 @@ ranges present in bronze or quarantine for one topic id. A record lands in exact
 two tables, so their union says whether it landed at all; the ranges of an unbroken stream
 collapse to one range per partition.
 
-:func:`landed_ranges` reads them from the tables (two columns of each, through the store);
-the rest is pure.
+:func:`landed_ranges` reads them from the tables (two columns of each, through the store;
+:func:`query_landed` runs other queries over the same rows); the rest is pure.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdc.config import Settings
 from cdc.lake import table_paths
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "TOPIC_ID_COLUMN",
@@ -31,6 +34,7 @@ __all__ = [
     "landed_mask",
     "landed_ranges",
     "merge_ranges",
+    "query_landed",
     "ranges_from_json",
     "ranges_to_json",
 ]
@@ -130,22 +134,51 @@ def landed_ranges(
     Returns:
         The landed ranges (a partition with no row is absent).
     """
+    spans = [
+        (int(r["p"]), int(r["lo"]), int(r["hi"]))
+        for rows in query_landed(settings, name, topic_id, _ISLANDS, legacy_rows=legacy_rows)
+        for r in rows.to_pylist()
+    ]
+    return merge_ranges(spans)
+
+
+def query_landed(
+    settings: Settings,
+    name: str,
+    topic_id: str | None,
+    sql: str,
+    *,
+    legacy_rows: bool,
+    needs: Iterable[str] = (),
+) -> list[pa.Table]:
+    """Run ``sql`` over bronze and over quarantine, restricted to one topic id's rows.
+
+    Args:
+        settings: service settings.
+        name: the pipeline.
+        topic_id: the topic incarnation (as :func:`landed_ranges`).
+        sql: a query over the table ``t`` with a ``{where}`` placeholder for the row filter.
+        legacy_rows: as :func:`landed_ranges`.
+        needs: columns the query reads besides the coordinates (a table without one of
+            them is left out).
+
+    Returns:
+        One result per table that exists and can hold such rows.
+    """
     from cdc.store import store_for
 
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
     topic = settings.pipeline(name).topic
     paths = table_paths(settings, settings.pipeline(name))
-    spans: list[tuple[int, int, int]] = []
+    results: list[pa.Table] = []
     for role in ("bronze", "quarantine"):
         columns = store.columns(paths[role])
-        if not columns:
-            continue  # no table
+        if not columns or not set(needs) <= set(columns):
+            continue  # no table, or not one the query can read
         where = _where(columns, topic, topic_id, legacy_rows)
-        if where is None:
-            continue
-        rows = store.query(paths[role], _ISLANDS.format(where=where)).to_pylist()
-        spans.extend((int(r["p"]), int(r["lo"]), int(r["hi"])) for r in rows)
-    return merge_ranges(spans)
+        if where is not None:
+            results.append(store.query(paths[role], sql.format(where=where)))
+    return results
 
 
 def _where(columns: list[str], topic: str, topic_id: str | None, legacy_rows: bool) -> str | None:

@@ -1,11 +1,13 @@
 """Query lifecycle: one Spark streaming query per pipeline, Kafka source → ``foreachBatch``.
 
-:func:`start_query` checks the topic's identity against the checkpoint, builds the decoded
+:func:`start_query` checks the checkpoint against its tables and topic
+(:func:`cdc.checkpoint_guard.check_checkpoint`), builds the decoded
 Kafka stream (:mod:`cdc.kafka_source`) and hands each micro-batch to the writer that
 ``lake.writer`` selects: :class:`cdc.batch_local.LocalBatchWriter` (delta-rs, one process) or
 :class:`cdc.batch_spark.DistributedBatchWriter` (delta-spark, on the executors).
 :func:`run_pipelines` runs queries until they finish or one fails, and turns a failed query's
-Python + JVM error text into one line (:func:`error_line`). Spark's checkpoint holds the
+Python + JVM error text into one line (:func:`error_line`; Spark's Kafka data loss into the
+partition, offsets and repair, :mod:`cdc.kafka_loss`). Spark's checkpoint holds the
 offsets; the writers make every table's commit exactly once.
 """
 
@@ -17,14 +19,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cdc.batch import BatchStats, BatchWriter
-from cdc.checkpoint_guard import check_checkpoint_matches_tables, check_checkpoint_within_topic
+from cdc.checkpoint_guard import check_checkpoint, data_loss_message
 from cdc.config import Settings, parse_duration_seconds
-from cdc.errors import CdcError
+from cdc.errors import CdcError, DataLossError
 from cdc.faults import FaultHook
+from cdc.kafka_loss import data_loss_of
 from cdc.kafka_source import decoded_stream
 from cdc.sequence import check_table_layout
 from cdc.spark_errors import spark_condition
-from cdc.topic_identity import check_topic_identity
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -63,9 +65,7 @@ def start_query(
     """
     pipeline = settings.pipeline(name)
     checkpoint = settings.checkpoint_path(name)
-    check_checkpoint_matches_tables(settings, name, checkpoint)
-    check_topic_identity(settings, name, checkpoint)
-    check_checkpoint_within_topic(settings, name, checkpoint)
+    check_checkpoint(settings, name, checkpoint)
     check_table_layout(settings, name)
     batch_writer: type[BatchWriter[Any]]
     if settings.lake.writer == "delta-spark":
@@ -159,6 +159,8 @@ def run_pipelines(
 
     Raises:
         PipelineFailedError: a query stopped with an error (the others are stopped too).
+        DataLossError: a query stopped because Kafka no longer holds records it had to read
+            (``failOnDataLoss``); the message names them and the repairing replay.
     """
     queries = {
         n: start_query(spark, settings, n, available_now, fault_hook, on_batch) for n in names
@@ -168,8 +170,12 @@ def run_pipelines(
             for name, query in queries.items():
                 if not query.isActive:
                     error = _query_error(query)
-                    if error is not None:
-                        raise PipelineFailedError(f"pipeline {name} failed: {error}")
+                    if error is None:
+                        continue
+                    loss = data_loss_of(query.exception())
+                    if loss is not None:  # Spark's paragraph, as partition, offsets, repair
+                        raise DataLossError(data_loss_message(settings, name, loss))
+                    raise PipelineFailedError(f"pipeline {name} failed: {error}")
             if all(not q.isActive for q in queries.values()):
                 return
             time.sleep(poll_seconds)

@@ -12,7 +12,14 @@ audit, never deleted) and creates a fresh checkpoint holding two files that
   appended twice;
 * :data:`~cdc.checkpoint.TXN_BASE_FILE`: the app-transaction version of the new batch 0, one
   above every version the pipeline committed to its tables, so the new batches (whose ids
-  restart at 0) are not skipped as already committed.
+  restart at 0) are not skipped as already committed;
+* :data:`~cdc.checkpoint.IDENTITY_FILE` and :data:`~cdc.checkpoint.TOPIC_FILE`: whose
+  checkpoint it is (the pipeline, its tables as planned, the topic's id), checked at the
+  run's start (:mod:`cdc.checkpoint_guard`).
+
+Landed offsets whose records the topic no longer holds (a log truncated and refilled under
+the same topic id, :mod:`cdc.refill`) are not counted as landed: the replay lands the new
+records at those offsets.
 
 Silver re-applies everything re-read: events it already holds are no-ops (SCD2 and facts are
 idempotent), and corrected events appended to the topic since are placed in history.
@@ -38,12 +45,14 @@ from cdc.checkpoint import (
     CheckpointState,
     read_checkpoint_state,
     read_topic_id,
+    write_identity,
     write_topic_id,
 )
+from cdc.checkpoint_guard import identity_now
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError
 from cdc.lake import pipeline_tables, txn_app_id
-from cdc.landed import Ranges, count_in, first_gap, landed_ranges, ranges_to_json
+from cdc.landed import Ranges, count_in, first_gap, ranges_to_json
 from cdc.locks import PipelineLock
 from cdc.offsets import (
     OffsetJson,
@@ -56,6 +65,7 @@ from cdc.offsets import (
 
 if TYPE_CHECKING:
     from cdc.kafka_admin import KafkaMetadata
+    from cdc.store import TableLogState
 
 __all__ = [
     "PartitionReplay",
@@ -73,6 +83,7 @@ __all__ = [
     "plan_replay",
     "replay_pipeline",
     "run_available_now",
+    "table_log_states",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -403,13 +414,30 @@ def committed_txn_versions(settings: Settings, name: str) -> dict[str, int | Non
         side table of an SCD2 pipeline); None where the table does not exist or holds no
         transaction of this pipeline.
     """
+    return {
+        role: None if state is None else state.txn_version
+        for role, state in table_log_states(settings, name).items()
+    }
+
+
+def table_log_states(settings: Settings, name: str) -> dict[str, TableLogState | None]:
+    """Each of the pipeline's tables' Delta id and committed app-transaction version.
+
+    Args:
+        settings: service settings.
+        name: pipeline name.
+
+    Returns:
+        Per role (as :func:`committed_txn_versions`), one read of the table's log; None
+        where the table does not exist.
+    """
     from cdc.store import store_for
 
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
     pipeline = settings.pipeline(name)
     tables = pipeline_tables(settings, pipeline)
     return {
-        role: store.txn_version(uri, txn_app_id(name, role, uri)) for role, uri in tables.items()
+        role: store.log_state(uri, txn_app_id(name, role, uri)) for role, uri in tables.items()
     }
 
 
@@ -424,6 +452,8 @@ class _Context:
     txn_base: int
     topic_id: str | None
     """The topic's id when planned (the landed ranges are this incarnation's)."""
+    tables: Mapping[str, TableLogState | None] = field(default_factory=dict)
+    """The pipeline's tables when planned (the new checkpoint's identity)."""
 
     def landed(self) -> Ranges:
         """The landed ranges the plan counted with (clipped to each partition's end)."""
@@ -436,9 +466,12 @@ def _plan_live(
     position: ReplayPosition,
     metadata: KafkaMetadata | None,
 ) -> _Context:
+    from cdc.refill import topic_landed_ranges
+
     pipeline = settings.pipeline(name)
     state = read_checkpoint_state(settings.checkpoint_path(name))
-    versions = committed_txn_versions(settings, name)
+    tables = table_log_states(settings, name)
+    versions = {role: None if s is None else s.txn_version for role, s in tables.items()}
     from cdc.kafka_admin import KafkaMetadata
 
     own = metadata is None
@@ -449,16 +482,23 @@ def _plan_live(
         if position.kind == "timestamp" and position.timestamp_ms is not None:
             by_time = meta.offsets_for_times(sorted(watermarks), position.timestamp_ms)
         topic_id = meta.topic_id(pipeline.topic)
+        recorded = read_topic_id(settings.checkpoint_path(name), pipeline.topic)
+        # Rows written before bronze kept topic ids count as this incarnation's unless the
+        # checkpoint shows the topic was recreated since. Landed offsets whose records the
+        # topic no longer holds (a log refilled under the same id) do not count.
+        landed, _ = topic_landed_ranges(
+            settings,
+            name,
+            topic_id,
+            {p: wm for (t, p), wm in watermarks.items() if t == pipeline.topic},
+            legacy_rows=recorded is None or recorded == topic_id,
+            metadata=meta,
+        )
     finally:
         if own:
             meta.close()
-    recorded = read_topic_id(settings.checkpoint_path(name), pipeline.topic)
-    # Rows written before bronze kept topic ids count as this incarnation's unless the
-    # checkpoint shows the topic was recreated since.
-    legacy_rows = recorded is None or recorded == topic_id
-    landed = landed_ranges(settings, name, topic_id, legacy_rows=legacy_rows)
     plan = plan_replay(name, pipeline.topic, position, watermarks, landed, by_time)
-    return _Context(plan, state, next_txn_base(versions), topic_id)
+    return _Context(plan, state, next_txn_base(versions), topic_id, tables)
 
 
 def dry_run_report(
@@ -562,6 +602,9 @@ def _prepare_checkpoint(
         if context.topic_id is not None:
             # A topic recreated between this plan and the run is caught at the run's start.
             write_topic_id(fresh, context.plan.topic, context.topic_id)
+        # The new checkpoint belongs to the tables as planned (a table lost between this plan
+        # and the run is caught at the run's start).
+        write_identity(fresh, identity_now(settings, name, None, context.tables))
         if replaced is not None:
             os.rename(checkpoint, replaced)
         try:

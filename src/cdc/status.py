@@ -1,6 +1,8 @@
 """``cdc status``: per pipeline, committed offsets against the topic's end, the lag, the last
-batch (when it finished, how long it took), each table's version, rows and files, and the
-records that failed each data-quality expectation (:mod:`cdc.expectations`).
+batch (when it finished, how long it took), whether the checkpoint agrees with its tables and
+topic (what the next start would refuse, :mod:`cdc.checkpoint_guard`), each table's version,
+rows and files, and the records that failed each data-quality expectation
+(:mod:`cdc.expectations`).
 
 :func:`pipeline_status` gathers it (the checkpoint, the broker, the tables);
 :func:`format_status` prints it for people and :meth:`PipelineStatus.to_json` for scripts.
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cdc.checkpoint import committed_offsets
+from cdc.checkpoint_guard import checkpoint_problem
 from cdc.config import Settings
 from cdc.expectations import RuleTotal, read_counts, rule_totals
 from cdc.lake import pipeline_tables
@@ -63,6 +66,9 @@ class PipelineStatus:
     tables: list[TableStatus] = field(default_factory=list)
     expectations: list[RuleTotal] = field(default_factory=list)
     """Records that failed each data-quality rule, over every batch that landed."""
+    checkpoint_problem: str | None = None
+    """Why the next start would refuse the checkpoint (None: it agrees with its tables and
+    topic; see :func:`cdc.checkpoint_guard.checkpoint_problem`)."""
 
     @property
     def lag(self) -> dict[str, int] | None:
@@ -142,8 +148,17 @@ def pipeline_status(
         paths = pipeline_tables(settings, pipeline)
         found_tables = [_table(role, uri, store) for role, uri in paths.items()]
     totals = rule_totals(pipeline.expectations, read_counts(checkpoint))
+    problem = checkpoint_problem(settings, name, broker=broker) if tables else None
     return PipelineStatus(
-        name, pipeline.topic, pipeline.target, committed, latest, last, found_tables, totals
+        name,
+        pipeline.topic,
+        pipeline.target,
+        committed,
+        latest,
+        last,
+        found_tables,
+        totals,
+        problem,
     )
 
 
@@ -165,6 +180,8 @@ def format_status(status: PipelineStatus) -> str:
     else:
         per = ", ".join(f"{p}: {n}" for p, n in sorted(lag.items(), key=lambda kv: int(kv[0])))
         lines.append(f"  lag         {sum(lag.values())} records ({per})")
+    if status.checkpoint_problem is not None:
+        lines.append(f"  checkpoint  REFUSED at the next start: {status.checkpoint_problem}")
     if status.last_batch is not None:
         b = status.last_batch
         lines.append(f"  last batch  {b.batch}, finished {b.finished_at}, took {b.seconds:g}s")

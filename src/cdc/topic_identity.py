@@ -60,7 +60,12 @@ def _ids_in_tables(settings: Settings, name: str) -> set[str]:
 
 
 def check_topic_identity(
-    settings: Settings, name: str, checkpoint: str, *, patience_s: float | None = None
+    settings: Settings,
+    name: str,
+    checkpoint: str,
+    *,
+    patience_s: float | None = None,
+    record: bool = True,
 ) -> str | None:
     """Refuse offsets that belong to another incarnation of the pipeline's topic.
 
@@ -76,6 +81,8 @@ def check_topic_identity(
         checkpoint: its checkpoint folder.
         patience_s: keep asking an unreachable cluster this long (None: one request of
             ``kafka.connect_timeout_s``, the fast failure a start wants).
+        record: record a first-seen id in the checkpoint (False: only check, as
+            ``cdc status`` does).
 
     Returns:
         The topic's id (None: the topic does not exist and no id was recorded).
@@ -103,7 +110,8 @@ def check_topic_identity(
         # lost): the tables' rows say which incarnation was read before.
         seen = _ids_in_tables(settings, name)
         if not seen or current in seen:
-            write_topic_id(checkpoint, topic, current)
+            if record:
+                write_topic_id(checkpoint, topic, current)
             return current
         held = f"the pipeline's tables hold records of topic id {', '.join(sorted(seen))} only"
     elif recorded is None or current == recorded:

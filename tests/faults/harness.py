@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -275,6 +276,17 @@ def cdc_replay(
         cwd=REPO_ROOT,
         timeout=timeout,
     )
+
+
+def assert_one_error(run: subprocess.CompletedProcess[str]) -> str:
+    """Exit code 2, exactly one ``cdc: error:`` line on stderr and no Python or Java trace;
+    returns the line."""
+    assert run.returncode == 2, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("cdc: error:")]
+    assert len(errors) == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert not re.search(r"^\s+at [\w$.]+\(", run.stderr, re.M), "a Java stack trace"
+    return errors[0]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -18,7 +18,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import yaml
 
 from cdc.config import Settings, load_settings
 from cdc.demo_data import Line, generate, merged_lines
@@ -121,17 +120,21 @@ def table_contents(settings: Settings) -> dict[str, pl.DataFrame]:
 
 
 def scheduled_arguments(job: str, env: str = "local") -> list[str]:
-    """The arguments the schedule (``deploy/k8s/batch``) gives ``batch/maintain.py`` for
-    ``job``, with ``--env`` set to ``env``."""
-    path = _REPO / "deploy" / "k8s" / "batch" / "scheduledsparkapplication-maintain.yaml"
-    for doc in yaml.safe_load_all(path.read_text()):
-        if doc["metadata"]["name"] == f"cdc-maintain-{job}":
+    """The arguments the schedule (the Helm chart's ScheduledSparkApplication, rendered by the
+    pinned helm for prod) gives ``batch/maintain.py`` for ``job``, with ``--env`` set to
+    ``env``."""
+    from tests.support.deploy_tools import render
+
+    for doc in render("prod"):
+        if doc["kind"] == "ScheduledSparkApplication" and doc["metadata"]["name"].endswith(
+            f"maintain-{job}"
+        ):
             template = doc["spec"]["template"]
             assert template["mainApplicationFile"].endswith("/batch/maintain.py")
             arguments = list(template["arguments"])
             at = arguments.index("--env")
             return [*arguments[: at + 1], env, *arguments[at + 2 :]]
-    raise AssertionError(f"no scheduled job cdc-maintain-{job}")
+    raise AssertionError(f"no scheduled job maintain-{job}")
 
 
 def lake_settings(root: Path, *overrides: str) -> Settings:

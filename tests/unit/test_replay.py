@@ -11,19 +11,21 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from deltalake import CommitProperties, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from cdc.batch import BatchStats
 from cdc.checkpoint import (
+    IDENTITY_FILE,
     START_FILE,
     TOPIC_FILE,
     TXN_BASE_FILE,
     CheckpointState,
     read_checkpoint_state,
+    read_identity,
     read_topic_id,
     write_topic_id,
 )
-from cdc.config import Settings, load_settings
+from cdc.config import Settings
 from cdc.errors import ConfigError, PipelineRunningError
 from cdc.lake import table_paths, txn_app_id
 from cdc.locks import LockHolder, PipelineLock, lock_path
@@ -42,7 +44,7 @@ from cdc.replay import (
     plan_replay,
     replay_pipeline,
 )
-from tests.conftest import REPO_ROOT
+from tests.support.settings import local_settings
 
 T = "crm.contacts"
 MARKS = {(T, 0): Watermarks(0, 10), (T, 1): Watermarks(2, 7), (T, 2): Watermarks(0, 0)}
@@ -265,12 +267,7 @@ def test_next_txn_base() -> None:
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return load_settings(
-        "local",
-        [f"lake.root={tmp_path / 'lake'}", f"checkpoints.root={tmp_path / 'cp'}"],
-        config_dir=REPO_ROOT / "config",
-        environ={},
-    )
+    return local_settings(tmp_path)
 
 
 def test_committed_txn_versions_per_table(tmp_path: Path) -> None:
@@ -466,7 +463,24 @@ def test_prepare_moves_the_checkpoint_aside_and_writes_the_start(tmp_path: Path)
         "crm_contacts.replaced-20260105T093000Z",
     ]
     assert (replaced / "offsets" / "1").exists()  # kept as it was, for audit
-    assert sorted(p.name for p in checkpoint.iterdir()) == [START_FILE, TOPIC_FILE, TXN_BASE_FILE]
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        IDENTITY_FILE,
+        START_FILE,
+        TOPIC_FILE,
+        TXN_BASE_FILE,
+    ]
+    # The new checkpoint belongs to the pipeline and to its tables as they are.
+    identity = read_identity(checkpoint)
+    assert identity is not None
+    assert (identity.pipeline, identity.topic) == (name, T)
+    paths = table_paths(settings, settings.pipeline(name))
+    assert {r: (m.uri, m.txn_version) for r, m in identity.tables.items()} == {
+        "bronze": (paths["bronze"], 4),
+        "quarantine": (paths["quarantine"], None),
+    }
+    assert identity.tables["bronze"].table_id == str(
+        DeltaTable(paths["bronze"]).metadata().id
+    )
     assert json.loads((checkpoint / START_FILE).read_text()) == {
         "startingOffsets": {T: {"0": 0, "1": 2, "2": 0}},
         "landed_ranges": {"0": [[0, 7]], "1": [[0, 3]]},

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from cdc.store.base import TableInfo, TableStore, Txn, WriteOutcome
+from cdc.store.base import TableInfo, TableLogState, TableStore, Txn, WriteOutcome
 from cdc.store.delta_rs import DeltaRsStore
 
-__all__ = ["DeltaRsStore", "TableInfo", "TableStore", "Txn", "WriteOutcome", "store_for"]
+__all__ = [
+    "DeltaRsStore",
+    "TableInfo",
+    "TableLogState",
+    "TableStore",
+    "Txn",
+    "WriteOutcome",
+    "store_for",
+]
 
 
 def store_for(writer: str, storage_options: dict[str, str] | None = None) -> TableStore:

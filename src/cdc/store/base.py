@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from deltalake import DeltaTable
 
-__all__ = ["TableInfo", "TableStore", "Txn", "WriteOutcome"]
+__all__ = ["TableInfo", "TableLogState", "TableStore", "Txn", "WriteOutcome"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,16 @@ class TableInfo:
     version: int
     rows: int
     files: int
+
+
+@dataclass(frozen=True)
+class TableLogState:
+    """A table's Delta id and one app id's committed version, from one read of its log."""
+
+    table_id: str
+    """``metaData.id``: a new one whenever a table is created at a path."""
+    txn_version: int | None
+    """The app id's last committed version (None: none)."""
 
 
 class TableStore(ABC):
@@ -120,13 +130,18 @@ class TableStore(ABC):
         table = self.handle(uri)
         return [] if table is None else [f.name for f in table.schema().fields]
 
-    def txn_version(self, uri: str, app_id: str) -> int | None:
-        """The last version committed for ``app_id`` in the table (None: none, or no table)."""
+    def log_state(self, uri: str, app_id: str) -> TableLogState | None:
+        """The table's id and the last version committed for ``app_id`` (None: no table)."""
         table = self.handle(uri)
         if table is None:
             return None
         version = table.transaction_version(app_id)
-        return None if version is None else int(version)
+        return TableLogState(str(table.metadata().id), None if version is None else int(version))
+
+    def txn_version(self, uri: str, app_id: str) -> int | None:
+        """The last version committed for ``app_id`` in the table (None: none, or no table)."""
+        state = self.log_state(uri, app_id)
+        return None if state is None else state.txn_version
 
     def committed(self, uri: str, txn: Txn) -> bool:
         """Whether ``txn.version`` (or a later one) is already committed for ``txn.app_id``."""
