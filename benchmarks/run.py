@@ -969,20 +969,51 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def final_figures(report: dict[str, Any]) -> dict[str, float]:
-    """The four figures the run ends with (NaN when their mode did not run)."""
+    """The figures the run ends with (NaN when their mode did not run): four of the default
+    writer, then five per writer (each writer against its own bar, whichever is the
+    default)."""
     nan = float("nan")
     default = report.get("default_writer", "?")
     tp = report.get("throughput") or {}
     lt = report.get("latency") or {}
-    p99 = ((lt.get("pipelines") or {}).get(default) or {}).get("p99_s", nan)
+    pipelines = tp.get("pipelines") or {}
+    latencies = lt.get("pipelines") or {}
+    growth = (report.get("merge") or {}).get("growth", {})
+    textbook = (tp.get("textbook") or {}).get("events_per_s", nan)
+    columnar = (tp.get("reference_columnar") or {}).get("events_per_s", nan)
+
+    def rate(writer: str) -> float:
+        return float((pipelines.get(writer) or {}).get("events_per_s", nan))
+
+    def p99(writer: str) -> float:
+        return float((latencies.get(writer) or {}).get("p99_s", nan))
+
     return {
         "ratio_vs_textbook_delta_spark": float(tp.get("ratio_to_textbook", nan)),
         "ratio_vs_columnar_reference": float(tp.get("ratio_to_reference_columnar", nan)),
-        "p99_latency_s": float(p99),
-        "merge_growth_100x_keys": float(
-            (report.get("merge") or {}).get("growth", {}).get(default, nan)
-        ),
+        "p99_latency_s": p99(default),
+        "merge_growth_100x_keys": float(growth.get(default, nan)),
+        "delta_spark_ratio_vs_textbook": _ratio(rate("delta-spark"), textbook),
+        "delta_spark_p99_latency_s": p99("delta-spark"),
+        "delta_spark_merge_growth_100x_keys": float(growth.get("delta-spark", nan)),
+        "delta_rs_ratio_vs_columnar_reference": _ratio(rate("delta-rs"), columnar),
+        "delta_rs_p99_latency_s": p99("delta-rs"),
     }
+
+
+BARS = {
+    "delta_spark_ratio_vs_textbook": (">=", 1.0),
+    "delta_spark_p99_latency_s": ("<=", 5.0),
+    "delta_spark_merge_growth_100x_keys": ("<=", 1.5),
+    "delta_rs_ratio_vs_columnar_reference": (">=", 0.5),
+    "delta_rs_p99_latency_s": ("<=", 2.0),
+}
+"""The per-writer bars (docs/performance.md): printed before the figures, never enforced by
+the run (a benchmark reports; it does not pass or fail on speed)."""
+
+
+def _meets(value: float, sign: str, bar: float) -> bool:
+    return value >= bar if sign == ">=" else value <= bar
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -1401,6 +1432,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  result: {args.output} (wall time {report['wall_seconds'] / 60:.1f} min)")
     if exit_code:
         print("  benchmark FAILED: see above (a benchmark of a wrong result is worthless)")
+    print()
+    for name, (sign, bar) in BARS.items():
+        value = figures[name]
+        met = "n/a" if value != value else ("met" if _meets(value, sign, bar) else "NOT met")
+        print(f"  bar {name} {sign} {bar:g}: {_f(value, 3)} ({met})")
     print()
     for name, value in figures.items():
         print(f"bench: {name} {value:.4g}")

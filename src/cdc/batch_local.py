@@ -233,14 +233,23 @@ def fold_passes(
     pending = changes
     history_keys = changes.clear().select(keys)
     events: pl.DataFrame | None = None
+    current: pl.DataFrame | None = None  # the first pass's read of the current partition
     for number in range(1, MAX_FOLD_PASSES + 1):
         with stats.timed("state"):
             wanted = pending.select(keys).unique()
             seen = orphans.read_keys(wanted) if orphans is not None else None
-            # First pass: current rows only (their partition, when the table has it).
-            current = True if number == 1 and partitioned else None
-            rows = silver.read_keys(wanted, current=current)
-            complete = rows is None or current is None
+            if number == 1:  # current rows only (their partition, when the table has it)
+                rows = silver.read_keys(wanted, current=True if partitioned else None)
+                current = rows if partitioned else None
+                complete = rows is None or not partitioned
+            elif current is not None:  # every row: the history partition, and those read
+                past = silver.read_keys(wanted, current=False)
+                kept = current.join(wanted, on=keys, how="semi", nulls_equal=True)
+                rows = kept if past is None else pl.concat([kept, past], how="diagonal_relaxed")
+                complete = True
+            else:
+                rows = silver.read_keys(wanted)
+                complete = True
             existing = (
                 _with_columns_of(rows, changes, spec)
                 if rows is not None

@@ -318,24 +318,40 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
                     else:
                         assert pending is not None
                         changes = pending.select(*layout.events.names)
-                    wanted = changes.select(*keys).distinct()
+                    # The keys to read rows for, without running the events' Python again: the
+                    # batch's from its key struct, later passes' from their checkpointed events.
+                    wanted = (
+                        valid.select(*(F.col("key")[k].alias(k) for k in keys))
+                        if first
+                        else changes.select(*keys)
+                    ).distinct()
+                    late = None
+                    if need_history:  # keys the last pass found late: their whole history
+                        assert pending is not None
+                        late = pending.where(F.col(ACTION_COLUMN) == _NEED_HISTORY)
+                        late = late.select(*keys).distinct()
                     parts = [changes.withColumn(_ROLE, F.lit(_EVENT))]
-                    if silver is not None:
-                        rows = silver.where(F.col(CURRENT_PARTITION)) if first else silver
-                        parts.append(_semi(rows, wanted, keys).withColumn(_ROLE, F.lit(_ROW)))
-                    else:  # no table yet: no rows, but the fold's input has their columns
+                    if (
+                        silver is None
+                    ):  # no table yet: no rows, but the fold's input has their columns
                         rows = session.createDataFrame([], from_arrow_schema(layout.rows))
-                        parts.append(rows.withColumn(_ROLE, F.lit(_ROW)))
+                    elif first:  # the current partition alone
+                        rows = _semi(silver.where(F.col(CURRENT_PARTITION)), wanted, keys)
+                    else:
+                        # Every row: the keys left without a current row have only history; a
+                        # late key's current row is read again with it.
+                        rows = _semi(silver.where(~F.col(CURRENT_PARTITION)), wanted, keys)
+                        if late is not None:
+                            current = _semi(silver.where(F.col(CURRENT_PARTITION)), late, keys)
+                            rows = rows.unionByName(current)
+                    parts.append(rows.withColumn(_ROLE, F.lit(_ROW)))
                     if orphans is not None:
                         marks = _semi(orphans, wanted, keys).select(*keys, "_seq_max")
                         parts.append(marks.withColumn(_ROLE, F.lit(_SEEN)))
-                    if need_history:
-                        assert pending is not None
+                    if late is not None:
                         if bronze is None:
                             bronze = self.store.read_df(session, self.uris["bronze"])
                             assert bronze is not None  # the batch's rows were appended to it
-                        late = pending.where(F.col(ACTION_COLUMN) == _NEED_HISTORY)
-                        late = late.select(*keys).distinct()
                         condition = [bronze["key"][k].eqNullSafe(late[k]) for k in keys]
                         past = bronze.join(late, condition, "left_semi")
                         history = past.mapInArrow(to_events, from_arrow_schema(layout.events))
