@@ -1,9 +1,9 @@
 """The invariants of :mod:`cdc.invariants` on committed tables: after each batch, and on demand.
 
-* After each batch, a writer checks the committed rows of the keys the batch touched
-  (:func:`check_keys_local` on delta-rs, :func:`check_rows_spark` on delta-spark, where the
-  check runs on the executors per key group and only counts and a few examples come back) and
-  hands the result to :func:`record_batch_check`: one warning line naming the kinds and
+* After each batch, a writer checks the rows the batch's keys hold once merged, from the rows
+  its fold was given and wrote (:func:`cdc.scd2.post_merge_rows`; no second read of the
+  table; on delta-spark inside the fold's tasks, only counts and a few examples coming back),
+  and hands the result to :func:`record_batch_check`: one warning line naming the kinds and
   example keys, counted in the batch's stats (and so in the metrics). The data is committed
   either way; the query goes on.
 * ``cdc verify`` (:func:`verify`) checks whole silver tables: every SCD2 dimension of the
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import pyarrow as pa
 
 from cdc.config import PipelineSettings, Settings
 from cdc.errors import CdcError, ConfigError
@@ -30,7 +29,6 @@ from cdc.invariants import (
     FACT_KINDS,
     SCD2_KINDS,
     CheckReport,
-    Violation,
     check_facts,
     check_scd2,
     summarize,
@@ -40,18 +38,14 @@ from cdc.sequence import SequenceCheck
 from cdc.store import DeltaRsStore
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
 
     from cdc.batch import BatchStats
-    from cdc.store.delta_rs import DeltaSink
 
 __all__ = [
     "BATCH_EXAMPLES",
     "MAX_LISTED",
     "InvariantCheckError",
     "TableCheck",
-    "check_keys_local",
-    "check_rows_spark",
     "in_kind_order",
     "record_batch_check",
     "valid_time_bounds",
@@ -93,84 +87,6 @@ def valid_time_bounds(
     if check is None:
         return None
     return check.window.bounds(int(time.time() * 1000) if now_ms is None else now_ms)
-
-
-def check_keys_local(
-    sink: DeltaSink, keys: pl.DataFrame, valid_times: tuple[int, int] | None = None
-) -> CheckReport:
-    """Check every committed row of ``keys`` in a dimension written by delta-rs.
-
-    Args:
-        sink: the dimension.
-        keys: the keys to check (key columns, unique).
-        valid_times: the accepted source times (:func:`valid_time_bounds`), if checked.
-
-    Returns:
-        The violations, with :data:`BATCH_EXAMPLES` examples per kind.
-    """
-    rows = sink.read_keys(keys)
-    if rows is None or rows.height == 0:
-        return CheckReport(rows=0, keys=0)
-    found = check_scd2(rows, keys.columns, valid_times)
-    return summarize(found, BATCH_EXAMPLES, rows=rows.height)
-
-
-def check_rows_spark(
-    rows: DataFrame, keys: Sequence[str], valid_times: tuple[int, int] | None = None
-) -> CheckReport:
-    """Check dimension rows (every row of each key in ``rows``) on the executors.
-
-    The rows are shuffled by key and each shuffle partition is checked by one call of
-    :func:`cdc.invariants.check_scd2`; only the number of violations per kind and
-    :data:`BATCH_EXAMPLES` examples of each come back to the driver.
-
-    Args:
-        rows: the rows of the keys to check (a filtered read of the dimension).
-        keys: the key columns.
-        valid_times: the accepted source times (:func:`valid_time_bounds`), if checked.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
-    from pyspark.sql.types import StringType, StructField, StructType
-
-    keys = list(keys)
-    needed = [c for c in (*keys, *_SCD2_READ) if c in rows.columns]
-    out = StructType(
-        [
-            StructField("kind", StringType()),
-            StructField("key", StructType([rows.schema[k] for k in keys])),
-            StructField("seq_open", StringType()),
-            StructField("detail", StringType()),
-        ]
-    )
-    out_arrow = to_arrow_schema(out, timezone="UTC")
-
-    def check(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        tables = [pa.Table.from_batches([b]) for b in batches if b.num_rows]
-        if not tables:
-            return
-        frame = pl.from_arrow(pa.concat_tables(tables))
-        assert isinstance(frame, pl.DataFrame)
-        found = check_scd2(frame, keys, valid_times)
-        if found.height:
-            table = found.to_arrow(compat_level=pl.CompatLevel.oldest())
-            yield from table.cast(out_arrow).to_batches()
-
-    found = rows.select(*needed).repartition(*keys).mapInArrow(check, from_arrow_schema(out_arrow))
-    per_kind = Window.partitionBy("kind")
-    listed = (
-        found.withColumn("_n", F.count(F.lit(1)).over(per_kind))
-        .withColumn("_i", F.row_number().over(per_kind.orderBy("key", "seq_open")))
-        .where(F.col("_i") <= BATCH_EXAMPLES)
-        .collect()
-    )
-    counts = {str(r["kind"]): int(r["_n"]) for r in listed}
-    examples: dict[str, list[Violation]] = {}
-    for r in sorted(listed, key=lambda r: int(r["_i"])):
-        violation = Violation(r["kind"], r["key"].asDict(), r["seq_open"], r["detail"])
-        examples.setdefault(violation.kind, []).append(violation)
-    return CheckReport(counts=in_kind_order(counts), examples=examples)
 
 
 def in_kind_order(counts: dict[str, int]) -> dict[str, int]:

@@ -126,7 +126,7 @@ def standalone_cluster(
                 raise RuntimeError(f"{dead} exited while starting\n{cluster.logs()}")
             try:
                 alive = [w for w in cluster.status().get("workers", []) if w["state"] == "ALIVE"]  # type: ignore[attr-defined]
-            except OSError:
+            except (OSError, ValueError):  # not listening yet, or a page still empty
                 alive = []
             if len(alive) == workers:
                 break
