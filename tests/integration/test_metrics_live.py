@@ -118,3 +118,59 @@ def test_a_running_pipeline_exports_moving_metrics_prometheus_records_them_and_r
     # The stack closed the endpoint.
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_an_idle_caught_up_query_keeps_its_caught_up_time_fresh(
+    spark: Any, fresh_kafka: str, tmp_path: Path
+) -> None:
+    """A query that finds no new record gets no progress event from Spark, only idle events
+    (every ``spark.sql.streaming.noDataProgressEventInterval``): each one is "caught up now",
+    so the freshness of a quiet pipeline does not age while nothing happens."""
+    port = free_port()
+    settings = make_settings(
+        fresh_kafka,
+        tmp_path,
+        "spark.trigger_interval=200 ms",
+        "metrics.enabled=true",
+        f"metrics.port={port}",
+    )
+    ensure_topic(fresh_kafka, TOPIC, 1)
+    produce(fresh_kafka, TOPIC, _contacts(0, 2), tmp_path)
+    pipeline = (("pipeline", PIPELINE),)
+    interval = "spark.sql.streaming.noDataProgressEventInterval"
+    before = spark.conf.get(interval, None)
+
+    def restore() -> None:
+        if before is None:
+            spark.conf.unset(interval)
+        else:
+            spark.conf.set(interval, before)
+
+    spark.conf.set(interval, "500ms")  # read when the query starts
+    with ExitStack() as stack:
+        stack.callback(restore)
+        metrics = _serve_metrics(settings, [PIPELINE], spark, stack)
+        query = start_query(spark, settings, PIPELINE, False, on_batch=metrics.on_batch)
+        stack.callback(lambda: query.stop() if query.isActive else None)
+
+        def sample(name: str) -> float:
+            return _scrape(port).get((name, pipeline), -1)
+
+        _until(lambda: sample("cdc_input_records_total") == 2, "the two records in the metrics")
+        batches = sample("cdc_batches_total")
+        last_batch = sample("cdc_last_batch_timestamp_seconds")
+        caught_up = sample("cdc_caught_up_timestamp_seconds")
+        assert caught_up >= last_batch - 5
+        # No record arrives from here on: only idle triggers can move the caught-up time.
+        for _ in range(3):
+            previous = caught_up
+            _until(
+                lambda: sample("cdc_caught_up_timestamp_seconds") > previous,  # noqa: B023
+                "an idle trigger to refresh the caught-up time",
+                timeout=60,
+            )
+            caught_up = sample("cdc_caught_up_timestamp_seconds")
+        assert caught_up > last_batch
+        assert sample("cdc_batches_total") == batches  # no batch ran: the idle events did it
+        assert sample("cdc_input_records_total") == 2
+        assert query.isActive
