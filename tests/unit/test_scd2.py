@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, encode_sequence, scd2_from_events
+from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, encode_sequence
 
 SPEC = Scd2Spec.build(
     keys=["contact_id"],
@@ -145,7 +145,6 @@ def test_within_one_batch_equals_one_pass() -> None:
     one_batch = apply_all(changes(*events))
     per_event = apply_all(*[changes(e) for e in events])
     assert one_batch.equals(per_event)
-    assert one_batch.equals(scd2_from_events(changes(*events), SPEC))
 
 
 def test_late_tracked_event_splits_the_interval_it_falls_in() -> None:

@@ -14,7 +14,8 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.scd2 import Scd2Result, apply_scd2, empty_dimension, encode_sequence, scd2_from_events
+from cdc.scd2 import Scd2Result, apply_scd2, empty_dimension, encode_sequence
+from tests.support.scd2_one_pass import scd2_from_events
 from tests.unit.test_scd2 import SCHEMA, SPEC
 
 IDENTITY = ["contact_id", "_seq_open"]

@@ -9,7 +9,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.scd2 import scd2_from_events
+from tests.support.scd2_one_pass import scd2_from_events
 from tests.unit.test_scd2 import SPEC, apply_all, changes, ev
 
 _event = st.builds(
