@@ -1329,10 +1329,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
     writer = default_writer()
-    local_yaml = REPO / "config" / "local.yaml"
-    import yaml
+    from cdc.config import read_config
 
-    in_yaml = ((yaml.safe_load(local_yaml.read_text()) or {}).get("lake") or {}).get("writer")
+    in_yaml = (read_config(REPO / "config" / "local.yaml").get("lake") or {}).get("writer")
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "modes": modes,
