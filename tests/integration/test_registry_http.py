@@ -20,9 +20,8 @@ from cdc.errors import SchemaNotFoundError
 from cdc.jvm import jars_dir
 from cdc.registry import FileRegistry, HttpRegistry, RegisteredSchema, frame
 from tests.support.decoding import decode_messages
-from tests.support.envelopes import contact_envelope
+from tests.support.envelopes import contact_envelope, contact_row
 from tests.support.registry_server import RegistryServer
-from tests.unit.test_contracts import contact as unit_contact
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -119,8 +118,8 @@ def encode(schema: RegisteredSchema, schema_id: int, datum: Any) -> bytes:
 def contact(version: int) -> dict[str, Any]:
     """A contact row in the shape of ``crm.contacts-value`` version ``version``."""
     if version >= 2:
-        return unit_contact(updated_at=1_767_600_000_000, marketing_opt_in=True, job_title="CTO")
-    return unit_contact(updated_at=1_767_600_000_000)
+        return contact_row(updated_at=1_767_600_000_000, marketing_opt_in=True, job_title="CTO")
+    return contact_row(updated_at=1_767_600_000_000)
 
 
 def contact_messages(

@@ -27,9 +27,8 @@ from cdc.invariants import SCD2_KINDS, check_facts, check_scd2, summarize
 from cdc.metrics import ServiceMetrics
 from cdc.verify import record_batch_check
 from tests.support.endpoints import metric_samples
+from tests.support.scd2_events import SPEC, Dimension, frame, to_log
 from tests.support.scd2_one_pass import scd2_from_events
-from tests.unit.test_scd2 import SPEC
-from tests.unit.test_scd2_order import Dimension, frame, to_log
 
 KEYS = ["contact_id"]
 IDENTITY = ["contact_id", "_seq_open"]

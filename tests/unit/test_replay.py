@@ -42,7 +42,7 @@ from cdc.replay import (
     plan_replay,
     replay_pipeline,
 )
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 T = "crm.contacts"
 MARKS = {(T, 0): Watermarks(0, 10), (T, 1): Watermarks(2, 7), (T, 2): Watermarks(0, 0)}

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from cdc.changes import scd2_changes
 from cdc.scd2 import Scd2Result, apply_scd2, empty_dimension
+from tests.support.scd2_events import SCHEMA, SPEC
 from tests.support.scd2_oracle import Record, Version, scd2_oracle
-from tests.unit.test_scd2 import SCHEMA, SPEC
 
 IDENTITY = ["contact_id", "_seq_open"]
 TRACKED = set(SPEC.tracked)

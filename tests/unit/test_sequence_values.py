@@ -41,7 +41,6 @@ from cdc.sequence import (
     decode_time_ms,
     ordering_for,
 )
-from tests.conftest import REPO_ROOT
 from tests.support.decoding import decode_messages
 from tests.support.envelopes import (
     SOURCE_TYPE,
@@ -51,6 +50,7 @@ from tests.support.envelopes import (
     contact_row,
 )
 from tests.support.lake import lake_settings
+from tests.support.paths import REPO_ROOT
 from tests.support.scd2_one_pass import scd2_from_events
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
