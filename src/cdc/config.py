@@ -59,6 +59,7 @@ __all__ = [
     "is_secret_ref",
     "java_client_config",
     "load_settings",
+    "merge_mappings",
     "read_config",
     "resolve_secret",
     "secret_fields",
@@ -1083,12 +1084,16 @@ def _layers(path: Path) -> list[_Layer]:
     return [*layers, _Layer(path, data)]
 
 
-def _merged(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on ``base``: mappings merge key by key, any other value replaces."""
+def merge_mappings(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base`` (neither is changed): mappings merge key by key, recursively; any
+    other value of ``over`` (a scalar, a list, null) replaces ``base``'s.
+
+    How an environment's file extends what it includes; the same rule as Helm's values files.
+    """
     out = dict(base)
     for key, value in over.items():
         both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merged(out[key], value) if both else value
+        out[key] = merge_mappings(out[key], value) if both else value
     return out
 
 
@@ -1108,7 +1113,7 @@ def read_config(path: Path) -> dict[str, Any]:
     """
     data: dict[str, Any] = {}
     for layer in _layers(path):
-        data = _merged(data, layer.data)
+        data = merge_mappings(data, layer.data)
     return data
 
 
@@ -1159,7 +1164,7 @@ def load_settings(
     layers = _layers(folder / f"{env}.yaml")
     data: dict[str, Any] = {}
     for layer in layers:
-        data = _merged(data, layer.data)
+        data = merge_mappings(data, layer.data)
     data.setdefault("env", env)
     apply_overrides(data, _env_overrides(environ))
     apply_overrides(data, overrides)

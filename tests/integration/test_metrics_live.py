@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from cdc.cli import _serve_metrics
+from cdc.config import Settings
 from cdc.kafka_admin import ensure_topic
 from cdc.pipelines import start_query
 from tests.support.endpoints import free_port, metric_samples
@@ -46,6 +47,19 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 180.0) -> 
         time.sleep(0.3)
 
 
+def _metered(bootstrap: str, root: Path, trigger: str) -> tuple[Settings, int]:
+    """Local settings with the metrics endpoint on a free port, and the port."""
+    port = free_port()
+    settings = make_settings(
+        bootstrap,
+        root,
+        f"spark.trigger_interval={trigger}",
+        "metrics.enabled=true",
+        f"metrics.port={port}",
+    )
+    return settings, port
+
+
 def _contacts(start: int, n: int) -> list[dict[str, Any]]:
     return [change(f"c{i}", "c", 1000 * (i + 1), email=f"c{i}@x.io") for i in range(start, n)]
 
@@ -53,14 +67,7 @@ def _contacts(start: int, n: int) -> list[dict[str, Any]]:
 def test_a_running_pipeline_exports_moving_metrics_prometheus_records_them_and_readyz_fails(
     spark: Any, fresh_kafka: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    settings = make_settings(
-        fresh_kafka,
-        tmp_path,
-        "spark.trigger_interval=300 ms",
-        "metrics.enabled=true",
-        f"metrics.port={port}",
-    )
+    settings, port = _metered(fresh_kafka, tmp_path, "300 ms")
     ensure_topic(fresh_kafka, TOPIC, 3)
     produce(fresh_kafka, TOPIC, _contacts(0, 6), tmp_path)
     pipeline = (("pipeline", PIPELINE),)
@@ -127,14 +134,7 @@ def test_an_idle_caught_up_query_keeps_its_caught_up_time_fresh(
     """A query that finds no new record gets no progress event from Spark, only idle events
     (every ``spark.sql.streaming.noDataProgressEventInterval``): each one is "caught up now",
     so the freshness of a quiet pipeline does not age while nothing happens."""
-    port = free_port()
-    settings = make_settings(
-        fresh_kafka,
-        tmp_path,
-        "spark.trigger_interval=200 ms",
-        "metrics.enabled=true",
-        f"metrics.port={port}",
-    )
+    settings, port = _metered(fresh_kafka, tmp_path, "200 ms")
     ensure_topic(fresh_kafka, TOPIC, 1)
     produce(fresh_kafka, TOPIC, _contacts(0, 2), tmp_path)
     pipeline = (("pipeline", PIPELINE),)

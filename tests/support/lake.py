@@ -18,7 +18,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import yaml
 
 from cdc.config import Settings, load_settings
 from cdc.demo_data import Line, generate, merged_lines
@@ -122,11 +121,15 @@ def table_contents(settings: Settings) -> dict[str, pl.DataFrame]:
 
 
 def scheduled_arguments(job: str, env: str = "local") -> list[str]:
-    """The arguments the schedule (``deploy/k8s/batch``) gives ``batch/maintain.py`` for
-    ``job``, with ``--env`` set to ``env``."""
-    path = _REPO / "deploy" / "k8s" / "batch" / "scheduledsparkapplication-maintain.yaml"
-    for doc in yaml.safe_load_all(path.read_text()):
-        if doc["metadata"]["name"] == f"cdc-maintain-{job}":
+    """The arguments the Helm chart's schedule (a ``ScheduledSparkApplication``, rendered by
+    the pinned helm for dev) gives ``batch/maintain.py`` for ``job``, with ``--env`` set to
+    ``env``."""
+    from tests.support.deploy_tools import render
+
+    for doc in render("dev"):
+        if doc["kind"] == "ScheduledSparkApplication" and (
+            doc["metadata"]["name"] == f"cdc-maintain-{job}"
+        ):
             template = doc["spec"]["template"]
             assert template["mainApplicationFile"].endswith("/batch/maintain.py")
             arguments = list(template["arguments"])

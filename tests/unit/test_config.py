@@ -20,19 +20,14 @@ from cdc.errors import ConfigError, UnknownPipelineError
 from tests.support.paths import REPO_ROOT
 
 CONFIG = REPO_ROOT / "config"
+PIPELINES = {"crm_accounts", "crm_contacts", "crm_opportunities", "orders", "behavior", "fx_rates"}
+"""The shipped pipelines (config/pipelines.yaml), in every environment."""
 
 
 @pytest.mark.parametrize("env", ["local", "dev", "prod"])
 def test_shipped_configs_load(env: str) -> None:
     settings = load_settings(env, config_dir=CONFIG, environ={})
-    assert set(settings.pipelines) == {
-        "crm_accounts",
-        "crm_contacts",
-        "crm_opportunities",
-        "orders",
-        "behavior",
-        "fx_rates",
-    }
+    assert set(settings.pipelines) == PIPELINES
 
 
 def test_precedence_file_then_env_then_set() -> None:
@@ -257,14 +252,7 @@ def test_read_config_is_the_merged_file_without_include() -> None:
     data = read_config(CONFIG / "prod.yaml")
     assert "include" not in data
     assert data["lake"]["writer"] == "delta-spark"
-    assert set(data["pipelines"]) == {
-        "crm_accounts",
-        "crm_contacts",
-        "crm_opportunities",
-        "orders",
-        "behavior",
-        "fx_rates",
-    }
+    assert set(data["pipelines"]) == PIPELINES
 
 
 def test_unknown_pipeline_lists_valid_names() -> None:

@@ -25,7 +25,7 @@ import pyspark
 import pytest
 import yaml
 
-from cdc.config import ENVS, load_settings, read_config
+from cdc.config import ENVS, load_settings, merge_mappings, read_config
 from cdc.errors import ConfigError
 from tests.support.deploy_tools import (
     CHART,
@@ -126,16 +126,9 @@ def _dockerfile() -> Dockerfile:
 def _values(env: str | None = None) -> dict[str, Any]:
     values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
     if env:
-        values = _merged(values, yaml.safe_load((CHART / f"values-{env}.yaml").read_text()))
+        over = yaml.safe_load((CHART / f"values-{env}.yaml").read_text())
+        values = merge_mappings(values, over)  # Helm merges values files the same way
     return values
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        both = isinstance(value, dict) and isinstance(base.get(key), dict)
-        out[key] = _merged(base[key], value) if both else value
-    return out
 
 
 # ----------------------------------------------------------------------------- workloads
