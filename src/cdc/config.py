@@ -15,6 +15,7 @@ every output.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -1111,9 +1112,15 @@ def read_config(path: Path) -> dict[str, Any]:
     Raises:
         ConfigError: a file is missing, not YAML or not a mapping, or ``include`` is invalid.
     """
+    return _combined(_layers(path))
+
+
+def _combined(layers: list[_Layer]) -> dict[str, Any]:
+    """The layers merged, lowest first, into new mappings (overrides applied to the result
+    later leave each file's own mapping as it was read)."""
     data: dict[str, Any] = {}
-    for layer in _layers(path):
-        data = merge_mappings(data, layer.data)
+    for layer in layers:
+        data = merge_mappings(data, copy.deepcopy(layer.data))
     return data
 
 
@@ -1162,9 +1169,7 @@ def load_settings(
         raise ConfigError(f"unknown env {env!r}; valid: {', '.join(ENVS)}")
     folder = config_dir or Path(environ.get("CDC_CONFIG_DIR", "config"))
     layers = _layers(folder / f"{env}.yaml")
-    data: dict[str, Any] = {}
-    for layer in layers:
-        data = merge_mappings(data, layer.data)
+    data = _combined(layers)
     data.setdefault("env", env)
     apply_overrides(data, _env_overrides(environ))
     apply_overrides(data, overrides)

@@ -206,6 +206,21 @@ def test_an_unknown_key_names_the_file_that_holds_it(tmp_path: Path) -> None:
     assert str(info.value).startswith(
         f"invalid configuration ({folder / 'local.yaml'}): unknown key 'pipelines.orders.colour'"
     )
+    # A key only --set gives: the file that holds the most of it (what it overrides).
+    (folder / "local.yaml").write_text(
+        (folder / "local.yaml").read_text().replace("{orders: {colour: red}}", "{}")
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings("local", ["pipelines.contacts.colour=red"], config_dir=folder, environ={})
+    assert str(info.value).startswith(
+        f"invalid configuration ({folder / 'pipelines.yaml'}): unknown key"
+        " 'pipelines.contacts.colour'"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings("local", ["lake.colour=red"], config_dir=folder, environ={})
+    assert str(info.value).startswith(
+        f"invalid configuration ({folder / 'local.yaml'}): unknown key 'lake.colour'"
+    )
 
 
 @pytest.mark.parametrize(
