@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 from fastavro import schemaless_reader
+from tests.support.decoding import decode_messages
 
 from cdc.changes import business_columns, scd2_changes
 from cdc.config import PipelineSettings
@@ -106,7 +107,7 @@ class _ColumnarDecoder:
         )
 
     def table(self, topic: str, records: list[_Record]) -> pa.Table:
-        batch = self.decoder.decode_batch([(topic, *record) for record in records])
+        batch = decode_messages(self.decoder, [(topic, *record) for record in records])
         return pa.Table.from_batches([batch]).select(
             ["topic", "partition", "offset", "timestamp", "key", "value"]
         )

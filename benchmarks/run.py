@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from tests.support.decoding import decode_messages
 
 from benchmarks.events import encode_events, produce_events
 from benchmarks.live import (
@@ -803,7 +804,7 @@ class Bench:
         for offset, (_, key, value) in enumerate(encoded):
             chunk.append((topic, 0, offset, 1_700_000_000_000 + offset, key, value))
             if len(chunk) == (keys if batch_id < loading else batch):
-                table = decoder.decode_batch(chunk)
+                table = decode_messages(decoder, chunk)
                 timings.clear()
                 started = time.perf_counter()
                 writer.process(table, batch_id, datetime.now(UTC))
@@ -1359,10 +1360,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
     writer = default_writer()
-    local_yaml = REPO / "config" / "local.yaml"
-    import yaml
+    from cdc.config import read_config
 
-    in_yaml = ((yaml.safe_load(local_yaml.read_text()) or {}).get("lake") or {}).get("writer")
+    in_yaml = (read_config(REPO / "config" / "local.yaml").get("lake") or {}).get("writer")
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "modes": modes,

@@ -9,7 +9,6 @@ session; tests that want the real topic names start from an empty cluster throug
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,8 @@ import pytest
 
 from cdc.contracts import TopicContract, load_contracts
 from cdc.registry import FileRegistry
-from tests.support.paths import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
-
-__all__ = ["CONTRACTS_PATH", "REGISTRY_PATH", "REPO_ROOT", "delete_all_topics"]
+from tests.support.kafka import delete_all_topics
+from tests.support.paths import CONTRACTS_PATH, REGISTRY_PATH
 
 
 @pytest.fixture(scope="session")
@@ -56,21 +54,6 @@ def kafka_bootstrap() -> Iterator[str]:
 
     with EmbeddedBroker.start_on_free_port() as broker:
         yield broker.bootstrap
-
-
-def delete_all_topics(bootstrap: str, timeout_s: float = 30.0) -> None:
-    """Delete every non-internal topic and wait until the cluster no longer lists them."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    topics = [t for t in admin.list_topics(timeout=10).topics if not t.startswith("__")]
-    if topics:
-        for future in admin.delete_topics(topics, operation_timeout=timeout_s).values():
-            future.result()
-    deadline = time.monotonic() + timeout_s
-    while any(not t.startswith("__") for t in admin.list_topics(timeout=10).topics):
-        assert time.monotonic() < deadline, "topics still listed after deletion"
-        time.sleep(0.05)
 
 
 @pytest.fixture()

@@ -1,6 +1,9 @@
 """Typed settings: ``config/<env>.yaml`` + ``CDC_<SECTION>_<KEY>`` env vars + ``--set`` overrides.
 
-Precedence, lowest first: the YAML file, environment variables, ``--set dotted.key=value``.
+Precedence, lowest first: the files an environment's file names under ``include`` (in that
+order; ``config/pipelines.yaml`` holds the pipelines every environment shares), the
+environment's file, environment variables, ``--set dotted.key=value``. A later file's
+mapping merges into an earlier one's key by key; any other value replaces.
 Every model is frozen and rejects unknown keys; the error lists the valid ones.
 Secret values are written as references (``env:NAME``, ``file:/path``,
 ``aws-sm:secret-id#key``) and resolved only when a client is built; neither the
@@ -12,6 +15,7 @@ every output.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -56,6 +60,8 @@ __all__ = [
     "is_secret_ref",
     "java_client_config",
     "load_settings",
+    "merge_mappings",
+    "read_config",
     "resolve_secret",
     "secret_fields",
     "secret_settings",
@@ -1029,13 +1035,121 @@ def _resolve_relative(settings_data: dict[str, Any], base: Path) -> None:
     fix("governance", "audiences_dir")
 
 
+INCLUDE = "include"
+"""The top-level key of an environment's file that names the files it extends."""
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One file of an environment's configuration and its raw mapping."""
+
+    path: Path
+    data: dict[str, Any]
+
+
+def _read_mapping(path: Path, included_by: Path | None = None) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        hint = f"included by {included_by}" if included_by else "set --config-dir or CDC_CONFIG_DIR"
+        raise ConfigError(f"config file {path} not found ({hint})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}{where}: invalid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    return data
+
+
+def _layers(path: Path) -> list[_Layer]:
+    """The files of ``path``'s configuration, lowest precedence first: its includes, then it."""
+    data = _read_mapping(path)
+    names = data.pop(INCLUDE, None)
+    if isinstance(names, str):
+        names = [names]
+    if names is None:
+        names = []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(f"config file {path}: {INCLUDE}: expected a file name or a list of them")
+    layers = []
+    for name in names:
+        included = path.parent / name
+        layer = _read_mapping(included, included_by=path)
+        if INCLUDE in layer:  # one level: what an environment shares is read in one place
+            raise ConfigError(
+                f"config file {included}: {INCLUDE} is read only in an environment's file"
+                f" (it is included by {path})"
+            )
+        layers.append(_Layer(included, layer))
+    return [*layers, _Layer(path, data)]
+
+
+def merge_mappings(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base`` (neither is changed): mappings merge key by key, recursively; any
+    other value of ``over`` (a scalar, a list, null) replaces ``base``'s.
+
+    How an environment's file extends what it includes; the same rule as Helm's values files.
+    """
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_mappings(out[key], value) if both else value
+    return out
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """One environment's raw settings: ``path`` merged over the files it includes.
+
+    No overrides are applied and nothing is validated (see :func:`load_settings`).
+
+    Args:
+        path: an environment's file, e.g. ``config/prod.yaml``.
+
+    Returns:
+        The merged mapping, without the ``include`` key.
+
+    Raises:
+        ConfigError: a file is missing, not YAML or not a mapping, or ``include`` is invalid.
+    """
+    return _combined(_layers(path))
+
+
+def _combined(layers: list[_Layer]) -> dict[str, Any]:
+    """The layers merged, lowest first, into new mappings (overrides applied to the result
+    later leave each file's own mapping as it was read)."""
+    data: dict[str, Any] = {}
+    for layer in layers:
+        data = merge_mappings(data, copy.deepcopy(layer.data))
+    return data
+
+
+def _origin(loc: tuple[int | str, ...], layers: list[_Layer]) -> Path:
+    """The file that holds the most of ``loc`` (a later file on a tie): where to look."""
+    found, depth = layers[-1].path, 0
+    for layer in layers:
+        node: Any = layer.data
+        reached = 0
+        for part in loc:
+            in_map = isinstance(node, dict) and part in node
+            in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            if not (in_map or in_list):
+                break
+            node = node[part]
+            reached += 1
+        if reached and reached >= depth:
+            found, depth = layer.path, reached
+    return found
+
+
 def load_settings(
     env: str,
     overrides: Iterable[str] = (),
     config_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Load ``<config_dir>/<env>.yaml`` and apply env-var and ``--set`` overrides.
+    """Load ``<config_dir>/<env>.yaml`` (and what it includes), then apply env-var and
+    ``--set`` overrides.
 
     Args:
         env: one of ``local``, ``dev``, ``prod``.
@@ -1047,25 +1161,15 @@ def load_settings(
         Validated, frozen settings. Relative paths are resolved against the config folder's parent.
 
     Raises:
-        ConfigError: unknown env, missing/invalid file, unknown key or invalid value.
+        ConfigError: unknown env, missing/invalid file, unknown key or invalid value (the
+            message names the file that holds the key).
     """
     environ = os.environ if environ is None else environ
     if env not in ENVS:
         raise ConfigError(f"unknown env {env!r}; valid: {', '.join(ENVS)}")
     folder = config_dir or Path(environ.get("CDC_CONFIG_DIR", "config"))
-    path = folder / f"{env}.yaml"
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(
-            f"config file {path} not found (set --config-dir or CDC_CONFIG_DIR)"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path}{where}: invalid YAML") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: top level must be a mapping")
+    layers = _layers(folder / f"{env}.yaml")
+    data = _combined(layers)
     data.setdefault("env", env)
     apply_overrides(data, _env_overrides(environ))
     apply_overrides(data, overrides)
@@ -1073,7 +1177,8 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, str(path))) from None
+        where = _origin(tuple(exc.errors()[0]["loc"]), layers)
+        raise ConfigError(_format_validation_error(exc, str(where))) from None
 
 
 def parse_duration_seconds(text: str) -> float:

@@ -225,7 +225,8 @@ def render() -> str:
         _prose(Settings.__doc__).rstrip(".") + ": `config/<env>.yaml`, one file per environment"
         " (`local`, `dev`, `prod`), read by every `cdc` command with `--env`.",
         "",
-        "- Precedence, lowest first: the file, `CDC_<SECTION>_<KEY>` environment variables"
+        "- Precedence, lowest first: the files the environment's file includes (`include`),"
+        " the file, `CDC_<SECTION>_<KEY>` environment variables"
         " (a section's own keys, e.g. `CDC_KAFKA_BOOTSTRAP_SERVERS`), then"
         " `--set dotted.key=value` (values parsed as YAML; in a map of dotted names such as"
         " `kafka.client`, the rest of the key is one name: `--set"
@@ -244,6 +245,10 @@ def render() -> str:
         "| key | what |",
         "| --- | --- |",
         "| `env` | the environment's name; set from `--env` when the file leaves it out |",
+        "| `include` | files of the config folder this file extends, a name or a list"
+        " (`pipelines.yaml`: the pipelines every environment shares); a mapping of this file"
+        " merges into theirs key by key, any other value replaces; read only in an"
+        " environment's file |",
     ]
     for name, field in sections.items():
         (model,) = _models(field.annotation)

@@ -651,7 +651,7 @@ class TopicDecoder:
 
     @property
     def arrow_schema(self) -> pa.Schema:
-        """The schema of every batch :meth:`decode_batch` returns."""
+        """The schema of every batch :meth:`decode_records` returns."""
         return self._schema
 
     @property
@@ -659,28 +659,13 @@ class TopicDecoder:
         """The contract this decoder enforces."""
         return self._contract
 
-    def decode_batch(self, messages: Sequence[KafkaMessage]) -> pa.RecordBatch:
-        """Decode and validate messages; one output row per message, in input order.
+    def decode_records(self, records: pa.RecordBatch) -> pa.RecordBatch:
+        """Decode and validate Kafka records in the shape of Spark's Kafka source.
 
         Clean records whose writer schema is the reader schema are decoded column-wise
         (:mod:`cdc.registry.columnar`) and their rules checked on Arrow columns; every other
         record (another writer version, a suspect body, a broken rule, a missing key...) goes
         through fastavro and the per-record checks, which also write the error texts.
-
-        Args:
-            messages: ``(topic, partition, offset, timestamp_ms, key, value)`` tuples; a
-                negative timestamp means none.
-
-        Returns:
-            A batch with :attr:`arrow_schema`.
-        """
-        if not self._columnar or not messages:
-            return self._check_sequences(self._decode_rows(messages))
-        records = KafkaRecords.from_messages(messages, self._schema)
-        return self._check_sequences(self._decode_columns(records))
-
-    def decode_records(self, records: pa.RecordBatch) -> pa.RecordBatch:
-        """Decode Kafka records in the shape of Spark's Kafka source, like :meth:`decode_batch`.
 
         Args:
             records: columns ``topic``, ``partition``, ``offset``, ``timestamp`` (a timestamp
@@ -1039,19 +1024,6 @@ class KafkaRecords:
         return len(self.offset)
 
     @classmethod
-    def from_messages(cls, messages: Sequence[KafkaMessage], schema: pa.Schema) -> KafkaRecords:
-        """Columns from ``(topic, partition, offset, timestamp_ms, key, value)`` tuples."""
-        topics, partitions, offsets, stamps, keys, values = zip(*messages, strict=True)
-        return cls(
-            pa.array(topics, schema.field("topic").type),
-            pa.array(partitions, schema.field("partition").type),
-            pa.array(offsets, schema.field("offset").type),
-            _timestamps(stamps, schema.field("timestamp").type),
-            pa.array(keys, pa.binary()),
-            pa.array(values, pa.binary()),
-        )
-
-    @classmethod
     def from_arrow(cls, batch: pa.RecordBatch, schema: pa.Schema) -> KafkaRecords:
         """Columns of a batch from Spark's Kafka source (or any batch of those names)."""
 
@@ -1140,16 +1112,6 @@ def _project(values: pa.Array, paths: Sequence[Sequence[str]]) -> pa.Array:
         fields=[pa.field(n, c.type) for n, c in zip(names, children, strict=True)],
         mask=pc.is_null(values),
     )
-
-
-def _timestamps(stamps: Sequence[int | None], typ: pa.DataType) -> pa.Array:
-    """Kafka timestamps (ms; negative, None or past 9999-12-31 means none) as microseconds."""
-    try:
-        ms = np.asarray(stamps, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError):
-        return pa.array([_micros(t) for t in stamps], typ)
-    none = (ms < 0) | (ms > MAX_TIME_MS)
-    return pa.array(np.where(none, 0, ms) * 1000, typ, mask=none)
 
 
 def _micros(ms: int | None) -> int | None:

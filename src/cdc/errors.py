@@ -6,7 +6,6 @@ __all__ = [
     "BrokerUnavailableError",
     "CdcError",
     "CommitConflictError",
-    "CompatibilityError",
     "ConfigError",
     "DataLossError",
     "ExpectationFailedError",
@@ -40,10 +39,6 @@ class BrokerUnavailableError(CdcError):
 
 class SchemaNotFoundError(CdcError):
     """A subject, version or schema id is not in the registry."""
-
-
-class CompatibilityError(CdcError):
-    """A schema version breaks compatibility with its predecessor."""
 
 
 class FramingError(CdcError):

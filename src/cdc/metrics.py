@@ -371,7 +371,12 @@ def _listener_class() -> type:
                 self.metrics.query_progress(progress.name, json.loads(progress.json))
 
         def onQueryIdle(self, event: Any) -> None:
-            return None
+            # Spark posts no progress event for a trigger that finds no new record, only
+            # this one (every spark.sql.streaming.noDataProgressEventInterval, 10 s by
+            # default): an idle query is caught up, and its freshness must not age.
+            name = self.names.get(str(event.id))
+            if name is not None:
+                self.metrics.query_idle(name)
 
         def onQueryTerminated(self, event: Any) -> None:
             name = self.names.pop(str(event.id), None)

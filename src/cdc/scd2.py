@@ -49,14 +49,12 @@ __all__ = [
     "Scd2Result",
     "Scd2Spec",
     "apply_scd2",
-    "decode_sequence_ts",
     "empty_dimension",
     "encode_sequence",
     "fold_pass",
     "late_keys",
     "merge_source",
     "post_merge_rows",
-    "scd2_from_events",
     "touches_history",
 ]
 
@@ -174,11 +172,6 @@ def encode_sequence(
         position: the source position, encoded (:func:`cdc.sequence.sequence_position`).
     """
     return sequence.encode(ts_ms, partition, offset, position)
-
-
-def decode_sequence_ts(seq: pl.Expr) -> pl.Expr:
-    """The timestamp part of a sequence string, as ``Datetime(us, UTC)``."""
-    return _ms_to_ts(sequence.decode_time_ms(seq))
 
 
 def _ms_to_ts(ms: pl.Expr) -> pl.Expr:
@@ -665,14 +658,6 @@ def apply_scd2(
         duplicate_events=duplicates,
         affected_keys=affected.height,
     )
-
-
-def scd2_from_events(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
-    """The dimension computed in one pass over ``events`` (the reference for order tests)."""
-    keys = list(spec.keys)
-    events = _place_tombstones(_with_tombstone_flag(events).select(_event_columns(spec)), spec)
-    deduped = _dedupe(events, spec)
-    return _fold(deduped, spec).sort([*keys, "_seq_open"])
 
 
 @dataclass(frozen=True)

@@ -3,5 +3,5 @@ concurrent writers.
 
 The tests run the pipeline as a real ``python -m cdc.cli run`` process (one keeps an
 in-process query running across a broker restart) and compare the tables with a clean
-in-process run (see :mod:`tests.faults.harness`).
+in-process run (see :mod:`tests.support.faults`).
 """

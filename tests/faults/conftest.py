@@ -9,23 +9,21 @@ go away.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from cdc.broker import EmbeddedBroker
 from cdc.pipelines import run_pipelines
-from tests.conftest import delete_all_topics
-from tests.faults.harness import PIPELINE, Sent, Tables, base_stream, produce, read_tables, settings
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The base stream as produced on an empty cluster and the tables of a clean run over it."""
-
-    sent: list[Sent]
-    tables: Tables
+from tests.support.faults import (
+    PIPELINE,
+    Reference,
+    base_stream,
+    produce,
+    read_tables,
+    settings,
+)
+from tests.support.kafka import delete_all_topics
 
 
 @pytest.fixture()

@@ -33,13 +33,13 @@ from cdc.config import Settings
 from cdc.errors import DataLossError
 from cdc.kafka_admin import topic_id
 from cdc.pipelines import run_pipelines, start_query
-from tests.faults.conftest import Reference
-from tests.faults.harness import (
+from tests.support.faults import (
     BATCH,
     PARTITIONS,
     PIPELINE,
     TOPIC,
     Rec,
+    Reference,
     Sent,
     StreamBuilder,
     Tables,

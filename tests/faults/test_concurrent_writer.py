@@ -1,6 +1,6 @@
 """A concurrent writer on the silver Delta table while the pipeline merges into it.
 
-Another process (:mod:`tests.faults._writer`) keeps committing to silver during the run:
+Another process (:mod:`tests.support.concurrent_writer`) keeps committing to silver during the run:
 updates of a row the stream never touches and OPTIMIZE compactions that rewrite the files
 the pipeline's MERGE reads. The pipeline must detect a lost commit race, recompute its MERGE
 against the new table state and commit it (same app transaction), so that in the end:
@@ -19,11 +19,10 @@ import polars as pl
 import pytest
 
 from cdc.lake import table_paths
-from tests.conftest import REPO_ROOT
-from tests.faults._writer import EXT_ID
-from tests.faults.conftest import Reference
-from tests.faults.harness import (
+from tests.support.concurrent_writer import EXT_ID
+from tests.support.faults import (
     PIPELINE,
+    Reference,
     assert_exactly_once,
     assert_frames_equal,
     assert_same_tables,
@@ -33,6 +32,7 @@ from tests.faults.harness import (
     read_tables,
     settings,
 )
+from tests.support.paths import REPO_ROOT
 from tests.support.tables import WRITERS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -49,7 +49,15 @@ def test_concurrent_writer_on_silver_is_retried_without_lost_updates(
     silver = table_paths(s, s.pipeline(PIPELINE))["silver"]
     stop, result = tmp_path / "stop-writer", tmp_path / "writer.json"
     writer = subprocess.Popen(
-        [sys.executable, "-m", "tests.faults._writer", silver, str(stop), str(result), writer],
+        [
+            sys.executable,
+            "-m",
+            "tests.support.concurrent_writer",
+            silver,
+            str(stop),
+            str(result),
+            writer,
+        ],
         cwd=REPO_ROOT,
         stderr=subprocess.PIPE,
         text=True,

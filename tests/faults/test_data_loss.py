@@ -31,7 +31,7 @@ import pytest
 from cdc.broker import EmbeddedBroker
 from cdc.kafka_admin import topic_id
 from cdc.pipelines import run_pipelines
-from tests.faults.harness import (
+from tests.support.faults import (
     PARTITIONS,
     PIPELINE,
     TOPIC,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.faults.harness import _cdc, _run_env, base_builder, produce
+from tests.support.faults import base_builder, cdc_command, produce, run_env
+from tests.support.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,12 +33,12 @@ def test_a_full_disk_is_one_line_without_rust_panic_output(
     produce(fresh_kafka, builder.recs)
     lake = tmp_path / "lake"
     lake.mkdir()
-    command = _cdc(["run", "--available-now"], fresh_kafka, tmp_path, ())
+    command = cdc_command(["run", "--available-now"], fresh_kafka, tmp_path, ())
     result = subprocess.run(
         ["unshare", "--mount", "--map-root-user", "sh", "-c", MOUNT_AND_RUN, str(lake), *command],
         capture_output=True,
         text=True,
-        env={**_run_env(None), "RUST_BACKTRACE": "1"},
+        env={**run_env(None), "RUST_BACKTRACE": "1"},
         cwd=REPO_ROOT,
         timeout=600,
     )

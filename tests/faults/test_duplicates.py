@@ -15,10 +15,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.faults.conftest import Reference
-from tests.faults.harness import (
+from tests.support.faults import (
     BUSINESS,
     Rec,
+    Reference,
     assert_exactly_once,
     assert_frames_equal,
     base_stream,

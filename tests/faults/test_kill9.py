@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from cdc.config import Settings
-from tests.faults.conftest import Reference
-from tests.faults.harness import (
+from tests.support.faults import (
     PIPELINE,
+    Reference,
     Sent,
     assert_exactly_once,
     assert_same_tables,

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from cdc.registry import frame
-from tests.faults.conftest import Reference
-from tests.faults.harness import (
+from tests.support.faults import (
     TOPIC,
     Rec,
+    Reference,
     assert_exactly_once,
     assert_frames_equal,
     base_stream,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.conftest import Reference
-from tests.faults.harness import (
+from tests.support.faults import (
     PARTITIONS,
+    Reference,
     assert_exactly_once,
     assert_silver_matches_model,
 )

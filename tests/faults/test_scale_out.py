@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import Reference
-from tests.faults.harness import (
+from tests.support.faults import (
     PIPELINE,
+    Reference,
     assert_exactly_once,
     assert_same_tables,
     base_stream,

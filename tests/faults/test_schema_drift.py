@@ -37,13 +37,12 @@ import pytest
 
 from cdc.pipelines import run_pipelines
 from cdc.registry import RegisteredSchema, check_path
-from tests.conftest import REGISTRY_PATH
-from tests.faults.conftest import Reference
-from tests.faults.harness import (
+from tests.support.faults import (
     PIPELINE,
     VALUE_SUBJECT,
     Event,
     Rec,
+    Reference,
     assert_exactly_once,
     assert_frames_equal,
     assert_silver_matches_model,
@@ -65,6 +64,7 @@ from tests.faults.harness import (
     value_bytes,
     writer_schema,
 )
+from tests.support.paths import REGISTRY_PATH
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -28,8 +28,9 @@ from cdc.errors import DataLossError
 from cdc.lake import table_paths, txn_app_id
 from cdc.pipelines import run_pipelines
 from cdc.store import DeltaRsStore
-from tests.integration.test_pipeline_e2e import change, make_settings, produce
-from tests.integration.test_replay import cli_args, high_watermarks
+from tests.support.envelopes import change
+from tests.support.kafka import high_watermarks, produce
+from tests.support.local_settings import cli_args, make_settings
 from tests.support.tables import read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -28,7 +28,7 @@ from cdc.gold import GOLD_TABLES, build_gold
 from cdc.gold.frames import SILVER_COLUMNS
 from cdc.lake import table_paths
 from cdc.publish import publish
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 from tests.support.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.integration

@@ -12,11 +12,11 @@ import pytest
 from deltalake import DeltaTable
 
 from cdc.batch_local import fold_passes
-from cdc.scd2 import apply_scd2, empty_dimension, merge_source, scd2_from_events, touches_history
+from cdc.scd2 import apply_scd2, empty_dimension, merge_source, touches_history
 from cdc.store.delta_rs import DeltaSink, Txn
 from cdc.store.plan import DIMENSION_LAYOUT, TableLayout, facts_merge_plan, scd2_merge_plan
-from tests.unit.test_scd2 import SCHEMA, SPEC, apply_all, changes, ev
-from tests.unit.test_scd2_order import IDENTITY, frame, to_log
+from tests.support.scd2_events import IDENTITY, SCHEMA, SPEC, apply_all, changes, ev, frame, to_log
+from tests.support.scd2_one_pass import scd2_from_events
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from cdc.demo import DEMO_QUERY, run_demo
 from cdc.demo_data import generate
 from cdc.gold import GOLD_TABLES, gold_path
 from cdc.lake import table_paths
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import cdc_run
-from tests.integration.test_pipeline_e2e import change, produce
+from tests.support.envelopes import change
+from tests.support.faults import cdc_run
+from tests.support.kafka import produce
 from tests.support.tables import read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

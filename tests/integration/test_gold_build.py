@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.unit.test_gold import AS_OF, DAILY_REVENUE, SCENARIO, Lake
+from tests.support.gold_scenario import AS_OF, DAILY_REVENUE, SCENARIO, Lake
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import boto3
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
 from tests.support.moto_server import moto_server
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ import yaml
 from cdc.config import load_settings
 from cdc.governance.run import load_catalog
 from cdc.warehouse.postgres import PostgresDialect
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 from tests.support.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.integration

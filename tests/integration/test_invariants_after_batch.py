@@ -18,7 +18,9 @@ from cdc.batch import BatchStats
 from cdc.cli import main
 from cdc.lake import table_paths
 from cdc.pipelines import run_pipelines
-from tests.integration.test_pipeline_e2e import change, make_settings, produce
+from tests.support.envelopes import change
+from tests.support.kafka import produce
+from tests.support.local_settings import make_settings
 from tests.support.tables import WRITERS, read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

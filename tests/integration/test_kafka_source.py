@@ -18,11 +18,14 @@ import pytest
 from cdc.batch import BatchStats
 from cdc.checkpoint import TOPIC_FILE
 from cdc.errors import ConfigError, DataLossError
-from cdc.kafka_admin import create_partitions, ensure_topic, partition_count
+from cdc.kafka_admin import create_partitions, ensure_topic
 from cdc.kafka_source import source_options
 from cdc.lake import table_paths
 from cdc.pipelines import run_pipelines, start_query
-from tests.integration.test_pipeline_e2e import change, make_settings, produce, read
+from tests.support.envelopes import change
+from tests.support.kafka import delete_topic, produce
+from tests.support.local_settings import make_settings
+from tests.support.tables import read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOPIC = "crm.contacts"
@@ -37,15 +40,7 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) 
 
 
 def _bronze_rows(uri: str) -> int:
-    return read(uri).height if Path(uri, "_delta_log").is_dir() else 0
-
-
-def _delete_topic(bootstrap: str, topic: str) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.delete_topics([topic], operation_timeout=30)[topic].result()
-    _wait_for(lambda: partition_count(bootstrap, topic) is None, f"{topic} deleted", 30)
+    return read_table(uri).height if Path(uri, "_delta_log").is_dir() else 0
 
 
 def _topic_with_contacts(bootstrap: str, tmp_path: Path, count: int, partitions: int = 1) -> None:
@@ -74,7 +69,7 @@ def test_partitions_added_to_a_running_query_are_read(
         assert query.isActive and query.exception() is None
     finally:
         query.stop()
-    rows = read(bronze)
+    rows = read_table(bronze)
     assert sorted(rows.get_column("partition").unique().to_list()) == [0, 1, 2]
     assert rows.filter(rows.get_column("partition") > 0).height == 6
 
@@ -92,7 +87,7 @@ def test_a_recreated_topic_is_data_loss_never_a_silent_skip(
     bronze = table_paths(settings, settings.pipeline(PIPELINE))["bronze"]
     assert _bronze_rows(bronze) == 6
 
-    _delete_topic(fresh_kafka, TOPIC)
+    delete_topic(fresh_kafka, TOPIC)
     ensure_topic(fresh_kafka, TOPIC, 1)
     produce(
         fresh_kafka,
@@ -129,7 +124,7 @@ def test_a_recreated_topic_is_data_loss_never_a_silent_skip(
     )
     assert outcome.plan.re_read == recreated_records + 1  # and the produce's commit marker
     assert outcome.plan.already_landed == 0
-    rows = read(bronze)
+    rows = read_table(bronze)
     assert rows.height == 6 + recreated_records
     new = rows.filter(rows.get_column("key").struct.field("contact_id").str.starts_with("r"))
     assert sorted(new.get_column("offset").to_list()) == list(range(recreated_records))
@@ -144,7 +139,7 @@ def test_a_topic_recreated_under_a_running_query_stops_it(
     query = start_query(spark, settings, PIPELINE, available_now=False)
     try:
         _wait_for(lambda: _bronze_rows(bronze) == 4, "the first records")
-        _delete_topic(fresh_kafka, TOPIC)
+        delete_topic(fresh_kafka, TOPIC)
         ensure_topic(fresh_kafka, TOPIC, 1)
         produce(
             fresh_kafka,
@@ -192,7 +187,7 @@ def test_starting_offsets_by_timestamp_passes_through(
     from cdc.contracts import load_contracts
     from cdc.produce import parse_lines
     from cdc.registry import FileRegistry
-    from tests.conftest import CONTRACTS_PATH, REGISTRY_PATH
+    from tests.support.paths import CONTRACTS_PATH, REGISTRY_PATH
 
     ensure_topic(fresh_kafka, TOPIC, 1)
     lines = [change(f"c{i}", "c", 1000 * i, email=f"c{i}@x.io") for i in range(10)]
@@ -217,7 +212,7 @@ def test_starting_offsets_by_timestamp_passes_through(
     )
     assert source_options(settings, settings.pipeline(PIPELINE))["startingOffsetsByTimestamp"]
     run_pipelines(spark, settings, [PIPELINE], available_now=True)
-    rows = read(table_paths(settings, settings.pipeline(PIPELINE))["bronze"])
+    rows = read_table(table_paths(settings, settings.pipeline(PIPELINE))["bronze"])
     assert sorted(rows.get_column("offset").to_list()) == [6, 7, 8, 9]
 
 

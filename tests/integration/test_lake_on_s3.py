@@ -20,10 +20,11 @@ import pytest
 
 from cdc.pipelines import run_pipelines
 from cdc.store import store_for
-from tests.conftest import REPO_ROOT
-from tests.integration.test_pipeline_e2e import change, make_settings, produce
-from tests.integration.test_replay import overrides
+from tests.support.envelopes import change
+from tests.support.kafka import produce
+from tests.support.local_settings import make_settings, overrides
 from tests.support.moto_server import moto_server
+from tests.support.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PIPELINE = "crm_contacts"

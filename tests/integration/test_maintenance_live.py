@@ -20,9 +20,8 @@ from cdc.config import Settings
 from cdc.maintenance import file_stats, maintenance_tables, optimize
 from cdc.pipelines import run_pipelines, start_query
 from cdc.store import store_for
-from tests.conftest import REPO_ROOT
-from tests.integration.test_pipeline_e2e import change, make_settings, produce
-from tests.integration.test_replay import overrides
+from tests.support.envelopes import change
+from tests.support.kafka import produce
 from tests.support.lake import (
     existing_tables,
     optimized_tables,
@@ -30,6 +29,8 @@ from tests.support.lake import (
     table_contents,
     write_small_lake,
 )
+from tests.support.local_settings import make_settings, overrides
+from tests.support.paths import REPO_ROOT
 from tests.support.tables import read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 
 from cdc.cli import _serve_metrics
+from cdc.config import Settings
 from cdc.kafka_admin import ensure_topic
 from cdc.pipelines import start_query
-from tests.integration.test_kafka_source import _delete_topic
-from tests.integration.test_pipeline_e2e import change, make_settings, produce
 from tests.support.endpoints import free_port, metric_samples
 from tests.support.endpoints import http_get as _get
+from tests.support.envelopes import change
+from tests.support.kafka import delete_topic, produce
+from tests.support.local_settings import make_settings
 from tests.support.prometheus import prometheus_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,6 +47,19 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 180.0) -> 
         time.sleep(0.3)
 
 
+def _metered(bootstrap: str, root: Path, trigger: str) -> tuple[Settings, int]:
+    """Local settings with the metrics endpoint on a free port, and the port."""
+    port = free_port()
+    settings = make_settings(
+        bootstrap,
+        root,
+        f"spark.trigger_interval={trigger}",
+        "metrics.enabled=true",
+        f"metrics.port={port}",
+    )
+    return settings, port
+
+
 def _contacts(start: int, n: int) -> list[dict[str, Any]]:
     return [change(f"c{i}", "c", 1000 * (i + 1), email=f"c{i}@x.io") for i in range(start, n)]
 
@@ -52,14 +67,7 @@ def _contacts(start: int, n: int) -> list[dict[str, Any]]:
 def test_a_running_pipeline_exports_moving_metrics_prometheus_records_them_and_readyz_fails(
     spark: Any, fresh_kafka: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    settings = make_settings(
-        fresh_kafka,
-        tmp_path,
-        "spark.trigger_interval=300 ms",
-        "metrics.enabled=true",
-        f"metrics.port={port}",
-    )
+    settings, port = _metered(fresh_kafka, tmp_path, "300 ms")
     ensure_topic(fresh_kafka, TOPIC, 3)
     produce(fresh_kafka, TOPIC, _contacts(0, 6), tmp_path)
     pipeline = (("pipeline", PIPELINE),)
@@ -105,7 +113,7 @@ def test_a_running_pipeline_exports_moving_metrics_prometheus_records_them_and_r
             assert prometheus.value(f"sum(cdc_consumer_lag_records{SELECT})") is not None
 
         # The topic recreated under the running query: it stops, and readiness says why.
-        _delete_topic(fresh_kafka, TOPIC)
+        delete_topic(fresh_kafka, TOPIC)
         ensure_topic(fresh_kafka, TOPIC, 1)
         produce(fresh_kafka, TOPIC, _contacts(20, 23), tmp_path)
         _until(lambda: not query.isActive, "the query to stop")
@@ -118,3 +126,51 @@ def test_a_running_pipeline_exports_moving_metrics_prometheus_records_them_and_r
     # The stack closed the endpoint.
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_an_idle_caught_up_query_keeps_its_caught_up_time_fresh(
+    spark: Any, fresh_kafka: str, tmp_path: Path
+) -> None:
+    """A query that finds no new record gets no progress event from Spark, only idle events
+    (every ``spark.sql.streaming.noDataProgressEventInterval``): each one is "caught up now",
+    so the freshness of a quiet pipeline does not age while nothing happens."""
+    settings, port = _metered(fresh_kafka, tmp_path, "200 ms")
+    ensure_topic(fresh_kafka, TOPIC, 1)
+    produce(fresh_kafka, TOPIC, _contacts(0, 2), tmp_path)
+    pipeline = (("pipeline", PIPELINE),)
+    interval = "spark.sql.streaming.noDataProgressEventInterval"
+    before = spark.conf.get(interval, None)
+
+    def restore() -> None:
+        if before is None:
+            spark.conf.unset(interval)
+        else:
+            spark.conf.set(interval, before)
+
+    spark.conf.set(interval, "500ms")  # read when the query starts
+    with ExitStack() as stack:
+        stack.callback(restore)
+        metrics = _serve_metrics(settings, [PIPELINE], spark, stack)
+        query = start_query(spark, settings, PIPELINE, False, on_batch=metrics.on_batch)
+        stack.callback(lambda: query.stop() if query.isActive else None)
+
+        def sample(name: str) -> float:
+            return _scrape(port).get((name, pipeline), -1)
+
+        _until(lambda: sample("cdc_input_records_total") == 2, "the two records in the metrics")
+        batches = sample("cdc_batches_total")
+        last_batch = sample("cdc_last_batch_timestamp_seconds")
+        caught_up = sample("cdc_caught_up_timestamp_seconds")
+        # No record arrives from here on: only idle triggers can move the caught-up time.
+        for _ in range(3):
+            previous = caught_up
+            _until(
+                lambda: sample("cdc_caught_up_timestamp_seconds") > previous,  # noqa: B023
+                "an idle trigger to refresh the caught-up time",
+                timeout=60,
+            )
+            caught_up = sample("cdc_caught_up_timestamp_seconds")
+        assert caught_up > last_batch
+        assert sample("cdc_batches_total") == batches  # no batch ran: the idle events did it
+        assert sample("cdc_input_records_total") == 2
+        assert query.isActive

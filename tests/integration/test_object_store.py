@@ -14,9 +14,9 @@ from deltalake import DeltaTable, write_deltalake
 from cdc.cli import main
 from cdc.config import load_settings
 from cdc.errors import ConfigError
-from tests.conftest import REPO_ROOT
 from tests.support.dr import manifest_key
 from tests.support.moto_server import moto_server
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ whole test session.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 import sys
@@ -19,11 +18,13 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.config import Settings, load_settings
+from cdc.config import Settings
 from cdc.lake import table_paths
 from cdc.pipelines import run_pipelines
-from tests.conftest import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
-from tests.support.envelopes import T0, contact_envelope
+from tests.support.envelopes import T0, change
+from tests.support.kafka import produce
+from tests.support.local_settings import make_settings
+from tests.support.paths import REPO_ROOT
 from tests.support.tables import WRITERS, read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,54 +35,8 @@ def broker(fresh_kafka: str) -> str:
     return fresh_kafka
 
 
-def make_settings(bootstrap: str, root: Path, *extra: str) -> Settings:
-    return load_settings(
-        "local",
-        overrides=[
-            f"kafka.bootstrap_servers={bootstrap}",
-            f"lake.root={root / 'lake'}",
-            f"checkpoints.root={root / 'checkpoints'}",
-            *extra,
-        ],
-        config_dir=REPO_ROOT / "config",
-    )
-
-
-def produce(bootstrap: str, topic: str, lines: list[dict[str, Any]], tmp: Path) -> int:
-    from cdc.contracts import load_contracts
-    from cdc.produce import produce_file
-    from cdc.registry import FileRegistry
-
-    path = tmp / f"{topic}-{len(list(tmp.glob('*.jsonl')))}.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    report = produce_file(
-        bootstrap, FileRegistry.load(REGISTRY_PATH), load_contracts(CONTRACTS_PATH), topic, path
-    )
-    return int(report.sent)
-
-
 def read(uri: str) -> pl.DataFrame:
     return read_table(uri)  # deletion vectors honoured (delta-spark's dimensions)
-
-
-def contact(
-    cid: str, email: str, last: str = "Doe", phone: str | None = None, acct: str = "a1", ts: int = 0
-) -> dict[str, Any]:
-    return {
-        "contact_id": cid,
-        "account_id": acct,
-        "email": email,
-        "first_name": "Jo",
-        "last_name": last,
-        "phone": phone,
-        "updated_at": T0 + ts,
-    }
-
-
-def change(cid: str, op: str, ts: int, **row: Any) -> dict[str, Any]:
-    after = contact(cid, ts=ts, **row) if op != "d" else None
-    before = contact(cid, "old@x.io", ts=ts) if op in ("u", "d") else None
-    return {"key": {"contact_id": cid}, "value": contact_envelope(op, ts, before, after)}
 
 
 def contact_lines() -> list[dict[str, Any]]:

@@ -26,8 +26,8 @@ from cdc.gold import GOLD_KEYS
 from cdc.publish import publish_table
 from cdc.warehouse.duckdb import DuckDbWarehouse
 from cdc.warehouse.postgres import PostgresWarehouse
-from tests.conftest import REPO_ROOT
 from tests.support.endpoints import free_port
+from tests.support.paths import REPO_ROOT
 from tests.support.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.integration

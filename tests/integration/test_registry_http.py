@@ -19,9 +19,9 @@ from cdc.contracts import QuarantineReason, TopicContract, TopicDecoder, load_co
 from cdc.errors import SchemaNotFoundError
 from cdc.jvm import jars_dir
 from cdc.registry import FileRegistry, HttpRegistry, RegisteredSchema, frame
-from tests.support.envelopes import contact_envelope
+from tests.support.decoding import decode_messages
+from tests.support.envelopes import contact_envelope, contact_row
 from tests.support.registry_server import RegistryServer
-from tests.unit.test_contracts import contact as unit_contact
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -118,8 +118,8 @@ def encode(schema: RegisteredSchema, schema_id: int, datum: Any) -> bytes:
 def contact(version: int) -> dict[str, Any]:
     """A contact row in the shape of ``crm.contacts-value`` version ``version``."""
     if version >= 2:
-        return unit_contact(updated_at=1_767_600_000_000, marketing_opt_in=True, job_title="CTO")
-    return unit_contact(updated_at=1_767_600_000_000)
+        return contact_row(updated_at=1_767_600_000_000, marketing_opt_in=True, job_title="CTO")
+    return contact_row(updated_at=1_767_600_000_000)
 
 
 def contact_messages(
@@ -159,9 +159,9 @@ def test_decoder_reads_records_framed_with_the_server_ids(
     reference = TopicDecoder(file_registry, contacts_contract, columnar=columnar)
     assert decoder.arrow_schema == reference.arrow_schema
 
-    batch = decoder.decode_batch(contact_messages(file_registry, server_ids))
+    batch = decode_messages(decoder, contact_messages(file_registry, server_ids))
     same_ids = {file_id: file_id for file_id in server_ids}
-    expected = reference.decode_batch(contact_messages(file_registry, same_ids))
+    expected = decode_messages(reference, contact_messages(file_registry, same_ids))
 
     rows = batch.to_pylist()
     assert [(row["key_schema_id"], row["value_schema_id"]) for row in rows] == [

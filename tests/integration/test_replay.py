@@ -22,7 +22,7 @@ import pytest
 from cdc.batch import BatchStats
 from cdc.checkpoint import START_FILE, TXN_BASE_FILE, committed_offsets, read_topic_id
 from cdc.cli import main
-from cdc.config import Settings, load_settings
+from cdc.config import Settings
 from cdc.lake import table_paths
 from cdc.locks import LockHolder, lock_path
 from cdc.pipelines import run_pipelines
@@ -32,8 +32,11 @@ from cdc.replay import (
     replay_pipeline,
     run_available_now,
 )
-from tests.conftest import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
 from tests.support.envelopes import T0, contact_envelope
+from tests.support.kafka import high_watermarks
+from tests.support.kafka import produce as produce_lines
+from tests.support.local_settings import cli_args, make_settings
+from tests.support.paths import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
 from tests.support.tables import WRITERS, read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -46,39 +49,8 @@ def broker(fresh_kafka: str) -> str:
     return fresh_kafka
 
 
-def overrides(bootstrap: str, root: Path, *extra: str) -> list[str]:
-    return [
-        f"kafka.bootstrap_servers={bootstrap}",
-        f"lake.root={root / 'lake'}",
-        f"checkpoints.root={root / 'checkpoints'}",
-        *extra,
-    ]
-
-
-def make_settings(bootstrap: str, root: Path, *extra: str) -> Settings:
-    return load_settings(
-        "local", overrides=overrides(bootstrap, root, *extra), config_dir=REPO_ROOT / "config"
-    )
-
-
-def cli_args(bootstrap: str, root: Path, *extra: str) -> list[str]:
-    args = ["--config-dir", str(REPO_ROOT / "config")]
-    for item in overrides(bootstrap, root, *extra):
-        args += ["--set", item]
-    return args
-
-
 def produce(bootstrap: str, lines: list[dict[str, Any]], tmp: Path) -> int:
-    from cdc.contracts import load_contracts
-    from cdc.produce import produce_file
-    from cdc.registry import FileRegistry
-
-    path = tmp / f"batch-{len(list(tmp.glob('batch-*.jsonl')))}.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    report = produce_file(
-        bootstrap, FileRegistry.load(REGISTRY_PATH), load_contracts(CONTRACTS_PATH), TOPIC, path
-    )
-    return int(report.sent)
+    return produce_lines(bootstrap, TOPIC, lines, tmp)
 
 
 def change(
@@ -131,17 +103,6 @@ def tables(settings: Settings) -> dict[str, pl.DataFrame]:
         else pl.DataFrame()
         for role, uri in paths.items()
     }
-
-
-def high_watermarks(bootstrap: str) -> dict[str, int]:
-    from cdc.kafka_admin import KafkaMetadata
-
-    meta = KafkaMetadata({"bootstrap.servers": bootstrap})
-    try:
-        marks = meta.topic_watermarks([TOPIC])
-    finally:
-        meta.close()
-    return {str(p): wm.high for (_, p), wm in sorted(marks.items())}
 
 
 def checkpoints_root(root: Path) -> Path:

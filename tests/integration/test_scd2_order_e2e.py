@@ -17,8 +17,11 @@ from deltalake import DeltaTable
 from cdc.changes import business_columns, scd2_changes
 from cdc.lake import table_paths
 from cdc.pipelines import run_pipelines
-from cdc.scd2 import Scd2Spec, scd2_from_events
-from tests.integration.test_pipeline_e2e import change, make_settings, produce
+from cdc.scd2 import Scd2Spec
+from tests.support.envelopes import change
+from tests.support.kafka import produce
+from tests.support.local_settings import make_settings
+from tests.support.scd2_one_pass import scd2_from_events
 from tests.support.tables import WRITERS, read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

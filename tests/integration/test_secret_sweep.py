@@ -29,9 +29,11 @@ from typing import Any
 import pytest
 
 from cdc.config import secret_fields
-from tests.conftest import REPO_ROOT
 from tests.support.endpoints import free_port
 from tests.support.moto_server import moto_server
+from tests.support.paths import REPO_ROOT
+
+pytestmark = pytest.mark.integration
 
 SENTINEL = "S3NT1NEL"
 """Every secret value of a case holds ``S3NT1NEL`` and a fresh suffix (``{S}`` below)."""
@@ -538,7 +540,6 @@ def run_case(case: Case, tmp_path: Path, extra_env: Mapping[str, str], bootstrap
 FAST = [c for c in CASES if "broker" not in c.needs]
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("case", FAST, ids=[c.name for c in FAST])
 def test_no_secret_reaches_any_output(
     case: Case, tmp_path: Path, request: pytest.FixtureRequest
@@ -560,7 +561,6 @@ def test_no_secret_reaches_any_output(
 SPARK = [c for c in CASES if "broker" in c.needs]
 
 
-@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("case", SPARK, ids=[c.name for c in SPARK])
 def test_no_secret_reaches_any_output_of_a_query(

@@ -15,8 +15,9 @@ import pytest
 
 from cdc.cli import main
 from cdc.pipelines import run_pipelines
-from tests.integration.test_pipeline_e2e import change, make_settings, produce
-from tests.integration.test_replay import cli_args
+from tests.support.envelopes import change
+from tests.support.kafka import produce
+from tests.support.local_settings import cli_args, make_settings
 from tests.support.moto_server import moto_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -13,8 +13,9 @@ import pytest
 from cdc.cli import main
 from cdc.metrics import ServiceMetrics
 from cdc.pipelines import run_pipelines
-from tests.integration.test_pipeline_e2e import change, make_settings, produce
-from tests.integration.test_replay import cli_args, high_watermarks
+from tests.support.envelopes import change
+from tests.support.kafka import high_watermarks, produce
+from tests.support.local_settings import cli_args, make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PIPELINE = "crm_contacts"

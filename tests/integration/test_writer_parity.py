@@ -23,8 +23,9 @@ import pytest
 from cdc.batch import BatchStats
 from cdc.lake import pipeline_tables
 from cdc.pipelines import run_pipelines
-from tests.integration.test_pipeline_e2e import change, make_settings, produce
-from tests.support.envelopes import T0
+from tests.support.envelopes import T0, change
+from tests.support.kafka import produce
+from tests.support.local_settings import make_settings
 from tests.support.tables import WRITERS, read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -8,7 +8,7 @@ computes, from the records as produced (:class:`Sent`), the dimension a one-pass
 sharing no code with the product's fold; :func:`silver_model_differences` compares a silver
 table with it.
 
-Plain helpers (no pytest): the fault suite (``tests/faults/harness.py``) and the soak
+Plain helpers (no pytest): the fault suite (``tests/support/faults.py``) and the soak
 benchmark (``benchmarks/soak.py``) both use them.
 """
 

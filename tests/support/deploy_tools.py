@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
 from tests.support.k8s_schemas import write_schemas
+from tests.support.paths import REPO_ROOT
 
 __all__ = [
     "CHART",
@@ -95,6 +95,7 @@ def _env_args(env: str, config: bool) -> list[str]:
     args = ["-f", str(CHART / f"values-{env}.yaml")]
     if config:
         args += ["--set-file", f"config.file={REPO_ROOT / 'config' / f'{env}.yaml'}"]
+        args += ["--set-file", f"config.pipelines={REPO_ROOT / 'config' / 'pipelines.yaml'}"]
     return args
 
 
@@ -105,7 +106,8 @@ def render_text(env: str, *extra: str, config: bool = True) -> str:
     Args:
         env: ``dev`` or ``prod``.
         *extra: more helm arguments (``--set key=value``).
-        config: pass config/<env>.yaml as ``config.file`` (what the runbook's install does).
+        config: pass config/<env>.yaml as ``config.file`` and config/pipelines.yaml as
+            ``config.pipelines`` (what the runbook's install does).
 
     Returns:
         The rendered manifests.

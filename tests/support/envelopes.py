@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["SOURCE_TYPE", "T0", "bronze_schema", "contact_envelope", "contact_row"]
+__all__ = ["SOURCE_TYPE", "T0", "bronze_schema", "change", "contact_envelope", "contact_row"]
 
 T0 = 1_767_600_000_000  # 2026-01-05T08:00:00Z
 """Source time (epoch ms) of LSN 0: the tests' clock starts here."""
@@ -94,3 +94,35 @@ def contact_envelope(
             "snapshot": snapshot,
         },
     }
+
+
+def change(
+    cid: str,
+    op: str,
+    ts: int,
+    *,
+    email: str | None = None,
+    last: str = "Doe",
+    phone: str | None = None,
+    acct: str = "a1",
+) -> dict[str, Any]:
+    """A ``cdc produce`` line of one ``crm.contacts`` change, committed ``ts`` ms after T0.
+
+    Args:
+        cid: the contact (the record's key).
+        op: ``c``, ``u``, ``d`` or ``r``.
+        ts: the source commit time after :data:`T0` (and the LSN).
+        email: the row's email after the change (the contract requires one but on deletes).
+        last: its last name.
+        phone: its phone (untracked in silver).
+        acct: its account.
+
+    Returns:
+        ``{"key": ..., "value": <envelope>}``; the row before an update or delete has the
+        email ``old@x.io``.
+    """
+    after = None
+    if op != "d":
+        after = contact_row(cid, ts, email=email, last_name=last, phone=phone, account_id=acct)
+    before = contact_row(cid, ts, email="old@x.io") if op in ("u", "d") else None
+    return {"key": {"contact_id": cid}, "value": contact_envelope(op, ts, before, after)}

@@ -25,6 +25,7 @@ from cdc.kafka_source import DecoderSpec, topic_decoder
 from cdc.maintenance import TableRef, maintenance_tables
 from cdc.produce import default_partition, parse_lines
 from cdc.registry import FileRegistry
+from tests.support.decoding import decode_messages
 from tests.support.envelopes import contact_envelope, contact_row
 from tests.support.tables import read_table
 
@@ -71,7 +72,7 @@ def decoded_lines(
             (p.topic, partition, offsets[partition], produced_at, record.key, record.value)
         )
         offsets[partition] += 1
-    return pa.Table.from_batches([decoder.decode_batch(messages)])
+    return pa.Table.from_batches([decode_messages(decoder, messages)])
 
 
 def write_small_lake(settings: Settings, spark: Any = None, seed: int = 7) -> None:

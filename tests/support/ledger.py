@@ -3,7 +3,7 @@
 Every produced record must be in exactly one of bronze (valid) or quarantine (with its
 expected reason), with its raw bytes, and no Kafka record may appear twice in either table.
 :func:`landing_ledger` lists every departure from that; the fault suite asserts the lists are
-empty (``tests/faults/harness.py``), the soak benchmark counts them (``benchmarks/soak.py``).
+empty (``tests/support/faults.py``), the soak benchmark counts them (``benchmarks/soak.py``).
 """
 
 from __future__ import annotations

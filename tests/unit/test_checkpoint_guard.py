@@ -36,7 +36,7 @@ from cdc.config import Settings
 from cdc.errors import DataLossError
 from cdc.lake import pipeline_tables, txn_app_id
 from cdc.replay import table_log_states
-from tests.support.settings import local_settings
+from tests.support.local_settings import local_settings
 
 NAME = "crm_contacts"
 T = "crm.contacts"

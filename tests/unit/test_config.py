@@ -5,32 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cdc.config import (
     Secret,
     load_settings,
     parse_duration_seconds,
+    read_config,
     resolve_secret,
     secret_fields,
     secret_settings,
 )
 from cdc.errors import ConfigError, UnknownPipelineError
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 CONFIG = REPO_ROOT / "config"
+PIPELINES = {"crm_accounts", "crm_contacts", "crm_opportunities", "orders", "behavior", "fx_rates"}
+"""The shipped pipelines (config/pipelines.yaml), in every environment."""
 
 
 @pytest.mark.parametrize("env", ["local", "dev", "prod"])
 def test_shipped_configs_load(env: str) -> None:
     settings = load_settings(env, config_dir=CONFIG, environ={})
-    assert set(settings.pipelines) == {
-        "crm_accounts",
-        "crm_contacts",
-        "crm_opportunities",
-        "orders",
-        "behavior",
-        "fx_rates",
-    }
+    assert set(settings.pipelines) == PIPELINES
 
 
 def test_precedence_file_then_env_then_set() -> None:
@@ -115,6 +112,162 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     (tmp_path / "local.yaml").write_text("kafka:\n  bootstrap_servers: [unclosed\n")
     with pytest.raises(ConfigError, match=r"local.yaml line \d+: invalid YAML"):
         load_settings("local", config_dir=tmp_path, environ={})
+
+
+# --------------------------------------------------------------------------- include
+
+
+def _folder(tmp_path: Path, env_file: str, **others: str) -> Path:
+    """A config folder: ``local.yaml`` and the files it includes (name -> text)."""
+    (tmp_path / "local.yaml").write_text(
+        "kafka: {bootstrap_servers: 'k:9092'}\nlake: {root: /l}\ncheckpoints: {root: /c}\n"
+        + env_file
+    )
+    for name, text in others.items():
+        (tmp_path / name.replace("__", ".")).write_text(text)
+    return tmp_path
+
+
+SHARED = (
+    "pipelines:\n"
+    "  contacts: {topic: crm.contacts, kind: scd2, target: dim_contact, keys: [contact_id],"
+    " track_history_except: [phone]}\n"
+    "  orders: {topic: events.orders, kind: facts, target: fact_orders, event_id: event_id}\n"
+)
+
+
+def test_pipelines_are_defined_once_and_every_environment_reads_them() -> None:
+    shared = yaml.safe_load((CONFIG / "pipelines.yaml").read_text())["pipelines"]
+    for env in ("local", "dev", "prod"):
+        own = yaml.safe_load((CONFIG / f"{env}.yaml").read_text())
+        assert own["include"] == "pipelines.yaml", env
+        # An environment changes a shared pipeline; it does not define it again.
+        for name, changes in (own.get("pipelines") or {}).items():
+            assert name in shared and not set(changes) & {"topic", "kind", "target"}, env
+        settings = load_settings(env, config_dir=CONFIG, environ={})
+        assert list(settings.pipelines) == list(shared), env
+        for name, pipeline in settings.pipelines.items():
+            assert pipeline.topic == shared[name]["topic"]
+    local = load_settings("local", config_dir=CONFIG, environ={})
+    assert [e.name for e in local.pipeline("orders").expectations] == [
+        "contact_known",
+        "amount_positive",
+        "ordered_before_event",
+    ]
+    prod = load_settings("prod", config_dir=CONFIG, environ={})
+    assert prod.pipeline("orders").expectations == ()
+
+
+def test_an_environment_changes_included_pipelines_key_by_key(tmp_path: Path) -> None:
+    folder = _folder(
+        tmp_path,
+        "include: [pipelines.yaml]\n"
+        "pipelines:\n"
+        "  contacts: {track_history_except: [phone, email], max_records_per_trigger: 10}\n"
+        "  orders: {enabled: false}\n"
+        "  behavior: {topic: events.behavior, kind: facts, target: fact_behavior,"
+        " event_id: event_id}\n",
+        pipelines__yaml=SHARED,
+    )
+    settings = load_settings("local", config_dir=folder, environ={})
+    contacts = settings.pipeline("contacts")
+    assert (contacts.topic, contacts.keys) == ("crm.contacts", ("contact_id",))  # included
+    assert contacts.track_history_except == ("phone", "email")  # a list replaces
+    assert contacts.max_records_per_trigger == 10
+    assert not settings.pipeline("orders").enabled
+    assert list(settings.pipelines) == ["contacts", "orders", "behavior"]
+    # --set and CDC_* still win over every file.
+    settings = load_settings(
+        "local",
+        ["pipelines.contacts.max_records_per_trigger=3"],
+        config_dir=folder,
+        environ={"CDC_LAKE_ROOT": "/elsewhere"},
+    )
+    assert settings.pipeline("contacts").max_records_per_trigger == 3
+    assert settings.lake.root == "/elsewhere"
+
+
+def test_an_unknown_key_names_the_file_that_holds_it(tmp_path: Path) -> None:
+    folder = _folder(
+        tmp_path,
+        "include: pipelines.yaml\npipelines: {orders: {colour: red}}\n",
+        pipelines__yaml=SHARED.replace("keys: [contact_id]", "keyz: [contact_id]"),
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings("local", config_dir=folder, environ={})
+    assert str(info.value).startswith(
+        f"invalid configuration ({folder / 'pipelines.yaml'}): unknown key"
+        " 'pipelines.contacts.keyz'; valid keys: topic, kind, target,"
+    )
+    assert "(+1 more)" in str(info.value)
+    (folder / "pipelines.yaml").write_text(SHARED)
+    with pytest.raises(ConfigError) as info:
+        load_settings("local", config_dir=folder, environ={})
+    assert str(info.value).startswith(
+        f"invalid configuration ({folder / 'local.yaml'}): unknown key 'pipelines.orders.colour'"
+    )
+    # A key only --set gives: the file that holds the most of it (what it overrides).
+    (folder / "local.yaml").write_text(
+        (folder / "local.yaml").read_text().replace("{orders: {colour: red}}", "{}")
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings("local", ["pipelines.contacts.colour=red"], config_dir=folder, environ={})
+    assert str(info.value).startswith(
+        f"invalid configuration ({folder / 'pipelines.yaml'}): unknown key"
+        " 'pipelines.contacts.colour'"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings("local", ["lake.colour=red"], config_dir=folder, environ={})
+    assert str(info.value).startswith(
+        f"invalid configuration ({folder / 'local.yaml'}): unknown key 'lake.colour'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env_file", "others", "message"),
+    [
+        (
+            "include: shared.yaml\n",
+            {},
+            "config file {folder}/shared.yaml not found (included by {folder}/local.yaml)",
+        ),
+        (
+            "include: pipelines.yaml\n",
+            {"pipelines__yaml": "pipelines: [unclosed\n"},
+            "config file {folder}/pipelines.yaml line 2: invalid YAML",
+        ),
+        (
+            "include: pipelines.yaml\n",
+            {"pipelines__yaml": "- a list\n"},
+            "config file {folder}/pipelines.yaml: top level must be a mapping",
+        ),
+        (
+            "include: {pipelines: pipelines.yaml}\n",
+            {},
+            "config file {folder}/local.yaml: include: expected a file name or a list of them",
+        ),
+        (
+            "include: pipelines.yaml\n",
+            {"pipelines__yaml": "include: more.yaml\n"},
+            "config file {folder}/pipelines.yaml: include is read only in an environment's file"
+            " (it is included by {folder}/local.yaml)",
+        ),
+    ],
+)
+def test_a_bad_include_is_one_line(
+    tmp_path: Path, env_file: str, others: dict[str, str], message: str
+) -> None:
+    folder = _folder(tmp_path, env_file, **others)
+    with pytest.raises(ConfigError) as info:
+        load_settings("local", config_dir=folder, environ={})
+    assert str(info.value) == message.format(folder=folder)
+
+
+def test_read_config_is_the_merged_file_without_include() -> None:
+    data = read_config(CONFIG / "prod.yaml")
+    assert "include" not in data
+    assert data["lake"]["writer"] == "delta-spark"
+    assert set(data["pipelines"]) == PIPELINES
 
 
 def test_unknown_pipeline_lists_valid_names() -> None:

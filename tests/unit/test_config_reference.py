@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytest
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from cdc.config import Secret, Settings
+from cdc.config import Secret, Settings, read_config
 from cdc.config_reference import Key, keys, main, render
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 REFERENCE = REPO_ROOT / "docs" / "reference" / "configuration.md"
 
@@ -101,7 +100,7 @@ def test_every_key_the_shipped_configs_use_is_in_the_reference() -> None:
                         walk(item, f"{path}[]")
 
     for env in ("local", "dev", "prod"):
-        raw = yaml.safe_load((REPO_ROOT / "config" / f"{env}.yaml").read_text())
+        raw = read_config(REPO_ROOT / "config" / f"{env}.yaml")
         for section, body in raw.items():
             if section == "pipelines":
                 for pipeline in body.values():

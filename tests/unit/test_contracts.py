@@ -15,6 +15,7 @@ from typing import Any
 
 import fastavro
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from cdc.contracts import (
@@ -28,6 +29,7 @@ from cdc.contracts import (
 )
 from cdc.errors import ConfigError
 from cdc.registry import AvroType, FileRegistry, RegisteredSchema, frame
+from tests.support.decoding import decode_messages, kafka_batch
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 SOURCE = {
@@ -78,7 +80,7 @@ def key(registry: FileRegistry) -> bytes:
 
 
 def decode_one(decoder: TopicDecoder, key: bytes | None, value: bytes | None) -> dict[str, Any]:
-    batch = decoder.decode_batch([("crm.contacts", 1, 10, T0, key, value)])
+    batch = decode_messages(decoder, [("crm.contacts", 1, 10, T0, key, value)])
     assert batch.schema == decoder.arrow_schema
     assert batch.num_rows == 1
     return dict(batch.to_pylist()[0])
@@ -353,11 +355,11 @@ def test_every_message_yields_one_row_in_order(
 ) -> None:
     good = encode(registry.latest("crm.contacts-value"), envelope("c", after=contact()))
     messages = [("crm.contacts", 0, i, -1, key, good if i % 2 else b"junk") for i in range(6)]
-    batch = decoder.decode_batch(messages)
+    batch = decode_messages(decoder, messages)
     assert batch.column("offset").to_pylist() == list(range(6))
     assert batch.column("error_code").to_pylist() == ["not_framed", None] * 3
     assert batch.column("timestamp").null_count == 6
-    assert decoder.decode_batch([]).num_rows == 0
+    assert decode_messages(decoder, []).num_rows == 0
 
 
 def _writer_registry(registry_path: Path, tmp_path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -592,7 +594,7 @@ def test_a_negative_schema_id_is_not_framed(
         ("crm.contacts", 0, 2, T0, key, negative),
         ("crm.contacts", 0, 3, T0, b"\x00\xff\xff\xff\xfd\x04c1", good),
     ]
-    rows = decoder.decode_batch(messages).to_pylist()
+    rows = decode_messages(decoder, messages).to_pylist()
     assert [(r["error_code"], r["error"]) for r in rows] == [
         (None, None),
         (
@@ -654,7 +656,7 @@ def _flat(
     decoder = TopicDecoder(registry, contracts[topic])
     k = encode(registry.latest(f"{topic}-key"), key)
     v = encode(registry.latest(f"{topic}-value"), value)
-    return dict(decoder.decode_batch([(topic, 0, 0, T0, k, v)]).to_pylist()[0])
+    return dict(decode_messages(decoder, [(topic, 0, 0, T0, k, v)]).to_pylist()[0])
 
 
 def test_opportunity_rules(registry: FileRegistry, contracts: dict[str, TopicContract]) -> None:
@@ -725,7 +727,7 @@ def test_behavior_and_fx_rules(registry: FileRegistry, contracts: dict[str, Topi
 
 
 def test_decoder_pickles_for_executors(decoder: TopicDecoder, key: bytes) -> None:
-    decoder.decode_batch([("crm.contacts", 0, 0, T0, key, None)])
+    decode_messages(decoder, [("crm.contacts", 0, 0, T0, key, None)])
     clone = pickle.loads(pickle.dumps(decoder))
     row = decode_one(clone, key, None)
     assert row["key"] == {"contact_id": "c1"}
@@ -866,8 +868,8 @@ def test_columnar_decoding_equals_fastavro_for_every_contract(
     for topic, contract in sorted(contracts.items()):
         rng = random.Random(f"{seed}-{topic}")
         messages = _random_messages(registry, contract, rng, 300)
-        expected = TopicDecoder(registry, contract, columnar=False).decode_batch(messages)
-        got = TopicDecoder(registry, contract).decode_batch(messages)
+        expected = decode_messages(TopicDecoder(registry, contract, columnar=False), messages)
+        got = decode_messages(TopicDecoder(registry, contract), messages)
         assert got.schema == expected.schema
         assert got.to_pylist() == expected.to_pylist(), topic
         assert got.equals(expected), topic
@@ -888,9 +890,9 @@ def test_columnar_decoding_of_clean_envelopes(
     ]
     messages = [("crm.contacts", 0, i, T0 + i, key, v) for i, v in enumerate(values)]
     decoder = TopicDecoder(registry, contracts["crm.contacts"])
-    got = decoder.decode_batch(messages)
+    got = decode_messages(decoder, messages)
     assert got.equals(
-        TopicDecoder(registry, contracts["crm.contacts"], columnar=False).decode_batch(messages)
+        decode_messages(TopicDecoder(registry, contracts["crm.contacts"], columnar=False), messages)
     )
     rows = got.to_pylist()
     assert [r["error_code"] for r in rows] == [None, None, None, None, "rule_violation"]
@@ -927,48 +929,33 @@ def test_value_wider_than_its_arrow_type_is_quarantined_not_raised(
         (topic, 0, 0, T0, fx_key, encode(schema, rate)),
         (topic, 0, 1, T0, fx_key, frame(schema.schema_id, wide.getvalue())),
     ]
-    rows = TopicDecoder(registry, contracts[topic], columnar=columnar).decode_batch(messages)
+    rows = decode_messages(TopicDecoder(registry, contracts[topic], columnar=columnar), messages)
     good, bad = rows.to_pylist()
     assert good["error_code"] is None and good["value"]["rate"] == Decimal("1.50000000")
     assert bad["value"] is None and bad["error_code"] == "decode_error"
     assert bad["error"].startswith("value does not fit its Arrow type: ArrowInvalid: Decimal")
 
 
-def _as_spark_kafka_batch(
-    messages: list[tuple[str, int, int, int, bytes | None, bytes | None]],
-) -> pa.RecordBatch:
-    """The messages as Spark's Kafka source hands them to ``mapInArrow`` (its column order)."""
-    topics, partitions, offsets, stamps, keys, values = zip(*messages, strict=True)
-    return pa.RecordBatch.from_arrays(
-        [
-            pa.array(keys, pa.binary()),
-            pa.array(values, pa.binary()),
-            pa.array(topics, pa.string()),
-            pa.array(partitions, pa.int32()),
-            pa.array(offsets, pa.int64()),
-            pa.array([t * 1000 if t >= 0 else None for t in stamps], pa.timestamp("us", "UTC")),
-            pa.array([0] * len(messages), pa.int32()),
-        ],
-        names=["key", "value", "topic", "partition", "offset", "timestamp", "timestampType"],
-    )
-
-
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("columnar", [True, False], ids=["columnar", "fastavro"])
-def test_decode_records_of_spark_kafka_batches_equals_decode_batch(
+def test_a_slice_of_a_spark_kafka_batch_and_epoch_ms_timestamps_decode_alike(
     registry: FileRegistry, contracts: dict[str, TopicContract], seed: int, columnar: bool
 ) -> None:
-    """The executor path (Arrow columns from Spark's Kafka source) gives the same rows as the
-    tuple path, clean and broken records alike; a sliced batch (Spark hands out slices) too."""
+    """Spark hands ``mapInArrow`` slices of its batches: a slice gives the rows of the whole
+    batch's slice, clean and broken records alike; timestamps as epoch milliseconds instead
+    of Spark's timestamp type give the same rows."""
     for topic, contract in sorted(contracts.items()):
         rng = random.Random(f"spark-{seed}-{topic}")
         messages = _random_messages(registry, contract, rng, 200)
         decoder = TopicDecoder(registry, contract, columnar=columnar)
-        expected = decoder.decode_batch(messages)
-        got = decoder.decode_records(_as_spark_kafka_batch(messages))
-        assert got.equals(expected), topic
-        sliced = _as_spark_kafka_batch(messages).slice(37, 101)
-        assert decoder.decode_records(sliced).equals(expected.slice(37, 101)), topic
+        batch = kafka_batch(messages)
+        whole = decoder.decode_records(batch)
+        assert whole.column("offset").to_pylist() == [m[2] for m in messages], topic
+        assert decoder.decode_records(batch.slice(37, 101)).equals(whole.slice(37, 101)), topic
+        at = batch.schema.get_field_index("timestamp")
+        epoch_ms = pc.divide(batch.column(at).cast(pa.int64()), 1000)
+        as_ms = batch.set_column(at, "timestamp", epoch_ms)
+        assert decoder.decode_records(as_ms).equals(whole), topic
 
 
 @pytest.mark.parametrize("columnar", [True, False], ids=["columnar", "fastavro"])

@@ -35,7 +35,9 @@ from cdc.demo_data import (
 )
 from cdc.produce import OutboundRecord, default_partition, parse_lines
 from cdc.registry import FileRegistry
-from cdc.scd2 import Scd2Spec, scd2_from_events
+from cdc.scd2 import Scd2Spec
+from tests.support.decoding import decode_messages
+from tests.support.scd2_one_pass import scd2_from_events
 
 CRM = ("crm.accounts", "crm.contacts", "crm.opportunities")
 REPO = Path(__file__).resolve().parents[2]
@@ -100,7 +102,7 @@ def _decode(
         kafka_ts = last_ts if stamp == "connector" else PRODUCED_AT_MS
         messages.append((topic, partition, offset, kafka_ts, record.key, record.value))
         next_offset[partition] += 1
-    return pa.Table.from_batches([TopicDecoder(registry, contract).decode_batch(messages)])
+    return pa.Table.from_batches([decode_messages(TopicDecoder(registry, contract), messages)])
 
 
 # --------------------------------------------------------------------------- determinism
@@ -170,7 +172,7 @@ def test_invalid_lines_are_producible_and_quarantined_for_their_reason(
     assert [item.line for item in items] == dataset.invalid[topic]
     records = _encode(dataset.invalid[topic], registry, contracts[topic])
     messages = [(topic, 0, i, 0, r.key, r.value) for i, r in enumerate(records)]
-    batch = TopicDecoder(registry, contracts[topic]).decode_batch(messages)
+    batch = decode_messages(TopicDecoder(registry, contracts[topic]), messages)
     assert batch.column("error_code").to_pylist() == [item.reason for item in items]
     assert {item.reason for item in items} >= {
         QuarantineReason.RULE_VIOLATION,

@@ -25,9 +25,8 @@ import pyspark
 import pytest
 import yaml
 
-from cdc.config import ENVS, load_settings
+from cdc.config import ENVS, load_settings, merge_mappings, read_config
 from cdc.errors import ConfigError
-from tests.conftest import REPO_ROOT
 from tests.support.deploy_tools import (
     CHART,
     KUBERNETES_VERSIONS,
@@ -36,6 +35,7 @@ from tests.support.deploy_tools import (
     render,
     tool,
 )
+from tests.support.paths import REPO_ROOT
 from tests.support.shared_specs import specs_dir
 
 POM = REPO_ROOT / "jvm" / "pom.xml"
@@ -126,16 +126,9 @@ def _dockerfile() -> Dockerfile:
 def _values(env: str | None = None) -> dict[str, Any]:
     values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
     if env:
-        values = _merged(values, yaml.safe_load((CHART / f"values-{env}.yaml").read_text()))
+        over = yaml.safe_load((CHART / f"values-{env}.yaml").read_text())
+        values = merge_mappings(values, over)  # Helm merges values files the same way
     return values
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        both = isinstance(value, dict) and isinstance(base.get(key), dict)
-        out[key] = _merged(base[key], value) if both else value
-    return out
 
 
 # ----------------------------------------------------------------------------- workloads
@@ -352,6 +345,9 @@ def test_image_facts_in_the_chart_are_the_dockerfile_s() -> None:
     assert image["configDir"] == docker.env["CDC_CONFIG_DIR"] == f"{docker.workdir}/config"
     assert str(image["uid"]) == docker.user == docker.uid
     assert {"config", "schemas", "streaming", "batch", "src"} <= docker.copied
+    # The whole config folder: every file an environment's file includes is in the image.
+    for env in ENVS:
+        read_config(REPO_ROOT / "config" / f"{env}.yaml")  # refuses a missing include
 
 
 def test_workloads_run_shipped_code_with_the_baked_jars(env: str) -> None:
@@ -447,8 +443,14 @@ def test_the_config_file_is_mounted_where_the_image_reads_it(env: str) -> None:
     (config_map,) = [
         d for d in docs if d["kind"] == "ConfigMap" and "data" in d and f"{env}.yaml" in d["data"]
     ]
+    # The environment's file and the shared pipelines it includes: the mount hides the image's.
+    assert read_config(REPO_ROOT / "config" / f"{env}.yaml")["pipelines"]
+    assert yaml.safe_load((REPO_ROOT / "config" / f"{env}.yaml").read_text())["include"] == (
+        "pipelines.yaml"
+    )
     assert config_map["data"] == {
-        f"{env}.yaml": (REPO_ROOT / "config" / f"{env}.yaml").read_text().rstrip("\n")
+        f"{env}.yaml": (REPO_ROOT / "config" / f"{env}.yaml").read_text().rstrip("\n"),
+        "pipelines.yaml": (REPO_ROOT / "config" / "pipelines.yaml").read_text().rstrip("\n"),
     }
     config_dir = _dockerfile().env["CDC_CONFIG_DIR"]
     for workload in _workloads(docs):
@@ -463,6 +465,66 @@ def test_the_config_file_is_mounted_where_the_image_reads_it(env: str) -> None:
         d for d in baked if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")
     ]
     assert all("config" not in w.mounts for w in _workloads(baked))
+
+
+def test_a_config_file_without_the_file_it_includes_stops_the_render(tmp_path: Path) -> None:
+    """The ConfigMap hides the image's config folder: an included file must come with it."""
+    values = str(CHART / "values-prod.yaml")
+    config = str(REPO_ROOT / "config" / "prod.yaml")
+    done = helm("template", "cdc", str(CHART), "-f", values, "--set-file", f"config.file={config}")
+    assert done.returncode != 0
+    assert (
+        "config.file includes pipelines.yaml, which the config mount would hide: add --set-file"
+        " config.pipelines=config/pipelines.yaml"
+    ) in done.stderr
+    other = tmp_path / "prod.yaml"
+    other.write_text("include: [pipelines.yaml, more.yaml]\n")
+    done = helm(
+        "template",
+        "cdc",
+        str(CHART),
+        "-f",
+        values,
+        "--set-file",
+        f"config.file={other}",
+        "--set-file",
+        f"config.pipelines={REPO_ROOT / 'config' / 'pipelines.yaml'}",
+    )
+    assert done.returncode != 0
+    assert "config.file includes more.yaml: the chart ships only pipelines.yaml" in done.stderr
+
+
+def test_a_change_of_the_shared_pipelines_resubmits_every_workload(tmp_path: Path) -> None:
+    changed = tmp_path / "pipelines.yaml"
+    changed.write_text(
+        (REPO_ROOT / "config" / "pipelines.yaml").read_text().replace("[account_id]", "[id]")
+    )
+
+    def checksums(*extra: str) -> dict[str, list[str]]:
+        """Per workload that runs by itself (not the ops pod), the config checksums its pods
+        carry."""
+
+        def found(node: Any) -> Iterator[str]:
+            if isinstance(node, dict):
+                if "checksum/config" in node:
+                    yield node["checksum/config"]
+                for value in node.values():
+                    yield from found(value)
+            elif isinstance(node, list):
+                for value in node:
+                    yield from found(value)
+
+        docs = render("prod", *extra)
+        names = {w.name for w in _workloads(docs) if w.argv}
+        return {
+            d["metadata"]["name"]: list(found(d)) for d in docs if d["metadata"]["name"] in names
+        }
+
+    before = checksums()
+    assert before and all(len(sums) == 1 for sums in before.values()), before
+    after = checksums("--set-file", f"config.pipelines={changed}")
+    assert set(after) == set(before)
+    assert all(after[name] != before[name] for name in before)
 
 
 def test_the_ops_pod_never_runs_by_itself_and_has_what_the_commands_need(env: str) -> None:
@@ -514,7 +576,7 @@ def _secret_refs(raw: dict[str, Any], sections: tuple[str, ...]) -> set[str]:
 
 
 def test_each_workload_gets_the_secrets_its_command_reads_and_no_other(env: str) -> None:
-    raw = yaml.safe_load((REPO_ROOT / "config" / f"{env}.yaml").read_text())
+    raw = read_config(REPO_ROOT / "config" / f"{env}.yaml")
     secrets = _values(env)["secrets"]
     declared = {name: ref for group in secrets.values() for name, ref in group.items()}
     for workload in _workloads(render(env)):

@@ -17,9 +17,9 @@ from deltalake import DeltaTable, write_deltalake
 
 from cdc.cli import main
 from cdc.dr_manifest import sign
-from tests.conftest import REPO_ROOT
 from tests.support.dr import MANIFEST_KEY as KEY
 from tests.support.dr import manifest_key
+from tests.support.paths import REPO_ROOT
 
 TABLES = ("bronze/crm_contacts", "silver/dim_contact")
 

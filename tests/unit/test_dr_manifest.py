@@ -25,7 +25,7 @@ from cdc.dr_manifest import (
     signature_problem,
 )
 from cdc.errors import ConfigError
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 SNAPSHOT = "20260105T020000123456Z"
 KEY = b"k" * 32

@@ -32,8 +32,8 @@ from cdc.landed import merge_ranges
 from cdc.metrics import METRIC_NAMES, ServiceMetrics
 from cdc.status import PipelineStatus, format_status
 from cdc.store.delta_rs import DeltaRsStore
-from tests.conftest import REPO_ROOT
 from tests.support.endpoints import metric_samples
+from tests.support.paths import REPO_ROOT
 
 RECORD = pa.schema(
     [

@@ -21,6 +21,7 @@ from cdc.contracts import TopicContract, TopicDecoder
 from cdc.produce import encode_datum, parse_lines
 from cdc.registry import FileRegistry, frame, unframe
 from cdc.registry.framing import FramingError
+from tests.support.decoding import decode_messages
 from tests.support.envelopes import T0
 
 FUZZ = settings(
@@ -100,8 +101,8 @@ def test_decoder_gives_one_row_per_record_decoded_or_quarantined(
     keys = st.one_of(st.just(key), st.none(), st.binary(max_size=16))
     records = data.draw(st.lists(st.tuples(keys, _values(registry)), min_size=1, max_size=6))
     messages = [("crm.contacts", 0, i, T0 + i, k, v) for i, (k, v) in enumerate(records)]
-    columnar = TopicDecoder(registry, contract).decode_batch(messages)
-    rows = TopicDecoder(registry, contract, columnar=False).decode_batch(messages)
+    columnar = decode_messages(TopicDecoder(registry, contract), messages)
+    rows = decode_messages(TopicDecoder(registry, contract, columnar=False), messages)
     assert columnar.num_rows == rows.num_rows == len(messages)
     assert columnar.to_pylist() == rows.to_pylist()
     for row in rows.to_pylist():

@@ -32,7 +32,7 @@ from cdc.governance.runbook import render_runbook, runbook_accesses
 from cdc.governance.snowflake import SnowflakeGovernance, SnowflakeNames, snowflake_items
 from cdc.warehouse.base import Statement, Warehouse
 from cdc.warehouse.snowflake import SnowflakeDialect
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 CONFIG = REPO_ROOT / "config"
 

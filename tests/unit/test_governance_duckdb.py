@@ -20,7 +20,7 @@ from cdc.config import Settings, load_settings
 from cdc.governance.catalog import CatalogTable
 from cdc.governance.duckdb import DuckDbGovernance, open_audience
 from cdc.governance.run import load_access
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 EMAILS = {"C1": "jane.doe@acme.example", "C2": "li.wei@borealis.example"}
 OWNERS = {"A1": "owner.a1@crm.example", "A2": "owner.a2@crm.example"}

@@ -25,11 +25,10 @@ from cdc.batch import BatchStats
 from cdc.cli import main
 from cdc.invariants import SCD2_KINDS, check_facts, check_scd2, summarize
 from cdc.metrics import ServiceMetrics
-from cdc.scd2 import scd2_from_events
 from cdc.verify import record_batch_check
 from tests.support.endpoints import metric_samples
-from tests.unit.test_scd2 import SPEC
-from tests.unit.test_scd2_order import Dimension, frame, to_log
+from tests.support.scd2_events import SPEC, Dimension, frame, to_log
+from tests.support.scd2_one_pass import scd2_from_events
 
 KEYS = ["contact_id"]
 IDENTITY = ["contact_id", "_seq_open"]

@@ -19,7 +19,7 @@ from cdc.logs import (
     redact_secrets_of,
     secret_values,
 )
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:

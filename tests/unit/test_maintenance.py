@@ -16,7 +16,6 @@ from deltalake import DeltaTable, write_deltalake
 from cdc.cli import main
 from cdc.config import load_settings
 from cdc.maintenance import TableRef, maintenance_tables, zorder_columns
-from tests.conftest import REPO_ROOT
 from tests.support.lake import (
     existing_tables,
     lake_settings,
@@ -25,6 +24,7 @@ from tests.support.lake import (
     table_contents,
     write_small_lake,
 )
+from tests.support.paths import REPO_ROOT
 
 
 def _args(tmp_path: Path, *extra: str) -> list[str]:

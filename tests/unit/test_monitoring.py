@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from cdc.metrics import METRIC_NAMES
-from tests.conftest import REPO_ROOT
 from tests.support.deploy_tools import render
+from tests.support.paths import REPO_ROOT
 
 RULE_TESTS = REPO_ROOT / "deploy" / "helm" / "tests" / "alert-rules.test.yml"
 _SERIES = re.compile(r"\b(cdc_[a-z0-9_]+|up)\b")

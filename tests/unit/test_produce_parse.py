@@ -15,6 +15,7 @@ from cdc.contracts import TopicContract, TopicDecoder
 from cdc.errors import ConfigError, ProduceError
 from cdc.produce import default_partition, murmur2, parse_lines, produce_file
 from cdc.registry import FileRegistry, unframe
+from tests.support.decoding import decode_messages
 
 SOURCE = {
     "version": "2.5",
@@ -69,8 +70,9 @@ def test_lines_encode_with_the_latest_schema_and_decode_back(
     assert unframe(records[0].key or b"")[0] == 3
     assert records[1].value is None
 
-    batch = TopicDecoder(registry, contract).decode_batch(
-        [("crm.contacts", 0, i, 0, r.key, r.value) for i, r in enumerate(records)]
+    batch = decode_messages(
+        TopicDecoder(registry, contract),
+        [("crm.contacts", 0, i, 0, r.key, r.value) for i, r in enumerate(records)],
     )
     rows = batch.to_pylist()
     assert [r["error_code"] for r in rows] == [None, None]
@@ -93,13 +95,10 @@ def test_decimals_and_dates_are_exact(
     ]
     records, errors = parse_lines(lines, registry, contract)
     assert errors == []
-    rows = (
-        TopicDecoder(registry, contract)
-        .decode_batch(
-            [("crm.opportunities", 0, i, 0, r.key, r.value) for i, r in enumerate(records)]
-        )
-        .to_pylist()
-    )
+    rows = decode_messages(
+        TopicDecoder(registry, contract),
+        [("crm.opportunities", 0, i, 0, r.key, r.value) for i, r in enumerate(records)],
+    ).to_pylist()
     got = [(r["value"]["after"]["amount"], r["value"]["after"]["close_date"]) for r in rows]
     assert got == [
         (Decimal("1234.50"), date(2024, 3, 1)),

@@ -35,7 +35,7 @@ from cdc.warehouse import (
     WarehouseUnavailableError,
 )
 from cdc.warehouse.duckdb import DuckDbDialect, DuckDbWarehouse
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 WHEN = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 KEYS = ("account_id",)

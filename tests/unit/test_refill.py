@@ -20,7 +20,7 @@ from cdc.kafka_admin import FetchedRecord, KafkaMetadata
 from cdc.lake import table_paths
 from cdc.offsets import TopicPartitionId, Watermarks
 from cdc.refill import PROBE_WINDOW, Refill, clip_refilled, find_refills, first_gone
-from tests.support.settings import local_settings
+from tests.support.local_settings import local_settings
 
 T = "crm.contacts"
 NAME = "crm_contacts"

@@ -521,7 +521,7 @@ def test_the_decoder_spec_carries_the_registry_credentials_resolved_and_hidden(
 ) -> None:
     from cdc.config import load_settings
     from cdc.kafka_source import DecoderSpec
-    from tests.conftest import REPO_ROOT
+    from tests.support.paths import REPO_ROOT
 
     monkeypatch.setenv("TEST_REGISTRY_URL", "https://cdc:url-S3NT1NEL@registry:8081")
     monkeypatch.setenv("TEST_REGISTRY_AUTH", "cdc:auth-S3NT1NEL")

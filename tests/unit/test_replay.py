@@ -44,7 +44,7 @@ from cdc.replay import (
     plan_replay,
     replay_pipeline,
 )
-from tests.support.settings import local_settings
+from tests.support.local_settings import local_settings
 
 T = "crm.contacts"
 MARKS = {(T, 0): Watermarks(0, 10), (T, 1): Watermarks(2, 7), (T, 2): Watermarks(0, 0)}

@@ -20,8 +20,8 @@ import yaml
 
 from cdc.changes import scd2_changes
 from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension
-from tests.conftest import REPO_ROOT
 from tests.support.envelopes import SOURCE_TYPE
+from tests.support.paths import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "scd2.md"
 SPEC = Scd2Spec.build(["id"], ["id", "email", "phone"], track_history_except=["phone"])

@@ -1,7 +1,7 @@
 """The incremental SCD2 path against an independent oracle (``tests/support/scd2_oracle.py``).
 
 ``test_scd2_order`` proves that any arrival order and batch split give the one-pass result
-of :func:`cdc.scd2.scd2_from_events`; both share the fold, so it cannot show the fold is
+(``tests/support/scd2_one_pass.py``); both share the fold, so it cannot show the fold is
 right. Here the same Kafka records go through the service's own path (Avro-shaped bronze
 rows → :func:`cdc.changes.scd2_changes` → :func:`cdc.scd2.apply_scd2` batch by batch, with
 bronze as history and the orphan state, as the writers do) and the result must equal the
@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from cdc.changes import scd2_changes
 from cdc.scd2 import Scd2Result, apply_scd2, empty_dimension
+from tests.support.scd2_events import SCHEMA, SPEC
 from tests.support.scd2_oracle import Record, Version, scd2_oracle
-from tests.unit.test_scd2 import SCHEMA, SPEC
 
 IDENTITY = ["contact_id", "_seq_open"]
 TRACKED = set(SPEC.tracked)

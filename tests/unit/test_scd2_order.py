@@ -10,47 +10,12 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.scd2 import Scd2Result, apply_scd2, empty_dimension, encode_sequence, scd2_from_events
-from tests.unit.test_scd2 import SCHEMA, SPEC
-
-IDENTITY = ["contact_id", "_seq_open"]
-KAFKA_CLOCK = 10_000_000  # tombstones carry only a Kafka timestamp: another clock
-
-
-def frame(records: list[dict[str, Any]]) -> pl.DataFrame:
-    schema = {
-        **SCHEMA,
-        "_op": pl.String,
-        "_ts": pl.Int64,
-        "_offset": pl.Int64,
-        "_tombstone": pl.Boolean,
-    }
-    df = pl.DataFrame(records, schema=schema)
-    return df.with_columns(
-        _seq=encode_sequence(pl.col("_ts"), pl.lit(0), pl.col("_offset")),
-        _source_topic=pl.lit("crm.contacts"),
-    ).drop("_ts", "_offset")
-
-
-class Dimension:
-    """The table plus the orphan state the sink keeps beside it."""
-
-    def __init__(self) -> None:
-        self.table = empty_dimension(SPEC, SCHEMA)
-        self.seen = pl.DataFrame(schema={"contact_id": pl.String, "_seq_max": pl.String})
-
-    def apply(self, batch: pl.DataFrame, history: pl.DataFrame | None) -> None:
-        result: Scd2Result = apply_scd2(self.table, batch, SPEC, history=history, seen=self.seen)
-        table = self.table.join(result.deletes, on=IDENTITY, how="anti")
-        table = table.join(result.upserts.select(IDENTITY), on=IDENTITY, how="anti")
-        self.table = pl.concat([table, result.upserts], how="vertical_relaxed").sort(IDENTITY)
-        assert result.orphans is not None
-        self.seen = pl.concat([self.seen, result.orphans], how="vertical_relaxed")
-
+from cdc.scd2 import empty_dimension
+from tests.support.scd2_events import IDENTITY, SCHEMA, SPEC, Dimension, frame, to_log
+from tests.support.scd2_one_pass import scd2_from_events
 
 _change = st.fixed_dictionaries(
     {
@@ -61,26 +26,6 @@ _change = st.fixed_dictionaries(
         "phone": st.sampled_from(["1", "2", None]),
     }
 )
-
-
-def to_log(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Kafka records in log order: offsets follow the list; tombstones get a Kafka time."""
-    log = []
-    for offset, c in enumerate(changes):
-        tomb = c["kind"] == "T"
-        log.append(
-            {
-                "contact_id": c["contact_id"],
-                "email": None if c["kind"] != "U" else c["email"],
-                "last_name": None if c["kind"] != "U" else "Doe",
-                "phone": None if c["kind"] != "U" else c["phone"],
-                "_op": "U" if c["kind"] == "U" else "D",
-                "_ts": KAFKA_CLOCK + offset if tomb else c["ts"],
-                "_offset": offset,
-                "_tombstone": tomb,
-            }
-        )
-    return log
 
 
 @settings(max_examples=300, deadline=None)

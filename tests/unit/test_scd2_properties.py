@@ -9,8 +9,8 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.scd2 import scd2_from_events
-from tests.unit.test_scd2 import SPEC, apply_all, changes, ev
+from tests.support.scd2_events import SPEC, apply_all, changes, ev
+from tests.support.scd2_one_pass import scd2_from_events
 
 _event = st.builds(
     lambda key, ts, off, op, email, phone: ev(key, ts, op=op, offset=off, email=email, phone=phone),

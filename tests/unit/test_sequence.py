@@ -13,9 +13,10 @@ import pytest
 from cdc.changes import scd2_changes
 from cdc.config import SequenceField, load_settings
 from cdc.errors import ConfigError
-from cdc.scd2 import Scd2Spec, scd2_from_events
+from cdc.scd2 import Scd2Spec
 from cdc.sequence import PositionField, check_table_layout, ordering_for
 from tests.support.envelopes import SOURCE_TYPE, bronze_schema
+from tests.support.scd2_one_pass import scd2_from_events
 
 SPEC = Scd2Spec.build(["id"], ["id", "name"])
 T = 1_767_600_000_000

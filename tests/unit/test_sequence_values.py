@@ -28,7 +28,7 @@ from cdc.errors import ConfigError
 from cdc.kafka_source import DecoderSpec, topic_decoder
 from cdc.produce import encode_datum
 from cdc.registry import FileRegistry
-from cdc.scd2 import Scd2Spec, scd2_from_events
+from cdc.scd2 import Scd2Spec
 from cdc.sequence import (
     MAX_PARTITION,
     MAX_TIME_MS,
@@ -41,7 +41,7 @@ from cdc.sequence import (
     decode_time_ms,
     ordering_for,
 )
-from tests.conftest import REPO_ROOT
+from tests.support.decoding import decode_messages
 from tests.support.envelopes import (
     SOURCE_TYPE,
     T0,
@@ -50,6 +50,8 @@ from tests.support.envelopes import (
     contact_row,
 )
 from tests.support.lake import lake_settings
+from tests.support.paths import REPO_ROOT
+from tests.support.scd2_one_pass import scd2_from_events
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -371,13 +373,16 @@ def test_the_decoder_quarantines_what_no_sequence_holds_on_both_paths(
     ] + [("crm.contacts", 0, i, ms, contact_key, None) for i, ms in enumerate(tombstone_ms)]
     check = SequenceCheck(ordering_for(None, "envelope"), "envelope", WINDOW)
     batches = [
-        TopicDecoder(
-            registry,
-            contracts["crm.contacts"],
-            columnar=columnar,
-            sequence=check,
-            clock=lambda: NOW_MS / 1000,
-        ).decode_batch(messages)
+        decode_messages(
+            TopicDecoder(
+                registry,
+                contracts["crm.contacts"],
+                columnar=columnar,
+                sequence=check,
+                clock=lambda: NOW_MS / 1000,
+            ),
+            messages,
+        )
         for columnar in (True, False)
     ]
     assert batches[0].equals(batches[1])  # one verdict whichever path decoded a record
@@ -424,7 +429,7 @@ def test_a_time_too_far_ahead_of_the_clock_is_quarantined(
     decoder = TopicDecoder(
         registry, contracts["crm.contacts"], sequence=check, clock=lambda: T0 / 1000
     )
-    rows = decoder.decode_batch(messages).to_pylist()
+    rows = decode_messages(decoder, messages).to_pylist()
     assert [r["error_code"] for r in rows] == [None, None, TIME_CODE]
     assert rows[2]["error"] == (
         "source.ts_ms 1767603600001 (2026-01-05T09:00:00.001Z) is outside the accepted source"
@@ -492,7 +497,7 @@ def test_a_flat_pipelines_effective_time_before_the_window_is_quarantined(tmp_pa
         ("ref.fx_rates", 0, 0, T0, key, rate(datetime(2026, 1, 5, tzinfo=UTC))),
         ("ref.fx_rates", 0, 1, T0, key, rate(datetime(1999, 12, 31, tzinfo=UTC))),
     ]
-    rows = decoder.decode_batch(messages).to_pylist()
+    rows = decode_messages(decoder, messages).to_pylist()
     assert [r["error_code"] for r in rows] == [None, TIME_CODE]
     assert rows[1]["error"].startswith(
         "effective_at 946598400000 (1999-12-31T00:00:00.000Z) is outside the accepted source"

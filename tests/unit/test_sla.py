@@ -20,7 +20,7 @@ from cdc.sla import (
     slack_notifier,
     transitions,
 )
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 SLA = SlaSettings(freshness_seconds=600, no_records_seconds=3600)

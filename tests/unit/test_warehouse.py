@@ -27,7 +27,7 @@ from cdc.warehouse import ApplyPlan, SchemaMismatchError, open_warehouse
 from cdc.warehouse.duckdb import DuckDbDialect, DuckDbWarehouse
 from cdc.warehouse.postgres import PostgresDialect, PostgresWarehouse
 from cdc.warehouse.snowflake import SnowflakeDialect, SnowflakeWarehouse
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 CONFIG = REPO_ROOT / "config"
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

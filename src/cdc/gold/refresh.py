@@ -46,7 +46,7 @@ from cdc.gold.tables import (
     opportunity_pipeline,
 )
 
-__all__ = ["Previous", "Refresh", "Scope", "apply_plan", "changed_rows", "plan", "refresh"]
+__all__ = ["Previous", "Refresh", "Scope", "changed_rows", "plan", "refresh"]
 
 
 @dataclass(frozen=True)
@@ -373,12 +373,3 @@ def plan(
     upserts = rows.join(in_scope, on=rows.columns, how="anti", nulls_equal=True)
     deletes = in_scope.join(rows, on=keys, how="anti").select(keys)
     return upserts, deletes
-
-
-def apply_plan(
-    table: str, existing: pl.DataFrame, upserts: pl.DataFrame, deletes: pl.DataFrame
-) -> pl.DataFrame:
-    """``existing`` after the MERGE of :func:`plan`'s result (what the Delta MERGE does)."""
-    keys = list(GOLD_KEYS[table])
-    kept = existing.join(deletes, on=keys, how="anti").join(upserts, on=keys, how="anti")
-    return pl.concat([kept, upserts]).sort(keys)

@@ -61,11 +61,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The config file's checksum: a changed file changes the pod spec, so the Spark Operator
+{{/* The config files' checksum: a changed file changes the pod spec, so the Spark Operator
 resubmits the application and it starts with the new config. */}}
 {{- define "cdc.configChecksum" -}}
 {{- if .Values.config.file }}
-checksum/config: {{ .Values.config.file | sha256sum }}
+checksum/config: {{ print .Values.config.file "\n---\n" .Values.config.pipelines | sha256sum }}
 {{- end }}
 {{- end }}
 

@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +53,7 @@ from tests.support.contact_stream import (
 )
 from tests.support.ledger import landing_ledger
 from tests.support.paths import REPO_ROOT
+from tests.support.polling import wait_until
 from tests.support.tables import read_table
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "VALUE_SUBJECT",
     "Event",
     "Rec",
+    "Reference",
     "Sent",
     "StreamBuilder",
     "Tables",
@@ -76,6 +77,7 @@ __all__ = [
     "base_builder",
     "base_stream",
     "batch_records",
+    "cdc_command",
     "cdc_replay",
     "cdc_run",
     "checkpoint_batches",
@@ -95,6 +97,7 @@ __all__ = [
     "registry",
     "remap_rows",
     "remap_silver",
+    "run_env",
     "settings",
     "start_cdc_run",
     "value_bytes",
@@ -206,7 +209,9 @@ def _hermetic_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
 
 
-def _cdc(command: Sequence[str], bootstrap: str, root: Path, extra: Sequence[str]) -> list[str]:
+def cdc_command(
+    command: Sequence[str], bootstrap: str, root: Path, extra: Sequence[str]
+) -> list[str]:
     """``python -m cdc.cli <command> --pipeline crm_contacts ... --set ...``."""
     args = [sys.executable, "-m", "cdc.cli", *command, "--pipeline", PIPELINE]
     for item in overrides(bootstrap, root, *extra):
@@ -214,7 +219,7 @@ def _cdc(command: Sequence[str], bootstrap: str, root: Path, extra: Sequence[str
     return args
 
 
-def _run_env(fault: str | None) -> dict[str, str]:
+def run_env(fault: str | None) -> dict[str, str]:
     env = _hermetic_env()
     if fault is not None:
         env[FAULT_ENV] = fault
@@ -238,10 +243,10 @@ def cdc_run(
         timeout: seconds before the run is killed (a hang is a failure).
     """
     return subprocess.run(
-        _cdc(["run", "--available-now"], bootstrap, root, extra),
+        cdc_command(["run", "--available-now"], bootstrap, root, extra),
         capture_output=True,
         text=True,
-        env=_run_env(fault),
+        env=run_env(fault),
         cwd=REPO_ROOT,
         timeout=timeout,
     )
@@ -254,12 +259,12 @@ def start_cdc_run(bootstrap: str, root: Path, output: Path, *extra: str) -> subp
     """
     with output.open("w") as sink:  # the child keeps its own descriptor
         return subprocess.Popen(
-            _cdc(["run", "--available-now"], bootstrap, root, extra),
+            cdc_command(["run", "--available-now"], bootstrap, root, extra),
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_run_env(None),
+            env=run_env(None),
             cwd=REPO_ROOT,
         )
 
@@ -269,10 +274,10 @@ def cdc_replay(
 ) -> subprocess.CompletedProcess[str]:
     """``python -m cdc.cli replay --pipeline crm_contacts <args> --set ...`` (same overrides)."""
     return subprocess.run(
-        [*_cdc(["replay"], bootstrap, root, ()), *args],
+        [*cdc_command(["replay"], bootstrap, root, ()), *args],
         capture_output=True,
         text=True,
-        env=_run_env(None),
+        env=run_env(None),
         cwd=REPO_ROOT,
         timeout=timeout,
     )
@@ -287,14 +292,6 @@ def assert_one_error(run: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     assert not re.search(r"^\s+at [\w$.]+\(", run.stderr, re.M), "a Java stack trace"
     return errors[0]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout:g}s: {what}"
-        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- tables
@@ -548,3 +545,12 @@ def reencode(rec: Rec, schema: RegisteredSchema, edit: Callable[[dict[str, Any]]
     datum = copy.deepcopy(rec.datum)
     edit(datum)
     return replace(rec, value=value_bytes(datum, schema), datum=datum)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The base stream as produced on an empty cluster and the tables of a clean run over it
+    (the fault suite's session fixture ``reference``)."""
+
+    sent: list[Sent]
+    tables: Tables

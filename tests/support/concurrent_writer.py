@@ -1,6 +1,7 @@
 """A second writer on the silver Delta table, run as its own process by the concurrency test.
 
-``python -m tests.faults._writer <table uri> <stop file> <result file> [delta-rs|delta-spark]``
+``python -m tests.support.concurrent_writer <table uri> <stop file> <result file> [engine]``
+(engine: ``delta-rs`` or ``delta-spark``)
 
 The engine is the pipeline's writer: delta-rs cannot write to delta-spark's dimensions
 (deletion vectors), so against those the other writer is a Spark application of its own
