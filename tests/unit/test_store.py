@@ -312,3 +312,19 @@ def test_a_legacy_commit_on_disk_reads_like_a_new_one(tmp_path: Path) -> None:
     assert json.loads(CommitInfo("append", "delta-rs").user_metadata()) == {
         "cdc": {"operation": "append", "writer": "delta-rs"}
     }
+
+
+def test_the_delta_spark_store_maintains_only_through_its_session(tmp_path: Path) -> None:
+    from cdc.errors import ConfigError
+    from cdc.store import store_for
+
+    uri = str(tmp_path / "t")
+    append(uri, 1)
+    store = store_for("delta-spark")  # no session: reads work, maintenance is refused
+    assert store.version(uri) == 0
+    refused = "^the delta-spark lake is maintained through Spark: no session given$"
+    with pytest.raises(ConfigError, match=refused):
+        store.optimize(uri, target_size=1 << 20)
+    with pytest.raises(ConfigError, match=refused):
+        store.vacuum(uri, 168, dry_run=True)
+    assert store.version(uri) == 0

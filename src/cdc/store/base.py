@@ -10,7 +10,15 @@ Two implementations sit behind it (``lake.writer``):
 Every write carries a :class:`Txn`: the table records ``(app_id, version)`` in the commit, and a
 write whose version is already committed for its app id is skipped (exactly-once across
 crashes). Reads that must work whoever wrote the table (deletion vectors included) go through
-:meth:`TableStore.read`.
+:meth:`TableStore.read` and :meth:`TableStore.query`.
+
+Every operation here is named for what it does, and nothing outside :mod:`cdc.store` opens a
+table: a table's latest state (:meth:`~TableStore.version`, :meth:`~TableStore.info`,
+:meth:`~TableStore.history`, :meth:`~TableStore.files`, queries) is read through a handle the
+store keeps and brings up to date; one version, fixed, through a
+:class:`~cdc.store.table.TableSnapshot` (:meth:`~TableStore.snapshot`), never by moving a
+kept handle; :meth:`~TableStore.optimize` and :meth:`~TableStore.vacuum` run on each store's
+engine and commit the service's metadata like every write.
 """
 
 from __future__ import annotations
