@@ -24,7 +24,9 @@ offset the restored tables do not hold (see :mod:`cdc.landed`), so the next ``cd
 re-reads from Kafka whatever the snapshot missed, and lands it once. Restoring elsewhere
 leaves the live checkpoints alone unless asked; :func:`repoint` does it later.
 
-Local paths and ``s3://`` URIs are both served by ``pyarrow.fs``.
+Local paths and ``s3://`` URIs are both served by ``pyarrow.fs``; which files make up a table
+version, and the tables' versions and rows, come from the store (:mod:`cdc.store.files`,
+:meth:`cdc.store.TableStore.snapshot`).
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -59,9 +60,12 @@ from cdc.dr_manifest import (
 )
 from cdc.errors import ConfigError
 from cdc.maintenance import TableRef, maintenance_tables
+from cdc.store.files import filesystem, has_log, in_log, walk
 
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
+
+    from cdc.store import TableStore
 
 __all__ = [
     "DrError",
@@ -80,36 +84,9 @@ __all__ = [
 ]
 
 _CHUNK = 4 * 1024 * 1024
-_LOG_ENTRY = re.compile(r"^(\d{20})\.(json|crc|checkpoint(\.\d+\.\d+)?\.parquet)$")
 
 
 # ------------------------------------------------------------------------------- storage
-
-
-def filesystem(uri: str, options: Mapping[str, str]) -> tuple[FileSystem, str]:
-    """A ``pyarrow.fs`` filesystem for ``uri`` and the path inside it.
-
-    ``options`` are the service's object-store settings (``AWS_ACCESS_KEY_ID``,
-    ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP``).
-    """
-    from pyarrow import fs
-
-    if uri.startswith(("s3://", "s3a://")):
-        o = {k.upper(): v for k, v in options.items()}
-        endpoint = o.get("AWS_ENDPOINT_URL") or o.get("AWS_ENDPOINT")
-        scheme = None
-        if endpoint and "://" in endpoint:
-            scheme, endpoint = endpoint.split("://", 1)
-        s3 = fs.S3FileSystem(
-            access_key=o.get("AWS_ACCESS_KEY_ID"),
-            secret_key=o.get("AWS_SECRET_ACCESS_KEY"),
-            session_token=o.get("AWS_SESSION_TOKEN"),
-            region=o.get("AWS_REGION") or o.get("AWS_DEFAULT_REGION"),
-            endpoint_override=endpoint,
-            scheme=scheme or "https",
-        )
-        return s3, uri.split("://", 1)[1].rstrip("/")
-    return fs.LocalFileSystem(), uri.rstrip("/")
 
 
 def _size(fs: FileSystem, path: str) -> int | None:
@@ -139,16 +116,6 @@ def _sha256(fs: FileSystem, path: str) -> str:
     return digest.hexdigest()
 
 
-def _walk(fs: FileSystem, root: str) -> Iterator[tuple[str, int]]:
-    """Every file under ``root``: its path relative to ``root`` and its size."""
-    from pyarrow import fs as pafs
-
-    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-    for info in fs.get_file_info(selector):
-        if info.type == pafs.FileType.File:
-            yield info.path[len(root) :].lstrip("/"), int(info.size)
-
-
 # ------------------------------------------------------------------------- the documents
 
 
@@ -176,7 +143,7 @@ def _write_json(fs: FileSystem, path: str, value: Any) -> None:
 
 def _snapshot_ids(fs: FileSystem, root: str) -> list[str]:
     """The snapshots whose manifest is at the DR location, oldest first."""
-    names = (rel.removesuffix(".json") for rel, _ in _walk(fs, f"{root}/manifests"))
+    names = (rel.removesuffix(".json") for rel, _ in walk(fs, f"{root}/manifests"))
     return sorted(name for name in names if is_snapshot_id(name))
 
 
@@ -244,25 +211,6 @@ class SnapshotOutcome:
     """The snapshot is unsigned, or earlier manifests were not trusted to skip copies."""
 
 
-def _table_files(
-    table: Any, lake_fs: FileSystem, table_root: str, version: int
-) -> tuple[list[str], list[str]]:
-    """The data and deletion-vector files, then the log files, of one version."""
-    data = []
-    for uri in table.file_uris():
-        path = uri.split("://", 1)[1] if "://" in uri else uri
-        data.append(path[len(table_root) :].lstrip("/") if path.startswith(table_root) else path)
-    present = dict(_walk(lake_fs, table_root))
-    vectors = sorted(p for p in present if p.rsplit("/", 1)[-1].startswith("deletion_vector_"))
-    logs = []
-    for rel in present:
-        folder, _, name = rel.rpartition("/")
-        match = _LOG_ENTRY.match(name)
-        if folder == "_delta_log" and match and int(match.group(1)) <= version:
-            logs.append(rel)
-    return sorted(set(data)) + vectors, sorted(logs)
-
-
 def snapshot(settings: Settings, location: str | None = None) -> SnapshotOutcome:
     """Copy a consistent version of every existing table to the DR location.
 
@@ -274,22 +222,20 @@ def snapshot(settings: Settings, location: str | None = None) -> SnapshotOutcome
         ConfigError: no DR location, or the manifest key cannot be resolved.
         DrError: a copy failed, or a table references a file outside its folder.
     """
-    from deltalake import DeltaTable
-
     started = time.monotonic()
     dr_fs, dr_root, dr_uri = _dr_root(settings, location)
     key = settings.dr.resolved_manifest_key()  # before any copy: a bad reference fails first
     lake_fs, lake_root = filesystem(settings.lake.root, settings.lake.resolved_storage_options())
     previous, warnings = _checksums(dr_fs, dr_root, key)
     copies: list[TableCopy] = []
-    for ref in _existing(settings):
-        table = DeltaTable(ref.uri, storage_options=settings.lake.resolved_storage_options())
-        version = int(table.version())
-        rows = _rows(table)
+    store = _store(settings)
+    for ref in maintenance_tables(settings):
+        table = store.snapshot(ref.uri)
+        if table is None:
+            continue
         table_root = f"{lake_root}/{ref.name}"
-        data, logs = _table_files(table, lake_fs, table_root, version)
-        copy = TableCopy(ref.name, version, rows)
-        for rel in [*data, *logs]:  # the log last: it must never name a missing file
+        copy = TableCopy(ref.name, table.version, table.rows())
+        for rel in table.copy_order():  # the log last: it must never name a missing file
             problem = path_problem(rel)
             if problem:  # e.g. an absolute path in the log: a restore could not place it
                 raise DrError(f"snapshot of {ref.name}: file {rel!r} {problem}: not supported")
@@ -333,19 +279,15 @@ def snapshot(settings: Settings, location: str | None = None) -> SnapshotOutcome
     return SnapshotOutcome(snapshot_id, dr_uri, copies, time.monotonic() - started, warnings)
 
 
-def _existing(settings: Settings) -> list[TableRef]:
+def _store(settings: Settings, *, dr: bool = False) -> TableStore:
+    """The tables' store: of the lake, or (``dr``) of the DR location's copies."""
+    from cdc.store import DeltaRsStore
+
+    if dr:  # copies are only read, through delta-rs whoever wrote them
+        return DeltaRsStore(settings.dr.resolved_storage_options())
     from cdc.store import store_for
 
-    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
-    return [ref for ref in maintenance_tables(settings) if store.exists(ref.uri)]
-
-
-def _rows(table: Any) -> int:
-    import pyarrow as pa
-    from deltalake import QueryBuilder
-
-    reader = QueryBuilder().register("t", table).execute("SELECT count(*) AS n FROM t")
-    return int(pa.table(reader.read_all()).column("n")[0].as_py())
+    return store_for(settings.lake.writer, settings.lake.resolved_storage_options())
 
 
 def _checksums(fs: FileSystem, root: str, key: bytes | None) -> tuple[dict[str, str], list[str]]:
@@ -404,13 +346,12 @@ def verify(
         DrError: no such snapshot.
         UnsoundSnapshotError: the manifest or ``latest.json`` is damaged or not signed.
     """
-    from deltalake import DeltaTable
-
     if snapshot_id is not None:
         check_snapshot_id(snapshot_id)
     dr_fs, dr_root, dr_uri = _dr_root(settings, location)
     trust = _Trust(settings.dr.resolved_manifest_key(), allow_unsigned)
     manifest = trust.manifest(dr_fs, dr_root, snapshot_id)
+    copies = _store(settings, dr=True)
     problems: list[str] = []
     for name, table in sorted(manifest.tables.items()):
         base = f"{dr_root}/tables/{name}"
@@ -426,12 +367,10 @@ def verify(
         if any(p.startswith(f"{name}:") for p in problems):
             continue
         try:
-            copy = DeltaTable(
-                _uri(dr_uri, f"tables/{name}"),
-                version=table.version,
-                storage_options=settings.dr.resolved_storage_options(),
-            )
-            rows = _rows(copy)
+            copy = copies.snapshot(_uri(dr_uri, f"tables/{name}"), table.version)
+            if copy is None:
+                raise DrError("no Delta table")
+            rows = copy.rows()
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             problems.append(f"{name}: cannot open version {table.version}: {first}")
@@ -668,7 +607,7 @@ def restore(
         manifest = replace(manifest, tables={table: manifest.tables[table]})
     lake_fs, lake_root = filesystem(target, settings.lake.resolved_storage_options())
     for name in manifest.tables:
-        if any(True for _ in _walk(lake_fs, f"{lake_root}/{name}/_delta_log")):
+        if has_log(lake_fs, f"{lake_root}/{name}"):
             raise DrError(
                 f"{target}/{name} already holds a Delta table: restore into an empty lake root"
             )
@@ -711,7 +650,7 @@ def _restore_plan(
     real_root = os.path.realpath(lake_root) if local else ""
     plan = []
     for name, recorded in sorted(manifest.tables.items()):
-        for f in sorted(recorded.files, key=lambda f: f.path.startswith("_delta_log/")):
+        for f in sorted(recorded.files, key=lambda f: in_log(f.path)):
             dst = f"{lake_root}/{name}/{f.path}"
             if local and not _inside(os.path.realpath(dst), real_root):
                 raise DrError(
@@ -755,15 +694,13 @@ def repoint(settings: Settings, target: str) -> list[Repointed]:
             bronze or quarantine.
         PipelineRunningError: a pipeline to re-point is running.
     """
-    from cdc.store import store_for
-
     check_restore_target(
         target,
         lake_root=settings.lake.root,
         checkpoint_root=settings.checkpoints.root,
         dr_location=settings.dr.location,
     )
-    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+    store = _store(settings)
     repointed = _prepare_replays(settings.with_lake_root(target), lambda r: store.exists(r.uri))
     if not repointed:
         raise DrError(f"{target} holds no pipeline's bronze or quarantine: nothing to re-point")

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from cdc.config import PipelineSettings, Settings
-from cdc.errors import CdcError, ConfigError
+from cdc.errors import CdcError, ConfigError, first_line
 from cdc.lake import pipeline_tables
 from cdc.store import TableStore, store_for
 
@@ -137,26 +137,14 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _open(store: TableStore, uri: str) -> Any:
-    return store.handle(uri)
-
-
 def file_stats(store: TableStore, uri: str, small_bytes: int) -> FileStats | None:
     """Files, bytes, small files and files with deletion vectors (None: no table)."""
-    table = _open(store, uri)
-    if table is None:
+    found = store.files(uri)
+    if found is None:
         return None
-    import pyarrow as pa
-
-    actions = pa.table(table.get_add_actions(flatten=True))
-    sizes = [int(v) for v in actions.column("size_bytes").to_pylist()]
-    dv = pa.table(table.deletion_vectors()).num_rows  # live files with rows marked deleted
-    return FileStats(len(sizes), sum(sizes), sum(1 for s in sizes if s < small_bytes), dv)
-
-
-def _history(store: TableStore, uri: str) -> tuple[list[dict[str, Any]], int]:
-    table = _open(store, uri)
-    return list(table.history()), int(table.version())
+    sizes = [f.size for f in found.files]
+    small = sum(1 for s in sizes if s < small_bytes)
+    return FileStats(len(sizes), sum(sizes), small, found.deletion_vectors)
 
 
 def _last(history: list[dict[str, Any]], *operations: str) -> dict[str, Any] | None:
@@ -165,8 +153,7 @@ def _last(history: list[dict[str, Any]], *operations: str) -> dict[str, Any] | N
 
 def _failure(operation: str, ref: TableRef, exc: Exception) -> str:
     """``OPTIMIZE <table> failed: <the error's first line>``."""
-    first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-    return f"{operation} {ref.name} failed: {first.strip()}"
+    return f"{operation} {ref.name} failed: {first_line(exc)}"
 
 
 @dataclass(frozen=True)
@@ -228,10 +215,11 @@ def optimize(
         refs: the tables.
         spark: the session for the delta-spark lake (required there).
     """
-    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options(), spark)
     small = settings.maintenance.small_file_bytes
-    on_spark = settings.lake.writer == "delta-spark"
-    assert spark is not None or not on_spark, "the delta-spark lake is maintained through Spark"
+    assert spark is not None or settings.lake.writer != "delta-spark", (
+        "the delta-spark lake is maintained through Spark"
+    )
     out: list[OptimizeOutcome] = []
     for ref in refs:
         started = time.monotonic()
@@ -240,12 +228,15 @@ def optimize(
             before = file_stats(store, ref.uri, small)
             if before is None:
                 continue
-            schema, partitions = _layout(settings, ref.uri)
-            columns = zorder_columns(ref, schema, partitions)
-            if spark is not None and on_spark:
-                _optimize_spark(spark, ref, columns, purge=before.deletion_vectors > 0)
-            else:
-                _optimize_rs(store, ref, settings, columns)
+            layout = store.snapshot(ref.uri)
+            assert layout is not None
+            columns = zorder_columns(ref, layout.schema(), layout.partition_columns())
+            store.optimize(
+                ref.uri,
+                columns,
+                target_size=settings.maintenance.target_file_bytes,
+                purge=before.deletion_vectors > 0,
+            )
             after = file_stats(store, ref.uri, small)
         except Exception as exc:
             failed = _failure("OPTIMIZE", ref, exc)
@@ -254,19 +245,6 @@ def optimize(
         assert after is not None
         out.append(OptimizeOutcome(ref, before, after, time.monotonic() - started, columns))
     return out
-
-
-def _optimize_rs(
-    store: TableStore, ref: TableRef, settings: Settings, columns: tuple[str, ...]
-) -> None:
-    from deltalake import DeltaTable
-
-    table = DeltaTable(ref.uri, storage_options=store.storage_options)
-    target = settings.maintenance.target_file_bytes
-    if columns:
-        table.optimize.z_order(list(columns), target_size=target, max_concurrent_tasks=2)
-    else:
-        table.optimize.compact(target_size=target, max_concurrent_tasks=2)
 
 
 def _has_column(schema: Any, dotted: str) -> bool:
@@ -281,28 +259,6 @@ def _has_column(schema: Any, dotted: str) -> bool:
             return False
         kind = kind.field(part).type
     return True
-
-
-def _optimize_spark(
-    spark: SparkSession, ref: TableRef, columns: tuple[str, ...], purge: bool
-) -> None:
-    from cdc.store.delta_spark import spark_path
-
-    path = spark_path(ref.uri).replace("`", "``")
-    table = f"delta.`{path}`"
-    zorder = f" ZORDER BY ({', '.join(f'`{c}`' if '.' not in c else c for c in columns)})"
-    spark.sql(f"OPTIMIZE {table}{zorder if columns else ''}").collect()
-    if purge:
-        spark.sql(f"REORG TABLE {table} APPLY (PURGE)").collect()
-
-
-def _layout(settings: Settings, uri: str) -> tuple[Any, list[str]]:
-    """The table's Arrow schema and partition columns, from its log (whoever wrote it)."""
-    import pyarrow as pa
-    from deltalake import DeltaTable
-
-    table = DeltaTable(uri, storage_options=settings.lake.resolved_storage_options())
-    return pa.schema(table.schema().to_arrow()), list(table.metadata().partition_columns)
 
 
 @dataclass(frozen=True)
@@ -362,53 +318,22 @@ def vacuum(
         ConfigError: the retention is below ``maintenance.min_retention_hours`` and not forced.
     """
     hours = retention(settings, retention_hours, force)
-    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
-    on_spark = settings.lake.writer == "delta-spark"
-    assert spark is not None or not on_spark, "the delta-spark lake is maintained through Spark"
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options(), spark)
+    assert spark is not None or settings.lake.writer != "delta-spark", (
+        "the delta-spark lake is maintained through Spark"
+    )
     out: list[VacuumOutcome] = []
     for ref in refs:
         try:
-            if _open(store, ref.uri) is None:
+            if not store.exists(ref.uri):
                 continue
-            if spark is not None and on_spark:
-                files = _vacuum_spark(spark, ref, hours, dry_run)
-                if not dry_run:  # Spark reports the table, not the files: its log has them
-                    history, _ = _history(store, ref.uri)
-                    done = _last(history, "VACUUM END") or {}
-                    files = int((done.get("operationMetrics") or {}).get("numDeletedFiles", 0))
-            else:
-                from deltalake import DeltaTable
-
-                table = DeltaTable(ref.uri, storage_options=store.storage_options)
-                files = len(
-                    table.vacuum(
-                        retention_hours=int(hours),
-                        dry_run=dry_run,
-                        enforce_retention_duration=False,
-                    )
-                )
+            files = store.vacuum(ref.uri, hours, dry_run=dry_run)
         except Exception as exc:
             failed = _failure("VACUUM", ref, exc)
             out.append(VacuumOutcome(ref, 0, dry_run, hours, failed))
             continue
         out.append(VacuumOutcome(ref, files, dry_run, hours))
     return out
-
-
-def _vacuum_spark(spark: SparkSession, ref: TableRef, hours: float, dry_run: bool) -> int:
-    from cdc.store.delta_spark import spark_path
-
-    check = "spark.databricks.delta.retentionDurationCheck.enabled"
-    previous = spark.conf.get(check, "true") or "true"
-    spark.conf.set(check, "false")  # the floor is enforced above, in the service's terms
-    try:
-        path = spark_path(ref.uri).replace("`", "``")
-        rows = spark.sql(
-            f"VACUUM delta.`{path}` RETAIN {hours:g} HOURS{' DRY RUN' if dry_run else ''}"
-        ).collect()
-    finally:
-        spark.conf.set(check, previous)
-    return len(rows) if dry_run else 0
 
 
 @dataclass(frozen=True)
@@ -449,7 +374,8 @@ def health(settings: Settings, refs: list[TableRef]) -> list[HealthReport]:
         stats = file_stats(store, ref.uri, m.small_file_bytes)
         if stats is None:
             continue
-        history, version = _history(store, ref.uri)
+        history = store.history(ref.uri)
+        version = int(history[0]["version"])  # the latest commit's
         optimized = _last(history, "OPTIMIZE", "REORG")
         vacuumed = _last(history, "VACUUM END")
         since = (

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import polars as pl
 import pyarrow as pa
@@ -38,7 +38,7 @@ from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError, TableReadError
 from cdc.faults import FaultHook
 from cdc.gold import GOLD_KEYS, GOLD_TABLES, gold_path
-from cdc.store import DeltaRsStore
+from cdc.store import DeltaRsStore, TableSnapshot
 from cdc.warehouse import ApplyPlan, Dialect, SchemaMismatchError, Warehouse, open_warehouse
 from cdc.warehouse.base import DELETE, OP_COLUMN, UPSERT, first_line
 
@@ -232,21 +232,6 @@ def staged_rows(changes: Changes, schema: pa.Schema) -> pa.Table:
 # ----------------------------------------------------------------------------- I/O
 
 
-def _open(uri: str, version: int | None, storage_options: dict[str, str]) -> Any:
-    """The table's handle at ``version`` (None: the latest; failures are one line then)."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    if version is not None:
-        return DeltaTable(uri, version=version, storage_options=storage_options)
-    try:
-        return DeltaTable(uri, storage_options=storage_options)
-    except TableNotFoundError:
-        raise PublishError(f"no Delta table at {uri}") from None
-    except Exception as exc:  # DeltaError, OSError: a corrupt log, storage refused
-        raise TableReadError(f"cannot read the Delta table at {uri}: {first_line(exc)}") from None
-
-
 def _classic(t: pa.DataType) -> pa.DataType:
     """``t`` with view types replaced by their classic forms (pyarrow's kernels, ``take``
     among them, and the drivers' loaders know those)."""
@@ -268,11 +253,9 @@ def _classic(t: pa.DataType) -> pa.DataType:
     return t
 
 
-def _read(table: Any) -> pa.Table:
-    """Every row of a table at the version its handle is at (deletion vectors honoured)."""
-    from deltalake import QueryBuilder
-
-    rows = pa.table(QueryBuilder().register("t", table).execute("SELECT * FROM t").read_all())
+def _read(snapshot: TableSnapshot) -> pa.Table:
+    """Every row of a table version (deletion vectors honoured), in classic Arrow types."""
+    rows = snapshot.read()
     schema = pa.schema([f.with_type(_classic(f.type)) for f in rows.schema])
     return rows if schema == rows.schema else rows.cast(schema)
 
@@ -308,9 +291,11 @@ def publish_table(
         WarehouseError: the warehouse refused a statement.
     """
     started = time.monotonic()
-    options = dict(storage_options or {})
-    current = _open(uri, None, options)
-    version = int(current.version())
+    store = DeltaRsStore(dict(storage_options or {}))
+    current = store.snapshot(uri)  # the version published, whatever commits follow
+    if current is None:
+        raise PublishError(f"no Delta table at {uri}")
+    version = current.version
     previous = warehouse.published_version(table)
     existing = warehouse.columns(table)
     if previous == version and existing is not None:
@@ -318,6 +303,8 @@ def publish_table(
         return PublishResult(table, version, previous, "up to date")
     try:
         new = _read(current)
+    except TableReadError:
+        raise
     except Exception as exc:  # a data file missing or unreadable
         raise TableReadError(
             f"cannot read version {version} of the Delta table at {uri}: {first_line(exc)}"
@@ -332,7 +319,10 @@ def publish_table(
         reason = f"version {previous} was published, the table is at {version}: re-created"
     else:
         try:
-            old = _read(_open(uri, previous, options))
+            before = store.snapshot(uri, previous)
+            if before is None:  # deleted since it was opened
+                raise TableReadError(f"no Delta table at {uri}")
+            old = _read(before)
         except Exception as exc:  # DeltaError, an object-store error: either way unreadable
             reason = f"version {previous} is no longer readable, vacuumed? ({first_line(exc)})"
     if old is not None:

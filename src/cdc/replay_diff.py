@@ -27,13 +27,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from cdc.checkpoint import TOPIC_FILE
 from cdc.config import Settings
 from cdc.lake import pipeline_tables
+
+if TYPE_CHECKING:
+    from cdc.store import TableStore
 
 __all__ = [
     "TableDiff",
@@ -83,33 +86,26 @@ class TableDiff:
 
 def table_versions(settings: Settings, name: str) -> dict[str, int | None]:
     """The latest Delta version of each of the pipeline's tables (None: no table yet)."""
+    store = _store(settings)
+    return {role: store.version(uri) for role, uri in _tables(settings, name).items()}
+
+
+def _store(settings: Settings) -> TableStore:
     from cdc.store import store_for
 
-    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
-    out: dict[str, int | None] = {}
-    for role, uri in _tables(settings, name).items():
-        info = store.info(uri)
-        out[role] = None if info is None else info.version
-    return out
+    return store_for(settings.lake.writer, settings.lake.resolved_storage_options())
 
 
 def _tables(settings: Settings, name: str) -> dict[str, str]:
     return pipeline_tables(settings, settings.pipeline(name))
 
 
-def _read(uri: str, version: int | None, options: Mapping[str, str]) -> pl.DataFrame | None:
+def _read(store: TableStore, uri: str, version: int | None) -> pl.DataFrame | None:
     """The table as of ``version`` (latest when None); None when it did not exist."""
-    import pyarrow as pa
-    from deltalake import DeltaTable, QueryBuilder
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        table = DeltaTable(uri, version=version, storage_options=dict(options) or None)
-    except TableNotFoundError:
+    rows = store.read(uri, version)
+    if rows is None:
         return None
-    frame = pl.from_arrow(
-        pa.table(QueryBuilder().register("t", table).execute("SELECT * FROM t").read_all())
-    )
+    frame = pl.from_arrow(rows)
     assert isinstance(frame, pl.DataFrame)
     return frame
 
@@ -239,13 +235,12 @@ def diff_pipeline(
     pipeline = settings.pipeline(name)
     after_settings = after_settings or settings
     before_uris, after_uris = _tables(settings, name), _tables(after_settings, name)
-    opts_before = settings.lake.resolved_storage_options()
-    opts_after = after_settings.lake.resolved_storage_options()
+    stores = _store(settings), _store(after_settings)
     out: list[TableDiff] = []
     for role in ("silver", "bronze", "quarantine"):
         version = before_versions.get(role)
-        before = None if version is None else _read(before_uris[role], version, opts_before)
-        after = _read(after_uris[role], None, opts_after)
+        before = None if version is None else _read(stores[0], before_uris[role], version)
+        after = _read(stores[1], after_uris[role], None)
         if role != "silver":
             kind, keys = "log", []
         elif pipeline.kind == "scd2":
@@ -330,7 +325,7 @@ def scratch_lake(settings: Settings, name: str) -> Iterator[tuple[Settings, dict
     """
     from pyarrow import fs as pafs
 
-    from cdc.dr import filesystem
+    from cdc.store.files import filesystem
 
     scratch = Path(tempfile.mkdtemp(prefix=f"cdc-replay-diff-{name}-"))
     try:

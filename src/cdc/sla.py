@@ -298,8 +298,6 @@ def gather_facts(settings: Settings, name: str, broker: bool = True) -> Facts:
     Args:
         broker: whether the cluster answers (False: the lag is unknown).
     """
-    from deltalake.exceptions import DeltaError
-
     from cdc.status import pipeline_status
     from cdc.store import store_for
 
@@ -320,7 +318,7 @@ def gather_facts(settings: Settings, name: str, broker: bool = True) -> Facts:
             if stamp is not None:
                 stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
                 newest = stamp if newest is None else max(newest, stamp)
-    except (TableReadError, DeltaError, OSError) as exc:  # storage down, refused, corrupt
+    except (TableReadError, OSError) as exc:  # storage down, refused, corrupt
         return Facts(name, lag, last_batch, None, lake_error=redact(first_line(exc)))
     return Facts(name, lag, last_batch, newest)
 

@@ -17,9 +17,11 @@ import polars as pl
 import pytest
 
 from cdc.config import Settings
-from cdc.maintenance import file_stats, maintenance_tables, optimize
+from cdc.maintenance import file_stats, maintenance_tables, optimize, vacuum
 from cdc.pipelines import run_pipelines, start_query
 from cdc.store import store_for
+from cdc.store.delta_spark import RETENTION_CHECK_CONF, USER_METADATA_CONF
+from cdc.store.plan import read_commit_info
 from tests.support.envelopes import change
 from tests.support.kafka import produce
 from tests.support.lake import (
@@ -117,6 +119,12 @@ def test_optimize_on_delta_spark_purges_deletion_vectors(
     silver = next(r for r in maintenance_tables(settings, PIPELINE) if r.role == "silver")
     before = file_stats(store, silver.uri, settings.maintenance.small_file_bytes)
     assert before is not None and before.deletion_vectors > 0
+    # Rows hidden by the deletion vectors are not live: counted by a query, not the stats.
+    with_vectors = store.snapshot(silver.uri)
+    info = store.info(silver.uri)
+    assert with_vectors is not None and info is not None
+    assert with_vectors.rows() == info.rows == 12
+    assert sum(f.rows or 0 for f in with_vectors.files().files) > 12
     rows = _tables(settings)
     outcomes = optimize(settings, maintenance_tables(settings, PIPELINE), spark)
     assert {o.table.role for o in outcomes} >= {"bronze", "silver"}
@@ -125,6 +133,22 @@ def test_optimize_on_delta_spark_purges_deletion_vectors(
     assert after.files < before.files
     assert _tables(settings)["silver"].equals(rows["silver"])
     assert _tables(settings)["bronze"].equals(rows["bronze"])
+    # Maintenance commits carry the service's one commit-metadata shape too.
+    since = [c for c in store.history(silver.uri) if c["version"] > with_vectors.version]
+    assert {c["operation"] for c in since} <= {"OPTIMIZE", "REORG"} and since
+    tagged = {"operation": "optimize", "writer": "delta-spark"}
+    assert [read_commit_info(c) for c in since] == [tagged] * len(since)
+    # VACUUM through Spark: a dry run counts, the real one deletes as many and says so.
+    would = vacuum(settings, [silver], 0, dry_run=True, force=True, spark=spark)
+    assert would[0].error is None and would[0].files > 0
+    done = vacuum(settings, [silver], 0, dry_run=False, force=True, spark=spark)
+    assert done[0].error is None and done[0].files == would[0].files
+    ended = store.history(silver.uri, 1)[0]
+    assert ended["operation"] == "VACUUM END"
+    assert read_commit_info(ended) == {"operation": "vacuum", "writer": "delta-spark"}
+    assert _tables(settings)["silver"].equals(rows["silver"])
+    for conf in (USER_METADATA_CONF, RETENTION_CHECK_CONF):
+        assert spark.conf.get(conf, None) is None  # put back as they were
 
 
 def test_the_scheduled_optimize_on_a_delta_spark_lake_with_every_kind_of_table(

@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -31,6 +31,7 @@ from cdc.cli import main
 from cdc.config import load_settings, read_config
 from cdc.errors import ConfigError
 from cdc.gold import GOLD_KEYS, GOLD_SCHEMAS, GOLD_TABLES, build_gold, gold_path
+from cdc.gold.build import LOGIC_VERSION, rules_of
 from cdc.gold.frames import (
     SILVER_COLUMNS,
     SILVER_TABLES,
@@ -41,6 +42,7 @@ from cdc.gold.frames import (
     versions_at,
 )
 from cdc.gold.refresh import Previous, plan, refresh
+from cdc.store.plan import read_commit_info
 from tests.support.gold_scenario import (
     ACCOUNTS,
     AS_OF,
@@ -256,16 +258,68 @@ def test_each_commit_records_the_silver_versions_it_was_built_from(lake: Lake) -
     lake.build(tables=["daily_revenue"], as_of=AS_OF)
 
     entry = DeltaTable(gold_path(lake.settings, "daily_revenue")).history(1)[0]
-    recorded = json.loads(entry["cdc.gold.silver"])
-    ids = {n: DeltaTable(lake.silver_uris[n]).metadata().id for n in recorded}
+    # One commit-metadata shape for every writer: userMetadata = {"cdc": {...}}.
+    assert set(entry) & {"cdc.operation", "cdc.gold.silver"} == set()
+    recorded = json.loads(entry["userMetadata"])["cdc"]
+    assert recorded == read_commit_info(entry)
+    ids = {n: DeltaTable(lake.silver_uris[n]).metadata().id for n in recorded["silver"]}
     assert recorded == {
-        "dim_account": {"version": 0, "id": ids["dim_account"]},
-        "dim_fx_rate": {"version": 0, "id": ids["dim_fx_rate"]},
-        "fact_orders": {"version": 1, "id": ids["fact_orders"]},
+        "operation": "gold-build",
+        "writer": "delta-rs",
+        "table": "daily_revenue",
+        "mode": "incremental",
+        "silver": {
+            "dim_account": {"version": 0, "id": ids["dim_account"]},
+            "dim_fx_rate": {"version": 0, "id": ids["dim_fx_rate"]},
+            "fact_orders": {"version": 1, "id": ids["fact_orders"]},
+        },
+        "as_of": "2026-03-17",
+        "rules": rules_of(lake.settings).fingerprint(LOGIC_VERSION),
     }
-    assert entry["cdc.gold.as_of"] == "2026-03-17"
-    assert entry["cdc.gold.mode"] == "incremental"
-    assert entry["cdc.operation"] == "gold-build"
+
+
+def test_a_build_recorded_by_an_earlier_release_is_still_read(lake: Lake) -> None:
+    """Gold tables whose last build recorded its inputs as commitInfo fields (the shape
+    before one commit-metadata shape) stay incremental: the upgrade costs no full build."""
+    lake.build(as_of=AS_OF)
+    uri = gold_path(lake.settings, "daily_revenue")
+    recorded = read_commit_info(DeltaTable(uri).history(1)[0])
+    assert recorded is not None
+    # The same table and inputs, its only commit made the way the build used to record them.
+    rows = DeltaTable(uri).to_pyarrow_table()
+    shutil.rmtree(uri)
+    write_deltalake(
+        uri,
+        rows,
+        commit_properties=CommitProperties(
+            custom_metadata={
+                "cdc.operation": "gold-build",
+                "cdc.gold.table": "daily_revenue",
+                "cdc.gold.mode": "full",
+                "cdc.gold.silver": json.dumps(recorded["silver"]),
+                "cdc.gold.as_of": recorded["as_of"],
+                "cdc.gold.rules": recorded["rules"],
+            }
+        ),
+    )
+    [legacy] = DeltaTable(uri).history()
+    assert "userMetadata" not in legacy
+    assert read_commit_info(legacy) == {"operation": "gold-build", "writer": "delta-rs"}
+
+    unchanged = lake.build(tables=["daily_revenue"], as_of=AS_OF)["daily_revenue"]
+    assert (unchanged.changed, unchanged.mode) == (False, "incremental")
+
+    late_order = placed_order(order_row("ORD8", "A2", "30.00", "USD", at(3, 11, 15)), ("paid", 1))
+    lake.write("fact_orders", ORDERS + late_order)
+    moved = lake.build(tables=["daily_revenue"], as_of=AS_OF)["daily_revenue"]
+    assert (moved.changed, moved.mode, moved.upserted, moved.deleted) == (
+        True,
+        "incremental",
+        1,
+        0,
+    )
+    full = lake.build(tables=["daily_revenue"], as_of=AS_OF, full=True)["daily_revenue"]
+    assert not full.changed  # the incremental result is the full build's
 
 
 def test_an_incremental_build_rewrites_only_the_grains_a_change_touches(lake: Lake) -> None:

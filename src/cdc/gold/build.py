@@ -1,14 +1,19 @@
 """``cdc gold build``: read silver at pinned versions, refresh each gold table, MERGE the diff.
 
 Every silver table a gold table reads is pinned at its latest version when the build starts,
-and read there (through delta-rs queries, which honour the deletion vectors delta-spark
-writes), so one build sees one consistent silver. A gold commit records, in its commit
-metadata, the silver versions (and table ids) it was built from, the reference day and a
-fingerprint of the rules (reporting currency, regions, :data:`LOGIC_VERSION`):
+and read there (:meth:`cdc.store.TableStore.snapshot`: delta-rs queries, which honour the
+deletion vectors delta-spark writes), so one build sees one consistent silver. A gold commit
+records, in the service's commit metadata (:class:`cdc.store.plan.CommitInfo`, operation
+``gold-build``), the silver versions (and table ids) it was built from, the reference day and
+a fingerprint of the rules (reporting currency, regions, :data:`LOGIC_VERSION`):
 
-* ``cdc.gold.silver``: ``{"dim_account": {"version": 12, "id": "..."}, ...}`` (null: no table);
-* ``cdc.gold.as_of``: the reference day (ISO date);
-* ``cdc.gold.rules``: the fingerprint; ``cdc.gold.mode``: ``full`` or ``incremental``.
+* ``silver``: ``{"dim_account": {"version": 12, "id": "..."}, ...}`` (null: no table);
+* ``as_of``: the reference day (ISO date);
+* ``rules``: the fingerprint; ``mode``: ``full`` or ``incremental``; ``table``: the gold table.
+
+Builds of earlier releases recorded the same facts as ``commitInfo`` fields
+(``cdc.gold.silver`` as JSON text, ``cdc.gold.as_of``, ``cdc.gold.rules``); they are still
+read, so the first build after an upgrade stays incremental.
 
 The next build reads each changed silver table again at the recorded version and refreshes
 only the grains the difference touches (:mod:`cdc.gold.refresh`). It builds in full instead
@@ -36,7 +41,7 @@ import polars as pl
 import pyarrow as pa
 
 from cdc.config import Settings
-from cdc.errors import CommitConflictError, ConfigError, TableReadError, TableWriteError
+from cdc.errors import ConfigError, TableReadError
 from cdc.gold.frames import (
     SILVER_COLUMNS,
     SILVER_TABLES,
@@ -48,8 +53,10 @@ from cdc.gold.frames import (
 from cdc.gold.refresh import Previous, Refresh, Scope, changed_rows, plan, refresh
 from cdc.gold.tables import GOLD_KEYS, GOLD_SCHEMAS, GOLD_SOURCES, GOLD_TABLES
 from cdc.lake import table_paths
-from cdc.rust_output import rust_panics_logged
-from cdc.store import DeltaRsStore, TableStore
+from cdc.scd2 import ACTION_COLUMN
+from cdc.store import DeltaRsStore, TableSnapshot
+from cdc.store.delta_rs import WRITER
+from cdc.store.plan import Clause, CommitInfo, MergePlan, TableLayout, read_commit_info
 
 __all__ = ["LOGIC_VERSION", "GoldResult", "build_gold", "gold_path", "parse_day", "rules_of"]
 
@@ -59,12 +66,14 @@ LOGIC_VERSION = 1
 """Bumped whenever a gold column's meaning or type changes: tables built under another
 version are rebuilt in full by the next build."""
 
-_PARTITIONS: dict[str, list[str]] = {"customer_features": ["as_of_date"]}
+_LAYOUTS = {"customer_features": TableLayout(partition_by=("as_of_date",))}
 """A features build adds one ``as_of_date``: a partition of its own, no other file rewritten."""
-_ACTION = "_gold_action"
 _FACT_IDS = {"fact_orders": "event_id", "fact_behavior": "event_id"}
 """The id of each fact table's rows: a row never changes once its id is written."""
-_SILVER_META, _AS_OF_META, _RULES_META = "cdc.gold.silver", "cdc.gold.as_of", "cdc.gold.rules"
+OPERATION = "gold-build"
+"""The operation of a gold build's commits (:class:`~cdc.store.plan.CommitInfo`)."""
+_LEGACY_SILVER, _LEGACY_AS_OF, _LEGACY_RULES = "cdc.gold.silver", "cdc.gold.as_of", "cdc.gold.rules"
+"""The ``commitInfo`` fields builds of earlier releases recorded their inputs in."""
 _RECENT_COMMITS = 50
 
 
@@ -147,13 +156,21 @@ class _LastBuild:
     rules: str
 
 
-def _query(table: Any, sql: str) -> pl.DataFrame:
-    """Run ``sql`` over the delta-rs handle ``table`` (at the version it is loaded at) as ``t``."""
-    from deltalake import QueryBuilder
-
-    frame = pl.from_arrow(pa.table(QueryBuilder().register("t", table).execute(sql).read_all()))
+def _frame(rows: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(rows)
     assert isinstance(frame, pl.DataFrame)
     return frame
+
+
+def _merge_plan(name: str) -> MergePlan:
+    """Upserts (``U``) and deletes (``D``) of whole rows by the table's grain."""
+    return MergePlan(
+        operation="gold",
+        match=GOLD_KEYS[name],
+        clauses=(Clause("delete", "D"), Clause("update", "U"), Clause("insert", "U")),
+        source_only=(ACTION_COLUMN,),
+        layout=_LAYOUTS.get(name, TableLayout()),
+    )
 
 
 def _select(name: str) -> str:
@@ -163,12 +180,12 @@ def _select(name: str) -> str:
 class _Silver:
     """The silver tables of one build, each pinned at the version it had when first asked."""
 
-    def __init__(self, settings: Settings, store: TableStore) -> None:
+    def __init__(self, settings: Settings, store: DeltaRsStore) -> None:
         self._store = store
         self._uris = {
             p.target: table_paths(settings, p)["silver"] for p in settings.pipelines.values()
         }
-        self._handles: dict[str, Any] = {}
+        self._pinned: dict[str, TableSnapshot | None] = {}
         self._frames: dict[str, pl.DataFrame] = {}
         self._changes: dict[tuple[str, int], pl.DataFrame | None] = {}
 
@@ -180,26 +197,25 @@ class _Silver:
                 f"gold/{table} reads silver/{name}, but no pipeline has target {name}"
             ) from None
 
-    def _handle(self, name: str, table: str) -> Any:
-        if name not in self._handles:
-            self._handles[name] = self._store.handle(self.uri(name, table))
-        return self._handles[name]
+    def _snapshot(self, name: str, table: str) -> TableSnapshot | None:
+        """``name`` at the version it had when first asked (None: no such table yet)."""
+        if name not in self._pinned:
+            self._pinned[name] = self._store.snapshot(self.uri(name, table))
+        return self._pinned[name]
 
     def pin(self, name: str, table: str) -> _Pin | None:
         """The version the build reads ``name`` at (None: no such table yet)."""
-        handle = self._handle(name, table)
-        if handle is None:
-            return None
-        return _Pin(int(handle.version()), str(handle.metadata().id))
+        snapshot = self._snapshot(name, table)
+        return None if snapshot is None else _Pin(snapshot.version, snapshot.table_id)
 
     def frame(self, name: str, table: str) -> pl.DataFrame:
         """Silver table ``name`` at its pinned version, as gold reads it."""
         if name not in self._frames:
-            handle = self._handle(name, table)
-            if handle is None:
+            snapshot = self._snapshot(name, table)
+            if snapshot is None:
                 self._frames[name] = empty_silver(name)
             else:
-                self._frames[name] = self._conform(name, _query(handle, _select(name)))
+                self._frames[name] = self._conform(name, _frame(snapshot.query(_select(name))))
         return self._frames[name]
 
     def newest(self, name: str, column: str) -> datetime | None:
@@ -210,10 +226,10 @@ class _Silver:
         if name in self._frames:
             value = self._frames[name].get_column(column).max()
         else:
-            handle = self._handle(name, "")
-            if handle is None:
+            snapshot = self._snapshot(name, "")
+            if snapshot is None:
                 return None
-            value = _query(handle, f'SELECT max("{column}") AS newest FROM t').item()
+            value = _frame(snapshot.query(f'SELECT max("{column}") AS newest FROM t')).item()
         return value if isinstance(value, datetime) else None
 
     def changes(self, name: str, table: str, before: _Pin) -> pl.DataFrame | None:
@@ -250,17 +266,12 @@ class _Silver:
 
     def _read_at(self, name: str, table: str, pin: _Pin, sql: str) -> pl.DataFrame | None:
         """``sql`` over ``name`` at an older version (None: that version cannot be read)."""
-        from deltalake import DeltaTable
-
+        uri = self.uri(name, table)
         try:
-            handle = DeltaTable(
-                self.uri(name, table),
-                version=pin.version,
-                storage_options=self._store.storage_options,
-            )
-            return _query(handle, sql)
-        except ConfigError:
-            raise
+            snapshot = self._store.snapshot(uri, pin.version)
+            if snapshot is None:
+                raise TableReadError(f"no Delta table at {uri}")
+            return _frame(snapshot.query(sql))
         except Exception as exc:  # vacuumed files, a cleaned-up log: rebuild in full
             log.info("silver/%s version %d is not readable (%s)", name, pin.version, exc)
             return None
@@ -273,37 +284,38 @@ class _Silver:
             raise TableReadError(str(exc)) from None
 
 
-def _last_build(table: Any) -> _LastBuild | None:
+def _last_build(store: DeltaRsStore, uri: str) -> _LastBuild | None:
     """The newest gold build recorded in the table's history (None: none).
 
     Usually the latest commit; a maintenance commit (OPTIMIZE, VACUUM) may follow it, so the
     recent commits are searched first and the whole history only when they hold no build.
     """
-    recent = table.history(_RECENT_COMMITS)
-    entries = recent if len(recent) < _RECENT_COMMITS else [*recent, *table.history()]
+    recent = store.history(uri, _RECENT_COMMITS)
+    entries = recent if len(recent) < _RECENT_COMMITS else [*recent, *store.history(uri)]
     for entry in entries:
-        if _SILVER_META not in entry:
-            continue
-        pins = json.loads(entry[_SILVER_META])
-        return _LastBuild(
-            silver={
-                n: None if p is None else _Pin(int(p["version"]), str(p["id"]))
-                for n, p in pins.items()
-            },
-            as_of=date.fromisoformat(entry[_AS_OF_META]),
-            rules=str(entry.get(_RULES_META)),
-        )
+        found = _recorded(entry)
+        if found is not None:
+            return found
     return None
 
 
-def _row_count(table: Any) -> int:
-    actions = pa.table(table.get_add_actions(flatten=True))
-    if actions.num_rows == 0:
-        return 0
-    counts = actions.column("num_records").to_pylist()
-    if any(c is None for c in counts):
-        return int(_query(table, "SELECT count(*) AS n FROM t").item())
-    return int(sum(counts))
+def _recorded(commit: dict[str, Any]) -> _LastBuild | None:
+    """The inputs a gold build's commit recorded (None: not a build's commit)."""
+    info = read_commit_info(commit) or {}
+    if info.get("operation") == OPERATION and "silver" in info:
+        pins, as_of, rules = info["silver"], info["as_of"], info.get("rules")
+    elif _LEGACY_SILVER in commit:  # written by an earlier release
+        pins = json.loads(commit[_LEGACY_SILVER])
+        as_of, rules = commit[_LEGACY_AS_OF], commit.get(_LEGACY_RULES)
+    else:
+        return None
+    return _LastBuild(
+        silver={
+            n: None if p is None else _Pin(int(p["version"]), str(p["id"])) for n, p in pins.items()
+        },
+        as_of=date.fromisoformat(as_of),
+        rules=str(rules),
+    )
 
 
 def _arrow(frame: pl.DataFrame) -> pa.Table:
@@ -312,18 +324,18 @@ def _arrow(frame: pl.DataFrame) -> pa.Table:
 
 
 class _GoldTable:
-    """One gold table: its state, its rows in a scope, and its writes."""
+    """One gold table: its state when the build started, its rows in a scope, its writes."""
 
-    def __init__(self, settings: Settings, store: TableStore, name: str) -> None:
+    def __init__(self, settings: Settings, store: DeltaRsStore, name: str) -> None:
         self.name = name
         self.uri = gold_path(settings, name)
-        self.storage_options = store.storage_options
-        self.table: Any = store.handle(self.uri)
+        self.store = store
+        self.snapshot = store.snapshot(self.uri)
 
     @property
     def columns(self) -> list[str]:
         """The table's columns (none when it does not exist)."""
-        return [] if self.table is None else [f.name for f in self.table.schema().fields]
+        return [] if self.snapshot is None else self.snapshot.columns()
 
     @property
     def compatible(self) -> bool:
@@ -332,85 +344,51 @@ class _GoldTable:
 
     def dates(self) -> list[date]:
         """The ``as_of_date`` s of ``customer_features`` (none when it has no such column)."""
-        if "as_of_date" not in self.columns:
+        if self.snapshot is None or "as_of_date" not in self.columns:
             return []
-        found = (
-            pl.scan_delta(self.table, version=self.table.version()).select("as_of_date").unique()
-        )
+        found = self.snapshot.scan().select("as_of_date").unique()
         return sorted(found.collect().get_column("as_of_date").to_list())
 
     def rows_in(self, scope: Scope) -> pl.DataFrame:
         """The table's rows in ``scope``, in the gold types."""
-        if self.table is None or scope.empty:
+        if self.snapshot is None or scope.empty:
             return pl.DataFrame(schema=GOLD_SCHEMAS[self.name])
-        rows = pl.scan_delta(self.table, version=self.table.version())
         schema = GOLD_SCHEMAS[self.name]
-        return scope.select(rows).collect().select([pl.col(c).cast(t) for c, t in schema.items()])
+        rows = scope.select(self.snapshot.scan()).collect()
+        return rows.select([pl.col(c).cast(t) for c, t in schema.items()])
 
     def write(
-        self, upserts: pl.DataFrame, deletes: pl.DataFrame, metadata: dict[str, str], replace: bool
+        self, upserts: pl.DataFrame, deletes: pl.DataFrame, commit: CommitInfo, replace: bool
     ) -> int:
         """Commit the upserts and deletes (``replace``: overwrite the table with ``upserts``).
 
         Returns:
             The committed version.
         """
-        from deltalake import CommitProperties, DeltaTable, write_deltalake
-        from deltalake.exceptions import CommitFailedError, DeltaError
-
-        props = CommitProperties(custom_metadata=metadata, max_commit_retries=5)
-        try:
-            with rust_panics_logged():
-                if replace or self.table is None:
-                    write_deltalake(
-                        self.uri,
-                        _arrow(upserts),
-                        mode="overwrite",
-                        schema_mode="overwrite",
-                        partition_by=_PARTITIONS.get(self.name),
-                        storage_options=self.storage_options,
-                        commit_properties=props,
-                    )
-                else:
-                    self._merge(upserts, deletes, props)
-        except CommitFailedError as exc:
-            raise CommitConflictError(f"gold/{self.name}: commit conflicted: {exc}") from exc
-        except (DeltaError, OSError) as exc:
-            raise TableWriteError(f"gold/{self.name}: write failed: {exc}") from exc
-        self.table = DeltaTable(self.uri, storage_options=self.storage_options)
-        return int(self.table.version())
-
-    def _merge(self, upserts: pl.DataFrame, deletes: pl.DataFrame, props: Any) -> None:
-        keys = GOLD_KEYS[self.name]
-        source = pl.concat(
-            [
-                upserts.with_columns(pl.lit("U").alias(_ACTION)),
-                deletes.with_columns(pl.lit("D").alias(_ACTION)),
-            ],
-            how="diagonal_relaxed",
-        ).select(*upserts.columns, _ACTION)
-        (
-            self.table.merge(
-                _arrow(source),
-                predicate=" AND ".join(f"t.{k} = s.{k}" for k in keys),
-                source_alias="s",
-                target_alias="t",
-                commit_properties=props,
-                streamed_exec=False,
-            )
-            .when_matched_delete(predicate=f"s.{_ACTION} = 'D'")
-            .when_matched_update_all(predicate=f"s.{_ACTION} = 'U'", except_cols=[_ACTION])
-            .when_not_matched_insert_all(predicate=f"s.{_ACTION} = 'U'", except_cols=[_ACTION])
-            .execute()
-        )
+        sink = self.store.sink(self.uri)
+        plan = _merge_plan(self.name)
+        if replace or self.snapshot is None:
+            done = sink.replace(_arrow(upserts), plan.layout, commit)
+        else:
+            source = pl.concat(
+                [
+                    upserts.with_columns(pl.lit("U").alias(ACTION_COLUMN)),
+                    deletes.with_columns(pl.lit("D").alias(ACTION_COLUMN)),
+                ],
+                how="diagonal_relaxed",
+            ).select(*upserts.columns, ACTION_COLUMN)
+            done = sink.merge(_arrow(source), plan, None, commit=commit)
+        assert done.table_version is not None  # a build writes only when something changed
+        self.snapshot = self.store.snapshot(self.uri, done.table_version)
+        return done.table_version
 
     def rows(self) -> int:
-        return 0 if self.table is None else _row_count(self.table)
+        return 0 if self.snapshot is None else self.snapshot.rows()
 
 
 def _build_table(
     settings: Settings,
-    store: TableStore,
+    store: DeltaRsStore,
     silver: _Silver,
     name: str,
     rules: GoldRules,
@@ -422,7 +400,7 @@ def _build_table(
     sources = GOLD_SOURCES[name]
     pins = {s: silver.pin(s, name) for s in sources}
     fingerprint = rules.fingerprint(LOGIC_VERSION)
-    last = _last_build(gold.table) if gold.table is not None else None
+    last = _last_build(store, gold.uri) if gold.snapshot is not None else None
     compatible = gold.compatible
     incremental = not full and compatible and last is not None and last.rules == fingerprint
 
@@ -461,18 +439,19 @@ def _build_table(
     replace = not compatible
     if not replace and upserts.is_empty() and deletes.is_empty():
         return result(None, mode)
-    metadata = {
-        "cdc.operation": "gold-build",
-        "cdc.gold.table": name,
-        "cdc.gold.mode": mode,
-        _SILVER_META: json.dumps(
-            {s: None if p is None else p.to_json() for s, p in sorted(pins.items())}
-        ),
-        _AS_OF_META: as_of.isoformat(),
-        _RULES_META: fingerprint,
-    }
+    commit = CommitInfo(
+        OPERATION,
+        WRITER,
+        extra={
+            "table": name,
+            "mode": mode,
+            "silver": {s: None if p is None else p.to_json() for s, p in sorted(pins.items())},
+            "as_of": as_of.isoformat(),
+            "rules": fingerprint,
+        },
+    )
     rows = refreshed.rows if replace else upserts
-    version = gold.write(rows, deletes, metadata, replace)
+    version = gold.write(rows, deletes, commit, replace)
     return result(version, mode, rows.height, 0 if replace else deletes.height)
 
 

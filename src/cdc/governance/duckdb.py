@@ -213,8 +213,7 @@ class DuckDbGovernance(Target):
             for file in self.files:
                 for table in file.tables:
                     if table.ref not in versions:
-                        info = self.store.info(table.location)
-                        versions[table.ref] = None if info is None else info.version
+                        versions[table.ref] = self.store.version(table.location)
             self._versions = versions
         return self._versions
 
@@ -319,10 +318,10 @@ class DuckDbGovernance(Target):
                 " VARCHAR, delta_version BIGINT, columns VARCHAR, built_at TIMESTAMPTZ)"
             )
             for table in file.tables:
-                info = self.store.info(table.location)
-                rows = self.store.read(table.location)
-                if info is None or rows is None:
+                snapshot = self.store.snapshot(table.location)  # rows and version agree
+                if snapshot is None:
                     continue
+                rows = snapshot.read()
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {_DIALECT.quote(table.schema)}")
                 con.register(_SOURCE, rows)
                 con.execute(table.select(rows.schema))
@@ -334,7 +333,7 @@ class DuckDbGovernance(Target):
                 ).fetchone()
                 con.execute(
                     f"INSERT INTO {_META}.tables VALUES (?, ?, ?, ?, ?)",
-                    [table.ref, table.spec, info.version, held[0] if held else "", self.now()],
+                    [table.ref, table.spec, snapshot.version, held[0] if held else "", self.now()],
                 )
             con.execute("CHECKPOINT")
         except duckdb.Error as exc:

@@ -10,16 +10,26 @@ Two implementations sit behind it (``lake.writer``):
 Every write carries a :class:`Txn`: the table records ``(app_id, version)`` in the commit, and a
 write whose version is already committed for its app id is skipped (exactly-once across
 crashes). Reads that must work whoever wrote the table (deletion vectors included) go through
-:meth:`TableStore.read`.
+:meth:`TableStore.read` and :meth:`TableStore.query`.
+
+Every operation here is named for what it does, and nothing outside :mod:`cdc.store` opens a
+table: a table's latest state (:meth:`~TableStore.version`, :meth:`~TableStore.info`,
+:meth:`~TableStore.history`, :meth:`~TableStore.files`, queries) is read through a handle the
+store keeps and brings up to date; one version, fixed, through a
+:class:`~cdc.store.table.TableSnapshot` (:meth:`~TableStore.snapshot`), never by moving a
+kept handle; :meth:`~TableStore.optimize` and :meth:`~TableStore.vacuum` run on each store's
+engine and commit the service's metadata like every write.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from cdc.errors import TableReadError
+from cdc.errors import TableReadError, first_line
+from cdc.store.table import TableFiles, TableSnapshot, data_files, run_query
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -87,35 +97,57 @@ class TableStore(ABC):
         Without ``version``: the latest version, through a handle the store keeps and brings
         up to date with the log's new commits (no re-read of the whole log; a writer's store
         serves every batch of its query this way). Do not move a kept handle to another
-        version: ask for one instead.
+        version: ask for one instead (or for a :meth:`snapshot`).
 
         Args:
             uri: the table.
             version: a version to open (a handle of its own, not kept).
 
         Raises:
-            TableReadError: the log cannot be read (corrupt, or the storage refused).
+            TableReadError: the log cannot be read (corrupt, or the storage refused), or it
+                has no such version.
         """
-        from deltalake import DeltaTable
-        from deltalake.exceptions import TableNotFoundError
-
-        table = self._handles.get(uri) if version is None else None
-        try:
+        if version is not None:
+            return self._load(uri, version)
+        table = self._handles.get(uri)
+        if table is None:
+            table = self._load(uri, None)
             if table is not None:
-                table.update_incremental()
-                return table
-            table = DeltaTable(uri, version=version, storage_options=self.storage_options)
-            if version is not None:
-                return table
-        except TableNotFoundError:
+                self._handles[uri] = table
+            return table
+        try:
+            table.update_incremental()
+        except Exception as exc:  # the table was deleted behind the handle, storage refused
             self._handles.pop(uri, None)
-            return None
-        except Exception as exc:  # DeltaError, OSError: a corrupt log, storage refused
-            self._handles.pop(uri, None)
-            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-            raise TableReadError(f"cannot read the Delta table at {uri}: {first.strip()}") from None
-        self._handles[uri] = table
+            if _not_found(exc):
+                return None
+            raise _unreadable(uri, exc) from None
         return table
+
+    def _load(self, uri: str, version: int | None) -> DeltaTable | None:
+        """A new handle of the table at ``version`` (None: latest); None when no table."""
+        from deltalake import DeltaTable
+
+        try:
+            return DeltaTable(uri, version=version, storage_options=self.storage_options)
+        except Exception as exc:  # DeltaError, OSError: a corrupt log, storage refused
+            if _not_found(exc):
+                return None
+            raise _unreadable(uri, exc) from None
+
+    def snapshot(self, uri: str, version: int | None = None) -> TableSnapshot | None:
+        """The table at one version, fixed: reads through it see that version whatever
+        commits follow (None when there is no table).
+
+        Args:
+            uri: the table.
+            version: the version (None: the latest, as of this call).
+
+        Raises:
+            TableReadError: the log cannot be read, or it has no such version.
+        """
+        table = self._load(uri, version)
+        return None if table is None else TableSnapshot(uri, table, self.storage_options)
 
     def forget(self, uri: str) -> None:
         """Drop the kept handle of ``uri`` (the table was deleted or replaced behind it)."""
@@ -148,6 +180,31 @@ class TableStore(ABC):
         done = self.txn_version(uri, txn.app_id)
         return done is not None and done >= txn.version
 
+    def version(self, uri: str) -> int | None:
+        """The table's latest version (None when it does not exist)."""
+        table = self.handle(uri)
+        return None if table is None else int(table.version())
+
+    def history(self, uri: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The table's commits, newest first, each with its ``version`` (none when it does
+        not exist); :func:`~cdc.store.plan.read_commit_info` reads the service's metadata of
+        one.
+
+        Read from the latest version only: delta-rs numbers the commits of a handle loaded
+        at an older version wrongly (it lists the newest commits under that version).
+
+        Args:
+            uri: the table.
+            limit: at most this many commits (None: all the log holds).
+        """
+        table = self.handle(uri)
+        return [] if table is None else list(table.history(limit))
+
+    def files(self, uri: str) -> TableFiles | None:
+        """The live data files of the latest version (None when it does not exist)."""
+        table = self.handle(uri)
+        return None if table is None else data_files(table)
+
     def info(self, uri: str) -> TableInfo | None:
         """Version, live rows and data files of the table (None when it does not exist).
 
@@ -160,29 +217,72 @@ class TableStore(ABC):
         count = self.query(uri, "SELECT count(*) AS n FROM t").column("n")[0].as_py()
         return TableInfo(uri=uri, version=int(table.version()), rows=int(count), files=files)
 
-    def read(self, uri: str) -> pa.Table | None:
-        """The whole table at its latest version (None when it does not exist)."""
+    def read(self, uri: str, version: int | None = None) -> pa.Table | None:
+        """The whole table at ``version`` (None: its latest; None when it does not exist).
+
+        Raises:
+            TableReadError: the log or the storage refused, or there is no such version.
+        """
+        if version is not None:
+            snapshot = self.snapshot(uri, version)
+            return None if snapshot is None else snapshot.read()
         if not self.exists(uri):
             return None
         return self.query(uri, "SELECT * FROM t")
 
     def query(self, uri: str, sql: str) -> pa.Table:
-        """Run ``sql`` over the table registered as ``t`` (deletion vectors honoured).
+        """Run ``sql`` over the table's latest version registered as ``t`` (deletion vectors
+        honoured); :meth:`snapshot` queries a fixed version.
 
         Raises:
-            TableNotFoundError: there is no table at ``uri``.
+            TableReadError: there is no table at ``uri``, or the log or the storage refused.
         """
-        import pyarrow as pa
-        from deltalake import QueryBuilder
-
         table = self.handle(uri)
         if table is None:
-            from deltalake.exceptions import TableNotFoundError
+            raise TableReadError(f"no Delta table at {uri}")
+        return run_query(table, sql, f"the Delta table at {uri}")
 
-            raise TableNotFoundError(f"no Delta table at {uri}")
-        reader = QueryBuilder().register("t", table).execute(sql)
-        return pa.table(reader.read_all())
+    @abstractmethod
+    def optimize(
+        self, uri: str, zorder: Sequence[str] = (), *, target_size: int, purge: bool = False
+    ) -> None:
+        """Compact the table's small files into files of about ``target_size`` bytes,
+        clustered by ``zorder`` (Z-ORDER) when columns are given.
+
+        Args:
+            uri: the table (it exists).
+            zorder: columns to cluster by (never a partition column); empty: compact only.
+            target_size: the size of the files written, where the engine takes one.
+            purge: also rewrite the files that have deletion vectors without the rows they
+                mark (where the engine writes deletion vectors).
+        """
+
+    @abstractmethod
+    def vacuum(self, uri: str, retention_hours: float, *, dry_run: bool) -> int:
+        """Delete the files no version within ``retention_hours`` needs.
+
+        The service's floor (``maintenance.min_retention_hours``) is enforced by the caller;
+        the engine's own check is off.
+
+        Args:
+            uri: the table (it exists).
+            retention_hours: versions younger than this stay readable.
+            dry_run: delete nothing; count what would go.
+
+        Returns:
+            The files deleted (or, with ``dry_run``, that would be).
+        """
 
     @abstractmethod
     def describe(self) -> str:
         """One line naming the writer, for logs and benchmark output."""
+
+
+def _not_found(exc: BaseException) -> bool:
+    from deltalake.exceptions import TableNotFoundError
+
+    return isinstance(exc, TableNotFoundError)
+
+
+def _unreadable(uri: str, exc: BaseException) -> TableReadError:
+    return TableReadError(f"cannot read the Delta table at {uri}: {first_line(exc)}")

@@ -10,7 +10,7 @@ same guarantees is :mod:`cdc.store.delta_spark`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import polars as pl
@@ -18,13 +18,13 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from cdc.errors import CommitConflictError, TableWriteError
+from cdc.errors import CommitConflictError, TableReadError, TableWriteError
 from cdc.rust_output import rust_panics_logged
 from cdc.scd2 import ACTION_COLUMN
 from cdc.store.base import TableStore, Txn, WriteOutcome
 from cdc.store.plan import CURRENT_PARTITION, CommitInfo, MergePlan, TableLayout
 
-__all__ = ["WRITER", "DeltaRsStore", "DeltaSink", "Txn", "WriteOutcome"]
+__all__ = ["WRITER", "DeltaRsStore", "DeltaSink", "Txn", "WriteOutcome", "commit_properties"]
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,10 @@ class DeltaSink:
         done = table.transaction_version(txn.app_id)
         return done is not None and done >= txn.version
 
-    def _props(self, txn: Txn, operation: str) -> CommitProperties:
-        info = CommitInfo(operation, WRITER, txn.app_id, txn.version)
-        return CommitProperties(
-            app_transactions=[Transaction(app_id=txn.app_id, version=txn.version)],
-            custom_metadata={"userMetadata": info.user_metadata()},
-            max_commit_retries=20,
-        )
+    def _props(self, txn: Txn | None, operation: str) -> CommitProperties:
+        if txn is None:
+            return commit_properties(CommitInfo(operation, WRITER))
+        return commit_properties(CommitInfo(operation, WRITER, txn.app_id, txn.version), txn)
 
     def append(
         self,
@@ -118,6 +115,42 @@ class DeltaSink:
                 )
         except (DeltaError, OSError) as exc:
             raise TableWriteError(f"append to {self.uri} failed: {exc}") from exc
+        return WriteOutcome(skipped=False, rows=data.num_rows, table_version=self._version())
+
+    def replace(
+        self, data: pa.Table, layout: TableLayout, commit: CommitInfo | None = None
+    ) -> WriteOutcome:
+        """Replace the table's rows and schema with ``data`` in one commit, creating the
+        table with ``layout`` when it does not exist (an existing table is re-partitioned to
+        it). Not a micro-batch's write: no app transaction.
+
+        Args:
+            data: every row of the new version.
+            layout: partition columns and table properties.
+            commit: what the commit records (default: operation ``replace``).
+
+        Raises:
+            CommitConflictError: another writer committed a conflicting change meanwhile.
+            TableWriteError: the write failed otherwise.
+        """
+        creating = self.table() is None
+        try:
+            with rust_panics_logged():
+                write_deltalake(
+                    self.uri,
+                    data,
+                    mode="overwrite",
+                    schema_mode="overwrite",
+                    partition_by=list(layout.partition_by) or None,
+                    configuration=_writable(layout.properties) if creating else None,
+                    storage_options=self.storage_options,
+                    commit_properties=commit_properties(commit or CommitInfo("replace", WRITER)),
+                )
+        except CommitFailedError as exc:
+            raise CommitConflictError(f"replacing {self.uri} conflicted: {exc}") from exc
+        except (DeltaError, OSError) as exc:
+            raise TableWriteError(f"replacing {self.uri} failed: {exc}") from exc
+        self._partition_columns = None  # the layout may have changed
         return WriteOutcome(skipped=False, rows=data.num_rows, table_version=self._version())
 
     def _version(self) -> int | None:
@@ -162,11 +195,27 @@ class DeltaSink:
             found = found.join(keys.unique(), on=key_cols, how="semi", nulls_equal=True)
         return found
 
-    def merge(self, source: pa.Table, plan: MergePlan, txn: Txn) -> WriteOutcome:
+    def merge(
+        self,
+        source: pa.Table,
+        plan: MergePlan,
+        txn: Txn | None,
+        *,
+        commit: CommitInfo | None = None,
+    ) -> WriteOutcome:
         """One MERGE of ``source`` into the table as ``plan`` describes, tagged with ``txn``.
 
         A table that does not exist yet is created, with the plan's layout, by appending the
         source rows its insert clause takes (there is nothing to match).
+
+        Args:
+            source: the rows (every column but the plan's source-only ones is a table
+                column).
+            plan: match, pruning and clauses (:mod:`cdc.store.plan`).
+            txn: the app transaction (None: a write that is not a micro-batch's, e.g. a
+                gold build; it is never skipped).
+            commit: what the commit records (default: ``<plan operation>-merge`` and
+                ``txn``).
 
         Raises:
             CommitConflictError: another writer committed a conflicting change meanwhile.
@@ -174,10 +223,12 @@ class DeltaSink:
         """
         if source.num_rows == 0:
             return WriteOutcome(skipped=False)
-        if self.committed(txn):
+        if txn is not None and self.committed(txn):
             return WriteOutcome(skipped=True)
         table = self.table()
         if table is None:
+            if txn is None:
+                return self.replace(_inserted(source, plan), plan.layout, commit)
             return self.append(
                 _inserted(source, plan),
                 txn,
@@ -194,7 +245,11 @@ class DeltaSink:
                 source_alias="s",
                 target_alias="t",
                 merge_schema=True,  # a contract version may add (nullable) columns
-                commit_properties=self._props(txn, f"{plan.operation}-merge"),
+                commit_properties=(
+                    self._props(txn, f"{plan.operation}-merge")
+                    if commit is None
+                    else commit_properties(commit, txn)
+                ),
                 streamed_exec=False,
             )
             for clause in plan.clauses:
@@ -219,6 +274,18 @@ class DeltaSink:
             + int(metrics.get("num_target_rows_deleted", 0))
         )
         return WriteOutcome(skipped=False, rows=rows, table_version=self._version())
+
+
+def commit_properties(info: CommitInfo, txn: Txn | None = None) -> CommitProperties:
+    """The delta-rs commit properties of a commit: its :class:`~cdc.store.plan.CommitInfo` as
+    ``userMetadata`` and, for a micro-batch's write, its app transaction."""
+    return CommitProperties(
+        app_transactions=(
+            None if txn is None else [Transaction(app_id=txn.app_id, version=txn.version)]
+        ),
+        custom_metadata={"userMetadata": info.user_metadata()},
+        max_commit_retries=20,
+    )
 
 
 def _inserted(source: pa.Table, plan: MergePlan) -> pa.Table:
@@ -253,3 +320,40 @@ class DeltaRsStore(TableStore):
     def sink(self, uri: str) -> DeltaSink:
         """The writer of one table."""
         return DeltaSink(uri, self.storage_options)
+
+    def optimize(
+        self, uri: str, zorder: Sequence[str] = (), *, target_size: int, purge: bool = False
+    ) -> None:
+        """Compact (Z-ORDER by ``zorder``) with delta-rs (which writes no deletion vectors:
+        ``purge`` has nothing to do). See :meth:`TableStore.optimize`."""
+        table = self._open_latest(uri)
+        props = commit_properties(CommitInfo("optimize", WRITER))
+        if zorder:
+            table.optimize.z_order(
+                list(zorder),
+                target_size=target_size,
+                max_concurrent_tasks=2,
+                commit_properties=props,
+            )
+        else:
+            table.optimize.compact(
+                target_size=target_size, max_concurrent_tasks=2, commit_properties=props
+            )
+
+    def vacuum(self, uri: str, retention_hours: float, *, dry_run: bool) -> int:
+        """VACUUM with delta-rs. See :meth:`TableStore.vacuum`."""
+        table = self._open_latest(uri)
+        deleted = table.vacuum(
+            retention_hours=int(retention_hours),
+            dry_run=dry_run,
+            enforce_retention_duration=False,
+            commit_properties=commit_properties(CommitInfo("vacuum", WRITER)),
+        )
+        return len(deleted)
+
+    def _open_latest(self, uri: str) -> DeltaTable:
+        """A handle of its own at the latest version (a maintenance commit moves it)."""
+        table = self._load(uri, None)
+        if table is None:
+            raise TableReadError(f"no Delta table at {uri}")
+        return table

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from cdc.errors import CommitConflictError, TableWriteError
+from cdc.errors import CommitConflictError, ConfigError, TableWriteError
 from cdc.scd2 import ACTION_COLUMN
 from cdc.spark_errors import spark_condition
 from cdc.store.base import TableStore, Txn, WriteOutcome
@@ -47,6 +47,7 @@ TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 MATERIALIZE_SOURCE_CONF = "spark.databricks.delta.merge.materializeSource"
+RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
 
 WRITER = "delta-spark"
 
@@ -54,6 +55,19 @@ class DeltaSparkStore(TableStore):
     """Delta tables written by Spark (the distributed writer)."""
 
     writer = WRITER
+
+    def __init__(
+        self, storage_options: dict[str, str] | None = None, spark: SparkSession | None = None
+    ) -> None:
+        """Create the store.
+
+        Args:
+            storage_options: object-store settings (credentials resolved), for every table.
+            spark: the session of table maintenance (:meth:`optimize`, :meth:`vacuum`);
+                appends and MERGEs run in their DataFrame's own session.
+        """
+        super().__init__(storage_options)
+        self.spark = spark
 
     def describe(self) -> str:
         """One line naming the writer."""
@@ -206,6 +220,54 @@ class DeltaSparkStore(TableStore):
             reader = reader.option(key, value)
         return reader.load(spark_path(uri))
 
+    def optimize(
+        self, uri: str, zorder: Sequence[str] = (), *, target_size: int, purge: bool = False
+    ) -> None:
+        """``OPTIMIZE`` (``ZORDER BY`` ``zorder``), then ``REORG TABLE ... APPLY (PURGE)`` when
+        ``purge``, as Spark SQL in the maintenance session (Spark sizes the files by its own
+        ``spark.databricks.delta.optimize.maxFileSize``). See :meth:`TableStore.optimize`."""
+        session = self._maintenance_session()
+        table = _sql_table(uri)
+        columns = ", ".join(f"`{c}`" if "." not in c else c for c in zorder)
+        with _session_confs(session, {USER_METADATA_CONF: _user_metadata("optimize")}):
+            session.sql(f"OPTIMIZE {table}{f' ZORDER BY ({columns})' if zorder else ''}").collect()
+            if purge:
+                session.sql(f"REORG TABLE {table} APPLY (PURGE)").collect()
+
+    def vacuum(self, uri: str, retention_hours: float, *, dry_run: bool) -> int:
+        """``VACUUM ... RETAIN <hours> HOURS [DRY RUN]`` as Spark SQL in the maintenance
+        session (Delta's own retention check off for the call). See
+        :meth:`TableStore.vacuum`."""
+        session = self._maintenance_session()
+        confs = {
+            RETENTION_CHECK_CONF: "false",  # the floor is enforced by the caller
+            USER_METADATA_CONF: _user_metadata("vacuum"),
+        }
+        with _session_confs(session, confs):
+            rows = session.sql(
+                f"VACUUM {_sql_table(uri)} RETAIN {retention_hours:g} HOURS"
+                f"{' DRY RUN' if dry_run else ''}"
+            ).collect()
+        if dry_run:
+            return len(rows)  # one row per file that would go
+        # Spark returns the table's path, not the files: its log's VACUUM END has them.
+        done = next((h for h in self.history(uri) if h.get("operation") == "VACUUM END"), {})
+        return int((done.get("operationMetrics") or {}).get("numDeletedFiles", 0))
+
+    def _maintenance_session(self) -> SparkSession:
+        if self.spark is None:
+            raise ConfigError("the delta-spark lake is maintained through Spark: no session given")
+        return self.spark
+
+
+def _sql_table(uri: str) -> str:
+    """The table as Spark SQL names a Delta table by its path."""
+    return "delta.`" + spark_path(uri).replace("`", "``") + "`"
+
+
+def _user_metadata(operation: str) -> str:
+    return CommitInfo(operation, WRITER).user_metadata()
+
 
 def _committed(handle: Any, txn: Txn) -> bool:
     done = handle.transaction_version(txn.app_id)
@@ -257,13 +319,20 @@ def _txn_confs(
 ) -> Iterator[None]:
     """Set the Delta txn and commit-metadata confs (and ``extra``) on ``session`` for one
     write, and always put them back as they were."""
-    conf = session.conf
     wanted = {
         TXN_APP_ID_CONF: txn.app_id,
         TXN_VERSION_CONF: str(txn.version),
         USER_METADATA_CONF: info.user_metadata(),
         **extra,
     }
+    with _session_confs(session, wanted):
+        yield
+
+
+@contextmanager
+def _session_confs(session: SparkSession, wanted: dict[str, str]) -> Iterator[None]:
+    """Set ``wanted`` on ``session`` for the block, and always put them back as they were."""
+    conf = session.conf
     before: dict[str, str | None] = {key: conf.get(key, None) for key in wanted}
     for key, value in wanted.items():
         conf.set(key, value)

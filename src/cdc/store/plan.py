@@ -193,16 +193,52 @@ class CommitInfo:
 def read_commit_info(commit: Mapping[str, Any]) -> dict[str, Any] | None:
     """The service's metadata of one ``commitInfo`` (a Delta history entry), or None.
 
+    The body of ``userMetadata = {"cdc": {...}}``; commits written before that shape are read
+    too, so a lake written by an earlier release keeps its meaning:
+
+    * the delta-rs writer's ``commitInfo`` fields ``cdc.operation``, ``cdc.app_id`` and
+      ``cdc.batch`` become ``operation``, ``app_id`` and ``version`` (``writer``: delta-rs);
+    * the delta-spark writer's ``userMetadata = "cdc <app_id> <version>"`` (its appends)
+      becomes ``app_id`` and ``version`` (``operation``: append; ``writer``: delta-spark).
+
     Args:
         commit: a history entry (delta-rs ``DeltaTable.history()`` or the log's
             ``commitInfo``).
     """
     raw = commit.get("userMetadata")
-    if not isinstance(raw, str):
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            return _legacy_spark(raw)
+        body = parsed.get(COMMIT_METADATA_KEY) if isinstance(parsed, dict) else None
+        if isinstance(body, dict):
+            return dict(body)
+    return _legacy_delta_rs(commit)
+
+
+_LEGACY_OPERATION, _LEGACY_APP_ID, _LEGACY_BATCH = "cdc.operation", "cdc.app_id", "cdc.batch"
+"""The ``commitInfo`` fields the delta-rs writer wrote before :class:`CommitInfo`."""
+
+
+def _legacy_delta_rs(commit: Mapping[str, Any]) -> dict[str, Any] | None:
+    operation = commit.get(_LEGACY_OPERATION)
+    if not isinstance(operation, str):
         return None
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
+    body: dict[str, Any] = {"operation": operation, "writer": "delta-rs"}
+    app_id, batch = commit.get(_LEGACY_APP_ID), commit.get(_LEGACY_BATCH)
+    if isinstance(app_id, str) and batch is not None and str(batch).isdigit():
+        body["app_id"], body["version"] = app_id, int(str(batch))
+    return body
+
+
+def _legacy_spark(raw: str) -> dict[str, Any] | None:
+    parts = raw.split(" ")
+    if len(parts) != 3 or parts[0] != COMMIT_METADATA_KEY or not parts[2].isdigit():
         return None
-    body = parsed.get(COMMIT_METADATA_KEY) if isinstance(parsed, dict) else None
-    return dict(body) if isinstance(body, dict) else None
+    return {
+        "operation": "append",
+        "writer": "delta-spark",
+        "app_id": parts[1],
+        "version": int(parts[2]),
+    }
