@@ -52,6 +52,7 @@ _SYSTEM = (
     "_seq_last",
     "_seq_close",
     "_seq_max",
+    "_valid_max",
 )
 
 

@@ -14,7 +14,14 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.scd2 import Scd2Result, apply_scd2, empty_dimension, encode_sequence, scd2_from_events
+from cdc.scd2 import (
+    Scd2Result,
+    apply_scd2,
+    empty_dimension,
+    empty_orphans,
+    encode_sequence,
+    scd2_from_events,
+)
 from tests.unit.test_scd2 import SCHEMA, SPEC
 
 IDENTITY = ["contact_id", "_seq_open"]
@@ -41,7 +48,7 @@ class Dimension:
 
     def __init__(self) -> None:
         self.table = empty_dimension(SPEC, SCHEMA)
-        self.seen = pl.DataFrame(schema={"contact_id": pl.String, "_seq_max": pl.String})
+        self.seen = empty_orphans(SPEC, SCHEMA)
 
     def apply(self, batch: pl.DataFrame, history: pl.DataFrame | None) -> None:
         result: Scd2Result = apply_scd2(self.table, batch, SPEC, history=history, seen=self.seen)
