@@ -309,8 +309,19 @@ def _as_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
 
 
 def _as_seen(seen: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
-    """Orphan markers as the keys and :data:`ORPHAN_COLUMNS` (see :func:`_with_clock`)."""
-    return _with_clock(seen).select(*spec.keys, *ORPHAN_COLUMNS)
+    """Orphan markers, one per key: the keys and :data:`ORPHAN_COLUMNS`.
+
+    Markers are appended, batch after batch: a key may have several, and a later one may
+    hold a later clock at the same sequence (a late change, e.g. a tombstone with no
+    predecessor, seen since). A clock only grows as changes arrive, and at a greater sequence
+    it is no smaller, so the key's marker is the greatest of each. Markers written before
+    they kept the clock have none (see :func:`_with_clock`).
+    """
+    return (
+        _with_clock(seen)
+        .group_by(spec.keys, maintain_order=True)
+        .agg(pl.col(c).max() for c in ORPHAN_COLUMNS)
+    )
 
 
 def _with_clock(frame: pl.DataFrame) -> pl.DataFrame:
@@ -496,10 +507,10 @@ def late_keys(
         with_rows = known.select(*keys, pl.lit(True).alias("_has_rows"))
         marks = (
             _as_seen(seen, spec)
-            .group_by(keys)
-            .agg(
-                pl.col("_seq_max").max().alias("_seen"),
-                pl.col("_valid_max").is_null().all().alias("_no_clock"),
+            .select(
+                *keys,
+                pl.col("_seq_max").alias("_seen"),
+                pl.col("_valid_max").is_null().alias("_no_clock"),
             )
             # A key's rows tell its clock; markers only for a key without rows.
             .join(with_rows, on=keys, how="left", nulls_equal=True)

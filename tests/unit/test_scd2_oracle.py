@@ -396,3 +396,17 @@ def test_the_clock_of_deletes_after_a_close_carries_to_the_next_insert(driver: s
     ]
     table = run(first, [rec("k", "c", 5, 4, ts=3)], driver=driver)
     assert versions(table) == [("a", None, 1, 2, False), ("a", None, 9, None, True)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_later_marker_of_a_key_without_rows_holds_its_later_clock(driver: str) -> None:
+    # The delete finds nothing (a marker at its sequence, clock 0). The tombstone, alone in
+    # partition 1, sorts before it with its Kafka time 62: the key is rebuilt and a second
+    # marker at the same sequence holds clock 62. The insert opens at 62.
+    table = run(
+        [rec("k", "d", 0, 0, ts=0)],
+        [rec("k", None, 0, 0, partition=1, kafka_ts=62)],
+        [rec("k", "c", 0, 1, ts=1)],
+        driver=driver,
+    )
+    assert versions(table) == [("a", None, 62, None, True)]
