@@ -149,6 +149,7 @@ def dimension_rows(ids: DataFrame, schema: pa.Schema, *extra: Column) -> DataFra
         "_seq_open": seq,
         "_seq_last": seq,
         "_seq_max": seq,
+        "_valid_max": F.timestamp_millis(ts),
     }
     spark_schema = from_arrow_schema(schema)
     return ids.select(

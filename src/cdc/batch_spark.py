@@ -39,6 +39,7 @@ from cdc.jvm import optional_classpath
 from cdc.landed import TOPIC_ID_COLUMN, Ranges
 from cdc.scd2 import (
     ACTION_COLUMN,
+    ORPHAN_COLUMNS,
     WAS_CURRENT_COLUMN,
     Scd2Spec,
     empty_dimension,
@@ -349,8 +350,9 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
                             current = _semi(silver.where(F.col(CURRENT_PARTITION)), late, keys)
                             rows = rows.unionByName(current)
                     parts.append(rows.withColumn(_ROLE, F.lit(_ROW)))
-                    if orphans is not None:
-                        marks = _semi(orphans, wanted, keys).select(*keys, "_seq_max")
+                    if orphans is not None:  # markers written before the clock lack it
+                        kept = [c for c in ORPHAN_COLUMNS if c in orphans.columns]
+                        marks = _semi(orphans, wanted, keys).select(*keys, *kept)
                         parts.append(marks.withColumn(_ROLE, F.lit(_SEEN)))
                     if late is not None:
                         if bronze is None:
@@ -382,7 +384,7 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
                 if values["_n_orphans"]:
                     orphan_rows = _union(
                         [r.where(F.col(ACTION_COLUMN) == _ORPHAN) for r in results]
-                    ).select(*keys, "_seq_max")
+                    ).select(*keys, *ORPHAN_COLUMNS)
                     self.store.append(
                         orphan_rows, self.uris["orphans"], self.txn("orphans", batch_id)
                     )
@@ -546,9 +548,10 @@ def _fold_fn(
     """``mapInArrow``: one shuffle partition of a pass's inputs → what the pass yields.
 
     Output rows carry ``_cdc_action``: ``U``/``D`` (the MERGE source), ``O`` (an orphan
-    marker: keys + ``_seq_max``), ``N``/``L`` (the events of a key the next pass folds, with
-    every row; ``L``: and its history), ``T`` (the partition's totals), ``C`` (violations of
-    one kind in the keys' merged rows) and ``V`` (examples of them). ``check``: check the
+    marker: keys + :data:`~cdc.scd2.ORPHAN_COLUMNS`), ``N``/``L`` (the events of a key the
+    next pass folds, with every row; ``L``: and its history), ``T`` (the partition's totals),
+    ``C`` (violations of one kind in the keys' merged rows) and ``V`` (examples of them).
+    ``check``: check the
     keys' merged rows; ``bounds``: valid times outside ``(earliest, latest)`` (epoch ms) are
     violations too.
     """
@@ -562,9 +565,10 @@ def _fold_fn(
             return
         changes = roles[_EVENT].select(event_columns)
         history = roles[_HISTORY].select(event_columns) if roles[_HISTORY].height else None
-        seen = roles[_SEEN].select(*keys, "_seq_max") if roles[_SEEN].height else None
-        existing = roles[_ROW].select(spec.row_columns)
-        fp = fold_pass(existing, changes, spec, complete=complete, seen=seen, history=history)
+        # fold_pass takes what it needs of the rows and markers (a table written before
+        # _valid_max existed has none: the fold reads that as a clock it must rebuild).
+        seen = roles[_SEEN] if roles[_SEEN].height else None
+        fp = fold_pass(roles[_ROW], changes, spec, complete=complete, seen=seen, history=history)
         result = fp.result
         source = merge_source(result)
         parts = [source]

@@ -55,6 +55,7 @@ _SYSTEM = (
     "_seq_last",
     "_seq_close",
     "_seq_max",
+    "_valid_max",
 )
 
 

@@ -9,9 +9,12 @@ the source commit time, tie-broken by the Kafka position (see :func:`encode_sequ
 
 A dimension row is one *version* of a key: business columns, ``valid_from``/``valid_to``/
 ``is_current``, lineage (``_source_topic/_partition/_offset`` of the last event applied) and
-three sequence columns: ``_seq_open`` (the event that opened the version, part of the row's
-identity), ``_seq_last`` (the last event folded into it) and ``_seq_close`` (the event that
-closed it: the next version's opener, or a delete; null while current).
+the sequence columns ``_seq_open`` (the event that opened the version, part of the row's
+identity), ``_seq_last`` (the last event folded into it), ``_seq_close`` (the event that
+closed it: the next version's opener, or a delete; null while current) and ``_seq_max`` (the
+greatest event of the version's span, from its opening to the next version's), with
+``_valid_max``, the valid time at ``_seq_max``: the key's clock, which an update in place or
+a delete that found nothing may have moved past every valid time the rows show.
 
 Algorithm
 ---------
@@ -44,12 +47,14 @@ __all__ = [
     "ACTION_COLUMN",
     "DIM_SYSTEM_COLUMNS",
     "LINEAGE_COLUMNS",
+    "ORPHAN_COLUMNS",
     "WAS_CURRENT_COLUMN",
     "FoldPass",
     "Scd2Result",
     "Scd2Spec",
     "apply_scd2",
     "empty_dimension",
+    "empty_orphans",
     "encode_sequence",
     "fold_pass",
     "late_keys",
@@ -68,7 +73,11 @@ DIM_SYSTEM_COLUMNS = (
     "_seq_last",
     "_seq_close",
     "_seq_max",
+    "_valid_max",
 )
+ORPHAN_COLUMNS = ("_seq_max", "_valid_max")
+"""Columns of an orphan marker besides the keys (:attr:`Scd2Result.orphans`): the greatest
+sequence a key without rows has seen, and its clock then (the valid time at it)."""
 ACTION_COLUMN = "_cdc_action"
 """Column of a MERGE source (:func:`merge_source`): ``U`` upserts the version, ``D`` deletes it."""
 WAS_CURRENT_COLUMN = "_cdc_was_current"
@@ -76,8 +85,6 @@ WAS_CURRENT_COLUMN = "_cdc_was_current"
 lives in); a new row says ``true``: it matches nothing, and keeps the MERGE to the current
 partition when no history row is rewritten."""
 _TS_TYPE = pl.Datetime("us", "UTC")
-_KAFKA_SUFFIX = 27
-"""Characters of ``.partition.offset`` at the end of a sequence."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +162,8 @@ class Scd2Result:
     affected_keys: int = 0
     orphans: pl.DataFrame | None = None
     """Keys left with no row although events were seen (only deletes so far), with the
-    greatest sequence seen: the table cannot hold it, so the caller keeps it (``seen``)."""
+    greatest sequence seen and the key's clock (:data:`ORPHAN_COLUMNS`): the table cannot hold
+    them, so the caller keeps them (``seen``)."""
 
 
 def encode_sequence(
@@ -271,9 +279,50 @@ def empty_dimension(spec: Scd2Spec, schema: dict[str, pl.DataType]) -> pl.DataFr
         "_seq_last": pl.String(),
         "_seq_close": pl.String(),
         "_seq_max": pl.String(),
+        "_valid_max": _TS_TYPE,
     }
     cols = {c: schema[c] for c in (*spec.keys, *spec.columns)}
     return pl.DataFrame(schema={**cols, **system})
+
+
+def empty_orphans(spec: Scd2Spec, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """An empty frame of orphan markers (:attr:`Scd2Result.orphans`) for ``spec``.
+
+    Args:
+        spec: the dimension's spec.
+        schema: dtypes of the key columns (more are ignored).
+    """
+    markers: dict[str, pl.DataType] = {"_seq_max": pl.String(), "_valid_max": _TS_TYPE}
+    return pl.DataFrame(schema={**{k: schema[k] for k in spec.keys}, **markers})
+
+
+def _as_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
+    """Dimension rows in the layout of :attr:`Scd2Spec.row_columns` (see :func:`_with_clock`)."""
+    return _with_clock(rows).select(spec.row_columns)
+
+
+def _as_seen(seen: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
+    """Orphan markers, one per key: the keys and :data:`ORPHAN_COLUMNS`.
+
+    Markers are appended, batch after batch: a key may have several, and a later one may
+    hold a later clock at the same sequence (a late change, e.g. a tombstone with no
+    predecessor, seen since). A clock only grows as changes arrive, and at a greater sequence
+    it is no smaller, so the key's marker is the greatest of each. Markers written before
+    they kept the clock have none (see :func:`_with_clock`).
+    """
+    return (
+        _with_clock(seen)
+        .group_by(spec.keys, maintain_order=True)
+        .agg(pl.col(c).max() for c in ORPHAN_COLUMNS)
+    )
+
+
+def _with_clock(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows or orphan markers with ``_valid_max``: null where they were written before the
+    table kept it, which :func:`late_keys` reads as a key whose clock they cannot tell."""
+    if "_valid_max" in frame.columns:
+        return frame
+    return frame.with_columns(pl.lit(None, dtype=_TS_TYPE).alias("_valid_max"))
 
 
 def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
@@ -281,15 +330,22 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     base = [*spec.keys, *spec.columns]
     flag = pl.lit(False).alias("_tombstone")
     pseudo, genuine = pl.lit(True).alias("_pseudo"), pl.lit(True).alias("_content_ok")
-    # The valid times the rows hold: an event's own sequence time may be below them.
-    floor = pl.col("valid_from").dt.epoch("ms").alias("_floor")
+    valid_from = pl.col("valid_from").dt.epoch("ms")
+
+    def floor(seq: str, held: pl.Expr | None) -> pl.Expr:
+        # The valid time the rows hold for the event at ``seq`` (its own sequence time may be
+        # below it): ``held``, and at ``_seq_max`` the key's clock then, which changes the
+        # rows do not show (an update in place, a delete of nothing) may have moved further.
+        clock = pl.when(pl.col(seq) == pl.col("_seq_max")).then(pl.col("_valid_max").dt.epoch("ms"))
+        return (clock if held is None else pl.max_horizontal(held, clock)).alias("_floor")
+
     opener = rows.select(
         *base,
         pl.lit("U").alias("_op"),
         pl.col("_seq_open").alias("_seq"),
         "_source_topic",
         flag,
-        floor,
+        floor("_seq_open", valid_from),
         pseudo,
         (pl.col("_seq_last") == pl.col("_seq_open")).alias("_content_ok"),
     )
@@ -299,7 +355,7 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         pl.col("_seq_last").alias("_seq"),
         "_source_topic",
         flag,
-        floor,
+        floor("_seq_last", valid_from),
         pseudo,
         genuine,
     )
@@ -313,13 +369,20 @@ def _events_from_rows(rows: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
             "_seq_close",
             rows.schema,
             pl.col("_source_topic"),
-            pl.col("valid_to").dt.epoch("ms"),
+            floor("_seq_close", pl.col("valid_to").dt.epoch("ms")),
         )
     )
     # Deletes that found no current version leave no row; the latest row remembers the last.
     noop_delete = rows.filter(
         pl.col("_seq_close").is_not_null() & (pl.col("_seq_max") > pl.col("_seq_close"))
-    ).pipe(_rebuilt_deletes, spec, "_seq_max", rows.schema, pl.col("_source_topic"))
+    ).pipe(
+        _rebuilt_deletes,
+        spec,
+        "_seq_max",
+        rows.schema,
+        pl.col("_source_topic"),
+        floor("_seq_max", None),
+    )
     return pl.concat([opener, last, deleted, noop_delete], how="vertical")
 
 
@@ -364,19 +427,20 @@ def _dedupe(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     The same Kafka record twice has the same sequence. A producer that re-sends a change (an
     at-least-once connector after a restart) writes a new record with the same source
     position and time, operation and values at a later offset: it sorts right after the
-    original, and is
-    dropped as a copy of the key's preceding event, so it moves neither lineage nor
-    ``_seq_max``. (A change equal to its predecessor at the same source time changes
-    nothing visible either way.) A rebuilt opener carries its row's final values, not the
-    opening change's, so it is never taken as the original of a copy; rebuilt events (the
-    table's own state) are never dropped.
+    original, and is dropped as a copy of the key's preceding event, so it moves neither
+    lineage nor ``_seq_max``. (A change equal to its predecessor at the same source time
+    changes nothing visible either way.) Whether a record is a copy depends on its
+    predecessor: a change that arrives later and sorts between the two makes it count again,
+    which is why such a change is late (:func:`late_keys`). A rebuilt opener carries its row's
+    final values, not the opening change's, so it is never taken as the original of a copy;
+    rebuilt events (the table's own state) are never dropped.
     """
     keys = list(spec.keys)
     if "_pseudo" not in events.columns:
         events = events.with_columns(_pseudo=pl.lit(False), _content_ok=pl.lit(True))
     exact = events.unique(subset=[*keys, "_seq"], keep="first", maintain_order=True)
     ordered = exact.sort([*keys, "_seq"], maintain_order=True).with_columns(
-        pl.col("_seq").str.head(-_KAFKA_SUFFIX).alias("_seq_ts")  # position and time
+        sequence.position_and_time(pl.col("_seq")).alias("_seq_ts")
     )
     is_delete = pl.col("_op") == "D"
 
@@ -404,39 +468,65 @@ def late_keys(
 ) -> pl.DataFrame:
     """Keys whose changes cannot be folded onto their latest row alone.
 
-    A key is late when one of its changes is sequenced before the greatest sequence the table
-    has seen for it (``_seq_max``: an out-of-order event, or a re-delivery), or when it has a
-    tombstone (placed by its log predecessor, which may be anywhere in the key's history).
-    Such keys are rebuilt from their full event history.
+    A change folds onto the latest row when it follows everything the table has seen for its
+    key in position and time, not only in sequence: a change at the position and time of the
+    greatest sequence seen (``_seq_max``) may sort before a resend of it that was dropped as a
+    copy (:func:`_dedupe`) and the table does not keep, and which the change makes count
+    again. So a key is late when one of its changes has a position and time at or before
+    ``_seq_max``'s (an out-of-order event, a re-delivery, or a change in one position and
+    time with the latest), when it has a tombstone (placed by its log predecessor, which may
+    be anywhere in the key's history), or when the rows cannot tell the key's clock (a row,
+    or orphan markers, written before they kept ``_valid_max``). Such keys are rebuilt from
+    their full event history.
 
     Args:
         existing: rows of the affected keys.
         changes: the batch's change events.
         spec: the dimension's spec.
-        seen: ``(keys, _seq_max)`` of keys without rows (see :attr:`Scd2Result.orphans`).
+        seen: orphan markers of keys without rows (:data:`ORPHAN_COLUMNS`; see
+            :attr:`Scd2Result.orphans`).
 
     Returns:
         The late keys (key columns only, unique).
     """
     keys = list(spec.keys)
     changes = _with_tombstone_flag(changes)
-    known = _latest_rows(existing.select(spec.row_columns), keys).select(
+    known = _latest_rows(_as_rows(existing, spec), keys).select(
         *keys,
         pl.coalesce("_seq_max", pl.max_horizontal("_seq_last", "_seq_close")).alias("_seen"),
+        pl.col("_valid_max").is_null().alias("_no_clock"),
     )
     if seen is not None and seen.height:
-        known = (
-            pl.concat(
-                [known, seen.select(*keys, pl.col("_seq_max").alias("_seen"))],
-                how="vertical_relaxed",
+        with_rows = known.select(*keys, pl.lit(True).alias("_has_rows"))
+        marks = (
+            _as_seen(seen, spec)
+            .select(
+                *keys,
+                pl.col("_seq_max").alias("_seen"),
+                pl.col("_valid_max").is_null().alias("_no_clock"),
             )
+            # A key's rows tell its clock; markers only for a key without rows.
+            .join(with_rows, on=keys, how="left", nulls_equal=True)
+            .select(
+                *keys,
+                "_seen",
+                (pl.col("_no_clock") & pl.col("_has_rows").is_null()).alias("_no_clock"),
+            )
+        )
+        known = (
+            pl.concat([known, marks], how="vertical_relaxed")
             .group_by(keys)
-            .agg(pl.col("_seen").max())
+            .agg(pl.col("_seen").max(), pl.col("_no_clock").any())
         )
     flagged = changes.select(*keys, "_seq", "_tombstone").join(
         known, on=keys, how="left", nulls_equal=True
     )
-    late = flagged.filter(pl.col("_tombstone") | (pl.col("_seq") < pl.col("_seen")))
+    source_order = sequence.position_and_time
+    late = flagged.filter(
+        pl.col("_tombstone")
+        | (source_order(pl.col("_seq")) <= source_order(pl.col("_seen")))
+        | pl.col("_no_clock")
+    )
     return late.select(keys).unique()
 
 
@@ -460,9 +550,8 @@ def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     # Valid times never go back along the sequence: a source clock that steps back (or a
     # position that orders differently from time) must not invert an interval. Rows rebuilt
     # into events carry the valid time they already hold (``_floor``).
-    valid_ms = pl.max_horizontal(sequence.decode_time_ms(pl.col("_seq")), pl.col("_floor"))
     df = df.with_columns(
-        _vt=valid_ms.cum_max().over(keys),
+        _vt=_event_time_ms().cum_max().over(keys),
         _new_key=new_key,
         _last_in_key=last_in_key,
         _prev_op=pl.col("_op").shift(1),
@@ -502,9 +591,10 @@ def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         pl.col("_next_seq").alias("_seq_close"),
     )
     # Each version keeps the greatest sequence seen from its opening up to the next version's
-    # (no-op deletes included): on a key's latest row, the greatest the key has seen. A closed
-    # version's value never changes when later, in-order events arrive, so they leave its row
-    # (and, with the table partitioned by is_current, its history file) alone.
+    # (no-op deletes included) and the valid time there, the key's clock: on a key's latest
+    # row, the greatest sequence the key has seen and the time its next change starts from.
+    # A closed version's values never change when later, in-order events arrive, so they
+    # leave its row (and, with the table partitioned by is_current, its history file) alone.
     interval = (
         df.with_columns(
             _seq_open=pl.when(pl.col("_is_open"))
@@ -515,9 +605,18 @@ def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         )
         .filter(pl.col("_seq_open").is_not_null())
         .group_by([*keys, "_seq_open"])
-        .agg(pl.col("_seq").max().alias("_seq_max"))
+        .agg(
+            pl.col("_seq").max().alias("_seq_max"),
+            _ms_to_ts(pl.col("_vt").max()).alias("_valid_max"),
+        )
     )
     return rows.join(interval, on=[*keys, "_seq_open"], how="left", nulls_equal=True)
+
+
+def _event_time_ms() -> pl.Expr:
+    """An event's own time (epoch ms): its sequence time, or the valid time a row rebuilt into
+    it already holds (``_floor``), whichever is later. A key's clock is their running max."""
+    return pl.max_horizontal(sequence.decode_time_ms(pl.col("_seq")), pl.col("_floor"))
 
 
 def apply_scd2(
@@ -547,8 +646,8 @@ def apply_scd2(
         spec: keys, business columns and tracked columns.
         history: events (same layout as ``changes``) of at least the late keys: everything
             received for them so far; may include ``changes`` themselves.
-        seen: ``(keys, _seq_max)`` kept for keys that have no row (a previous result's
-            :attr:`Scd2Result.orphans`).
+        seen: orphan markers (keys and :data:`ORPHAN_COLUMNS`) kept for keys that have no
+            row (previous results' :attr:`Scd2Result.orphans`).
         late: :func:`late_keys` of these ``existing``, ``changes`` and ``seen``, when the
             caller already computed it (None: computed here).
 
@@ -559,10 +658,9 @@ def apply_scd2(
     ev_cols = _event_columns(spec)
     changes = _with_tombstone_flag(changes).select(ev_cols)
     affected = changes.select(keys).unique()
-    existing = existing.select(spec.row_columns).join(
-        affected, on=keys, how="semi", nulls_equal=True
-    )
-    seen = seen.join(affected, on=keys, how="semi", nulls_equal=True) if seen is not None else None
+    existing = _as_rows(existing, spec).join(affected, on=keys, how="semi", nulls_equal=True)
+    if seen is not None:
+        seen = _as_seen(seen, spec).join(affected, on=keys, how="semi", nulls_equal=True)
     if late is None:
         late = late_keys(existing, changes, spec, seen)
     in_order = affected.join(late, on=keys, how="anti", nulls_equal=True)
@@ -590,6 +688,7 @@ def apply_scd2(
             "_seq_max",
             changes.schema,
             pl.lit(None, dtype=pl.String).alias("_source_topic"),
+            pl.col("_valid_max").dt.epoch("ms"),  # the key's clock then
         )
         if seen is not None
         else changes.clear()
@@ -645,7 +744,10 @@ def apply_scd2(
     orphans = (
         all_events.join(rebuilt.select(keys).unique(), on=keys, how="anti", nulls_equal=True)
         .group_by(keys)
-        .agg(pl.col("_seq").max().alias("_seq_max"))
+        .agg(
+            pl.col("_seq").max().alias("_seq_max"),
+            _ms_to_ts(_event_time_ms().max()).alias("_valid_max"),
+        )
     )
     return Scd2Result(
         orphans=orphans,
@@ -713,7 +815,7 @@ def fold_pass(
         changes: the batch's change events of the keys to fold.
         spec: the dimension's spec.
         complete: ``existing`` holds every row of its keys, and a key without rows has none.
-        seen: ``(keys, _seq_max)`` orphan markers of the keys.
+        seen: orphan markers of the keys (keys and :data:`ORPHAN_COLUMNS`).
         history: every event received for some keys (from bronze): a late key among them
             is folded with it; other late keys are named in :attr:`FoldPass.need_history`.
 
@@ -723,9 +825,7 @@ def fold_pass(
     keys = list(spec.keys)
     changes = _with_tombstone_flag(changes)
     affected = changes.select(keys).unique()
-    existing = existing.select(spec.row_columns).join(
-        affected, on=keys, how="semi", nulls_equal=True
-    )
+    existing = _as_rows(existing, spec).join(affected, on=keys, how="semi", nulls_equal=True)
     with_rows = existing.select(keys).unique()
     need_rows = (
         affected.clear()
@@ -764,9 +864,7 @@ def post_merge_rows(existing: pl.DataFrame, result: Scd2Result, spec: Scd2Spec) 
     touched = pl.concat(
         [result.upserts.select(identity), result.deletes.select(identity)], how="vertical_relaxed"
     )
-    kept = existing.select(spec.row_columns).join(
-        touched, on=identity, how="anti", nulls_equal=True
-    )
+    kept = _as_rows(existing, spec).join(touched, on=identity, how="anti", nulls_equal=True)
     return pl.concat([kept, result.upserts.select(spec.row_columns)], how="vertical_relaxed")
 
 

@@ -75,6 +75,7 @@ __all__ = [
     "decode_time_ms",
     "encode",
     "ordering_for",
+    "position_and_time",
     "position_prefix",
     "sequence_position",
     "time_path",
@@ -384,6 +385,12 @@ def encode(
 def position_prefix(seq: pl.Expr) -> pl.Expr:
     """The position part of a sequence (empty in the legacy layout)."""
     return seq.str.head(-SUFFIX_WIDTH)
+
+
+def position_and_time(seq: pl.Expr) -> pl.Expr:
+    """A sequence without its Kafka partition and offset: what the source says of the change
+    (a resend of it has the same), sorting like ``(position..., time)``."""
+    return seq.str.head(-(_PART_WIDTH + _OFF_WIDTH + 2))
 
 
 def decode_time_ms(seq: pl.Expr) -> pl.Expr:

@@ -332,7 +332,8 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
     after nothing or a delete or when a tracked column changes, else updates the version in
     place; a delete closes it. ``_seq_max`` of a version is the greatest sequence of the
     key's changes that are not copies from its opening up to the next version's opening,
-    no-op deletes included (on the latest version: the greatest the key has seen).
+    no-op deletes included (on the latest version: the greatest the key has seen), and
+    ``_valid_max`` the valid time there.
     ``added``: tracked columns a newer reader schema adds (null where a change lacks them).
     """
     business = (*BUSINESS, *added)
@@ -408,6 +409,7 @@ def model_silver(sent: Sequence[Sent], added: Sequence[str] = ()) -> list[dict[s
                     if closed is None
                     else _seq(closed[0], closed[1:3], closed[3]),
                     "_seq_max": _seq(seq_max[0], seq_max[1:3], seq_max[3]),
+                    "_valid_max": _ts(seq_max[4]),
                 }
             )
     return rows

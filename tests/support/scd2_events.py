@@ -13,7 +13,14 @@ from typing import Any
 
 import polars as pl
 
-from cdc.scd2 import Scd2Result, Scd2Spec, apply_scd2, empty_dimension, encode_sequence
+from cdc.scd2 import (
+    Scd2Result,
+    Scd2Spec,
+    apply_scd2,
+    empty_dimension,
+    empty_orphans,
+    encode_sequence,
+)
 
 __all__ = [
     "IDENTITY",
@@ -103,7 +110,7 @@ class Dimension:
 
     def __init__(self) -> None:
         self.table = empty_dimension(SPEC, SCHEMA)
-        self.seen = pl.DataFrame(schema={"contact_id": pl.String, "_seq_max": pl.String})
+        self.seen = empty_orphans(SPEC, SCHEMA)
 
     def apply(self, batch: pl.DataFrame, history: pl.DataFrame | None) -> None:
         result: Scd2Result = apply_scd2(self.table, batch, SPEC, history=history, seen=self.seen)

@@ -195,7 +195,7 @@ def test_catalog_columns_are_the_writers_own(catalog: Catalog) -> None:
         "email",
         "first_name",
     ]
-    assert [c.name for c in contact.columns][-10:] == [
+    assert [c.name for c in contact.columns][-11:] == [
         "valid_from",
         "valid_to",
         "is_current",
@@ -206,10 +206,12 @@ def test_catalog_columns_are_the_writers_own(catalog: Catalog) -> None:
         "_seq_last",
         "_seq_close",
         "_seq_max",
+        "_valid_max",
     ]
     assert [c.name for c in catalog.table("silver._orphans_dim_contact").columns] == [
         "contact_id",
         "_seq_max",
+        "_valid_max",
     ]
     assert catalog.table("silver.fact_orders").keys == ("event_id",)
     with pytest.raises(

@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension
+from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, fold_pass, late_keys
 from tests.support.scd2_events import SCHEMA, SPEC, apply_all, changes, ev
 
 
@@ -200,3 +200,35 @@ def test_tombstone_without_delete_closes_at_its_kafka_time() -> None:
         with_tombstones(tombstone("c1", 5000, offset=2)),
     )
     assert versions(table) == [("c1", "a", None, t(1000), t(5000), False)]
+
+
+def test_a_row_written_before_valid_max_existed_is_rebuilt_from_history_once() -> None:
+    # A table from before rows kept the key's clock (_valid_max) cannot tell where the next
+    # change's valid time starts: the key is late once, rebuilt from its history (bronze),
+    # and its rows gain the column.
+    first = changes(ev("c1", 1000, email="a"), ev("c1", 2000, email="a", phone="2"))
+    later = changes(ev("c1", 3000, email="b"))
+    table = apply_all(first)
+    assert table.get_column("_valid_max").to_list() == [t(2000)]
+    assert late_keys(table, later, SPEC).height == 0
+    legacy = table.drop("_valid_max")
+    assert late_keys(legacy, later, SPEC).to_dicts() == [{"contact_id": "c1"}]
+    assert fold_pass(legacy, later, SPEC, complete=False).need_history.height == 1
+    result = apply_scd2(legacy, later, SPEC, history=pl.concat([first, later]))
+    rows = result.upserts.sort("_seq_open")
+    assert rows.get_column("_valid_max").to_list() == [t(2000), t(3000)]
+    assert versions(rows) == [
+        ("c1", "a", "2", t(1000), t(3000), False),
+        ("c1", "b", None, t(3000), None, True),
+    ]
+
+
+def test_orphan_markers_written_before_valid_max_existed_make_their_key_late() -> None:
+    empty = empty_dimension(SPEC, SCHEMA)
+    later = changes(ev("c1", 3000, email="a"))
+    gone = apply_scd2(empty, changes(ev("c1", 2000, op="D")), SPEC)
+    assert gone.orphans is not None
+    assert gone.orphans.get_column("_valid_max").to_list() == [t(2000)]
+    assert late_keys(empty, later, SPEC, gone.orphans).height == 0
+    legacy = gone.orphans.drop("_valid_max")
+    assert late_keys(empty, later, SPEC, legacy).to_dicts() == [{"contact_id": "c1"}]

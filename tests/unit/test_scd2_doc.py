@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from cdc.changes import scd2_changes
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension
+from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, empty_orphans
 from tests.support.envelopes import SOURCE_TYPE
 from tests.support.paths import REPO_ROOT
 
@@ -87,7 +87,7 @@ def bronze(records: list[dict[str, Any]], offsets: list[int]) -> pa.Table:
 
 def run(batches: list[list[dict[str, Any]]]) -> pl.DataFrame:
     table = empty_dimension(SPEC, SCHEMA)
-    seen = pl.DataFrame(schema={"id": pl.String, "_seq_max": pl.String})
+    seen = empty_orphans(SPEC, SCHEMA)
     received: list[pa.Table] = []
     next_offset = 0
     for batch in batches:

@@ -4,9 +4,15 @@
 (``tests/support/scd2_one_pass.py``); both share the fold, so it cannot show the fold is
 right. Here the same Kafka records go through the service's own path (Avro-shaped bronze
 rows → :func:`cdc.changes.scd2_changes` → :func:`cdc.scd2.apply_scd2` batch by batch, with
-bronze as history and the orphan state, as the writers do) and the result must equal the
-plain-Python oracle, which implements docs/scd2.md record by record. Positions are
-PostgreSQL LSNs with frequent ties and a source clock that disagrees with them.
+bronze as history and the orphan state) and the result must equal the plain-Python oracle,
+which implements docs/scd2.md record by record. Positions are PostgreSQL LSNs with frequent
+ties and a source clock that disagrees with them.
+
+Every case runs through two drivers: ``apply`` (one :func:`~cdc.scd2.apply_scd2` per batch
+with every row of the batch's keys and their full history) and ``passes`` (the delta-rs
+writer's own path: :func:`cdc.batch_local.fold_passes` reading current rows first, then every
+row of keys without one or late, then bronze history for late keys, and one MERGE as the
+stores apply it: :mod:`tests.support.scd2_memory`).
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdc.changes import scd2_changes
 from cdc.scd2 import Scd2Result, apply_scd2, empty_dimension
+from cdc.store.plan import DIMENSION_LAYOUT
 from tests.support.scd2_events import SCHEMA, SPEC
+from tests.support.scd2_memory import MemoryTable, fold_and_merge
 from tests.support.scd2_oracle import Record, Version, scd2_oracle
 
 IDENTITY = ["contact_id", "_seq_open"]
@@ -77,20 +86,40 @@ def events(records: list[Record]) -> pl.DataFrame:
     return scd2_changes(bronze(records), SPEC, "envelope", None)
 
 
-class Dimension:
-    """The table plus the orphan state the sink keeps beside it."""
+DRIVERS = ["apply", "passes"]
 
-    def __init__(self) -> None:
+
+class Dimension:
+    """The table plus the orphan state the sink keeps beside it, fed by one of
+    :data:`DRIVERS`."""
+
+    def __init__(self, driver: str = "apply") -> None:
+        self.driver = driver
         self.table = empty_dimension(SPEC, SCHEMA)
-        self.seen = pl.DataFrame(schema={"contact_id": pl.String, "_seq_max": pl.String})
+        self.seen: pl.DataFrame | None = None  # the orphan markers, once there are some
+        self.silver = MemoryTable(DIMENSION_LAYOUT.partition_by)
+        self.orphans = MemoryTable()
 
     def apply(self, batch: pl.DataFrame, history: pl.DataFrame) -> None:
+        if self.driver == "passes":
+            self._fold_passes(batch, history)
+            return
         result: Scd2Result = apply_scd2(self.table, batch, SPEC, history=history, seen=self.seen)
         table = self.table.join(result.deletes, on=IDENTITY, how="anti")
         table = table.join(result.upserts.select(IDENTITY), on=IDENTITY, how="anti")
         self.table = pl.concat([table, result.upserts], how="vertical_relaxed")
         assert result.orphans is not None
-        self.seen = pl.concat([self.seen, result.orphans], how="vertical_relaxed")
+        found = [result.orphans] if self.seen is None else [self.seen, result.orphans]
+        self.seen = pl.concat(found, how="vertical_relaxed")
+
+    def _fold_passes(self, batch: pl.DataFrame, history: pl.DataFrame) -> None:
+        def bronze_history(keys: pl.DataFrame) -> pl.DataFrame | None:
+            found = history.join(keys, on=keys.columns, how="semi", nulls_equal=True)
+            return found if found.height else None
+
+        fold_and_merge(batch, SPEC, self.silver, self.orphans, bronze_history)
+        if self.silver.rows is not None:
+            self.table = self.silver.rows.select(self.table.columns)
 
 
 def _nulls_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -186,10 +215,11 @@ def resend(record: Record, offset: int) -> Record:
     )
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 @settings(max_examples=300, deadline=None)
 @given(changes=st.lists(_change, max_size=28), data=st.data())
 def test_incremental_merges_equal_the_independent_oracle(
-    changes: list[dict[str, Any]], data: st.DataObject
+    driver: str, changes: list[dict[str, Any]], data: st.DataObject
 ) -> None:
     log = to_log(data.draw(st.permutations(changes)))
     copies = data.draw(st.lists(st.sampled_from(log), max_size=3)) if log else []
@@ -202,7 +232,7 @@ def test_incremental_merges_equal_the_independent_oracle(
     bounds = sorted({0, len(log), *cuts})
     redeliver = data.draw(st.lists(st.integers(0, max(len(log) - 1, 0)), max_size=4)) if log else []
 
-    dim = Dimension()
+    dim = Dimension(driver)
     received: list[Record] = []
     for a, b in itertools.pairwise(bounds):
         batch = log[a:b] + [log[i] for i in redeliver if i < a]
@@ -214,18 +244,40 @@ def test_incremental_merges_equal_the_independent_oracle(
     assert visible(dim.table) == expected(scd2_oracle(log, TRACKED))
 
 
-def rec(key: str, op: str | None, lsn: int, offset: int, email: str = "a") -> Record:
-    values = () if op in ("d", None) else (("email", email), ("last_name", "Doe"), ("phone", None))
-    return Record(key, op, values, (lsn,), T0 + lsn, 0, offset, T0 + lsn)
+def rec(
+    key: str,
+    op: str | None,
+    lsn: int,
+    offset: int,
+    email: str = "a",
+    *,
+    ts: int | None = None,
+    phone: str | None = None,
+    partition: int = 0,
+    kafka_ts: int | None = None,
+) -> Record:
+    """A record at LSN ``lsn``; its source time is ``ts`` (default: ``lsn``) ms after T0."""
+    values = () if op in ("d", None) else (("email", email), ("last_name", "Doe"), ("phone", phone))
+    time = T0 + (lsn if ts is None else ts)
+    kafka = time if kafka_ts is None else T0 + kafka_ts
+    return Record(key, op, values, (lsn,), time, partition, offset, kafka)
 
 
-def run(*batches: list[Record]) -> list[tuple[Any, ...]]:
-    dim = Dimension()
+def run(*batches: list[Record], driver: str = "apply") -> list[tuple[Any, ...]]:
+    """The table after ``batches``; it must equal the oracle over every record."""
+    dim = Dimension(driver)
     received: list[Record] = []
     for batch in batches:
         received += batch
         dim.apply(events(batch), history=events(received))
-    return visible(dim.table)
+    table = visible(dim.table)
+    assert table == expected(scd2_oracle(received, TRACKED))
+    return table
+
+
+def versions(table: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """(email, phone, valid_from, valid_to, is_current) per row, times in ms after T0."""
+    return [(r[1], r[3], r[4] - T0, None if r[5] is None else r[5] - T0, r[6]) for r in table]
 
 
 def test_a_late_delete_closes_only_the_interval_it_belongs_to() -> None:
@@ -266,3 +318,95 @@ def test_a_delete_with_nulls_in_its_before_image_uses_the_kafka_key() -> None:
     dim = Dimension()
     dim.apply(changes, history=changes)
     assert [(r[0], r[6]) for r in visible(dim.table)] == [("k", False)]
+
+
+# Found by the property test (each failed before the fix, through both drivers). All records
+# of a case share the key; times are ms after T0.
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_change_between_a_record_and_its_resend_makes_the_resend_count(driver: str) -> None:
+    # Two deletes at one LSN and time: the one in partition 1 sorts right after the one in
+    # partition 0 and is a resend of it (a no-op). The insert that arrives next sorts between
+    # them: the delete in partition 1 now follows an insert, and closes it.
+    first = [rec("k", "d", 0, 0, ts=0), rec("k", "d", 0, 0, ts=0, partition=1)]
+    table = run(first, [rec("k", "c", 0, 1, ts=0)], driver=driver)
+    assert versions(table) == [("a", None, 0, 0, False)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_three_resent_inserts_then_the_delete_of_another_partition(driver: str) -> None:
+    # The shape of the first report: inserts at LSN 0 / clock 0, the delete in partition 1.
+    table = run(
+        [rec("k", "d", 0, 0, ts=0), rec("k", "d", 0, 0, ts=0, partition=1)],
+        [rec("k", "c", 0, 1, ts=0), rec("k", "c", 0, 2, ts=0), rec("k", "c", 0, 3, ts=0)],
+        driver=driver,
+    )
+    assert versions(table) == [("a", None, 0, 0, False)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_the_clock_of_a_tombstone_that_deleted_nothing_carries_to_the_next_insert(
+    driver: str,
+) -> None:
+    # The tombstone has no earlier record in its partition: it keeps its Kafka time (50),
+    # later than every source time here. Valid times never go back along the sequence, so
+    # the insert that arrives in the next batch opens at 50, not at its own time 0.
+    first = [rec("k", None, 0, 0, kafka_ts=50), rec("k", "d", 0, 1, ts=0)]
+    table = run(first, [rec("k", "c", 0, 2, ts=0)], driver=driver)
+    assert versions(table) == [("a", None, 50, None, True)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_the_clock_of_deletes_that_deleted_nothing_carries_to_the_next_insert(
+    driver: str,
+) -> None:
+    # Neither delete found a version; the greatest sequence is the second, at time 0, but
+    # the key's clock stands at 9.
+    table = run(
+        [rec("k", "d", 1, 0, ts=9), rec("k", "d", 2, 1, ts=0)],
+        [rec("k", "c", 3, 2, ts=1)],
+        driver=driver,
+    )
+    assert versions(table) == [("a", None, 9, None, True)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_the_clock_of_an_update_in_place_carries_to_the_next_version(driver: str) -> None:
+    # Phone is untracked: LSN 2 updates in place at time 9, LSN 3 at time 2. The tracked
+    # change at LSN 4 (time 3) arrives later and opens at 9, where the first version closes.
+    first = [
+        rec("k", "c", 1, 0, ts=1, phone="1"),
+        rec("k", "u", 2, 1, ts=9, phone="2"),
+        rec("k", "u", 3, 2, ts=2, phone="3"),
+    ]
+    table = run(first, [rec("k", "u", 4, 3, "b", ts=3, phone="3")], driver=driver)
+    assert versions(table) == [("a", "3", 1, 9, False), ("b", "3", 9, None, True)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_the_clock_of_deletes_after_a_close_carries_to_the_next_insert(driver: str) -> None:
+    # The version is closed at LSN 2; the deletes at LSN 3 (time 9) and 4 (time 0) find
+    # nothing to delete. The insert at LSN 5 (time 3) opens at 9.
+    first = [
+        rec("k", "c", 1, 0, ts=1),
+        rec("k", "d", 2, 1, ts=2),
+        rec("k", "d", 3, 2, ts=9),
+        rec("k", "d", 4, 3, ts=0),
+    ]
+    table = run(first, [rec("k", "c", 5, 4, ts=3)], driver=driver)
+    assert versions(table) == [("a", None, 1, 2, False), ("a", None, 9, None, True)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_later_marker_of_a_key_without_rows_holds_its_later_clock(driver: str) -> None:
+    # The delete finds nothing (a marker at its sequence, clock 0). The tombstone, alone in
+    # partition 1, sorts before it with its Kafka time 62: the key is rebuilt and a second
+    # marker at the same sequence holds clock 62. The insert opens at 62.
+    table = run(
+        [rec("k", "d", 0, 0, ts=0)],
+        [rec("k", None, 0, 0, partition=1, kafka_ts=62)],
+        [rec("k", "c", 0, 1, ts=1)],
+        driver=driver,
+    )
+    assert versions(table) == [("a", None, 62, None, True)]

@@ -149,7 +149,7 @@ def _pipeline_tables(
     """Bronze, quarantine, silver (and an SCD2 pipeline's orphans table) of one pipeline."""
     from cdc.changes import business_columns, fact_rows, scd2_changes, split_batch
     from cdc.lake import pipeline_tables
-    from cdc.scd2 import Scd2Spec, empty_dimension
+    from cdc.scd2 import Scd2Spec, empty_dimension, empty_orphans
 
     contract = decoder.contract
     topic_tags = _topic_tags(contract)
@@ -186,9 +186,7 @@ def _pipeline_tables(
         changes = scd2_changes(valid, spec, pipeline.source_format, pipeline.sequence_by)
         silver = empty_dimension(spec, dict(changes.schema)).to_arrow().schema
         keys = spec.keys
-        orphans = pl.DataFrame(
-            schema={**{k: changes.schema[k] for k in keys}, "_seq_max": pl.String()}
-        )
+        orphans = empty_orphans(spec, dict(changes.schema))
         orphan_table = CatalogTable(
             "silver",
             paths["orphans"].rstrip("/").rsplit("/", 1)[-1],
