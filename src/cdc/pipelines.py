@@ -42,6 +42,9 @@ __all__ = [
 class PipelineFailedError(CdcError):
     """A streaming query stopped with an error."""
 
+    pipeline: str | None = None
+    """The pipeline whose query failed."""
+
 
 def start_query(
     spark: SparkSession,
@@ -169,7 +172,9 @@ def run_pipelines(
                 if not query.isActive:
                     error = _query_error(query)
                     if error is not None:
-                        raise PipelineFailedError(f"pipeline {name} failed: {error}")
+                        failed = PipelineFailedError(f"pipeline {name} failed: {error}")
+                        failed.pipeline = name
+                        raise failed
             if all(not q.isActive for q in queries.values()):
                 return
             time.sleep(poll_seconds)
