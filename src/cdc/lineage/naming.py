@@ -75,8 +75,8 @@ def kafka_dataset(bootstrap_servers: str, topic: str) -> DatasetId:
     """The dataset of a Kafka topic: ``kafka://<host>:<port>`` of the first bootstrap server
     (the agent's ``KafkaBootstrapServerResolver`` takes the first one too)."""
     first = bootstrap_servers.split(",")[0].strip()
-    if "://" in first:  # SASL_SSL://host:port
-        first = urlsplit(first).netloc
+    if "://" in first:  # SASL_SSL://host:port (no URL scheme: urlsplit refuses the "_")
+        first = first.split("://", 1)[1].split("/", 1)[0]
     return DatasetId(f"kafka://{first}", topic)
 
 
