@@ -238,18 +238,20 @@ def companion_run(
     outputs: Iterable[Table] = (),
     *,
     spark: Any = None,
+    registry: CollectorRegistry | None = None,
 ) -> Iterator[RunHandle]:
     """Run a companion command inside its lineage run.
 
     START is emitted on entry with ``inputs`` and ``outputs``; the block reports row counts
     and more datasets through the handle; COMPLETE, FAIL (the error) or ABORT on exit. With
     ``spark``, the OpenLineage Spark agent reports the command's Spark jobs as children of
-    the run. With lineage off, the handle does nothing.
+    the run. With lineage off, the handle does nothing. ``registry``: where the emitter's
+    counter goes (default: a registry of its own).
 
     Raises:
         ConfigError: lineage is on and its transport's settings are malformed.
     """
-    lineage = open_lineage(settings)
+    lineage = open_lineage(settings, registry)
     if lineage is None:
         yield NO_RUN
         return
