@@ -741,6 +741,13 @@ class LineageSettings(_Model):
         """The namespace of the service's jobs."""
         return self.namespace or f"cdc-{env}"
 
+    def kafka_client_config(self, kafka: KafkaSettings) -> dict[str, str]:
+        """The ``kafka`` transport's librdkafka settings, secret references resolved:
+        ``kafka.client`` of this section, else the service's ``kafka.client``."""
+        if self.kafka.client:
+            return {k: resolve_secret(v) for k, v in self.kafka.client.items()}
+        return kafka.client_config()
+
 
 class SequenceField(_Model):
     """One field of a composite ``sequence_by``: a path in the value and how it compares."""

@@ -75,10 +75,7 @@ def transport_config(settings: Settings) -> dict[str, Any]:
         return {"type": "file", "log_file_path": path, "append": True}
     if lineage.transport == "kafka":
         kafka = lineage.kafka
-        client = kafka.client if kafka.client else settings.kafka.client
-        from cdc.config import resolve_secret
-
-        producer = {k: resolve_secret(v) for k, v in client.items()}
+        producer = lineage.kafka_client_config(settings.kafka)
         producer["bootstrap.servers"] = kafka.bootstrap_servers or settings.kafka.bootstrap_servers
         # A broker that is away must not hold an event for librdkafka's default five minutes.
         producer.setdefault("message.timeout.ms", "10000")

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from cdc.config import Settings, java_client_config, resolve_secret
+from cdc.config import Settings, java_client_config
 from cdc.jvm import optional_classpath
 
 __all__ = ["LISTENER", "agent_conf", "agent_installed", "attached_agent"]
@@ -80,9 +80,7 @@ def agent_conf(settings: Settings, run: Any, parent: Any = None) -> dict[str, st
             conf[prefix + "auth.apiKey"] = transport["auth"]["apiKey"]
     elif transport["type"] == "kafka":
         conf[prefix + "topicName"] = transport["topic"]
-        lineage = settings.lineage.kafka
-        client = lineage.client if lineage.client else settings.kafka.client
-        java = java_client_config({k: resolve_secret(v) for k, v in client.items()})
+        java = java_client_config(settings.lineage.kafka_client_config(settings.kafka))
         java["bootstrap.servers"] = transport["config"]["bootstrap.servers"]
         java.setdefault("key.serializer", "org.apache.kafka.common.serialization.StringSerializer")
         java.setdefault(
