@@ -135,9 +135,7 @@ class _CheckedKafkaTransport:
                 )
                 left = producer.flush(timeout=15)
                 if errors or left:
-                    raise RuntimeError(
-                        f"kafka: {errors[0] if errors else 'not delivered in 15 s'}"
-                    )
+                    raise RuntimeError(f"kafka: {errors[0] if errors else 'not delivered in 15 s'}")
 
         return Checked(KafkaConfig.from_dict(dict(config)))
 

@@ -165,11 +165,8 @@ def _input(table: Table) -> InputDataset:
 def _output(table: Table) -> OutputDataset:
     facets: dict[str, OutputDatasetFacet] = {}
     if table.rows is not None:
-        facets["outputStatistics"] = (
-            output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
-                rowCount=table.rows, producer=PRODUCER
-            )
-        )
+        statistics = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet
+        facets["outputStatistics"] = statistics(rowCount=table.rows, producer=PRODUCER)
     return OutputDataset(
         namespace=table.id.namespace,
         name=table.id.name,

@@ -27,7 +27,17 @@ from cdc.lineage.naming import DatasetId
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["NO_RUN", "Lineage", "LineageRun", "RunHandle", "companion_run", "open_lineage"]
+__all__ = [
+    "NO_RUN",
+    "Lineage",
+    "LineageRun",
+    "RunHandle",
+    "companion_run",
+    "ended_by_outcome",
+    "error_of",
+    "open_lineage",
+    "opened_lineage",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,10 @@ class RunHandle:
 
     def abort(self) -> None:
         """Emit ABORT (the run was interrupted)."""
+
+    def failed(self, exc: BaseException) -> None:
+        """Emit FAIL for the exception that ended the run (:func:`error_of`)."""
+        self.fail(*error_of(exc))
 
 
 NO_RUN = RunHandle()
@@ -203,6 +217,19 @@ def open_lineage(settings: Settings, registry: CollectorRegistry | None = None) 
     return Lineage(settings, Emitter.from_settings(settings, registry))
 
 
+@contextmanager
+def opened_lineage(
+    settings: Settings, registry: CollectorRegistry | None = None
+) -> Iterator[Lineage | None]:
+    """:func:`open_lineage` for the block, closed (queued events sent) at its end."""
+    lineage = open_lineage(settings, registry)
+    try:
+        yield lineage
+    finally:
+        if lineage is not None:
+            lineage.close()
+
+
 def error_of(exc: BaseException) -> tuple[str, str | None]:
     """A failed run's error line (``Name: message``) and, for a bug, its traceback; both
     cleaned of the configured secrets (:func:`cdc.logs.redact`), like every output."""
@@ -225,7 +252,7 @@ def ended_by_outcome(run: RunHandle) -> Iterator[RunHandle]:
         run.abort()
         raise
     except BaseException as exc:
-        run.fail(*error_of(exc))
+        run.failed(exc)
         raise
     run.complete()
 
@@ -251,16 +278,13 @@ def companion_run(
     Raises:
         ConfigError: lineage is on and its transport's settings are malformed.
     """
-    lineage = open_lineage(settings, registry)
-    if lineage is None:
-        yield NO_RUN
-        return
-    run = lineage.run(job, inputs=inputs, outputs=outputs)
-    try:
+    with opened_lineage(settings, registry) as lineage:
+        if lineage is None:
+            yield NO_RUN
+            return
+        run = lineage.run(job, inputs=inputs, outputs=outputs)
         run.start()
         from cdc.lineage.spark_agent import attached_agent
 
         with attached_agent(spark, settings, run.ref), ended_by_outcome(run):
             yield run
-    finally:
-        lineage.close()

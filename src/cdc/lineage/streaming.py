@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 from cdc.batch import BatchStats
 from cdc.config import Settings
 from cdc.lineage.datasets import batch_tables, stream_tables
-from cdc.lineage.runs import Lineage, LineageRun, error_of, open_lineage
+from cdc.lineage.runs import (
+    Lineage,
+    LineageRun,
+    RunHandle,
+    ended_by_outcome,
+    error_of,
+    opened_lineage,
+)
 from cdc.lineage.spark_agent import attached_agent
 
 if TYPE_CHECKING:
@@ -35,8 +42,9 @@ log = logging.getLogger(__name__)
 BatchCallback = Callable[[str, BatchStats], None]
 
 
-class StreamingLineage:
-    """The runs of one ``cdc run``: the process and a query per pipeline."""
+class StreamingLineage(RunHandle):
+    """The runs of one ``cdc run``: the process and a query per pipeline (ended together, as
+    one run handle)."""
 
     def __init__(self, lineage: Lineage, settings: Settings, names: Sequence[str]) -> None:
         self.process = lineage.run("run", processing="STREAMING", job_type="APPLICATION")
@@ -85,13 +93,13 @@ class StreamingLineage:
             query.abort()
         self.process.abort()
 
-    def fail(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException) -> None:
         """A query (``exc.pipeline``), or the start, failed: FAIL; the other queries, which
         its failure stopped, ABORT."""
         message, trace = error_of(exc)
-        failed = getattr(exc, "pipeline", None)
+        culprit = getattr(exc, "pipeline", None)
         for name, query in self.queries.items():
-            if failed is None or name == failed:
+            if culprit is None or name == culprit:
                 query.fail(message, trace)
             else:
                 query.abort()
@@ -118,23 +126,12 @@ def streaming_run(
     Raises:
         ConfigError: lineage is on and its transport's settings are malformed.
     """
-    lineage = open_lineage(settings, registry)
-    if lineage is None:
-        yield None
-        return
-    try:
+    with opened_lineage(settings, registry) as lineage:
+        if lineage is None:
+            yield None
+            return
         stream = StreamingLineage(lineage, settings, names)
         stream.start()
         on_spark = spark if settings.lake.writer == "delta-spark" else None
-        with attached_agent(on_spark, settings, stream.process.ref):
-            try:
-                yield stream.on_batch
-            except KeyboardInterrupt:
-                stream.abort()
-                raise
-            except BaseException as exc:
-                stream.fail(exc)
-                raise
-            stream.complete()
-    finally:
-        lineage.close()
+        with attached_agent(on_spark, settings, stream.process.ref), ended_by_outcome(stream):
+            yield stream.on_batch
