@@ -323,3 +323,41 @@ def test_an_endpoint_that_hangs_does_not_hold_up_the_run_past_its_close_timeout(
     # Each post would wait 30 s: the run waits at most close_timeout_s for them.
     assert seconds < baseline + 3, (seconds, baseline)
     assert _count(registry, "sent") == 0
+
+
+def test_events_reach_a_kafka_topic_keyed_by_job(lake: Path, fresh_kafka: str) -> None:
+    from confluent_kafka import Consumer
+
+    from cdc.gold import build_gold
+
+    settings = lake_settings(
+        lake,
+        "lineage.enabled=true",
+        "lineage.transport=kafka",
+        f"kafka.bootstrap_servers={fresh_kafka}",
+        "lineage.kafka.topic=lineage.events",
+    )
+    from cdc.kafka_admin import ensure_topic
+
+    ensure_topic(fresh_kafka, "lineage.events", 1)
+    with companion_run(settings, "gold.build", *gold_tables(settings, GOLD_TABLES)):
+        build_gold(settings)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": fresh_kafka,
+            "group.id": "lineage-test",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe(["lineage.events"])
+    received: list[Any] = []
+    deadline = time.monotonic() + 60
+    while len(received) < 2 and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and message.error() is None:
+            received.append(message)
+    consumer.close()
+    events = [validate_event(json.loads(m.value())) for m in received]
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    # The client's key: the job, so one job's runs stay in one partition, in order.
+    assert {m.key().decode() for m in received} == {"run:cdc-local/gold.build"}
