@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml jvm/pom.xml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m cdc.jvm install --profile spark --profile kafka --profile registry
+	$(PY) -m cdc.jvm install --profile spark --profile kafka --profile registry --profile lineage
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -65,10 +65,12 @@ def fresh_kafka(kafka_bootstrap: str) -> str:
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[Any]:
-    """One SparkSession for the whole test session (starting Spark costs seconds)."""
+    """One SparkSession for the whole test session (starting Spark costs seconds), with the
+    OpenLineage Spark agent's JAR when installed (attached only by the runs that report
+    lineage: tests/integration/test_lineage_streaming.py)."""
     from cdc.spark import build_session
 
-    session = build_session(app_name="cdc-tests", master="local[2]")
+    session = build_session(app_name="cdc-tests", master="local[2]", lineage=True)
     yield session
     session.stop()
 

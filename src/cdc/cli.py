@@ -13,7 +13,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -23,7 +23,11 @@ from cdc.logs import configure_logging, redact, redact_secrets_of
 
 if TYPE_CHECKING:
     from cdc.batch import BatchStats
+    from cdc.lineage.events import Table
+    from cdc.lineage.runs import RunHandle
+    from cdc.maintenance import TableRef
     from cdc.metrics import ServiceMetrics
+    from cdc.publish import PublishResult
 
 __all__ = ["main"]
 
@@ -469,24 +473,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
             master=settings.spark.master,
             conf=settings.spark.conf,
             object_store=settings.lake.on_object_store,
+            lineage=_spark_lineage(settings),
         )
         mode = "available-now" if args.available_now else "continuous"
         print(f"running {', '.join(names)} ({mode}, env {settings.env})", file=sys.stderr)
         feeds: list[BatchCallback] = []
+        registry = None
         if settings.metrics.enabled:
-            feeds.append(_serve_metrics(settings, names, spark, locks).on_batch)
+            metrics = _serve_metrics(settings, names, spark, locks)
+            feeds.append(metrics.on_batch)
+            registry = metrics.registry
         if _wants_progress(args):
             feeds.append(print_progress)
-        on_batch = _fan_out(feeds)
-        run_pipelines(
-            spark,
-            settings,
-            names,
-            available_now=args.available_now,
-            fault_hook=fault_hook,
-            on_batch=on_batch,
-        )
+        from cdc.lineage import streaming_run
+
+        # The queries' OpenLineage runs: START now, RUNNING per micro-batch, then the end.
+        with streaming_run(settings, names, spark, registry) as lineage_feed:
+            if lineage_feed is not None:
+                feeds.append(lineage_feed)
+            run_pipelines(
+                spark,
+                settings,
+                names,
+                available_now=args.available_now,
+                fault_hook=fault_hook,
+                on_batch=_fan_out(feeds),
+            )
     return 0
+
+
+def _companion(
+    settings: Settings,
+    job: str,
+    inputs: Sequence[Table] = (),
+    outputs: Sequence[Table] = (),
+    *,
+    spark: Any = None,
+) -> AbstractContextManager[RunHandle]:
+    """A companion command's OpenLineage run (:func:`cdc.lineage.companion_run`)."""
+    from cdc.lineage.runs import companion_run
+
+    return companion_run(settings, job, inputs, outputs, spark=spark)
+
+
+def _spark_lineage(settings: Settings) -> bool:
+    """Whether a session needs the OpenLineage Spark agent's JAR."""
+    return settings.lineage.enabled and settings.lineage.spark_agent
 
 
 BatchCallback = Callable[[str, "BatchStats"], None]
@@ -686,10 +718,31 @@ def _cmd_dr(args: argparse.Namespace) -> int:
     from cdc.dr import UnsoundSnapshotError
 
     try:
-        return _dr_on_storage(args, settings)
+        if args.dr_command == "repoint":  # checkpoints only: no data is read or written
+            from cdc.lineage.runs import NO_RUN
+
+            return _dr_on_storage(args, settings, NO_RUN)
+        with _companion(settings, f"dr.{args.dr_command}", *_dr_datasets(args, settings)) as run:
+            return _dr_on_storage(args, settings, run)
     except UnsoundSnapshotError as exc:  # what verify reports as "NOT sound": exit code 1
         print(f"cdc: not sound: {exc}", file=sys.stderr)
         return 1
+
+
+def _dr_datasets(args: argparse.Namespace, settings: Settings) -> tuple[list[Table], list[Table]]:
+    """A DR command's datasets: the configured lake tables and their DR copies."""
+    from cdc.lineage.datasets import dr_tables
+    from cdc.maintenance import maintenance_tables
+
+    location = args.location or settings.dr.location
+    if location is None:  # the command stops with its own error
+        return [], []
+    names = [args.table] if getattr(args, "table", None) else None
+    names = names or [ref.name for ref in maintenance_tables(settings)]
+    if args.dr_command == "restore":
+        return dr_tables(settings, location, names, to=args.to)
+    inputs, outputs = dr_tables(settings, location, names)
+    return (outputs, []) if args.dr_command == "verify" else (inputs, outputs)
 
 
 def _dr_warn(warnings: Sequence[str]) -> None:
@@ -697,20 +750,24 @@ def _dr_warn(warnings: Sequence[str]) -> None:
         print(f"cdc: warning: {warning}", file=sys.stderr)
 
 
-def _dr_on_storage(args: argparse.Namespace, settings: Settings) -> int:
+def _dr_on_storage(args: argparse.Namespace, settings: Settings, run: RunHandle) -> int:
     from cdc import dr
 
     try:
-        return _dr_command(args, settings)
+        return _dr_command(args, settings, run)
     except OSError as exc:  # pyarrow.fs: the DR location or the lake refused or is unreachable
         raise dr.DrError(f"dr {args.dr_command}: storage failed: {first_line(exc)}") from None
 
 
-def _dr_command(args: argparse.Namespace, settings: Settings) -> int:
+def _dr_command(args: argparse.Namespace, settings: Settings, run: RunHandle) -> int:
     from cdc import dr
 
     if args.dr_command == "snapshot":
         taken = dr.snapshot(settings, args.location)
+        from cdc.lineage.datasets import dr_tables
+
+        copies = {t.name: t.rows for t in taken.tables}
+        run.add(*dr_tables(settings, taken.location, copies, rows=copies))
         _dr_warn(taken.warnings)
         for table in taken.tables:
             print(table.line())
@@ -762,24 +819,33 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     fault_hook = fault_hook_from_env()
     if fault_hook is not None and settings.env == "prod":
         raise ConfigError(f"{FAULT_ENV} is for tests and refused in env prod")
-    publish(
-        settings,
-        args.tables or None,
-        fault_hook=fault_hook,
-        on_result=lambda result: print(result.line(), flush=True),
-    )
+    from cdc.gold import GOLD_TABLES
+    from cdc.lineage.datasets import publish_tables, warehouse_dataset
+
+    names = [n for n in dict.fromkeys(args.tables or GOLD_TABLES) if n in GOLD_TABLES]
+    with _companion(settings, "publish", *publish_tables(settings, names)) as run:
+
+        def on_result(result: PublishResult) -> None:
+            run.count({warehouse_dataset(settings, result.table): result.upserted + result.deleted})
+            print(result.line(), flush=True)
+
+        publish(settings, args.tables or None, fault_hook=fault_hook, on_result=on_result)
     return 0
 
 
 def _cmd_maintain(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from cdc import maintenance
+    from cdc.lineage.datasets import maintain_tables
 
     refs = maintenance.maintenance_tables(settings, args.table)
+    tables = maintain_tables(settings, [ref.uri for ref in refs])
+    job = f"maintain.{args.maintain_command}"
     if args.maintain_command == "health":
-        reports = maintenance.health(settings, refs)
-        for report in reports:
-            print(report.line())
+        with _companion(settings, job, tables):  # reads the tables' logs, writes nothing
+            reports = maintenance.health(settings, refs)
+            for report in reports:
+                print(report.line())
         return 1 if any(r.problems for r in reports) else 0
     if args.maintain_command == "vacuum":
         maintenance.retention(settings, args.retention_hours, args.force)  # before Spark starts
@@ -792,7 +858,17 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
             master=settings.spark.master,
             conf=settings.spark.conf,
             object_store=settings.lake.on_object_store,
+            lineage=_spark_lineage(settings),
         )
+    with _companion(settings, job, tables, tables, spark=spark):
+        return _maintain_tables(args, settings, refs, spark)
+
+
+def _maintain_tables(
+    args: argparse.Namespace, settings: Settings, refs: list[TableRef], spark: Any
+) -> int:
+    from cdc import maintenance
+
     if args.maintain_command == "optimize":
         done: Sequence[maintenance.OptimizeOutcome | maintenance.VacuumOutcome] = (
             maintenance.optimize(settings, refs, spark)
@@ -822,11 +898,13 @@ def _cmd_sla_check(args: argparse.Namespace) -> int:
     names = list(settings.selected(args.pipeline))
     if not names:
         raise ConfigError("no enabled pipelines to check")
+    from cdc.lineage.datasets import sla_tables
     from cdc.sla import check_slas
 
-    # An unreachable broker or lake is a breach of its own (notified), not an error.
-    result = check_slas(settings, names)
-    print("\n".join(result.lines(names)))
+    with _companion(settings, "sla.check", sla_tables(settings, names)):
+        # An unreachable broker or lake is a breach of its own (notified), not an error.
+        result = check_slas(settings, names)
+        print("\n".join(result.lines(names)))
     return 1 if result.breaches else 0
 
 
@@ -857,8 +935,15 @@ def _cmd_gold(args: argparse.Namespace) -> int:
 
     as_of = None if args.as_of is None else parse_day(args.as_of, "--as-of")
     settings = _settings(args)
-    for result in build_gold(settings, args.tables, full=args.full, as_of=as_of):
-        print(result.line())
+    from cdc.gold import GOLD_TABLES, gold_path
+    from cdc.lineage.datasets import count_rows, gold_tables
+
+    names = [n for n in dict.fromkeys(args.tables or GOLD_TABLES) if n in GOLD_TABLES]
+    with _companion(settings, "gold.build", *gold_tables(settings, names)) as run:
+        results = build_gold(settings, args.tables, full=args.full, as_of=as_of)
+        run.count(count_rows((gold_path(settings, r.table), r.upserted) for r in results))
+        for result in results:
+            print(result.line())
     return 0
 
 

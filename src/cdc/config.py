@@ -48,6 +48,7 @@ __all__ = [
     "GovernanceSettings",
     "KafkaSettings",
     "LakeSettings",
+    "LineageSettings",
     "MetricsSettings",
     "PipelineSettings",
     "RegistrySettings",
@@ -664,6 +665,96 @@ TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 leave a folder."""
 
 
+class LineageHttpSettings(_Model):
+    """The ``http`` transport: a Marquez-compatible lineage endpoint."""
+
+    url: Annotated[str | None, Secret("credentials")] = None
+    """The endpoint's base URL (``https://marquez.example:5000``); it may carry a user and
+    password, so it may be a secret reference."""
+    endpoint: str = "api/v1/lineage"
+    """The path events are posted to, under ``url``."""
+    api_key: Annotated[str | None, Secret("value")] = None
+    """Sent as ``Authorization: Bearer <key>`` (None: no authentication)."""
+    timeout_s: float = Field(default=5.0, gt=0)
+    """Seconds one post may take."""
+
+    def resolved_url(self) -> str | None:
+        """``url`` with its secret reference resolved."""
+        return None if self.url is None else resolve_secret(self.url)
+
+    def resolved_api_key(self) -> str | None:
+        """``api_key`` with its secret reference resolved."""
+        return None if self.api_key is None else resolve_secret(self.api_key)
+
+
+class LineageFileSettings(_Model):
+    """The ``file`` transport: one JSON event per line, appended."""
+
+    path: str | None = None
+    """The file (default: ``<checkpoints.root>/_lineage/events.jsonl``). The Spark agent
+    appends to the same file."""
+
+
+class LineageKafkaSettings(_Model):
+    """The ``kafka`` transport: events as JSON messages on a topic."""
+
+    topic: str = Field(default="openlineage.events", pattern=TOPIC_PATTERN)
+    """The topic the events are produced to (keyed by run, so a run's events stay in order)."""
+    bootstrap_servers: str | None = None
+    """Its cluster (default: ``kafka.bootstrap_servers``, with ``kafka.client``)."""
+    client: Annotated[dict[str, str], Secret("entries")] = Field(default_factory=dict)
+    """librdkafka settings of the lineage producer (default: ``kafka.client``); values may be
+    secret references."""
+
+
+class LineageSettings(_Model):
+    """OpenLineage run events of every run (streaming queries and their micro-batches, the
+    companions) and of the Spark jobs under them (:mod:`cdc.lineage`). Lineage never blocks
+    or fails a run: an event that cannot be sent is counted and logged."""
+
+    enabled: bool = False
+    """Whether runs emit OpenLineage events."""
+    transport: Literal["http", "file", "kafka", "console"] = "console"
+    """Where events go: ``http`` (a Marquez-compatible endpoint), ``file`` (JSON lines),
+    ``kafka`` (a topic) or ``console`` (the log, at INFO)."""
+    namespace: str | None = Field(default=None, min_length=1)
+    """The jobs' namespace (default: ``cdc-<env>``)."""
+    http: LineageHttpSettings = LineageHttpSettings()
+    """The ``http`` transport's settings."""
+    file: LineageFileSettings = LineageFileSettings()
+    """The ``file`` transport's settings."""
+    kafka: LineageKafkaSettings = LineageKafkaSettings()
+    """The ``kafka`` transport's settings."""
+    spark_agent: bool = True
+    """Attach the OpenLineage Spark agent (the ``lineage`` JAR profile) to the runs that use
+    Spark, so their Spark jobs are reported too, with column lineage, as children of the
+    run. Without the JARs installed the runs still emit their own events."""
+    queue_size: int = Field(default=1000, gt=0)
+    """Events waiting to be sent; when full, a new event is dropped (and counted) instead of
+    waiting."""
+    close_timeout_s: float = Field(default=10.0, ge=0)
+    """Seconds a command waits at its end for the events still queued."""
+    failure_log_interval_s: float = Field(default=60.0, gt=0)
+    """Failures to send are logged at most once per this many seconds (each is counted)."""
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> LineageSettings:
+        if self.enabled and self.transport == "http" and not self.http.url:
+            raise ValueError("the http transport needs 'http.url'")
+        return self
+
+    def job_namespace(self, env: str) -> str:
+        """The namespace of the service's jobs."""
+        return self.namespace or f"cdc-{env}"
+
+    def kafka_client_config(self, kafka: KafkaSettings) -> dict[str, str]:
+        """The ``kafka`` transport's librdkafka settings, secret references resolved:
+        ``kafka.client`` of this section, else the service's ``kafka.client``."""
+        if self.kafka.client:
+            return {k: resolve_secret(v) for k, v in self.kafka.client.items()}
+        return kafka.client_config()
+
+
 class SequenceField(_Model):
     """One field of a composite ``sequence_by``: a path in the value and how it compares."""
 
@@ -831,6 +922,7 @@ class Settings(_Model):
     gold: GoldSettings = GoldSettings()
     warehouse: WarehouseSettings = WarehouseSettings()
     governance: GovernanceSettings = GovernanceSettings()
+    lineage: LineageSettings = LineageSettings()
     defaults: PipelineDefaults = PipelineDefaults()
     pipelines: dict[str, PipelineSettings]
 
@@ -896,6 +988,7 @@ _SECTIONS: dict[str, type[_Model]] = {
     "gold": GoldSettings,
     "warehouse": WarehouseSettings,
     "governance": GovernanceSettings,
+    "lineage": LineageSettings,
     "defaults": PipelineDefaults,
 }
 
@@ -913,6 +1006,7 @@ _FLAT_MAPS = (
     ("registry", "client"),
     ("lake", "storage_options"),
     ("dr", "storage_options"),
+    ("lineage", "kafka", "client"),
     ("spark", "conf"),
     ("defaults", "source_options"),
     ("pipelines", "*", "source_options"),
@@ -1018,9 +1112,14 @@ def _format_validation_error(
 def _resolve_relative(settings_data: dict[str, Any], base: Path) -> None:
     """Make relative local paths absolute against the project directory."""
 
-    def fix(section: str, key: str) -> None:
-        node = settings_data.get(section)
-        if isinstance(node, dict) and isinstance(node.get(key), str | Path):
+    def fix(*keys: str) -> None:
+        node = settings_data
+        for key in keys[:-1]:
+            node = node.get(key)  # type: ignore[assignment]
+            if not isinstance(node, dict):
+                return
+        key = keys[-1]
+        if isinstance(node.get(key), str | Path):
             value = str(node[key])
             # An empty or blank path stays as it is: validation refuses it (it is not ".").
             if value.strip() and "://" not in value and not os.path.isabs(value):
@@ -1033,6 +1132,7 @@ def _resolve_relative(settings_data: dict[str, Any], base: Path) -> None:
     fix("warehouse", "path")
     fix("governance", "policy")
     fix("governance", "audiences_dir")
+    fix("lineage", "file", "path")
 
 
 INCLUDE = "include"

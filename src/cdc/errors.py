@@ -52,6 +52,9 @@ class ProduceError(CdcError):
 class DataLossError(CdcError):
     """Offsets the query expected to read no longer exist (failOnDataLoss=true)."""
 
+    pipeline: str | None = None
+    """The pipeline whose query lost them, when a running query found it."""
+
 
 class ExpectationFailedError(CdcError):
     """A ``fail`` expectation found records that break it; nothing of the batch was committed."""

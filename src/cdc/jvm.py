@@ -4,6 +4,9 @@ Each Maven profile of the POM is one classpath folder under :func:`jars_dir`:
 
 * ``spark``: added to every SparkSession with ``spark.jars`` (Delta, Spark's Kafka source);
 * ``kafka``: the Apache Kafka broker that ``cdc broker``, the demo and the tests run;
+* ``s3``: the S3A filesystem (hadoop-aws), on sessions of a lake on S3;
+* ``lineage``: the OpenLineage Spark agent, on sessions of runs that report lineage
+  (:mod:`cdc.lineage.spark_agent`);
 * ``registry``: Apicurio Registry (a Confluent-compatible schema registry) for the tests of
   the HTTP registry client; not part of the service's runtime.
 
@@ -68,7 +71,8 @@ def classpath(profile: str) -> list[Path]:
 
 
 def optional_classpath(profile: str) -> list[Path]:
-    """The JARs of a profile that only some deployments install (``s3``); empty when absent."""
+    """The JARs of a profile that only some deployments install (``s3``, ``lineage``); empty
+    when absent."""
     folder = jars_dir() / profile
     return sorted(jar.resolve() for jar in folder.glob("*.jar")) if folder.is_dir() else []
 

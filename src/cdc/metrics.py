@@ -82,8 +82,10 @@ METRIC_NAMES = (
     "cdc_scd2_invariant_violations_total",
     "cdc_scd2_invariant_last_check_violations",
     "cdc_expectation_failures_total",
+    "cdc_lineage_events_total",
 )
-"""Every metric the service exports (histograms add ``_bucket``, ``_sum`` and ``_count``;
+"""Every metric the service exports (``cdc_lineage_events_total``: :mod:`cdc.lineage`, when
+lineage is on; histograms add ``_bucket``, ``_sum`` and ``_count``;
 counters are exposed with their ``_total`` name)."""
 
 

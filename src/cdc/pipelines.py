@@ -44,6 +44,9 @@ __all__ = [
 class PipelineFailedError(CdcError):
     """A streaming query stopped with an error."""
 
+    pipeline: str | None = None
+    """The pipeline whose query failed."""
+
 
 def start_query(
     spark: SparkSession,
@@ -174,8 +177,12 @@ def run_pipelines(
                         continue
                     loss = data_loss_of(query.exception())
                     if loss is not None:  # Spark's paragraph, as partition, offsets, repair
-                        raise DataLossError(data_loss_message(settings, name, loss))
-                    raise PipelineFailedError(f"pipeline {name} failed: {error}")
+                        lost = DataLossError(data_loss_message(settings, name, loss))
+                        lost.pipeline = name
+                        raise lost
+                    failed = PipelineFailedError(f"pipeline {name} failed: {error}")
+                    failed.pipeline = name
+                    raise failed
             if all(not q.isActive for q in queries.values()):
                 return
             time.sleep(poll_seconds)

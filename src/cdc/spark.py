@@ -1,7 +1,8 @@
 """SparkSession factory: one place that knows how to start Spark for this service.
 
-The session loads the pinned JARs (:mod:`cdc.jvm`: Delta, Spark's Kafka source) from the
-install folder through ``spark.jars``; nothing is downloaded when a query starts.
+The session loads the pinned JARs (:mod:`cdc.jvm`: Delta, Spark's Kafka source; S3A and the
+OpenLineage Spark agent when asked) from the install folder through ``spark.jars``; nothing
+is downloaded when a query starts.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def build_session(
     conf: Mapping[str, str] | None = None,
     *,
     object_store: bool = False,
+    lineage: bool = False,
 ) -> SparkSession:
     """Return the process's SparkSession, with Delta and Spark's Kafka source loaded.
 
@@ -62,6 +64,8 @@ def build_session(
         object_store: the lake is on S3: put the S3A JARs (the ``s3`` profile, when
             installed) on the classpath. Off otherwise: the AWS SDK bundle is large, and a
             cluster's executors would fetch it for nothing.
+        lineage: put the OpenLineage Spark agent (the ``lineage`` profile, when installed)
+            on the classpath, for :mod:`cdc.lineage` to attach to the runs that use Spark.
 
     Returns:
         The active (or newly created) SparkSession.
@@ -86,7 +90,7 @@ def build_session(
             " with spark-submit (which chooses the master) or set one, e.g."
             " --set spark.master=local[*]"
         )
-    for key, value in session_conf(conf, object_store=object_store).items():
+    for key, value in session_conf(conf, object_store=object_store, lineage=lineage).items():
         builder = builder.config(key, value)
     with _jvm_banner_filtered():
         session = builder.getOrCreate()
@@ -146,12 +150,15 @@ def _under_spark_submit(conf: Mapping[str, str] | None) -> bool:
 
 
 def session_conf(
-    conf: Mapping[str, str] | None = None, *, object_store: bool = False
+    conf: Mapping[str, str] | None = None, *, object_store: bool = False, lineage: bool = False
 ) -> dict[str, str]:
     """The Spark settings of a session: defaults, the pinned JARs, then ``conf``.
 
     Args:
         conf: extra Spark settings; they win over the defaults.
+        object_store: add the ``s3`` profile's JARs (when installed).
+        lineage: add the ``lineage`` profile's JAR (the OpenLineage Spark agent; when
+            installed).
 
     Returns:
         Every setting :func:`build_session` applies.
@@ -160,7 +167,8 @@ def session_conf(
         JarsMissingError: the Spark JARs are not installed.
     """
     s3 = optional_classpath("s3") if object_store else []
-    jars = ",".join(str(jar) for jar in [*classpath("spark"), *s3])
+    agent = optional_classpath("lineage") if lineage else []
+    jars = ",".join(str(jar) for jar in [*classpath("spark"), *s3, *agent])
     defaults = {
         **_DEFAULT_CONF,
         "spark.jars": jars,

@@ -309,6 +309,62 @@ CASES = [
         expect="cdc: error: secret reference 'aws-sm:sweep/a-list#password': key not found",
         needs=frozenset({"moto", "gold"}),
     ),
+    # lineage: a companion's OpenLineage run (cdc gold build on an empty lake: it succeeds)
+    # with the http transport at a malformed URL (refused at start), a URL nobody answers,
+    # an API key no HTTP header can carry (a run's event that is not sent is logged, the run
+    # goes on), and the kafka transport with a SASL mechanism librdkafka refuses.
+    *(
+        Case(
+            setting,
+            f"gold-build-lineage-{name}",
+            ("gold", "build"),
+            ("lineage.enabled=true", "lineage.transport=http", *overrides),
+            env,
+            exit_code=code,
+            expect=expect,
+        )
+        for setting, name, overrides, env, code, expect in (
+            (
+                "lineage.http.url",
+                "url-malformed",
+                ("lineage.http.url=env:SWEEP_OL_URL",),
+                {"SWEEP_OL_URL": "marquez:5000/{S}"},
+                2,
+                "cdc: error: lineage.http.url: not an http(s) URL",
+            ),
+            (
+                "lineage.http.url",
+                "url-unreachable",
+                ("lineage.http.url=env:SWEEP_OL_URL",),
+                {"SWEEP_OL_URL": "http://cdc:{S}@127.0.0.1:{CLOSED}"},
+                0,
+                "lineage: an OpenLineage event was not sent: ",
+            ),
+            (
+                "lineage.http.api_key",
+                "api-key-not-a-header",
+                (
+                    "lineage.http.url=http://127.0.0.1:{CLOSED}",
+                    "lineage.http.api_key=env:SWEEP_OL_KEY",
+                ),
+                {"SWEEP_OL_KEY": "{S}\nInjected: header"},
+                0,
+                "lineage: an OpenLineage event was not sent: ",
+            ),
+            (
+                "lineage.kafka.client",
+                "kafka-sasl-mechanism",
+                (
+                    "lineage.transport=kafka",
+                    "lineage.kafka.client.security.protocol=SASL_PLAINTEXT",
+                    "lineage.kafka.client.sasl.mechanism=env:SWEEP_MECHANISM",
+                ),
+                {"SWEEP_MECHANISM": "{S} PLAIN"},
+                2,
+                "cdc: error: lineage.transport kafka: cannot be set up: ",
+            ),
+        )
+    ),
     # notify.slack_webhook_url: cdc sla check, with a breach open (the broker is down).
     *(
         Case(

@@ -447,6 +447,9 @@ def test_secret_settings_are_found_from_the_model() -> None:
         "dr.manifest_key": "value",
         "warehouse.dsn": "credentials",
         "warehouse.password": "value",
+        "lineage.http.url": "credentials",
+        "lineage.http.api_key": "value",
+        "lineage.kafka.client": "entries",
     }
     settings = load_settings(
         "local",

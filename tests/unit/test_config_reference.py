@@ -201,5 +201,6 @@ def test_the_settings_marked_secret_are_the_ones_the_code_resolves() -> None:
             "dsn",
             "password",
             "slack_webhook_url",
+            "api_key",
         }
     )

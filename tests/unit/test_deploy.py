@@ -46,14 +46,14 @@ SPARK_KINDS = ("SparkApplication", "ScheduledSparkApplication")
 
 # What each command resolves, by config section: the secrets its pod must be given.
 _SECTIONS_READ = {
-    "run": ("kafka", "registry", "lake"),
-    "sla check": ("kafka", "notify", "lake"),
-    "maintain": ("lake",),
-    "dr snapshot": ("lake", "dr"),
-    "gold build": ("lake",),
-    "publish": ("lake", "warehouse"),
+    "run": ("kafka", "registry", "lake", "lineage"),
+    "sla check": ("kafka", "notify", "lake", "lineage"),
+    "maintain": ("lake", "lineage"),
+    "dr snapshot": ("lake", "dr", "lineage"),
+    "gold build": ("lake", "lineage"),
+    "publish": ("lake", "warehouse", "lineage"),
     # The ops pod (a shell for the runbook's one-off commands) reads whatever they read.
-    "ops": ("kafka", "registry", "lake", "notify", "dr", "warehouse"),
+    "ops": ("kafka", "registry", "lake", "notify", "dr", "warehouse", "lineage"),
 }
 _SCRIPT_COMMANDS = {
     "streaming/cdc_stream.py": ["run"],
@@ -362,34 +362,44 @@ def test_workloads_run_shipped_code_with_the_baked_jars(env: str) -> None:
             continue
         conf = workload.spark["sparkConf"]
         assert "spark.master" not in conf
-        for side in ("driver", "executor"):
+        agent = _values(env)["openlineage"]["agentJar"]
+        for side, extra in (("driver", [agent]), ("executor", [])):
             classpath = conf[f"spark.{side}.extraClassPath"].split(":")
-            # Each entry is a profile folder the image bakes (jvm/pom.xml profiles).
-            assert classpath == [f"{jars}/spark/*", f"{jars}/s3/*"], workload.name
+            # Each entry is a profile folder the image bakes (jvm/pom.xml profiles); the
+            # OpenLineage agent runs on the driver only.
+            assert classpath == [f"{jars}/spark/*", f"{jars}/s3/*", *extra], workload.name
             assert {entry.split("/")[-2] for entry in classpath} <= docker.jar_profiles
-        # No OpenLineage listener without its agent JAR (the lineage work adds both).
+        # The service attaches the agent itself, with the config's lineage transport: no
+        # listener nor transport (nor its credentials) in the Spark properties.
         assert not any(
             key.startswith(("spark.extraListeners", "spark.openlineage")) for key in conf
         )
         assert workload.pod["podSecurityContext"]["runAsUser"] == int(docker.uid)
 
 
-def test_the_openlineage_agent_value_wires_the_listener_and_its_transport(tmp_path: Path) -> None:
-    agent = f"{_values()['image']['jarsDir']}/lineage/openlineage-spark.jar"
-    docs = render(
-        "prod",
-        "--set",
-        f"openlineage.agentJar={agent}",
-        "--set",
-        "openlineage.transport.type=http",
+def test_the_openlineage_agent_jar_is_the_pom_s_baked_into_the_image(tmp_path: Path) -> None:
+    """The chart's agentJar is the file Maven copies for the POM's ``lineage`` profile into
+    the image's JAR folder; without it the drivers get no agent and still render."""
+    root = ET.parse(POM).getroot()
+    profile = next(
+        p
+        for p in root.iterfind("m:profiles/m:profile", _NS)
+        if p.findtext("m:id", "", _NS) == "lineage"
     )
+    (dependency,) = profile.iterfind("m:dependencies/m:dependency", _NS)
+    artifact = dependency.findtext("m:artifactId", "", _NS).replace(
+        "${scala.binary}", _pom_property("scala.binary")
+    )
+    assert dependency.findtext("m:groupId", "", _NS) == "io.openlineage"
+    jar = f"{artifact}-{dependency.findtext('m:version', '', _NS)}.jar"
+    docker = _dockerfile()
+    assert "lineage" in docker.jar_profiles
+    assert _values()["openlineage"]["agentJar"] == f"{docker.env['CDC_JARS_DIR']}/lineage/{jar}"
+    docs = render("prod", "--set", "openlineage.agentJar=")
     for workload in _workloads(docs):
-        if workload.spark is None:
-            continue
-        conf = workload.spark["sparkConf"]
-        assert conf["spark.driver.extraClassPath"].split(":")[-1] == agent
-        assert conf["spark.extraListeners"] == "io.openlineage.spark.agent.OpenLineageSparkListener"
-        assert conf["spark.openlineage.transport.type"] == "http"
+        if workload.spark is not None:
+            driver = workload.spark["sparkConf"]["spark.driver.extraClassPath"]
+            assert "lineage" not in driver
     assert kubeconform(docs, tmp_path).failures == {}
 
 

@@ -76,19 +76,18 @@ fsGroup: {{ .Values.image.uid }}
 {{- end }}
 
 {{/* Spark properties of an application: the image's JARs on both classpaths, the chart's
-and the workload's properties, and the OpenLineage agent when the lineage work has set it. */}}
+and the workload's properties, and the OpenLineage Spark agent's JAR on the driver's (the
+service attaches the agent to its runs itself, with the transport of the config's `lineage:`
+section: no spark.extraListeners, no transport credentials in the Spark properties). */}}
 {{- define "cdc.sparkConf" -}}
 {{- $values := .root.Values -}}
 {{- $classpath := printf "%s/spark/*:%s/s3/*" $values.image.jarsDir $values.image.jarsDir -}}
 {{- $conf := merge (dict) (.extra | default dict) $values.sparkConf -}}
+{{- $driver := $classpath -}}
 {{- with $values.openlineage.agentJar }}
-{{- $classpath = printf "%s:%s" $classpath . }}
-{{- $_ := set $conf "spark.extraListeners" "io.openlineage.spark.agent.OpenLineageSparkListener" }}
-{{- range $key, $value := $values.openlineage.transport }}
-{{- $_ := set $conf (printf "spark.openlineage.transport.%s" $key) $value }}
+{{- $driver = printf "%s:%s" $classpath . }}
 {{- end }}
-{{- end }}
-{{- $_ := set $conf "spark.driver.extraClassPath" $classpath }}
+{{- $_ := set $conf "spark.driver.extraClassPath" $driver }}
 {{- $_ := set $conf "spark.executor.extraClassPath" $classpath }}
 {{- range $key := keys $conf | sortAlpha }}
 {{ $key }}: {{ index $conf $key | toString | quote }}
