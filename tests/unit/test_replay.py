@@ -13,24 +13,11 @@ import pyarrow as pa
 import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from cdc.batch import BatchStats
-from cdc.checkpoint import (
-    IDENTITY_FILE,
-    START_FILE,
-    TOPIC_FILE,
-    TXN_BASE_FILE,
-    CheckpointState,
-    read_checkpoint_state,
-    read_identity,
-    read_topic_id,
-    write_topic_id,
-)
-from cdc.config import Settings
+from cdc.config.lake import table_paths, txn_app_id
+from cdc.config.settings import Settings
+from cdc.core.offsets import Watermarks
 from cdc.errors import ConfigError, PipelineRunningError
-from cdc.lake import table_paths, txn_app_id
-from cdc.locks import LockHolder, PipelineLock, lock_path
-from cdc.offsets import Watermarks
-from cdc.replay import (
+from cdc.ops.replay import (
     PartitionReplay,
     ReplayOutcome,
     ReplayPlan,
@@ -44,6 +31,19 @@ from cdc.replay import (
     plan_replay,
     replay_pipeline,
 )
+from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.checkpoint import (
+    IDENTITY_FILE,
+    START_FILE,
+    TOPIC_FILE,
+    TXN_BASE_FILE,
+    CheckpointState,
+    read_checkpoint_state,
+    read_identity,
+    read_topic_id,
+    write_topic_id,
+)
+from cdc.runtime.locks import LockHolder, PipelineLock, lock_path
 from tests.support.local_settings import local_settings
 
 T = "crm.contacts"

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.governance.access import Access, TableAccess
 from cdc.governance.base import Change, GovernanceError, Item, Plan, Target
 from cdc.governance.masks import DUCKDB

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.errors import ConfigError
 from cdc.governance.access import Access, RoleAccess, TableAccess
 from cdc.governance.base import Change, GovernanceError, Item, Target

@@ -40,7 +40,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.governance.access import Access, RoleAccess, TableAccess
 from cdc.governance.base import Change, GovernanceError, Item, Target
 from cdc.governance.masks import POSTGRES

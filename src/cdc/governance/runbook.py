@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from cdc.config import ENVS, load_settings
+from cdc.config.settings import ENVS, load_settings
 from cdc.governance.access import Access, TableAccess
 from cdc.governance.policy import LAYERS
 

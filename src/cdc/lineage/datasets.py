@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from cdc.batch import BatchStats
-from cdc.config import Settings
-from cdc.lake import table_paths
+from cdc.config.lake import table_paths
+from cdc.config.settings import Settings
 from cdc.lineage.events import Column, Table, columns_of
 from cdc.lineage.naming import (
     DatasetId,
@@ -27,6 +26,7 @@ from cdc.lineage.naming import (
     snowflake_dataset,
     table_dataset,
 )
+from cdc.pipeline.batch import BatchStats
 
 if TYPE_CHECKING:
     from cdc.governance.catalog import Catalog
@@ -58,9 +58,9 @@ def _catalog(settings: Settings) -> Catalog | None:
     cached = _catalogs.get(id(settings))
     if cached is not None and cached[0] is settings:
         return cached[1]
-    from cdc.contracts import load_contracts
     from cdc.governance.catalog import build_catalog
-    from cdc.registry import FileRegistry
+    from cdc.ingest.contracts import load_contracts
+    from cdc.ingest.registry import FileRegistry
 
     catalog: Catalog | None
     try:

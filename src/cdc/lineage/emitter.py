@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from cdc.config import LineageSettings, Settings
+from cdc.config.settings import LineageSettings, Settings
 from cdc.errors import ConfigError, first_line
 
 __all__ = ["OUTCOMES", "Emitter", "LineageMetrics", "events_file", "transport_config"]

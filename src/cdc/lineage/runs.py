@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.errors import first_line
 from cdc.lineage.emitter import Emitter
 from cdc.lineage.events import EventType, JobRef, RunRef, Table, run_event
@@ -232,9 +232,9 @@ def opened_lineage(
 
 def error_of(exc: BaseException) -> tuple[str, str | None]:
     """A failed run's error line (``Name: message``) and, for a bug, its traceback; both
-    cleaned of the configured secrets (:func:`cdc.logs.redact`), like every output."""
+    cleaned of the configured secrets (:func:`cdc.runtime.logs.redact`), like every output."""
     from cdc.errors import CdcError
-    from cdc.logs import redact
+    from cdc.runtime.logs import redact
 
     line = first_line(exc) or type(exc).__name__
     message = redact(f"{type(exc).__name__}: {line}")

@@ -18,9 +18,9 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from cdc.core.scd2 import ACTION_COLUMN
 from cdc.errors import CommitConflictError, TableReadError, TableWriteError
-from cdc.rust_output import rust_panics_logged
-from cdc.scd2 import ACTION_COLUMN
+from cdc.runtime.rust_output import rust_panics_logged
 from cdc.store.base import TableStore, Txn, WriteOutcome
 from cdc.store.plan import CURRENT_PARTITION, CommitInfo, MergePlan, TableLayout
 

@@ -4,7 +4,7 @@ dialect) and Snowflake."""
 
 from __future__ import annotations
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.errors import ConfigError
 from cdc.warehouse.base import (
     CONTROL_TABLE,
