@@ -21,6 +21,10 @@ from cdc.config.settings import ENVS, WAREHOUSE_TARGETS, Settings, load_settings
 from cdc.errors import CdcError, ConfigError, first_line
 from cdc.runtime.logs import configure_logging, redact, redact_secrets_of
 
+# Each command imports the modules it needs when it runs (imports inside the functions below):
+# `cdc --help` and every command load only what that command uses; Spark, the Kafka clients
+# and the warehouses' drivers are slow to import.
+
 if TYPE_CHECKING:
     from cdc.companions.maintenance import TableRef
     from cdc.lineage.events import Table

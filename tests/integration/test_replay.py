@@ -22,14 +22,10 @@ import pytest
 from cdc.cli import main
 from cdc.config.lake import table_paths
 from cdc.config.settings import Settings
-from cdc.ops.replay import (
-    ReplayPosition,
-    committed_txn_versions,
-    replay_pipeline,
-    run_available_now,
-)
+from cdc.ops.replay import ReplayPosition, replay_pipeline, run_available_now
 from cdc.pipeline.batch import BatchStats
 from cdc.pipeline.checkpoint import START_FILE, TXN_BASE_FILE, committed_offsets, read_topic_id
+from cdc.pipeline.checkpoint_guard import committed_txn_versions
 from cdc.pipeline.queries import run_pipelines
 from cdc.runtime.locks import LockHolder, lock_path
 from tests.support.envelopes import T0, contact_envelope

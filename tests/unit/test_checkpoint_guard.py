@@ -18,7 +18,6 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from cdc.config.lake import pipeline_tables, txn_app_id
 from cdc.config.settings import Settings
 from cdc.errors import DataLossError
-from cdc.ops.replay import table_log_states
 from cdc.pipeline.batch import BatchStats
 from cdc.pipeline.batch_local import LocalBatchWriter
 from cdc.pipeline.checkpoint import (
@@ -35,6 +34,7 @@ from cdc.pipeline.checkpoint_guard import (
     checkpoint_problem,
     identity_now,
     record_identity,
+    table_log_states,
 )
 from tests.support.local_settings import local_settings
 

@@ -13,24 +13,23 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from cdc.config.expectations import ACTIONS, ExpectationSettings
 from cdc.config.settings import Settings, load_settings
+from cdc.core.ranges import merge_ranges
 from cdc.errors import ConfigError, ExpectationFailedError
 from cdc.ingest.changes import split_batch
 from cdc.ops.metrics import METRIC_NAMES, ServiceMetrics
 from cdc.ops.status import PipelineStatus, format_status
 from cdc.pipeline.batch import BatchStats
 from cdc.pipeline.expectations import (
-    ACTIONS,
     COUNTS_FILE,
     Expectations,
-    ExpectationSettings,
     RuleTotal,
     expectations_for,
     read_counts,
     record_counts,
     rule_totals,
 )
-from cdc.pipeline.landed import merge_ranges
 from cdc.store.delta_rs import DeltaRsStore
 from tests.support.endpoints import metric_samples
 from tests.support.paths import REPO_ROOT

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from cdc.cli import main
 from cdc.core.invariants import SCD2_KINDS, check_facts, check_scd2, summarize
 from cdc.ops.metrics import ServiceMetrics
-from cdc.ops.verify import record_batch_check
 from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.batch_check import record_batch_check
 from tests.support.endpoints import metric_samples
 from tests.support.scd2_events import SPEC, Dimension, frame, to_log
 from tests.support.scd2_one_pass import scd2_from_events
@@ -318,7 +318,7 @@ def test_a_batch_check_is_logged_counted_and_exported(caplog: pytest.LogCaptureF
     broken, key, _ = corrupt(table, "multiple_current", Targets(table))
     report = summarize(check_scd2(broken, KEYS), cap=3)
     stats = BatchStats(batch_id=4)
-    with caplog.at_level(logging.WARNING, logger="cdc.ops.verify"):
+    with caplog.at_level(logging.WARNING, logger="cdc.pipeline.batch_check"):
         record_batch_check("crm_contacts", stats, report, "delta-rs")
     assert stats.invariant_violations == {"multiple_current": 1}
     [record] = caplog.records

@@ -22,7 +22,6 @@ from cdc.ops.replay import (
     ReplayOutcome,
     ReplayPlan,
     ReplayPosition,
-    committed_txn_versions,
     dry_run_report,
     format_plan,
     next_txn_base,
@@ -43,6 +42,7 @@ from cdc.pipeline.checkpoint import (
     read_topic_id,
     write_topic_id,
 )
+from cdc.pipeline.checkpoint_guard import committed_txn_versions
 from cdc.runtime.locks import LockHolder, PipelineLock, lock_path
 from tests.support.local_settings import local_settings
 

@@ -37,8 +37,8 @@ from pydantic import (
     model_validator,
 )
 
+from cdc.config.expectations import ExpectationSettings, unique_names
 from cdc.errors import ConfigError, UnknownPipelineError
-from cdc.pipeline.expectations import ExpectationSettings, unique_names
 
 __all__ = [
     "ENVS",
@@ -843,7 +843,7 @@ class PipelineSettings(_Model):
     """The columns ``cdc maintain optimize`` Z-ORDERs the pipeline's tables on."""
     expectations: Annotated[tuple[ExpectationSettings, ...], AfterValidator(unique_names)] = ()
     """Data-quality rules on the records, each with its action
-    (:mod:`cdc.pipeline.expectations`)."""
+    (:mod:`cdc.config.expectations`)."""
     enabled: bool = True
     """Whether ``cdc run`` without ``--pipeline`` runs it (and the chart deploys it)."""
 

@@ -69,7 +69,6 @@ __all__ = [
     "PositionField",
     "SequenceCheck",
     "TimeWindow",
-    "check_table_layout",
     "decode_offset",
     "decode_partition",
     "decode_time_ms",
@@ -633,38 +632,4 @@ def _time_text(what: str, ms: pl.Expr, accepted: str) -> pl.Expr:
         pl.when(ms.is_null())
         .then(pl.lit(f"{what} is absent: nothing gives the record a time"))
         .otherwise(pl.format(f"{what} {{}} ({{}}) is outside {accepted}", ms, shown))
-    )
-
-
-def check_table_layout(settings: Settings, name: str) -> None:
-    """Refuse to fold a pipeline's changes onto a dimension sequenced another way.
-
-    Sequences of different layouts do not compare (a table written before source positions
-    existed holds ``time.partition.offset``): folding new changes onto it would order them
-    wrongly without a sign. The check reads one row.
-
-    Raises:
-        ConfigError: the silver table's sequences have another width than the pipeline's.
-    """
-    from cdc.config.lake import table_paths
-    from cdc.store import store_for
-
-    pipeline = settings.pipeline(name)
-    if pipeline.kind != "scd2":
-        return
-    ordering = ordering_for(pipeline.sequence_by, pipeline.source_format)
-    uri = table_paths(settings, pipeline)["silver"]
-    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
-    if not store.exists(uri) or "_seq_open" not in store.columns(uri):
-        return
-    found = store.query(uri, "SELECT length(_seq_open) AS n FROM t LIMIT 1").column("n")
-    if not len(found) or found[0].as_py() in (None, ordering.width):
-        return
-    width = found[0].as_py()
-    held = "source time, partition, offset" if width == SUFFIX_WIDTH else f"{width} characters"
-    raise ConfigError(
-        f"pipeline {name}: {pipeline.target} was sequenced by another sequence_by ({held}) than"
-        f" the pipeline's now ({ordering.describe()}): set pipelines.{name}.sequence_by to"
-        " what the table was built with (source.ts_ms for tables from before source positions),"
-        " or rebuild it into a new lake root from the earliest offsets"
     )

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc.core import sequence
+from cdc.core.ranges import TOPIC_ID_COLUMN, Ranges, landed_mask
 from cdc.core.scd2 import Scd2Spec, encode_sequence
 from cdc.core.sequence import Ordering, SequenceBy, ordering_for, sequence_position
 from cdc.errors import ConfigError
-from cdc.pipeline.landed import TOPIC_ID_COLUMN, Ranges, landed_mask
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -71,7 +71,7 @@ class SplitBatch:
 
     def without_landed(self, landed: Ranges) -> SplitBatch:
         """Mark the rows whose offsets bronze or quarantine already hold (see
-        :mod:`cdc.pipeline.landed`).
+        :mod:`cdc.core.ranges`).
 
         Valid rows are reordered landed-first so :attr:`bronze` is a slice; quarantine rows
         that already landed are dropped (quarantine feeds nothing downstream).

@@ -40,7 +40,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from cdc.config.lake import pipeline_tables, txn_app_id
 from cdc.config.settings import Settings
 from cdc.core.offsets import (
     OffsetJson,
@@ -50,6 +49,7 @@ from cdc.core.offsets import (
     offsets_from_json,
     offsets_to_json,
 )
+from cdc.core.ranges import Ranges, count_in, first_gap, ranges_to_json
 from cdc.errors import CdcError, ConfigError
 from cdc.pipeline.batch import BatchStats
 from cdc.pipeline.checkpoint import (
@@ -61,8 +61,7 @@ from cdc.pipeline.checkpoint import (
     write_identity,
     write_topic_id,
 )
-from cdc.pipeline.checkpoint_guard import identity_now
-from cdc.pipeline.landed import Ranges, count_in, first_gap, ranges_to_json
+from cdc.pipeline.checkpoint_guard import identity_now, table_log_states
 from cdc.runtime.locks import PipelineLock
 
 if TYPE_CHECKING:
@@ -76,7 +75,6 @@ __all__ = [
     "ReplayPlan",
     "ReplayPosition",
     "Runner",
-    "committed_txn_versions",
     "dry_run_report",
     "format_plan",
     "next_txn_base",
@@ -85,7 +83,6 @@ __all__ = [
     "plan_replay",
     "replay_pipeline",
     "run_available_now",
-    "table_log_states",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -403,45 +400,6 @@ def next_txn_base(versions: Mapping[str, int | None]) -> int:
         One more than the highest committed version (0 when none).
     """
     return 1 + max((v for v in versions.values() if v is not None), default=-1)
-
-
-def committed_txn_versions(settings: Settings, name: str) -> dict[str, int | None]:
-    """The pipeline's committed app-transaction version in each of its tables.
-
-    Args:
-        settings: service settings.
-        name: pipeline name.
-
-    Returns:
-        Version per role (``bronze``, ``quarantine``, ``silver``, and ``orphans`` for the
-        side table of an SCD2 pipeline); None where the table does not exist or holds no
-        transaction of this pipeline.
-    """
-    return {
-        role: None if state is None else state.txn_version
-        for role, state in table_log_states(settings, name).items()
-    }
-
-
-def table_log_states(settings: Settings, name: str) -> dict[str, TableLogState | None]:
-    """Each of the pipeline's tables' Delta id and committed app-transaction version.
-
-    Args:
-        settings: service settings.
-        name: pipeline name.
-
-    Returns:
-        Per role (as :func:`committed_txn_versions`), one read of the table's log; None
-        where the table does not exist.
-    """
-    from cdc.store import store_for
-
-    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
-    pipeline = settings.pipeline(name)
-    tables = pipeline_tables(settings, pipeline)
-    return {
-        role: store.log_state(uri, txn_app_id(name, role, uri)) for role, uri in tables.items()
-    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,12 +1,9 @@
 """The invariants of :mod:`cdc.core.invariants` on committed tables: after each batch, and on
-demand.
+demand (``cdc verify``).
 
-* After each batch, a writer checks the rows the batch's keys hold once merged, from the rows
-  its fold was given and wrote (:func:`cdc.core.scd2.post_merge_rows`; no second read of the
-  table; on delta-spark inside the fold's tasks, only counts and a few examples coming back),
-  and hands the result to :func:`record_batch_check`: one warning line naming the kinds and
-  example keys, counted in the batch's stats (and so in the metrics). The data is committed
-  either way; the query goes on.
+* After each batch, a writer checks the rows the batch's keys hold once merged
+  (:mod:`cdc.pipeline.batch_check`): one warning line naming the kinds and example keys,
+  counted in the batch's stats. The data is committed either way; the query goes on.
 * ``cdc verify`` (:func:`verify`) checks whole silver tables: every SCD2 dimension of the
   selected pipelines (valid times against the pipeline's accepted source times too), and
   facts tables for repeated event ids. Tables are read through
@@ -20,36 +17,26 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
 from cdc.config.lake import table_paths
 from cdc.config.settings import PipelineSettings, Settings
 from cdc.core.invariants import (
-    FACT_KINDS,
-    SCD2_KINDS,
     CheckReport,
     check_facts,
     check_scd2,
     summarize,
 )
-from cdc.core.sequence import SequenceCheck
 from cdc.errors import CdcError, ConfigError
+from cdc.pipeline.batch_check import valid_time_bounds
 from cdc.store import DeltaRsStore
 
-if TYPE_CHECKING:
-
-    from cdc.pipeline.batch import BatchStats
-
 __all__ = [
-    "BATCH_EXAMPLES",
     "MAX_LISTED",
     "InvariantCheckError",
     "TableCheck",
-    "in_kind_order",
-    "record_batch_check",
-    "valid_time_bounds",
     "verify",
 ]
 
@@ -58,64 +45,11 @@ log = logging.getLogger(__name__)
 MAX_LISTED = 10
 """Violations ``cdc verify`` lists per kind and table (the rest are counted)."""
 
-BATCH_EXAMPLES = 3
-"""Keys the warning of a batch names per kind."""
-
 _SCD2_READ = ("valid_from", "valid_to", "is_current", "_seq_open", "_seq_close", "_seq_max")
 
 
 class InvariantCheckError(CdcError):
     """A table cannot be checked (it lacks the columns its kind of table has)."""
-
-
-# ----------------------------------------------------------------------------- after a batch
-
-
-def valid_time_bounds(
-    settings: Settings, pipeline: PipelineSettings, now_ms: int | None = None
-) -> tuple[int, int] | None:
-    """The valid times a pipeline's dimension may hold now: its accepted source times.
-
-    Args:
-        settings: service settings (``defaults.source_time_window``).
-        pipeline: the pipeline (its own ``source_time_window``).
-        now_ms: the clock (epoch ms; None: now).
-
-    Returns:
-        ``(earliest, latest)`` in epoch ms, or None for a pipeline without a sequence.
-    """
-    check = SequenceCheck.of(settings, pipeline)
-    if check is None:
-        return None
-    return check.window.bounds(int(time.time() * 1000) if now_ms is None else now_ms)
-
-
-def in_kind_order(counts: dict[str, int]) -> dict[str, int]:
-    """``counts`` with the kinds in the order :mod:`cdc.core.invariants` lists them."""
-    order = (*SCD2_KINDS, *FACT_KINDS)
-    return {kind: counts[kind] for kind in order if kind in counts}
-
-
-def record_batch_check(pipeline: str, stats: BatchStats, report: CheckReport, writer: str) -> None:
-    """Count a batch's check in its stats; warn in one line when it found violations."""
-    stats.invariant_violations = dict(report.counts)
-    if not report.total:
-        return
-    log.warning(
-        "pipeline %s batch %d: %d SCD2 invariant violation(s) in the keys it touched: %s"
-        " (the batch is committed; list them with `cdc verify --pipeline %s`)",
-        pipeline,
-        stats.batch_id,
-        report.total,
-        report.summary(),
-        pipeline,
-        extra={
-            "pipeline": pipeline,
-            "batch_id": stats.batch_id,
-            "writer": writer,
-            "counts": dict(report.counts),
-        },
-    )
 
 
 # -------------------------------------------------------------------------------- cdc verify

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cdc.config.lake import pipeline_tables, txn_app_id
 from cdc.config.settings import PipelineSettings, Settings
+from cdc.core.ranges import Ranges, ranges_from_json
 from cdc.core.scd2 import Scd2Spec
 from cdc.errors import CdcError, CommitConflictError
 from cdc.ingest.changes import business_columns
@@ -35,7 +36,6 @@ from cdc.pipeline.checkpoint import (
     write_identity,
 )
 from cdc.pipeline.expectations import Counts, Expectations, expectations_for, record_counts
-from cdc.pipeline.landed import Ranges, ranges_from_json
 from cdc.pipeline.topic_identity import BROKER_PATIENCE_S, check_topic_identity
 from cdc.runtime.faults import FaultHook
 from cdc.store.base import Txn, WriteOutcome

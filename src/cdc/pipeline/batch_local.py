@@ -32,8 +32,8 @@ from cdc.core.scd2 import (
     touches_history,
 )
 from cdc.ingest.changes import SplitBatch, fact_rows, scd2_changes, split_batch
-from cdc.ops.verify import BATCH_EXAMPLES, record_batch_check, valid_time_bounds
 from cdc.pipeline.batch import BatchStats, BatchWriter
+from cdc.pipeline.batch_check import BATCH_EXAMPLES, record_batch_check, valid_time_bounds
 from cdc.pipeline.expectations import Counts
 from cdc.store.base import WriteOutcome
 from cdc.store.delta_rs import DeltaSink
@@ -74,7 +74,7 @@ class LocalBatchWriter(BatchWriter[LocalBatch]):
         ``foreachBatch`` does but without asking the broker for the topic's id.
 
         ``topic_id`` is the Kafka id of the topic the batch was read from, kept on every
-        bronze and quarantine row (:data:`cdc.pipeline.landed.TOPIC_ID_COLUMN`).
+        bronze and quarantine row (:data:`cdc.core.ranges.TOPIC_ID_COLUMN`).
         """
         started = time.monotonic()
         stats = BatchStats(batch_id=batch_id)

@@ -30,6 +30,7 @@ import polars as pl
 import pyarrow as pa
 
 from cdc.core.invariants import CheckReport, Violation, check_scd2
+from cdc.core.ranges import TOPIC_ID_COLUMN, Ranges
 from cdc.core.scd2 import (
     ACTION_COLUMN,
     ORPHAN_COLUMNS,
@@ -44,10 +45,14 @@ from cdc.core.sequence import SequenceBy
 from cdc.errors import ConfigError
 from cdc.ingest.changes import QUARANTINE_COLUMNS, fact_rows_spark, scd2_changes
 from cdc.ingest.contracts import QuarantineReason
-from cdc.ops.verify import BATCH_EXAMPLES, in_kind_order, record_batch_check, valid_time_bounds
 from cdc.pipeline.batch import BatchStats, BatchWriter
+from cdc.pipeline.batch_check import (
+    BATCH_EXAMPLES,
+    in_kind_order,
+    record_batch_check,
+    valid_time_bounds,
+)
 from cdc.pipeline.expectations import ERROR_CODE, FLAGS_COLUMN, Counts
-from cdc.pipeline.landed import TOPIC_ID_COLUMN, Ranges
 from cdc.runtime.jvm import optional_classpath
 from cdc.store.base import WriteOutcome
 from cdc.store.delta_spark import DeltaSparkStore

@@ -33,9 +33,10 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from cdc.config.lake import pipeline_tables
+from cdc.config.lake import pipeline_tables, txn_app_id
 from cdc.config.settings import Settings
 from cdc.core.offsets import TopicPartitionId, Watermarks
+from cdc.core.ranges import first_gap
 from cdc.errors import BrokerUnavailableError, DataLossError
 from cdc.pipeline.checkpoint import (
     CheckpointIdentity,
@@ -47,8 +48,8 @@ from cdc.pipeline.checkpoint import (
     recorded_topic,
     write_identity,
 )
-from cdc.pipeline.landed import first_gap
 from cdc.pipeline.topic_identity import check_topic_identity, current_topic_id
+from cdc.store import store_for
 
 if TYPE_CHECKING:
     from cdc.pipeline.kafka_loss import KafkaDataLoss
@@ -61,10 +62,12 @@ __all__ = [
     "check_checkpoint_within_topic",
     "check_log_not_refilled",
     "checkpoint_problem",
+    "committed_txn_versions",
     "data_loss_message",
     "identity_now",
     "record_identity",
     "resume_offsets",
+    "table_log_states",
 ]
 
 TableStates = Mapping[str, "TableLogState | None"]
@@ -110,6 +113,43 @@ def checkpoint_problem(settings: Settings, name: str, *, broker: bool = True) ->
     return None
 
 
+def committed_txn_versions(settings: Settings, name: str) -> dict[str, int | None]:
+    """The pipeline's committed app-transaction version in each of its tables.
+
+    Args:
+        settings: service settings.
+        name: pipeline name.
+
+    Returns:
+        Version per role (``bronze``, ``quarantine``, ``silver``, and ``orphans`` for the
+        side table of an SCD2 pipeline); None where the table does not exist or holds no
+        transaction of this pipeline.
+    """
+    return {
+        role: None if state is None else state.txn_version
+        for role, state in table_log_states(settings, name).items()
+    }
+
+
+def table_log_states(settings: Settings, name: str) -> dict[str, TableLogState | None]:
+    """Each of the pipeline's tables' Delta id and committed app-transaction version.
+
+    Args:
+        settings: service settings.
+        name: pipeline name.
+
+    Returns:
+        Per role (as :func:`committed_txn_versions`), one read of the table's log; None
+        where the table does not exist.
+    """
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+    pipeline = settings.pipeline(name)
+    tables = pipeline_tables(settings, pipeline)
+    return {
+        role: store.log_state(uri, txn_app_id(name, role, uri)) for role, uri in tables.items()
+    }
+
+
 def _run_checks(
     settings: Settings, name: str, checkpoint: str, *, starting: bool, broker: bool = True
 ) -> TableStates:
@@ -118,8 +158,6 @@ def _run_checks(
     ``starting``: a query start (the topic id is recorded when first seen); otherwise
     nothing is written.
     """
-    from cdc.ops.replay import table_log_states
-
     states = table_log_states(settings, name)
     check_checkpoint_belongs(settings, name, checkpoint, states, broker=broker)
     check_checkpoint_matches_tables(settings, name, checkpoint, states, broker=broker)
@@ -221,7 +259,7 @@ def check_checkpoint_belongs(
         settings: service settings.
         name: the pipeline.
         checkpoint: its checkpoint folder.
-        states: the pipeline's tables now (see :func:`cdc.ops.replay.table_log_states`).
+        states: the pipeline's tables now (see :func:`table_log_states`).
         broker: the broker is reachable (to name the repair's offsets).
 
     Raises:
@@ -364,8 +402,6 @@ def check_checkpoint_matches_tables(
             tables hold (a checkpoint a replay prepared is accepted: it starts past them).
     """
     if states is None:
-        from cdc.ops.replay import table_log_states
-
         states = table_log_states(settings, name)
     versions = [s.txn_version for s in states.values() if s is not None]
     top = max((v for v in versions if v is not None), default=None)

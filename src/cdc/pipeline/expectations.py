@@ -1,6 +1,7 @@
 """Data-quality expectations on a pipeline's records, judged where a batch is split.
 
-A pipeline lists ``expectations`` in its config (:class:`ExpectationSettings`): each is one
+A pipeline lists ``expectations`` in its config
+(:class:`~cdc.config.expectations.ExpectationSettings`): each is one
 check over the record's business columns (the Debezium ``after`` image of an scd2 envelope
 pipeline, the value's fields otherwise) and an action:
 
@@ -22,54 +23,46 @@ written after the batch's bronze and quarantine commits with the batch id, so a 
 again after a crash is not counted twice; a replay's new checkpoint carries the totals of the
 one it replaced) that ``cdc status`` reads.
 
-Polars and PyArrow are imported inside the functions that need them: the config loader
-imports this module for its settings models, and every CLI command loads the config.
+PySpark is imported inside the functions that render the rules for Spark: the delta-rs
+writer and ``cdc status`` never start it.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from cdc.config.expectations import ExpectationSettings, anchored, first_line, parse_expr
+from cdc.config.settings import PipelineSettings, Settings
+from cdc.core.ranges import Ranges, landed_mask
 from cdc.errors import ConfigError, ExpectationFailedError
+from cdc.pipeline.checkpoint import read_start_file, write_json
+from cdc.pipeline.kafka_source import DecoderSpec, topic_decoder
 
 if TYPE_CHECKING:
-    import polars as pl
-    import pyarrow as pa
     from pyspark.sql import Column, DataFrame, Row, SparkSession
 
-    from cdc.config.settings import PipelineSettings, Settings
-    from cdc.pipeline.landed import Ranges
-
 __all__ = [
-    "ACTIONS",
     "COUNTS_FILE",
     "ERROR_CODE",
     "FLAGS_COLUMN",
-    "KINDS",
-    "AllowedCheck",
     "Counts",
-    "ExpectationSettings",
     "Expectations",
-    "RangeCheck",
-    "RegexCheck",
     "RuleTotal",
     "expectations_for",
     "read_counts",
     "record_counts",
     "rule_totals",
-    "unique_names",
 ]
 
-ACTIONS = ("warn", "drop", "fail")
-KINDS = ("not_null", "range", "regex", "allowed", "expr")
 ERROR_CODE = "expectation"
 """The quarantine ``error_code`` of a record a ``drop`` expectation sent there."""
 FLAGS_COLUMN = "_cdc_expectations"
@@ -80,210 +73,14 @@ COUNTS_FILE = "cdc-expectations.json"
 Counts = dict[str, dict[str, int]]
 """Failures per rule and action: ``{rule: {action: records}}``."""
 
-_NAME = re.compile(r"[a-z0-9_]{1,64}")
 _ROW, _CHECKED, _IMAGE = "_cdc_row", "_cdc_checked", "_cdc_image"
 _RESERVED = "_cdc_"
-
-
-# ------------------------------------------------------------------------------ settings
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class RangeCheck(_Model):
-    """Inclusive bounds for a numeric column; either may be left out."""
-
-    column: str = Field(min_length=1)
-    """A numeric column."""
-    min: Decimal | None = None
-    """Smallest allowed value (inclusive)."""
-    max: Decimal | None = None
-    """Largest allowed value (inclusive)."""
-
-    @field_validator("min", "max", mode="before")
-    @classmethod
-    def _bound(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-            raise ValueError(f"bound {value!r} is not a number")
-        try:
-            bound = Decimal(str(value))  # str() keeps a YAML float's short spelling
-        except InvalidOperation:
-            raise ValueError(f"bound {value!r} is not a number") from None
-        if not bound.is_finite():
-            raise ValueError(f"bound {value!r} is not a finite number")
-        return Decimal(f"{bound:f}")  # no exponent: 1E+2 would be a negative scale on Spark
-
-    @model_validator(mode="after")
-    def _bounds(self) -> RangeCheck:
-        if self.min is None and self.max is None:
-            raise ValueError("a range needs min, max or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"range min {self.min} is greater than max {self.max}")
-        return self
-
-
-class RegexCheck(_Model):
-    """A string column whose whole value must match ``pattern``."""
-
-    column: str = Field(min_length=1)
-    """A string column."""
-    pattern: str = Field(min_length=1)
-    """A regular expression the whole value must match (the syntax Polars and Spark share)."""
-
-
-class AllowedCheck(_Model):
-    """A column whose value must be one of ``values``."""
-
-    column: str = Field(min_length=1)
-    """The column checked."""
-    values: tuple[str | int | float | bool, ...] = Field(min_length=1)
-    """The values allowed."""
-
-
-class ExpectationSettings(_Model):
-    """One data-quality rule of a pipeline: one check and what a failure does.
-
-    Set exactly one of ``not_null``, ``range``, ``regex``, ``allowed`` and ``expr``.
-    """
-
-    name: str
-    """Unique in the pipeline: lowercase letters, digits and ``_`` (it labels metrics)."""
-    not_null: str | None = None
-    """A column that must not be null."""
-    range: RangeCheck | None = None
-    """A numeric column within bounds."""
-    regex: RegexCheck | None = None
-    """A string column matching a pattern."""
-    allowed: AllowedCheck | None = None
-    """A column holding one of a set of values."""
-    expr: str | None = None
-    """A SQL boolean expression over the record's columns; the record fails when it is
-    false."""
-    action: Literal["warn", "drop", "fail"] = "warn"
-    """``warn``: land the record, count the failure; ``drop``: quarantine it; ``fail``: stop
-    the query before anything of the batch is written."""
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if not _NAME.fullmatch(name):
-            raise ValueError(
-                f"expectation name {name[:80]!r} is not a name: lowercase letters, digits and"
-                " _, at most 64 characters"
-            )
-        return name
-
-    @model_validator(mode="after")
-    def _one_check(self) -> ExpectationSettings:
-        chosen = [kind for kind in KINDS if getattr(self, kind) is not None]
-        if len(chosen) != 1:
-            found = f" (found: {', '.join(chosen)})" if chosen else ""
-            raise ValueError(
-                f"expectation {self.name}: set exactly one of {', '.join(KINDS)}{found}"
-            )
-        if self.regex is not None:
-            _compile_regex(self.name, self.regex.pattern)
-        if self.expr is not None:
-            _parse_expr(self.name, self.expr)
-        return self
-
-    @property
-    def kind(self) -> str:
-        """Which check: ``not_null``, ``range``, ``regex``, ``allowed`` or ``expr``."""
-        return next(kind for kind in KINDS if getattr(self, kind) is not None)
-
-    @property
-    def column(self) -> str | None:
-        """The column a single-column check reads (None for ``expr``)."""
-        for check in (self.range, self.regex, self.allowed):
-            if check is not None:
-                return check.column
-        return self.not_null
-
-    def describe(self) -> str:
-        """The check in words, e.g. ``range amount >= 0`` (error texts, status)."""
-        if self.not_null is not None:
-            return f"not_null {self.not_null}"
-        if self.range is not None:
-            r = self.range
-            if r.min is not None and r.max is not None:
-                return f"range {_plain(r.min)} <= {r.column} <= {_plain(r.max)}"
-            if r.min is not None:
-                return f"range {r.column} >= {_plain(r.min)}"
-            return f"range {r.column} <= {_plain(r.max)}"
-        if self.regex is not None:
-            return f"regex {self.regex.column} matches '{self.regex.pattern}'"
-        if self.allowed is not None:
-            values = ", ".join(_literal(v) for v in self.allowed.values)
-            return f"allowed {self.allowed.column} in ({values})"
-        return f"expr {self.expr}"
-
-
-def unique_names(rules: tuple[ExpectationSettings, ...]) -> tuple[ExpectationSettings, ...]:
-    """Pydantic validator of a pipeline's list: each name once."""
-    seen: set[str] = set()
-    for rule in rules:
-        if rule.name in seen:
-            raise ValueError(f"expectation {rule.name} is defined twice")
-        seen.add(rule.name)
-    return rules
-
-
-def _plain(value: Decimal | None) -> str:
-    return f"{value:f}"  # plain notation: 0.00000001, not 1E-8
-
-
-def _literal(value: Any) -> str:
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _anchored(pattern: str) -> str:
-    r"""The pattern matched against the whole value: ``\A`` and ``\z`` mean the same in Rust
-    (Polars) and Java (Spark), where ``^``/``$`` differ on a trailing newline."""
-    return rf"\A(?:{pattern})\z"
-
-
-def _compile_regex(name: str, pattern: str) -> None:
-    """Refuse a pattern Polars' engine (Rust ``regex``) cannot compile, in one line."""
-    import polars as pl
-
-    try:
-        pl.Series("p", [""], pl.String).str.contains(_anchored(pattern))
-    except pl.exceptions.PolarsError as exc:
-        reason = _first_line(str(exc).rsplit("error:", 1)[-1])  # the parser's own words
-        raise ValueError(
-            f"expectation {name}: regex {pattern!r} does not compile: {reason}"
-        ) from None
-
-
-def _parse_expr(name: str, sql: str) -> pl.Expr:
-    import polars as pl
-
-    try:
-        return pl.sql_expr(sql)
-    except pl.exceptions.PolarsError as exc:
-        raise ValueError(
-            f"expectation {name}: expr {sql!r} is not a SQL expression: {_first_line(str(exc))}"
-        ) from None
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
 
 
 # ---------------------------------------------------------------------------- evaluation
 
 
 def _numeric(dtype: pa.DataType) -> bool:
-    import pyarrow as pa
 
     return bool(pa.types.is_integer(dtype) or pa.types.is_floating(dtype)) or bool(
         pa.types.is_decimal(dtype)
@@ -292,7 +89,6 @@ def _numeric(dtype: pa.DataType) -> bool:
 
 def _type_fits(value: Any, dtype: pa.DataType) -> bool:
     """Whether an ``allowed`` value can equal values of a column of ``dtype``."""
-    import pyarrow as pa
 
     if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
         return isinstance(value, str)
@@ -325,15 +121,12 @@ class _Rule:
         return f"expectation {self.name} failed: {self.settings.describe()}"
 
     def _bound(self, value: Decimal) -> Any:
-        import pyarrow as pa
 
         assert self.dtype is not None
         return float(value) if pa.types.is_floating(self.dtype) else value
 
     def polars(self) -> pl.Expr:
         """True where a record fails the rule (never null)."""
-        import polars as pl
-        import pyarrow as pa
 
         s = self.settings
         if s.expr is not None:
@@ -352,7 +145,7 @@ class _Rule:
                 outside = outside | column.is_nan()
             return (column.is_not_null() & outside).fill_null(False)
         if s.regex is not None:
-            matches = column.str.contains(_anchored(s.regex.pattern))
+            matches = column.str.contains(anchored(s.regex.pattern))
             return (column.is_not_null() & matches.not_()).fill_null(False)
         assert s.allowed is not None
         assert self.dtype is not None
@@ -363,7 +156,6 @@ class _Rule:
 
     def spark(self) -> Column:
         """True where a record fails the rule (never null), as a Spark column."""
-        import pyarrow as pa
         from pyspark.sql import functions as F
 
         s = self.settings
@@ -384,7 +176,7 @@ class _Rule:
             return F.coalesce(column.isNotNull() & outside, F.lit(False))
         if s.regex is not None:
             # (?U): \d, \w, \s and case folding are Unicode-aware, as in Rust's engine.
-            matches = column.rlike("(?U)" + _anchored(s.regex.pattern))
+            matches = column.rlike("(?U)" + anchored(s.regex.pattern))
             return F.coalesce(column.isNotNull() & ~matches, F.lit(False))
         assert s.allowed is not None
         return F.coalesce(column.isNotNull() & ~column.isin(list(s.allowed.values)), F.lit(False))
@@ -430,7 +222,7 @@ class Expectations:
     def _bind(self, rule: ExpectationSettings) -> _Rule:
         names = self.columns.names
         if rule.expr is not None:
-            unknown = sorted(set(_parse_expr(rule.name, rule.expr).meta.root_names()) - set(names))
+            unknown = sorted(set(parse_expr(rule.name, rule.expr).meta.root_names()) - set(names))
             if unknown:
                 raise self._fail(
                     rule,
@@ -459,7 +251,6 @@ class Expectations:
 
     def _check_polars(self) -> None:
         """Evaluate every rule on no rows: types that do not fit fail here, not mid-stream."""
-        import polars as pl
 
         empty = pl.from_arrow(self.columns.empty_table())
         assert isinstance(empty, pl.DataFrame)
@@ -472,7 +263,7 @@ class Expectations:
                         raise self._fail(rule.settings, f"expr is {dtype}, not a boolean")
                 empty.select(rule.polars())
             except pl.exceptions.PolarsError as exc:
-                raise self._fail(rule.settings, _first_line(str(exc))) from None
+                raise self._fail(rule.settings, first_line(str(exc))) from None
 
     def check_spark(self, session: SparkSession) -> None:
         """Build every rule as a Spark column over the record's columns (no job runs).
@@ -490,10 +281,10 @@ class Expectations:
             try:
                 if regex is not None:
                     assert jvm is not None
-                    jvm.java.util.regex.Pattern.compile("(?U)" + _anchored(regex.pattern))
+                    jvm.java.util.regex.Pattern.compile("(?U)" + anchored(regex.pattern))
                 field = empty.select(rule.spark().alias("r")).schema["r"]
             except Exception as exc:  # py4j and Spark's analysis raise several types
-                text = _first_line(getattr(exc, "desc", None) or str(exc))
+                text = first_line(getattr(exc, "desc", None) or str(exc))
                 what = (
                     f"Java's regex engine refuses {regex.pattern!r}"
                     if regex
@@ -518,7 +309,6 @@ class Expectations:
         fails the rule. Rows that are not checked (invalid, deletes, tombstones, landed)
         fail nothing.
         """
-        import polars as pl
 
         frame = pl.from_arrow(batch.select(["value", "error_code"]))
         assert isinstance(frame, pl.DataFrame)
@@ -530,7 +320,6 @@ class Expectations:
             present = present & record.is_not_null() & (value.struct.field("op") != "d")
         checked = present.fill_null(False)
         if landed:
-            from cdc.pipeline.landed import landed_mask
 
             already = landed_mask(
                 batch.column("partition").to_pylist(), batch.column("offset").to_pylist(), landed
@@ -558,9 +347,6 @@ class Expectations:
         Raises:
             ExpectationFailedError: a ``fail`` rule failed; nothing may be written.
         """
-        import polars as pl
-        import pyarrow as pa
-        import pyarrow.compute as pc
 
         if batch.num_rows == 0:
             return batch, self._counts({})
@@ -707,9 +493,7 @@ def expectations_for(
     """
     if not pipeline.expectations:
         return None
-    import pyarrow as pa
 
-    from cdc.pipeline.kafka_source import DecoderSpec, topic_decoder
 
     value = topic_decoder(DecoderSpec.from_settings(settings), pipeline.topic).arrow_schema
     value_type = value.field("value").type
@@ -761,7 +545,6 @@ def _read_state(checkpoint: Path) -> dict[str, Any] | None:
 
 def _inherited(checkpoint: Path) -> Counts:
     """The totals of the checkpoints a replay replaced, newest first (their files hold sums)."""
-    from cdc.pipeline.checkpoint import read_start_file
 
     seen = {checkpoint.name}
     current = checkpoint
@@ -797,7 +580,6 @@ def record_counts(checkpoint: str | Path, batch_id: int, counts: Counts) -> None
     process died before its commit) was either counted already (its id is not above the
     recorded one) or not at all.
     """
-    from cdc.pipeline.checkpoint import write_json
 
     if not any(n for per in counts.values() for n in per.values()):
         return

@@ -18,15 +18,18 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cdc import errors
+from cdc.config.lake import table_paths
 from cdc.config.settings import Settings, parse_duration_seconds
-from cdc.core.sequence import check_table_layout
-from cdc.errors import CdcError, DataLossError
+from cdc.core.sequence import SUFFIX_WIDTH, ordering_for
+from cdc.errors import CdcError, ConfigError, DataLossError
 from cdc.pipeline.batch import BatchStats, BatchWriter
 from cdc.pipeline.checkpoint_guard import check_checkpoint, data_loss_message
 from cdc.pipeline.kafka_loss import data_loss_of
 from cdc.pipeline.kafka_source import decoded_stream
 from cdc.runtime.faults import FaultHook
 from cdc.runtime.spark_errors import spark_condition
+from cdc.store import store_for
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PipelineFailedError",
+    "check_table_layout",
     "error_line",
     "run_pipelines",
     "start_query",
@@ -71,6 +75,8 @@ def start_query(
     check_checkpoint(settings, name, checkpoint)
     check_table_layout(settings, name)
     batch_writer: type[BatchWriter[Any]]
+    # Each writer is imported when chosen: delta-spark's loads delta and its JVM classes,
+    # which a delta-rs run never needs.
     if settings.lake.writer == "delta-spark":
         from cdc.pipeline.batch_spark import DistributedBatchWriter
 
@@ -120,8 +126,6 @@ def error_line(text: str) -> str | None:
     ``SomethingError: message`` line of the Python traceback, else the JVM's root cause (its
     last ``Caused by:``), else its first exception line, else the first line.
     """
-    from cdc import errors
-
     ours = set(errors.__all__)
     found: list[tuple[str, str]] = []
     causes: list[tuple[str, str]] = []
@@ -190,3 +194,34 @@ def run_pipelines(
         for query in queries.values():
             if query.isActive:
                 query.stop()
+
+
+def check_table_layout(settings: Settings, name: str) -> None:
+    """Refuse to fold a pipeline's changes onto a dimension sequenced another way.
+
+    Sequences of different layouts do not compare (a table written before source positions
+    existed holds ``time.partition.offset``): folding new changes onto it would order them
+    wrongly without a sign. The check reads one row.
+
+    Raises:
+        ConfigError: the silver table's sequences have another width than the pipeline's.
+    """
+    pipeline = settings.pipeline(name)
+    if pipeline.kind != "scd2":
+        return
+    ordering = ordering_for(pipeline.sequence_by, pipeline.source_format)
+    uri = table_paths(settings, pipeline)["silver"]
+    store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
+    if not store.exists(uri) or "_seq_open" not in store.columns(uri):
+        return
+    found = store.query(uri, "SELECT length(_seq_open) AS n FROM t LIMIT 1").column("n")
+    if not len(found) or found[0].as_py() in (None, ordering.width):
+        return
+    width = found[0].as_py()
+    held = "source time, partition, offset" if width == SUFFIX_WIDTH else f"{width} characters"
+    raise ConfigError(
+        f"pipeline {name}: {pipeline.target} was sequenced by another sequence_by ({held}) than"
+        f" the pipeline's now ({ordering.describe()}): set pipelines.{name}.sequence_by to"
+        " what the table was built with (source.ts_ms for tables from before source positions),"
+        " or rebuild it into a new lake root from the earliest offsets"
+    )

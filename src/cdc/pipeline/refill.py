@@ -36,7 +36,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from cdc.config.settings import Settings
-from cdc.pipeline.landed import Ranges, landed_ranges, query_landed
+from cdc.core.ranges import Ranges
+from cdc.pipeline.landed import landed_ranges, query_landed
 
 if TYPE_CHECKING:
     from cdc.core.offsets import Watermarks

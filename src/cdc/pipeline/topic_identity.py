@@ -40,7 +40,7 @@ def current_topic_id(settings: Settings, topic: str) -> str | None:
 def _ids_in_tables(settings: Settings, name: str) -> set[str]:
     """The topic ids the pipeline's bronze and quarantine rows were read from."""
     from cdc.config.lake import table_paths
-    from cdc.pipeline.landed import TOPIC_ID_COLUMN
+    from cdc.core.ranges import TOPIC_ID_COLUMN
     from cdc.store import store_for
 
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
