@@ -62,8 +62,11 @@ test: $(STAMP) $(S3_STAMP) tools lint typecheck
 test-unit: $(STAMP) tools
 	$(PY) -m pytest -q -m "not integration and not slow"
 
+## ruff, then the import layers of src/ (import-linter contracts in pyproject.toml; see
+## docs/architecture.md), then the schemas.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/cdc schemas check
 
 typecheck: $(STAMP)
@@ -91,4 +94,4 @@ broker: $(STAMP)
 	$(VENV)/bin/cdc broker
 
 clean:
-	rm -rf var build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var build dist .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
