@@ -42,6 +42,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cdc.ingest.contracts import QuarantineReason
+from cdc.ingest.produce import encode_datum
+from cdc.ingest.registry.file import FileRegistry
+
 if TYPE_CHECKING:
     from cdc.ingest.registry.base import SchemaRegistry
 
@@ -1078,9 +1082,6 @@ def _invalid_lines(
     Per topic: one or two violations of ``schemas/contracts.yaml`` rules (valid Avro, so only
     the consumer can tell), then three payloads that are not readable Confluent Avro.
     """
-    from cdc.ingest.contracts import QuarantineReason
-    from cdc.ingest.produce import encode_datum
-
     rule = QuarantineReason.RULE_VIOLATION.value
     out: dict[str, list[InvalidLine]] = {topic: [] for topic in TOPICS}
 
@@ -1356,8 +1357,6 @@ def _reinserts(lines: Mapping[str, list[Line]]) -> dict[str, int]:
 
 
 def _default_registry() -> SchemaRegistry:
-    from cdc.ingest.registry.file import FileRegistry
-
     # The repository's registry of record (src/cdc_demo/data.py -> schemas/avro).
     return FileRegistry.load(Path(__file__).resolve().parents[2] / "schemas" / "avro")
 

@@ -21,6 +21,19 @@ import polars as pl
 
 from cdc.config.lake import table_paths
 from cdc.config.settings import Settings, load_settings
+from cdc.gold import build_gold
+from cdc.ingest.contracts import load_contracts
+from cdc.ingest.produce import produce_file
+from cdc.ingest.registry import FileRegistry
+from cdc.pipeline.queries import run_pipelines
+from cdc.runtime.broker import EmbeddedBroker
+from cdc.runtime.spark import build_session
+from cdc.store import DeltaRsStore
+from cdc.warehouse import open_warehouse
+from cdc.warehouse.publish import publish
+from cdc_demo.data import generate, write_jsonl
+
+# duckdb is imported for the example query only, after the demo's pipelines ran.
 
 __all__ = ["DEMO_QUERY", "publish_gold", "run_demo", "summarize"]
 
@@ -33,8 +46,6 @@ LIMIT 5"""
 
 
 def _read(uri: str) -> pl.DataFrame | None:
-    from cdc.store import DeltaRsStore
-
     table = DeltaRsStore().read(uri)  # a query: deletion vectors are honoured
     if table is None:
         return None
@@ -119,10 +130,6 @@ def publish_gold(settings: Settings, out: TextIO) -> dict[str, int]:
     """
     import duckdb
 
-    from cdc.gold import build_gold
-    from cdc.warehouse import open_warehouse
-    from cdc.warehouse.publish import publish
-
     counts: dict[str, int] = {}
     print("\nGold tables", file=out)
     for built in build_gold(settings):
@@ -160,14 +167,6 @@ def run_demo(
     Returns:
         The row counts printed in the summary.
     """
-    from cdc.ingest.contracts import load_contracts
-    from cdc.ingest.produce import produce_file
-    from cdc.ingest.registry import FileRegistry
-    from cdc.pipeline.queries import run_pipelines
-    from cdc.runtime.broker import EmbeddedBroker
-    from cdc.runtime.spark import build_session
-    from cdc_demo.data import generate, write_jsonl
-
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     started = time.monotonic()

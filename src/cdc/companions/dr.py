@@ -40,6 +40,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from pyarrow import fs as pafs
+
 from cdc.companions.dr_manifest import (
     DrError,
     Kind,
@@ -60,6 +62,9 @@ from cdc.companions.dr_manifest import (
 from cdc.companions.maintenance import TableRef, maintenance_tables
 from cdc.config.settings import Settings
 from cdc.errors import ConfigError
+from cdc.ops.replay import ReplayPosition, replay_pipeline
+from cdc.pipeline.checkpoint_guard import resume_offsets
+from cdc.store import DeltaRsStore, store_for
 from cdc.store.files import filesystem, has_log, in_log, walk
 
 if TYPE_CHECKING:
@@ -90,8 +95,6 @@ _CHUNK = 4 * 1024 * 1024
 
 
 def _size(fs: FileSystem, path: str) -> int | None:
-    from pyarrow import fs as pafs
-
     info = fs.get_file_info(path)
     return None if info.type != pafs.FileType.File else int(info.size)
 
@@ -281,11 +284,8 @@ def snapshot(settings: Settings, location: str | None = None) -> SnapshotOutcome
 
 def _store(settings: Settings, *, dr: bool = False) -> TableStore:
     """The tables' store: of the lake, or (``dr``) of the DR location's copies."""
-    from cdc.store import DeltaRsStore
-
     if dr:  # copies are only read, through delta-rs whoever wrote them
         return DeltaRsStore(settings.dr.resolved_storage_options())
-    from cdc.store import store_for
 
     return store_for(settings.lake.writer, settings.lake.resolved_storage_options())
 
@@ -711,9 +711,6 @@ def _prepare_replays(settings: Settings, restored: Callable[[TableRef], bool]) -
     """Move aside the checkpoint of each pipeline whose bronze or quarantine was ``restored``
     and prepare a replay right after what those tables hold (records since the snapshot are
     re-read from Kafka)."""
-    from cdc.ops.replay import ReplayPosition, replay_pipeline
-    from cdc.pipeline.checkpoint_guard import resume_offsets
-
     out: list[Repointed] = []
     for name in settings.selected(None):
         pipeline = settings.pipeline(name)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from cdc.config.lake import pipeline_tables
 from cdc.config.settings import PipelineSettings, Settings
 from cdc.errors import CdcError, ConfigError, first_line
+from cdc.gold import GOLD_KEYS, GOLD_TABLES, gold_path
 from cdc.store import TableStore, store_for
 
 if TYPE_CHECKING:
@@ -102,7 +103,6 @@ def maintenance_tables(settings: Settings, table: str | None = None) -> list[Tab
         pipeline = settings.pipeline(name)
         paths = pipeline_tables(settings, pipeline)
         refs += [TableRef(name, role, uri, _zorder(pipeline, role)) for role, uri in paths.items()]
-    from cdc.gold import GOLD_KEYS, GOLD_TABLES, gold_path
 
     # Gold tables (``cdc gold build``): clustered on their grain; ``--table gold`` names them all.
     refs += [TableRef("gold", "gold", gold_path(settings, g), GOLD_KEYS[g]) for g in GOLD_TABLES]

@@ -40,6 +40,8 @@ from pydantic import (
 from cdc.config.expectations import ExpectationSettings, unique_names
 from cdc.errors import ConfigError, UnknownPipelineError
 
+# boto3 is imported where an aws-sm: secret reference is resolved: most runs name none.
+
 __all__ = [
     "ENVS",
     "WAREHOUSE_TARGETS",

@@ -28,9 +28,13 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 
+from cdc.config.lake import pipeline_tables
 from cdc.config.settings import PipelineSettings, Settings
+from cdc.core.scd2 import Scd2Spec, empty_dimension, empty_orphans
 from cdc.errors import ConfigError
+from cdc.gold import gold_path
 from cdc.gold.tables import GOLD_DECLASSIFIED, GOLD_KEYS, GOLD_LINEAGE, GOLD_SCHEMAS, GOLD_TABLES
+from cdc.ingest.changes import business_columns, fact_rows, scd2_changes, split_batch
 from cdc.ingest.contracts import TopicContract, TopicDecoder
 from cdc.ingest.registry import SchemaRegistry
 
@@ -147,10 +151,6 @@ def _pipeline_tables(
     settings: Settings, name: str, pipeline: PipelineSettings, decoder: TopicDecoder
 ) -> list[CatalogTable]:
     """Bronze, quarantine, silver (and an SCD2 pipeline's orphans table) of one pipeline."""
-    from cdc.config.lake import pipeline_tables
-    from cdc.core.scd2 import Scd2Spec, empty_dimension, empty_orphans
-    from cdc.ingest.changes import business_columns, fact_rows, scd2_changes, split_batch
-
     contract = decoder.contract
     topic_tags = _topic_tags(contract)
     paths = pipeline_tables(settings, pipeline)
@@ -209,8 +209,6 @@ def _pipeline_tables(
 
 def _gold_tables(settings: Settings, silver: Mapping[str, CatalogTable]) -> list[CatalogTable]:
     """The gold tables, their columns tagged through :data:`GOLD_LINEAGE`."""
-    from cdc.gold import gold_path
-
     tables = []
     for name in GOLD_TABLES:
         schema = pl.DataFrame(schema=GOLD_SCHEMAS[name]).to_arrow().schema

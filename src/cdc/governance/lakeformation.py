@@ -41,6 +41,8 @@ from cdc.governance.base import Change, GovernanceError, Item, Target
 from cdc.governance.catalog import CatalogTable
 from cdc.governance.policy import LakeFormationTarget
 
+# boto3 is imported where Lake Formation is called: the pure compilation never needs it.
+
 __all__ = ["Call", "LakeFormationGovernance", "lakeformation_items", "normalize_resource"]
 
 _ORDER = ("lf-tag", "database tags", "table tags", "column tags", "cells filter", "grant")

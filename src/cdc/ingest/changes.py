@@ -21,6 +21,9 @@ from cdc.core.scd2 import Scd2Spec, encode_sequence
 from cdc.core.sequence import Ordering, SequenceBy, ordering_for, sequence_position
 from cdc.errors import ConfigError
 
+# pyspark is imported inside the Spark renderings only: the Polars functions here are used
+# without it (the governance catalog, the unit tests).
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 

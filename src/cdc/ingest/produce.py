@@ -36,11 +36,15 @@ from cdc.errors import BrokerUnavailableError, CdcError, ConfigError, ProduceErr
 from cdc.ingest.contracts import TopicContract
 from cdc.ingest.registry import AvroType, RegisteredSchema, SchemaRegistry, frame, type_label
 from cdc.runtime.kafka_admin import (
+    KafkaMetadata,
     admin_client,
     ensure_topic,
     partition_count,
     topic_max_message_bytes,
 )
+
+# confluent_kafka's producer is imported where records are sent: parsing and encoding do not need
+# it.
 
 log = logging.getLogger(__name__)
 
@@ -608,8 +612,6 @@ def _wait_visible(
     pipeline started right after ``cdc produce`` (it reads ``read_committed``, up to each
     partition's last stable offset) would see none of them.
     """
-    from cdc.runtime.kafka_admin import KafkaMetadata
-
     meta = KafkaMetadata(
         {"bootstrap.servers": bootstrap, **(client_config or {})}, timeout_s=min(10.0, left())
     )

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from cdc.config.settings import Settings, java_client_config
+from cdc.lineage.emitter import transport_config
 from cdc.runtime.jvm import optional_classpath
 
 __all__ = ["LISTENER", "agent_conf", "agent_installed", "attached_agent"]
@@ -55,8 +56,6 @@ def agent_conf(settings: Settings, run: Any, parent: Any = None) -> dict[str, st
     Raises:
         ConfigError: a transport setting cannot be resolved.
     """
-    from cdc.lineage.emitter import transport_config
-
     transport = transport_config(settings)
     conf = {
         "spark.openlineage.namespace": run.job.namespace,

@@ -40,6 +40,10 @@ from prometheus_client import (
 from cdc.config.settings import SlaSettings
 from cdc.core.invariants import SCD2_KINDS
 from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.queries import error_line
+
+# pyspark is imported where the Spark listener class is built: the metrics and their unit
+# tests need no JVM otherwise.
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -390,8 +394,6 @@ def _listener_class() -> type:
 
 
 def _first_line(text: str) -> str:
-    from cdc.pipeline.queries import error_line
-
     return error_line(text) or text.strip().splitlines()[0]
 
 

@@ -62,10 +62,13 @@ from cdc.pipeline.checkpoint import (
     write_topic_id,
 )
 from cdc.pipeline.checkpoint_guard import identity_now, table_log_states
+from cdc.pipeline.queries import run_pipelines
+from cdc.pipeline.refill import topic_landed_ranges
+from cdc.runtime.kafka_admin import KafkaMetadata
 from cdc.runtime.locks import PipelineLock
+from cdc.runtime.spark import build_session
 
 if TYPE_CHECKING:
-    from cdc.runtime.kafka_admin import KafkaMetadata
     from cdc.store import TableLogState
 
 __all__ = [
@@ -427,13 +430,10 @@ def _plan_live(
     position: ReplayPosition,
     metadata: KafkaMetadata | None,
 ) -> _Context:
-    from cdc.pipeline.refill import topic_landed_ranges
-
     pipeline = settings.pipeline(name)
     state = read_checkpoint_state(settings.checkpoint_path(name))
     tables = table_log_states(settings, name)
     versions = {role: None if s is None else s.txn_version for role, s in tables.items()}
-    from cdc.runtime.kafka_admin import KafkaMetadata
 
     own = metadata is None
     meta = KafkaMetadata.for_settings(settings.kafka) if metadata is None else metadata
@@ -637,9 +637,6 @@ def run_available_now(
         name: pipeline name.
         on_batch: called with each batch's stats.
     """
-    from cdc.pipeline.queries import run_pipelines
-    from cdc.runtime.spark import build_session
-
     spark = build_session(
         app_name=f"cdc-{settings.env}-replay",
         master=settings.spark.master,

@@ -30,10 +30,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
+from pyarrow import fs as pafs
 
 from cdc.config.lake import pipeline_tables
 from cdc.config.settings import Settings
 from cdc.pipeline.checkpoint import TOPIC_FILE
+from cdc.store import store_for
+from cdc.store.files import filesystem
 
 if TYPE_CHECKING:
     from cdc.store import TableStore
@@ -92,8 +95,6 @@ def table_versions(settings: Settings, name: str) -> dict[str, int | None]:
 
 
 def _store(settings: Settings) -> TableStore:
-    from cdc.store import store_for
-
     return store_for(settings.lake.writer, settings.lake.resolved_storage_options())
 
 
@@ -324,9 +325,6 @@ def scratch_lake(settings: Settings, name: str) -> Iterator[tuple[Settings, dict
         The scratch settings (lake and checkpoints in a temporary folder, metrics off) and
         the versions of the real tables that were copied.
     """
-    from pyarrow import fs as pafs
-
-    from cdc.store.files import filesystem
 
     scratch = Path(tempfile.mkdtemp(prefix=f"cdc-replay-diff-{name}-"))
     try:

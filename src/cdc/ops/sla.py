@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cdc.config.lake import table_paths
 from cdc.config.settings import Settings, SlaSettings, resolve_secret
@@ -44,7 +45,12 @@ from cdc.errors import (
     TableReadError,
     first_line,
 )
+from cdc.ops.status import pipeline_status
+from cdc.runtime.kafka_admin import require_broker
 from cdc.runtime.logs import redact
+from cdc.store import store_for
+
+# boto3 is imported where SNS is called: a Slack-only or no-notification check never loads it.
 
 __all__ = [
     "PIPELINE_KINDS",
@@ -207,8 +213,6 @@ def slack_notifier(url: str, timeout_s: float) -> Notifier:
 
 def _http_url(url: str) -> bool:
     """Whether ``url`` is an http(s) URL with a host and nothing urllib would refuse."""
-    from urllib.parse import urlsplit
-
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         return False
     try:
@@ -283,8 +287,6 @@ def _write_state(path: Path, open_now: Mapping[str, Any]) -> None:
 
 def broker_problem(settings: Settings) -> str | None:
     """Why the Kafka cluster cannot be asked for the topics' end offsets (None: it can)."""
-    from cdc.runtime.kafka_admin import require_broker
-
     try:
         require_broker(settings.kafka)
     except BrokerUnavailableError as exc:
@@ -298,9 +300,6 @@ def gather_facts(settings: Settings, name: str, broker: bool = True) -> Facts:
     Args:
         broker: whether the cluster answers (False: the lag is unknown).
     """
-    from cdc.ops.status import pipeline_status
-    from cdc.store import store_for
-
     status = pipeline_status(settings, name, broker=broker, tables=False)
     lag = None if status.lag is None else sum(status.lag.values())
     last_batch = (

@@ -20,9 +20,11 @@ from typing import Any
 
 from cdc.config.lake import pipeline_tables
 from cdc.config.settings import Settings
+from cdc.errors import BrokerUnavailableError
 from cdc.pipeline.checkpoint import committed_offsets
 from cdc.pipeline.checkpoint_guard import checkpoint_problem
 from cdc.pipeline.expectations import RuleTotal, read_counts, rule_totals
+from cdc.runtime.kafka_admin import KafkaMetadata
 from cdc.store import TableStore, store_for
 
 __all__ = ["BatchTiming", "PipelineStatus", "TableStatus", "format_status", "pipeline_status"]
@@ -88,9 +90,6 @@ class PipelineStatus:
 
 def _high_watermarks(settings: Settings, topic: str) -> dict[str, int] | None:
     """End offsets per partition (None: the cluster did not answer)."""
-    from cdc.errors import BrokerUnavailableError
-    from cdc.runtime.kafka_admin import KafkaMetadata
-
     meta = KafkaMetadata.for_settings(settings.kafka)
     try:
         marks = meta.topic_watermarks([topic])

@@ -38,6 +38,7 @@ from cdc.pipeline.checkpoint import (
 from cdc.pipeline.expectations import Counts, Expectations, expectations_for, record_counts
 from cdc.pipeline.topic_identity import BROKER_PATIENCE_S, check_topic_identity
 from cdc.runtime.faults import FaultHook
+from cdc.store import store_for
 from cdc.store.base import Txn, WriteOutcome
 
 if TYPE_CHECKING:
@@ -297,8 +298,6 @@ class BatchWriter(ABC, Generic[_Batch]):
         for role in roles:
             uri, mark = self.uris[role], marks.get(role)
             if mark is None or mark.uri != uri:
-                from cdc.store import store_for
-
                 options = self.settings.lake.resolved_storage_options()
                 state = store_for(self.settings.lake.writer, options).log_state(
                     uri, txn_app_id(self.name, role, uri)

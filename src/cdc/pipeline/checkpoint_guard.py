@@ -48,7 +48,9 @@ from cdc.pipeline.checkpoint import (
     recorded_topic,
     write_identity,
 )
+from cdc.pipeline.refill import find_refills, topic_landed_ranges
 from cdc.pipeline.topic_identity import check_topic_identity, current_topic_id
+from cdc.runtime.kafka_admin import KafkaMetadata
 from cdc.store import store_for
 
 if TYPE_CHECKING:
@@ -195,8 +197,6 @@ def resume_offsets(
     Returns:
         ``{"<partition>": offset}``.
     """
-    from cdc.pipeline.refill import topic_landed_ranges
-
     topic = settings.pipeline(name).topic
     if watermarks is None:
         watermarks = _watermarks(settings, topic)
@@ -211,8 +211,6 @@ def resume_offsets(
 
 
 def _watermarks(settings: Settings, topic: str) -> dict[TopicPartitionId, Watermarks]:
-    from cdc.runtime.kafka_admin import KafkaMetadata
-
     meta = KafkaMetadata.for_settings(settings.kafka)
     try:
         return meta.topic_watermarks([topic])
@@ -501,8 +499,6 @@ def check_log_not_refilled(
     Raises:
         DataLossError: a partition's landed records are no longer the topic's.
     """
-    from cdc.pipeline.refill import find_refills
-
     state = read_checkpoint_state(checkpoint)
     topic = settings.pipeline(name).topic
     position = {int(p): int(o) for p, o in ((state.committed or {}).get(topic) or {}).items()}

@@ -21,14 +21,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cdc.config.settings import PipelineSettings, Settings
+from cdc.core.sequence import SequenceCheck
 from cdc.errors import ConfigError
+from cdc.ingest.contracts import TopicDecoder, load_contracts
+from cdc.ingest.registry import FileRegistry, HttpRegistry
+from cdc.pipeline.checkpoint import has_offsets, read_start_file
+
+# pyspark is imported where the stream is built: `cdc status` (through the expectations) and
+# the unit tests use the decoder spec and the options without it.
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
-    from cdc.core.sequence import SequenceCheck
-    from cdc.ingest.contracts import TopicContract, TopicDecoder
+    from cdc.ingest.contracts import TopicContract
     from cdc.ingest.registry import SchemaRegistry
 
 __all__ = [
@@ -90,8 +96,6 @@ class DecoderSpec:
         cls, settings: Settings, pipeline: PipelineSettings | None = None
     ) -> DecoderSpec:
         """The decoder settings of the service, with ``pipeline``'s sequence check if given."""
-        from cdc.core.sequence import SequenceCheck
-
         registry = settings.registry
         url = registry.resolved_url()
         return cls(
@@ -138,8 +142,6 @@ def _cached_decoder(
     registry_stamp: tuple[int, int],
     contracts_stamp: tuple[int, int],
 ) -> TopicDecoder:
-    from cdc.ingest.contracts import TopicDecoder
-
     contracts = _cached_contracts(spec.contracts_path, contracts_stamp)
     contract = contracts.get(topic)
     if contract is None:
@@ -157,8 +159,6 @@ def _cached_decoder(
 
 @functools.lru_cache(maxsize=8)
 def _cached_contracts(path: str, stamp: tuple[int, int]) -> Mapping[str, TopicContract]:
-    from cdc.ingest.contracts import load_contracts
-
     return load_contracts(path)
 
 
@@ -169,8 +169,6 @@ def _cached_registry(
     client: tuple[tuple[str, str], ...],
     stamp: tuple[int, int],
 ) -> SchemaRegistry:
-    from cdc.ingest.registry import FileRegistry, HttpRegistry
-
     if url is not None:
         return HttpRegistry(url, dict(client))
     assert path is not None
@@ -254,8 +252,6 @@ def _check_option(key: str) -> None:
 
 
 def _replay_start(checkpoint: str) -> dict[str, Any] | None:
-    from cdc.pipeline.checkpoint import has_offsets, read_start_file
-
     start = read_start_file(checkpoint)
     if start is None or has_offsets(checkpoint):
         return None

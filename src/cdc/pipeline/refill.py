@@ -38,10 +38,11 @@ from typing import TYPE_CHECKING
 from cdc.config.settings import Settings
 from cdc.core.ranges import Ranges
 from cdc.pipeline.landed import landed_ranges, query_landed
+from cdc.runtime.kafka_admin import KafkaMetadata
 
 if TYPE_CHECKING:
     from cdc.core.offsets import Watermarks
-    from cdc.runtime.kafka_admin import FetchedRecord, KafkaMetadata
+    from cdc.runtime.kafka_admin import FetchedRecord
 
 __all__ = [
     "PROBE_WINDOW",
@@ -223,7 +224,6 @@ def find_refills(
         landed.update(_landed_prints(settings, name, topic_id, deeper, legacy_rows))
     if not landed:
         return []
-    from cdc.runtime.kafka_admin import KafkaMetadata
 
     meta = KafkaMetadata.for_settings(settings.kafka) if metadata is None else metadata
     try:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 import time
 
+from cdc.config.lake import table_paths
 from cdc.config.settings import Settings
-from cdc.errors import DataLossError
+from cdc.core.ranges import TOPIC_ID_COLUMN
+from cdc.errors import BrokerUnavailableError, DataLossError
 from cdc.pipeline.checkpoint import read_topic_id, write_topic_id
+from cdc.runtime.kafka_admin import topic_id
+from cdc.store import store_for
 
 __all__ = ["BROKER_PATIENCE_S", "check_topic_identity", "current_topic_id"]
 
@@ -26,8 +30,6 @@ def current_topic_id(settings: Settings, topic: str) -> str | None:
     Raises:
         BrokerUnavailableError: the cluster did not answer within ``kafka.connect_timeout_s``.
     """
-    from cdc.runtime.kafka_admin import topic_id
-
     kafka = settings.kafka
     return topic_id(
         kafka.bootstrap_servers,
@@ -39,10 +41,6 @@ def current_topic_id(settings: Settings, topic: str) -> str | None:
 
 def _ids_in_tables(settings: Settings, name: str) -> set[str]:
     """The topic ids the pipeline's bronze and quarantine rows were read from."""
-    from cdc.config.lake import table_paths
-    from cdc.core.ranges import TOPIC_ID_COLUMN
-    from cdc.store import store_for
-
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
     pipeline = settings.pipeline(name)
     topic = pipeline.topic.replace("'", "''")
@@ -91,8 +89,6 @@ def check_topic_identity(
         DataLossError: the topic's id differs from the recorded one, or the topic is gone.
         BrokerUnavailableError: the cluster did not answer in time.
     """
-    from cdc.errors import BrokerUnavailableError
-
     topic = settings.pipeline(name).topic
     deadline = time.monotonic() + (patience_s or 0.0)
     while True:

@@ -32,6 +32,7 @@ from typing import IO, Any, TextIO
 
 from cdc.errors import BrokerUnavailableError
 from cdc.runtime.jvm import classpath
+from cdc.runtime.kafka_admin import admin_client
 
 __all__ = [
     "EmbeddedBroker",
@@ -483,8 +484,6 @@ def _poll_ready(bootstrap: str, deadline: float, alive: Callable[[], int | None]
 
 
 def _admin_client(bootstrap: str) -> Any:
-    from cdc.runtime.kafka_admin import admin_client
-
     # Short connection attempts: readiness is polled.
     return admin_client(bootstrap, {"socket.connection.setup.timeout.ms": 1000})
 

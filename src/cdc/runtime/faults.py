@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 
 from cdc.errors import CdcError
@@ -23,9 +25,6 @@ def fault_hook_from_env(environ: dict[str, str] | None = None) -> FaultHook | No
     ``before-commit`` (nothing written), ``mid-commit`` (bronze and quarantine written,
     silver not) and ``after-commit`` (all tables written, Spark's commit log not).
     """
-    import os
-    import signal
-
     spec = (environ if environ is not None else dict(os.environ)).get(FAULT_ENV)
     if not spec:
         return None

@@ -16,9 +16,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
+from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from cdc.core.offsets import TopicPartitionId, Watermarks
 from cdc.errors import BrokerUnavailableError, ConfigError
@@ -142,8 +149,6 @@ class KafkaMetadata:
 
     def _get(self) -> Any:
         if self._consumer is None:
-            from confluent_kafka import Consumer
-
             self._consumer = _client(Consumer, consumer_config(self._config))
         else:
             # Serve queued librdkafka log events (the consumer is never assigned, so this
@@ -169,8 +174,6 @@ class KafkaMetadata:
         Raises:
             BrokerUnavailableError: the cluster did not answer, or refused a topic.
         """
-        from confluent_kafka import KafkaError, KafkaException
-
         consumer = self._get()
         result: list[TopicPartitionId] = []
         for topic in topics:
@@ -207,8 +210,6 @@ class KafkaMetadata:
         Raises:
             BrokerUnavailableError: the cluster did not answer.
         """
-        from confluent_kafka import KafkaError, KafkaException, TopicPartition
-
         consumer = self._get()
         result: dict[TopicPartitionId, Watermarks] = {}
         for topic, partition in tps:
@@ -257,8 +258,6 @@ class KafkaMetadata:
         Raises:
             BrokerUnavailableError: the cluster did not answer.
         """
-        from confluent_kafka import KafkaException, TopicPartition
-
         wanted = [TopicPartition(topic, partition, timestamp_ms) for topic, partition in tps]
         if not wanted:
             return {}
@@ -294,8 +293,6 @@ class KafkaMetadata:
         Raises:
             BrokerUnavailableError: the cluster did not answer, or not within the timeout.
         """
-        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
-
         wanted = {tp: span for tp, span in spans.items() if span[1] > span[0]}
         found: dict[TopicPartitionId, dict[int, FetchedRecord]] = {tp: {} for tp in spans}
         if not wanted:
@@ -422,8 +419,6 @@ def topic_max_message_bytes(
     Raises:
         BrokerUnavailableError: the cluster did not answer within ``timeout_s``.
     """
-    from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
-
     client = admin or admin_client(bootstrap, client_config)
     resource = ConfigResource(ResourceType.TOPIC, topic)
     try:
@@ -560,8 +555,6 @@ def topic_id(
     Raises:
         BrokerUnavailableError: No broker answered within ``timeout_s``.
     """
-    from confluent_kafka import TopicCollection
-
     admin = admin_client(bootstrap, client_config)
     future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)[topic]
     try:
@@ -604,8 +597,6 @@ def create_partitions(
         ConfigError: The topic does not exist, or ``total`` is below its current count.
         BrokerUnavailableError: The cluster cannot be reached or refused the change.
     """
-    from confluent_kafka.cimpl import NewPartitions
-
     admin = admin_client(bootstrap, client_config)
     current = partition_count(bootstrap, topic, timeout_s=timeout_s, admin=admin)
     if current is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,9 @@ from urllib.parse import unquote, urlsplit
 
 from cdc.config.settings import Secret, Settings, is_secret_ref, resolve_secret, secret_settings
 from cdc.errors import CdcError
+
+# psycopg is imported where a PostgreSQL DSN's password is looked for: logging never needs it
+# otherwise.
 
 __all__ = [
     "STRUCTURED_FIELDS",
@@ -225,8 +229,6 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     @property  # type: ignore[override]
     def stream(self) -> Any:
-        import sys
-
         return sys.stderr
 
     @stream.setter

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from cdc.errors import ConfigError
 from cdc.runtime.jvm import classpath, optional_classpath
 
+# pyspark is imported when a session is built: the CLI's other commands start without it.
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 

@@ -21,6 +21,12 @@ import re
 import zipfile
 from typing import Any
 
+from cdc.errors import JarsMissingError
+from cdc.runtime.jvm import classpath
+
+# py4j and pyspark are imported where a JVM error is examined: a process without a session never
+# needs them.
+
 __all__ = ["spark_condition"]
 
 _UNFOUND = re.compile(r"Cannot find main error class '([A-Z0-9_]+)'")
@@ -96,9 +102,6 @@ def _short(value: str) -> str:
 def _delta_templates() -> dict[str, str]:
     """Delta's error conditions and their message templates, from the pinned delta-spark JAR
     (empty when it cannot be read)."""
-    from cdc.errors import JarsMissingError
-    from cdc.runtime.jvm import classpath
-
     try:
         jars = [jar for jar in classpath("spark") if jar.name.startswith("delta-spark")]
     except JarsMissingError:

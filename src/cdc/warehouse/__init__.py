@@ -20,6 +20,9 @@ from cdc.warehouse.base import (
     WarehouseUnavailableError,
 )
 
+# Each warehouse is imported when opened: its driver (duckdb, psycopg, snowflake) is slow to
+# import or optional.
+
 __all__ = [
     "CONTROL_TABLE",
     "OP_COLUMN",

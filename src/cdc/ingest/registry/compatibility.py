@@ -13,6 +13,7 @@ from typing import Any
 from cdc.errors import CdcError, SchemaNotFoundError
 from cdc.ingest.registry._avro import NAMED, AvroType, parse_avro, type_label
 from cdc.ingest.registry.base import SchemaRegistry
+from cdc.ingest.registry.file import FileRegistry, inspect_folder
 
 __all__ = ["check_backward", "check_path", "check_registry", "extra_fields", "root_of"]
 
@@ -119,8 +120,6 @@ def check_path(path: str | Path) -> list[str]:
     Returns:
         Every problem found; empty when the registry is sound.
     """
-    from cdc.ingest.registry.file import FileRegistry, inspect_folder
-
     problems = inspect_folder(Path(path)).problems
     if problems:
         return problems

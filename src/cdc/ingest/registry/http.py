@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from cdc.errors import CdcError, ConfigError, SchemaNotFoundError, first_line
 from cdc.ingest.registry.base import RegisteredSchema
+
+# confluent_kafka's registry client is imported when an HTTP registry is opened: the file registry
+# never loads it.
 
 __all__ = ["HttpRegistry"]
 
@@ -113,8 +117,6 @@ class HttpRegistry:
 def _without_credentials(url: str) -> str:
     """``url`` without its user info (``https://host:8081``); ``<invalid URL>`` when it cannot
     be parsed (it is not repeated: it may hold a password)."""
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(url)
         host = parts.hostname
