@@ -26,7 +26,8 @@ from tests.support.decoding import decode_messages
 from cdc.config.settings import PipelineSettings
 from cdc.core.scd2 import Scd2Spec, apply_scd2, empty_dimension, merge_source, touches_history
 from cdc.ingest.changes import business_columns, scd2_changes
-from cdc.ingest.contracts import TopicContract, TopicDecoder, avro_to_arrow_type
+from cdc.ingest.contracts import TopicContract, avro_to_arrow_type
+from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.registry import SchemaRegistry
 from cdc.store.delta_rs import DeltaSink, Txn
 from cdc.store.plan import scd2_merge_plan
@@ -97,7 +98,7 @@ class _Decoder:
 
 
 class _ColumnarDecoder:
-    """The pipeline's own decoder (:class:`cdc.ingest.contracts.TopicDecoder`, columnar), no
+    """The pipeline's own decoder (:class:`cdc.ingest.decoder.TopicDecoder`, columnar), no
     rules."""
 
     def __init__(

@@ -774,7 +774,8 @@ class Bench:
         ``history_rounds`` rounds of one event per key (updates, a third of them tracked,
         and deletes and re-creates), one batch per round.
         """
-        from cdc.ingest.contracts import TopicDecoder, load_contracts
+        from cdc.ingest.contracts import load_contracts
+        from cdc.ingest.decoder import TopicDecoder
         from cdc.pipeline.batch_local import LocalBatchWriter
 
         topic = self.register(f"bench.merge.{keys}.{history_rounds}")

@@ -3,7 +3,7 @@
 The staged-union MERGE of the Delta Lake documentation ("Slowly changing data (SCD) Type 2
 operation into Delta tables"), on the same Kafka topic, read by Spark's Kafka source and
 decoded by the pipeline's own decoder (:func:`cdc.pipeline.kafka_source.decoded_stream`:
-``mapInArrow`` with the columnar :class:`~cdc.ingest.contracts.TopicDecoder`), so that what differs
+``mapInArrow`` with the columnar :class:`~cdc.ingest.decoder.TopicDecoder`), so that what differs
 from the pipeline is the SCD2 write and nothing else. Per micro-batch:
 
 1. keep the valid rows and flatten them: keys from the Kafka key, columns from

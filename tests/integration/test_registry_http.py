@@ -16,7 +16,8 @@ import fastavro
 import pytest
 
 from cdc.errors import SchemaNotFoundError
-from cdc.ingest.contracts import QuarantineReason, TopicContract, TopicDecoder, load_contracts
+from cdc.ingest.contracts import QuarantineReason, TopicContract, load_contracts
+from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.registry import FileRegistry, HttpRegistry, RegisteredSchema, frame
 from cdc.runtime.jvm import jars_dir
 from tests.support.decoding import decode_messages

@@ -22,12 +22,11 @@ from cdc.errors import ConfigError
 from cdc.ingest.contracts import (
     QuarantineReason,
     TopicContract,
-    TopicDecoder,
     avro_to_arrow_type,
     load_contracts,
     parse_contracts,
-    validate_contracts,
 )
+from cdc.ingest.decoder import TopicDecoder, validate_contracts
 from cdc.ingest.registry import AvroType, FileRegistry, RegisteredSchema, frame
 from tests.support.decoding import decode_messages, kafka_batch
 

@@ -20,7 +20,8 @@ import pytest
 from cdc.config.settings import load_settings
 from cdc.core.scd2 import Scd2Spec
 from cdc.ingest.changes import business_columns, scd2_changes, split_batch
-from cdc.ingest.contracts import QuarantineReason, TopicContract, TopicDecoder
+from cdc.ingest.contracts import QuarantineReason, TopicContract
+from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.produce import OutboundRecord, default_partition, parse_lines
 from cdc.ingest.registry import FileRegistry
 from cdc_demo.data import (

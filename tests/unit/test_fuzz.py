@@ -17,7 +17,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc.ingest.contracts import TopicContract, TopicDecoder
+from cdc.ingest.contracts import TopicContract
+from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.produce import encode_datum, parse_lines
 from cdc.ingest.registry import FileRegistry, frame, unframe
 from cdc.ingest.registry.framing import FramingError

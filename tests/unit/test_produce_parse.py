@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from cdc.errors import ConfigError, ProduceError
-from cdc.ingest.contracts import TopicContract, TopicDecoder
+from cdc.ingest.contracts import TopicContract
+from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.produce import default_partition, murmur2, parse_lines, produce_file
 from cdc.ingest.registry import FileRegistry, unframe
 from tests.support.decoding import decode_messages

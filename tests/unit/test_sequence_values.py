@@ -37,7 +37,8 @@ from cdc.core.sequence import (
 )
 from cdc.errors import ConfigError
 from cdc.ingest.changes import scd2_changes
-from cdc.ingest.contracts import QuarantineReason, TopicContract, TopicDecoder
+from cdc.ingest.contracts import QuarantineReason, TopicContract
+from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.produce import encode_datum
 from cdc.ingest.registry import FileRegistry
 from cdc.pipeline.kafka_source import DecoderSpec, topic_decoder

@@ -38,7 +38,7 @@ up to 18 digits; a time from 1970-01-01 (epoch 0) to 9999-12-31 (:data:`MAX_TIME
 millisecond a Delta timestamp holds: valid times are made of it); a Kafka partition up to
 :data:`MAX_PARTITION` and any offset from 0. A record with a value outside that, or a source
 time outside its pipeline's window (:class:`TimeWindow`), is quarantined where it is decoded
-(:class:`SequenceCheck`, run by :class:`cdc.ingest.contracts.TopicDecoder`): never encoded.
+(:class:`SequenceCheck`, run by :class:`cdc.ingest.decoder.TopicDecoder`): never encoded.
 """
 
 from __future__ import annotations
@@ -437,7 +437,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class SequenceCheck:
     """Which records of a pipeline have a sequence that can be encoded, and why others do not.
 
-    Run by the decoder (:class:`cdc.ingest.contracts.TopicDecoder`) on every decoded record, so both
+    Run by the decoder (:class:`cdc.ingest.decoder.TopicDecoder`) on every decoded record, so both
     writers get the same verdict: a record whose sequence time (or a time in its position)
     lies outside the window, whose binlog index has more than :data:`MAX_BINLOG_DIGITS`
     digits, or whose Kafka partition or offset the layout cannot hold is quarantined with

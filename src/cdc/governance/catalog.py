@@ -35,7 +35,8 @@ from cdc.errors import ConfigError
 from cdc.gold import gold_path
 from cdc.gold.tables import GOLD_DECLASSIFIED, GOLD_KEYS, GOLD_LINEAGE, GOLD_SCHEMAS, GOLD_TABLES
 from cdc.ingest.changes import business_columns, fact_rows, scd2_changes, split_batch
-from cdc.ingest.contracts import TopicContract, TopicDecoder
+from cdc.ingest.contracts import TopicContract
+from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.registry import SchemaRegistry
 
 __all__ = ["Catalog", "CatalogColumn", "CatalogTable", "build_catalog", "catalog_from_tables"]

@@ -3,7 +3,7 @@
 A pipeline reads its topic with ``spark.readStream.format("kafka")``: Spark plans the offset
 ranges, keeps them in the query's checkpoint and fetches them in executor tasks. The same tasks
 decode every record (Confluent framing, Avro with the registry's writer schema, the topic's
-contract) through ``mapInArrow`` with the columnar :class:`~cdc.ingest.contracts.TopicDecoder`, so
+contract) through ``mapInArrow`` with the columnar :class:`~cdc.ingest.decoder.TopicDecoder`, so
 the driver only sees the decoded batch that ``foreachBatch`` is handed.
 
 The options users know keep their Spark meaning: ``startingOffsets``,
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from cdc.config.settings import PipelineSettings, Settings
 from cdc.core.sequence import SequenceCheck
 from cdc.errors import ConfigError
-from cdc.ingest.contracts import TopicDecoder, load_contracts
+from cdc.ingest.contracts import load_contracts
+from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.registry import FileRegistry, HttpRegistry
 from cdc.pipeline.checkpoint import has_offsets, read_start_file
 
