@@ -300,7 +300,7 @@ def test_durations() -> None:
 
 
 def test_librdkafka_settings_become_the_java_clients(tmp_path: Path) -> None:
-    from cdc.config.settings import java_client_config
+    from cdc.config.kafka_clients import java_client_config
 
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from cdc.config.settings import Settings, java_client_config
+from cdc.config.kafka_clients import java_client_config
+from cdc.config.settings import Settings
 from cdc.lineage.emitter import transport_config
 from cdc.runtime.jvm import optional_classpath
 
