@@ -10,7 +10,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 COPY jvm ./jvm
 RUN pip install --no-cache-dir . \
- && python -m cdc.jvm install --pom jvm/pom.xml --dest /opt/cdc/jars --profile spark --profile s3 --profile lineage
+ && python -m cdc.runtime.jvm install --pom jvm/pom.xml --dest /opt/cdc/jars --profile spark --profile s3 --profile lineage
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \

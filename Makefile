@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml jvm/pom.xml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m cdc.jvm install --profile spark --profile kafka --profile registry --profile lineage
+	$(PY) -m cdc.runtime.jvm install --profile spark --profile kafka --profile registry --profile lineage
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -45,7 +45,7 @@ $(KUBECONFORM):
 ## The S3A JARs (hadoop-aws, the AWS SDK bundle: ~700 MB) for a lake on S3 with delta-spark;
 ## the tests need them (the lake on a local S3 server), `make demo` does not.
 $(S3_STAMP): $(STAMP)
-	$(PY) -m cdc.jvm install --profile s3
+	$(PY) -m cdc.runtime.jvm install --profile s3
 	@touch $(S3_STAMP)
 
 ## Start an embedded broker, produce a realistic CRM + events data set, drain it through
@@ -62,8 +62,11 @@ test: $(STAMP) $(S3_STAMP) tools lint typecheck
 test-unit: $(STAMP) tools
 	$(PY) -m pytest -q -m "not integration and not slow"
 
+## ruff, then the import layers of src/ (import-linter contracts in pyproject.toml; see
+## docs/architecture.md), then the schemas.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/cdc schemas check
 
 typecheck: $(STAMP)
@@ -72,7 +75,7 @@ typecheck: $(STAMP)
 ## Regenerate the generated docs (the configuration reference, from the settings model);
 ## tests/unit/test_config_reference.py fails while they are stale.
 docs: $(STAMP)
-	$(PY) -m cdc.config_reference --write docs/reference/configuration.md
+	$(PY) -m cdc.config.reference --write docs/reference/configuration.md
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
@@ -91,4 +94,4 @@ broker: $(STAMP)
 	$(VENV)/bin/cdc broker
 
 clean:
-	rm -rf var build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var build dist .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -23,7 +23,7 @@ from typing import Any
 
 from fastavro import schemaless_writer
 
-from cdc.registry import SchemaRegistry
+from cdc.ingest.registry import SchemaRegistry
 
 __all__ = ["BASE_MS", "ProduceStats", "encode_events", "produce_events"]
 
@@ -188,7 +188,7 @@ def produce_events(
     """
     from confluent_kafka import Producer
 
-    from cdc.kafka_admin import ensure_topic
+    from cdc.runtime.kafka_admin import ensure_topic
 
     ensure_topic(bootstrap, topic, partitions)
     started = time.perf_counter()

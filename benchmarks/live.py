@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from cdc.batch import BatchStats
-    from cdc.config import Settings
+    from cdc.config.settings import Settings
+    from cdc.pipeline.batch import BatchStats
 
 __all__ = [
     "Batch",
@@ -50,7 +50,7 @@ class Batch:
     """``{partition: end offset}`` (read from the checkpoint while the batch runs: Spark
     keeps only the last ``minBatchesToRetain`` offset files)."""
     phases: dict[str, float] = field(default_factory=dict)
-    """The batch's :attr:`cdc.batch.BatchStats.phases`."""
+    """The batch's :attr:`cdc.pipeline.batch.BatchStats.phases`."""
 
 
 def run_query_until(
@@ -77,7 +77,7 @@ def run_query_until(
     Raises:
         RuntimeError: the query failed or the deadline passed.
     """
-    from cdc.pipelines import start_query
+    from cdc.pipeline.queries import start_query
 
     batches: list[Batch] = []
     finished = threading.Event()

@@ -2,7 +2,7 @@
 
 The dimension is built directly, not through Kafka: ``spark.range(K)`` → one current version
 per key, shaped like the silver dimension of ``crm_contacts`` (its columns and types come from
-the pipeline's own decoder and :func:`cdc.scd2.empty_dimension`), and created the way each
+the pipeline's own decoder and :func:`cdc.core.scd2.empty_dimension`), and created the way each
 writer creates it:
 
 * ``delta-spark``: by :meth:`cdc.store.delta_spark.DeltaSparkStore.merge` of the SCD2 plan
@@ -14,7 +14,7 @@ writer creates it:
 
 A round updates ``batch`` keys spread evenly over the key range (key ``i * K // batch + r``
 in round ``r``): each update changes the e-mail (a tracked column), so the pure fold
-:func:`cdc.scd2.apply_scd2` closes the key's current version and opens a new one (2 x batch
+:func:`cdc.core.scd2.apply_scd2` closes the key's current version and opens a new one (2 x batch
 MERGE rows). The MERGE is the one each writer issues for that result: the plan rendered by
 each store (ON keys, ``_seq_open`` and the rewritten row's partition, the current partition
 as a literal; delete / update / insert clauses); the delta-spark source is checkpointed, as
@@ -34,13 +34,13 @@ import polars as pl
 import pyarrow as pa
 
 from benchmarks.events import BASE_MS
-from cdc.scd2 import ACTION_COLUMN, WAS_CURRENT_COLUMN
+from cdc.core.scd2 import ACTION_COLUMN, WAS_CURRENT_COLUMN
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-    from cdc.config import Settings
-    from cdc.scd2 import Scd2Spec
+    from cdc.config.settings import Settings
+    from cdc.core.scd2 import Scd2Spec
 
 __all__ = ["MergeRun", "dimension_layout", "measure_merge"]
 
@@ -90,9 +90,9 @@ class MergeRun:
 def dimension_layout(settings: Settings, name: str) -> tuple[Scd2Spec, pa.Schema]:
     """The SCD2 spec and Arrow row schema of pipeline ``name``'s dimension (as the writers
     derive them from the decoded batch)."""
-    from cdc.changes import business_columns, scd2_changes
-    from cdc.kafka_source import DecoderSpec, topic_decoder
-    from cdc.scd2 import Scd2Spec, empty_dimension
+    from cdc.core.scd2 import Scd2Spec, empty_dimension
+    from cdc.ingest.changes import business_columns, scd2_changes
+    from cdc.pipeline.kafka_source import DecoderSpec, topic_decoder
 
     pipeline = settings.pipeline(name)
     decoded = topic_decoder(DecoderSpec.from_settings(settings), pipeline.topic).arrow_schema
@@ -109,7 +109,7 @@ def dimension_layout(settings: Settings, name: str) -> tuple[Scd2Spec, pa.Schema
 
 
 def _seq(ts: Column, partition: Column, offset: Column) -> Column:
-    """:func:`cdc.scd2.encode_sequence` as a Spark expression."""
+    """:func:`cdc.core.scd2.encode_sequence` as a Spark expression."""
     from pyspark.sql import functions as F
 
     return F.format_string("%015d.%06d.%019d", ts, partition, offset)
@@ -169,7 +169,7 @@ def round_keys(keys: int, batch: int, round_: int) -> list[int]:
 
 def _changes(existing: pl.DataFrame, spec: Scd2Spec, round_: int) -> pl.DataFrame:
     """One update per existing row: a new e-mail (tracked) and ``updated_at``."""
-    from cdc.scd2 import encode_sequence
+    from cdc.core.scd2 import encode_sequence
 
     ts = BASE_MS + 10_000_000 + 1_000 * round_
     offsets = pl.int_range(pl.len(), dtype=pl.Int64) + 10_000_000 * (round_ + 1)
@@ -235,7 +235,7 @@ def measure_merge(
     """
     from pyspark.sql import functions as F
 
-    from cdc.scd2 import apply_scd2, merge_source, touches_history
+    from cdc.core.scd2 import apply_scd2, merge_source, touches_history
     from cdc.store.delta_rs import DeltaSink, Txn
     from cdc.store.delta_spark import DeltaSparkStore
     from cdc.store.plan import DIMENSION_LAYOUT, scd2_merge_plan

@@ -19,7 +19,7 @@ __all__ = ["MemoryPeaks", "RssSampler", "process_tree"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _BROKER_MAIN = "kafka.Kafka"
-"""Main class of the embedded broker's JVM (:mod:`cdc.broker`)."""
+"""Main class of the embedded broker's JVM (:mod:`cdc.runtime.broker`)."""
 
 
 def _stat(pid: int) -> tuple[int, int, str] | None:

@@ -3,7 +3,7 @@
 One confluent-kafka consumer reads every partition of the topic; records are cut into
 micro-batches of the same size as the pipeline's ``maxRecordsPerTrigger``; each batch is
 decoded with fastavro (writer schema by the Confluent id), normalised with
-:func:`cdc.changes.scd2_changes`, folded with :func:`cdc.scd2.apply_scd2` (which drops
+:func:`cdc.ingest.changes.scd2_changes`, folded with :func:`cdc.core.scd2.apply_scd2` (which drops
 re-deliveries of an event and keeps the last state per key in sequence order) and merged
 with :class:`cdc.store.delta_rs.DeltaSink` — the same functions and writer the pipeline's
 ``foreachBatch`` uses, so the comparison measures the engine, not the merge semantics.
@@ -23,11 +23,12 @@ import pyarrow as pa
 from fastavro import schemaless_reader
 from tests.support.decoding import decode_messages
 
-from cdc.changes import business_columns, scd2_changes
-from cdc.config import PipelineSettings
-from cdc.contracts import TopicContract, TopicDecoder, avro_to_arrow_type
-from cdc.registry import SchemaRegistry
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, merge_source, touches_history
+from cdc.config.settings import PipelineSettings
+from cdc.core.scd2 import Scd2Spec, apply_scd2, empty_dimension, merge_source, touches_history
+from cdc.ingest.changes import business_columns, scd2_changes
+from cdc.ingest.contracts import TopicContract, avro_to_arrow_type
+from cdc.ingest.decoder import TopicDecoder
+from cdc.ingest.registry import SchemaRegistry
 from cdc.store.delta_rs import DeltaSink, Txn
 from cdc.store.plan import scd2_merge_plan
 
@@ -97,7 +98,8 @@ class _Decoder:
 
 
 class _ColumnarDecoder:
-    """The pipeline's own decoder (:class:`cdc.contracts.TopicDecoder`, columnar), no rules."""
+    """The pipeline's own decoder (:class:`cdc.ingest.decoder.TopicDecoder`, columnar), no
+    rules."""
 
     def __init__(
         self, registry: SchemaRegistry, topic: str, key_subject: str, value_subject: str

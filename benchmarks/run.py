@@ -4,10 +4,10 @@ reference, measured side by side in one run on the same Kafka topic and data.
     python -m benchmarks.run [--modes throughput,latency,merge] [--quick | --full]
                              [--events N] [--keys K] [--batch B] [--partitions P] ...
 
-Starts an embedded Apache Kafka broker (:class:`cdc.broker.EmbeddedBroker`, KRaft) and
+Starts an embedded Apache Kafka broker (:class:`cdc.runtime.broker.EmbeddedBroker`, KRaft) and
 produces N Debezium contact envelopes over K keys (:mod:`benchmarks.events`). The contenders:
 
-* **pipeline, delta-rs / delta-spark**: ``cdc.pipelines`` on ``crm_contacts`` (Spark's Kafka
+* **pipeline, delta-rs / delta-spark**: ``cdc.pipeline.queries`` on ``crm_contacts`` (Spark's Kafka
   source decoded with ``mapInArrow``, bronze + silver) with ``lake.writer`` set to each
   writer in turn;
 * **textbook** (:mod:`benchmarks.textbook`): the delta-spark ``foreachBatch`` SCD2 MERGE of
@@ -18,7 +18,7 @@ produces N Debezium contact envelopes over K keys (:mod:`benchmarks.events`). Th
 
 Every Spark contender runs in one SparkSession (``--master``, default ``local[2]``), each
 warmed first by a small run of its own. The default writer is the one ``config/local.yaml``
-(else :class:`cdc.config.LakeSettings`) selects. Modes:
+(else :class:`cdc.config.settings.LakeSettings`) selects. Modes:
 
 * ``throughput``: each contender drains the topic (available-now, batches of B); events/s.
   Both pipelines' silver tables must equal the reference's, and the textbook's current rows
@@ -75,8 +75,8 @@ from benchmarks.live import (
 )
 from benchmarks.procmem import RssSampler
 from benchmarks.reference import LiveReference, ReferenceResult, run_reference
-from cdc.config import Settings, load_settings
-from cdc.registry import FileRegistry
+from cdc.config.settings import Settings, load_settings
+from cdc.ingest.registry import FileRegistry
 
 __all__ = ["compare_current", "compare_tables", "default_writer", "main", "write_contracts"]
 
@@ -152,7 +152,7 @@ log = logging.getLogger("benchmarks")
 
 def default_writer() -> str:
     """``lake.writer`` of the ``local`` environment: ``config/local.yaml``, else the default
-    of :class:`cdc.config.LakeSettings` (environment overrides ignored)."""
+    of :class:`cdc.config.settings.LakeSettings` (environment overrides ignored)."""
     return load_settings("local", config_dir=REPO / "config", environ={}).lake.writer
 
 
@@ -172,7 +172,7 @@ def write_contracts(path: Path, topics: list[str]) -> Path:
 
 
 def _silver(settings: Settings) -> str:
-    from cdc.lake import table_paths
+    from cdc.config.lake import table_paths
 
     return table_paths(settings, settings.pipeline(PIPELINE))["silver"]
 
@@ -368,7 +368,7 @@ class Bench:
     def spark(self) -> Any:
         """The session (one per process), warmed by the default writer's pipeline."""
         if self._spark is None:
-            from cdc.spark import build_session
+            from cdc.runtime.spark import build_session
 
             warm = self.register("bench.contacts.warmup")
             produce_events(
@@ -397,7 +397,7 @@ class Bench:
         if contender == TEXTBOOK:
             self.textbook(self._warm_topic)
         else:
-            from cdc.pipelines import run_pipelines
+            from cdc.pipeline.queries import run_pipelines
 
             settings = self.settings(self._warm_topic, writer=contender)
             run_pipelines(spark, settings, [PIPELINE], available_now=True)
@@ -421,8 +421,8 @@ class Bench:
 
     def drain(self, settings: Settings) -> tuple[float, list[dict[str, Any]]]:
         """Run the pipeline available-now on ``settings``: (seconds, batches)."""
-        from cdc.batch import BatchStats
-        from cdc.pipelines import run_pipelines
+        from cdc.pipeline.batch import BatchStats
+        from cdc.pipeline.queries import run_pipelines
 
         spark = self.spark()
         batches: list[dict[str, Any]] = []
@@ -534,8 +534,8 @@ class Bench:
     ) -> dict[str, Any]:
         """Live producer at ``rate``/s: event commit → visible in silver, for the pipeline on
         each of ``writers`` and for the reference."""
-        from cdc.config import parse_duration_seconds
-        from cdc.kafka_admin import ensure_topic
+        from cdc.config.settings import parse_duration_seconds
+        from cdc.runtime.kafka_admin import ensure_topic
 
         spark = self.spark()
         for writer in writers:
@@ -774,8 +774,9 @@ class Bench:
         ``history_rounds`` rounds of one event per key (updates, a third of them tracked,
         and deletes and re-creates), one batch per round.
         """
-        from cdc.batch_local import LocalBatchWriter
-        from cdc.contracts import TopicDecoder, load_contracts
+        from cdc.ingest.contracts import load_contracts
+        from cdc.ingest.decoder import TopicDecoder
+        from cdc.pipeline.batch_local import LocalBatchWriter
 
         topic = self.register(f"bench.merge.{keys}.{history_rounds}")
         contract = load_contracts(self.contracts)[topic]
@@ -902,7 +903,7 @@ def _machine() -> dict[str, Any]:
 def _jar_version(profile: str, prefix: str) -> str:
     """The version of the pinned JAR whose file name starts with ``prefix`` ("?" if absent)."""
     from cdc.errors import JarsMissingError
-    from cdc.jvm import classpath
+    from cdc.runtime.jvm import classpath
 
     try:
         jars = classpath(profile)
@@ -1353,14 +1354,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("sizes, rates and durations must be positive")
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from cdc.broker import EmbeddedBroker
+    from cdc.runtime.broker import EmbeddedBroker
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cdc-bench-"))
     if args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
     writer = default_writer()
-    from cdc.config import read_config
+    from cdc.config.settings import read_config
 
     in_yaml = (read_config(REPO / "config" / "local.yaml").get("lake") or {}).get("writer")
     report: dict[str, Any] = {

@@ -5,7 +5,7 @@ the broker restarted at random moments; then count what was lost, duplicated or 
                               [--kill-every MIN-MAX] [--broker-restart-every MIN-MAX]
                               [--seed S] [--pipeline crm_contacts] [--pipeline orders] ...
 
-Per writer, on a fresh embedded Kafka broker (:class:`cdc.broker.EmbeddedBroker`, its log on
+Per writer, on a fresh embedded Kafka broker (:class:`cdc.runtime.broker.EmbeddedBroker`, its log on
 disk) and a fresh lake:
 
 * **Produce.** A transactional producer (``transactional.id``, idempotence, one transaction
@@ -148,7 +148,7 @@ def batch_commit_times(table_uri: str, app_id: str) -> dict[int, float]:
 
     Args:
         table_uri: a local Delta table.
-        app_id: the app transaction (:func:`cdc.lake.txn_app_id`).
+        app_id: the app transaction (:func:`cdc.config.lake.txn_app_id`).
 
     Returns:
         ``{txn version: epoch seconds}`` ({} when there is no table).
@@ -562,7 +562,7 @@ class Soak:
     """One writer's soak: broker, producer, chaos, drain, checks."""
 
     def __init__(self, writer: str, args: argparse.Namespace, root: Path) -> None:
-        from cdc.config import load_settings
+        from cdc.config.settings import load_settings
 
         self.writer = writer
         self.args = args
@@ -598,7 +598,7 @@ class Soak:
         ]
 
     def settings(self) -> Any:
-        from cdc.config import load_settings
+        from cdc.config.settings import load_settings
 
         return load_settings(
             "local", overrides=self.overrides(), config_dir=REPO / "config", environ=self.environ
@@ -666,7 +666,7 @@ class Soak:
     # ----------------------------------------------------------------- the run
 
     def run(self) -> dict[str, Any]:
-        from cdc.broker import EmbeddedBroker
+        from cdc.runtime.broker import EmbeddedBroker
 
         args = self.args
         seed_rng = random.Random(f"{args.seed}/workload")
@@ -746,8 +746,8 @@ class Soak:
     def _catch_up(self, books: Ledgers, timeout_s: float) -> float | None:
         """Let the running pipeline commit everything produced; seconds it took (None: not
         within ``timeout_s``; the drain does the rest)."""
-        from cdc.checkpoint import committed_offsets
-        from cdc.kafka_admin import KafkaMetadata
+        from cdc.pipeline.checkpoint import committed_offsets
+        from cdc.runtime.kafka_admin import KafkaMetadata
 
         s = self.settings()
         names = list(self.args.pipeline)
@@ -808,7 +808,7 @@ class Soak:
     # ----------------------------------------------------------------- checks
 
     def _check(self, books: Ledgers, workloads: Sequence[Workload]) -> dict[str, Any]:
-        from cdc.lake import pipeline_tables, txn_app_id
+        from cdc.config.lake import pipeline_tables, txn_app_id
 
         s = self.settings()
         pipelines: dict[str, Any] = {}

@@ -40,7 +40,7 @@ from tests.support.contact_stream import (
     registry,
 )
 
-from cdc.produce import encode_datum
+from cdc.ingest.produce import encode_datum
 
 __all__ = [
     "FACT_COLUMNS",

@@ -2,9 +2,9 @@
 
 The staged-union MERGE of the Delta Lake documentation ("Slowly changing data (SCD) Type 2
 operation into Delta tables"), on the same Kafka topic, read by Spark's Kafka source and
-decoded by the pipeline's own decoder (:func:`cdc.kafka_source.decoded_stream`: ``mapInArrow``
-with the columnar :class:`~cdc.contracts.TopicDecoder`), so that what differs from the
-pipeline is the SCD2 write and nothing else. Per micro-batch:
+decoded by the pipeline's own decoder (:func:`cdc.pipeline.kafka_source.decoded_stream`:
+``mapInArrow`` with the columnar :class:`~cdc.ingest.decoder.TopicDecoder`), so that what differs
+from the pipeline is the SCD2 write and nothing else. Per micro-batch:
 
 1. keep the valid rows and flatten them: keys from the Kafka key, columns from
    ``value.after``, the operation, and the effective time (``sequence_by``, default
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming.query import StreamingQuery
     from pyspark.sql.types import DataType, StructType
 
-    from cdc.config import PipelineSettings, Settings
+    from cdc.config.settings import PipelineSettings, Settings
 
 __all__ = ["TextbookBatch", "TextbookScd2", "run_textbook", "start_textbook"]
 
@@ -260,9 +260,9 @@ def start_textbook(
     """
     from delta.tables import DeltaTable
 
-    from cdc.kafka_source import decoded_stream
-    from cdc.pipelines import with_trigger
-    from cdc.scd2 import Scd2Spec
+    from cdc.core.scd2 import Scd2Spec
+    from cdc.pipeline.kafka_source import decoded_stream
+    from cdc.pipeline.queries import with_trigger
 
     pipeline: PipelineSettings = settings.pipeline(name)
     stream = decoded_stream(spark, settings, pipeline, checkpoint)

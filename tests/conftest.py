@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cdc.contracts import TopicContract, load_contracts
-from cdc.registry import FileRegistry
+from cdc.ingest.contracts import TopicContract, load_contracts
+from cdc.ingest.registry import FileRegistry
 from tests.support.kafka import delete_all_topics
 from tests.support.paths import CONTRACTS_PATH, REGISTRY_PATH
 
@@ -50,7 +50,7 @@ def kafka_bootstrap() -> Iterator[str]:
     if existing:
         yield existing
         return
-    from cdc.broker import EmbeddedBroker
+    from cdc.runtime.broker import EmbeddedBroker
 
     with EmbeddedBroker.start_on_free_port() as broker:
         yield broker.bootstrap
@@ -68,7 +68,7 @@ def spark() -> Iterator[Any]:
     """One SparkSession for the whole test session (starting Spark costs seconds), with the
     OpenLineage Spark agent's JAR when installed (attached only by the runs that report
     lineage: tests/integration/test_lineage_streaming.py)."""
-    from cdc.spark import build_session
+    from cdc.runtime.spark import build_session
 
     session = build_session(app_name="cdc-tests", master="local[2]", lineage=True)
     yield session

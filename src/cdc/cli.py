@@ -2,7 +2,7 @@
 
 A :class:`~cdc.errors.CdcError` becomes one line on stderr and exit code 2; only a bug
 shows a traceback (exit code 1). Both are cleaned of every configured secret first
-(:func:`cdc.logs.redact`), like every log line.
+(:func:`cdc.runtime.logs.redact`), like every log line.
 """
 
 from __future__ import annotations
@@ -17,17 +17,21 @@ from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from cdc.config import ENVS, WAREHOUSE_TARGETS, Settings, load_settings
+from cdc.config.settings import ENVS, WAREHOUSE_TARGETS, Settings, load_settings
 from cdc.errors import CdcError, ConfigError, first_line
-from cdc.logs import configure_logging, redact, redact_secrets_of
+from cdc.runtime.logs import configure_logging, redact, redact_secrets_of
+
+# Each command imports the modules it needs when it runs (imports inside the functions below):
+# `cdc --help` and every command load only what that command uses; Spark, the Kafka clients
+# and the warehouses' drivers are slow to import.
 
 if TYPE_CHECKING:
-    from cdc.batch import BatchStats
+    from cdc.companions.maintenance import TableRef
     from cdc.lineage.events import Table
     from cdc.lineage.runs import RunHandle
-    from cdc.maintenance import TableRef
-    from cdc.metrics import ServiceMetrics
-    from cdc.publish import PublishResult
+    from cdc.ops.metrics import ServiceMetrics
+    from cdc.pipeline.batch import BatchStats
+    from cdc.warehouse.publish import PublishResult
 
 __all__ = ["main"]
 
@@ -419,7 +423,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
     """Fail before Spark starts, in one line, when a pipeline's topic has no contract or an
     expectation does not fit its record."""
-    from cdc.contracts import load_contracts
+    from cdc.ingest.contracts import load_contracts
 
     contracts = load_contracts(settings.registry.contracts)
     missing = [
@@ -432,7 +436,7 @@ def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
             f"no contract in {settings.registry.contracts} for pipeline {', '.join(missing)};"
             f" topics with a contract: {', '.join(sorted(contracts))}"
         )
-    from cdc.expectations import expectations_for
+    from cdc.pipeline.expectations import expectations_for
 
     for name in names:  # expectations against the record's columns, before Spark starts too
         expectations_for(name, settings.pipeline(name), settings)
@@ -440,7 +444,7 @@ def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
 
 def _check_broker(settings: Settings) -> None:
     """Fail fast, in one line, when the configured Kafka cluster cannot be reached."""
-    from cdc.kafka_admin import require_broker
+    from cdc.runtime.kafka_admin import require_broker
 
     require_broker(settings.kafka)
 
@@ -450,15 +454,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     names = list(settings.selected(args.pipeline))
     if not names:
         raise ConfigError("no enabled pipelines to run")
-    from cdc.faults import FAULT_ENV, fault_hook_from_env
-    from cdc.pipelines import run_pipelines
-    from cdc.spark import build_session
+    from cdc.pipeline.queries import run_pipelines
+    from cdc.runtime.faults import FAULT_ENV, fault_hook_from_env
+    from cdc.runtime.spark import build_session
 
     fault_hook = fault_hook_from_env()
     if fault_hook is not None and settings.env == "prod":
         raise ConfigError(f"{FAULT_ENV} is for tests and refused in env prod")
     _check_contracts(settings, names)
-    from cdc.locks import PipelineLock
+    from cdc.runtime.locks import PipelineLock
 
     # Two queries on one checkpoint corrupt it: one writer per pipeline, replays included.
     with ExitStack() as locks:
@@ -561,7 +565,7 @@ def _serve_metrics(
 ) -> ServiceMetrics:
     """Start ``/metrics``, ``/healthz`` and ``/readyz`` and the query listener (closed with
     ``stack``)."""
-    from cdc.metrics import MetricsServer, QueryListener, ServiceMetrics
+    from cdc.ops.metrics import MetricsServer, QueryListener, ServiceMetrics
 
     metrics = ServiceMetrics(names, sla={name: settings.sla(name) for name in names})
     host, port = settings.metrics.host, settings.metrics.port
@@ -590,7 +594,7 @@ def _serve_metrics(
 def _cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     pipeline = settings.pipeline(args.pipeline)
-    from cdc.replay import ReplayPosition, dry_run_report, replay_pipeline, run_available_now
+    from cdc.ops.replay import ReplayPosition, dry_run_report, replay_pipeline, run_available_now
 
     if args.offsets is not None:
         position = ReplayPosition.from_offsets(args.offsets, pipeline.topic)
@@ -610,7 +614,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         extra = [print_progress] if _wants_progress(args) else []
         run_available_now(s, name, _fan_out([on_batch, *extra]) or on_batch)
 
-    from cdc.replay_diff import diff_pipeline, format_diff, scratch_lake, table_versions
+    from cdc.ops.replay_diff import diff_pipeline, format_diff, scratch_lake, table_versions
 
     if args.dry_run:
         print(dry_run_report(settings, args.pipeline, position))
@@ -633,9 +637,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_produce(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from cdc.contracts import load_contracts
-    from cdc.produce import produce_file
-    from cdc.registry import FileRegistry
+    from cdc.ingest.contracts import load_contracts
+    from cdc.ingest.produce import produce_file
+    from cdc.ingest.registry import FileRegistry
 
     if not args.file.is_file():
         raise ConfigError(f"--file {args.file}: no such file")
@@ -662,7 +666,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
                 f"kafka.bootstrap_servers {settings.kafka.bootstrap_servers!r} has no port"
             )
         port = int(tail)
-    from cdc.broker import run_broker_forever
+    from cdc.runtime.broker import run_broker_forever
 
     run_broker_forever(args.host, port, workdir=args.data_dir)
     return 0
@@ -670,7 +674,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 def _cmd_schemas_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from cdc.registry import FileRegistry, check_path
+    from cdc.ingest.registry import FileRegistry, check_path
 
     problems = check_path(settings.registry.path)
     if problems:
@@ -689,7 +693,7 @@ def _cmd_schemas_check(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from cdc.errors import BrokerUnavailableError
-    from cdc.status import format_status, pipeline_status
+    from cdc.ops.status import format_status, pipeline_status
 
     # The tables and checkpoints are shown either way; an unreachable broker (lag unknown)
     # still ends in the one-line error and exit code 2.
@@ -715,7 +719,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_dr(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from cdc.dr import UnsoundSnapshotError
+    from cdc.companions.dr import UnsoundSnapshotError
 
     try:
         if args.dr_command == "repoint":  # checkpoints only: no data is read or written
@@ -731,8 +735,8 @@ def _cmd_dr(args: argparse.Namespace) -> int:
 
 def _dr_datasets(args: argparse.Namespace, settings: Settings) -> tuple[list[Table], list[Table]]:
     """A DR command's datasets: the configured lake tables and their DR copies."""
+    from cdc.companions.maintenance import maintenance_tables
     from cdc.lineage.datasets import dr_tables
-    from cdc.maintenance import maintenance_tables
 
     location = args.location or settings.dr.location
     if location is None:  # the command stops with its own error
@@ -751,7 +755,7 @@ def _dr_warn(warnings: Sequence[str]) -> None:
 
 
 def _dr_on_storage(args: argparse.Namespace, settings: Settings, run: RunHandle) -> int:
-    from cdc import dr
+    from cdc.companions import dr
 
     try:
         return _dr_command(args, settings, run)
@@ -760,7 +764,7 @@ def _dr_on_storage(args: argparse.Namespace, settings: Settings, run: RunHandle)
 
 
 def _dr_command(args: argparse.Namespace, settings: Settings, run: RunHandle) -> int:
-    from cdc import dr
+    from cdc.companions import dr
 
     if args.dr_command == "snapshot":
         taken = dr.snapshot(settings, args.location)
@@ -813,8 +817,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     if args.target is not None:
         args.overrides = [*args.overrides, f"warehouse.target={args.target}"]
     settings = _settings(args)
-    from cdc.faults import FAULT_ENV, fault_hook_from_env
-    from cdc.publish import publish
+    from cdc.runtime.faults import FAULT_ENV, fault_hook_from_env
+    from cdc.warehouse.publish import publish
 
     fault_hook = fault_hook_from_env()
     if fault_hook is not None and settings.env == "prod":
@@ -835,7 +839,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 def _cmd_maintain(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from cdc import maintenance
+    from cdc.companions import maintenance
     from cdc.lineage.datasets import maintain_tables
 
     refs = maintenance.maintenance_tables(settings, args.table)
@@ -851,7 +855,7 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
         maintenance.retention(settings, args.retention_hours, args.force)  # before Spark starts
     spark = None
     if settings.lake.writer == "delta-spark":
-        from cdc.spark import build_session
+        from cdc.runtime.spark import build_session
 
         spark = build_session(
             app_name=f"cdc-{settings.env}-maintain",
@@ -867,7 +871,7 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
 def _maintain_tables(
     args: argparse.Namespace, settings: Settings, refs: list[TableRef], spark: Any
 ) -> int:
-    from cdc import maintenance
+    from cdc.companions import maintenance
 
     if args.maintain_command == "optimize":
         done: Sequence[maintenance.OptimizeOutcome | maintenance.VacuumOutcome] = (
@@ -899,7 +903,7 @@ def _cmd_sla_check(args: argparse.Namespace) -> int:
     if not names:
         raise ConfigError("no enabled pipelines to check")
     from cdc.lineage.datasets import sla_tables
-    from cdc.sla import check_slas
+    from cdc.ops.sla import check_slas
 
     with _companion(settings, "sla.check", sla_tables(settings, names)):
         # An unreachable broker or lake is a breach of its own (notified), not an error.
@@ -911,7 +915,7 @@ def _cmd_sla_check(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.env != "local":
         raise ConfigError("cdc demo runs on the embedded default only (--env local)")
-    from cdc.demo import run_demo
+    from cdc_demo.run import run_demo
 
     run_demo(args.workdir.resolve(), seed=args.seed, overrides=args.overrides)
     return 0
@@ -919,7 +923,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from cdc.verify import verify
+    from cdc.ops.verify import verify
 
     checks = verify(settings, args.tables, args.pipeline)
     if args.json:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from cdc.broker import EmbeddedBroker
-from cdc.pipelines import run_pipelines
+from cdc.pipeline.queries import run_pipelines
+from cdc.runtime.broker import EmbeddedBroker
 from tests.support.faults import (
     PIPELINE,
     Reference,

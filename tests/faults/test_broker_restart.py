@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
-from cdc.broker import EmbeddedBroker
-from cdc.checkpoint import read_topic_id
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.errors import DataLossError
-from cdc.kafka_admin import topic_id
-from cdc.pipelines import run_pipelines, start_query
+from cdc.pipeline.checkpoint import read_topic_id
+from cdc.pipeline.queries import run_pipelines, start_query
+from cdc.runtime.broker import EmbeddedBroker
+from cdc.runtime.kafka_admin import topic_id
 from tests.support.faults import (
     BATCH,
     PARTITIONS,
@@ -194,7 +194,7 @@ class Wiped:
 
 
 def refusal(s: Settings, now: str, old_id: str) -> str:
-    """:func:`cdc.topic_identity.check_topic_identity`'s message for this pipeline."""
+    """:func:`cdc.pipeline.topic_identity.check_topic_identity`'s message for this pipeline."""
     return (
         f"pipeline {PIPELINE}: topic {TOPIC} {now}, but checkpoint"
         f" {s.checkpoint_path(PIPELINE)} holds offsets of topic id {old_id} (the topic was"

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cdc.lake import table_paths
+from cdc.config.lake import table_paths
 from tests.support.concurrent_writer import EXT_ID
 from tests.support.faults import (
     PIPELINE,

@@ -28,9 +28,9 @@ from typing import Any
 
 import pytest
 
-from cdc.broker import EmbeddedBroker
-from cdc.kafka_admin import topic_id
-from cdc.pipelines import run_pipelines
+from cdc.pipeline.queries import run_pipelines
+from cdc.runtime.broker import EmbeddedBroker
+from cdc.runtime.kafka_admin import topic_id
 from tests.support.faults import (
     PARTITIONS,
     PIPELINE,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from tests.support.faults import (
     PIPELINE,
     Reference,

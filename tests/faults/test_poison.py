@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc.registry import frame
+from cdc.ingest.registry import frame
 from tests.support.faults import (
     TOPIC,
     Rec,

@@ -35,8 +35,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.pipelines import run_pipelines
-from cdc.registry import RegisteredSchema, check_path
+from cdc.ingest.registry import RegisteredSchema, check_path
+from cdc.pipeline.queries import run_pipelines
 from tests.support.faults import (
     PIPELINE,
     VALUE_SUBJECT,

@@ -16,8 +16,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cdc.broker import EmbeddedBroker, run_broker_forever, wait_for_broker
 from cdc.errors import BrokerUnavailableError
+from cdc.runtime.broker import EmbeddedBroker, run_broker_forever, wait_for_broker
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +161,10 @@ def test_run_broker_forever_until_stopped() -> None:
 
 def test_cli_process_prints_bootstrap_and_stops_on_sigterm() -> None:
     port = _free_port()
-    code = f"from cdc.broker import run_broker_forever; run_broker_forever('127.0.0.1', {port})"
+    code = (
+        "from cdc.runtime.broker import run_broker_forever; "
+        f"run_broker_forever('127.0.0.1', {port})"
+    )
     process = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -184,7 +187,7 @@ def test_cli_process_prints_bootstrap_and_stops_on_sigterm() -> None:
 
 def test_cluster_ids_never_start_with_a_dash() -> None:
     """The storage tool reads a leading '-' as an option: 1 in 64 formats failed before."""
-    from cdc.broker import _cluster_id
+    from cdc.runtime.broker import _cluster_id
 
     ids = [_cluster_id() for _ in range(5000)]
     assert not any(i.startswith("-") for i in ids)

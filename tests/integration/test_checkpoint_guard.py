@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from cdc.checkpoint import IDENTITY_FILE, read_identity
 from cdc.cli import main
-from cdc.demo_data import generate
+from cdc.config.lake import table_paths, txn_app_id
 from cdc.errors import DataLossError
-from cdc.lake import table_paths, txn_app_id
-from cdc.pipelines import run_pipelines
+from cdc.pipeline.checkpoint import IDENTITY_FILE, read_identity
+from cdc.pipeline.queries import run_pipelines
 from cdc.store import DeltaRsStore
+from cdc_demo.data import generate
 from tests.support.envelopes import change
 from tests.support.kafka import high_watermarks, produce
 from tests.support.local_settings import cli_args, make_settings

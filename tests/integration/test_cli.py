@@ -119,7 +119,7 @@ def test_fault_injection_is_refused_in_prod() -> None:
 
 
 def test_produce_rejects_the_whole_file_on_one_bad_line(tmp_path: Path) -> None:
-    from cdc.broker import EmbeddedBroker
+    from cdc.runtime.broker import EmbeddedBroker
 
     with EmbeddedBroker.start_on_free_port() as broker:  # its own: nothing else writes there
         _produce_bad_file(broker.bootstrap, tmp_path)

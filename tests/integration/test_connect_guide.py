@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdc.config import merge_mappings
+from cdc.config.settings import merge_mappings
 from tests.support.paths import REGISTRY_PATH, REPO_ROOT
 
 pytestmark = pytest.mark.integration

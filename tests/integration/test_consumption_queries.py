@@ -2,9 +2,9 @@
 
 A small silver lake (three accounts, six orders, three opportunities, three behaviour events)
 is written with delta-rs, gold is built from it (:func:`cdc.gold.build_gold`) and published
-(:func:`cdc.publish.publish`) to PostgreSQL and to DuckDB. Every ```sql block of the guide's
-"Example queries" section must return rows on both, the same rows; the demo's query
-(:data:`cdc.demo.DEMO_QUERY`, one of the guide's) must return the answer computed here by hand
+(:func:`cdc.warehouse.publish.publish`) to PostgreSQL and to DuckDB. Every ```sql block of the
+guide's "Example queries" section must return rows on both, the same rows; the demo's query
+(:data:`cdc_demo.run.DEMO_QUERY`, one of the guide's) must return the answer computed here by hand
 from the silver rows.
 """
 
@@ -22,12 +22,12 @@ import polars as pl
 import pytest
 from deltalake import write_deltalake
 
-from cdc.config import Settings, load_settings
-from cdc.demo import DEMO_QUERY
+from cdc.config.lake import table_paths
+from cdc.config.settings import Settings, load_settings
 from cdc.gold import GOLD_TABLES, build_gold
 from cdc.gold.frames import SILVER_COLUMNS
-from cdc.lake import table_paths
-from cdc.publish import publish
+from cdc.warehouse.publish import publish
+from cdc_demo.run import DEMO_QUERY
 from tests.support.paths import REPO_ROOT
 from tests.support.postgres import PostgresDatabase
 

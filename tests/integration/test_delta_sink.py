@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from cdc.batch_local import fold_passes
-from cdc.scd2 import apply_scd2, empty_dimension, merge_source, touches_history
+from cdc.core.scd2 import apply_scd2, empty_dimension, merge_source, touches_history
+from cdc.pipeline.batch_local import fold_passes
 from cdc.store.delta_rs import DeltaSink, Txn
 from cdc.store.plan import DIMENSION_LAYOUT, TableLayout, facts_merge_plan, scd2_merge_plan
 from tests.support.scd2_events import IDENTITY, SCHEMA, SPEC, apply_all, changes, ev, frame, to_log

@@ -11,11 +11,11 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from cdc.config import load_settings
-from cdc.demo import DEMO_QUERY, run_demo
-from cdc.demo_data import generate
+from cdc.config.lake import table_paths
+from cdc.config.settings import load_settings
 from cdc.gold import GOLD_TABLES, gold_path
-from cdc.lake import table_paths
+from cdc_demo.data import generate
+from cdc_demo.run import DEMO_QUERY, run_demo
 from tests.support.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from cdc.cli import main
-from cdc.pipelines import run_pipelines
+from cdc.pipeline.queries import run_pipelines
 from tests.support.dr import manifest_key
 from tests.support.envelopes import change
 from tests.support.kafka import produce

@@ -14,12 +14,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.checkpoint import committed_offsets
 from cdc.cli import main
-from cdc.expectations import COUNTS_FILE
-from cdc.lake import table_paths
-from cdc.metrics import ServiceMetrics
-from cdc.pipelines import run_pipelines
+from cdc.config.lake import table_paths
+from cdc.ops.metrics import ServiceMetrics
+from cdc.pipeline.checkpoint import committed_offsets
+from cdc.pipeline.expectations import COUNTS_FILE
+from cdc.pipeline.queries import run_pipelines
 from cdc.store.delta_rs import DeltaRsStore
 from tests.support.endpoints import metric_samples
 from tests.support.envelopes import change

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from cdc.config import load_settings
+from cdc.config.settings import load_settings
 from cdc.governance.run import load_catalog
 from cdc.warehouse.postgres import PostgresDialect
 from tests.support.paths import REPO_ROOT

@@ -14,10 +14,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.batch import BatchStats
 from cdc.cli import main
-from cdc.lake import table_paths
-from cdc.pipelines import run_pipelines
+from cdc.config.lake import table_paths
+from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.queries import run_pipelines
 from tests.support.envelopes import change
 from tests.support.kafka import produce
 from tests.support.local_settings import make_settings
@@ -91,14 +91,14 @@ def test_a_corrupted_key_is_reported_by_the_next_batch_that_touches_it(
         tmp_path,
     )
     second: list[BatchStats] = []
-    with caplog.at_level(logging.WARNING, logger="cdc.verify"):
+    with caplog.at_level(logging.WARNING, logger="cdc.pipeline.batch_check"):
         run_pipelines(
             spark, settings, ["crm_contacts"], True, on_batch=lambda _, stats: second.append(stats)
         )
     [checked] = [s for s in second if s.invariant_violations is not None]
     assert checked.invariant_violations is not None
     assert checked.invariant_violations["multiple_current"] == 1
-    [warning] = [r for r in caplog.records if r.name == "cdc.verify"]
+    [warning] = [r for r in caplog.records if r.name == "cdc.pipeline.batch_check"]
     message = warning.getMessage()
     assert message.startswith(f"pipeline crm_contacts batch {checked.batch_id}: ")
     assert (

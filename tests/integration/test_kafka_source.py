@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from cdc.batch import BatchStats
-from cdc.checkpoint import TOPIC_FILE
+from cdc.config.lake import table_paths
 from cdc.errors import ConfigError, DataLossError
-from cdc.kafka_admin import create_partitions, ensure_topic
-from cdc.kafka_source import source_options
-from cdc.lake import table_paths
-from cdc.pipelines import run_pipelines, start_query
+from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.checkpoint import TOPIC_FILE
+from cdc.pipeline.kafka_source import source_options
+from cdc.pipeline.queries import run_pipelines, start_query
+from cdc.runtime.kafka_admin import create_partitions, ensure_topic
 from tests.support.envelopes import change
 from tests.support.kafka import delete_topic, produce
 from tests.support.local_settings import make_settings
@@ -115,7 +115,7 @@ def test_a_recreated_topic_is_data_loss_never_a_silent_skip(
     # The repair the message names: every record of the new topic lands exactly once. The
     # tables' rows say which incarnation they came from, so this holds even when the old
     # checkpoint is gone too (the rows at offsets 0..5 are not the new topic's 0..5).
-    from cdc.replay import ReplayPosition, replay_pipeline, run_available_now
+    from cdc.ops.replay import ReplayPosition, replay_pipeline, run_available_now
 
     if recreated_records > 6:
         shutil.rmtree(settings.checkpoint_path(PIPELINE))
@@ -184,9 +184,9 @@ def test_starting_offsets_by_timestamp_passes_through(
 
     from confluent_kafka import Producer
 
-    from cdc.contracts import load_contracts
-    from cdc.produce import parse_lines
-    from cdc.registry import FileRegistry
+    from cdc.ingest.contracts import load_contracts
+    from cdc.ingest.produce import parse_lines
+    from cdc.ingest.registry import FileRegistry
     from tests.support.paths import CONTRACTS_PATH, REGISTRY_PATH
 
     ensure_topic(fresh_kafka, TOPIC, 1)

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.pipelines import run_pipelines
+from cdc.pipeline.queries import run_pipelines
 from cdc.store import store_for
 from tests.support.envelopes import change
 from tests.support.kafka import produce

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from cdc.config import Settings
+from cdc.companions.maintenance import maintenance_tables
+from cdc.config.lake import table_paths
+from cdc.config.settings import Settings
 from cdc.gold import GOLD_TABLES, gold_path
-from cdc.lake import table_paths
 from cdc.lineage import table_dataset
 from cdc.lineage.datasets import gold_tables, warehouse_dataset
 from cdc.lineage.runs import companion_run
-from cdc.maintenance import maintenance_tables
 from tests.support.endpoints import free_port
 from tests.support.lake import existing_tables, lake_settings, write_small_lake
 from tests.support.openlineage import read_events, validate_event
@@ -337,7 +337,7 @@ def test_events_reach_a_kafka_topic_keyed_by_job(lake: Path, fresh_kafka: str) -
         f"kafka.bootstrap_servers={fresh_kafka}",
         "lineage.kafka.topic=lineage.events",
     )
-    from cdc.kafka_admin import ensure_topic
+    from cdc.runtime.kafka_admin import ensure_topic
 
     ensure_topic(fresh_kafka, "lineage.events", 1)
     with companion_run(settings, "gold.build", *gold_tables(settings, GOLD_TABLES)):

@@ -1,7 +1,7 @@
 """A streaming run's OpenLineage events, on each writer, through the file transport.
 
 The service's wiring of ``cdc run`` (:func:`cdc.lineage.streaming_run` around
-:func:`cdc.pipelines.run_pipelines`) on the session's SparkSession and broker. Every event
+:func:`cdc.pipeline.queries.run_pipelines`) on the session's SparkSession and broker. Every event
 in the file is validated against the OpenLineage JSON schemas; the process run, the query
 run (the topic in, bronze, quarantine and silver out, the rows of each micro-batch) and, on
 delta-spark, the Spark agent's jobs (children of the process run, the same dataset names,
@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from cdc.batch import BatchStats
-from cdc.config import Settings, load_settings
-from cdc.lake import table_paths
+from cdc.config.lake import table_paths
+from cdc.config.settings import Settings, load_settings
 from cdc.lineage import kafka_dataset, streaming_run, table_dataset
-from cdc.pipelines import PipelineFailedError, run_pipelines
+from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.queries import PipelineFailedError, run_pipelines
 from tests.support.envelopes import contact_envelope, contact_row
 from tests.support.openlineage import read_events, validate_event
 from tests.support.paths import CONTRACTS_PATH, REGISTRY_PATH, REPO_ROOT
@@ -53,9 +53,9 @@ def _settings(bootstrap: str, root: Path, writer: str, *extra: str) -> Settings:
 
 def _produce(bootstrap: str, tmp: Path) -> int:
     """Six changes of three contacts and one record that is not Avro (quarantined)."""
-    from cdc.contracts import load_contracts
-    from cdc.produce import produce_file
-    from cdc.registry import FileRegistry
+    from cdc.ingest.contracts import load_contracts
+    from cdc.ingest.produce import produce_file
+    from cdc.ingest.registry import FileRegistry
 
     lines: list[dict[str, Any]] = []
     for i in range(3):

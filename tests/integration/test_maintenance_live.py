@@ -16,9 +16,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.config import Settings
-from cdc.maintenance import file_stats, maintenance_tables, optimize, vacuum
-from cdc.pipelines import run_pipelines, start_query
+from cdc.companions.maintenance import file_stats, maintenance_tables, optimize, vacuum
+from cdc.config.settings import Settings
+from cdc.pipeline.queries import run_pipelines, start_query
 from cdc.store import store_for
 from cdc.store.delta_spark import RETENTION_CHECK_CONF, USER_METADATA_CONF
 from cdc.store.plan import read_commit_info

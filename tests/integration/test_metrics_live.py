@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from cdc.cli import _serve_metrics
-from cdc.config import Settings
-from cdc.kafka_admin import ensure_topic
-from cdc.pipelines import start_query
+from cdc.config.settings import Settings
+from cdc.pipeline.queries import start_query
+from cdc.runtime.kafka_admin import ensure_topic
 from tests.support.endpoints import free_port, metric_samples
 from tests.support.endpoints import http_get as _get
 from tests.support.envelopes import change

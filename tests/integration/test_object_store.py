@@ -12,7 +12,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from cdc.cli import main
-from cdc.config import load_settings
+from cdc.config.settings import load_settings
 from cdc.errors import ConfigError
 from tests.support.dr import manifest_key
 from tests.support.moto_server import moto_server

@@ -18,9 +18,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.config import Settings
-from cdc.lake import table_paths
-from cdc.pipelines import run_pipelines
+from cdc.config.lake import table_paths
+from cdc.config.settings import Settings
+from cdc.pipeline.queries import run_pipelines
 from tests.support.envelopes import T0, change
 from tests.support.kafka import produce
 from tests.support.local_settings import make_settings
@@ -148,7 +148,7 @@ def test_a_source_time_no_timestamp_holds_is_quarantined_not_folded(
         ("ann.new@acme.io", "Doe", None, at(3000), None, True),
     ]
     assert history(settings, "c2") == []
-    from cdc.verify import verify
+    from cdc.ops.verify import verify
 
     assert all(check.sound for check in verify(settings, pipeline="crm_contacts"))
 

@@ -14,17 +14,17 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from cdc.contracts import TopicContract, load_contracts
 from cdc.errors import BrokerUnavailableError, ProduceError
-from cdc.kafka_admin import ensure_topic, partition_count
-from cdc.produce import (
+from cdc.ingest.contracts import TopicContract, load_contracts
+from cdc.ingest.produce import (
     OutboundRecord,
     default_partition,
     parse_lines,
     produce_file,
     produce_records,
 )
-from cdc.registry import FileRegistry, unframe
+from cdc.ingest.registry import FileRegistry, unframe
+from cdc.runtime.kafka_admin import ensure_topic, partition_count
 
 pytestmark = pytest.mark.integration
 

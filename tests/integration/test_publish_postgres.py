@@ -21,11 +21,11 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from cdc.cli import main
-from cdc.faults import FAULT_ENV, FAULT_STAGES
 from cdc.gold import GOLD_KEYS
-from cdc.publish import publish_table
+from cdc.runtime.faults import FAULT_ENV, FAULT_STAGES
 from cdc.warehouse.duckdb import DuckDbWarehouse
 from cdc.warehouse.postgres import PostgresWarehouse
+from cdc.warehouse.publish import publish_table
 from tests.support.endpoints import free_port
 from tests.support.paths import REPO_ROOT
 from tests.support.postgres import PostgresDatabase

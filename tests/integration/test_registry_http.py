@@ -15,10 +15,11 @@ from typing import Any
 import fastavro
 import pytest
 
-from cdc.contracts import QuarantineReason, TopicContract, TopicDecoder, load_contracts
 from cdc.errors import SchemaNotFoundError
-from cdc.jvm import jars_dir
-from cdc.registry import FileRegistry, HttpRegistry, RegisteredSchema, frame
+from cdc.ingest.contracts import QuarantineReason, TopicContract, load_contracts
+from cdc.ingest.decoder import TopicDecoder
+from cdc.ingest.registry import FileRegistry, HttpRegistry, RegisteredSchema, frame
+from cdc.runtime.jvm import jars_dir
 from tests.support.decoding import decode_messages
 from tests.support.envelopes import contact_envelope, contact_row
 from tests.support.registry_server import RegistryServer

@@ -19,19 +19,15 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.batch import BatchStats
-from cdc.checkpoint import START_FILE, TXN_BASE_FILE, committed_offsets, read_topic_id
 from cdc.cli import main
-from cdc.config import Settings
-from cdc.lake import table_paths
-from cdc.locks import LockHolder, lock_path
-from cdc.pipelines import run_pipelines
-from cdc.replay import (
-    ReplayPosition,
-    committed_txn_versions,
-    replay_pipeline,
-    run_available_now,
-)
+from cdc.config.lake import table_paths
+from cdc.config.settings import Settings
+from cdc.ops.replay import ReplayPosition, replay_pipeline, run_available_now
+from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.checkpoint import START_FILE, TXN_BASE_FILE, committed_offsets, read_topic_id
+from cdc.pipeline.checkpoint_guard import committed_txn_versions
+from cdc.pipeline.queries import run_pipelines
+from cdc.runtime.locks import LockHolder, lock_path
 from tests.support.envelopes import T0, contact_envelope
 from tests.support.kafka import high_watermarks
 from tests.support.kafka import produce as produce_lines
@@ -321,7 +317,7 @@ def test_dry_run_prints_the_plan_and_a_running_pipeline_refuses(
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from cdc.locks import PipelineLock\n"
+            "from cdc.runtime.locks import PipelineLock\n"
             "PipelineLock(sys.argv[1], sys.argv[2]).acquire()\n"
             "time.sleep(600)\n",
             str(root),
@@ -393,14 +389,14 @@ def test_replay_from_a_timestamp_mid_topic_uses_the_brokers_time_index(
     or after the timestamp, in the middle of the topic, and re-applying changes nothing."""
     from confluent_kafka import Producer
 
-    from cdc.kafka_admin import ensure_topic
+    from cdc.runtime.kafka_admin import ensure_topic
 
     settings = make_settings(broker, tmp_path)
     lines = [change(f"c{i % 5}", "c" if i < 5 else "u", 1000 * i, last=f"L{i}") for i in range(40)]
     # Explicit Kafka timestamps: record i at 08:00:00 + i seconds, in partition i % 3.
-    from cdc.contracts import load_contracts
-    from cdc.produce import parse_lines
-    from cdc.registry import FileRegistry
+    from cdc.ingest.contracts import load_contracts
+    from cdc.ingest.produce import parse_lines
+    from cdc.ingest.registry import FileRegistry
 
     contract = load_contracts(CONTRACTS_PATH)[TOPIC]
     records, errors = parse_lines(

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
-from cdc.changes import business_columns, scd2_changes
-from cdc.lake import table_paths
-from cdc.pipelines import run_pipelines
-from cdc.scd2 import Scd2Spec
+from cdc.config.lake import table_paths
+from cdc.core.scd2 import Scd2Spec
+from cdc.ingest.changes import business_columns, scd2_changes
+from cdc.pipeline.queries import run_pipelines
 from tests.support.envelopes import change
 from tests.support.kafka import produce
 from tests.support.local_settings import make_settings

@@ -1,8 +1,8 @@
 """No secret reaches any output: every secret setting of the settings model, given a malformed
 value that carries a sentinel, through the real ``cdc`` command that uses it.
 
-The settings come from the model itself (:func:`cdc.config.secret_fields`, the fields typed
-:class:`cdc.config.Secret`): a secret setting added later fails
+The settings come from the model itself (:func:`cdc.config.settings.secret_fields`, the fields typed
+:class:`cdc.config.settings.Secret`): a secret setting added later fails
 :func:`test_every_secret_setting_has_a_case` until a case here exercises it. Each case runs
 ``python -m cdc.cli`` in a subprocess, once with text and once with JSON logs (``-v``), and
 the sentinel must be in neither stdout nor stderr (one-line errors, tracebacks, log records)
@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from cdc.config import secret_fields
+from cdc.config.settings import secret_fields
 from tests.support.endpoints import free_port
 from tests.support.moto_server import moto_server
 from tests.support.paths import REPO_ROOT
@@ -423,9 +423,9 @@ def test_every_secret_setting_is_hidden_and_known_to_the_redactor(tmp_path: Path
     in the metrics, and every output cleaned of it (what the redactor is given)."""
     from prometheus_client import generate_latest
 
-    from cdc.config import load_settings
-    from cdc.logs import SecretRedactor, secret_values
-    from cdc.metrics import ServiceMetrics
+    from cdc.config.settings import load_settings
+    from cdc.ops.metrics import ServiceMetrics
+    from cdc.runtime.logs import SecretRedactor, secret_values
 
     values: dict[str, str] = {}
     overrides = []
@@ -622,9 +622,9 @@ SPARK = [c for c in CASES if "broker" in c.needs]
 def test_no_secret_reaches_any_output_of_a_query(
     case: Case, tmp_path: Path, fresh_kafka: str
 ) -> None:
-    from cdc.contracts import load_contracts
-    from cdc.produce import produce_file
-    from cdc.registry import FileRegistry
+    from cdc.ingest.contracts import load_contracts
+    from cdc.ingest.produce import produce_file
+    from cdc.ingest.registry import FileRegistry
 
     records = tmp_path / "records.jsonl"  # a record for the query to read (a tombstone)
     records.write_text(json.dumps({"key": {"contact_id": "c1"}, "value": None}) + "\n")

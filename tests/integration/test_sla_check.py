@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cdc.cli import main
-from cdc.pipelines import run_pipelines
+from cdc.pipeline.queries import run_pipelines
 from tests.support.envelopes import change
 from tests.support.kafka import produce
 from tests.support.local_settings import cli_args, make_settings

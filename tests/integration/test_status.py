@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from cdc.cli import main
-from cdc.metrics import ServiceMetrics
-from cdc.pipelines import run_pipelines
+from cdc.ops.metrics import ServiceMetrics
+from cdc.pipeline.queries import run_pipelines
 from tests.support.envelopes import change
 from tests.support.kafka import high_watermarks, produce
 from tests.support.local_settings import cli_args, make_settings

@@ -6,8 +6,9 @@ writer (``lake.writer`` delta-rs and delta-spark), cut into the same micro-batch
 seen and poison records; orders (facts) with repeated event ids, an expectation that drops
 and one that warns. Every table the pipelines write — bronze, quarantine, the dimension, its
 orphan markers, the facts — must hold the same rows on both lakes; so must the batches'
-counts. The rules they apply are defined once (:mod:`cdc.scd2`, :mod:`cdc.changes`,
-:mod:`cdc.store.plan`, :mod:`cdc.expectations`); this is what shows the two renderings agree.
+counts. The rules they apply are defined once (:mod:`cdc.core.scd2`, :mod:`cdc.ingest.changes`,
+:mod:`cdc.store.plan`, :mod:`cdc.pipeline.expectations`); this is what shows the two renderings
+agree.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.batch import BatchStats
-from cdc.lake import pipeline_tables
-from cdc.pipelines import run_pipelines
+from cdc.config.lake import pipeline_tables
+from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.queries import run_pipelines
 from tests.support.envelopes import T0, change
 from tests.support.kafka import produce
 from tests.support.local_settings import make_settings

@@ -101,7 +101,7 @@ def main_spark(uri: str, stop_file: str, result_file: str) -> None:
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    from cdc.spark import build_session
+    from cdc.runtime.spark import build_session
 
     stop = Path(stop_file)
     report: dict[str, Any] = {"commits": 0, "conflicts": 0, "compactions": 0, "last_phone": None}

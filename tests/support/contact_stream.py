@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import polars as pl
 
-from cdc.produce import encode_datum
-from cdc.registry import FileRegistry, RegisteredSchema
+from cdc.ingest.produce import encode_datum
+from cdc.ingest.registry import FileRegistry, RegisteredSchema
 from tests.support.envelopes import T0, contact_envelope
 from tests.support.paths import REGISTRY_PATH
 
@@ -261,7 +261,7 @@ def create_topic(bootstrap: str, topic: str = TOPIC, partitions: int = PARTITION
         ResourceType,
     )
 
-    from cdc.kafka_admin import ensure_topic
+    from cdc.runtime.kafka_admin import ensure_topic
 
     ensure_topic(bootstrap, topic, partitions)
     keep = ConfigEntry("retention.ms", "-1", incremental_operation=AlterConfigOpType.SET)

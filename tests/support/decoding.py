@@ -1,6 +1,6 @@
 """Kafka records as Spark's Kafka source hands them to the decoder, built from plain tuples.
 
-The service decodes only what Spark's Kafka source reads (:meth:`cdc.contracts.TopicDecoder.
+The service decodes only what Spark's Kafka source reads (:meth:`cdc.ingest.decoder.TopicDecoder.
 decode_records`, run by ``mapInArrow`` on the executors). Tests and benchmarks that hold
 records as ``(topic, partition, offset, timestamp_ms, key, value)`` tuples go through the
 same method: :func:`kafka_batch` lays the tuples out as the source's columns.
@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from cdc.contracts import KafkaMessage, TopicDecoder
-from cdc.sequence import MAX_TIME_MS
+from cdc.core.sequence import MAX_TIME_MS
+from cdc.ingest.contracts import KafkaMessage
+from cdc.ingest.decoder import TopicDecoder
 
 __all__ = ["decode_messages", "kafka_batch"]
 
@@ -55,6 +56,6 @@ def decode_messages(decoder: TopicDecoder, messages: Sequence[KafkaMessage]) -> 
         messages: ``(topic, partition, offset, timestamp_ms, key, value)`` tuples.
 
     Returns:
-        A batch with the decoder's :attr:`~cdc.contracts.TopicDecoder.arrow_schema`.
+        A batch with the decoder's :attr:`~cdc.ingest.decoder.TopicDecoder.arrow_schema`.
     """
     return decoder.decode_records(kafka_batch(messages))

@@ -26,10 +26,10 @@ from typing import Any, Literal
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from cdc.config import Settings, load_settings
-from cdc.faults import FAULT_ENV
-from cdc.lake import orphans_path, table_paths, txn_app_id
-from cdc.registry import RegisteredSchema
+from cdc.config.lake import orphans_path, table_paths, txn_app_id
+from cdc.config.settings import Settings, load_settings
+from cdc.ingest.registry import RegisteredSchema
+from cdc.runtime.faults import FAULT_ENV
 from tests.support.contact_stream import (
     BUSINESS,
     PARTITIONS,
@@ -360,7 +360,7 @@ def checkpoint_batches(s: Settings, log: Literal["offsets", "commits"]) -> set[i
 
 def committed_position(s: Settings) -> dict[int, int]:
     """Per partition, the next offset after the last committed batch ({} before any)."""
-    from cdc.checkpoint import committed_offsets
+    from cdc.pipeline.checkpoint import committed_offsets
 
     committed = committed_offsets(s.checkpoint_path(PIPELINE))
     if committed is None:

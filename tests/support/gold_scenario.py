@@ -18,10 +18,10 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable, write_deltalake
 
-from cdc.config import Settings, load_settings
+from cdc.config.lake import table_paths
+from cdc.config.settings import Settings, load_settings
 from cdc.gold import GOLD_KEYS, GOLD_SCHEMAS, GoldResult, build_gold, gold_path
 from cdc.gold.frames import SILVER_COLUMNS
-from cdc.lake import table_paths
 from tests.support.paths import REPO_ROOT
 
 __all__ = [

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cdc.kafka_admin import KafkaMetadata, partition_count
+from cdc.runtime.kafka_admin import KafkaMetadata, partition_count
 from tests.support.paths import CONTRACTS_PATH, REGISTRY_PATH
 from tests.support.polling import wait_until
 
@@ -23,9 +23,9 @@ def produce(bootstrap: str, topic: str, lines: list[dict[str, Any]], tmp: Path) 
     Returns:
         How many records were sent.
     """
-    from cdc.contracts import load_contracts
-    from cdc.produce import produce_file
-    from cdc.registry import FileRegistry
+    from cdc.ingest.contracts import load_contracts
+    from cdc.ingest.produce import produce_file
+    from cdc.ingest.registry import FileRegistry
 
     path = tmp / f"{topic}-{len(list(tmp.glob('*.jsonl')))}.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))

@@ -19,12 +19,12 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from cdc.config import Settings, load_settings
-from cdc.demo_data import Line, generate, merged_lines
-from cdc.kafka_source import DecoderSpec, topic_decoder
-from cdc.maintenance import TableRef, maintenance_tables
-from cdc.produce import default_partition, parse_lines
-from cdc.registry import FileRegistry
+from cdc.companions.maintenance import TableRef, maintenance_tables
+from cdc.config.settings import Settings, load_settings
+from cdc.ingest.produce import default_partition, parse_lines
+from cdc.ingest.registry import FileRegistry
+from cdc.pipeline.kafka_source import DecoderSpec, topic_decoder
+from cdc_demo.data import Line, generate, merged_lines
 from tests.support.decoding import decode_messages
 from tests.support.envelopes import contact_envelope, contact_row
 from tests.support.tables import read_table
@@ -84,8 +84,8 @@ def write_small_lake(settings: Settings, spark: Any = None, seed: int = 7) -> No
             ``kafka.bootstrap_servers`` for the topic's id, as every batch does).
         seed: the data set's seed.
     """
-    from cdc.batch_local import LocalBatchWriter
-    from cdc.batch_spark import DistributedBatchWriter
+    from cdc.pipeline.batch_local import LocalBatchWriter
+    from cdc.pipeline.batch_spark import DistributedBatchWriter
 
     dataset = generate(
         seed, accounts=6, contacts=24, opportunities=10, orders=40, behavior=60, fx_days=6

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdc.config import Settings, load_settings
+from cdc.config.settings import Settings, load_settings
 from tests.support.paths import REPO_ROOT
 
 __all__ = ["cli_args", "local_settings", "make_settings", "overrides"]

@@ -220,8 +220,8 @@ class RegistryServer:
         if not archives:
             raise JarsMissingError(
                 f"no Apicurio Registry archive ({_ARCHIVE_GLOB}) in {self.jars}: run "
-                "`python -m cdc.jvm install --profile registry`, or set CDC_JARS_DIR to the "
-                "folder that holds registry/"
+                "`python -m cdc.runtime.jvm install --profile registry`, or set CDC_JARS_DIR "
+                "to the folder that holds registry/"
             )
         app = self._app_dir
         if not (app / "quarkus-run.jar").is_file():

@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from cdc.scd2 import (
+from cdc.core.scd2 import (
     Scd2Result,
     Scd2Spec,
     apply_scd2,

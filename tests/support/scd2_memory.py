@@ -1,6 +1,6 @@
 """The delta-rs writer's SCD2 path with its tables in memory: no Delta, no files.
 
-:class:`MemoryTable` answers what :func:`cdc.batch_local.fold_passes` asks a table
+:class:`MemoryTable` answers what :func:`cdc.pipeline.batch_local.fold_passes` asks a table
 (``partition_columns``, ``read_keys``) and applies a :class:`cdc.store.plan.MergePlan` the way
 the stores render it: a source row matches the target row equal on the plan's ``match``
 columns (null-safe), its ``match_source`` columns and its ``prune`` literals; the clauses
@@ -9,8 +9,8 @@ Delta. So a fold result that names the wrong partition of a row (``_cdc_was_curr
 keeps the MERGE to the current partition while it rewrites history, shows as a duplicate
 version rather than passing unseen.
 
-:func:`fold_and_merge` is one batch of :class:`cdc.batch_local.LocalBatchWriter`: the fold in
-passes, the orphan markers appended, one MERGE.
+:func:`fold_and_merge` is one batch of :class:`cdc.pipeline.batch_local.LocalBatchWriter`: the fold
+in passes, the orphan markers appended, one MERGE.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 import polars as pl
 
-from cdc.batch_local import fold_passes
-from cdc.scd2 import ACTION_COLUMN, FoldPass, Scd2Spec, merge_source, touches_history
+from cdc.core.scd2 import ACTION_COLUMN, FoldPass, Scd2Spec, merge_source, touches_history
+from cdc.pipeline.batch_local import fold_passes
 from cdc.store.plan import MergePlan, scd2_merge_plan
 
 __all__ = ["MemoryTable", "fold_and_merge"]
@@ -104,7 +104,7 @@ def fold_and_merge(
     history: Callable[[pl.DataFrame], pl.DataFrame | None],
 ) -> list[FoldPass]:
     """One SCD2 batch as the delta-rs writer runs it (``LocalBatchWriter._scd2``): the fold
-    in passes (:func:`cdc.batch_local.fold_passes`), orphan markers appended, one MERGE.
+    in passes (:func:`cdc.pipeline.batch_local.fold_passes`), orphan markers appended, one MERGE.
 
     Args:
         changes: the batch's change events.

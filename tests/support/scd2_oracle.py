@@ -1,7 +1,7 @@
 """An SCD2 reference written from docs/scd2.md alone, record by record, in plain Python.
 
-It shares no code with :mod:`cdc.scd2` or :mod:`cdc.changes` (no sequence strings, no Polars,
-no frames): records are dictionaries, sequences are Python tuples, the fold is a loop over
+It shares no code with :mod:`cdc.core.scd2` or :mod:`cdc.ingest.changes` (no sequence strings, no
+Polars, no frames): records are dictionaries, sequences are Python tuples, the fold is a loop over
 one key's events with a "current version" variable. The property tests compare the service's
 incremental MERGE path with it, so that a wrong fold cannot pass by agreeing with itself.
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from cdc.changes import split_batch
+from cdc.ingest.changes import split_batch
 
 
 def _batch(offsets: list[int], errors: list[str | None]) -> pa.Table:
@@ -65,7 +65,7 @@ def test_every_row_keeps_the_topic_id_it_was_read_from() -> None:
 
 
 def test_error_line_prefers_our_errors_over_traceback_source_lines() -> None:
-    from cdc.pipelines import error_line
+    from cdc.pipeline.queries import error_line
 
     text = """[PYTHON_EXCEPTION] An exception was thrown from the Python worker.
 Traceback (most recent call last):
@@ -81,7 +81,7 @@ org.apache.spark.SparkException: Job aborted"""
 
 
 def test_error_line_reaches_the_jvm_root_cause_behind_py4j() -> None:
-    from cdc.pipelines import error_line
+    from cdc.pipeline.queries import error_line
 
     text = (
         "Traceback (most recent call last):\n"

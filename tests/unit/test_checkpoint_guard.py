@@ -1,6 +1,6 @@
 """Whose a checkpoint is, and what its tables must still hold (no broker, no Spark).
 
-:func:`cdc.checkpoint_guard.check_checkpoint_belongs` against real Delta tables and
+:func:`cdc.pipeline.checkpoint_guard.check_checkpoint_belongs` against real Delta tables and
 checkpoint files; the broker is "unreachable" (``broker=False``), so the repair names no
 offsets. The runs through ``cdc run`` are in ``tests/integration/test_checkpoint_guard.py``.
 """
@@ -15,9 +15,12 @@ import pyarrow as pa
 import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from cdc.batch import BatchStats
-from cdc.batch_local import LocalBatchWriter
-from cdc.checkpoint import (
+from cdc.config.lake import pipeline_tables, txn_app_id
+from cdc.config.settings import Settings
+from cdc.errors import DataLossError
+from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.batch_local import LocalBatchWriter
+from cdc.pipeline.checkpoint import (
     IDENTITY_FILE,
     TXN_BASE_FILE,
     CheckpointIdentity,
@@ -26,16 +29,13 @@ from cdc.checkpoint import (
     write_identity,
     write_topic_id,
 )
-from cdc.checkpoint_guard import (
+from cdc.pipeline.checkpoint_guard import (
     check_checkpoint_belongs,
     checkpoint_problem,
     identity_now,
     record_identity,
+    table_log_states,
 )
-from cdc.config import Settings
-from cdc.errors import DataLossError
-from cdc.lake import pipeline_tables, txn_app_id
-from cdc.replay import table_log_states
 from tests.support.local_settings import local_settings
 
 NAME = "crm_contacts"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdc.config import (
+from cdc.config.settings import (
     Secret,
     load_settings,
     parse_duration_seconds,
@@ -300,7 +300,7 @@ def test_durations() -> None:
 
 
 def test_librdkafka_settings_become_the_java_clients(tmp_path: Path) -> None:
-    from cdc.config import java_client_config
+    from cdc.config.kafka_clients import java_client_config
 
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
@@ -334,8 +334,8 @@ def test_source_options_keep_spark_names_and_replay_start_wins(
 ) -> None:
     import json
 
-    from cdc.checkpoint import START_FILE
-    from cdc.kafka_source import source_options
+    from cdc.pipeline.checkpoint import START_FILE
+    from cdc.pipeline.kafka_source import source_options
 
     settings = load_settings(
         "local",
@@ -468,7 +468,7 @@ def test_a_new_secret_setting_is_found_and_hidden_without_more_code() -> None:
 
     from pydantic import BaseModel
 
-    from cdc.config import _Model
+    from cdc.config.settings import _Model
 
     class Vault(_Model):
         token: Annotated[str | None, Secret("value")] = None
@@ -526,7 +526,7 @@ def test_a_setting_librdkafka_refuses_is_named_not_quoted(
 ) -> None:
     """librdkafka quotes the refused value (a password, a reference's value): only the
     setting's name is repeated (a name is not a secret)."""
-    from cdc.kafka_admin import KafkaMetadata, admin_client
+    from cdc.runtime.kafka_admin import KafkaMetadata, admin_client
 
     for make in (
         lambda: admin_client("127.0.0.1:9", setting),

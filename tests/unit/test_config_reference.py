@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from cdc.config import Secret, Settings, read_config
-from cdc.config_reference import Key, keys, main, render
+from cdc.config.reference import Key, keys, main, render
+from cdc.config.settings import Secret, Settings, read_config
 from tests.support.paths import REPO_ROOT
 
 REFERENCE = REPO_ROOT / "docs" / "reference" / "configuration.md"
@@ -33,7 +33,7 @@ def _all_keys() -> dict[str, Key]:
 def test_the_reference_is_current() -> None:
     assert REFERENCE.read_text() == render(), (
         "docs/reference/configuration.md is stale: run `make docs`"
-        " (python -m cdc.config_reference --write docs/reference/configuration.md)"
+        " (python -m cdc.config.reference --write docs/reference/configuration.md)"
     )
 
 
@@ -48,7 +48,7 @@ def test_the_command_writes_the_reference_and_checks_it(
     assert main(["--check", str(target)]) == 1
     assert capsys.readouterr().err == (
         f"{target} is not the current configuration reference: run"
-        f" `python -m cdc.config_reference --write {target}` (make docs)\n"
+        f" `python -m cdc.config.reference --write {target}` (make docs)\n"
     )
     assert main(["--check", str(tmp_path / "missing.md")]) == 1
 
@@ -118,7 +118,7 @@ def test_the_reference_renders_types_defaults_constraints_and_secrets() -> None:
         size: int = Field(default=128, gt=0, le=1024)
         """How big, in ``bytes``."""
         token: Annotated[str | None, Secret("value")] = None
-        """A token; see :func:`cdc.config.resolve_secret`."""
+        """A token; see :func:`cdc.config.settings.resolve_secret`."""
         options: Annotated[dict[str, str], Secret("entries")] = Field(default_factory=dict)
         """Client options | with a pipe."""
         names: Annotated[tuple[str, ...], Field(min_length=1)]
@@ -133,7 +133,7 @@ def test_the_reference_renders_types_defaults_constraints_and_secrets() -> None:
             "`null`",
             "",
             "yes",
-            "A token; see `cdc.config.resolve_secret`.",
+            "A token; see `cdc.config.settings.resolve_secret`.",
         ),
         Key(
             "options",

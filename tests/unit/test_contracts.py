@@ -18,17 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from cdc.contracts import (
+from cdc.errors import ConfigError
+from cdc.ingest.contracts import (
     QuarantineReason,
     TopicContract,
-    TopicDecoder,
     avro_to_arrow_type,
     load_contracts,
     parse_contracts,
-    validate_contracts,
 )
-from cdc.errors import ConfigError
-from cdc.registry import AvroType, FileRegistry, RegisteredSchema, frame
+from cdc.ingest.decoder import TopicDecoder, validate_contracts
+from cdc.ingest.registry import AvroType, FileRegistry, RegisteredSchema, frame
 from tests.support.decoding import decode_messages, kafka_batch
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z

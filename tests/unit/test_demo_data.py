@@ -17,10 +17,14 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from cdc.changes import business_columns, scd2_changes, split_batch
-from cdc.config import load_settings
-from cdc.contracts import QuarantineReason, TopicContract, TopicDecoder
-from cdc.demo_data import (
+from cdc.config.settings import load_settings
+from cdc.core.scd2 import Scd2Spec
+from cdc.ingest.changes import business_columns, scd2_changes, split_batch
+from cdc.ingest.contracts import QuarantineReason, TopicContract
+from cdc.ingest.decoder import TopicDecoder
+from cdc.ingest.produce import OutboundRecord, default_partition, parse_lines
+from cdc.ingest.registry import FileRegistry
+from cdc_demo.data import (
     BASE_TIME,
     FACT_TOPICS,
     KEYS,
@@ -33,9 +37,6 @@ from cdc.demo_data import (
     merged_lines,
     write_jsonl,
 )
-from cdc.produce import OutboundRecord, default_partition, parse_lines
-from cdc.registry import FileRegistry
-from cdc.scd2 import Scd2Spec
 from tests.support.decoding import decode_messages
 from tests.support.scd2_one_pass import scd2_from_events
 

@@ -25,7 +25,7 @@ import pyspark
 import pytest
 import yaml
 
-from cdc.config import ENVS, load_settings, merge_mappings, read_config
+from cdc.config.settings import ENVS, load_settings, merge_mappings, read_config
 from cdc.errors import ConfigError
 from tests.support.deploy_tools import (
     CHART,
@@ -106,7 +106,7 @@ def _dockerfile() -> Dockerfile:
     env: dict[str, str] = {}
     for line in re.findall(r"^ENV (.+)$", final, re.M):
         env.update(dict(pair.split("=", 1) for pair in shlex.split(line)))
-    install = re.search(r"python -m cdc\.jvm install (.+)", text)
+    install = re.search(r"python -m cdc\.runtime\.jvm install (.+)", text)
     assert install is not None
     words = shlex.split(install.group(1))
     profiles = {words[i + 1] for i, word in enumerate(words) if word == "--profile"}
@@ -698,7 +698,7 @@ def test_batch_jobs_have_valid_schedules_and_run_real_commands(env: str) -> None
 def test_a_driver_without_master_outside_spark_submit_is_one_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from cdc.spark import build_session
+    from cdc.runtime.spark import build_session
 
     for name in ("PYSPARK_GATEWAY_PORT", "MASTER"):
         monkeypatch.delenv(name, raising=False)

@@ -16,7 +16,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from cdc.cli import main
-from cdc.dr_manifest import sign
+from cdc.companions.dr_manifest import sign
 from tests.support.dr import MANIFEST_KEY as KEY
 from tests.support.dr import manifest_key
 from tests.support.paths import REPO_ROOT

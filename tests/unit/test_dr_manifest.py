@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from cdc.config import DrSettings, load_settings
-from cdc.dr import DrError, check_restore_target, is_lake_root
-from cdc.dr_manifest import (
+from cdc.companions.dr import DrError, check_restore_target, is_lake_root
+from cdc.companions.dr_manifest import (
     ManifestFile,
     UnsoundSnapshotError,
     check_snapshot_id,
@@ -24,6 +23,7 @@ from cdc.dr_manifest import (
     sign,
     signature_problem,
 )
+from cdc.config.settings import DrSettings, load_settings
 from cdc.errors import ConfigError
 from tests.support.paths import REPO_ROOT
 

@@ -13,24 +13,23 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from cdc.batch import BatchStats
-from cdc.changes import split_batch
-from cdc.config import Settings, load_settings
+from cdc.config.expectations import ACTIONS, ExpectationSettings
+from cdc.config.settings import Settings, load_settings
+from cdc.core.ranges import merge_ranges
 from cdc.errors import ConfigError, ExpectationFailedError
-from cdc.expectations import (
-    ACTIONS,
+from cdc.ingest.changes import split_batch
+from cdc.ops.metrics import METRIC_NAMES, ServiceMetrics
+from cdc.ops.status import PipelineStatus, format_status
+from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.expectations import (
     COUNTS_FILE,
     Expectations,
-    ExpectationSettings,
     RuleTotal,
     expectations_for,
     read_counts,
     record_counts,
     rule_totals,
 )
-from cdc.landed import merge_ranges
-from cdc.metrics import METRIC_NAMES, ServiceMetrics
-from cdc.status import PipelineStatus, format_status
 from cdc.store.delta_rs import DeltaRsStore
 from tests.support.endpoints import metric_samples
 from tests.support.paths import REPO_ROOT
@@ -84,7 +83,8 @@ def decoded(
     ops: list[str | None] | None = None,
     errors: list[str | None] | None = None,
 ) -> pa.Table:
-    """A decoded batch as :mod:`cdc.contracts` yields it (flat value, or a Debezium envelope)."""
+    """A decoded batch as :mod:`cdc.ingest.contracts` yields it (flat value, or a Debezium
+    envelope)."""
     n = len(rows)
     record = pa.struct(list(RECORD))
     if envelope:
@@ -506,7 +506,7 @@ def local_flags(judge: Expectations, batch: pa.Table, landed: list[bool]) -> lis
 def spark_parity(
     spark: Any, judge: Expectations, batch: pa.Table, landed: list[bool]
 ) -> list[dict[str, bool]]:
-    from cdc.expectations import FLAGS_COLUMN
+    from cdc.pipeline.expectations import FLAGS_COLUMN
 
     flagged = spark_flags(spark, judge, batch, landed)
     got = [row[FLAGS_COLUMN].asDict() for row in flagged.select(FLAGS_COLUMN).collect()]
@@ -519,7 +519,7 @@ def spark_parity(
 def test_spark_gives_the_verdicts_polars_gives(spark: Any) -> None:
     from pyspark.sql import functions as F
 
-    from cdc.expectations import FLAGS_COLUMN
+    from cdc.pipeline.expectations import FLAGS_COLUMN
 
     specs = [
         {"name": f"r{i}", "action": "drop" if i % 2 else "warn", **c}
@@ -654,7 +654,7 @@ def test_cdc_run_refuses_a_rule_in_one_line_before_spark_or_the_broker(
 
 def order_batch(settings: Settings, offsets: list[int], **changes: dict[str, Any]) -> pa.Table:
     """Decoded ``events.orders`` records as the Kafka source hands them to the writer."""
-    from cdc.kafka_source import DecoderSpec, topic_decoder
+    from cdc.pipeline.kafka_source import DecoderSpec, topic_decoder
 
     schema = topic_decoder(DecoderSpec.from_settings(settings), "events.orders").arrow_schema
     at = datetime(2026, 1, 5, 8, tzinfo=UTC)
@@ -691,8 +691,8 @@ def order_batch(settings: Settings, offsets: list[int], **changes: dict[str, Any
 
 
 def test_the_delta_rs_writer_drops_counts_once_and_fails_before_writing(tmp_path: Path) -> None:
-    from cdc.batch_local import LocalBatchWriter
-    from cdc.lake import table_paths
+    from cdc.config.lake import table_paths
+    from cdc.pipeline.batch_local import LocalBatchWriter
     from tests.support.tables import read_table
 
     settings = load_settings(  # config/local.yaml: orders has one rule of each action

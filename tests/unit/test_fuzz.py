@@ -17,10 +17,11 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc.contracts import TopicContract, TopicDecoder
-from cdc.produce import encode_datum, parse_lines
-from cdc.registry import FileRegistry, frame, unframe
-from cdc.registry.framing import FramingError
+from cdc.ingest.contracts import TopicContract
+from cdc.ingest.decoder import TopicDecoder
+from cdc.ingest.produce import encode_datum, parse_lines
+from cdc.ingest.registry import FileRegistry, frame, unframe
+from cdc.ingest.registry.framing import FramingError
 from tests.support.decoding import decode_messages
 from tests.support.envelopes import T0
 

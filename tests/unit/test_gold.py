@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from cdc.cli import main
-from cdc.config import load_settings, read_config
+from cdc.config.settings import load_settings, read_config
 from cdc.errors import ConfigError
 from cdc.gold import GOLD_KEYS, GOLD_SCHEMAS, GOLD_TABLES, build_gold, gold_path
 from cdc.gold.build import LOGIC_VERSION, rules_of

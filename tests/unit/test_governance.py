@@ -17,8 +17,7 @@ import yaml
 from botocore.validate import ParamValidator
 
 from cdc.cli import main
-from cdc.config import load_settings
-from cdc.contracts import parse_contracts
+from cdc.config.settings import load_settings
 from cdc.errors import ConfigError
 from cdc.governance.access import Access, resolve_access
 from cdc.governance.base import Change, Item, diff
@@ -30,6 +29,7 @@ from cdc.governance.postgres import PgColumn, PgRelation, postgres_items
 from cdc.governance.run import load_catalog
 from cdc.governance.runbook import render_runbook, runbook_accesses
 from cdc.governance.snowflake import SnowflakeGovernance, SnowflakeNames, snowflake_items
+from cdc.ingest.contracts import parse_contracts
 from cdc.warehouse.base import Statement, Warehouse
 from cdc.warehouse.snowflake import SnowflakeDialect
 from tests.support.paths import REPO_ROOT

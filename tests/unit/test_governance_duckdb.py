@@ -16,7 +16,7 @@ import pytest
 from deltalake import write_deltalake
 
 from cdc.cli import main
-from cdc.config import Settings, load_settings
+from cdc.config.settings import Settings, load_settings
 from cdc.governance.catalog import CatalogTable
 from cdc.governance.duckdb import DuckDbGovernance, open_audience
 from cdc.governance.run import load_access

@@ -1,4 +1,5 @@
-"""SCD2 invariants (cdc.invariants) and ``cdc verify`` (cdc.verify) on tables corrupted on purpose.
+"""SCD2 invariants (cdc.core.invariants) and ``cdc verify`` (cdc.ops.verify) on tables corrupted on
+purpose.
 
 A dimension built by ``scd2_from_events`` from any history is sound; each corruption below
 breaks exactly one invariant on one key, in memory and in a real Delta table that
@@ -21,11 +22,11 @@ from deltalake import write_deltalake
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.batch import BatchStats
 from cdc.cli import main
-from cdc.invariants import SCD2_KINDS, check_facts, check_scd2, summarize
-from cdc.metrics import ServiceMetrics
-from cdc.verify import record_batch_check
+from cdc.core.invariants import SCD2_KINDS, check_facts, check_scd2, summarize
+from cdc.ops.metrics import ServiceMetrics
+from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.batch_check import record_batch_check
 from tests.support.endpoints import metric_samples
 from tests.support.scd2_events import SPEC, Dimension, frame, to_log
 from tests.support.scd2_one_pass import scd2_from_events
@@ -317,7 +318,7 @@ def test_a_batch_check_is_logged_counted_and_exported(caplog: pytest.LogCaptureF
     broken, key, _ = corrupt(table, "multiple_current", Targets(table))
     report = summarize(check_scd2(broken, KEYS), cap=3)
     stats = BatchStats(batch_id=4)
-    with caplog.at_level(logging.WARNING, logger="cdc.verify"):
+    with caplog.at_level(logging.WARNING, logger="cdc.pipeline.batch_check"):
         record_batch_check("crm_contacts", stats, report, "delta-rs")
     assert stats.invariant_violations == {"multiple_current": 1}
     [record] = caplog.records

@@ -1,4 +1,4 @@
-"""Spark's Kafka data-loss errors read into partitions and offsets (:mod:`cdc.kafka_loss`).
+"""Spark's Kafka data-loss errors read into partitions and offsets (:mod:`cdc.pipeline.kafka_loss`).
 
 The texts are Spark 4.2's (spark-sql-kafka ``kafka-error-conditions.json``), as a failed
 query's ``str(exception)`` carries them: on the driver (the query's own message) and from a
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.kafka_loss import KafkaDataLoss, data_loss_of, parse_data_loss
+from cdc.pipeline.kafka_loss import KafkaDataLoss, data_loss_of, parse_data_loss
 
 HEADLINE = """Some data may have been lost because they are not available in Kafka any more;
 either the data was aged out by Kafka or the topic may have been deleted before all the data in the

@@ -1,4 +1,4 @@
-"""What landed, as offset ranges: the pure arithmetic of :mod:`cdc.landed`."""
+"""What landed, as offset ranges: the pure arithmetic of :mod:`cdc.core.ranges`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.landed import (
+from cdc.core.ranges import (
     count_in,
     first_gap,
     landed_mask,

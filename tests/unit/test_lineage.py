@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from openlineage.client.serde import Serde
 
-from cdc.config import load_settings
+from cdc.config.settings import load_settings
 from cdc.errors import CdcError, ConfigError
 from cdc.lineage.datasets import dr_tables, gold_tables, publish_tables, warehouse_dataset
 from cdc.lineage.emitter import Emitter, LineageMetrics, events_file, transport_config

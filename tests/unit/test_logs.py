@@ -9,9 +9,9 @@ import logging
 import pytest
 
 from cdc import cli
-from cdc.config import load_settings
+from cdc.config.settings import load_settings
 from cdc.errors import CdcError
-from cdc.logs import (
+from cdc.runtime.logs import (
     JsonFormatter,
     SecretRedactor,
     configure_logging,
@@ -84,7 +84,7 @@ def test_configured_logging_redacts_every_line(
 def test_librdkafka_retries_it_handles_itself_are_debug_not_warnings(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import cdc.kafka_admin  # noqa: F401  (installs the filter)
+    import cdc.runtime.kafka_admin  # noqa: F401  (installs the filter)
 
     log = logging.getLogger("cdc.kafka.librdkafka")
     with caplog.at_level(logging.DEBUG, logger="cdc.kafka.librdkafka"):
@@ -102,12 +102,12 @@ SECRET = "hunter2-S3NT1NEL"
 def _as_a_cdc_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Logging as in a ``cdc`` process (pytest's handlers, added when the test body starts,
     set aside; the redactor empty), restored afterwards."""
-    import cdc.logs
+    import cdc.runtime.logs
 
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
     monkeypatch.setattr(root, "level", root.level)
-    monkeypatch.setattr(cdc.logs._redactor, "secrets", set())
+    monkeypatch.setattr(cdc.runtime.logs._redactor, "secrets", set())
     monkeypatch.setenv("TEST_KAFKA_PASSWORD", SECRET)
 
 

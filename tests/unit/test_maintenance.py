@@ -14,8 +14,8 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from cdc.cli import main
-from cdc.config import load_settings
-from cdc.maintenance import TableRef, maintenance_tables, zorder_columns
+from cdc.companions.maintenance import TableRef, maintenance_tables, zorder_columns
+from cdc.config.settings import load_settings
 from tests.support.lake import (
     existing_tables,
     lake_settings,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.batch import BatchStats
-from cdc.config import SlaSettings
-from cdc.metrics import METRIC_NAMES, MetricsServer, ServiceMetrics, consumer_lag
+from cdc.config.settings import SlaSettings
+from cdc.ops.metrics import METRIC_NAMES, MetricsServer, ServiceMetrics, consumer_lag
+from cdc.pipeline.batch import BatchStats
 from tests.support.endpoints import http_get as _get
 from tests.support.endpoints import metric_samples
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from cdc.metrics import METRIC_NAMES
+from cdc.ops.metrics import METRIC_NAMES
 from tests.support.deploy_tools import render
 from tests.support.paths import REPO_ROOT
 

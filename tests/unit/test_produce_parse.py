@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from cdc.contracts import TopicContract, TopicDecoder
 from cdc.errors import ConfigError, ProduceError
-from cdc.produce import default_partition, murmur2, parse_lines, produce_file
-from cdc.registry import FileRegistry, unframe
+from cdc.ingest.contracts import TopicContract
+from cdc.ingest.decoder import TopicDecoder
+from cdc.ingest.produce import default_partition, murmur2, parse_lines, produce_file
+from cdc.ingest.registry import FileRegistry, unframe
 from tests.support.decoding import decode_messages
 
 SOURCE = {

@@ -20,14 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdc.cli import main
-from cdc.publish import (
-    PublishError,
-    check_keys,
-    check_schema,
-    diff_versions,
-    publish_table,
-    staged_rows,
-)
 from cdc.warehouse import (
     PublishConflictError,
     SchemaMismatchError,
@@ -35,6 +27,14 @@ from cdc.warehouse import (
     WarehouseUnavailableError,
 )
 from cdc.warehouse.duckdb import DuckDbDialect, DuckDbWarehouse
+from cdc.warehouse.publish import (
+    PublishError,
+    check_keys,
+    check_schema,
+    diff_versions,
+    publish_table,
+    staged_rows,
+)
 from tests.support.paths import REPO_ROOT
 
 WHEN = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -249,7 +249,7 @@ def test_a_vacuumed_version_means_a_full_load_said_in_the_log(
     publish_table(warehouse, "t", uri, KEYS)
     write_deltalake(uri, _accounts(("A2", "Beta", "9.00"), ("A3", "Gamma", None)), mode="overwrite")
     DeltaTable(uri).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
-    with caplog.at_level(logging.WARNING, logger="cdc.publish"):
+    with caplog.at_level(logging.WARNING, logger="cdc.warehouse.publish"):
         result = publish_table(warehouse, "t", uri, KEYS)
     assert result.mode == "full" and result.reason.startswith(
         "version 0 is no longer readable, vacuumed? ("

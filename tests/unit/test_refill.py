@@ -1,4 +1,4 @@
-"""A log refilled under the same topic id, told by the landed records (:mod:`cdc.refill`).
+"""A log refilled under the same topic id, told by the landed records (:mod:`cdc.pipeline.refill`).
 
 Real Delta tables (bronze and quarantine rows with their Kafka timestamp and raw bytes), a
 fake broker that holds given records at given offsets.
@@ -15,11 +15,11 @@ from deltalake import write_deltalake
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.config import Settings
-from cdc.kafka_admin import FetchedRecord, KafkaMetadata
-from cdc.lake import table_paths
-from cdc.offsets import TopicPartitionId, Watermarks
-from cdc.refill import PROBE_WINDOW, Refill, clip_refilled, find_refills, first_gone
+from cdc.config.lake import table_paths
+from cdc.config.settings import Settings
+from cdc.core.offsets import TopicPartitionId, Watermarks
+from cdc.pipeline.refill import PROBE_WINDOW, Refill, clip_refilled, find_refills, first_gone
+from cdc.runtime.kafka_admin import FetchedRecord, KafkaMetadata
 from tests.support.local_settings import local_settings
 
 T = "crm.contacts"

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc.errors import CdcError, ConfigError, FramingError, SchemaNotFoundError
-from cdc.registry import (
+from cdc.ingest.registry import (
     FileRegistry,
     HttpRegistry,
     RegisteredSchema,
@@ -519,8 +519,8 @@ def test_http_registry_never_shows_a_credential() -> None:
 def test_the_decoder_spec_carries_the_registry_credentials_resolved_and_hidden(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from cdc.config import load_settings
-    from cdc.kafka_source import DecoderSpec
+    from cdc.config.settings import load_settings
+    from cdc.pipeline.kafka_source import DecoderSpec
     from tests.support.paths import REPO_ROOT
 
     monkeypatch.setenv("TEST_REGISTRY_URL", "https://cdc:url-S3NT1NEL@registry:8081")

@@ -13,8 +13,25 @@ import pyarrow as pa
 import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from cdc.batch import BatchStats
-from cdc.checkpoint import (
+from cdc.config.lake import table_paths, txn_app_id
+from cdc.config.settings import Settings
+from cdc.core.offsets import Watermarks
+from cdc.errors import ConfigError, PipelineRunningError
+from cdc.ops.replay import (
+    PartitionReplay,
+    ReplayOutcome,
+    ReplayPlan,
+    ReplayPosition,
+    dry_run_report,
+    format_plan,
+    next_txn_base,
+    parse_offsets_arg,
+    parse_timestamp_arg,
+    plan_replay,
+    replay_pipeline,
+)
+from cdc.pipeline.batch import BatchStats
+from cdc.pipeline.checkpoint import (
     IDENTITY_FILE,
     START_FILE,
     TOPIC_FILE,
@@ -25,25 +42,8 @@ from cdc.checkpoint import (
     read_topic_id,
     write_topic_id,
 )
-from cdc.config import Settings
-from cdc.errors import ConfigError, PipelineRunningError
-from cdc.lake import table_paths, txn_app_id
-from cdc.locks import LockHolder, PipelineLock, lock_path
-from cdc.offsets import Watermarks
-from cdc.replay import (
-    PartitionReplay,
-    ReplayOutcome,
-    ReplayPlan,
-    ReplayPosition,
-    committed_txn_versions,
-    dry_run_report,
-    format_plan,
-    next_txn_base,
-    parse_offsets_arg,
-    parse_timestamp_arg,
-    plan_replay,
-    replay_pipeline,
-)
+from cdc.pipeline.checkpoint_guard import committed_txn_versions
+from cdc.runtime.locks import LockHolder, PipelineLock, lock_path
 from tests.support.local_settings import local_settings
 
 T = "crm.contacts"

@@ -7,7 +7,7 @@ from typing import Any
 
 import polars as pl
 
-from cdc.replay_diff import diff_table, format_diff
+from cdc.ops.replay_diff import diff_table, format_diff
 
 
 def t(second: int) -> datetime:

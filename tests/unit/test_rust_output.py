@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from cdc.rust_output import rust_panics_logged, split_panics
+from cdc.runtime.rust_output import rust_panics_logged, split_panics
 
 PANIC = """
 thread 'tokio-rt-worker' (1486) panicked at /cargo/object_store-0.13.2/src/buffered.rs:369:41:

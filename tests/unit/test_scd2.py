@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, fold_pass, late_keys
+from cdc.core.scd2 import Scd2Spec, apply_scd2, empty_dimension, fold_pass, late_keys
 from tests.support.scd2_events import SCHEMA, SPEC, apply_all, changes, ev
 
 

@@ -2,8 +2,8 @@
 
 Each ```` ```yaml scd2-example ```` block names its input records, batch by batch, and the
 table they must give. Records become Avro-shaped bronze rows (Debezium envelopes with the
-registry's full ``source`` block), go through :func:`cdc.changes.scd2_changes` and
-:func:`cdc.scd2.apply_scd2` one batch at a time with bronze as history and the orphan state,
+registry's full ``source`` block), go through :func:`cdc.ingest.changes.scd2_changes` and
+:func:`cdc.core.scd2.apply_scd2` one batch at a time with bronze as history and the orphan state,
 as the writers do, and the resulting table must be the one the document states.
 """
 
@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from cdc.changes import scd2_changes
-from cdc.scd2 import Scd2Spec, apply_scd2, empty_dimension, empty_orphans
+from cdc.core.scd2 import Scd2Spec, apply_scd2, empty_dimension, empty_orphans
+from cdc.ingest.changes import scd2_changes
 from tests.support.envelopes import SOURCE_TYPE
 from tests.support.paths import REPO_ROOT
 

@@ -3,15 +3,15 @@
 ``test_scd2_order`` proves that any arrival order and batch split give the one-pass result
 (``tests/support/scd2_one_pass.py``); both share the fold, so it cannot show the fold is
 right. Here the same Kafka records go through the service's own path (Avro-shaped bronze
-rows → :func:`cdc.changes.scd2_changes` → :func:`cdc.scd2.apply_scd2` batch by batch, with
-bronze as history and the orphan state) and the result must equal the plain-Python oracle,
+rows → :func:`cdc.ingest.changes.scd2_changes` → :func:`cdc.core.scd2.apply_scd2` batch by batch,
+with bronze as history and the orphan state) and the result must equal the plain-Python oracle,
 which implements docs/scd2.md record by record. Positions are PostgreSQL LSNs with frequent
 ties and a source clock that disagrees with them.
 
-Every case runs through two drivers: ``apply`` (one :func:`~cdc.scd2.apply_scd2` per batch
+Every case runs through two drivers: ``apply`` (one :func:`~cdc.core.scd2.apply_scd2` per batch
 with every row of the batch's keys and their full history) and ``passes`` (the delta-rs
-writer's own path: :func:`cdc.batch_local.fold_passes` reading current rows first, then every
-row of keys without one or late, then bronze history for late keys, and one MERGE as the
+writer's own path: :func:`cdc.pipeline.batch_local.fold_passes` reading current rows first, then
+every row of keys without one or late, then bronze history for late keys, and one MERGE as the
 stores apply it: :mod:`tests.support.scd2_memory`).
 """
 
@@ -27,8 +27,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.changes import scd2_changes
-from cdc.scd2 import Scd2Result, apply_scd2, empty_dimension
+from cdc.core.scd2 import Scd2Result, apply_scd2, empty_dimension
+from cdc.ingest.changes import scd2_changes
 from cdc.store.plan import DIMENSION_LAYOUT
 from tests.support.scd2_events import SCHEMA, SPEC
 from tests.support.scd2_memory import MemoryTable, fold_and_merge

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.scd2 import empty_dimension
+from cdc.core.scd2 import empty_dimension
 from tests.support.scd2_events import IDENTITY, SCHEMA, SPEC, Dimension, frame, to_log
 from tests.support.scd2_one_pass import scd2_from_events
 

@@ -10,11 +10,12 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from cdc.changes import scd2_changes
-from cdc.config import SequenceField, load_settings
+from cdc.config.settings import SequenceField, load_settings
+from cdc.core.scd2 import Scd2Spec
+from cdc.core.sequence import PositionField, ordering_for
 from cdc.errors import ConfigError
-from cdc.scd2 import Scd2Spec
-from cdc.sequence import PositionField, check_table_layout, ordering_for
+from cdc.ingest.changes import scd2_changes
+from cdc.pipeline.queries import check_table_layout
 from tests.support.envelopes import SOURCE_TYPE, bronze_schema
 from tests.support.scd2_one_pass import scd2_from_events
 

@@ -21,15 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc.changes import scd2_changes
-from cdc.config import SequenceField
-from cdc.contracts import QuarantineReason, TopicContract, TopicDecoder
-from cdc.errors import ConfigError
-from cdc.kafka_source import DecoderSpec, topic_decoder
-from cdc.produce import encode_datum
-from cdc.registry import FileRegistry
-from cdc.scd2 import Scd2Spec
-from cdc.sequence import (
+from cdc.config.settings import SequenceField
+from cdc.core.scd2 import Scd2Spec
+from cdc.core.sequence import (
     MAX_PARTITION,
     MAX_TIME_MS,
     Ordering,
@@ -41,6 +35,13 @@ from cdc.sequence import (
     decode_time_ms,
     ordering_for,
 )
+from cdc.errors import ConfigError
+from cdc.ingest.changes import scd2_changes
+from cdc.ingest.contracts import QuarantineReason, TopicContract
+from cdc.ingest.decoder import TopicDecoder
+from cdc.ingest.produce import encode_datum
+from cdc.ingest.registry import FileRegistry
+from cdc.pipeline.kafka_source import DecoderSpec, topic_decoder
 from tests.support.decoding import decode_messages
 from tests.support.envelopes import (
     SOURCE_TYPE,

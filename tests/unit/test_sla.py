@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cdc.config import Settings, SlaSettings, load_settings
+from cdc.config.settings import Settings, SlaSettings, load_settings
 from cdc.errors import ConfigError
-from cdc.sla import (
+from cdc.ops.sla import (
     Breach,
     Facts,
     SlaError,

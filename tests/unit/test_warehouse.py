@@ -19,13 +19,13 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from cdc.config import load_settings
+from cdc.config.settings import load_settings
 from cdc.errors import ConfigError
-from cdc.logs import SecretRedactor, secret_values
-from cdc.publish import publish_table
+from cdc.runtime.logs import SecretRedactor, secret_values
 from cdc.warehouse import ApplyPlan, SchemaMismatchError, open_warehouse
 from cdc.warehouse.duckdb import DuckDbDialect, DuckDbWarehouse
 from cdc.warehouse.postgres import PostgresDialect, PostgresWarehouse
+from cdc.warehouse.publish import publish_table
 from cdc.warehouse.snowflake import SnowflakeDialect, SnowflakeWarehouse
 from tests.support.paths import REPO_ROOT
 

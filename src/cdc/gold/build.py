@@ -40,7 +40,9 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from cdc.config import Settings
+from cdc.config.lake import table_paths
+from cdc.config.settings import Settings
+from cdc.core.scd2 import ACTION_COLUMN
 from cdc.errors import ConfigError, TableReadError
 from cdc.gold.frames import (
     SILVER_COLUMNS,
@@ -52,8 +54,6 @@ from cdc.gold.frames import (
 )
 from cdc.gold.refresh import Previous, Refresh, Scope, changed_rows, plan, refresh
 from cdc.gold.tables import GOLD_KEYS, GOLD_SCHEMAS, GOLD_SOURCES, GOLD_TABLES
-from cdc.lake import table_paths
-from cdc.scd2 import ACTION_COLUMN
 from cdc.store import DeltaRsStore, TableSnapshot
 from cdc.store.delta_rs import WRITER
 from cdc.store.plan import Clause, CommitInfo, MergePlan, TableLayout, read_commit_info

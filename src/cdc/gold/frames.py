@@ -19,7 +19,7 @@ millisecond) are valid nowhere.
 Orders
 ------
 ``fact_orders`` holds one row per order *event* (``created``, then ``paid``/``cancelled``,
-``shipped``, ``delivered``: ``cdc.demo_data``); every event repeats the order's account,
+``shipped``, ``delivered``: ``cdc_demo.data``); every event repeats the order's account,
 contact (who placed it; null when unknown), amount, currency and ``ordered_at``. An order's
 state is its latest event by ``event_ts`` (:func:`order_states`; ties broken by the status
 order, then ``event_id``). Revenue is the orders whose state is in

@@ -7,9 +7,10 @@ contracts and the gold lineage), the target-independent resolution of a policy a
 catalog (:mod:`cdc.governance.access`), its pure compilation per target into a desired state,
 and the adapters that read a target's actual state, plan the difference, apply it and report
 drift (:mod:`cdc.governance.base`; PostgreSQL, Lake Formation, DuckDB audience files,
-Snowflake), plus the generated runbook. It may import :mod:`cdc.config`, :mod:`cdc.contracts`,
-:mod:`cdc.registry`, the writers' pure schema functions (:mod:`cdc.changes`, :mod:`cdc.scd2`),
-:mod:`cdc.gold` and :mod:`cdc.warehouse` (connections); nothing imports it but the CLI.
+Snowflake), plus the generated runbook. It may import :mod:`cdc.config.settings`,
+:mod:`cdc.ingest.contracts`, :mod:`cdc.ingest.registry`, the writers' pure schema functions
+(:mod:`cdc.ingest.changes`, :mod:`cdc.core.scd2`), :mod:`cdc.gold` and :mod:`cdc.warehouse`
+(connections); nothing imports it but the CLI.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ travel with the data:
   drops with a reason; the warehouse tables ``cdc publish`` writes are the gold tables.
 
 The columns are computed by the writers' own functions on an empty batch (the decoder's
-output schema, :func:`cdc.changes.split_batch`, :func:`cdc.scd2.empty_dimension`,
-:func:`cdc.changes.fact_rows`), so the catalog cannot disagree with what they write.
+output schema, :func:`cdc.ingest.changes.split_batch`, :func:`cdc.core.scd2.empty_dimension`,
+:func:`cdc.ingest.changes.fact_rows`), so the catalog cannot disagree with what they write.
 """
 
 from __future__ import annotations
@@ -28,11 +28,16 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 
-from cdc.config import PipelineSettings, Settings
-from cdc.contracts import TopicContract, TopicDecoder
+from cdc.config.lake import pipeline_tables
+from cdc.config.settings import PipelineSettings, Settings
+from cdc.core.scd2 import Scd2Spec, empty_dimension, empty_orphans
 from cdc.errors import ConfigError
+from cdc.gold import gold_path
 from cdc.gold.tables import GOLD_DECLASSIFIED, GOLD_KEYS, GOLD_LINEAGE, GOLD_SCHEMAS, GOLD_TABLES
-from cdc.registry import SchemaRegistry
+from cdc.ingest.changes import business_columns, fact_rows, scd2_changes, split_batch
+from cdc.ingest.contracts import TopicContract
+from cdc.ingest.decoder import TopicDecoder
+from cdc.ingest.registry import SchemaRegistry
 
 __all__ = ["Catalog", "CatalogColumn", "CatalogTable", "build_catalog", "catalog_from_tables"]
 
@@ -147,10 +152,6 @@ def _pipeline_tables(
     settings: Settings, name: str, pipeline: PipelineSettings, decoder: TopicDecoder
 ) -> list[CatalogTable]:
     """Bronze, quarantine, silver (and an SCD2 pipeline's orphans table) of one pipeline."""
-    from cdc.changes import business_columns, fact_rows, scd2_changes, split_batch
-    from cdc.lake import pipeline_tables
-    from cdc.scd2 import Scd2Spec, empty_dimension, empty_orphans
-
     contract = decoder.contract
     topic_tags = _topic_tags(contract)
     paths = pipeline_tables(settings, pipeline)
@@ -209,8 +210,6 @@ def _pipeline_tables(
 
 def _gold_tables(settings: Settings, silver: Mapping[str, CatalogTable]) -> list[CatalogTable]:
     """The gold tables, their columns tagged through :data:`GOLD_LINEAGE`."""
-    from cdc.gold import gold_path
-
     tables = []
     for name in GOLD_TABLES:
         schema = pl.DataFrame(schema=GOLD_SCHEMAS[name]).to_arrow().schema

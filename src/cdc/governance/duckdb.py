@@ -27,12 +27,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.governance.access import Access, TableAccess
 from cdc.governance.base import Change, GovernanceError, Item, Plan, Target
 from cdc.governance.masks import DUCKDB
 from cdc.governance.policy import DuckDbTarget
+from cdc.store import DeltaRsStore
 from cdc.warehouse.duckdb import DuckDbDialect
+
+# duckdb is imported where an audience file is built: plans and checks of other targets never load
+# it.
 
 __all__ = [
     "AudienceFile",
@@ -188,8 +192,6 @@ class DuckDbGovernance(Target):
             storage_options: the lake's object-store settings (credentials resolved).
             now: the clock of ``built_at`` (tests inject one).
         """
-        from cdc.store import DeltaRsStore
-
         self.access = access
         self.config = config
         self.folder = folder

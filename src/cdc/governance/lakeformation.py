@@ -34,12 +34,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.errors import ConfigError
 from cdc.governance.access import Access, RoleAccess, TableAccess
 from cdc.governance.base import Change, GovernanceError, Item, Target
 from cdc.governance.catalog import CatalogTable
 from cdc.governance.policy import LakeFormationTarget
+
+# boto3 is imported where Lake Formation is called: the pure compilation never needs it.
 
 __all__ = ["Call", "LakeFormationGovernance", "lakeformation_items", "normalize_resource"]
 

@@ -21,7 +21,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cdc.config import _format_validation_error
+from cdc.config.settings import _format_validation_error
 from cdc.errors import ConfigError
 
 __all__ = [

@@ -40,11 +40,12 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.governance.access import Access, RoleAccess, TableAccess
 from cdc.governance.base import Change, GovernanceError, Item, Target
 from cdc.governance.masks import POSTGRES
 from cdc.governance.policy import PostgresTarget
+from cdc.warehouse import open_warehouse
 from cdc.warehouse.base import Statement, Warehouse, WarehouseError
 
 __all__ = [
@@ -513,8 +514,6 @@ class PostgresGovernance(Target):
     ) -> PostgresGovernance:
         """The target over the warehouse ``warehouse.*`` names (its ``target`` may be another:
         the connection settings are read as PostgreSQL's)."""
-        from cdc.warehouse import open_warehouse
-
         wh = settings.warehouse.model_copy(update={"target": "postgres"})
         return cls(access, config, open_warehouse(settings.model_copy(update={"warehouse": wh})))
 

@@ -6,14 +6,14 @@ import importlib
 import os
 from pathlib import Path
 
-from cdc.config import Settings
-from cdc.contracts import load_contracts
+from cdc.config.settings import Settings
 from cdc.errors import ConfigError
 from cdc.governance.access import Access, resolve_access
 from cdc.governance.base import Target
 from cdc.governance.catalog import Catalog, build_catalog
 from cdc.governance.policy import Policy, load_policy
-from cdc.registry import FileRegistry
+from cdc.ingest.contracts import load_contracts
+from cdc.ingest.registry import FileRegistry
 
 __all__ = ["TARGETS", "load_access", "load_catalog", "open_target", "policy_path", "target_names"]
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from cdc.config import ENVS, load_settings
+from cdc.config.settings import ENVS, load_settings
 from cdc.governance.access import Access, TableAccess
 from cdc.governance.policy import LAYERS
+from cdc.governance.run import load_access, policy_path
 
 __all__ = ["render_runbook", "runbook_accesses", "write_runbook"]
 
@@ -213,8 +214,6 @@ def runbook_accesses(
     config_dir: Path | None = None, overrides: Iterable[str] = ()
 ) -> dict[str, Access]:
     """Every environment that has a policy file, resolved against its catalog."""
-    from cdc.governance.run import load_access, policy_path
-
     found = {}
     for env in ENVS:
         settings = load_settings(env, list(overrides), config_dir)

@@ -28,12 +28,13 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.errors import ConfigError
 from cdc.governance.access import Access
 from cdc.governance.base import Change, GovernanceError, Item, Plan, Target
 from cdc.governance.masks import SNOWFLAKE
 from cdc.governance.policy import SnowflakeTarget
+from cdc.warehouse import open_warehouse
 from cdc.warehouse.base import Statement, Warehouse, WarehouseError
 
 __all__ = ["MARKER", "SnowflakeGovernance", "SnowflakeNames", "snowflake_items"]
@@ -304,8 +305,6 @@ class SnowflakeGovernance(Target):
         )
 
         def connect() -> Warehouse:
-            from cdc.warehouse import open_warehouse
-
             snowflake = wh.model_copy(update={"target": "snowflake"})
             return open_warehouse(settings.model_copy(update={"warehouse": snowflake}))
 

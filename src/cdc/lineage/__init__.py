@@ -10,10 +10,11 @@ once per interval), the runs (:mod:`~cdc.lineage.runs`: START, RUNNING, COMPLETE
 ABORT; :func:`companion_run` for the companion commands; :mod:`~cdc.lineage.streaming` for
 ``cdc run``'s queries and micro-batches), what each run reads and writes
 (:mod:`~cdc.lineage.datasets`) and the OpenLineage Spark agent attached to a run's session
-(:mod:`~cdc.lineage.spark_agent`). It may import :mod:`cdc.config`, :mod:`cdc.errors`,
-:mod:`cdc.logs`, :mod:`cdc.jvm`, :mod:`cdc.lake`, :mod:`cdc.batch` (the batch stats), the
-gold tables' declarations, the governance catalog (table schemas), the warehouses' DSN
-parsing, ``openlineage-python`` and ``prometheus_client``; nothing imports it but the CLI.
+(:mod:`~cdc.lineage.spark_agent`). It may import :mod:`cdc.config.settings`, :mod:`cdc.errors`,
+:mod:`cdc.runtime.logs`, :mod:`cdc.runtime.jvm`, :mod:`cdc.config.lake`, :mod:`cdc.pipeline.batch`
+(the batch stats), the gold tables' declarations, the governance catalog (table schemas), the
+warehouses' DSN parsing, ``openlineage-python`` and ``prometheus_client``; nothing imports it but
+the CLI.
 """
 
 from __future__ import annotations

@@ -15,9 +15,13 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from cdc.batch import BatchStats
-from cdc.config import Settings
-from cdc.lake import table_paths
+from cdc.config.lake import table_paths
+from cdc.config.settings import Settings
+from cdc.gold import gold_path
+from cdc.gold.tables import GOLD_LINEAGE, GOLD_SOURCES
+from cdc.governance.catalog import build_catalog
+from cdc.ingest.contracts import load_contracts
+from cdc.ingest.registry import FileRegistry
 from cdc.lineage.events import Column, Table, columns_of
 from cdc.lineage.naming import (
     DatasetId,
@@ -27,6 +31,8 @@ from cdc.lineage.naming import (
     snowflake_dataset,
     table_dataset,
 )
+from cdc.pipeline.batch import BatchStats
+from cdc.warehouse.postgres import dsn_parts
 
 if TYPE_CHECKING:
     from cdc.governance.catalog import Catalog
@@ -58,10 +64,6 @@ def _catalog(settings: Settings) -> Catalog | None:
     cached = _catalogs.get(id(settings))
     if cached is not None and cached[0] is settings:
         return cached[1]
-    from cdc.contracts import load_contracts
-    from cdc.governance.catalog import build_catalog
-    from cdc.registry import FileRegistry
-
     catalog: Catalog | None
     try:
         catalog = build_catalog(
@@ -139,9 +141,6 @@ def _silver_column(settings: Settings, source: str) -> tuple[DatasetId, str]:
 
 def gold_tables(settings: Settings, names: Sequence[str]) -> tuple[list[Table], list[Table]]:
     """A gold build: the silver tables it reads, the gold tables with their column lineage."""
-    from cdc.gold import gold_path
-    from cdc.gold.tables import GOLD_LINEAGE, GOLD_SOURCES
-
     sources = sorted({s for name in names for s in GOLD_SOURCES[name]})
     inputs = [
         lake_table(_silver_uri(settings, s), _columns(settings, f"silver.{s}")) for s in sources
@@ -173,8 +172,6 @@ def warehouse_dataset(settings: Settings, table: str) -> DatasetId:
     if wh.target == "duckdb":
         return duckdb_dataset(wh.duckdb_path(settings.lake), wh.schema, table)
     if wh.target == "postgres":
-        from cdc.warehouse.postgres import dsn_parts
-
         fields = {"host": wh.host, "port": wh.port, "dbname": wh.database, "user": wh.user}
         parts = {**dsn_parts(wh.resolved_dsn() or ""), **{k: v for k, v in fields.items() if v}}
         return postgres_dataset(parts, wh.schema, table)
@@ -183,8 +180,6 @@ def warehouse_dataset(settings: Settings, table: str) -> DatasetId:
 
 def publish_tables(settings: Settings, names: Sequence[str]) -> tuple[list[Table], list[Table]]:
     """A publish: each gold table in, its warehouse table out (column for column)."""
-    from cdc.gold import gold_path
-
     inputs, outputs = [], []
     for name in names:
         columns = _columns(settings, f"gold.{name}")

@@ -21,8 +21,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from cdc.config import LineageSettings, Settings
+from cdc.config.settings import LineageSettings, Settings
 from cdc.errors import ConfigError, first_line
+
+# openlineage's client and transports are imported when lineage is on: most runs have it off.
 
 __all__ = ["OUTCOMES", "Emitter", "LineageMetrics", "events_file", "transport_config"]
 

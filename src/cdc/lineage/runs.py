@@ -18,11 +18,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from cdc.config import Settings
-from cdc.errors import first_line
+from cdc.config.settings import Settings
+from cdc.errors import CdcError, first_line
 from cdc.lineage.emitter import Emitter
 from cdc.lineage.events import EventType, JobRef, RunRef, Table, run_event
 from cdc.lineage.naming import DatasetId
+from cdc.lineage.spark_agent import attached_agent
+from cdc.runtime.logs import redact
+
+# openlineage is imported when a run id is made (lineage on): most runs have it off.
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -232,10 +236,7 @@ def opened_lineage(
 
 def error_of(exc: BaseException) -> tuple[str, str | None]:
     """A failed run's error line (``Name: message``) and, for a bug, its traceback; both
-    cleaned of the configured secrets (:func:`cdc.logs.redact`), like every output."""
-    from cdc.errors import CdcError
-    from cdc.logs import redact
-
+    cleaned of the configured secrets (:func:`cdc.runtime.logs.redact`), like every output."""
     line = first_line(exc) or type(exc).__name__
     message = redact(f"{type(exc).__name__}: {line}")
     if isinstance(exc, CdcError):  # a one-line error on purpose: no traceback needed
@@ -284,7 +285,6 @@ def companion_run(
             return
         run = lineage.run(job, inputs=inputs, outputs=outputs)
         run.start()
-        from cdc.lineage.spark_agent import attached_agent
 
         with attached_agent(spark, settings, run.ref), ended_by_outcome(run):
             yield run

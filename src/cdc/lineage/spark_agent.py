@@ -27,8 +27,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from cdc.config import Settings, java_client_config
-from cdc.jvm import optional_classpath
+from cdc.config.kafka_clients import java_client_config
+from cdc.config.settings import Settings
+from cdc.lineage.emitter import transport_config
+from cdc.runtime.jvm import optional_classpath
 
 __all__ = ["LISTENER", "agent_conf", "agent_installed", "attached_agent"]
 
@@ -55,8 +57,6 @@ def agent_conf(settings: Settings, run: Any, parent: Any = None) -> dict[str, st
     Raises:
         ConfigError: a transport setting cannot be resolved.
     """
-    from cdc.lineage.emitter import transport_config
-
     transport = transport_config(settings)
     conf = {
         "spark.openlineage.namespace": run.job.namespace,
@@ -115,8 +115,8 @@ def attached_agent(spark: Any, settings: Settings, run: Any, parent: Any = None)
 def _register(spark: Any, conf: dict[str, str]) -> Any:
     if not agent_installed():
         log.warning(
-            "lineage: the OpenLineage Spark agent is not installed (python -m cdc.jvm install"
-            " --profile lineage): Spark jobs are not reported, the run's own events are"
+            "lineage: the OpenLineage Spark agent is not installed (python -m cdc.runtime.jvm"
+            " install --profile lineage): Spark jobs are not reported, the run's own events are"
         )
         return None
     try:

@@ -5,7 +5,7 @@
 * Each pipeline's query is a run of job ``stream.<pipeline>``, a child of the process run:
   START names the topic as input and bronze, quarantine and silver as outputs, with their
   schemas; each micro-batch is a RUNNING event with the rows it read from the topic and
-  wrote to each table (the writers' :class:`~cdc.batch.BatchStats`, through ``on_batch``:
+  wrote to each table (the writers' :class:`~cdc.pipeline.batch.BatchStats`, through ``on_batch``:
   the same on both writers); the last event (COMPLETE, FAIL with the error, or ABORT when
   another query's failure stopped it) carries the rows of the whole run.
 * With the delta-spark writer, the Spark agent reports each Spark job (the appends and
@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from cdc.batch import BatchStats
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.lineage.datasets import batch_tables, stream_tables
 from cdc.lineage.runs import (
     Lineage,
@@ -31,6 +30,7 @@ from cdc.lineage.runs import (
     opened_lineage,
 )
 from cdc.lineage.spark_agent import attached_agent
+from cdc.pipeline.batch import BatchStats
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -19,6 +19,9 @@ from cdc.store.base import TableInfo, TableLogState, TableStore, Txn, WriteOutco
 from cdc.store.delta_rs import DeltaRsStore
 from cdc.store.table import DataFile, TableFiles, TableSnapshot
 
+# The delta-spark store is imported when chosen: it loads delta-spark's Python API, which the
+# delta-rs writer and the companions never need.
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 

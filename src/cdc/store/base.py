@@ -28,12 +28,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
 from cdc.errors import TableReadError, first_line
 from cdc.store.table import TableFiles, TableSnapshot, data_files, run_query
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from deltalake import DeltaTable
 
 __all__ = ["TableInfo", "TableLogState", "TableStore", "Txn", "WriteOutcome"]
 
@@ -126,8 +128,6 @@ class TableStore(ABC):
 
     def _load(self, uri: str, version: int | None) -> DeltaTable | None:
         """A new handle of the table at ``version`` (None: latest); None when no table."""
-        from deltalake import DeltaTable
-
         try:
             return DeltaTable(uri, version=version, storage_options=self.storage_options)
         except Exception as exc:  # DeltaError, OSError: a corrupt log, storage refused
@@ -279,8 +279,6 @@ class TableStore(ABC):
 
 
 def _not_found(exc: BaseException) -> bool:
-    from deltalake.exceptions import TableNotFoundError
-
     return isinstance(exc, TableNotFoundError)
 
 

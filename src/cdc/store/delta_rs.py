@@ -15,12 +15,13 @@ from dataclasses import replace
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from cdc.core.scd2 import ACTION_COLUMN
 from cdc.errors import CommitConflictError, TableReadError, TableWriteError
-from cdc.rust_output import rust_panics_logged
-from cdc.scd2 import ACTION_COLUMN
+from cdc.runtime.rust_output import rust_panics_logged
 from cdc.store.base import TableStore, Txn, WriteOutcome
 from cdc.store.plan import CURRENT_PARTITION, CommitInfo, MergePlan, TableLayout
 
@@ -290,8 +291,6 @@ def commit_properties(info: CommitInfo, txn: Txn | None = None) -> CommitPropert
 
 def _inserted(source: pa.Table, plan: MergePlan) -> pa.Table:
     """The source rows a plan's insert clause takes, without the source-only columns."""
-    import pyarrow.compute as pc
-
     action = plan.inserted()
     if action is not None:
         source = source.filter(pc.equal(source.column(ACTION_COLUMN), action))

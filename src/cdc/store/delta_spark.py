@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from cdc.core.scd2 import ACTION_COLUMN
 from cdc.errors import CommitConflictError, ConfigError, TableWriteError
-from cdc.scd2 import ACTION_COLUMN
-from cdc.spark_errors import spark_condition
+from cdc.runtime.spark_errors import spark_condition
 from cdc.store.base import TableStore, Txn, WriteOutcome
 from cdc.store.plan import CURRENT_PARTITION, CommitInfo, MergePlan, TableLayout
 

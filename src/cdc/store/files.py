@@ -13,6 +13,9 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from pyarrow import fs
+from pyarrow import fs as pafs
+
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
 
@@ -37,8 +40,6 @@ def filesystem(uri: str, options: Mapping[str, str]) -> tuple[FileSystem, str]:
             ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``,
             ``AWS_ALLOW_HTTP``).
     """
-    from pyarrow import fs
-
     if uri.startswith(("s3://", "s3a://")):
         o = {k.upper(): v for k, v in options.items()}
         endpoint = o.get("AWS_ENDPOINT_URL") or o.get("AWS_ENDPOINT")
@@ -59,8 +60,6 @@ def filesystem(uri: str, options: Mapping[str, str]) -> tuple[FileSystem, str]:
 
 def walk(fs: FileSystem, root: str) -> Iterator[tuple[str, int]]:
     """Every file under ``root``: its path relative to ``root`` and its size."""
-    from pyarrow import fs as pafs
-
     selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
     for info in fs.get_file_info(selector):
         if info.type == pafs.FileType.File:

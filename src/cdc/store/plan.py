@@ -5,7 +5,7 @@ equality, which partition a MERGE may prune to, its clauses, how the table is cr
 insert-only MERGE of facts, and the metadata every commit carries. They are written here once;
 :mod:`cdc.store.delta_rs` renders them for delta-rs and :mod:`cdc.store.delta_spark` for
 delta-spark, so the two writers cannot drift apart. Pure: no engine is imported. (The MERGE
-source of an SCD2 result, :func:`cdc.scd2.merge_source`, is built by the pure fold.)
+source of an SCD2 result, :func:`cdc.core.scd2.merge_source`, is built by the pure fold.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cdc.scd2 import ACTION_COLUMN, WAS_CURRENT_COLUMN
+from cdc.core.scd2 import ACTION_COLUMN, WAS_CURRENT_COLUMN
 
 __all__ = [
     "COMMIT_METADATA_KEY",

@@ -13,11 +13,15 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import polars as pl
+import pyarrow as pa
+from deltalake import QueryBuilder
+from deltalake.exceptions import DeltaError
+
 from cdc.errors import TableReadError, first_line
+from cdc.store.files import filesystem, log_entries
 
 if TYPE_CHECKING:
-    import polars as pl
-    import pyarrow as pa
     from deltalake import DeltaTable
 
 __all__ = ["DataFile", "TableFiles", "TableSnapshot"]
@@ -73,8 +77,6 @@ class TableSnapshot:
 
     def schema(self) -> pa.Schema:
         """The version's Arrow schema."""
-        import pyarrow as pa
-
         return pa.schema(self._table.schema().to_arrow())
 
     def columns(self) -> list[str]:
@@ -101,8 +103,6 @@ class TableSnapshot:
     def scan(self) -> pl.LazyFrame:
         """This version as a Polars lazy frame: filters on it prune partitions, files and
         row groups by their statistics."""
-        import polars as pl
-
         return pl.scan_delta(self._table, version=self.version)
 
     def files(self) -> TableFiles:
@@ -122,8 +122,6 @@ class TableSnapshot:
 
         A data file outside the table's folder keeps its full path (a copy cannot place it).
         """
-        from cdc.store.files import filesystem, log_entries
-
         fs, root = filesystem(self.uri, self._storage_options)
         # delta-rs names local files by their absolute path
         prefix = root if "://" in self.uri else os.path.abspath(root)
@@ -141,10 +139,6 @@ def run_query(table: DeltaTable, sql: str, what: str) -> pa.Table:
     Raises:
         TableReadError: delta-rs or the storage refused (``what`` names the table).
     """
-    import pyarrow as pa
-    from deltalake import QueryBuilder
-    from deltalake.exceptions import DeltaError
-
     try:
         return pa.table(QueryBuilder().register("t", table).execute(sql).read_all())
     except (DeltaError, OSError) as exc:
@@ -153,8 +147,6 @@ def run_query(table: DeltaTable, sql: str, what: str) -> pa.Table:
 
 def data_files(table: DeltaTable) -> TableFiles:
     """The live data files of the version ``table`` is loaded at."""
-    import pyarrow as pa
-
     actions = pa.table(table.get_add_actions(flatten=True))
     rows = (
         actions.column("num_records").to_pylist()

@@ -4,7 +4,7 @@ dialect) and Snowflake."""
 
 from __future__ import annotations
 
-from cdc.config import Settings
+from cdc.config.settings import Settings
 from cdc.errors import ConfigError
 from cdc.warehouse.base import (
     CONTROL_TABLE,
@@ -19,6 +19,9 @@ from cdc.warehouse.base import (
     WarehouseError,
     WarehouseUnavailableError,
 )
+
+# Each warehouse is imported when opened: its driver (duckdb, psycopg, snowflake) is slow to
+# import or optional.
 
 __all__ = [
     "CONTROL_TABLE",

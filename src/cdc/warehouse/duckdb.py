@@ -22,6 +22,8 @@ from cdc.warehouse.base import (
     first_line,
 )
 
+# duckdb is imported when the file is opened: planning a publish does not need it.
+
 __all__ = ["DuckDbDialect", "DuckDbWarehouse"]
 
 _INTEGERS = {

@@ -31,6 +31,9 @@ from cdc.warehouse.base import (
     first_line,
 )
 
+# psycopg is imported where a connection is made or a DSN parsed: the SQL rendering does not need
+# it.
+
 __all__ = ["PostgresDialect", "PostgresWarehouse", "csv_ready", "dsn_parts", "python_ready"]
 
 _COPY_ROWS = 50_000

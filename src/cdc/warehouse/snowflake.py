@@ -34,6 +34,9 @@ from cdc.warehouse.base import (
 )
 from cdc.warehouse.postgres import python_ready
 
+# snowflake-connector-python is optional (the snowflake extra): imported when a connection is
+# made.
+
 __all__ = ["SnowflakeDialect", "SnowflakeWarehouse", "snowflake_connector"]
 
 _INTEGERS = {
