@@ -5,6 +5,7 @@ and VACUUM, and the one commit-metadata shape (with the shapes earlier releases 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,14 @@ from cdc.errors import TableReadError
 from cdc.store import DeltaRsStore
 from cdc.store.base import Txn
 from cdc.store.files import filesystem, has_log, in_log
-from cdc.store.plan import Clause, CommitInfo, MergePlan, TableLayout, read_commit_info
+from cdc.store.plan import (
+    Clause,
+    CommitInfo,
+    MergePlan,
+    TableLayout,
+    read_commit_info,
+    scd2_merge_plan,
+)
 
 ACTION = "_cdc_action"
 
@@ -328,3 +336,19 @@ def test_the_delta_spark_store_maintains_only_through_its_session(tmp_path: Path
     with pytest.raises(ConfigError, match=refused):
         store.vacuum(uri, 168, dry_run=True)
     assert store.version(uri) == 0
+
+
+@pytest.mark.parametrize("null_safe", ["<=>", "IS NOT DISTINCT FROM"])
+def test_a_merge_matches_every_column_pair_with_one_operator(null_safe: str) -> None:
+    # DataFusion builds hash-join keys of one kind only: an `=` beside the null-safe key
+    # equalities made delta-rs join on the partition column alone and filter the keys after
+    # (a MERGE of 50k rows into 20k keys went from 0.2 s to 21 s).
+    plan = scd2_merge_plan(["contact_id"], current_only=True)
+    condition = plan.condition(null_safe)
+    pairs = re.findall(r"\(t\.`(\w+)` (.+?) s\.`(\w+)`\)", condition)
+    assert pairs == [
+        ("contact_id", null_safe, "contact_id"),
+        ("_seq_open", null_safe, "_seq_open"),
+        ("is_current", null_safe, "_cdc_was_current"),
+    ]
+    assert condition.endswith("(t.`is_current` = true)")  # the literal prunes the partition

@@ -37,7 +37,7 @@ PROFILES = ("spark", "kafka")
 """The POM profiles that every install fetches."""
 
 _STAMP = ".pom-sha256"
-_DEFAULT_POM = Path(__file__).resolve().parents[2] / "jvm" / "pom.xml"
+_DEFAULT_POM = Path(__file__).resolve().parents[3] / "jvm" / "pom.xml"  # src/cdc/runtime/
 
 
 def jars_dir() -> Path:
