@@ -716,10 +716,11 @@ def test_pom_is_the_one_place_jars_are_declared() -> None:
         assert "spark.jars.packages" not in path.read_text(), path
 
 
-def test_prod_writes_with_delta_spark_and_the_image_can_reach_s3() -> None:
-    prod = load_settings("prod", config_dir=REPO_ROOT / "config", environ={})
-    assert prod.lake.writer == "delta-spark"
-    assert prod.lake.root.startswith("s3://")
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_the_clusters_write_with_delta_spark_and_the_image_can_reach_s3(env: str) -> None:
+    cluster = load_settings(env, config_dir=REPO_ROOT / "config", environ={})
+    assert cluster.lake.writer == "delta-spark"  # dev rehearses prod's writer
+    assert cluster.lake.root.startswith("s3://")
     # The image bakes the S3A JARs; their Hadoop is the pyspark wheel's.
     assert "s3" in _dockerfile().jar_profiles
     wheel = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
