@@ -654,7 +654,7 @@ class LineageSettings(_Model):
     """The ``kafka`` transport's settings."""
     spark_agent: bool = True
     """Attach the OpenLineage Spark agent (the ``lineage`` JAR profile) to the runs that use
-    Spark, so their Spark jobs are reported too, with column lineage, as children of the
+    Spark, so their Spark jobs are reported too (datasets and schemas), as children of the
     run. Without the JARs installed the runs still emit their own events."""
     queue_size: int = Field(default=1000, gt=0)
     """Events waiting to be sent; when full, a new event is dropped (and counted) instead of

@@ -9,7 +9,7 @@
   the same on both writers); the last event (COMPLETE, FAIL with the error, or ABORT when
   another query's failure stopped it) carries the rows of the whole run.
 * With the delta-spark writer, the Spark agent reports each Spark job (the appends and
-  the MERGE, with column lineage) as a child of the process run.
+  the MERGE, with their schemas) as a child of the process run.
 """
 
 from __future__ import annotations
