@@ -76,6 +76,8 @@ _NEED_ROWS, _NEED_HISTORY = "N", "L"
 """Fold outputs that carry a key's events to the next pass."""
 _VIOLATIONS, _EXAMPLE = "C", "V"
 _KIND, _DETAIL = "_cdc_kind", "_cdc_detail"
+_REASONS = (*(r.value for r in QuarantineReason), ERROR_CODE)
+"""The quarantine codes the counting job counts one by one (another falls back to a group-by)."""
 _EVENT_ONLY = ("_op", "_seq", "_tombstone")
 """Columns of a change event that a dimension row does not have."""
 _TOTAL_COLUMNS = (
@@ -199,13 +201,12 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
             flagged = checks.flag_spark(flagged, landed)
         code = F.col("error_code")
         new_quarantine = code.isNotNull() & ~landed
-        reasons = [*(r.value for r in QuarantineReason), ERROR_CODE]
         counts = flagged.agg(
             F.count(F.lit(1)).alias("n"),
             F.count_if(code.isNull() & ~landed).alias("b"),
             F.count_if(new_quarantine).alias("q"),
             F.count_if(code.isNull()).alias("v"),
-            *(F.count_if(new_quarantine & (code == r)).alias(f"q_{r}") for r in reasons),
+            *(F.count_if(new_quarantine & (code == r)).alias(f"q_{r}") for r in _REASONS),
             *(checks.count_columns() if checks is not None else []),
         ).first()
         assert counts is not None
@@ -252,8 +253,7 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
         batch.valid = valid.drop(_LANDED)
         stats.bronze_rows, stats.quarantined = int(counts["b"]), int(counts["q"])
         stats.valid_rows = int(counts["v"])
-        reasons = [*(r.value for r in QuarantineReason), ERROR_CODE]
-        found = {r: int(counts[f"q_{r}"]) for r in reasons if counts[f"q_{r}"]}
+        found = {r: int(counts[f"q_{r}"]) for r in _REASONS if counts[f"q_{r}"]}
         if sum(found.values()) < stats.quarantined:  # a code the list does not know: count all
             codes = batch.frames["quarantine"].groupBy("error_code").count().collect()
             found = {str(r["error_code"]): int(r["count"]) for r in codes}
