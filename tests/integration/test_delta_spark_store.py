@@ -3,6 +3,7 @@ plan, one commit-metadata shape, and transaction confs that never outlive their 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,31 @@ def test_a_failed_merge_also_removes_its_txn_conf(spark: Any, tmp_path: Path) ->
         store.merge(bad, uri, plan, Txn("x", 1))
     assert "Cannot find main error class" not in str(raised.value)
     assert session.conf.get(TXN_VERSION_CONF, None) is None
+
+
+def test_a_table_created_by_a_layout_collects_only_its_stats_columns(
+    spark: Any, tmp_path: Path
+) -> None:
+    """Bronze on delta-spark: statistics on the Kafka coordinates, the batch and the key's
+    prunable leaves; none on the payload (a pass over every value of every write)."""
+    from cdc.store.plan import BRONZE_LAYOUT, STATS_COLUMNS_PROPERTY
+
+    uri = str(tmp_path / "bronze")
+    rows = spark.createDataFrame(
+        [("t", 0, 5, (1, b"x"), ("a", True), 9), ("t", 1, 6, (2, b"y"), ("b", False), 9)],
+        "topic string, partition int, offset long, key struct<id: long, blob: binary>,"
+        " value struct<name: string, flag: boolean>, _batch_id long",
+    )
+    DeltaSparkStore().append(rows, uri, Txn("app/b", 0), layout=BRONZE_LAYOUT)
+    handle = DeltaSparkStore().handle(uri)
+    assert handle is not None
+    assert handle.metadata().configuration[STATS_COLUMNS_PROPERTY] == (
+        "topic,partition,offset,key.id,_batch_id"
+    )
+    log = (tmp_path / "bronze" / "_delta_log" / f"{0:020d}.json").read_text().splitlines()
+    adds = [json.loads(json.loads(x)["add"]["stats"]) for x in log if '"add"' in x]
+    assert adds and all(
+        set(s["minValues"]) == {"topic", "partition", "offset", "key", "_batch_id"} for s in adds
+    )
+    assert all(set(s["minValues"]["key"]) == {"id"} for s in adds)
+    assert sum(s["numRecords"] for s in adds) == 2

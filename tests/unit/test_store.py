@@ -352,3 +352,60 @@ def test_a_merge_matches_every_column_pair_with_one_operator(null_safe: str) -> 
         ("is_current", null_safe, "_cdc_was_current"),
     ]
     assert condition.endswith("(t.`is_current` = true)")  # the literal prunes the partition
+
+
+# ------------------------------------------------------------------ statistics columns
+
+
+def _bronze_like(n: int = 3) -> pa.Table:
+    key = pa.array(
+        [{"id": i, "blob": b"x"} for i in range(n)],
+        pa.struct([("id", pa.int64()), ("blob", pa.binary())]),
+    )
+    value = pa.array(
+        [{"name": f"n{i}", "flag": True, "tags": ["a"]} for i in range(n)],
+        pa.struct([("name", pa.string()), ("flag", pa.bool_()), ("tags", pa.list_(pa.string()))]),
+    )
+    return pa.table(
+        {
+            "topic": ["t"] * n,
+            "partition": pa.array([0] * n, pa.int32()),
+            "offset": pa.array(range(n), pa.int64()),
+            "timestamp": pa.array([0] * n, pa.timestamp("ms", tz="UTC")),
+            "key": key,
+            "value": value,
+            "value_raw": pa.array([b"v"] * n, pa.binary()),
+            "_batch_id": pa.array([7] * n, pa.int64()),
+        }
+    )
+
+
+def test_a_layout_names_only_the_prunable_leaves_of_its_stats_columns() -> None:
+    from cdc.store.plan import BRONZE_LAYOUT, STATS_COLUMNS_PROPERTY, dimension_layout
+
+    props = BRONZE_LAYOUT.table_properties(_bronze_like().schema)
+    # key.blob (binary) and every payload column are left out; order follows the schema.
+    assert props == {STATS_COLUMNS_PROPERTY: "topic,partition,offset,timestamp,key.id,_batch_id"}
+    assert TableLayout().table_properties(_bronze_like().schema) == {}  # Delta's default
+    odd = pa.schema([("a.b", pa.int64()), ("is_current", pa.bool_()), ("valid_from", pa.int64())])
+    dim = dimension_layout(["a.b"]).table_properties(odd)
+    assert dim == {
+        "delta.enableDeletionVectors": "true",
+        STATS_COLUMNS_PROPERTY: "`a.b`,valid_from",
+    }
+    nothing = TableLayout(stats=("value",)).table_properties(pa.schema([("value", pa.bool_())]))
+    assert nothing == {}  # no eligible leaf: Delta's default, never an empty list
+
+
+def test_a_delta_rs_table_keeps_the_default_stats_its_key_reads_prune_by(tmp_path: Path) -> None:
+    """delta-rs takes statistics from the Parquet footer (free) and collects none for a nested
+    leaf named in the property: a bronze it creates keeps them all, ``key`` included."""
+    from cdc.store.plan import BRONZE_LAYOUT, STATS_COLUMNS_PROPERTY
+
+    uri = str(tmp_path / "bronze")
+    DeltaRsStore().sink(uri).append(_bronze_like(), Txn("app/b", 0), layout=BRONZE_LAYOUT)
+    assert STATS_COLUMNS_PROPERTY not in DeltaTable(uri).metadata().configuration
+    log = (tmp_path / "bronze" / "_delta_log" / f"{0:020d}.json").read_text().splitlines()
+    stats = json.loads(next(json.loads(x)["add"]["stats"] for x in log if '"add"' in x))
+    assert stats["minValues"]["key"] == {"id": 0}
+    assert stats["minValues"]["value"]["name"] == "n0"

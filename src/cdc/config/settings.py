@@ -426,7 +426,6 @@ with warnings.catch_warnings():
             return None if self.dsn is None else resolve_secret(self.dsn)
 
 
-
 class CheckpointSettings(_Model):
     """Spark checkpoints (the offsets store): a local or PVC path."""
 

@@ -37,7 +37,12 @@ from cdc.pipeline.batch_check import BATCH_EXAMPLES, record_batch_check, valid_t
 from cdc.pipeline.expectations import Counts
 from cdc.store.base import WriteOutcome
 from cdc.store.delta_rs import DeltaSink
-from cdc.store.plan import CURRENT_PARTITION, facts_merge_plan, scd2_merge_plan
+from cdc.store.plan import (
+    APPEND_LAYOUTS,
+    CURRENT_PARTITION,
+    facts_merge_plan,
+    scd2_merge_plan,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -119,7 +124,7 @@ class LocalBatchWriter(BatchWriter[LocalBatch]):
     ) -> WriteOutcome:
         assert batch.split is not None
         data = batch.split.bronze if role == "bronze" else batch.split.quarantine
-        return self.sinks[role].append(data, self.txn(role, batch_id))
+        return self.sinks[role].append(data, self.txn(role, batch_id), layout=APPEND_LAYOUTS[role])
 
     def _scd2(self, batch: LocalBatch, batch_id: int, stats: BatchStats) -> None:
         assert batch.split is not None

@@ -56,7 +56,12 @@ from cdc.pipeline.expectations import ERROR_CODE, FLAGS_COLUMN, Counts
 from cdc.runtime.jvm import optional_classpath
 from cdc.store.base import WriteOutcome
 from cdc.store.delta_spark import DeltaSparkStore
-from cdc.store.plan import CURRENT_PARTITION, facts_merge_plan, scd2_merge_plan
+from cdc.store.plan import (
+    APPEND_LAYOUTS,
+    CURRENT_PARTITION,
+    facts_merge_plan,
+    scd2_merge_plan,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row
@@ -262,7 +267,12 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
     def _append(
         self, role: str, batch: SparkBatch, batch_id: int, now: datetime, topic_id: str | None
     ) -> WriteOutcome:
-        return self.store.append(batch.frames[role], self.uris[role], self.txn(role, batch_id))
+        return self.store.append(
+            batch.frames[role],
+            self.uris[role],
+            self.txn(role, batch_id),
+            layout=APPEND_LAYOUTS[role],
+        )
 
     # ------------------------------------------------------------------------------ facts
 

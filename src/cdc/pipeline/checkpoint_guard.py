@@ -147,9 +147,7 @@ def table_log_states(settings: Settings, name: str) -> dict[str, TableLogState |
     store = store_for(settings.lake.writer, settings.lake.resolved_storage_options())
     pipeline = settings.pipeline(name)
     tables = pipeline_tables(settings, pipeline)
-    return {
-        role: store.log_state(uri, txn_app_id(name, role, uri)) for role, uri in tables.items()
-    }
+    return {role: store.log_state(uri, txn_app_id(name, role, uri)) for role, uri in tables.items()}
 
 
 def _run_checks(

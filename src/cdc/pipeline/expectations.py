@@ -320,7 +320,6 @@ class Expectations:
             present = present & record.is_not_null() & (value.struct.field("op") != "d")
         checked = present.fill_null(False)
         if landed:
-
             already = landed_mask(
                 batch.column("partition").to_pylist(), batch.column("offset").to_pylist(), landed
             )
@@ -493,7 +492,6 @@ def expectations_for(
     """
     if not pipeline.expectations:
         return None
-
 
     value = topic_decoder(DecoderSpec.from_settings(settings), pipeline.topic).arrow_schema
     value_type = value.field("value").type

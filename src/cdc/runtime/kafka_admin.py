@@ -297,9 +297,7 @@ class KafkaMetadata:
         found: dict[TopicPartitionId, dict[int, FetchedRecord]] = {tp: {} for tp in spans}
         if not wanted:
             return found
-        consumer = Consumer(
-            consumer_config(self._config, None, **_RECORD_READER)
-        )
+        consumer = Consumer(consumer_config(self._config, None, **_RECORD_READER))
         pending = set(wanted)
         try:
             consumer.assign([TopicPartition(t, p, wanted[(t, p)][0]) for t, p in sorted(wanted)])
@@ -324,8 +322,7 @@ class KafkaMetadata:
                             pending.discard(tp)  # the end, or nothing left at the start
                             continue
                         raise BrokerUnavailableError(
-                            f"Kafka at {self.bootstrap}: cannot read {tp[0]}/{tp[1]}:"
-                            f" {error.str()}"
+                            f"Kafka at {self.bootstrap}: cannot read {tp[0]}/{tp[1]}: {error.str()}"
                         )
                     offset, stop = int(message.offset() or 0), wanted[tp][1]
                     if offset < stop:

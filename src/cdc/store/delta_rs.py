@@ -299,7 +299,13 @@ def _inserted(source: pa.Table, plan: MergePlan) -> pa.Table:
 
 def _writable(properties: Mapping[str, str]) -> dict[str, str] | None:
     """Table properties delta-rs can honour when it creates a table: it writes no deletion
-    vectors, so a table it writes does not enable them."""
+    vectors, so a table it writes does not enable them.
+
+    Nor does it take a layout's statistics columns (:meth:`TableLayout.table_properties`):
+    delta-rs reads a file's statistics from the Parquet footer it has just written (no pass
+    over the values, so narrowing them saves nothing), and deltalake 1.6 collects none for a
+    nested leaf named in ``delta.dataSkippingStatsColumns`` (``key.id``), which is what a late
+    key's history read of bronze prunes by. A table it creates keeps Delta's default."""
     kept = {k: v for k, v in properties.items() if k not in _DELTA_RS_UNSUPPORTED}
     return kept or None
 

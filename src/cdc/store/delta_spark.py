@@ -51,6 +51,7 @@ RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
 
 WRITER = "delta-spark"
 
+
 class DeltaSparkStore(TableStore):
     """Delta tables written by Spark (the distributed writer)."""
 
@@ -118,7 +119,7 @@ class DeltaSparkStore(TableStore):
         if handle is None and layout is not None:
             if layout.partition_by:
                 writer = writer.partitionBy(*layout.partition_by)
-            for key, value in layout.properties.items():
+            for key, value in _table_properties(layout, df).items():
                 writer = writer.option(key, value)
         try:
             writer.save(spark_path(uri))
@@ -377,3 +378,15 @@ def _write_error(what: str, uri: str, exc: Exception) -> TableWriteError:
     if any(name in text for name in conflicts):
         return CommitConflictError(f"{what} {uri} conflicted: {first}")
     return TableWriteError(f"{what} {uri} failed: {first}")
+
+
+def _table_properties(layout: TableLayout, df: DataFrame) -> dict[str, str]:
+    """The layout's table properties for a table created with ``df``'s schema."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    try:
+        schema = to_arrow_schema(df.schema, timezone="UTC")
+    except Exception as exc:  # a type Arrow cannot hold: Delta's default statistics
+        log.warning("table statistics left to Delta's default: %s", exc)
+        return dict(layout.properties)
+    return layout.table_properties(schema)

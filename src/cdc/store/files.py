@@ -86,9 +86,7 @@ def log_entries(fs: FileSystem, table_root: str, version: int) -> tuple[list[str
         version), each relative to ``table_root`` and sorted.
     """
     present = dict(walk(fs, table_root))
-    vectors = sorted(
-        p for p in present if p.rsplit("/", 1)[-1].startswith(DELETION_VECTOR_PREFIX)
-    )
+    vectors = sorted(p for p in present if p.rsplit("/", 1)[-1].startswith(DELETION_VECTOR_PREFIX))
     logs = []
     for rel in present:
         folder, _, name = rel.rpartition("/")

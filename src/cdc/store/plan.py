@@ -11,20 +11,27 @@ source of an SCD2 result, :func:`cdc.core.scd2.merge_source`, is built by the pu
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+import pyarrow as pa
 
 from cdc.core.scd2 import ACTION_COLUMN, WAS_CURRENT_COLUMN
 
 __all__ = [
+    "APPEND_LAYOUTS",
+    "BRONZE_LAYOUT",
     "COMMIT_METADATA_KEY",
     "CURRENT_PARTITION",
     "DIMENSION_LAYOUT",
+    "QUARANTINE_LAYOUT",
+    "STATS_COLUMNS_PROPERTY",
     "Clause",
     "CommitInfo",
     "MergePlan",
     "TableLayout",
+    "dimension_layout",
     "facts_merge_plan",
     "read_commit_info",
     "scd2_merge_plan",
@@ -37,6 +44,10 @@ COMMIT_METADATA_KEY = "cdc"
 """``commitInfo.userMetadata`` of every commit the service makes is ``{"cdc": {...}}``."""
 
 
+STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
+"""The Delta table property naming the columns whose per-file statistics a write collects."""
+
+
 @dataclass(frozen=True)
 class TableLayout:
     """How a table is created by its first write (an existing table keeps its own layout).
@@ -44,21 +55,97 @@ class TableLayout:
     Attributes:
         partition_by: partition columns.
         properties: Delta table properties (``delta.*``).
+        stats: the columns whose min/max/null-count statistics every write collects (a
+            struct stands for its leaves); only leaves of a type that prunes are kept (numbers,
+            strings, dates, timestamps). None: Delta's default, the first 32 leaf columns,
+            whatever they are. Collecting statistics is a pass over every written value of
+            those columns: a wide payload struct costs a write more than it ever prunes.
     """
 
     partition_by: tuple[str, ...] = ()
     properties: Mapping[str, str] = field(default_factory=dict)
+    stats: tuple[str, ...] | None = None
+
+    def table_properties(self, schema: pa.Schema) -> dict[str, str]:
+        """The properties of a table this layout creates with ``schema``: :attr:`properties`
+        and, when :attr:`stats` is set, :data:`STATS_COLUMNS_PROPERTY` naming the eligible
+        leaves of those columns that ``schema`` has (partition columns never have stats)."""
+        properties = dict(self.properties)
+        if self.stats is not None:
+            wanted = [c for c in self.stats if c not in self.partition_by]
+            leaves = [
+                path
+                for f in schema
+                if f.name in wanted
+                for path in _prunable_leaves(f.type, (f.name,))
+            ]
+            # An empty list would fall back to Delta's default; the record count is kept anyway.
+            if leaves:
+                properties[STATS_COLUMNS_PROPERTY] = ",".join(_column_path(p) for p in leaves)
+        return properties
+
+
+def _prunable_leaves(kind: pa.DataType, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    if pa.types.is_struct(kind):
+        for i in range(kind.num_fields):
+            child = kind.field(i)
+            yield from _prunable_leaves(child.type, (*path, child.name))
+    elif (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_string_view(kind)
+        or pa.types.is_date(kind)
+        or pa.types.is_timestamp(kind)
+    ):
+        yield path
+
+
+def _column_path(path: tuple[str, ...]) -> str:
+    """A column path as Delta parses it (a name with a dot, comma or backtick quoted)."""
+    return ".".join(
+        f"`{part.replace('`', '``')}`" if any(ch in part for ch in ".,` ") else part
+        for part in path
+    )
+
+
+_KAFKA_STATS = ("topic", "partition", "offset", "timestamp", "_batch_id")
+"""What bronze and quarantine are read by: a Kafka position (replay, landed ranges, audits)
+and the batch that wrote it."""
+
+BRONZE_LAYOUT = TableLayout(stats=(*_KAFKA_STATS, "key"))
+"""Bronze: statistics on the Kafka coordinates, the batch and the decoded key (a late key's
+history is read by key), not on the payload (the widest struct of the lake)."""
+
+QUARANTINE_LAYOUT = TableLayout(stats=(*_KAFKA_STATS, "error_code"))
+"""Quarantine: statistics on the Kafka coordinates, the batch and the reason."""
+
+APPEND_LAYOUTS = {"bronze": BRONZE_LAYOUT, "quarantine": QUARANTINE_LAYOUT}
+"""The layout of each table a micro-batch appends its raw records to, by role. (Facts keep
+Delta's default statistics: their flat business columns are what readers filter by.)"""
+
+
+def dimension_layout(keys: tuple[str, ...] | list[str] = ()) -> TableLayout:
+    """An SCD2 dimension: partitioned by ``is_current`` (history only grows by appends; a
+    MERGE of in-order changes reads and rewrites the current partition), with deletion vectors
+    (a MERGE that closes a version marks the old row deleted instead of copying its file), and
+    statistics on the keys and the version's bounds (what a lookup of a key, or of the version
+    valid at a time, prunes by). Only the dimension has deletion vectors: bronze, quarantine,
+    facts and orphans are appended or inserted into, and a table whose protocol has the feature
+    costs every scan a file listing."""
+    return replace(
+        DIMENSION_LAYOUT,
+        stats=(*keys, "_seq_open", "valid_from", "valid_to") if keys else None,
+    )
 
 
 DIMENSION_LAYOUT = TableLayout(
     partition_by=(CURRENT_PARTITION,),
     properties={"delta.enableDeletionVectors": "true"},
 )
-"""An SCD2 dimension: partitioned by ``is_current`` (history only grows by appends; a MERGE
-of in-order changes reads and rewrites the current partition), with deletion vectors (a MERGE
-that closes a version marks the old row deleted instead of copying its file). Only the
-dimension has deletion vectors: bronze, quarantine, facts and orphans are appended or
-inserted into, and a table whose protocol has the feature costs every scan a file listing."""
+"""The dimension's partitioning and properties, whatever its keys (:func:`dimension_layout`)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +240,7 @@ def scd2_merge_plan(keys: tuple[str, ...] | list[str], *, current_only: bool) ->
         prune={CURRENT_PARTITION: True} if current_only else {},
         clauses=(Clause("delete", "D"), Clause("update", "U"), Clause("insert", "U")),
         source_only=(ACTION_COLUMN, WAS_CURRENT_COLUMN),
-        layout=DIMENSION_LAYOUT,
+        layout=dimension_layout(keys),
     )
 
 

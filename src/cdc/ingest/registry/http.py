@@ -127,4 +127,3 @@ def _without_credentials(url: str) -> str:
         return "<invalid URL>"
     host = f"[{host}]" if ":" in host else host
     return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
-
