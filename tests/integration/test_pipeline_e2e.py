@@ -153,6 +153,59 @@ def test_a_source_time_no_timestamp_holds_is_quarantined_not_folded(
     assert all(check.sound for check in verify(settings, pipeline="crm_contacts"))
 
 
+@pytest.mark.parametrize("writer", WRITERS)
+def test_toast_placeholders_keep_the_stored_value_or_are_quarantined(
+    spark: Any, broker: str, tmp_path: Path, writer: str
+) -> None:
+    """Issue 25: PostgreSQL's unchanged TOASTed column arrives as Debezium's placeholder; it
+    keeps the value the key had (in the batch or in silver), passes the contract's pattern
+    on ``after.email``, never lands in silver, and without an earlier version is quarantined
+    before it lands."""
+    from cdc.core.scd2 import UNAVAILABLE_VALUE as PH
+    from cdc.pipeline.batch import BatchStats
+
+    first = [
+        change("c1", "c", 1000, email="ann@acme.io", phone="+44 1"),
+        change("c1", "u", 2000, email=PH, phone="+44 2"),  # tracked column unchanged
+        change("c2", "u", 1500, email=PH),  # no earlier version: quarantined
+        change("c3", "c", 100, email="cy@acme.io"),
+        change("c3", "u", 200, email=PH, last="Zed"),  # resolved from the same batch
+    ]
+    second = [
+        change("c1", "u", 3000, email="ann.new@acme.io", phone=PH),  # from silver's row
+        change("c3", "u", 300, email=PH, last="Zed", phone="9"),
+    ]
+    settings = make_settings(broker, tmp_path, f"lake.writer={writer}")
+    counted: dict[str, int] = {}
+
+    def on_batch(name: str, stats: BatchStats) -> None:
+        for column, n in stats.unavailable_values.items():
+            counted[column] = counted.get(column, 0) + n
+
+    for lines in (first, second):
+        produce(broker, "crm.contacts", lines, tmp_path)
+        run_pipelines(spark, settings, ["crm_contacts"], available_now=True, on_batch=on_batch)
+
+    assert history(settings, "c1") == [
+        ("ann@acme.io", "Doe", "+44 2", at(1000), at(3000), False),
+        ("ann.new@acme.io", "Doe", "+44 2", at(3000), None, True),
+    ]
+    assert history(settings, "c3") == [
+        ("cy@acme.io", "Doe", None, at(100), at(200), False),
+        ("cy@acme.io", "Zed", "9", at(200), None, True),
+    ]
+    assert history(settings, "c2") == []
+    paths = table_paths(settings, settings.pipeline("crm_contacts"))
+    quarantine = read(paths["quarantine"])
+    assert quarantine["error_code"].to_list() == ["unavailable_without_prior"]
+    assert quarantine["error"][0].startswith("email: the placeholder for an unchanged (TOASTed)")
+    assert read(paths["bronze"]).height == 6  # every other record, placeholders as they came
+    assert counted == {"email": 4, "phone": 1}
+    from cdc.ops.verify import verify
+
+    assert all(check.sound for check in verify(settings, pipeline="crm_contacts"))
+
+
 def test_restart_reads_only_new_records_and_redelivery_is_a_no_op(
     spark: Any, broker: str, tmp_path: Path
 ) -> None:

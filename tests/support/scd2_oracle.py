@@ -24,6 +24,11 @@ The rules, as docs/scd2.md states them:
    events up to it. ``valid_from`` is the opener's, ``valid_to`` the closer's (the next
    version's opener, or the delete).
 6. A version's lineage is its last upsert's partition and offset.
+7. Unchanged values: a column of an upsert holding a placeholder takes the value it had just
+   before, in sequence order (none after a delete or with nothing before). Records arrive in
+   batches; a placeholder upsert is quarantined (never received) when its key has no upsert
+   received in an earlier batch and no upsert without placeholders sequenced before it in its
+   own batch (:func:`unavailable_rejects`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Record", "Version", "scd2_oracle"]
+__all__ = ["Record", "Version", "scd2_oracle", "unavailable_rejects"]
 
 _MISSING = float("-inf")
 
@@ -102,7 +107,42 @@ def _events(records: list[Record]) -> list[_Event]:
     return sorted(events)
 
 
-def scd2_oracle(records: list[Record], tracked: set[str]) -> list[Version]:
+def _sequence(r: Record) -> tuple[Any, ...]:
+    return (_position(r), r.time, r.partition, r.offset)
+
+
+def unavailable_rejects(
+    batches: list[list[Record]], unavailable: tuple[str, ...]
+) -> list[set[tuple[int, int]]]:
+    """Per batch, the ``(partition, offset)`` of the deliveries quarantined by rule 7."""
+
+    def holds(r: Record) -> bool:
+        return any(v in unavailable for _, v in r.values)
+
+    def upsert(r: Record) -> bool:
+        return r.op in ("c", "u", "r")
+
+    received: set[str] = set()  # keys with an upsert received in an earlier batch
+    found: list[set[tuple[int, int]]] = []
+    for batch in batches:
+        rejected = set()
+        for r in batch:
+            if not (upsert(r) and holds(r)) or r.key in received:
+                continue
+            clean_before = any(
+                upsert(q) and not holds(q) and q.key == r.key and _sequence(q) < _sequence(r)
+                for q in batch
+            )
+            if not clean_before:
+                rejected.add((r.partition, r.offset))
+        received |= {r.key for r in batch if upsert(r) and (r.partition, r.offset) not in rejected}
+        found.append(rejected)
+    return found
+
+
+def scd2_oracle(
+    records: list[Record], tracked: set[str], unavailable: tuple[str, ...] = ()
+) -> list[Version]:
     """Every version of every key, from all the records ever received, in any order."""
     by_key: dict[str, list[_Event]] = {}
     for e in _events(records):
@@ -112,6 +152,7 @@ def scd2_oracle(records: list[Record], tracked: set[str]) -> list[Version]:
         current: Version | None = None
         clock = None
         previous: _Event | None = None
+        state: dict[str, Any] = {}  # the key's values just before the event
         for e in by_key[key]:
             r = e.record
             resend = (
@@ -125,11 +166,13 @@ def scd2_oracle(records: list[Record], tracked: set[str]) -> list[Version]:
                 continue
             clock = e.sort[1] if clock is None else max(clock, e.sort[1])
             if e.is_delete:
+                state = {}
                 if current is not None:
                     current.valid_to = clock
                     current = None
                 continue
-            values = dict(r.values)
+            values = {c: state.get(c) if v in unavailable else v for c, v in r.values}
+            state = values
             if current is not None and all(current.values[c] == values[c] for c in tracked):
                 current.values = values
                 current.partition, current.offset = r.partition, r.offset

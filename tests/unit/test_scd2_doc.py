@@ -15,16 +15,29 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute
 import pytest
 import yaml
 
-from cdc.core.scd2 import Scd2Spec, apply_scd2, empty_dimension, empty_orphans
+from cdc.core.scd2 import (
+    UNAVAILABLE_VALUE,
+    Scd2Spec,
+    apply_scd2,
+    empty_dimension,
+    empty_orphans,
+    unresolvable_unavailable,
+)
 from cdc.ingest.changes import scd2_changes
 from tests.support.envelopes import SOURCE_TYPE
 from tests.support.paths import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "scd2.md"
-SPEC = Scd2Spec.build(["id"], ["id", "email", "phone"], track_history_except=["phone"])
+SPEC = Scd2Spec.build(
+    ["id"],
+    ["id", "email", "phone"],
+    track_history_except=["phone"],
+    unavailable=[UNAVAILABLE_VALUE],
+)
 SCHEMA: dict[str, pl.DataType] = {"id": pl.String(), "email": pl.String(), "phone": pl.String()}
 IDENTITY = ["id", "_seq_open"]
 T0 = 1_767_600_000_000  # 08:00:00 on the examples' clock
@@ -85,10 +98,12 @@ def bronze(records: list[dict[str, Any]], offsets: list[int]) -> pa.Table:
     return pa.Table.from_pylist(rows, _BRONZE)
 
 
-def run(batches: list[list[dict[str, Any]]]) -> pl.DataFrame:
+def run(batches: list[list[dict[str, Any]]]) -> tuple[pl.DataFrame, list[int]]:
+    """The table the batches give, and the offsets quarantined on the way."""
     table = empty_dimension(SPEC, SCHEMA)
     seen = empty_orphans(SPEC, SCHEMA)
     received: list[pa.Table] = []
+    quarantined: list[int] = []
     next_offset = 0
     for batch in batches:
         offsets = []
@@ -96,6 +111,15 @@ def run(batches: list[list[dict[str, Any]]]) -> pl.DataFrame:
             offsets.append(r.get("offset", next_offset))
             next_offset += "offset" not in r
         rows = bronze(batch, offsets)
+        # As the writers do before anything lands: a placeholder nothing can stand for.
+        rejected = unresolvable_unavailable(
+            scd2_changes(rows, SPEC, "envelope", None), table.select("id"), SPEC
+        )
+        bad = rejected.get_column("_source_offset").to_list()
+        quarantined += bad
+        rows = rows.filter(
+            pa.compute.invert(pa.compute.is_in(rows["offset"], pa.array(bad, pa.int64())))
+        )
         received.append(rows)
         changes = scd2_changes(rows, SPEC, "envelope", None)
         history = scd2_changes(pa.concat_tables(received), SPEC, "envelope", None)
@@ -105,12 +129,13 @@ def run(batches: list[list[dict[str, Any]]]) -> pl.DataFrame:
         table = pl.concat([table, result.upserts], how="vertical_relaxed")
         assert result.orphans is not None
         seen = pl.concat([seen, result.orphans], how="vertical_relaxed")
-    return table.sort(IDENTITY)
+    return table.sort(IDENTITY), quarantined
 
 
 @pytest.mark.parametrize("example", examples(), ids=lambda e: e["name"])
 def test_worked_example(example: dict[str, Any]) -> None:
-    table = run(example["batches"])
+    table, quarantined = run(example["batches"])
+    assert quarantined == example.get("quarantined", [])
     got = []
     for row in table.iter_rows(named=True):
         got.append(

@@ -18,6 +18,7 @@ stores apply it: :mod:`tests.support.scd2_memory`).
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,12 +28,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.core.scd2 import Scd2Result, apply_scd2, empty_dimension
+from cdc.core.scd2 import (
+    UNAVAILABLE_VALUE,
+    Scd2Result,
+    Scd2Spec,
+    apply_scd2,
+    empty_dimension,
+    unresolvable_unavailable,
+)
 from cdc.ingest.changes import scd2_changes
 from cdc.store.plan import DIMENSION_LAYOUT
 from tests.support.scd2_events import SCHEMA, SPEC
 from tests.support.scd2_memory import MemoryTable, fold_and_merge
-from tests.support.scd2_oracle import Record, Version, scd2_oracle
+from tests.support.scd2_oracle import Record, Version, scd2_oracle, unavailable_rejects
 
 IDENTITY = ["contact_id", "_seq_open"]
 TRACKED = set(SPEC.tracked)
@@ -82,8 +90,8 @@ def bronze(records: list[Record]) -> pa.Table:
     return pa.Table.from_pylist(rows, _BRONZE)
 
 
-def events(records: list[Record]) -> pl.DataFrame:
-    return scd2_changes(bronze(records), SPEC, "envelope", None)
+def events(records: list[Record], spec: Scd2Spec = SPEC) -> pl.DataFrame:
+    return scd2_changes(bronze(records), spec, "envelope", None)
 
 
 DRIVERS = ["apply", "passes"]
@@ -93,9 +101,10 @@ class Dimension:
     """The table plus the orphan state the sink keeps beside it, fed by one of
     :data:`DRIVERS`."""
 
-    def __init__(self, driver: str = "apply") -> None:
+    def __init__(self, driver: str = "apply", spec: Scd2Spec = SPEC) -> None:
         self.driver = driver
-        self.table = empty_dimension(SPEC, SCHEMA)
+        self.spec = spec
+        self.table = empty_dimension(spec, SCHEMA)
         self.seen: pl.DataFrame | None = None  # the orphan markers, once there are some
         self.silver = MemoryTable(DIMENSION_LAYOUT.partition_by)
         self.orphans = MemoryTable()
@@ -104,7 +113,9 @@ class Dimension:
         if self.driver == "passes":
             self._fold_passes(batch, history)
             return
-        result: Scd2Result = apply_scd2(self.table, batch, SPEC, history=history, seen=self.seen)
+        result: Scd2Result = apply_scd2(
+            self.table, batch, self.spec, history=history, seen=self.seen
+        )
         table = self.table.join(result.deletes, on=IDENTITY, how="anti")
         table = table.join(result.upserts.select(IDENTITY), on=IDENTITY, how="anti")
         self.table = pl.concat([table, result.upserts], how="vertical_relaxed")
@@ -117,7 +128,7 @@ class Dimension:
             found = history.join(keys, on=keys.columns, how="semi", nulls_equal=True)
             return found if found.height else None
 
-        fold_and_merge(batch, SPEC, self.silver, self.orphans, bronze_history)
+        fold_and_merge(batch, self.spec, self.silver, self.orphans, bronze_history)
         if self.silver.rows is not None:
             self.table = self.silver.rows.select(self.table.columns)
 
@@ -242,6 +253,57 @@ def test_incremental_merges_equal_the_independent_oracle(
         dim.apply(events(batch), history=events(received))
 
     assert visible(dim.table) == expected(scd2_oracle(log, TRACKED))
+
+
+PH = UNAVAILABLE_VALUE
+TOAST_SPEC = replace(SPEC, unavailable=(PH,))
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@settings(max_examples=200, deadline=None)
+@given(
+    changes=st.lists(
+        st.tuples(_change, st.integers(0, 11)).map(lambda t: t[0] | {"n": t[1]}), max_size=24
+    ),
+    data=st.data(),
+)
+def test_placeholders_for_unchanged_values_equal_the_independent_oracle(
+    driver: str, changes: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """TOAST: placeholders in a tracked (email) and an untracked (phone) column, quarantined
+    before they land when nothing can stand for them, as the writers do; the oracle decides
+    the quarantine and the values on its own (rule 7)."""
+    toasted = [
+        c | {"email": c["email"] if c["n"] % 3 else PH, "phone": c["phone"] if c["n"] % 4 else PH}
+        for c in changes
+    ]
+    log = to_log(data.draw(st.permutations(toasted)))
+    cuts = data.draw(st.lists(st.integers(0, len(log)), max_size=5))
+    bounds = sorted({0, len(log), *cuts})
+    redeliver = data.draw(st.lists(st.integers(0, max(len(log) - 1, 0)), max_size=3)) if log else []
+    batches = [
+        log[a:b] + [log[i] for i in redeliver if i < a] for a, b in itertools.pairwise(bounds)
+    ]
+    batches = [b for b in batches if b]
+    dim = Dimension(driver, TOAST_SPEC)
+    received: list[Record] = []
+    rejected: list[set[tuple[int, int]]] = []
+    for batch in batches:
+        found = unresolvable_unavailable(
+            events(batch, TOAST_SPEC), dim.table.select("contact_id"), TOAST_SPEC
+        )
+        out = set(found.select("_source_partition", "_source_offset").iter_rows())
+        rejected.append(out)
+        kept = [r for r in batch if (r.partition, r.offset) not in out]
+        if not kept:
+            continue
+        received += kept
+        dim.apply(events(kept, TOAST_SPEC), history=events(received, TOAST_SPEC))
+
+    assert rejected == unavailable_rejects(batches, (PH,))
+    assert visible(dim.table) == expected(scd2_oracle(received, TRACKED, (PH,)))
+    for column in ("email", "phone"):  # a placeholder never lands in silver
+        assert PH not in dim.table.get_column(column).to_list()
 
 
 def rec(

@@ -765,6 +765,9 @@ class PipelineSettings(_Model):
     source_time_window: SourceTimeWindow | None = None
     """The source times this pipeline accepts (keys it does not set come from
     ``defaults.source_time_window``)."""
+    unavailable_values: tuple[str, ...] | None = None
+    """Values that stand for an unchanged column the source did not send (None:
+    ``defaults.unavailable_values``; ``[]``: none)."""
     zorder: ZOrderSettings = ZOrderSettings()
     """The columns ``cdc maintain optimize`` Z-ORDERs the pipeline's tables on."""
     expectations: Annotated[tuple[ExpectationSettings, ...], AfterValidator(unique_names)] = ()
@@ -831,6 +834,10 @@ class PipelineDefaults(_Model):
     (docs/guides/verify.md); ``cdc verify`` checks whole tables on demand either way."""
     source_time_window: SourceTimeWindow = SourceTimeWindow()
     """The source times SCD2 pipelines accept (docs/scd2.md, "What a sequence holds")."""
+    unavailable_values: tuple[str, ...] = ("__debezium_unavailable_value",)
+    """Values that stand for an unchanged column the source did not send: Debezium's
+    ``unavailable.value.placeholder`` for a TOASTed PostgreSQL column. An SCD2 change holding
+    one keeps the column's previous value (docs/scd2.md, "Unchanged values")."""
 
 
 class Settings(_Model):
@@ -872,6 +879,11 @@ class Settings(_Model):
         """Whether pipeline ``name`` checks the SCD2 invariants after each batch."""
         own = self.pipeline(name).check_invariants
         return self.defaults.check_invariants if own is None else own
+
+    def unavailable_values(self, name: str) -> tuple[str, ...]:
+        """The placeholders for unchanged values of pipeline ``name`` (docs/scd2.md)."""
+        own = self.pipeline(name).unavailable_values
+        return self.defaults.unavailable_values if own is None else own
 
     def sla(self, name: str) -> SlaSettings:
         """The service levels of one pipeline: ``defaults.sla`` with the pipeline's own keys."""

@@ -48,6 +48,7 @@ __all__ = [
     "DIM_SYSTEM_COLUMNS",
     "LINEAGE_COLUMNS",
     "ORPHAN_COLUMNS",
+    "UNAVAILABLE_VALUE",
     "WAS_CURRENT_COLUMN",
     "FoldPass",
     "Scd2Result",
@@ -61,7 +62,15 @@ __all__ = [
     "merge_source",
     "post_merge_rows",
     "touches_history",
+    "unavailable_counts",
+    "unavailable_error",
+    "unavailable_marker",
+    "unresolvable_unavailable",
 ]
+
+UNAVAILABLE_VALUE = "__debezium_unavailable_value"
+"""Debezium's default ``unavailable.value.placeholder``: a PostgreSQL TOASTed column that an
+update did not change (``REPLICA IDENTITY DEFAULT``), sent instead of its value."""
 
 LINEAGE_COLUMNS = ("_source_topic", "_source_partition", "_source_offset")
 DIM_SYSTEM_COLUMNS = (
@@ -100,6 +109,9 @@ class Scd2Spec:
     keys: tuple[str, ...]
     columns: tuple[str, ...]
     tracked: tuple[str, ...]
+    unavailable: tuple[str, ...] = ()
+    """Values that stand for "unchanged, not sent" (Debezium's TOAST placeholder): an upsert
+    whose column holds one keeps the value the key had before it (:func:`unavailable_marker`)."""
 
     def __post_init__(self) -> None:
         unknown = set(self.tracked) - set(self.columns)
@@ -115,6 +127,7 @@ class Scd2Spec:
         columns: Sequence[str],
         track_history: Sequence[str] | None = None,
         track_history_except: Sequence[str] = (),
+        unavailable: Sequence[str] = (),
     ) -> Scd2Spec:
         """Build a spec: tracked = ``track_history`` or all columns minus the exceptions."""
         business = tuple(c for c in columns if c not in keys)
@@ -128,7 +141,7 @@ class Scd2Spec:
             if missing:
                 raise ValueError(f"track_history_except names unknown columns: {missing}")
             tracked = tuple(c for c in business if c not in set(track_history_except))
-        return cls(tuple(keys), business, tracked)
+        return cls(tuple(keys), business, tracked, tuple(unavailable))
 
     @property
     def row_columns(self) -> tuple[str, ...]:
@@ -533,7 +546,7 @@ def late_keys(
 def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     """Fold events (any order, de-duplicated) into dimension rows."""
     keys = list(spec.keys)
-    df = events.sort([*keys, "_seq"])
+    df = _resolve_unavailable(events.sort([*keys, "_seq"]), spec)
     n = df.height
     idx = pl.int_range(pl.len())
     new_key = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys]) | (
@@ -611,6 +624,124 @@ def _fold(events: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
         )
     )
     return rows.join(interval, on=[*keys, "_seq_open"], how="left", nulls_equal=True)
+
+
+def unavailable_marker(
+    column: str, dtype: pl.DataType, placeholders: Sequence[str]
+) -> pl.Expr | None:
+    """True where ``column`` holds one of ``placeholders`` (never null): the value was not
+    sent, not set to null. Only a type a placeholder fits can hold one: a string, bytes (its
+    UTF-8 bytes) or a list of either (the placeholder as its one element), as Debezium sends
+    it for ``text``/``varchar``/``json``/``bytea`` and arrays. None: ``column`` cannot."""
+    if not placeholders:
+        return None
+    texts = list(placeholders)
+    raw = [t.encode() for t in texts]
+    col = pl.col(column)
+    if dtype == pl.String:
+        return col.is_in(texts).fill_null(False)
+    if dtype == pl.Binary:
+        return col.is_in(raw).fill_null(False)
+    if isinstance(dtype, pl.List) and dtype.inner in (pl.String, pl.Binary):
+        inner = texts if dtype.inner == pl.String else raw
+        return ((col.list.len() == 1) & col.list.first().is_in(inner)).fill_null(False)
+    return None
+
+
+def _markers(frame: pl.DataFrame, spec: Scd2Spec) -> dict[str, pl.Expr]:
+    return {
+        c: m
+        for c in spec.columns
+        if (m := unavailable_marker(c, frame.schema[c], spec.unavailable)) is not None
+    }
+
+
+def _resolve_unavailable(df: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
+    """Each placeholder (sorted events) replaced by the value its column had before it: the
+    key's previous event's, in sequence order, placeholders passed over (a delete before it
+    leaves null: a deleted key has no values). With no earlier event the value is unknown:
+    null (the writers quarantine such a record before it lands, see
+    :func:`unresolvable_unavailable`)."""
+    marks = _markers(df, spec)
+    if not marks:
+        return df
+    keys = list(spec.keys)
+    flags = {c: f"_ua_{i}" for i, c in enumerate(marks)}
+    groups = {c: f"_ug_{i}" for i, c in enumerate(marks)}
+    df = df.with_columns(marks[c].alias(flags[c]) for c in marks)
+    # A column's group: the events since its last real value (group 0: none before).
+    df = df.with_columns(
+        (~pl.col(flags[c])).cast(pl.Int64).cum_sum().over(keys).alias(groups[c]) for c in marks
+    )
+    return df.with_columns(
+        pl.when(pl.col(flags[c]) & (pl.col(groups[c]) == 0))
+        .then(None)
+        .when(pl.col(flags[c]))
+        .then(pl.col(c).first().over([*keys, groups[c]]))
+        .otherwise(pl.col(c))
+        .alias(c)
+        for c in marks
+    ).drop(*flags.values(), *groups.values())
+
+
+def unavailable_counts(changes: pl.DataFrame, spec: Scd2Spec) -> dict[str, int]:
+    """How many of the change events hold a placeholder, per column (columns with none left
+    out): the ``cdc_unavailable_values_total`` metric."""
+    marks = _markers(changes, spec)
+    if not marks or changes.height == 0:
+        return {}
+    upsert = pl.col("_op") == "U"
+    row = changes.select((m & upsert).sum().alias(c) for c, m in marks.items()).row(0, named=True)
+    return {c: int(n) for c, n in row.items() if n}
+
+
+def unavailable_error(columns: str) -> str:
+    """The quarantine ``error`` of a record :func:`unresolvable_unavailable` found."""
+    return (
+        f"{columns}: the placeholder for an unchanged (TOASTed) value, and the key has no"
+        " earlier version to take the value from"
+    )
+
+
+def unresolvable_unavailable(
+    changes: pl.DataFrame, with_rows: pl.DataFrame, spec: Scd2Spec
+) -> pl.DataFrame:
+    """The batch's upserts holding a placeholder that no value can stand for: their key has no
+    row in the dimension (``with_rows``: keys that have one, current or not) and no upsert
+    without placeholders before them in the batch (sequence order). They are quarantined
+    before anything lands (docs/scd2.md, "Unchanged values").
+
+    Returns:
+        ``_source_partition``, ``_source_offset`` and ``_columns`` (the placeholders' columns,
+        comma-separated) of each such record.
+    """
+    marks = _markers(changes, spec)
+    if not marks or changes.height == 0:
+        return pl.DataFrame(
+            schema={
+                "_source_partition": pl.Int32,
+                "_source_offset": pl.Int64,
+                "_columns": pl.String,
+            }
+        )
+    keys = list(spec.keys)
+    upsert = pl.col("_op") == "U"
+    held = pl.any_horizontal(list(marks.values())) & upsert
+    clean = (upsert & ~pl.col("_held")).cast(pl.Int64)
+    ordered = changes.sort([*keys, "_seq"]).with_columns(_held=held)
+    candidates = ordered.with_columns(_clean_before=clean.cum_sum().over(keys) - clean).filter(
+        pl.col("_held") & (pl.col("_clean_before") == 0)
+    )
+    if with_rows.height:
+        candidates = candidates.join(
+            with_rows.select(keys).unique(), on=keys, how="anti", nulls_equal=True
+        )
+    named = [pl.when(m).then(pl.lit(c)) for c, m in marks.items()]
+    return candidates.select(
+        sequence.decode_partition(pl.col("_seq")).alias("_source_partition"),
+        sequence.decode_offset(pl.col("_seq")).alias("_source_offset"),
+        pl.concat_str(named, separator=",", ignore_nulls=True).alias("_columns"),
+    )
 
 
 def _event_time_ms() -> pl.Expr:

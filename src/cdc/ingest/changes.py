@@ -88,6 +88,49 @@ class SplitBatch:
             landed_valid=landed_rows.num_rows,
         )
 
+    def quarantining(self, rejected: pa.Table, code: str, now: datetime) -> SplitBatch:
+        """Move rows not landed before from the valid rows to quarantine, with ``code``.
+
+        Args:
+            rejected: ``partition``, ``offset`` and ``error`` (the one-line reason) of each.
+            code: their ``error_code``.
+            now: the quarantine time.
+        """
+        fresh = self.bronze
+        reasons = {
+            (int(p), int(o)): str(e)
+            for p, o, e in zip(
+                rejected.column("partition").to_pylist(),
+                rejected.column("offset").to_pylist(),
+                rejected.column("error").to_pylist(),
+                strict=True,
+            )
+        }
+        coords = zip(
+            fresh.column("partition").to_pylist(), fresh.column("offset").to_pylist(), strict=True
+        )
+        errors = [reasons.get((p, o)) for p, o in coords]
+        hit = pa.array([e is not None for e in errors], pa.bool_())
+        moved = fresh.filter(hit)
+        n = moved.num_rows
+        bad = pa.table(
+            {
+                **{c: moved.column(c) for c in QUARANTINE_COLUMNS[:-2]},
+                "error_code": pa.array([code] * n, pa.string()),
+                "error": pa.array([e for e in errors if e is not None], pa.string()),
+                "_batch_id": moved.column("_batch_id"),
+                "_quarantined_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+                TOPIC_ID_COLUMN: moved.column(TOPIC_ID_COLUMN),
+            }
+        )
+        kept = fresh.filter(pc.invert(hit))
+        landed = self.valid.slice(0, self.landed_valid)
+        return SplitBatch(
+            valid=pa.concat_tables([landed, kept]),
+            quarantine=pa.concat_tables([self.quarantine, bad.cast(self.quarantine.schema)]),
+            landed_valid=self.landed_valid,
+        )
+
 
 def _landed(table: pa.Table, landed: Ranges) -> pa.Array:
     """True where the row's partition and offset lie in the landed ranges."""

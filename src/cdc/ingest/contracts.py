@@ -83,6 +83,9 @@ class QuarantineReason(StrEnum):
     POSITION_OUT_OF_RANGE = POSITION_OUT_OF_RANGE
     """A position value (a binlog index, the Kafka partition or offset) does not fit a
     sequence."""
+    UNAVAILABLE_WITHOUT_PRIOR = "unavailable_without_prior"
+    """An SCD2 change holds a placeholder for an unchanged value (a TOASTed column) but its
+    key has no earlier version to take the value from (docs/scd2.md, "Unchanged values")."""
 
 
 @dataclass(frozen=True)
@@ -424,6 +427,9 @@ class ContractRule:
     allowed_text: str = ""
     lo: Decimal | None = None
     hi: Decimal | None = None
+    unavailable: frozenset[str] = frozenset()
+    """Placeholders for unchanged values: a leaf holding one passes a pattern or allowed rule
+    (what it stands for was checked when it arrived)."""
 
 
 def _leaf_type(root: AvroType, path: str) -> AvroType:
@@ -449,9 +455,13 @@ def _strip_null(node: AvroType) -> AvroType:
     return node
 
 
-def compile_rules(contract: TopicContract, value_type: AvroType) -> tuple[ContractRule, ...]:
+def compile_rules(
+    contract: TopicContract, value_type: AvroType, unavailable: tuple[str, ...] = ()
+) -> tuple[ContractRule, ...]:
     """The contract's rules bound to the value schema (a rule that does not fit raises
-    :class:`~cdc.errors.ConfigError`)."""
+    :class:`~cdc.errors.ConfigError`); ``unavailable``: placeholders for unchanged values,
+    which pass pattern and allowed rules."""
+    skip = frozenset(unavailable)
     rules: list[ContractRule] = []
     spec = contract.rules
     where = f"contract {contract.topic!r}"
@@ -471,13 +481,23 @@ def compile_rules(contract: TopicContract, value_type: AvroType) -> tuple[Contra
         parents, leaf, typ = split(path)
         if typ.kind not in ("string", "enum"):
             raise ConfigError(f"{where}: pattern on {path!r} needs a string, not {type_label(typ)}")
-        rules.append(ContractRule(path, parents, leaf, "pattern", pattern=re.compile(pattern)))
+        rules.append(
+            ContractRule(
+                path, parents, leaf, "pattern", pattern=re.compile(pattern), unavailable=skip
+            )
+        )
     for path, values in spec.allowed.items():
         parents, leaf, _ = split(path)
         text = ", ".join(str(v) for v in values)
         rules.append(
             ContractRule(
-                path, parents, leaf, "allowed", allowed=frozenset(values), allowed_text=text
+                path,
+                parents,
+                leaf,
+                "allowed",
+                allowed=frozenset(values),
+                allowed_text=text,
+                unavailable=skip,
             )
         )
     for path, bounds in spec.ranges.items():
@@ -530,7 +550,7 @@ def rule_violations(
                 out.append(f"{rule.path}: required but null")
             elif leaf == "":
                 out.append(f"{rule.path}: required but empty")
-        elif leaf is None:
+        elif leaf is None or (isinstance(leaf, str) and leaf in rule.unavailable):
             continue
         elif rule.kind == "pattern":
             assert rule.pattern is not None

@@ -113,6 +113,7 @@ class TopicDecoder:
         columnar: bool = True,
         sequence: SequenceCheck | None = None,
         clock: Callable[[], float] = time.time,
+        unavailable: Sequence[str] = (),
     ) -> None:
         """Build the decoder.
 
@@ -127,6 +128,8 @@ class TopicDecoder:
                 encoded is quarantined (``source_time_out_of_range``,
                 ``position_out_of_range``). None: not checked (facts, tools).
             clock: Seconds since the epoch, for the check's future bound (tests inject it).
+            unavailable: placeholders for unchanged values (a TOASTed column): a leaf holding
+                one passes the contract's patterns and allowed values.
 
         Raises:
             SchemaNotFoundError: A contract subject is not in the registry.
@@ -140,7 +143,9 @@ class TopicDecoder:
             "key": registry.latest(contract.key_subject),
             "value": registry.latest(contract.value_subject),
         }
-        self._rules = compile_rules(contract, self._readers["value"].avro_type)
+        self._rules = compile_rules(
+            contract, self._readers["value"].avro_type, unavailable=tuple(unavailable)
+        )
         self._envelope = contract.kind == "envelope"
         self._schema = decoded_schema(
             avro_to_arrow_type(self._readers["key"].avro_type, nested_nullable=True),
@@ -675,13 +680,20 @@ def _rule_suspects(
 
 def _broken(rule: ContractRule, leaves: list[Any]) -> Any:
     """Which non-null leaf values break a pattern, allowed-values or range rule."""
+    skip = rule.unavailable
     if rule.kind == "pattern":
         assert rule.pattern is not None
         match = rule.pattern.fullmatch
-        return np.fromiter((match(v) is None for v in leaves), np.bool_, len(leaves))
+        return np.fromiter(
+            (v not in skip and match(v) is None for v in leaves), np.bool_, len(leaves)
+        )
     if rule.kind == "allowed":
         allowed = rule.allowed
-        return np.fromiter((v not in allowed for v in leaves), np.bool_, len(leaves))
+        return np.fromiter(
+            (not (isinstance(v, str) and v in skip) and v not in allowed for v in leaves),
+            np.bool_,
+            len(leaves),
+        )
     lo, hi = rule.lo, rule.hi
     return np.fromiter(
         ((lo is not None and v < lo) or (hi is not None and v > hi) for v in leaves),

@@ -86,6 +86,7 @@ METRIC_NAMES = (
     "cdc_scd2_invariant_violations_total",
     "cdc_scd2_invariant_last_check_violations",
     "cdc_expectation_failures_total",
+    "cdc_unavailable_values_total",
     "cdc_lineage_events_total",
 )
 """Every metric the service exports (``cdc_lineage_events_total``: :mod:`cdc.lineage`, when
@@ -122,6 +123,13 @@ class ServiceMetrics:
             "cdc_quarantined_records",
             "Invalid records appended to quarantine, by reason (error code).",
             [*p, "reason"],
+            registry=r,
+        )
+        self.unavailable_values = Counter(
+            "cdc_unavailable_values",
+            "Change events whose column held a placeholder for an unchanged value (a TOASTed"
+            " PostgreSQL column: docs/scd2.md, Unchanged values), by column.",
+            [*p, "column"],
             registry=r,
         )
         self.scd2_rows = Counter(
@@ -275,6 +283,8 @@ class ServiceMetrics:
             for kind, count in stats.invariant_violations.items():
                 self.invariant_violations.labels(name, kind).inc(count)
             self.invariant_last_check.labels(name).set(sum(stats.invariant_violations.values()))
+        for column, count in stats.unavailable_values.items():
+            self.unavailable_values.labels(name, column).inc(count)
         for rule, per_action in stats.expectation_failures.items():
             for action, count in per_action.items():
                 self.expectation_failures.labels(name, rule, action).inc(count)

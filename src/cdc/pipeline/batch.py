@@ -78,6 +78,8 @@ class BatchStats:
     closed: int = 0
     duplicates: int = 0
     late_keys: int = 0
+    unavailable_values: dict[str, int] = field(default_factory=dict)
+    """Change events holding a placeholder for an unchanged value (TOAST), per column."""
     retries: int = 0
     skipped_tables: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -192,6 +194,8 @@ class BatchWriter(ABC, Generic[_Batch]):
             if self.expectations is not None:  # a fail rule raises: nothing may be written
                 stats.expectation_failures = self._judge(batch, batch_id)
             self._split(batch, batch_id, now, topic_id, stats)
+            if self.pipeline.kind == "scd2" and self.settings.unavailable_values(self.name):
+                self._unavailable(batch, now, stats)
         self._fault("before-commit", batch_id)
         for role in ("bronze", "quarantine"):
             rows = stats.bronze_rows if role == "bronze" else stats.quarantined
@@ -235,6 +239,13 @@ class BatchWriter(ABC, Generic[_Batch]):
         """Split the judged batch into bronze, quarantine and valid rows (rows bronze or
         quarantine already hold are not appended again); count them into ``stats``: bronze
         and quarantine rows, quarantine reasons, valid rows."""
+
+    @abstractmethod
+    def _unavailable(self, batch: _Batch, now: datetime, stats: BatchStats) -> None:
+        """Count the split's placeholders for unchanged values per column
+        (``stats.unavailable_values``) and move the records whose placeholders nothing can
+        stand for (:func:`cdc.core.scd2.unresolvable_unavailable`) from the valid rows to
+        quarantine, recounting ``stats``: before anything lands."""
 
     @abstractmethod
     def _append(
@@ -357,6 +368,7 @@ class BatchWriter(ABC, Generic[_Batch]):
                     columns=columns,
                     track_history=p.track_history,
                     track_history_except=p.track_history_except,
+                    unavailable=self.settings.unavailable_values(self.name),
                 )
             except ValueError as exc:
                 raise CdcError(f"pipeline {self.name}: {exc}") from None

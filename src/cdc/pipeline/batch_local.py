@@ -30,8 +30,12 @@ from cdc.core.scd2 import (
     merge_source,
     post_merge_rows,
     touches_history,
+    unavailable_counts,
+    unavailable_error,
+    unresolvable_unavailable,
 )
 from cdc.ingest.changes import SplitBatch, fact_rows, scd2_changes, split_batch
+from cdc.ingest.contracts import QuarantineReason
 from cdc.pipeline.batch import BatchStats, BatchWriter
 from cdc.pipeline.batch_check import BATCH_EXAMPLES, record_batch_check, valid_time_bounds
 from cdc.pipeline.expectations import Counts
@@ -118,6 +122,42 @@ class LocalBatchWriter(BatchWriter[LocalBatch]):
         if split.quarantine.num_rows:
             codes = split.quarantine.column("error_code").value_counts().to_pylist()
             stats.quarantine_reasons = {str(c["values"]): int(c["counts"]) for c in codes}
+
+    def _unavailable(self, batch: LocalBatch, now: datetime, stats: BatchStats) -> None:
+        assert batch.split is not None
+        split = batch.split
+        fresh = split.bronze  # a landed record was judged when it landed
+        if not fresh.num_rows:
+            return
+        p = self.pipeline
+        spec = self._scd2_spec(split.valid.schema)
+        changes = scd2_changes(fresh, spec, p.source_format, p.sequence_by)
+        stats.unavailable_values = unavailable_counts(changes, spec)
+        if not stats.unavailable_values:
+            return
+        keys = list(spec.keys)
+        held = changes.filter(pl.col("_op") == "U").select(keys).unique()
+        rows = self.sinks["silver"].read_keys(held)
+        with_rows = held.clear() if rows is None else rows.select(keys).unique()
+        found = unresolvable_unavailable(changes, with_rows, spec)
+        if not found.height:
+            return
+        rejected = pa.table(
+            {
+                "partition": found.get_column("_source_partition").to_arrow(),
+                "offset": found.get_column("_source_offset").to_arrow(),
+                "error": pa.array(
+                    [unavailable_error(c) for c in found.get_column("_columns").to_list()],
+                    pa.string(),
+                ),
+            }
+        )
+        code = QuarantineReason.UNAVAILABLE_WITHOUT_PRIOR.value
+        batch.split = split = split.quarantining(rejected, code, now)
+        n = found.height
+        stats.bronze_rows, stats.quarantined = split.bronze.num_rows, split.quarantine.num_rows
+        stats.valid_rows = split.valid.num_rows
+        stats.quarantine_reasons[code] = stats.quarantine_reasons.get(code, 0) + n
 
     def _append(
         self, role: str, batch: LocalBatch, batch_id: int, now: datetime, topic_id: str | None

@@ -40,6 +40,8 @@ from cdc.core.scd2 import (
     fold_pass,
     merge_source,
     post_merge_rows,
+    unavailable_error,
+    unresolvable_unavailable,
 )
 from cdc.core.sequence import SequenceBy
 from cdc.errors import ConfigError
@@ -64,7 +66,8 @@ from cdc.store.plan import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, Row
+    from pyspark.sql import Column, DataFrame, Row
+    from pyspark.sql.types import StructType
 
 __all__ = ["BATCH_CONF", "DistributedBatchWriter", "SparkBatch"]
 
@@ -121,6 +124,9 @@ class SparkBatch:
     counts: Row | None = None
     valid: DataFrame | None = None
     frames: dict[str, DataFrame] = field(default_factory=dict)
+    markers: list[tuple[str, Column]] = field(default_factory=list)
+    """Business columns a placeholder for an unchanged value fits, with the test for it
+    (counted by the counting job as ``u_<i>``)."""
 
 
 @dataclass
@@ -206,6 +212,8 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
             flagged = checks.flag_spark(flagged, landed)
         code = F.col("error_code")
         new_quarantine = code.isNotNull() & ~landed
+        batch.markers = self._markers(batch.kept.schema)
+        fresh_valid = code.isNull() & ~landed
         counts = flagged.agg(
             F.count(F.lit(1)).alias("n"),
             F.count_if(code.isNull() & ~landed).alias("b"),
@@ -213,6 +221,10 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
             F.count_if(code.isNull()).alias("v"),
             *(F.count_if(new_quarantine & (code == r)).alias(f"q_{r}") for r in _REASONS),
             *(checks.count_columns() if checks is not None else []),
+            *(
+                F.count_if(fresh_valid & m).alias(f"u_{i}")
+                for i, (_, m) in enumerate(batch.markers)
+            ),
         ).first()
         assert counts is not None
         batch.flagged, batch.counts = flagged, counts
@@ -263,6 +275,105 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
             codes = batch.frames["quarantine"].groupBy("error_code").count().collect()
             found = {str(r["error_code"]): int(r["count"]) for r in codes}
         stats.quarantine_reasons = found
+
+    def _markers(self, schema: StructType) -> list[tuple[str, Column]]:
+        """The business columns of an SCD2 batch a placeholder fits, and the test for it."""
+        from pyspark.sql import functions as F
+        from pyspark.sql.pandas.types import to_arrow_schema
+        from pyspark.sql.types import ArrayType, BinaryType, StringType, StructType
+
+        placeholders = self.settings.unavailable_values(self.name)
+        if self.pipeline.kind != "scd2" or not placeholders:
+            return []
+        spec = self._scd2_spec(to_arrow_schema(schema, timezone="UTC"))
+        row = schema["value"].dataType
+        assert isinstance(row, StructType)
+        path = "value"
+        if self.pipeline.source_format == "envelope":
+            row, path = row["after"].dataType, "value.after"
+            assert isinstance(row, StructType)
+        texts = list(placeholders)
+        raw = [bytearray(t.encode()) for t in texts]
+        found: list[tuple[str, Column]] = []
+        for c in spec.columns:
+            kind, col = row[c].dataType, F.col(path)[c]
+            if isinstance(kind, StringType):
+                found.append((c, col.isin(texts)))
+            elif isinstance(kind, BinaryType):
+                found.append((c, col.isin(raw)))
+            elif isinstance(kind, ArrayType) and isinstance(
+                kind.elementType, (StringType, BinaryType)
+            ):
+                inner = texts if isinstance(kind.elementType, StringType) else raw
+                found.append((c, (F.size(col) == 1) & F.element_at(col, 1).isin(inner)))
+        return [(c, F.coalesce(m, F.lit(False))) for c, m in found]
+
+    def _unavailable(self, batch: SparkBatch, now: datetime, stats: BatchStats) -> None:
+        from pyspark.sql import functions as F
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        counts, fresh, valid = batch.counts, batch.frames["bronze"], batch.valid
+        assert counts is not None and valid is not None
+        stats.unavailable_values = {
+            c: int(counts[f"u_{i}"]) for i, (c, _) in enumerate(batch.markers) if counts[f"u_{i}"]
+        }
+        if not stats.unavailable_values:
+            return
+        p = self.pipeline
+        spec = self._scd2_spec(to_arrow_schema(valid.schema, timezone="UTC"))
+        keys = list(spec.keys)
+        session = valid.sparkSession
+        held_any = F.lit(False)
+        for _, marker in batch.markers:
+            held_any = held_any | marker
+        # The keys holding a placeholder and without a row: usually none, then nothing more.
+        held = fresh.where(held_any).select(*(F.col("key")[k].alias(k) for k in keys)).distinct()
+        silver = self.store.read_df(session, self.uris["silver"])
+        if silver is not None:
+            held = held.join(
+                silver.select(*keys), on=_null_safe(held, silver, keys), how="left_anti"
+            )
+        unknown = held.collect()
+        if not unknown:
+            return
+        wanted = session.createDataFrame(unknown, held.schema)
+        rows = fresh.join(
+            wanted, [fresh["key"][k].eqNullSafe(wanted[k]) for k in keys], "left_semi"
+        ).toArrow()
+        changes = scd2_changes(rows, spec, p.source_format, p.sequence_by)
+        found = unresolvable_unavailable(changes, changes.select(keys).clear(), spec)
+        if not found.height:
+            return
+        rejected = session.createDataFrame(
+            [
+                (int(part), int(offset), unavailable_error(cols))
+                for part, offset, cols in found.iter_rows()
+            ],
+            "_r_partition int, _r_offset long, _r_error string",
+        )
+        on = (fresh["partition"] == rejected["_r_partition"]) & (
+            fresh["offset"] == rejected["_r_offset"]
+        )
+        code = QuarantineReason.UNAVAILABLE_WITHOUT_PRIOR.value
+        moved = fresh.join(F.broadcast(rejected), on, "inner").select(
+            *QUARANTINE_COLUMNS[:-2],
+            F.lit(code).alias("error_code"),
+            F.col("_r_error").alias("error"),
+            "_batch_id",
+            F.lit(now).cast("timestamp").alias("_quarantined_at"),
+            TOPIC_ID_COLUMN,
+        )
+        batch.frames["quarantine"] = batch.frames["quarantine"].unionByName(moved)
+        batch.frames["bronze"] = fresh.join(F.broadcast(rejected), on, "left_anti")
+        kept = (valid["partition"] == rejected["_r_partition"]) & (
+            valid["offset"] == rejected["_r_offset"]
+        )
+        batch.valid = valid.join(F.broadcast(rejected), kept, "left_anti")
+        n = found.height
+        stats.bronze_rows -= n
+        stats.valid_rows -= n
+        stats.quarantined += n
+        stats.quarantine_reasons[code] = stats.quarantine_reasons.get(code, 0) + n
 
     def _append(
         self, role: str, batch: SparkBatch, batch_id: int, now: datetime, topic_id: str | None
@@ -514,6 +625,10 @@ def _release(df: DataFrame) -> None:
         df._jdf.logicalPlan().rdd().unpersist(False)
     except Exception as exc:  # py4j: the plan is not the LogicalRDD a checkpoint returns
         log.debug("could not release a checkpointed frame early: %s", exc)
+
+
+def _null_safe(left: DataFrame, right: DataFrame, keys: list[str]) -> list[Column]:
+    return [left[k].eqNullSafe(right[k]) for k in keys]
 
 
 def _semi(df: DataFrame, keys_df: DataFrame, keys: list[str]) -> DataFrame:

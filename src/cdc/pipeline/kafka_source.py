@@ -91,6 +91,9 @@ class DecoderSpec:
     sequence: SequenceCheck | None = None
     """The pipeline's sequence check (an SCD2 pipeline's decoder quarantines the records
     whose sequence cannot be encoded); None: no check."""
+    unavailable: tuple[str, ...] = ()
+    """The pipeline's placeholders for unchanged values: a leaf holding one passes the
+    contract's patterns and allowed values (it is not a value)."""
 
     @classmethod
     def from_settings(
@@ -106,7 +109,15 @@ class DecoderSpec:
             contracts_path=str(registry.contracts),
             max_message_bytes=settings.defaults.max_message_bytes,
             sequence=None if pipeline is None else SequenceCheck.of(settings, pipeline),
+            unavailable=_unavailable(settings, pipeline),
         )
+
+
+def _unavailable(settings: Settings, pipeline: PipelineSettings | None) -> tuple[str, ...]:
+    if pipeline is None or pipeline.kind != "scd2":
+        return ()
+    own = pipeline.unavailable_values
+    return settings.defaults.unavailable_values if own is None else own
 
 
 def topic_decoder(spec: DecoderSpec, topic: str) -> TopicDecoder:
@@ -154,7 +165,11 @@ def _cached_decoder(
         spec.registry_path, spec.registry_url, spec.registry_client, registry_stamp
     )
     return TopicDecoder(
-        registry, contract, max_message_bytes=spec.max_message_bytes, sequence=spec.sequence
+        registry,
+        contract,
+        max_message_bytes=spec.max_message_bytes,
+        sequence=spec.sequence,
+        unavailable=spec.unavailable,
     )
 
 
