@@ -663,6 +663,9 @@ def _resolve_unavailable(df: pl.DataFrame, spec: Scd2Spec) -> pl.DataFrame:
     null (the writers quarantine such a record before it lands, see
     :func:`unresolvable_unavailable`)."""
     marks = _markers(df, spec)
+    if marks:  # only the columns that hold one (usually none: one pass to know)
+        held = df.select(m.any().alias(c) for c, m in marks.items()).row(0, named=True)
+        marks = {c: m for c, m in marks.items() if held[c]}
     if not marks:
         return df
     keys = list(spec.keys)
