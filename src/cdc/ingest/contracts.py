@@ -58,7 +58,15 @@ OPS_WITH_AFTER = frozenset({"c", "u", "r"})
 """Debezium ops whose envelope carries an ``after`` image."""
 _NUMERIC = frozenset({"int", "long", "float", "double"})
 
-_TOPIC_KEYS = ("key_required", "key_subject", "kind", "rules", "tags", "value_subject")
+_TOPIC_KEYS = (
+    "decimals",
+    "key_required",
+    "key_subject",
+    "kind",
+    "rules",
+    "tags",
+    "value_subject",
+)
 _RULE_KEYS = ("allowed", "patterns", "ranges", "required")
 _RANGE_KEYS = ("max", "min")
 _KINDS = ("envelope", "flat")
@@ -83,6 +91,10 @@ class QuarantineReason(StrEnum):
     POSITION_OUT_OF_RANGE = POSITION_OUT_OF_RANGE
     """A position value (a binlog index, the Kafka partition or offset) does not fit a
     sequence."""
+    VALUE_OUT_OF_RANGE = "value_out_of_range"
+    """A value does not fit the Delta type of its Debezium semantic type (a
+    ``VariableScaleDecimal`` beyond its ``decimal(p, s)``, a time no Delta timestamp holds, a
+    ``ZonedTimestamp`` that is not one): :mod:`cdc.ingest.semantic`."""
     UNAVAILABLE_WITHOUT_PRIOR = "unavailable_without_prior"
     """An SCD2 change holds a placeholder for an unchanged value (a TOASTed column) but its
     key has no earlier version to take the value from (docs/scd2.md, "Unchanged values")."""
@@ -134,6 +146,10 @@ class TopicContract:
     rules: ContractRules = field(default_factory=ContractRules)
     key_required: bool = True
     tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    decimals: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """``decimal(precision, scale)`` of each Debezium ``VariableScaleDecimal`` field (a
+    PostgreSQL ``numeric`` without a declared scale), by field name; ``default`` for the
+    others (else 38, 10). See :mod:`cdc.ingest.semantic`."""
 
 
 def load_contracts(path: str | Path) -> dict[str, TopicContract]:
@@ -208,7 +224,30 @@ def _parse_topic(topic: str, spec: Any, source: str) -> TopicContract:
         rules=_parse_rules(f"{where} rules", spec.get("rules") or {}),
         key_required=key_required,
         tags=_parse_tags(f"{where} tags", spec.get("tags") or {}),
+        decimals=_parse_decimals(f"{where} decimals", spec.get("decimals") or {}),
     )
+
+
+def _parse_decimals(where: str, spec: Any) -> dict[str, tuple[int, int]]:
+    """``{field | default: [precision, scale]}``, 1 ≤ precision ≤ 76, 0 ≤ scale ≤ precision."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping of field name -> [precision, scale]")
+    found: dict[str, tuple[int, int]] = {}
+    for name, pair in spec.items():
+        ok = (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+            and 1 <= pair[0] <= 76
+            and 0 <= pair[1] <= pair[0]
+        )
+        if not ok:
+            raise ConfigError(
+                f"{where}: {name!r} must be [precision, scale] with 1 <= precision <= 76 and"
+                f" 0 <= scale <= precision, not {pair!r}"
+            )
+        found[str(name)] = (pair[0], pair[1])
+    return found
 
 
 def _parse_tags(where: str, spec: Any) -> dict[str, tuple[str, ...]]:

@@ -54,6 +54,7 @@ from cdc.ingest.registry import (
     unframe,
 )
 from cdc.ingest.registry.framing import HEADER_SIZE, MAGIC_BYTE
+from cdc.ingest.semantic import SemanticTypes
 
 __all__ = ["KafkaRecords", "TopicDecoder", "validate_contracts"]
 
@@ -147,9 +148,20 @@ class TopicDecoder:
             contract, self._readers["value"].avro_type, unavailable=tuple(unavailable)
         )
         self._envelope = contract.kind == "envelope"
-        self._schema = decoded_schema(
-            avro_to_arrow_type(self._readers["key"].avro_type, nested_nullable=True),
-            avro_to_arrow_type(self._readers["value"].avro_type, nested_nullable=True),
+        raw = {
+            side: avro_to_arrow_type(reader.avro_type, nested_nullable=True)
+            for side, reader in self._readers.items()
+        }
+        # Decoded as the Avro types, then Debezium's semantic types as Delta's (see
+        # _semantic_types): the reading paths build the first schema, callers get the second.
+        self._schema = decoded_schema(raw["key"], raw["value"])
+        self._semantic = {
+            side: SemanticTypes(reader.avro_type, contract.decimals)
+            for side, reader in self._readers.items()
+        }
+        self._out_schema = decoded_schema(
+            self._semantic["key"].arrow_type(raw["key"]),
+            self._semantic["value"].arrow_type(raw["value"]),
         )
         self._plans: dict[tuple[str, int], _Plan] = {}
         self._columnar = columnar
@@ -159,7 +171,7 @@ class TopicDecoder:
     @property
     def arrow_schema(self) -> pa.Schema:
         """The schema of every batch :meth:`decode_records` returns."""
-        return self._schema
+        return self._out_schema
 
     @property
     def contract(self) -> TopicContract:
@@ -183,8 +195,41 @@ class TopicDecoder:
         """
         columns = KafkaRecords.from_arrow(records, self._schema)
         if not self._columnar or len(columns) == 0:
-            return self._check_sequences(self._decode_rows(columns.messages(range(len(columns)))))
-        return self._check_sequences(self._decode_columns(columns))
+            decoded = self._decode_rows(columns.messages(range(len(columns))))
+        else:
+            decoded = self._decode_columns(columns)
+        return self._semantic_types(self._check_sequences(decoded))
+
+    def _semantic_types(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Debezium's semantic types as their Delta types (:mod:`cdc.ingest.semantic`): a
+        valid record whose value does not fit goes to quarantine (``value_out_of_range``)."""
+        if all(t.empty for t in self._semantic.values()):
+            return batch
+        s = self._schema
+        arrays = dict(zip(s.names, batch.columns, strict=True))
+        valid = pc.is_null(arrays["error_code"]).to_pylist()
+        codes = arrays["error_code"].to_pylist()
+        errors = arrays["error"].to_pylist()
+        bad = [False] * batch.num_rows
+        for side, types in self._semantic.items():
+            if types.empty:
+                continue
+            arrays[side], found = types.convert(arrays[side])
+            for i, error in enumerate(found):
+                if error is not None and valid[i] and not bad[i]:
+                    bad[i] = True
+                    codes[i], errors[i] = QuarantineReason.VALUE_OUT_OF_RANGE.value, error
+        out = self._out_schema
+        if any(bad):
+            mask = pa.array(bad, pa.bool_())
+            for side in ("key", "value"):
+                none = pa.nulls(batch.num_rows, out.field(side).type)
+                arrays[side] = pc.if_else(mask, none, arrays[side])
+            arrays["error_code"] = pa.array(codes, out.field("error_code").type)
+            arrays["error"] = pa.array(errors, out.field("error").type)
+        return pa.RecordBatch.from_arrays(
+            [arrays[n].cast(out.field(n).type) for n in out.names], schema=out
+        )
 
     def _check_sequences(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Quarantine the valid records whose sequence cannot be encoded (see ``sequence``).

@@ -62,6 +62,9 @@ class AvroType:
     items: AvroType | None = None
     """Element type of an array, value type of a map."""
     branches: list[AvroType] = field(default_factory=list)
+    connect_name: str | None = None
+    """Kafka Connect's semantic type of the node (``connect.name``, e.g.
+    ``io.debezium.time.MicroTimestamp``), as Confluent's converter writes it."""
 
     @property
     def is_nullable_union(self) -> bool:
@@ -176,6 +179,8 @@ class _Parser:
     def _record(self, schema: dict[str, Any], namespace: str) -> AvroType:
         node = self._named(AvroType("record"), schema, namespace)
         assert node.name is not None
+        connect = schema.get("connect.name")
+        node.connect_name = connect if isinstance(connect, str) else None
         child_ns = _namespace_of(node.name)
         for f in schema.get("fields", ()):
             if not isinstance(f, dict) or "name" not in f or "type" not in f:
@@ -193,6 +198,9 @@ class _Parser:
 
     @staticmethod
     def _logical(node: AvroType, schema: dict[str, Any]) -> None:
+        connect = schema.get("connect.name")
+        if isinstance(connect, str):
+            node.connect_name = connect
         logical = schema.get("logicalType")
         if not isinstance(logical, str) or node.kind not in _LOGICAL_BASES.get(logical, ()):
             return
