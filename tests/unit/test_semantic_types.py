@@ -1,21 +1,19 @@
 """Debezium's semantic types decoded as the Delta types they stand for (issue 25, item 5).
 
 A PostgreSQL table as Debezium's Avro converter registers it (``connect.name`` beside each
-Avro type): ``numeric`` without a scale (``VariableScaleDecimal``), ``date``, ``timestamp``
-at three precisions, ``timestamptz`` (``ZonedTimestamp``) and times of day. Both decoder paths
-(columnar and fastavro) give the same exact values; a value that does not fit its type is
-quarantined as ``value_out_of_range`` with a line naming the field, never rounded.
+Avro type, :mod:`tests.support.debezium_types`): ``numeric`` without a scale
+(``VariableScaleDecimal``), ``date``, ``timestamp`` at three precisions, ``timestamptz``
+(``ZonedTimestamp``) and times of day. Both decoder paths (columnar and fastavro) give the same
+exact values; a value that does not fit its type is quarantined as ``value_out_of_range`` with
+a line naming the field, never rounded.
 """
 
 from __future__ import annotations
 
-import io
-import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-import fastavro
 import pyarrow as pa
 import pytest
 
@@ -23,151 +21,20 @@ from cdc.errors import ConfigError
 from cdc.ingest.contracts import TopicContract, parse_contracts
 from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.registry import FileRegistry
-from cdc.ingest.registry.framing import frame
 from cdc.ingest.semantic import SEMANTIC_TYPES
+from tests.support.debezium_types import CONTRACT, T0, encode, envelope, row, vsd, write_registry
 from tests.support.decoding import decode_messages
 from tests.support.paths import REPO_ROOT
-
-T0 = 1_767_600_000_000
-
-
-def _t(name: str, base: str) -> dict[str, Any]:
-    return {"type": base, "connect.version": 1, "connect.name": name}
-
-
-VSD = {
-    "type": "record",
-    "name": "VariableScaleDecimal",
-    "namespace": "io.debezium.data",
-    "fields": [{"name": "scale", "type": "int"}, {"name": "value", "type": "bytes"}],
-    "connect.doc": "Variable scaled decimal",
-    "connect.version": 1,
-    "connect.name": "io.debezium.data.VariableScaleDecimal",
-}
-ROW = {
-    "type": "record",
-    "name": "Value",
-    "namespace": "pg.public.things",
-    "fields": [
-        {"name": "id", "type": "int"},
-        {"name": "amount", "type": ["null", VSD], "default": None},
-        {
-            "name": "ratio",
-            "type": ["null", "io.debezium.data.VariableScaleDecimal"],
-            "default": None,
-        },
-        {"name": "born", "type": ["null", _t("io.debezium.time.Date", "int")], "default": None},
-        {
-            "name": "at_ms",
-            "type": ["null", _t("io.debezium.time.Timestamp", "long")],
-            "default": None,
-        },
-        {
-            "name": "at_us",
-            "type": ["null", _t("io.debezium.time.MicroTimestamp", "long")],
-            "default": None,
-        },
-        {
-            "name": "at_ns",
-            "type": ["null", _t("io.debezium.time.NanoTimestamp", "long")],
-            "default": None,
-        },
-        {
-            "name": "zoned",
-            "type": ["null", _t("io.debezium.time.ZonedTimestamp", "string")],
-            "default": None,
-        },
-        {"name": "t_ms", "type": ["null", _t("io.debezium.time.Time", "int")], "default": None},
-        {
-            "name": "t_us",
-            "type": ["null", _t("io.debezium.time.MicroTime", "long")],
-            "default": None,
-        },
-        {
-            "name": "t_ns",
-            "type": ["null", _t("io.debezium.time.NanoTime", "long")],
-            "default": None,
-        },
-    ],
-}
-VALUE = {
-    "type": "record",
-    "name": "Envelope",
-    "namespace": "pg.public.things",
-    "fields": [
-        {"name": "before", "type": ["null", ROW], "default": None},
-        {"name": "after", "type": ["null", "Value"], "default": None},
-        {
-            "name": "source",
-            "type": {
-                "type": "record",
-                "name": "Source",
-                "namespace": "io.debezium.connector.postgresql",
-                "fields": [
-                    {"name": "connector", "type": "string"},
-                    {"name": "ts_ms", "type": "long"},
-                    {"name": "lsn", "type": ["null", "long"], "default": None},
-                ],
-            },
-        },
-        {"name": "op", "type": "string"},
-    ],
-}
-KEY = {
-    "type": "record",
-    "name": "Key",
-    "namespace": "pg.public.things",
-    "fields": [{"name": "id", "type": "int"}],
-}
-CONTRACT = {
-    "pg.things": {
-        "key_subject": "pg.things-key",
-        "value_subject": "pg.things-value",
-        "kind": "envelope",
-        "decimals": {"amount": [10, 2]},
-    }
-}
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> FileRegistry:
-    root = tmp_path_factory.mktemp("avro")
-    for subject, schema in (("pg.things-key", KEY), ("pg.things-value", VALUE)):
-        (root / subject).mkdir()
-        (root / subject / "v1.avsc").write_text(json.dumps(schema))
-    index = {
-        "subjects": {
-            "pg.things-key": [{"version": 1, "id": 1}],
-            "pg.things-value": [{"version": 1, "id": 2}],
-        }
-    }
-    (root / "index.json").write_text(json.dumps(index))
-    return FileRegistry.load(root)
+    return FileRegistry.load(write_registry(tmp_path_factory.mktemp("avro")))
 
 
 @pytest.fixture(scope="module")
 def contract() -> TopicContract:
     return parse_contracts(CONTRACT)["pg.things"]
-
-
-def vsd(text: str) -> dict[str, Any]:
-    d = Decimal(text)
-    sign, digits, exponent = d.as_tuple()
-    assert isinstance(exponent, int)
-    unscaled = int("".join(map(str, digits))) * (-1 if sign else 1)
-    size = max(1, (unscaled.bit_length() + 8) // 8)
-    return {"scale": -exponent, "value": unscaled.to_bytes(size, "big", signed=True)}
-
-
-def row(i: int, **values: Any) -> dict[str, Any]:
-    return {"id": i, **values}
-
-
-def encode(registry: FileRegistry, subject: str, datum: Any) -> bytes:
-    schema = registry.latest(subject)
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, schema.parsed, datum)
-    return frame(schema.schema_id, out.getvalue())
 
 
 def decode(
@@ -176,12 +43,7 @@ def decode(
     decoder = TopicDecoder(registry, contract, columnar=columnar)
     messages = []
     for n, r in enumerate(rows):
-        value = {
-            "before": None,
-            "after": r,
-            "source": {"connector": "postgresql", "ts_ms": T0 + n, "lsn": n},
-            "op": "c",
-        }
+        value = envelope(r, n)
         messages.append(
             (
                 "pg.things",
