@@ -343,6 +343,36 @@ def _build_parser() -> _Parser:
     verify.add_argument("--pipeline", help="only this pipeline's silver table")
     verify.add_argument("--json", action="store_true", help="one JSON document (a list of tables)")
 
+    snapshot = sub.add_parser(
+        "snapshot",
+        help="ask the Debezium connector for an incremental snapshot of a table, and watch it",
+        description=(
+            "Send Debezium's execute-snapshot signal for the pipeline's table to the"
+            " connector's Kafka signal topic (partition 0, keyed by the connector's"
+            " topic.prefix), then report the snapshot rows (op r) as they arrive on the topic."
+            " The connector needs the kafka signal channel (signal.enabled.channels)."
+            " Exit code 1 when no snapshot row arrived within --wait."
+        ),
+    )
+    _common(snapshot)
+    snapshot.add_argument(
+        "--table", required=True, metavar="T", help="the pipeline, or its silver target"
+    )
+    snapshot.add_argument("--filter", help="SQL condition on the rows to read (optional)")
+    snapshot.add_argument(
+        "--blocking", action="store_true", help="a blocking snapshot (streaming pauses)"
+    )
+    snapshot.add_argument(
+        "--wait", type=float, default=300.0, metavar="S", help="watch at most S seconds (300)"
+    )
+    snapshot.add_argument(
+        "--quiet",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="done after S seconds without a snapshot row (30)",
+    )
+
     gold = sub.add_parser("gold", help="the gold tables, built from silver")
     gold_sub = gold.add_subparsers(dest="gold_command", required=True, parser_class=_Parser)
     gold_build = gold_sub.add_parser(
@@ -934,6 +964,57 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if all(c.sound for c in checks) else 1
 
 
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    from cdc.ops.snapshot import send_snapshot_signal, signal_for, watch_snapshot
+    from cdc.runtime.kafka_admin import KafkaMetadata
+
+    settings = _settings(args)
+    name = _pipeline_of_table(settings, args.table)
+    signal = signal_for(
+        settings, name, kind="blocking" if args.blocking else "incremental", filter=args.filter
+    )
+    topic = settings.pipeline(name).topic
+    meta = KafkaMetadata.for_settings(settings.kafka)
+    try:
+        marks = meta.topic_watermarks([topic])
+    finally:
+        meta.close()
+    start = {p: wm.high for (_, p), wm in marks.items()}
+    send_snapshot_signal(settings, signal)
+    print(
+        f"sent execute-snapshot {signal.id} for {', '.join(signal.collections)} to"
+        f" {signal.topic} (connector {signal.connector}); watching {topic}"
+    )
+    progress = watch_snapshot(
+        settings,
+        name,
+        start,
+        wait_s=args.wait,
+        quiet_s=args.quiet,
+        report=lambda p: print(p.line(name), flush=True),
+    )
+    if not progress.rows:
+        print(
+            f"no snapshot row arrived on {topic} within {args.wait:g} s: is the kafka signal"
+            f" channel enabled on connector {signal.connector} (signal.enabled.channels) and"
+            f" does it read {signal.topic}?"
+        )
+        return 1
+    return 0
+
+
+def _pipeline_of_table(settings: Settings, table: str) -> str:
+    """The pipeline named ``table``, or whose silver target it is."""
+    if table in settings.pipelines:
+        return table
+    target = table.removeprefix("silver/")
+    found = [n for n, p in settings.pipelines.items() if p.target == target]
+    if not found:
+        known = ", ".join(sorted(settings.pipelines))
+        raise ConfigError(f"no pipeline or silver table {table!r} (pipelines: {known})")
+    return found[0]
+
+
 def _cmd_gold(args: argparse.Namespace) -> int:
     from cdc.gold import build_gold, parse_day
 
@@ -989,6 +1070,7 @@ _COMMANDS = {
     "status": _cmd_status,
     "replay": _cmd_replay,
     "verify": _cmd_verify,
+    "snapshot": _cmd_snapshot,
     "gold": _cmd_gold,
     "publish": _cmd_publish,
 }

@@ -717,6 +717,19 @@ class SourceTimeWindow(_Model):
         return value
 
 
+class DebeziumSource(_Model):
+    """The Debezium connector that writes a pipeline's topic, for ``cdc snapshot``."""
+
+    connector: str | None = None
+    """The connector's logical name, ``topic.prefix`` (None: the topic name's first part)."""
+    data_collection: str | None = None
+    """The table as the connector names it, ``schema.table`` for PostgreSQL (None: the
+    topic name after the prefix)."""
+    signal_topic: str | None = Field(default=None, pattern=TOPIC_PATTERN)
+    """The connector's ``signal.kafka.topic`` (None: ``<connector>-signal``, Debezium's
+    default)."""
+
+
 class PipelineSettings(_Model):
     """One streaming query: a topic and the silver table it maintains."""
 
@@ -765,6 +778,9 @@ class PipelineSettings(_Model):
     source_time_window: SourceTimeWindow | None = None
     """The source times this pipeline accepts (keys it does not set come from
     ``defaults.source_time_window``)."""
+    debezium: DebeziumSource | None = None
+    """The connector writing the topic (``cdc snapshot``; derived from the topic name when
+    unset)."""
     unavailable_values: tuple[str, ...] | None = None
     """Values that stand for an unchanged column the source did not send (None:
     ``defaults.unavailable_values``; ``[]``: none)."""
