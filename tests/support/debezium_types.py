@@ -15,7 +15,19 @@ import fastavro
 from cdc.ingest.registry import FileRegistry
 from cdc.ingest.registry.framing import frame
 
-__all__ = ["CONTRACT", "KEY", "T0", "VALUE", "encode", "envelope", "row", "vsd", "write_registry"]
+__all__ = [
+    "CONTRACT",
+    "KEY",
+    "T0",
+    "VALUE",
+    "add_version",
+    "encode",
+    "envelope",
+    "row",
+    "vsd",
+    "with_label",
+    "write_registry",
+]
 
 T0 = 1_767_600_000_000
 
@@ -39,6 +51,7 @@ ROW = {
     "namespace": "pg.public.things",
     "fields": [
         {"name": "id", "type": "int"},
+        {"name": "notes", "type": ["null", "string"], "default": None},  # text: TOASTed
         {"name": "amount", "type": ["null", VSD], "default": None},
         {
             "name": "ratio",
@@ -118,6 +131,25 @@ CONTRACT = {
 }
 
 
+def with_label(schema: dict[str, Any]) -> dict[str, Any]:
+    """The value schema's next version: the row gains ``label`` (a nullable string)."""
+    out = json.loads(json.dumps(schema))
+    row = next(f for f in out["fields"] if f["name"] == "before")["type"][1]
+    row["fields"].append({"name": "label", "type": ["null", "string"], "default": None})
+    return out
+
+
+def add_version(root: Path, subject: str, schema: dict[str, Any], schema_id: int) -> None:
+    """Register ``schema`` as the next version of ``subject`` in the file registry at
+    ``root``."""
+    index = json.loads((root / "index.json").read_text())
+    versions = index["subjects"][subject]
+    version = max(v["version"] for v in versions) + 1
+    (root / subject / f"v{version}.avsc").write_text(json.dumps(schema))
+    versions.append({"version": version, "id": schema_id})
+    (root / "index.json").write_text(json.dumps(index))
+
+
 def write_registry(root: Path, key_id: int = 1, value_id: int = 2) -> Path:
     """The two subjects of ``pg.things`` in a file registry at ``root`` (added to an
     ``index.json`` there, or a new one)."""
@@ -148,10 +180,13 @@ def row(i: int, **values: Any) -> dict[str, Any]:
     return {"id": i, **values}
 
 
-def envelope(after: dict[str, Any], n: int, op: str = "c") -> dict[str, Any]:
-    """A change of ``after`` at LSN ``n``, committed ``n`` ms after :data:`T0`."""
+def envelope(
+    after: dict[str, Any] | None, n: int, op: str = "c", before: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A change of ``after`` at LSN ``n``, committed ``n`` ms after :data:`T0` (a delete:
+    ``before`` set, ``after`` None)."""
     source = {"connector": "postgresql", "ts_ms": T0 + n, "lsn": n}
-    return {"before": None, "after": after, "source": source, "op": op}
+    return {"before": before, "after": after, "source": source, "op": op}
 
 
 def encode(registry: FileRegistry, subject: str, datum: Any) -> bytes:

@@ -409,3 +409,23 @@ def test_a_delta_rs_table_keeps_the_default_stats_its_key_reads_prune_by(tmp_pat
     stats = json.loads(next(json.loads(x)["add"]["stats"] for x in log if '"add"' in x))
     assert stats["minValues"]["key"] == {"id": 0}
     assert stats["minValues"]["value"]["name"] == "n0"
+
+
+def test_a_merge_that_adds_columns_keeps_the_table_id(tmp_path: Path) -> None:
+    """deltalake 1.6's MERGE with merge_schema writes a new table id; the sink adds the
+    columns by an append first, so the table stays the table the checkpoint knows."""
+    uri = str(tmp_path / "dim")
+    sink = DeltaRsStore().sink(uri)
+    upsert = MergePlan("upsert", match=("k",), clauses=(Clause("update"), Clause("insert")))
+    sink.merge(rows(1, 2), upsert, Txn("app/d", 0))
+    before = DeltaTable(uri).metadata().id
+    wider = rows(2, 3).append_column("tier", pa.array(["a", "b"]))
+    sink.merge(wider, upsert, Txn("app/d", 1))
+    table = DeltaTable(uri)
+    assert table.metadata().id == before
+    assert sorted(table.to_pyarrow_table().to_pylist(), key=lambda r: r["k"]) == [
+        {"k": 1, "v": "v1", "tier": None},
+        {"k": 2, "v": "v2", "tier": "a"},
+        {"k": 3, "v": "v3", "tier": "b"},
+    ]
+    assert sink.merge(wider, upsert, Txn("app/d", 1)).skipped  # a re-run batch

@@ -717,6 +717,18 @@ class SourceTimeWindow(_Model):
         return value
 
 
+class SchemaChangeSettings(_Model):
+    """What a pipeline does when a new schema version changes its table's columns
+    (:mod:`cdc.ingest.schema_changes`). Added columns and widened types always evolve the
+    tables."""
+
+    breaking: Literal["fail", "ignore"] = "fail"
+    """A dropped, renamed, narrowed or retyped column, or a changed key: ``fail`` stops the
+    batch before it writes, in one line naming the change and the schema version; ``ignore``
+    keeps the table's columns (a dropped column is null in new rows, a renamed one arrives as
+    a new column, a narrowed value is written into the wider column)."""
+
+
 class DebeziumSource(_Model):
     """The Debezium connector that writes a pipeline's topic, for ``cdc snapshot``."""
 
@@ -778,6 +790,9 @@ class PipelineSettings(_Model):
     source_time_window: SourceTimeWindow | None = None
     """The source times this pipeline accepts (keys it does not set come from
     ``defaults.source_time_window``)."""
+    schema_changes: SchemaChangeSettings | None = None
+    """What this pipeline does about a breaking schema change (None:
+    ``defaults.schema_changes``)."""
     debezium: DebeziumSource | None = None
     """The connector writing the topic (``cdc snapshot``; derived from the topic name when
     unset)."""
@@ -850,6 +865,8 @@ class PipelineDefaults(_Model):
     (docs/guides/verify.md); ``cdc verify`` checks whole tables on demand either way."""
     source_time_window: SourceTimeWindow = SourceTimeWindow()
     """The source times SCD2 pipelines accept (docs/scd2.md, "What a sequence holds")."""
+    schema_changes: SchemaChangeSettings = SchemaChangeSettings()
+    """What pipelines do about a breaking schema change (docs/guides/schema-changes.md)."""
     unavailable_values: tuple[str, ...] = ("__debezium_unavailable_value",)
     """Values that stand for an unchanged column the source did not send: Debezium's
     ``unavailable.value.placeholder`` for a TOASTed PostgreSQL column. An SCD2 change holding
@@ -895,6 +912,11 @@ class Settings(_Model):
         """Whether pipeline ``name`` checks the SCD2 invariants after each batch."""
         own = self.pipeline(name).check_invariants
         return self.defaults.check_invariants if own is None else own
+
+    def schema_changes(self, name: str) -> SchemaChangeSettings:
+        """Pipeline ``name``'s policy for breaking schema changes."""
+        own = self.pipeline(name).schema_changes
+        return self.defaults.schema_changes if own is None else own
 
     def unavailable_values(self, name: str) -> tuple[str, ...]:
         """The placeholders for unchanged values of pipeline ``name`` (docs/scd2.md)."""

@@ -173,6 +173,22 @@ class TopicDecoder:
         """The schema of every batch :meth:`decode_records` returns."""
         return self._out_schema
 
+    def reader_version(self, side: str = "value") -> str:
+        """The reader schema of ``side``: ``<subject> v<version> (id <id>)``."""
+        r = self._readers[side]
+        return f"{r.subject} v{r.version} (id {r.schema_id})"
+
+    def row_aliases(self) -> dict[str, tuple[str, ...]]:
+        """The Avro aliases of each field of the row (an envelope's ``after``, a flat
+        record's value): a field's former names."""
+        node = self._readers["value"].avro_type
+        if self._envelope:
+            after = next((f.type for f in node.fields if f.name == "after"), None)
+            node = after if after is not None else node
+        if node.kind == "union":
+            node = node.non_null_branches()[0]
+        return {f.name: f.aliases for f in node.fields if f.aliases}
+
     @property
     def contract(self) -> TopicContract:
         """The contract this decoder enforces."""

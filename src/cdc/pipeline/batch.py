@@ -21,12 +21,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import pyarrow as pa
+
 from cdc.config.lake import pipeline_tables, txn_app_id
 from cdc.config.settings import PipelineSettings, Settings
 from cdc.core.ranges import Ranges, ranges_from_json
-from cdc.core.scd2 import Scd2Spec
+from cdc.core.scd2 import DIM_SYSTEM_COLUMNS, Scd2Spec
 from cdc.errors import CdcError, CommitConflictError
-from cdc.ingest.changes import business_columns
+from cdc.ingest.changes import FACT_LINEAGE, business_columns
+from cdc.ingest.schema_changes import (
+    SchemaChange,
+    SchemaChangeError,
+    column_changes,
+    describe,
+    key_changes,
+)
 from cdc.pipeline.checkpoint import (
     CheckpointIdentity,
     TableMark,
@@ -43,6 +52,8 @@ from cdc.store.base import Txn, WriteOutcome
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+
+    from cdc.ingest.decoder import TopicDecoder
 
 __all__ = ["MAX_COMMIT_ATTEMPTS", "BatchStats", "BatchWriter", "start_file_landed"]
 
@@ -157,6 +168,7 @@ class BatchWriter(ABC, Generic[_Batch]):
         self.expectations: Expectations | None = expectations_for(name, pipeline, settings)
         """The pipeline's data-quality rules, checked against its record at start."""
         self._identity: CheckpointIdentity | None = None
+        self._checked_schema: pa.Schema | None = None
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         """Write one micro-batch to the pipeline's tables (exactly once per table)."""
@@ -183,6 +195,8 @@ class BatchWriter(ABC, Generic[_Batch]):
         """The path of one batch (see the class docstring)."""
         with stats.timed("read"):
             self._count(batch, stats)
+            if stats.input_rows:
+                self._check_schema(self._arrow_schema(batch))
         if check_topic:
             # After the read: a topic recreated while the batch was fetched is caught here,
             # before anything is written. A broker that is briefly away is waited for, as
@@ -226,6 +240,10 @@ class BatchWriter(ABC, Generic[_Batch]):
     def _count(self, batch: _Batch, stats: BatchStats) -> None:
         """Read the batch (fetch and decode, where the engine is lazy); at least
         ``stats.input_rows``."""
+
+    @abstractmethod
+    def _arrow_schema(self, batch: _Batch) -> pa.Schema:
+        """The decoded batch's schema, as Arrow (its ``key`` and ``value`` structs)."""
 
     @abstractmethod
     def _judge(self, batch: _Batch, batch_id: int) -> Counts:
@@ -356,6 +374,66 @@ class BatchWriter(ABC, Generic[_Batch]):
         )
         if self.on_batch is not None:
             self.on_batch(self.name, stats)
+
+    def _check_schema(self, schema: pa.Schema) -> None:
+        """Apply the pipeline's ``schema_changes`` to what the reader schema changes in the
+        silver table's columns (:mod:`cdc.ingest.schema_changes`); checked again only when the
+        batch's schema changes. Raises :class:`SchemaChangeError` (nothing written yet) for a
+        breaking change under ``fail``."""
+        if schema == self._checked_schema:
+            return
+        options = self.settings.lake.resolved_storage_options()
+        handle = store_for(self.settings.lake.writer, options).handle(self.uris["silver"])
+        if handle is not None:
+            held = pa.schema(handle.schema().to_arrow())
+            changes = self._schema_changes(held, schema)
+            breaking = [c for c in changes if c.breaking]
+            if breaking:
+                self._on_breaking(breaking)
+            elif changes:
+                log.info("pipeline %s: the schema %s: tables evolve", self.name, describe(changes))
+        self._checked_schema = schema
+
+    def _schema_changes(self, held: pa.Schema, schema: pa.Schema) -> list[SchemaChange]:
+        p = self.pipeline
+        value = schema.field("value").type
+        if p.source_format == "envelope":
+            value = value.field("after").type
+        if p.kind == "scd2":
+            ignore: tuple[str, ...] = DIM_SYSTEM_COLUMNS
+        else:
+            ignore = tuple(name for name, _ in FACT_LINEAGE)
+        decoder = self._decoder()
+        changes = column_changes(held, value, aliases=decoder.row_aliases(), ignore=ignore)
+        if p.kind == "scd2":
+            changes += key_changes(p.keys, schema.field("key").type)
+        return changes
+
+    def _on_breaking(self, breaking: list[SchemaChange]) -> None:
+        what = describe(breaking)
+        version = self._decoder().reader_version()
+        target = self.uris["silver"].rstrip("/").rsplit("/", 1)[-1]
+        if self.settings.schema_changes(self.name).breaking == "ignore":
+            log.warning(
+                "pipeline %s: %s %s that silver/%s holds; schema_changes.breaking is ignore:"
+                " the table keeps its columns",
+                self.name,
+                version,
+                what,
+                target,
+            )
+            return
+        raise SchemaChangeError(
+            f"pipeline {self.name}: {version} {what} that silver/{target} holds;"
+            " schema_changes.breaking is fail, so nothing was written (set it to ignore to"
+            " keep the table's columns, or make the change compatible)"
+        )
+
+    def _decoder(self) -> TopicDecoder:
+        from cdc.pipeline.kafka_source import DecoderSpec, topic_decoder
+
+        spec = DecoderSpec.from_settings(self.settings, self.pipeline)
+        return topic_decoder(spec, self.pipeline.topic)
 
     def _scd2_spec(self, schema: Any) -> Scd2Spec:
         p = self.pipeline

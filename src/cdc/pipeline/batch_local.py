@@ -99,6 +99,9 @@ class LocalBatchWriter(BatchWriter[LocalBatch]):
         stats.phases["read"] = time.monotonic() - started
         return LocalBatch(table)
 
+    def _arrow_schema(self, batch: LocalBatch) -> pa.Schema:
+        return batch.table.schema
+
     def _count(self, batch: LocalBatch, stats: BatchStats) -> None:
         stats.input_rows = batch.table.num_rows
 

@@ -230,6 +230,11 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
         batch.flagged, batch.counts = flagged, counts
         stats.input_rows = int(counts["n"])
 
+    def _arrow_schema(self, batch: SparkBatch) -> pa.Schema:
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        return to_arrow_schema(batch.kept.schema, timezone="UTC")
+
     def _judge(self, batch: SparkBatch, batch_id: int) -> Counts:
         assert self.expectations is not None
         assert batch.flagged is not None and batch.counts is not None
@@ -329,10 +334,12 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
         # The keys holding a placeholder and without a row: usually none, then nothing more.
         held = fresh.where(held_any).select(*(F.col("key")[k].alias(k) for k in keys)).distinct()
         silver = self.store.read_df(session, self.uris["silver"])
-        if silver is not None:
-            held = held.join(
-                silver.select(*keys), on=_null_safe(held, silver, keys), how="left_anti"
-            )
+        if silver is not None:  # the current partition first: most keys have a current row
+            for current in (True, False):
+                part = silver.where(F.col(CURRENT_PARTITION) == current).select(*keys)
+                held = held.join(part, on=_null_safe(held, part, keys), how="left_anti")
+                if current and held.isEmpty():
+                    return
         unknown = held.collect()
         if not unknown:
             return

@@ -154,6 +154,32 @@ class DeltaSink:
         self._partition_columns = None  # the layout may have changed
         return WriteOutcome(skipped=False, rows=data.num_rows, table_version=self._version())
 
+    def _evolve(self, table: DeltaTable, source: pa.Table, plan: MergePlan) -> DeltaTable:
+        """Add the source's new columns to the table before a MERGE, in a commit of its own
+        (an empty append that merges the schema). deltalake 1.6's MERGE with ``merge_schema``
+        writes its new schema with a new table id, which would make the table another table
+        to everything that knows it by its id (the checkpoint's identity check); an append
+        keeps the id. Re-run after a crash, the columns are there and nothing is written."""
+        held = {f.name for f in table.schema().fields}
+        columns = _columns_of(source, plan)
+        if all(name in held for name in columns.column_names):
+            return table
+        try:
+            with rust_panics_logged():
+                write_deltalake(
+                    self.uri,
+                    columns.slice(0, 0),
+                    mode="append",
+                    schema_mode="merge",
+                    storage_options=self.storage_options,
+                    commit_properties=self._props(None, f"{plan.operation}-evolve"),
+                )
+        except (DeltaError, OSError) as exc:
+            raise TableWriteError(f"adding columns to {self.uri} failed: {exc}") from exc
+        evolved = self.table()
+        assert evolved is not None
+        return evolved
+
     def _version(self) -> int | None:
         table = self.table()
         return None if table is None else table.version()
@@ -238,6 +264,7 @@ class DeltaSink:
             )
         if CURRENT_PARTITION not in self.partition_columns():
             plan = replace(plan, match_source={}, prune={})  # an unpartitioned dimension
+        table = self._evolve(table, source, plan)
         except_cols = list(plan.source_only)
         try:
             merger = table.merge(
@@ -277,6 +304,10 @@ class DeltaSink:
         return WriteOutcome(skipped=False, rows=rows, table_version=self._version())
 
 
+def _columns_of(source: pa.Table, plan: MergePlan) -> pa.Table:
+    return source.drop_columns([c for c in plan.source_only if c in source.column_names])
+
+
 def commit_properties(info: CommitInfo, txn: Txn | None = None) -> CommitProperties:
     """The delta-rs commit properties of a commit: its :class:`~cdc.store.plan.CommitInfo` as
     ``userMetadata`` and, for a micro-batch's write, its app transaction."""
@@ -294,7 +325,7 @@ def _inserted(source: pa.Table, plan: MergePlan) -> pa.Table:
     action = plan.inserted()
     if action is not None:
         source = source.filter(pc.equal(source.column(ACTION_COLUMN), action))
-    return source.drop_columns([c for c in plan.source_only if c in source.column_names])
+    return _columns_of(source, plan)
 
 
 def _writable(properties: Mapping[str, str]) -> dict[str, str] | None:
