@@ -3,7 +3,8 @@
 The contacts table's value subject gets new registry versions while the pipeline runs on a
 real broker: v4 adds two columns (the tables evolve, old rows read null), v5 drops
 ``job_title`` (breaking: under ``fail`` the batch stops in one line naming the change and the
-version, and nothing lands; under ``ignore`` the table keeps ``job_title``, null in new rows).
+version, and nothing lands; under ``ignore`` the table keeps ``job_title``, null in new rows),
+v6 widens ``score`` (refused whatever the policy: the tables cannot widen in place).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def test_added_columns_evolve_and_a_drop_follows_the_policy(
         return [
             *fields,
             {"name": "loyalty_tier", "type": ["null", "string"], "default": None},
-            {"name": "score", "type": ["null", "long"], "default": None},
+            {"name": "score", "type": ["null", "int"], "default": None},
         ]
 
     assert new_version(root, added, 901) == 4
@@ -121,3 +122,20 @@ def test_added_columns_evolve_and_a_drop_follows_the_policy(
         ("c2", "cfo"),
         ("c3", None),
     ]
+
+    def widened(fields: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [f | {"type": ["null", "long"]} if f["name"] == "score" else f for f in fields]
+
+    assert new_version(root, widened, 903) == 6
+    v6 = change("c4", "c", 4000, email="dee@acme.io")
+    v6["value"]["after"].pop("job_title", None)
+    v6["value"]["after"] |= {"loyalty_tier": None, "score": 2**40}
+    send(fresh_kafka, root, tmp_path, [v6], 4)
+    bronze_before = read_table(paths["bronze"]).height
+    with pytest.raises(PipelineFailedError) as failed:  # whatever the policy
+        run_pipelines(spark, ignoring, ["crm_contacts"], available_now=True)
+    assert (
+        "pipeline crm_contacts: crm.contacts-value v6 (id 903) widens 'score' (int → long): the"
+        " tables cannot change a column's type in place"
+    ) in str(failed.value)
+    assert read_table(paths["bronze"]).height == bronze_before

@@ -4,9 +4,11 @@ about it (``schema_changes``, per pipeline or in ``defaults``).
 A source DDL reaches the service as a new version of the value subject (the registry's
 latest is the reader). Compared with the columns silver holds:
 
-* **added** column, **widened** type (``int`` → ``long``, ``float`` → ``double``, a decimal with
-  more digits on both sides of the point): the tables evolve by themselves, bronze,
-  quarantine, silver, gold and warehouse, with no restart;
+* **added** column: the tables evolve by themselves, bronze, quarantine, silver, gold and
+  warehouse, with no restart;
+* **widened** type (``int`` → ``long``, ``float`` → ``double``, a decimal with more digits on
+  both sides of the point): compatible, but the tables cannot change a column's type in
+  place, so the writers refuse it in one line whatever the policy;
 * **dropped**, **renamed** (an Avro alias names the old column), **narrowed** or otherwise
   **retyped** column, a changed **key**: breaking, and the pipeline's ``schema_changes.breaking``
   decides: ``fail`` (the batch stops in one line naming the change and the versions; nothing is

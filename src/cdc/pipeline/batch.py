@@ -387,6 +387,15 @@ class BatchWriter(ABC, Generic[_Batch]):
         if handle is not None:
             held = pa.schema(handle.schema().to_arrow())
             changes = self._schema_changes(held, schema)
+            widened = [c for c in changes if c.kind == "widened"]
+            if widened:  # no policy makes it land: say so before anything is written
+                raise SchemaChangeError(
+                    f"pipeline {self.name}: {self._decoder().reader_version()}"
+                    f" {describe(widened)}: the tables cannot change a column's type in place"
+                    " (delta-rs 1.6 writes no Delta type widening), so nothing was written;"
+                    " keep the source's type, or point the pipeline at a new target and replay"
+                    " it (docs/guides/schema-changes.md)"
+                )
             breaking = [c for c in changes if c.breaking]
             if breaking:
                 self._on_breaking(breaking)
