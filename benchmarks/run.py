@@ -83,8 +83,8 @@ __all__ = ["compare_current", "compare_tables", "default_writer", "main", "write
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "latest.json"
 PIPELINE = "crm_contacts"
-MODES = ("throughput", "latency", "merge", "steady", "memory", "scaling")
-DEFAULT_MODES = ("throughput", "latency", "merge")
+MODES = ("throughput", "latency", "merge", "tables", "steady", "memory", "scaling")
+DEFAULT_MODES = ("throughput", "latency", "merge", "tables")
 WRITERS = ("delta-rs", "delta-spark")
 TEXTBOOK = "textbook"
 WARMUP_EVENTS = 5_000
@@ -108,6 +108,8 @@ CI: dict[str, Any] = {
     "merge_batch": 10_000,
     "merge_repeats": 3,
     "history_rounds": 20,
+    "tables": (1, 10, 50),
+    "table_events": 20_000,
 }
 FULL: dict[str, Any] = {
     **CI,
@@ -131,6 +133,8 @@ QUICK: dict[str, Any] = {
     "merge_batch": 1_000,
     "merge_repeats": 1,
     "history_rounds": 10,
+    "tables": (1, 10),
+    "table_events": 2_000,
 }
 SIZE_ARGS = (
     "events",
@@ -145,6 +149,8 @@ SIZE_ARGS = (
     "merge_batch",
     "merge_repeats",
     "history_rounds",
+    "tables",
+    "table_events",
 )
 
 log = logging.getLogger("benchmarks")
@@ -401,6 +407,94 @@ class Bench:
 
             settings = self.settings(self._warm_topic, writer=contender)
             run_pipelines(spark, settings, [PIPELINE], available_now=True)
+
+    def tables(self, counts: tuple[int, ...], events: int) -> dict[str, Any]:
+        """A whole database in one job (``databases``): ``events`` contact envelopes spread
+        over N table topics of one connector, for each N of ``counts``; one query per table,
+        on the default writer. ``startup_s``: from the run's start (listing the topics,
+        generating the pipelines) until every table's first batch has landed;
+        ``events_per_s``: all events over the whole drain; ``rss_mb``: the driver process's
+        peak resident memory after it."""
+        import resource
+
+        from cdc.pipeline.databases import expand, generated, list_topics
+        from cdc.pipeline.kafka_source import registry_for
+        from cdc.pipeline.queries import run_pipelines
+
+        spark = self.spark()
+        results: dict[str, Any] = {}
+        source = json.loads((REPO / "schemas" / "avro" / "index.json").read_text())
+        contacts = {side: source["subjects"][f"crm.contacts-{side}"] for side in ("key", "value")}
+        for n in counts:
+            print(f"tables: {n} tables, {events:,} events ...", file=sys.stderr)
+            root = self._root()
+            registry_root = root / "avro"
+            shutil.copytree(REPO / "schemas" / "avro", registry_root)
+            index = json.loads((registry_root / "index.json").read_text())
+            next_id = 10_000 * n
+            topics = [f"benchdb{n}.public.t{i:02d}" for i in range(n)]
+            for topic in topics:
+                for side in ("key", "value"):
+                    latest = contacts[side][-1]
+                    subject = registry_root / f"{topic}-{side}"
+                    subject.mkdir()
+                    shutil.copy(
+                        registry_root / f"crm.contacts-{side}" / f"v{latest['version']}.avsc",
+                        subject / "v1.avsc",
+                    )
+                    index["subjects"][f"{topic}-{side}"] = [{"version": 1, "id": next_id}]
+                    next_id += 1
+            (registry_root / "index.json").write_text(json.dumps(index))
+            per_table = max(1, events // n)
+            for topic in topics:
+                produce_events(
+                    self.bootstrap, topic, per_table, max(1, per_table // 4), 1, self.registry
+                )
+            settings = load_settings(
+                "local",
+                overrides=[
+                    f"kafka.bootstrap_servers={self.bootstrap}",
+                    "kafka.embedded=false",
+                    f"registry.path={registry_root}",
+                    f"lake.root={root / 'lake'}",
+                    f"checkpoints.root={root / 'checkpoints'}",
+                    "metrics.enabled=false",
+                    f"lake.writer={self.writer}",
+                    f"databases.bench.include=benchdb{n}\\.public\\..*",
+                ],
+                config_dir=REPO / "config",
+                environ={},
+            )
+            first: dict[str, float] = {}
+            landed = [0]
+
+            def on_batch(
+                name: str, stats: Any, first: dict[str, float] = first, landed: list[int] = landed
+            ) -> None:
+                first.setdefault(name, time.perf_counter())
+                landed[0] += stats.bronze_rows
+
+            started = time.perf_counter()
+            settings = expand(settings, list_topics(settings), registry_for(settings))
+            names = sorted(generated(settings))
+            run_pipelines(spark, settings, names, available_now=True, on_batch=on_batch)
+            seconds = time.perf_counter() - started
+            ok = len(names) == n and len(first) == n and landed[0] == per_table * n
+            results[str(n)] = {
+                "tables": n,
+                "events": per_table * n,
+                "startup_s": (max(first.values()) - started) if first else float("nan"),
+                "seconds": seconds,
+                "events_per_s": _rate(per_table * n, seconds),
+                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "ok": ok,
+            }
+            if not ok:
+                raise RuntimeError(
+                    f"tables: {n} tables, {len(first)} ran, {landed[0]:,} of"
+                    f" {per_table * n:,} events landed"
+                )
+        return results
 
     def reference(
         self, topic: str, batch: int | None = None, decoder: str = "fastavro"
@@ -1000,6 +1094,11 @@ def final_figures(report: dict[str, Any]) -> dict[str, float]:
         "delta_spark_merge_growth_100x_keys": float(growth.get("delta-spark", nan)),
         "delta_rs_ratio_vs_columnar_reference": _ratio(rate("delta-rs"), columnar),
         "delta_rs_p99_latency_s": p99("delta-rs"),
+        **{
+            f"tables_{n}_{what}": float(((report.get("tables") or {}).get(n) or {}).get(what, nan))
+            for n in ("1", "10", "50")
+            for what in ("startup_s", "events_per_s")
+        },
     }
 
 
@@ -1138,6 +1237,18 @@ def print_report(report: dict[str, Any]) -> None:
                 f"    {writer}: {dims[-1] // dims[0]}x the keys -> MERGE time x{_f(growth)} "
                 "(target <= x2)"
             )
+    tb = report.get("tables")
+    if tb:
+        print(
+            f"\n  a whole database in one job ({report.get('default_writer')}; one query per"
+            " table, available-now): startup = until every table's first batch landed"
+        )
+        for run in tb.values():
+            print(
+                f"    {run['tables']:>3} tables, {run['events']:>7,} events: startup"
+                f" {run['startup_s']:6.1f} s, {run['events_per_s']:>8,.0f} ev/s over"
+                f" {run['seconds']:.1f} s, driver peak RSS {run['rss_mb']:,.0f} MiB"
+            )
     st = report.get("steady")
     if st:
         p, r = st["pipeline"], st["reference"]
@@ -1266,6 +1377,10 @@ def _merge_growth(small: dict[str, Any], large: dict[str, Any]) -> str:
     )
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
 def _pair(text: str) -> tuple[int, ...]:
     values = tuple(int(v) for v in text.split(","))
     if not values or min(values) < 1:
@@ -1338,6 +1453,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="scaling: rounds of updates loaded before the history comparison (CI 20; 0 = skip)",
     )
+    parser.add_argument("--tables", type=_counts, help="tables: table counts a,b,c (1,10,50)")
+    parser.add_argument("--table-events", type=int, help="tables: events in all (20,000)")
     parser.add_argument("--workdir", type=Path, help="keep tables here (default: a temp dir)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON result ({RESULTS})")
     args = parser.parse_args(argv)
@@ -1397,6 +1514,8 @@ def main(argv: list[str] | None = None) -> int:
                     report["merge"] = bench.merge(
                         args.dimension_keys, args.merge_batch, args.merge_repeats
                     )
+                if "tables" in modes:
+                    report["tables"] = bench.tables(args.tables, args.table_events)
                 if "steady" in modes:
                     report["steady"] = bench.steady(args.events, args.warmup_batches)
                 if "memory" in modes:

@@ -508,7 +508,7 @@ class RssSegment:
             self.samples.append((time.monotonic() - self.started, driver / MIB, workers / MIB))
 
     def summary(self, warmup_s: float, window_s: float) -> dict[str, Any]:
-        length = (self.samples[-1][0] if self.samples else 0.0)
+        length = self.samples[-1][0] if self.samples else 0.0
         out: dict[str, Any] = {
             "index": self.index,
             "started_s": round(self.offset_s, 1),
@@ -859,9 +859,9 @@ class Soak:
                 "in_doubt": len(books.in_doubt[topic]),
                 "in_doubt_committed": len(doubt_committed),
                 "broker_lost": [x.coords for x in acked if x.coords not in visible][:50],
-                "aborted_visible": [
-                    x.coords for x in books.aborted[topic] if x.coords in visible
-                ][:50],
+                "aborted_visible": [x.coords for x in books.aborted[topic] if x.coords in visible][
+                    :50
+                ],
                 "lost": ledger.lost,
                 "duplicated": ledger.duplicated + repeated_ids,
                 "misplaced": ledger.misplaced + len(ledger.other_topics),

@@ -447,7 +447,27 @@ def _build_parser() -> _Parser:
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.env, args.overrides, args.config_dir)
     redact_secrets_of(settings)
+    if settings.databases and args.command != "broker":
+        settings = _with_databases(settings)
     return settings
+
+
+def _with_databases(settings: Settings) -> Settings:
+    """``settings`` with a pipeline per table topic of its ``databases`` stanzas (the broker's
+    topics now); without the broker, the configured pipelines alone, said on stderr."""
+    from cdc.errors import BrokerUnavailableError
+    from cdc.pipeline.databases import expand, list_topics
+    from cdc.pipeline.kafka_source import registry_for
+
+    try:
+        topics = list_topics(settings)
+    except BrokerUnavailableError as exc:
+        print(
+            f"warning: the tables of databases {', '.join(settings.databases)} are left out: {exc}",
+            file=sys.stderr,
+        )
+        return settings
+    return expand(settings, topics, registry_for(settings))
 
 
 def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
@@ -456,10 +476,11 @@ def _check_contracts(settings: Settings, names: Sequence[str]) -> None:
     from cdc.ingest.contracts import load_contracts
 
     contracts = load_contracts(settings.registry.contracts)
-    missing = [
+    missing = [  # a database's table without one is read as Debezium's envelope
         f"{name} (topic {settings.pipeline(name).topic})"
         for name in names
         if settings.pipeline(name).topic not in contracts
+        and settings.pipeline(name).database is None
     ]
     if missing:
         raise ConfigError(
@@ -522,6 +543,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from cdc.lineage import streaming_run
 
         # The queries' OpenLineage runs: START now, RUNNING per micro-batch, then the end.
+        def discover(current: Settings) -> Settings:
+            """The tables created since (a database's new topics), each locked for its run."""
+            found = _with_databases(current)
+            for name, pipeline in found.pipelines.items():
+                if pipeline.database is not None and name not in current.pipelines:
+                    locks.enter_context(
+                        PipelineLock(settings.checkpoints.root, name, action="starting it again")
+                    )
+                    print(f"new table {pipeline.topic}: pipeline {name}", file=sys.stderr)
+            return found
+
         with streaming_run(settings, names, spark, registry) as lineage_feed:
             if lineage_feed is not None:
                 feeds.append(lineage_feed)
@@ -532,6 +564,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 available_now=args.available_now,
                 fault_hook=fault_hook,
                 on_batch=_fan_out(feeds),
+                discover=discover if settings.databases and args.pipeline is None else None,
             )
     return 0
 

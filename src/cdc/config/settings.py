@@ -793,6 +793,9 @@ class PipelineSettings(_Model):
     schema_changes: SchemaChangeSettings | None = None
     """What this pipeline does about a breaking schema change (None:
     ``defaults.schema_changes``)."""
+    database: str | None = None
+    """The ``databases`` stanza that generated this pipeline (set by the service; a pipeline
+    of the configuration has none)."""
     debezium: DebeziumSource | None = None
     """The connector writing the topic (``cdc snapshot``; derived from the topic name when
     unset)."""
@@ -873,6 +876,52 @@ class PipelineDefaults(_Model):
     one keeps the column's previous value (docs/scd2.md, "Unchanged values")."""
 
 
+class DatabaseSettings(_Model):
+    """A whole database captured by one connector: one pipeline per table topic, generated
+    from the topics that match (docs/guides/connect-your-topics.md, *A whole database*)."""
+
+    include: str
+    """Topics to capture: a regular expression matching the whole name, e.g.
+    ``inventory\\.public\\..*``."""
+    exclude: tuple[str, ...] = ()
+    """Topics to leave out among those ``include`` matches (regular expressions, whole name)."""
+    kind: Literal["scd2", "facts"] = "scd2"
+    """Every table's kind unless ``tables`` says otherwise."""
+    target: str = "{table}"
+    """Each table's silver name: ``{table}`` is the topic's last dotted part, ``{schema}`` the
+    one before it, ``{database}`` this stanza's name."""
+    pipeline: dict[str, Any] = Field(default_factory=dict)
+    """Settings of every generated pipeline (``track_history_except``, ``schema_changes``,
+    ``sequence_by``, ...: any pipeline key but ``topic``, ``target`` and ``keys``)."""
+    tables: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per table (its topic, or its name alone), settings that win over ``pipeline`` (e.g.
+    ``{kind: facts, event_id: id}``, ``enabled: false``, ``target: ...``)."""
+    discover_every_seconds: float = Field(default=30.0, gt=0)
+    """How often a running ``cdc run`` looks for new matching topics (each starts its own
+    query, created on its first record)."""
+
+    @field_validator("include")
+    @classmethod
+    def _check_include(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"include {pattern!r} is not a regular expression: {exc}") from None
+        return pattern
+
+    @field_validator("exclude")
+    @classmethod
+    def _check_exclude(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"exclude {pattern!r} is not a regular expression: {exc}"
+                ) from None
+        return patterns
+
+
 class Settings(_Model):
     """The whole service configuration for one environment."""
 
@@ -891,6 +940,8 @@ class Settings(_Model):
     governance: GovernanceSettings = GovernanceSettings()
     lineage: LineageSettings = LineageSettings()
     defaults: PipelineDefaults = PipelineDefaults()
+    databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
+    """Whole databases: a pipeline per matching topic (:mod:`cdc.pipeline.databases`)."""
     pipelines: dict[str, PipelineSettings]
 
     @field_validator("pipelines", mode="before")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from cdc.config.settings import PipelineSettings, Settings
 from cdc.core.sequence import SequenceCheck
 from cdc.errors import ConfigError
-from cdc.ingest.contracts import load_contracts
+from cdc.ingest.contracts import TopicContract, load_contracts
 from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.registry import FileRegistry, HttpRegistry
 from cdc.pipeline.checkpoint import has_offsets, read_start_file
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
-    from cdc.ingest.contracts import TopicContract
     from cdc.ingest.registry import SchemaRegistry
 
 __all__ = [
@@ -94,6 +93,9 @@ class DecoderSpec:
     unavailable: tuple[str, ...] = ()
     """The pipeline's placeholders for unchanged values: a leaf holding one passes the
     contract's patterns and allowed values (it is not a value)."""
+    default_contract: bool = False
+    """A topic without a contract is read with Debezium's envelope and no rules (a table of
+    a ``databases`` stanza); otherwise it is refused."""
 
     @classmethod
     def from_settings(
@@ -110,6 +112,7 @@ class DecoderSpec:
             max_message_bytes=settings.defaults.max_message_bytes,
             sequence=None if pipeline is None else SequenceCheck.of(settings, pipeline),
             unavailable=_unavailable(settings, pipeline),
+            default_contract=pipeline is not None and pipeline.database is not None,
         )
 
 
@@ -118,6 +121,17 @@ def _unavailable(settings: Settings, pipeline: PipelineSettings | None) -> tuple
         return ()
     own = pipeline.unavailable_values
     return settings.defaults.unavailable_values if own is None else own
+
+
+def registry_for(settings: Settings) -> SchemaRegistry:
+    """The service's schema registry (file or HTTP), as the decoders read it."""
+    spec = DecoderSpec.from_settings(settings)
+    stamp = (
+        _stamp(os.path.join(spec.registry_path, "index.json"))
+        if spec.registry_url is None and spec.registry_path is not None
+        else (0, 0)
+    )
+    return _cached_registry(spec.registry_path, spec.registry_url, spec.registry_client, stamp)
 
 
 def topic_decoder(spec: DecoderSpec, topic: str) -> TopicDecoder:
@@ -156,6 +170,8 @@ def _cached_decoder(
 ) -> TopicDecoder:
     contracts = _cached_contracts(spec.contracts_path, contracts_stamp)
     contract = contracts.get(topic)
+    if contract is None and spec.default_contract:
+        contract = TopicContract(topic, f"{topic}-key", f"{topic}-value", "envelope")
     if contract is None:
         known = ", ".join(sorted(contracts)) or "none"
         raise ConfigError(

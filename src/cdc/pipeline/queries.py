@@ -13,6 +13,7 @@ offsets; the writers make every table's commit exactly once.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from cdc.store import store_for
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PipelineFailedError",
@@ -161,39 +164,75 @@ def run_pipelines(
     fault_hook: FaultHook | None = None,
     on_batch: Callable[[str, BatchStats], None] | None = None,
     poll_seconds: float = 0.5,
+    discover: Callable[[Settings], Settings] | None = None,
 ) -> None:
     """Run pipelines until they finish (available-now) or one fails / the process is stopped.
 
+    A table of a ``databases`` stanza (:mod:`cdc.pipeline.databases`) is its own query: its
+    failure stops that table only (logged at once; raised, with every other such failure,
+    once the rest are done). ``discover`` (the settings with the tables found since) is called
+    every ``discover_every_seconds`` of the stanzas: a new table's query starts at once.
+
     Raises:
-        PipelineFailedError: a query stopped with an error (the others are stopped too).
+        PipelineFailedError: a query stopped with an error (the others are stopped too), or
+            tables of a database did (after the others finished).
         DataLossError: a query stopped because Kafka no longer holds records it had to read
             (``failOnDataLoss``); the message names them and the repairing replay.
     """
     queries = {
         n: start_query(spark, settings, n, available_now, fault_hook, on_batch) for n in names
     }
+    failed_tables: dict[str, str] = {}
+    every = min((db.discover_every_seconds for db in settings.databases.values()), default=0.0)
+    next_look = time.monotonic() + every if discover is not None and every else None
     try:
         while True:
-            for name, query in queries.items():
-                if not query.isActive:
-                    error = _query_error(query)
-                    if error is None:
-                        continue
-                    loss = data_loss_of(query.exception())
-                    if loss is not None:  # Spark's paragraph, as partition, offsets, repair
-                        lost = DataLossError(data_loss_message(settings, name, loss))
-                        lost.pipeline = name
-                        raise lost
-                    failed = PipelineFailedError(f"pipeline {name} failed: {error}")
-                    failed.pipeline = name
-                    raise failed
+            for name, query in list(queries.items()):
+                if query.isActive or name in failed_tables:
+                    continue
+                error = _query_error(query)
+                if error is None:
+                    continue
+                loss = data_loss_of(query.exception())
+                if loss is not None:  # Spark's paragraph, as partition, offsets, repair
+                    lost = DataLossError(data_loss_message(settings, name, loss))
+                    lost.pipeline = name
+                    raise lost
+                if settings.pipeline(name).database is not None:  # one table of a database
+                    failed_tables[name] = error
+                    log.error(
+                        "pipeline %s failed (its database's other tables go on): %s", name, error
+                    )
+                    continue
+                failed = PipelineFailedError(f"pipeline {name} failed: {error}")
+                failed.pipeline = name
+                raise failed
+            if next_look is not None and time.monotonic() >= next_look:
+                assert discover is not None
+                settings = discover(settings)
+                for name, pipeline in settings.pipelines.items():
+                    if pipeline.database is not None and pipeline.enabled and name not in queries:
+                        log.info(
+                            "pipeline %s: new table %s, its query starts", name, pipeline.topic
+                        )
+                        queries[name] = start_query(
+                            spark, settings, name, available_now, fault_hook, on_batch
+                        )
+                next_look = time.monotonic() + every
             if all(not q.isActive for q in queries.values()):
-                return
+                break
             time.sleep(poll_seconds)
     finally:
         for query in queries.values():
             if query.isActive:
                 query.stop()
+    if failed_tables:
+        listed = "; ".join(f"{n}: {e}" for n, e in sorted(failed_tables.items()))
+        failed = PipelineFailedError(
+            f"{len(failed_tables)} table(s) failed, the others ran: {listed}"
+        )
+        failed.pipeline = sorted(failed_tables)[0]
+        raise failed
 
 
 def check_table_layout(settings: Settings, name: str) -> None:

@@ -162,6 +162,19 @@ class KafkaMetadata:
         if consumer is not None:
             consumer.close()
 
+    def topic_names(self) -> list[str]:
+        """Every topic of the cluster but its internal ones, sorted.
+
+        Raises:
+            BrokerUnavailableError: the cluster did not answer.
+        """
+        consumer = self._get()
+        try:
+            metadata = consumer.list_topics(timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise self._unavailable("the list of topics", exc) from exc
+        return sorted(t for t in metadata.topics if not t.startswith("__"))
+
     def partitions(self, topics: Iterable[str]) -> list[TopicPartitionId]:
         """Existing partitions of ``topics``; topics that do not exist have none.
 
