@@ -153,7 +153,8 @@ def column_changes(
             by ``ignore``).
         reader: the new reader's row (an envelope's ``after``, a flat record's value).
         aliases: per reader field, its Avro aliases (a former name: a rename).
-        ignore: columns of ``held`` that do not come from the row (system, lineage).
+        ignore: columns left out on both sides (system and lineage columns; the keys, which
+            come from the Kafka key).
 
     Returns:
         One change per column that differs, in the reader's order, drops last.
@@ -164,6 +165,8 @@ def column_changes(
     changes: list[SchemaChange] = []
     renamed: set[str] = set()
     for f in reader:
+        if f.name in skip:
+            continue
         if f.name in old:
             kind = _compare(old[f.name], f.type)
             if kind is not None:

@@ -406,11 +406,11 @@ class BatchWriter(ABC, Generic[_Batch]):
     def _schema_changes(self, held: pa.Schema, schema: pa.Schema) -> list[SchemaChange]:
         p = self.pipeline
         value = schema.field("value").type
-        if p.source_format == "envelope":
-            value = value.field("after").type
-        if p.kind == "scd2":
-            ignore: tuple[str, ...] = DIM_SYSTEM_COLUMNS
-        else:
+        if p.kind == "scd2":  # the row: an envelope's after image; keys come from the Kafka key
+            if p.source_format == "envelope":
+                value = value.field("after").type
+            ignore: tuple[str, ...] = (*DIM_SYSTEM_COLUMNS, *p.keys)
+        else:  # a fact is the value's fields plus its lineage
             ignore = tuple(name for name, _ in FACT_LINEAGE)
         decoder = self._decoder()
         changes = column_changes(held, value, aliases=decoder.row_aliases(), ignore=ignore)
