@@ -94,6 +94,9 @@ def _build_parser() -> _Parser:
     _common(run)
     run.add_argument("--pipeline", help="run only this pipeline")
     run.add_argument(
+        "--database", help="run only the tables of this databases stanza (new ones too)"
+    )
+    run.add_argument(
         "--available-now", action="store_true", help="drain what is in Kafka now, then exit"
     )
 
@@ -503,6 +506,11 @@ def _check_broker(settings: Settings) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     names = list(settings.selected(args.pipeline))
+    if args.database is not None:
+        if args.database not in settings.databases:
+            known = ", ".join(sorted(settings.databases)) or "none"
+            raise ConfigError(f"no databases stanza {args.database!r} (stanzas: {known})")
+        names = [n for n in names if settings.pipeline(n).database == args.database]
     if not names:
         raise ConfigError("no enabled pipelines to run")
     from cdc.pipeline.queries import run_pipelines

@@ -35,7 +35,7 @@ from cdc.errors import ConfigError
 from cdc.gold import gold_path
 from cdc.gold.tables import GOLD_DECLASSIFIED, GOLD_KEYS, GOLD_LINEAGE, GOLD_SCHEMAS, GOLD_TABLES
 from cdc.ingest.changes import business_columns, fact_rows, scd2_changes, split_batch
-from cdc.ingest.contracts import TopicContract
+from cdc.ingest.contracts import TopicContract, debezium_contract
 from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.registry import SchemaRegistry
 
@@ -271,6 +271,8 @@ def build_catalog(
     tables: list[CatalogTable] = []
     for name, pipeline in settings.pipelines.items():
         contract = contracts.get(pipeline.topic)
+        if contract is None and pipeline.database is not None:  # a database's table
+            contract = debezium_contract(pipeline.topic)
         if contract is None:
             raise ConfigError(
                 f"pipeline {name}: topic {pipeline.topic} has no contract"

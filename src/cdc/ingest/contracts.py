@@ -44,6 +44,7 @@ __all__ = [
     "TopicContract",
     "avro_to_arrow_type",
     "compile_rules",
+    "debezium_contract",
     "decoded_schema",
     "load_contracts",
     "parse_contracts",
@@ -150,6 +151,12 @@ class TopicContract:
     """``decimal(precision, scale)`` of each Debezium ``VariableScaleDecimal`` field (a
     PostgreSQL ``numeric`` without a declared scale), by field name; ``default`` for the
     others (else 38, 10). See :mod:`cdc.ingest.semantic`."""
+
+
+def debezium_contract(topic: str) -> TopicContract:
+    """The contract of a table topic that has none of its own (a ``databases`` stanza's):
+    Debezium's envelope under the ``<topic>-key``/``<topic>-value`` subjects, no rules."""
+    return TopicContract(topic, f"{topic}-key", f"{topic}-value", "envelope")
 
 
 def load_contracts(path: str | Path) -> dict[str, TopicContract]:

@@ -493,7 +493,9 @@ def expectations_for(
     if not pipeline.expectations:
         return None
 
-    value = topic_decoder(DecoderSpec.from_settings(settings), pipeline.topic).arrow_schema
+    value = topic_decoder(
+        DecoderSpec.from_settings(settings, pipeline), pipeline.topic
+    ).arrow_schema
     value_type = value.field("value").type
     image: Literal["after", "value"] = "value"
     if pipeline.kind == "scd2" and pipeline.source_format == "envelope":

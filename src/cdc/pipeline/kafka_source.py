@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from cdc.config.settings import PipelineSettings, Settings
 from cdc.core.sequence import SequenceCheck
 from cdc.errors import ConfigError
-from cdc.ingest.contracts import TopicContract, load_contracts
+from cdc.ingest.contracts import TopicContract, debezium_contract, load_contracts
 from cdc.ingest.decoder import TopicDecoder
 from cdc.ingest.registry import FileRegistry, HttpRegistry
 from cdc.pipeline.checkpoint import has_offsets, read_start_file
@@ -171,7 +171,7 @@ def _cached_decoder(
     contracts = _cached_contracts(spec.contracts_path, contracts_stamp)
     contract = contracts.get(topic)
     if contract is None and spec.default_contract:
-        contract = TopicContract(topic, f"{topic}-key", f"{topic}-value", "envelope")
+        contract = debezium_contract(topic)
     if contract is None:
         known = ", ".join(sorted(contracts)) or "none"
         raise ConfigError(

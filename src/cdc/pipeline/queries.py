@@ -183,6 +183,8 @@ def run_pipelines(
         n: start_query(spark, settings, n, available_now, fault_hook, on_batch) for n in names
     }
     failed_tables: dict[str, str] = {}
+    # Discovery adds tables of the stanzas whose tables this run was given (all, or one).
+    databases = {settings.pipeline(n).database for n in names} - {None}
     every = min((db.discover_every_seconds for db in settings.databases.values()), default=0.0)
     next_look = time.monotonic() + every if discover is not None and every else None
     try:
@@ -211,7 +213,8 @@ def run_pipelines(
                 assert discover is not None
                 settings = discover(settings)
                 for name, pipeline in settings.pipelines.items():
-                    if pipeline.database is not None and pipeline.enabled and name not in queries:
+                    new = pipeline.database is not None and name not in queries
+                    if new and pipeline.enabled and pipeline.database in databases:
                         log.info(
                             "pipeline %s: new table %s, its query starts", name, pipeline.topic
                         )
