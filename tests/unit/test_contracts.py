@@ -121,8 +121,8 @@ BASE_SPEC = {"key_subject": "crm.contacts-key", "value_subject": "crm.contacts-v
     [
         (
             {**BASE_SPEC, "kind": "flat", "rule": {}},
-            "c.yaml: topic 't': unknown key(s) rule (valid keys: decimals, key_required, key_subject, "
-            "kind, rules, tags, value_subject)",
+            "c.yaml: topic 't': unknown key(s) rule (valid keys: decimals, key_required,"
+            " key_subject, kind, rules, tags, value_subject)",
         ),
         (
             {**BASE_SPEC, "kind": "flat", "rules": {"requires": []}},
