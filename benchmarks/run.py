@@ -417,8 +417,7 @@ class Bench:
         peak resident memory after it."""
         import resource
 
-        from cdc.pipeline.databases import expand, generated, list_topics
-        from cdc.pipeline.kafka_source import registry_for
+        from cdc.pipeline.databases import generated, with_tables
         from cdc.pipeline.queries import run_pipelines
 
         spark = self.spark()
@@ -475,7 +474,7 @@ class Bench:
                 landed[0] += stats.bronze_rows
 
             started = time.perf_counter()
-            settings = expand(settings, list_topics(settings), registry_for(settings))
+            settings = with_tables(settings)
             names = sorted(generated(settings))
             run_pipelines(spark, settings, names, available_now=True, on_batch=on_batch)
             seconds = time.perf_counter() - started

@@ -459,18 +459,16 @@ def _with_databases(settings: Settings) -> Settings:
     """``settings`` with a pipeline per table topic of its ``databases`` stanzas (the broker's
     topics now); without the broker, the configured pipelines alone, said on stderr."""
     from cdc.errors import BrokerUnavailableError
-    from cdc.pipeline.databases import expand, list_topics
-    from cdc.pipeline.kafka_source import registry_for
+    from cdc.pipeline.databases import with_tables
 
     try:
-        topics = list_topics(settings)
+        return with_tables(settings)
     except BrokerUnavailableError as exc:
         print(
             f"warning: the tables of databases {', '.join(settings.databases)} are left out: {exc}",
             file=sys.stderr,
         )
         return settings
-    return expand(settings, topics, registry_for(settings))
 
 
 def _check_contracts(settings: Settings, names: Sequence[str]) -> None:

@@ -30,8 +30,7 @@ from cdc.config.lake import table_paths
 from cdc.ingest.contracts import TopicContract
 from cdc.ingest.produce import produce_file
 from cdc.ingest.registry import FileRegistry
-from cdc.pipeline.databases import expand, list_topics
-from cdc.pipeline.kafka_source import registry_for
+from cdc.pipeline.databases import with_tables
 from cdc.pipeline.queries import run_pipelines
 from tests.support.debezium_types import KEY, VALUE, encode, envelope, vsd
 from tests.support.local_settings import cli_args, make_settings
@@ -112,7 +111,7 @@ def test_one_stanza_runs_every_table_and_a_failing_table_stops_alone(
     assert "1 table(s) failed, the others ran: shop__gamma:" in err.getvalue()
     assert "notes_set" in err.getvalue()
     settings = make_settings(fresh_kafka, tmp_path, *overrides)
-    settings = expand(settings, list_topics(settings), registry_for(settings))
+    settings = with_tables(settings)
 
     def table(name: str, role: str) -> Any:
         return read_table(table_paths(settings, settings.pipeline(name))[role])
@@ -130,7 +129,7 @@ def test_a_table_created_while_running_gets_its_own_query(
     settings = make_settings(fresh_kafka, tmp_path, *STANZA, f"registry.path={shop}")
 
     def discover(current: Any) -> Any:
-        return expand(current, list_topics(current), registry_for(current))
+        return with_tables(current)
 
     settings = discover(settings)
     names = sorted(n for n, p in settings.pipelines.items() if p.database)

@@ -34,7 +34,7 @@ from cdc.errors import ConfigError, SchemaNotFoundError
 if TYPE_CHECKING:
     from cdc.ingest.registry import SchemaRegistry
 
-__all__ = ["expand", "generated", "list_topics", "matches", "pipeline_name"]
+__all__ = ["expand", "generated", "list_topics", "matches", "pipeline_name", "with_tables"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,17 @@ def expand(settings: Settings, topics: Iterable[str], registry: SchemaRegistry) 
                 )
             found[name] = _pipeline(settings, database, topic, keys)
     return settings.model_copy(update={"pipelines": {**settings.pipelines, **found}})
+
+
+def with_tables(settings: Settings) -> Settings:
+    """:func:`expand` over the cluster's topics now, with the service's registry.
+
+    Raises:
+        BrokerUnavailableError: the cluster did not answer.
+    """
+    from cdc.pipeline.kafka_source import registry_for
+
+    return expand(settings, list_topics(settings), registry_for(settings))
 
 
 def generated(settings: Settings) -> dict[str, PipelineSettings]:
