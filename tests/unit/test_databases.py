@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cdc.errors import ConfigError
 from cdc.ingest.registry import FileRegistry
+from cdc.pipeline import queries
 from cdc.pipeline.databases import expand, generated
 from tests.support.debezium_types import KEY, VALUE
 from tests.support.local_settings import local_settings
@@ -88,3 +90,32 @@ def test_a_table_whose_pipeline_is_invalid_is_named(tmp_path: Path, registry: Fi
     bad = settings(tmp_path, "databases.shop.tables.orders.kind=facts")
     with pytest.raises(ConfigError, match=r"topic 'shop.public.orders': .*event_id"):
         expand(bad, TOPICS, registry)
+
+
+class _StopsWhileWatched:
+    """A streaming query that stops, failed, between two reads of ``isActive``: the moment a
+    run's watch loop has looked at its error and before it asks whether all have stopped."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    @property
+    def isActive(self) -> bool:
+        self.reads += 1
+        return self.reads < 2
+
+    def exception(self) -> Exception:
+        return RuntimeError("ExpectationFailedError: notes_set failed on 1 row(s)")
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_table_that_fails_as_the_run_ends_is_still_reported(
+    tmp_path: Path, registry: FileRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expanded = expand(settings(tmp_path), TOPICS, registry)
+    monkeypatch.setattr(queries, "start_query", lambda *args: _StopsWhileWatched())
+    expected = r"1 table\(s\) failed.*shop__orders: .*notes_set"
+    with pytest.raises(queries.PipelineFailedError, match=expected):
+        queries.run_pipelines(Any, expanded, ["shop__orders"], True, poll_seconds=0)

@@ -189,6 +189,9 @@ def run_pipelines(
     next_look = time.monotonic() + every if discover is not None and every else None
     try:
         while True:
+            # Whether all have stopped is read before their errors: a query that stops between
+            # the two is then still read for its error (read after, its failure went unseen).
+            finished = all(not q.isActive for q in queries.values())
             for name, query in list(queries.items()):
                 if query.isActive or name in failed_tables:
                     continue
@@ -222,7 +225,7 @@ def run_pipelines(
                             spark, settings, name, available_now, fault_hook, on_batch
                         )
                 next_look = time.monotonic() + every
-            if all(not q.isActive for q in queries.values()):
+            if finished and all(not q.isActive for q in queries.values()):
                 break
             time.sleep(poll_seconds)
     finally:
