@@ -487,10 +487,12 @@ def late_keys(
     copy (:func:`_dedupe`) and the table does not keep, and which the change makes count
     again. So a key is late when one of its changes has a position and time at or before
     ``_seq_max``'s (an out-of-order event, a re-delivery, or a change in one position and
-    time with the latest), when it has a tombstone (placed by its log predecessor, which may
-    be anywhere in the key's history), or when the rows cannot tell the key's clock (a row,
-    or orphan markers, written before they kept ``_valid_max``). Such keys are rebuilt from
-    their full event history.
+    time with the latest), when one comes before ``_seq_max``'s record in its partition's log
+    (a record quarantined at first and accepted on a replay: a tombstone later in the log,
+    already applied, is placed after it now), when it has a tombstone (placed by its log
+    predecessor, which may be anywhere in the key's history), or when the rows cannot tell
+    the key's clock (a row, or orphan markers, written before they kept ``_valid_max``).
+    Such keys are rebuilt from their full event history.
 
     Args:
         existing: rows of the affected keys.
@@ -535,9 +537,16 @@ def late_keys(
         known, on=keys, how="left", nulls_equal=True
     )
     source_order = sequence.position_and_time
+    partition, offset = sequence.decode_partition, sequence.decode_offset
     late = flagged.filter(
         pl.col("_tombstone")
         | (source_order(pl.col("_seq")) <= source_order(pl.col("_seen")))
+        # Behind the latest seen record in its partition's log (a replayed record, quarantined
+        # at first): a tombstone after it in the log is placed after it now.
+        | (
+            (partition(pl.col("_seq")) == partition(pl.col("_seen")))
+            & (offset(pl.col("_seq")) < offset(pl.col("_seen")))
+        )
         | pl.col("_no_clock")
     )
     return late.select(keys).unique()
