@@ -57,7 +57,7 @@ demo: $(STAMP)
 ## Lint, type-check, then every test tier (unit, integration, slow Spark suites).
 test: $(STAMP) $(S3_STAMP) tools lint typecheck
 	@mkdir -p var
-	@$(PY) -m pytest -q; rc=$$?; echo $$rc > var/pytest-exit-code; exit $$rc
+	@$(PY) -m pytest -q --durations=30; rc=$$?; echo $$rc > var/pytest-exit-code; exit $$rc
 
 test-unit: $(STAMP) tools
 	$(PY) -m pytest -q -m "not integration and not slow"
