@@ -4,7 +4,9 @@ The contacts table's value subject gets new registry versions while the pipeline
 real broker: v4 adds two columns (the tables evolve, old rows read null), v5 drops
 ``job_title`` (breaking: under ``fail`` the batch stops in one line naming the change and the
 version, and nothing lands; under ``ignore`` the table keeps ``job_title``, null in new rows),
-v6 widens ``score`` (refused whatever the policy: the tables cannot widen in place).
+v6 widens ``score`` from int to long (the tables widen the column first, bronze's field
+inside the value struct and silver's column; old rows read as the wider type, and values the
+int could not hold land).
 """
 
 from __future__ import annotations
@@ -130,12 +132,23 @@ def test_added_columns_evolve_and_a_drop_follows_the_policy(
     v6 = change("c4", "c", 4000, email="dee@acme.io")
     v6["value"]["after"].pop("job_title", None)
     v6["value"]["after"] |= {"loyalty_tier": None, "score": 2**40}
-    send(fresh_kafka, root, tmp_path, [v6], 4)
-    bronze_before = read_table(paths["bronze"]).height
-    with pytest.raises(PipelineFailedError) as failed:  # whatever the policy
-        run_pipelines(spark, ignoring, ["crm_contacts"], available_now=True)
-    assert (
-        "pipeline crm_contacts: crm.contacts-value v6 (id 903) widens 'score' (int → long): the"
-        " tables cannot change a column's type in place"
-    ) in str(failed.value)
-    assert read_table(paths["bronze"]).height == bronze_before
+    v6_update = change("c2", "u", 5000, email="bob@acme.io")
+    v6_update["value"]["after"].pop("job_title", None)
+    v6_update["value"]["after"] |= {"loyalty_tier": "gold", "score": -(2**40)}
+    send(fresh_kafka, root, tmp_path, [v6, v6_update], 4)
+    run_pipelines(spark, ignoring, ["crm_contacts"], available_now=True)
+    # The tables widened first (bronze's field in the value struct, silver's column), then the
+    # batch landed: old rows read as the wider type, new ones hold what the int could not.
+    silver = read_table(paths["silver"]).sort("contact_id", "valid_from")
+    assert silver.schema["score"] == pl.Int64
+    assert silver.select("contact_id", "score", "is_current").rows() == [
+        ("c1", None, True),
+        ("c2", 7, False),
+        ("c2", -(2**40), True),
+        ("c3", None, True),
+        ("c4", 2**40, True),
+    ]
+    bronze = read_table(paths["bronze"])
+    scores = bronze.select(pl.col("value").struct.field("after").struct.field("score"))
+    assert scores.to_series().dtype == pl.Int64
+    assert sorted(scores.to_series().drop_nulls().to_list()) == [-(2**40), 7, 2**40]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from cdc.core.widening import widened_columns, widened_schema
 from cdc.ingest.schema_changes import SchemaChange, column_changes, describe, key_changes
 
 HELD = pa.schema(
@@ -74,3 +75,42 @@ def test_a_key_the_configuration_names_must_be_the_whole_key() -> None:
     assert gone.text() == "changes the key 'id' (no longer has id; now also has tenant, code)"
     [wider] = key_changes(["id"], pa.struct([("id", pa.int32()), ("region", pa.string())]))
     assert wider.breaking and "now also has region" in wider.detail
+
+
+def test_the_widened_schema_and_leaves_of_a_table() -> None:
+    held = pa.schema(
+        [
+            ("key", pa.struct([("id", pa.int32())])),
+            (
+                "value",
+                pa.struct([("after", pa.struct([("score", pa.int32()), ("t", pa.string())]))]),
+            ),
+            ("tags", pa.list_(pa.float32())),
+            ("ratio", pa.float64()),
+        ]
+    )
+    incoming = pa.schema(
+        [
+            ("key", pa.struct([("id", pa.int64())])),
+            (
+                "value",
+                pa.struct(
+                    [("after", pa.struct([("score", pa.int64()), ("t", pa.large_string())]))]
+                ),
+            ),
+            ("tags", pa.list_(pa.float64())),
+            ("ratio", pa.float32()),  # narrower: kept (a breaking change, decided elsewhere)
+            ("new", pa.int8()),  # not held: an addition, not a widening
+        ]
+    )
+    assert widened_columns(held, incoming) == [
+        (("key", "id"), pa.int64()),
+        (("value", "after", "score"), pa.int64()),
+        (("tags", "element"), pa.float64()),
+    ]
+    wider = widened_schema(held, incoming)
+    assert wider is not None
+    assert wider.field("value").type.field("after").type.field("t").type == pa.string()
+    assert wider.field("ratio").type == pa.float64()
+    assert wider.names == held.names
+    assert widened_schema(held, held) is None

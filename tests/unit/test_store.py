@@ -429,3 +429,45 @@ def test_a_merge_that_adds_columns_keeps_the_table_id(tmp_path: Path) -> None:
         {"k": 3, "v": "v3", "tier": "b"},
     ]
     assert sink.merge(wider, upsert, Txn("app/d", 1)).skipped  # a re-run batch
+
+
+def test_widening_rewrites_the_table_once_and_keeps_what_knows_it(tmp_path: Path) -> None:
+    """delta-rs writes no Delta type widening: the sink rewrites the table with the wider
+    types (nested in a struct too) in one commit that keeps its id, partitions, properties
+    and app transactions; a second call finds nothing to widen."""
+    uri = str(tmp_path / "bronze")
+    row = pa.struct([("score", pa.int32()), ("amount", pa.decimal128(10, 2)), ("n", pa.string())])
+    data = pa.table(
+        {
+            "is_current": [True, False],
+            "value": pa.array(
+                [{"score": 1, "amount": 1, "n": "a"}, {"score": -2, "amount": 2, "n": "b"}], row
+            ),
+        }
+    )
+    layout = TableLayout(partition_by=("is_current",), stats=("is_current",))
+    sink = DeltaRsStore().sink(uri)
+    sink.append(data, Txn("app/b", 3), layout=layout)
+    before = DeltaTable(uri).metadata()
+    wider = pa.struct(
+        [("score", pa.int64()), ("amount", pa.decimal128(12, 2)), ("n", pa.large_string())]
+    )
+    incoming = pa.schema([("value", wider), ("extra", pa.int8())])
+    widened = sink.widen(incoming)
+    assert widened is not None
+    assert widened.field("value").type == pa.struct(
+        [("score", pa.int64()), ("amount", pa.decimal128(12, 2)), ("n", pa.string())]
+    )
+    table = DeltaTable(uri)
+    meta = table.metadata()
+    assert (meta.id, meta.partition_columns, meta.configuration) == (
+        before.id,
+        before.partition_columns,
+        before.configuration,
+    )
+    assert table.transaction_version("app/b") == 3
+    assert read_commit_info(table.history(1)[0]) == {"operation": "widen", "writer": "delta-rs"}
+    got = sorted(table.to_pyarrow_table().to_pylist(), key=lambda r: r["value"]["score"])
+    assert [r["value"]["score"] for r in got] == [-2, 1]
+    assert sink.widen(incoming) is None  # wide already: nothing written
+    assert DeltaTable(uri).version() == table.version()

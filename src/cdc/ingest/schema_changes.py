@@ -7,8 +7,8 @@ latest is the reader). Compared with the columns silver holds:
 * **added** column: the tables evolve by themselves, bronze, quarantine, silver, gold and
   warehouse, with no restart;
 * **widened** type (``int`` → ``long``, ``float`` → ``double``, a decimal with more digits on
-  both sides of the point): compatible, but the tables cannot change a column's type in
-  place, so the writers refuse it in one line whatever the policy;
+  both sides of the point): the tables widen the column first, bronze (the field inside the
+  value struct) and silver (:mod:`cdc.core.widening` says to what), then the batch lands;
 * **dropped**, **renamed** (an Avro alias names the old column), **narrowed** or otherwise
   **retyped** column, a changed **key**: breaking, and the pipeline's ``schema_changes.breaking``
   decides: ``fail`` (the batch stops in one line naming the change and the versions; nothing is
@@ -27,6 +27,7 @@ from typing import Literal
 
 import pyarrow as pa
 
+from cdc.core.widening import compare_types as _compare
 from cdc.errors import CdcError
 
 __all__ = [
@@ -93,50 +94,6 @@ def _label(kind: pa.DataType) -> str:
         pa.date32(): "date",
     }
     return names.get(kind, str(kind))
-
-
-_INTEGERS = (pa.int8(), pa.int16(), pa.int32(), pa.int64())
-
-
-def _normal(kind: pa.DataType) -> pa.DataType:
-    """One Arrow type per Delta type (readers differ in string, binary and list layouts)."""
-    if kind in (pa.large_string(), pa.string_view()):
-        return pa.string()
-    if kind in (pa.large_binary(), pa.binary_view()):
-        return pa.binary()
-    if pa.types.is_large_list(kind) or pa.types.is_list_view(kind):
-        return pa.list_(kind.value_type)
-    return kind
-
-
-def _compare(old: pa.DataType, new: pa.DataType) -> Kind | None:
-    """None: the same type; else widened, narrowed or retyped."""
-    old, new = _normal(old), _normal(new)
-    if old == new:
-        return None
-    if old in _INTEGERS and new in _INTEGERS:
-        return "widened" if _INTEGERS.index(new) > _INTEGERS.index(old) else "narrowed"
-    if old == pa.float32() and new == pa.float64():
-        return "widened"
-    if old == pa.float64() and new == pa.float32():
-        return "narrowed"
-    if pa.types.is_decimal(old) and pa.types.is_decimal(new):
-        wider = new.scale >= old.scale and new.precision - new.scale >= old.precision - old.scale
-        return "widened" if wider else "narrowed"
-    if pa.types.is_struct(old) and pa.types.is_struct(new):
-        inner = [
-            _compare(old.field(f.name).type, f.type)
-            for f in new
-            if old.get_field_index(f.name) >= 0
-        ]
-        gone = any(new.get_field_index(f.name) < 0 for f in old)
-        if gone or "retyped" in inner or "narrowed" in inner:
-            return "retyped"
-        return "widened"
-    if pa.types.is_list(old) and pa.types.is_list(new):
-        inner_kind = _compare(old.value_type, new.value_type)
-        return inner_kind if inner_kind in (None, "widened") else "retyped"
-    return "retyped"
 
 
 def column_changes(

@@ -246,6 +246,11 @@ class BatchWriter(ABC, Generic[_Batch]):
         """The decoded batch's schema, as Arrow (its ``key`` and ``value`` structs)."""
 
     @abstractmethod
+    def _widen(self, role: str, incoming: pa.Schema) -> bool:
+        """Widen the columns of the table of ``role`` whose ``incoming`` type is wider (the
+        store's ``widen``); whether it did."""
+
+    @abstractmethod
     def _judge(self, batch: _Batch, batch_id: int) -> Counts:
         """Apply the expectations: ``drop`` failures are marked for quarantine, ``fail``
         raises ``ExpectationFailedError``."""
@@ -379,7 +384,8 @@ class BatchWriter(ABC, Generic[_Batch]):
         """Apply the pipeline's ``schema_changes`` to what the reader schema changes in the
         silver table's columns (:mod:`cdc.ingest.schema_changes`); checked again only when the
         batch's schema changes. Raises :class:`SchemaChangeError` (nothing written yet) for a
-        breaking change under ``fail``."""
+        breaking change under ``fail``. A widened type widens the tables that hold the column
+        (bronze's value struct, silver) before anything is written."""
         if schema == self._checked_schema:
             return
         options = self.settings.lake.resolved_storage_options()
@@ -387,28 +393,34 @@ class BatchWriter(ABC, Generic[_Batch]):
         if handle is not None:
             held = pa.schema(handle.schema().to_arrow())
             changes = self._schema_changes(held, schema)
-            widened = [c for c in changes if c.kind == "widened"]
-            if widened:  # no policy makes it land: say so before anything is written
-                raise SchemaChangeError(
-                    f"pipeline {self.name}: {self._decoder().reader_version()}"
-                    f" {describe(widened)}: the tables cannot change a column's type in place"
-                    " (delta-rs 1.6 writes no Delta type widening), so nothing was written;"
-                    " keep the source's type, or point the pipeline at a new target and replay"
-                    " it (docs/guides/schema-changes.md)"
-                )
             breaking = [c for c in changes if c.breaking]
             if breaking:
                 self._on_breaking(breaking)
             elif changes:
                 log.info("pipeline %s: the schema %s: tables evolve", self.name, describe(changes))
+        row = pa.schema(list(self._row_type(schema)))
+        roles = (("bronze", schema), ("quarantine", schema), ("silver", row), ("orphans", row))
+        for role, incoming in roles:
+            if role in self.uris and self._widen(role, incoming):
+                log.warning(
+                    "pipeline %s: %s widened %s's columns to the reader's types",
+                    self.name,
+                    self._decoder().reader_version(),
+                    role,
+                )
         self._checked_schema = schema
+
+    def _row_type(self, schema: pa.Schema) -> pa.StructType:
+        """The reader's row: an envelope's ``after`` image (a dimension), else the value."""
+        value = schema.field("value").type
+        if self.pipeline.kind == "scd2" and self.pipeline.source_format == "envelope":
+            return value.field("after").type
+        return value
 
     def _schema_changes(self, held: pa.Schema, schema: pa.Schema) -> list[SchemaChange]:
         p = self.pipeline
-        value = schema.field("value").type
+        value = self._row_type(schema)
         if p.kind == "scd2":  # the row: an envelope's after image; keys come from the Kafka key
-            if p.source_format == "envelope":
-                value = value.field("after").type
             ignore: tuple[str, ...] = (*DIM_SYSTEM_COLUMNS, *p.keys)
         else:  # a fact is the value's fields plus its lineage
             ignore = tuple(name for name, _ in FACT_LINEAGE)

@@ -102,6 +102,9 @@ class LocalBatchWriter(BatchWriter[LocalBatch]):
     def _arrow_schema(self, batch: LocalBatch) -> pa.Schema:
         return batch.table.schema
 
+    def _widen(self, role: str, incoming: pa.Schema) -> bool:
+        return self.sinks[role].widen(incoming) is not None
+
     def _count(self, batch: LocalBatch, stats: BatchStats) -> None:
         stats.input_rows = batch.table.num_rows
 

@@ -195,6 +195,7 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
         for key, value in {**BATCH_CONF, **self.settings.spark.batch_conf}.items():
             if conf.get(key, None) != value:
                 conf.set(key, value)
+        self._session = batch_df.sparkSession
         return SparkBatch(batch_df.persist())
 
     def _release(self, batch: SparkBatch) -> None:
@@ -234,6 +235,9 @@ class DistributedBatchWriter(BatchWriter[SparkBatch]):
         from pyspark.sql.pandas.types import to_arrow_schema
 
         return to_arrow_schema(batch.kept.schema, timezone="UTC")
+
+    def _widen(self, role: str, incoming: pa.Schema) -> bool:
+        return self.store.widen(self._session, self.uris[role], incoming) is not None
 
     def _judge(self, batch: SparkBatch, batch_id: int) -> Counts:
         assert self.expectations is not None

@@ -10,7 +10,7 @@ same guarantees is :mod:`cdc.store.delta_spark`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 
 import polars as pl
@@ -179,6 +179,49 @@ class DeltaSink:
         evolved = self.table()
         assert evolved is not None
         return evolved
+
+    def widen(self, incoming: pa.Schema) -> pa.Schema | None:
+        """Give the table's columns (and fields nested in them) the wider types of
+        ``incoming`` (:func:`cdc.ingest.schema_changes.widened_schema`); the schema it now has,
+        or None when nothing widens (or there is no table).
+
+        delta-rs 1.6 writes no Delta type widening: the table is rewritten once, batch by
+        batch, with the wider types, in one commit that keeps its id, properties, partitions
+        and app transactions (a reader of an older version still reads the old types). A
+        rerun after a crash finds the types wide and writes nothing.
+
+        Raises:
+            TableWriteError: the rewrite failed (the table is as it was).
+        """
+        from cdc.core.widening import widened_schema
+
+        table = self.table()
+        if table is None:
+            return None
+        held = pa.schema(table.schema().to_arrow())
+        wider = widened_schema(held, incoming)
+        if wider is None:
+            return None
+        scan = pl.scan_delta(table, version=table.version())
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for frame in scan.collect_batches():
+                yield from frame.to_arrow().cast(wider).to_batches()
+
+        try:
+            with rust_panics_logged():
+                write_deltalake(
+                    self.uri,
+                    pa.RecordBatchReader.from_batches(wider, batches()),
+                    mode="overwrite",
+                    schema_mode="overwrite",
+                    partition_by=self.partition_columns() or None,
+                    storage_options=self.storage_options,
+                    commit_properties=self._props(None, "widen"),
+                )
+        except (DeltaError, OSError, pa.ArrowInvalid) as exc:
+            raise TableWriteError(f"widening the columns of {self.uri} failed: {exc}") from exc
+        return wider
 
     def _version(self) -> int | None:
         table = self.table()

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from cdc.core.scd2 import ACTION_COLUMN
 from cdc.errors import CommitConflictError, ConfigError, TableWriteError
 from cdc.runtime.spark_errors import spark_condition
@@ -126,6 +128,37 @@ class DeltaSparkStore(TableStore):
         except Exception as exc:  # py4j surfaces JVM errors as several types
             raise _write_error("append to", uri, exc) from exc
         return WriteOutcome(skipped=False, table_version=_last_version(df.sparkSession))
+
+    def widen(self, session: SparkSession, uri: str, incoming: pa.Schema) -> pa.Schema | None:
+        """Give the table's columns (and fields nested in them) the wider types of
+        ``incoming`` (:func:`cdc.ingest.schema_changes.widened_schema`) by Delta type widening
+        (``delta.enableTypeWidening``, then ``ALTER COLUMN ... TYPE`` per column: no file is
+        rewritten; readers need Delta type widening: delta-spark 4, delta-rs 1.6). The schema
+        it now has, or None when nothing widens (or there is no table). Each step is a commit;
+        a rerun after a crash finds the types wide and does nothing again.
+
+        Raises:
+            TableWriteError: Delta refused a change.
+        """
+        from cdc.core.widening import widened_columns, widened_schema
+
+        handle = self.handle(uri)
+        if handle is None:
+            return None
+        held = pa.schema(handle.schema().to_arrow())
+        columns = widened_columns(held, incoming)
+        if not columns:
+            return None
+        table = f"delta.`{spark_path(uri)}`"
+        try:
+            if handle.metadata().configuration.get(TYPE_WIDENING) != "true":
+                session.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('{TYPE_WIDENING}' = 'true')")
+            for path, kind in columns:
+                column = ".".join(f"`{p}`" for p in path)
+                session.sql(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {_sql_type(kind)}")
+        except Exception as exc:  # py4j surfaces JVM errors as several types
+            raise _write_error("widening the columns of", uri, exc) from exc
+        return widened_schema(held, incoming)
 
     def merge(
         self,
@@ -390,3 +423,21 @@ def _table_properties(layout: TableLayout, df: DataFrame) -> dict[str, str]:
         log.warning("table statistics left to Delta's default: %s", exc)
         return dict(layout.properties)
     return layout.table_properties(schema)
+
+
+TYPE_WIDENING = "delta.enableTypeWidening"
+
+
+def _sql_type(kind: pa.DataType) -> str:
+    """Spark SQL's name of a type a column widens to."""
+    if pa.types.is_decimal(kind):
+        return f"DECIMAL({kind.precision}, {kind.scale})"
+    names = {
+        pa.int16(): "SMALLINT",
+        pa.int32(): "INT",
+        pa.int64(): "BIGINT",
+        pa.float64(): "DOUBLE",
+    }
+    if kind not in names:
+        raise TableWriteError(f"no Delta type widening to {kind}")
+    return names[kind]
