@@ -34,6 +34,7 @@ from cdc.warehouse.publish import (
     diff_versions,
     publish_table,
     staged_rows,
+    widened_fields,
 )
 from tests.support.paths import REPO_ROOT
 
@@ -161,11 +162,14 @@ def test_schema_changes_the_warehouse_cannot_follow_are_refused() -> None:
         pa.schema([("s", pa.string())]), pa.schema([("s", pa.large_string())]), DuckDbDialect(),
         "t", (1, 2),
     )  # fmt: skip
+    # A widened type is followed (the warehouse column widens): not refused.
+    wider = pa.schema([("k", pa.int64()), ("n", pa.int64())])
+    check_schema(before, wider, DuckDbDialect(), "t", (1, 2))
+    assert [f.name for f in widened_fields(before, wider, DuckDbDialect())] == ["n"]
     with pytest.raises(SchemaMismatchError) as caught:
-        check_schema(before, pa.schema([("k", pa.int64()), ("n", pa.int64())]), DuckDbDialect(),
-                     "t", (1, 2))  # fmt: skip
+        check_schema(wider, before, DuckDbDialect(), "t", (1, 2))  # narrowed
     assert str(caught.value) == (
-        "t: column 'n' changed from INTEGER to BIGINT between versions 1 and 2; drop the"
+        "t: column 'n' changed from BIGINT to INTEGER between versions 1 and 2; drop the"
         " warehouse table to publish it again in full"
     )
     with pytest.raises(SchemaMismatchError, match="column 'n' was dropped between versions 1"):
@@ -301,6 +305,28 @@ def test_an_incompatible_change_is_one_line_and_changes_nothing(
         publish_table(warehouse, "t", uri, ("k",))
     assert rows_of(warehouse, "t", ("k",)) == [{"k": 1, "n": 1}]
     assert control_of(warehouse)["t"][0] == 0
+
+
+def test_a_widened_column_widens_in_the_warehouse_and_takes_the_wider_values(
+    warehouse: DuckDbWarehouse, tmp_path: Path
+) -> None:
+    uri = str(tmp_path / "t")
+    narrow = pa.schema([("k", pa.int64()), ("n", pa.int32()), ("d", pa.decimal128(6, 2))])
+    write_deltalake(uri, _table([{"k": 1, "n": 1, "d": Decimal("1.50")}], narrow))
+    publish_table(warehouse, "t", uri, ("k",))
+    wide = pa.schema([("k", pa.int64()), ("n", pa.int64()), ("d", pa.decimal128(12, 2))])
+    rows = [{"k": 1, "n": 1, "d": Decimal("1.50")}, {"k": 2, "n": 2**40, "d": Decimal("1e9")}]
+    write_deltalake(uri, _table(rows, wide), mode="overwrite", schema_mode="overwrite")
+    result = publish_table(warehouse, "t", uri, ("k",))
+    assert (result.mode, result.upserted) == ("incremental", 1)
+    assert rows_of(warehouse, "t", ("k",)) == rows
+    types = warehouse.query(
+        Statement(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = 'gold' AND table_name = 't' ORDER BY column_name"
+        )
+    )
+    assert sorted(types) == [("d", "DECIMAL(12,2)"), ("k", "BIGINT"), ("n", "BIGINT")]
 
 
 def test_duplicate_keys_are_refused_before_anything_is_written(

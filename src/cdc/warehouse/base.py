@@ -196,6 +196,14 @@ class Dialect(ABC):
             f" {self.quote(field.name)} {self.column_type(field)}"
         )
 
+    def widen_column(self, schema: str, table: str, field: pa.Field) -> str:
+        """Give a column the wider type of ``field`` (standard SQL: PostgreSQL, DuckDB and
+        Snowflake take it; the values already there convert without loss)."""
+        return (
+            f"ALTER TABLE {self.table_ref(schema, table)} ALTER COLUMN"
+            f" {self.quote(field.name)} SET DATA TYPE {self.column_type(field)}"
+        )
+
     def temporary(self) -> str:
         """The ``CREATE`` keyword of a session-temporary table."""
         return "TEMPORARY"
@@ -401,15 +409,24 @@ class Warehouse(ABC):
         return [str(r[0]) for r in rows] or None
 
     def ensure_table(
-        self, table: str, columns: pa.Schema, keys: Sequence[str], existing: list[str] | None
+        self,
+        table: str,
+        columns: pa.Schema,
+        keys: Sequence[str],
+        existing: list[str] | None,
+        *,
+        widened: Sequence[pa.Field] = (),
     ) -> list[str]:
-        """Create the target table, or add the columns the Delta table gained.
+        """Create the target table, or add the columns the Delta table gained and widen the
+        ones whose type it widened.
 
         Args:
             table: the target table.
             columns: the Delta table's columns.
             keys: its key columns.
             existing: the target's columns now (:meth:`columns`; None: no table yet).
+            widened: columns whose type widened since the version published
+                (:func:`cdc.warehouse.publish.widened_fields`), with their new type.
 
         Returns:
             The columns added (every column when the table was created).
@@ -433,6 +450,9 @@ class Warehouse(ABC):
         added = [f for f in columns if self.dialect.normalize(f.name) not in have]
         for field in added:
             self.execute(Statement(self.dialect.add_column(self.schema, table, field)))
+        for field in widened:
+            if self.dialect.normalize(field.name) in have:
+                self.execute(Statement(self.dialect.widen_column(self.schema, table, field)))
         return [f.name for f in added]
 
     def stage(self, table: str, rows: pa.Table) -> None:

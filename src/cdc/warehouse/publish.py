@@ -35,6 +35,7 @@ import polars as pl
 import pyarrow as pa
 
 from cdc.config.settings import Settings
+from cdc.core.widening import compare_types
 from cdc.errors import CdcError, ConfigError, TableReadError
 from cdc.gold import GOLD_KEYS, GOLD_TABLES, gold_path
 from cdc.runtime.faults import FaultHook
@@ -139,8 +140,10 @@ def check_schema(
 ) -> None:
     """Refuse a change between two versions' schemas that the warehouse table cannot follow.
 
-    Columns added are fine (they are added to the warehouse table). A column dropped, or one
-    whose warehouse type changes (``int`` to ``bigint``, ``string`` to ``double``), is not.
+    Columns added are fine (they are added to the warehouse table), and so are types widened
+    (``int`` to ``bigint``, a decimal with more digits: :func:`cdc.core.widening.compare_types`;
+    the warehouse column's type follows). A column dropped, or one whose type changes
+    otherwise (``string`` to ``double``, ``bigint`` to ``int``), is not.
 
     Raises:
         SchemaMismatchError: naming the column and the two versions.
@@ -153,11 +156,23 @@ def check_schema(
                 " drop the warehouse table to publish it again in full"
             )
         was, now = dialect.column_type(column), dialect.column_type(after.field(column.name))
-        if was != now:
+        if was != now and compare_types(column.type, after.field(column.name).type) != "widened":
             raise SchemaMismatchError(
                 f"{table}: column {column.name!r} changed from {was} to {now} between versions"
                 f" {old} and {new}; drop the warehouse table to publish it again in full"
             )
+
+
+def widened_fields(before: pa.Schema, after: pa.Schema, dialect: Dialect) -> list[pa.Field]:
+    """The columns of ``after`` whose type widened since ``before`` and whose warehouse type
+    changes with it (``int`` to ``bigint``; Snowflake's ``NUMBER(38,0)`` holds both)."""
+    return [
+        after.field(c.name)
+        for c in before
+        if c.name in after.names
+        and compare_types(c.type, after.field(c.name).type) == "widened"
+        and dialect.column_type(c) != dialect.column_type(after.field(c.name))
+    ]
 
 
 def _frame(rows: pa.Table) -> pl.DataFrame:
@@ -342,7 +357,8 @@ def publish_table(
         level = logging.INFO if previous is None else logging.WARNING
         log.log(level, "%s: full load of version %d: %s", table, version, reason)
         changes = Changes(upserts=new, deletes=new.select(list(keys)).slice(0, 0))
-    added = warehouse.ensure_table(table, new.schema, keys, existing)
+    widened = [] if old is None else widened_fields(old.schema, new.schema, warehouse.dialect)
+    added = warehouse.ensure_table(table, new.schema, keys, existing, widened=widened)
     warehouse.stage(table, staged_rows(changes, new.schema))
 
     def at(stage: str) -> None:
