@@ -65,6 +65,9 @@ class LocalBatch:
 
     table: pa.Table
     split: SplitBatch | None = None
+    changes: pl.DataFrame | None = None
+    """The change events of ``split.valid``, when a step before the fold made them (the TOAST
+    check, on a batch with nothing landed before and nothing it quarantined)."""
 
 
 class LocalBatchWriter(BatchWriter[LocalBatch]):
@@ -140,6 +143,8 @@ class LocalBatchWriter(BatchWriter[LocalBatch]):
         changes = scd2_changes(fresh, spec, p.source_format, p.sequence_by)
         stats.unavailable_values = unavailable_counts(changes, spec)
         if not stats.unavailable_values:
+            if fresh.num_rows == split.valid.num_rows:  # valid is bronze: the fold's events
+                batch.changes = changes
             return
         keys = list(spec.keys)
         held = changes.filter(pl.col("_op") == "U").select(keys).unique()
@@ -177,7 +182,9 @@ class LocalBatchWriter(BatchWriter[LocalBatch]):
         valid = batch.split.valid
         spec = self._scd2_spec(valid.schema)
         p = self.pipeline
-        changes = scd2_changes(valid, spec, p.source_format, p.sequence_by)
+        changes = batch.changes
+        if changes is None:
+            changes = scd2_changes(valid, spec, p.source_format, p.sequence_by)
         sink, orphans = self.sinks["silver"], self.sinks["orphans"]
         txn = self.txn("silver", batch_id)
         check = self.settings.check_invariants(self.name)
