@@ -327,3 +327,42 @@ def test_awkward_values_arrive_in_postgres_as_they_are_in_delta(
     assert [r[5] for r in got] == [None, None, None, {"a": 1}]
     assert [r[6] for r in got] == [{"x": r["k"], "label": r["text"]} for r in rows]
     assert {r[7] for r in got} == {datetime(2026, 1, 1, 12, 30, 15, 123456)}
+
+
+def test_a_widened_column_widens_in_postgres(postgres: PostgresDatabase, tmp_path: Path) -> None:
+    uri = str(tmp_path / "widening")
+    narrow = pa.schema([("k", pa.int64()), ("n", pa.int32()), ("d", pa.decimal128(6, 2))])
+    write_deltalake(uri, pa.Table.from_pylist([{"k": 1, "n": 1, "d": Decimal("1.50")}], narrow))
+    wide = pa.schema([("k", pa.int64()), ("n", pa.int64()), ("d", pa.decimal128(14, 3))])
+    rows = [
+        {"k": 1, "n": 1, "d": Decimal("1.500")},
+        {"k": 2, "n": 2**40, "d": Decimal("12345678901.125")},
+    ]
+    with PostgresWarehouse(
+        "widening",
+        host=postgres.host,
+        port=postgres.port,
+        database=postgres.database,
+        user=postgres.user,
+        password=postgres.password,
+    ) as pg:
+        pg.ensure_control()
+        publish_table(pg, "t", uri, ("k",))
+        write_deltalake(
+            uri, pa.Table.from_pylist(rows, wide), mode="overwrite", schema_mode="overwrite"
+        )
+        result = publish_table(pg, "t", uri, ("k",))
+        assert (result.mode, result.upserted) == ("incremental", 1)
+    with postgres.connect() as conn:
+        got = conn.execute('SELECT "k", "n", "d" FROM widening.t ORDER BY "k"').fetchall()
+        types = conn.execute(
+            "SELECT column_name, data_type, numeric_precision, numeric_scale"
+            " FROM information_schema.columns WHERE table_schema = 'widening'"
+            " AND table_name = 't' ORDER BY column_name"
+        ).fetchall()
+    assert [tuple(r) for r in got] == [(r["k"], r["n"], r["d"]) for r in rows]
+    assert [tuple(r) for r in types] == [
+        ("d", "numeric", 14, 3),
+        ("k", "bigint", 64, 0),
+        ("n", "bigint", 64, 0),
+    ]
