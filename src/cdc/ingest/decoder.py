@@ -56,7 +56,7 @@ from cdc.ingest.registry import (
 from cdc.ingest.registry.framing import HEADER_SIZE, MAGIC_BYTE
 from cdc.ingest.semantic import SemanticTypes
 
-__all__ = ["KafkaRecords", "TopicDecoder", "validate_contracts"]
+__all__ = ["KafkaRecords", "TopicDecoder", "kafka_batch", "validate_contracts"]
 
 
 def validate_contracts(
@@ -766,3 +766,34 @@ def _broken(rule: ContractRule, leaves: list[Any]) -> Any:
 def _np(array: Any) -> Any:
     """A boolean Arrow array as numpy (nulls are never passed here)."""
     return array.to_numpy(zero_copy_only=False)
+
+
+def kafka_batch(messages: Sequence[KafkaMessage]) -> pa.RecordBatch:
+    """``messages`` in the columns, order and types of Spark's Kafka source (what
+    :meth:`TopicDecoder.decode_records` reads: ``cdc snapshot`` reads the topic with a plain
+    consumer, tests and benchmarks hold records as tuples).
+
+    Args:
+        messages: ``(topic, partition, offset, timestamp_ms, key, value)`` tuples; a
+            timestamp that is negative (Kafka's "none") or past 9999-12-31 becomes null.
+
+    Returns:
+        A batch with ``key``, ``value``, ``topic``, ``partition``, ``offset``, ``timestamp``
+        and ``timestampType``.
+    """
+    topics, partitions, offsets, stamps, keys, values = (
+        tuple(zip(*messages, strict=True)) if messages else ((),) * 6
+    )
+    micros = [t * 1000 if t is not None and 0 <= t <= MAX_TIME_MS else None for t in stamps]
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(keys, pa.binary()),
+            pa.array(values, pa.binary()),
+            pa.array(topics, pa.string()),
+            pa.array(partitions, pa.int32()),
+            pa.array(offsets, pa.int64()),
+            pa.array(micros, pa.timestamp("us", "UTC")),
+            pa.array([0] * len(micros), pa.int32()),
+        ],
+        names=["key", "value", "topic", "partition", "offset", "timestamp", "timestampType"],
+    )

@@ -204,9 +204,9 @@ def _records(
     settings: Settings, topic: str, start: dict[int, int], more: Callable[[], bool]
 ) -> Iterator[Any]:
     """Batches of the topic's records from ``start``, in the Kafka source's columns."""
-    import pyarrow as pa
     from confluent_kafka import Consumer, TopicPartition
 
+    from cdc.ingest.decoder import kafka_batch
     from cdc.runtime.kafka_admin import consumer_config
 
     kafka = settings.kafka
@@ -217,27 +217,19 @@ def _records(
         while more():
             messages = consumer.consume(num_messages=1000, timeout=0.5)
             found = [m for m in messages if m.error() is None]
-            if not found:
-                yield _batch(pa, [])
-                continue
-            yield _batch(pa, found)
+            yield kafka_batch(
+                [
+                    # A consumed record always has its topic, partition and offset.
+                    (
+                        topic,
+                        m.partition() or 0,
+                        m.offset() or 0,
+                        m.timestamp()[1],
+                        m.key(),
+                        m.value(),
+                    )
+                    for m in found
+                ]
+            )
     finally:
         consumer.close()
-
-
-def _batch(pa: Any, messages: list[Any]) -> Any:
-    stamps = [m.timestamp()[1] for m in messages]
-    return pa.RecordBatch.from_pydict(
-        {
-            "key": pa.array([m.key() for m in messages], pa.binary()),
-            "value": pa.array([m.value() for m in messages], pa.binary()),
-            "topic": pa.array([m.topic() for m in messages], pa.string()),
-            "partition": pa.array([m.partition() for m in messages], pa.int32()),
-            "offset": pa.array([m.offset() for m in messages], pa.int64()),
-            "timestamp": pa.array(
-                [s * 1000 if s is not None and s >= 0 else None for s in stamps],
-                pa.timestamp("us", tz="UTC"),
-            ),
-            "timestampType": pa.array([0] * len(messages), pa.int32()),
-        }
-    )
