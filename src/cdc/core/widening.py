@@ -2,8 +2,7 @@
 
 Pure: Arrow types in, Arrow types out. :mod:`cdc.ingest.schema_changes` classifies a new
 schema version's columns with :func:`compare_types`; the stores widen their tables with
-:func:`widened_schema` (delta-rs: a rewrite with these types) and :func:`widened_columns`
-(delta-spark: one ``ALTER COLUMN ... TYPE`` per leaf).
+:func:`widened_schema` (each rewrites the table once with these types).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from typing import Literal
 
 import pyarrow as pa
 
-__all__ = ["compare_types", "widened_columns", "widened_schema"]
+__all__ = ["compare_types", "widened_schema"]
 
 TypeChange = Literal["widened", "narrowed", "retyped"]
 
@@ -89,27 +88,3 @@ def widened_schema(held: pa.Schema, incoming: pa.Schema) -> pa.Schema | None:
     widened = pa.schema(fields, metadata=held.metadata)
     return None if widened.equals(held) else widened
 
-
-def widened_columns(
-    held: pa.Schema, incoming: pa.Schema
-) -> list[tuple[tuple[str, ...], pa.DataType]]:
-    """The leaves :func:`widened_schema` widens: each one's path (a column, then the struct
-    fields down to it; ``element`` for a list's values) and its wider type."""
-    found: list[tuple[tuple[str, ...], pa.DataType]] = []
-
-    def walk(path: tuple[str, ...], old: pa.DataType, new: pa.DataType) -> None:
-        if pa.types.is_struct(old) and pa.types.is_struct(new):
-            for f in old:
-                i = new.get_field_index(f.name)
-                if i >= 0:
-                    walk((*path, f.name), f.type, new.field(i).type)
-        elif pa.types.is_list(old) and pa.types.is_list(new):
-            walk((*path, "element"), old.value_type, new.value_type)
-        elif compare_types(old, new) == "widened":
-            found.append((path, new))
-
-    for f in held:
-        i = incoming.get_field_index(f.name)
-        if i >= 0:
-            walk((f.name,), f.type, incoming.field(i).type)
-    return found

@@ -131,34 +131,58 @@ class DeltaSparkStore(TableStore):
 
     def widen(self, session: SparkSession, uri: str, incoming: pa.Schema) -> pa.Schema | None:
         """Give the table's columns (and fields nested in them) the wider types of
-        ``incoming`` (:func:`cdc.ingest.schema_changes.widened_schema`) by Delta type widening
-        (``delta.enableTypeWidening``, then ``ALTER COLUMN ... TYPE`` per column: no file is
-        rewritten; readers need Delta type widening: delta-spark 4, delta-rs 1.6). The schema
-        it now has, or None when nothing widens (or there is no table). Each step is a commit;
-        a rerun after a crash finds the types wide and does nothing again.
+        ``incoming`` (:func:`cdc.core.widening.widened_schema`); the schema it now has, or None
+        when nothing widens (or there is no table).
+
+        The table is rewritten once with the wider types (an overwrite of its own snapshot,
+        ``overwriteSchema``), in one commit that keeps its id, partitions, properties and app
+        transactions. Not Delta's type widening (``ALTER COLUMN ... TYPE``, no file
+        rewritten): that adds the ``typeWidening`` table feature, which deltalake 1.6 cannot
+        read, and the service's other commands (status, verify, gold, publish) read with it.
+        A rerun after a crash finds the types wide and writes nothing.
 
         Raises:
-            TableWriteError: Delta refused a change.
+            TableWriteError: the rewrite failed (the table is as it was).
         """
-        from cdc.core.widening import widened_columns, widened_schema
+        from pyspark.sql import functions as F
+        from pyspark.sql.pandas.types import from_arrow_type
+
+        from cdc.core.widening import widened_schema
 
         handle = self.handle(uri)
         if handle is None:
             return None
         held = pa.schema(handle.schema().to_arrow())
-        columns = widened_columns(held, incoming)
-        if not columns:
+        wider = widened_schema(held, incoming)
+        if wider is None:
             return None
-        table = f"delta.`{spark_path(uri)}`"
+        table = self.read_df(session, uri)
+        assert table is not None
+        # A struct casts field by field in order: the widened schema keeps the held order.
+        columns = [
+            F.col(f"`{f.name}`")
+            if f.type == held.field(f.name).type
+            else F.col(f"`{f.name}`").cast(from_arrow_type(f.type)).alias(f.name)
+            for f in wider
+        ]
+        info = CommitInfo("widen", WRITER)
+        writer = (
+            table.select(*columns)
+            .write.format("delta")
+            .mode("overwrite")
+            .option("overwriteSchema", "true")
+            .option("userMetadata", info.user_metadata())
+        )
+        for key, value in self._session_options().items():
+            writer = writer.option(key, value)
+        partitions = list(handle.metadata().partition_columns)
+        if partitions:
+            writer = writer.partitionBy(*partitions)
         try:
-            if handle.metadata().configuration.get(TYPE_WIDENING) != "true":
-                session.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('{TYPE_WIDENING}' = 'true')")
-            for path, kind in columns:
-                column = ".".join(f"`{p}`" for p in path)
-                session.sql(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {_sql_type(kind)}")
+            writer.save(spark_path(uri))
         except Exception as exc:  # py4j surfaces JVM errors as several types
             raise _write_error("widening the columns of", uri, exc) from exc
-        return widened_schema(held, incoming)
+        return wider
 
     def merge(
         self,
@@ -423,21 +447,3 @@ def _table_properties(layout: TableLayout, df: DataFrame) -> dict[str, str]:
         log.warning("table statistics left to Delta's default: %s", exc)
         return dict(layout.properties)
     return layout.table_properties(schema)
-
-
-TYPE_WIDENING = "delta.enableTypeWidening"
-
-
-def _sql_type(kind: pa.DataType) -> str:
-    """Spark SQL's name of a type a column widens to."""
-    if pa.types.is_decimal(kind):
-        return f"DECIMAL({kind.precision}, {kind.scale})"
-    names = {
-        pa.int16(): "SMALLINT",
-        pa.int32(): "INT",
-        pa.int64(): "BIGINT",
-        pa.float64(): "DOUBLE",
-    }
-    if kind not in names:
-        raise TableWriteError(f"no Delta type widening to {kind}")
-    return names[kind]
