@@ -97,6 +97,18 @@ def _control(postgres: PostgresDatabase, schema: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
+def _warehouse(postgres: PostgresDatabase, schema: str) -> PostgresWarehouse:
+    """The test server as a warehouse publishing into ``schema``."""
+    return PostgresWarehouse(
+        schema,
+        host=postgres.host,
+        port=postgres.port,
+        database=postgres.database,
+        user=postgres.user,
+        password=postgres.password,
+    )
+
+
 def _staging_tables(postgres: PostgresDatabase) -> list[str]:
     with postgres.connect() as conn:
         rows = conn.execute(
@@ -150,14 +162,7 @@ def test_postgres_gets_the_rows_duckdb_gets_at_every_version(
 ) -> None:
     uri = str(tmp_path / TABLE)
     write_deltalake(uri, _revenue(range(6)))
-    pg = PostgresWarehouse(
-        "same_rows",
-        host=postgres.host,
-        port=postgres.port,
-        database=postgres.database,
-        user=postgres.user,
-        password=postgres.password,
-    )
+    pg = _warehouse(postgres, "same_rows")
     with pg, DuckDbWarehouse(tmp_path / "w.duckdb", "same_rows") as duck:
         for warehouse in (pg, duck):
             warehouse.ensure_control()
@@ -307,14 +312,7 @@ def test_awkward_values_arrive_in_postgres_as_they_are_in_delta(
         row["point"] = {"x": row["k"], "label": row["text"]}
         row["at"] = datetime(2026, 1, 1, 12, 30, 15, 123456)
     write_deltalake(uri, pa.Table.from_pylist(rows, schema=schema))
-    with PostgresWarehouse(
-        "awkward",
-        host=postgres.host,
-        port=postgres.port,
-        database=postgres.database,
-        user=postgres.user,
-        password=postgres.password,
-    ) as pg:
+    with _warehouse(postgres, "awkward") as pg:
         pg.ensure_control()
         assert publish_table(pg, "t", uri, ("k",)).upserted == 4
     with postgres.connect() as conn:
@@ -338,14 +336,7 @@ def test_a_widened_column_widens_in_postgres(postgres: PostgresDatabase, tmp_pat
         {"k": 1, "n": 1, "d": Decimal("1.500")},
         {"k": 2, "n": 2**40, "d": Decimal("12345678901.125")},
     ]
-    with PostgresWarehouse(
-        "widening",
-        host=postgres.host,
-        port=postgres.port,
-        database=postgres.database,
-        user=postgres.user,
-        password=postgres.password,
-    ) as pg:
+    with _warehouse(postgres, "widening") as pg:
         pg.ensure_control()
         publish_table(pg, "t", uri, ("k",))
         write_deltalake(
