@@ -57,12 +57,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPLAY = re.compile(r" cdc replay --pipeline crm_contacts --offsets '(\S+)'$")
 
 
-# The in-process run that lands the stream before the loss reads it in one batch: what the
-# tests check starts after it, and on delta-spark each of the suite's small batches costs
-# seconds (~80 s of the test's ~170 s at the suite's batch size).
-ONE_BATCH = f"pipelines.{PIPELINE}.max_records_per_trigger=100000"
-
-
 def one_error(run: subprocess.CompletedProcess[str]) -> str:
     """The run's one error line (see :func:`assert_one_error`), Spark's paragraph not shown."""
     line = assert_one_error(run)
@@ -97,7 +91,7 @@ def test_records_deleted_before_the_query_read_them_stop_it_in_one_line_naming_t
     builder = base_builder()
     first = produce(fresh_kafka, builder.recs)
     s = settings(fresh_kafka, tmp_path, *extra)
-    run_pipelines(spark, settings(fresh_kafka, tmp_path, *extra, ONE_BATCH), [PIPELINE], True)
+    run_pipelines(spark, s, [PIPELINE], available_now=True)
     read_up_to = committed_position(s)
     more = produce(fresh_kafka, more_changes(builder, "m", 2).recs)
     end = end_offsets(first + more)
@@ -152,7 +146,7 @@ def test_a_log_refilled_under_the_same_topic_id_stops_the_run_and_the_replay_lan
     lost_builder = more_changes(builder, "l", 1)
     lost = produce(bootstrap, lost_builder.recs)
     s = settings(bootstrap, tmp_path)
-    run_pipelines(spark, settings(bootstrap, tmp_path, ONE_BATCH), [PIPELINE], True)
+    run_pipelines(spark, s, [PIPELINE], available_now=True)
     assert_exactly_once(read_tables(s), first + lost)
     read_up_to = committed_position(s)
     the_id = topic_id(bootstrap, TOPIC)
