@@ -182,7 +182,7 @@ class DeltaSink:
 
     def widen(self, incoming: pa.Schema) -> pa.Schema | None:
         """Give the table's columns (and fields nested in them) the wider types of
-        ``incoming`` (:func:`cdc.ingest.schema_changes.widened_schema`); the schema it now has,
+        ``incoming`` (:func:`cdc.core.widening.widened_schema`); the schema it now has,
         or None when nothing widens (or there is no table).
 
         delta-rs 1.6 writes no Delta type widening: the table is rewritten once, batch by
